@@ -1,0 +1,3 @@
+//! # fault
+//!
+//! The fault engine, software page table and frame pool. Not built yet.

@@ -1,0 +1,64 @@
+//! [`Rcu`] over crossbeam-epoch's process-wide default collector.
+//!
+//! Entering a read section is `crossbeam_epoch::pin()` (a thread-local counter and one fence).
+//! `synchronize` defers a flag-setting closure behind everything this thread retired, flushes, and
+//! pins-and-flushes until the closure has run: crossbeam runs a deferred closure only after the
+//! global epoch advanced twice past the epoch it was deferred in, which requires every thread that
+//! was pinned at that time to have unpinned.
+
+use super::{Rcu, Reclaim, assert_may_wait};
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{Arc, Backoff};
+
+/// crossbeam-epoch as an [`Rcu`] domain (a zero-sized handle on the global collector).
+///
+/// Its grace periods are counted in global epochs, so a guard taken just after `synchronize`
+/// began can, in the worst case, still hold it up; a guard taken once the epoch has moved on
+/// cannot. New readers that come and go never starve it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EpochRcu;
+
+impl Rcu for EpochRcu {
+    type Guard<'a> = crossbeam_epoch::Guard;
+
+    const NAME: &'static str = "crossbeam-epoch";
+
+    #[inline]
+    fn read(&self) -> crossbeam_epoch::Guard {
+        crossbeam_epoch::pin()
+    }
+
+    unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T) {
+        let guard = crossbeam_epoch::pin();
+        // SAFETY: the caller guarantees `ptr` is unreachable for new readers and that
+        // `F::reclaim` may run once on any thread; crossbeam runs the closure once, after every
+        // thread pinned now has unpinned.
+        unsafe { guard.defer_unchecked(move || F::reclaim(ptr)) };
+    }
+
+    fn synchronize(&self) {
+        assert_may_wait("synchronize");
+        let done = Arc::new(AtomicBool::new(false));
+        {
+            let guard = crossbeam_epoch::pin();
+            let flag = Arc::clone(&done);
+            // Release pairs with the Acquire loads below: whoever ran the closure had seen every
+            // reader of the old epoch unpin.
+            guard.defer(move || flag.store(true, Ordering::Release));
+            guard.flush();
+        }
+        let mut backoff = Backoff::new();
+        while !done.load(Ordering::Acquire) {
+            crossbeam_epoch::pin().flush();
+            backoff.snooze();
+        }
+    }
+
+    fn barrier(&self) {
+        assert_may_wait("barrier");
+        // The flag closure is deferred behind this thread's earlier retirements and crossbeam
+        // executes sealed bags in order, so once it has run they have run too.
+        self.synchronize();
+        crossbeam_epoch::pin().flush();
+    }
+}

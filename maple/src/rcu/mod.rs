@@ -1,0 +1,137 @@
+//! Read-copy-update: the reclamation scheme behind every lock-free reader in maplevm.
+//!
+//! An [`Rcu`] domain offers three things:
+//! - [`Rcu::read`] enters a read-side critical section and returns a guard. While the guard lives,
+//!   every object the reader reached through shared pointers stays allocated.
+//! - [`Rcu::retire`] hands over an object that writers have already made unreachable; it is freed
+//!   once every read-side section that might have seen it has ended (a *grace period*).
+//! - [`Rcu::synchronize`] blocks until every read-side section that existed when it was called
+//!   has ended. It never waits for sections that began after it was called to end, so a stream of
+//!   new readers cannot starve it (crossbeam-epoch gives a slightly weaker bound, see
+//!   [`EpochRcu`]).
+//!
+//! Invariants every implementation keeps:
+//! - **I1** an object passed to `retire` is reclaimed at most once, and never while a read-side
+//!   section that began before the `retire` call is still running;
+//! - **I2** every retired object is eventually reclaimed: at the latest by [`Rcu::barrier`] on the
+//!   thread that retired it once the readers that could see it are gone, or when the domain drops;
+//! - **I3** calling `synchronize` or `barrier` from inside a read-side section (of any domain) is a
+//!   bug that would deadlock; it is detected and panics instead of hanging.
+//!
+//! Implementations: [`EpochRcu`] (crossbeam-epoch, the default on std), [`SeizeRcu`] (seize, a
+//! collector owned by each domain) and [`ModelRcu`] (built only from the [`crate::sync`] facade,
+//! the default under `--features shuttle`, so shuttle explores the grace-period logic itself).
+
+mod epoch;
+mod model;
+mod seize;
+
+pub use self::epoch::EpochRcu;
+pub use self::model::{ModelGuard, ModelRcu};
+pub use self::seize::{SeizeGuard, SeizeRcu};
+
+use crate::sync::thread_local;
+use std::cell::Cell;
+
+/// The RCU implementation a [`crate::MapleTree`] uses unless told otherwise: crossbeam-epoch on
+/// std, the facade-built model under shuttle.
+#[cfg(not(feature = "shuttle"))]
+pub type DefaultRcu = EpochRcu;
+/// The RCU implementation a [`crate::MapleTree`] uses unless told otherwise: crossbeam-epoch on
+/// std, the facade-built model under shuttle.
+#[cfg(feature = "shuttle")]
+pub type DefaultRcu = ModelRcu;
+
+/// How a retired object is freed once its grace period has passed. Implemented by zero-sized
+/// marker types so that no implementation has to store a function pointer per object.
+pub trait Reclaim<T> {
+    /// Frees `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for this reclaimer (allocated the way it frees) and no thread may use
+    /// it afterwards.
+    unsafe fn reclaim(ptr: *mut T);
+}
+
+/// Reclaims a pointer that came from [`Box::into_raw`] by dropping the box.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DropBox;
+
+impl<T> Reclaim<T> for DropBox {
+    unsafe fn reclaim(ptr: *mut T) {
+        // SAFETY: the caller guarantees `ptr` came from `Box::into_raw` and is used by no one else.
+        drop(unsafe { Box::from_raw(ptr) });
+    }
+}
+
+/// A read-copy-update domain. See the [module documentation](self) for the contract.
+pub trait Rcu: Send + Sync + Default + 'static {
+    /// The read-side guard: objects reached while it lives stay allocated.
+    type Guard<'a>
+    where
+        Self: 'a;
+
+    /// A short name for reports and benchmarks.
+    const NAME: &'static str;
+
+    /// Enters a read-side critical section. Sections may nest.
+    fn read(&self) -> Self::Guard<'_>;
+
+    /// Frees `ptr` with `F` once every read-side section that might have seen it has ended.
+    ///
+    /// # Safety
+    /// - `ptr` must already be unreachable for read-side sections that begin after this call;
+    /// - the caller must not use `ptr` after this call, except through a guard it already holds;
+    /// - `F::reclaim(ptr)` must be sound to call exactly once, from any thread.
+    unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T);
+
+    /// Blocks until every read-side section that existed when it was called has ended.
+    ///
+    /// # Panics
+    /// If the calling thread is inside a read-side section (it would wait for itself forever).
+    fn synchronize(&self);
+
+    /// Waits until every object this thread retired before the call has been reclaimed (the model
+    /// reclaims those of all threads). For teardown and tests; writers need only `synchronize`.
+    ///
+    /// # Panics
+    /// If the calling thread is inside a read-side section.
+    fn barrier(&self);
+}
+
+thread_local! {
+    /// Read-side sections this thread holds in domains that cannot report it themselves
+    /// (seize, the model). crossbeam-epoch reports its own through `is_pinned`.
+    static READ_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread is inside a read-side section of any domain.
+pub fn in_read_section() -> bool {
+    READ_DEPTH.with(Cell::get) > 0 || (cfg!(not(feature = "shuttle")) && crossbeam_epoch::is_pinned())
+}
+
+/// Panics with a clear message if the caller may not wait for a grace period (invariant I3).
+fn assert_may_wait(what: &str) {
+    assert!(
+        !in_read_section(),
+        "rcu: {what}() called inside a read-side section: it would wait for itself forever; \
+         drop every guard first"
+    );
+}
+
+/// Counts this thread's read-side section in [`READ_DEPTH`] for as long as it lives.
+#[derive(Debug)]
+struct ReadDepth(());
+
+impl ReadDepth {
+    fn enter() -> Self {
+        READ_DEPTH.with(|depth| depth.set(depth.get() + 1));
+        Self(())
+    }
+}
+
+impl Drop for ReadDepth {
+    fn drop(&mut self) {
+        READ_DEPTH.with(|depth| depth.set(depth.get() - 1));
+    }
+}

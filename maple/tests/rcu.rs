@@ -1,0 +1,136 @@
+//! The RCU contract, checked with std threads against every implementation.
+#![cfg(not(feature = "shuttle"))]
+
+#[path = "support/rcu_scenarios.rs"]
+mod scenarios;
+
+use maple::rcu::{EpochRcu, ModelRcu, Rcu, SeizeRcu};
+use scenarios::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::Duration;
+
+/// A guard taken after `synchronize` began (and after the epoch moved on) does not hold it up:
+/// A holds a guard, `synchronize` starts, B takes a guard and keeps it, A lets go:
+/// `synchronize` must return while B still holds its guard.
+fn synchronize_ignores_later_long_reader<R: Rcu>() {
+    let rcu = Arc::new(R::default());
+    let (a_release, a_rx) = mpsc::channel::<()>();
+    let (a_in_tx, a_in) = mpsc::channel::<()>();
+    let a = {
+        let rcu = rcu.clone();
+        thread::spawn(move || {
+            let guard = rcu.read();
+            a_in_tx.send(()).unwrap();
+            a_rx.recv().unwrap();
+            drop(guard);
+        })
+    };
+    a_in.recv().unwrap();
+    let synced = Arc::new(AtomicBool::new(false));
+    let s = {
+        let (rcu, synced) = (rcu.clone(), synced.clone());
+        thread::spawn(move || {
+            rcu.synchronize();
+            synced.store(true, Ordering::Release);
+        })
+    };
+    thread::sleep(Duration::from_millis(30));
+    assert!(!synced.load(Ordering::Acquire), "synchronize returned while an earlier guard was held");
+    let b_guard_taken = Arc::new(AtomicBool::new(false));
+    let b = {
+        let (rcu, synced, taken) = (rcu.clone(), synced.clone(), b_guard_taken.clone());
+        thread::spawn(move || {
+            let guard = rcu.read();
+            taken.store(true, Ordering::Release);
+            for _ in 0..5000 {
+                if synced.load(Ordering::Acquire) {
+                    drop(guard);
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            false
+        })
+    };
+    while !b_guard_taken.load(Ordering::Acquire) {
+        thread::yield_now();
+    }
+    a_release.send(()).unwrap();
+    assert!(b.join().unwrap(), "synchronize waited for a guard taken after it started");
+    s.join().unwrap();
+    a.join().unwrap();
+}
+
+fn synchronize_inside_guard_panics<R: Rcu>() {
+    let rcu = R::default();
+    let guard = rcu.read();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rcu.synchronize()));
+    drop(guard);
+    let message = *result.expect_err("synchronize inside a guard must panic").downcast::<String>().unwrap();
+    assert!(message.contains("inside a read-side section"), "{message}");
+    rcu.synchronize();
+}
+
+macro_rules! contract_tests {
+    ($name:ident, $rcu:ty) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn synchronize_waits_for_earlier_reader() {
+                scenarios::synchronize_waits_for_earlier_reader::<$rcu>(200);
+            }
+
+            #[test]
+            fn new_readers_do_not_starve_synchronize() {
+                scenarios::new_readers_do_not_starve_synchronize::<$rcu>(5_000_000);
+            }
+
+            #[test]
+            fn retired_never_freed_under_reader() {
+                scenarios::retired_never_freed_under_reader::<$rcu>(20_000, 2, 2_000, 50);
+            }
+
+            #[test]
+            fn retired_freed_after_last_guard() {
+                scenarios::retired_freed_after_last_guard::<$rcu>(1_000);
+            }
+
+            #[test]
+            fn synchronize_inside_guard_panics() {
+                super::synchronize_inside_guard_panics::<$rcu>();
+            }
+
+            #[test]
+            #[should_panic(expected = "synchronize returned while an earlier guard was held")]
+            fn broken_synchronize_is_caught() {
+                scenarios::synchronize_waits_for_earlier_reader::<NoGrace<$rcu>>(200);
+            }
+
+            #[test]
+            #[should_panic(expected = "poisoned")]
+            fn broken_retire_is_caught() {
+                scenarios::retired_never_freed_under_reader::<NoGrace<$rcu>>(20_000, 2, 2_000, 50);
+            }
+        }
+    };
+}
+
+contract_tests!(epoch, EpochRcu);
+contract_tests!(seize, SeizeRcu);
+contract_tests!(model, ModelRcu);
+
+// crossbeam-epoch counts grace periods in global epochs: a guard pinned in the epoch the
+// retirement was sealed in holds `synchronize` up even if it was taken after the call began
+// (see `EpochRcu`). seize and the model wait for exactly the earlier sections.
+#[test]
+fn seize_synchronize_ignores_later_long_reader() {
+    synchronize_ignores_later_long_reader::<SeizeRcu>();
+}
+
+#[test]
+fn model_synchronize_ignores_later_long_reader() {
+    synchronize_ignores_later_long_reader::<ModelRcu>();
+}

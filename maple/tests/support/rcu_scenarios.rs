@@ -1,0 +1,204 @@
+//! RCU scenarios written against the `maple::sync` facade, so the same code runs with std threads
+//! (tests/rcu.rs) and under shuttle (tests/rcu_shuttle.rs). Each scenario panics when the
+//! domain breaks its contract.
+
+use maple::rcu::{Rcu, Reclaim};
+use maple::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use maple::sync::{Arc, thread};
+
+/// A probe's state while it is published or may still be read.
+const LIVE: u64 = 0x11fe;
+/// A probe's state once its reclaimer ran: any reader that sees this read freed memory.
+const POISONED: u64 = 0xdead;
+
+/// An object that is "freed" by poisoning it in place: the memory stays owned by the test's
+/// arena, so a reader that reaches a freed probe detects it instead of invoking undefined
+/// behaviour.
+pub struct Probe {
+    state: AtomicU64,
+}
+
+/// Reclaims a probe by poisoning it.
+pub struct Poison;
+
+impl Reclaim<Probe> for Poison {
+    unsafe fn reclaim(ptr: *mut Probe) {
+        // SAFETY: probes live in an arena that outlives the domain; reclaiming only poisons.
+        let probe = unsafe { &*ptr };
+        let before = probe.state.swap(POISONED, Ordering::Relaxed);
+        assert_eq!(before, LIVE, "a probe was reclaimed twice");
+    }
+}
+
+/// A broken domain: frees at once and never waits. Scenarios must catch it.
+#[derive(Default)]
+pub struct NoGrace<R>(R);
+
+impl<R: Rcu> Rcu for NoGrace<R> {
+    type Guard<'a> = R::Guard<'a>;
+    const NAME: &'static str = "no-grace (broken)";
+
+    fn read(&self) -> Self::Guard<'_> {
+        self.0.read()
+    }
+    unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T) {
+        // SAFETY: deliberately wrong (no grace period); probes tolerate it by design.
+        unsafe { F::reclaim(ptr) }
+    }
+    fn synchronize(&self) {}
+    fn barrier(&self) {}
+}
+
+/// Spins (yielding) until `flag` is set.
+pub fn wait_for(flag: &AtomicBool) {
+    while !flag.load(Ordering::Acquire) {
+        thread::yield_now();
+    }
+}
+
+/// `synchronize` does not return while a guard that existed before it is still held.
+pub fn synchronize_waits_for_earlier_reader<R: Rcu>(hold_yields: usize) {
+    let rcu = Arc::new(R::default());
+    let entered = Arc::new(AtomicBool::new(false));
+    let synced = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (rcu, entered, synced) = (rcu.clone(), entered.clone(), synced.clone());
+        thread::spawn(move || {
+            let guard = rcu.read();
+            entered.store(true, Ordering::Release);
+            for _ in 0..hold_yields {
+                thread::yield_now();
+                assert!(!synced.load(Ordering::Acquire), "synchronize returned while an earlier guard was held");
+            }
+            drop(guard);
+        })
+    };
+    wait_for(&entered);
+    rcu.synchronize();
+    synced.store(true, Ordering::Release);
+    reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+/// One writer replaces a published probe `writes` times, retiring each old one; `readers` threads
+/// read it `reads` times each, checking the probe before and after yielding inside the guard.
+/// Panics if a reader sees a poisoned probe (freed too early) or if, after `barrier`, any
+/// replaced probe is still unreclaimed.
+pub fn retired_never_freed_under_reader<R: Rcu>(writes: usize, readers: usize, reads: usize, hold_yields: usize) {
+    let arena: Arc<Vec<Probe>> =
+        Arc::new((0..=writes).map(|_| Probe { state: AtomicU64::new(LIVE) }).collect());
+    let rcu = Arc::new(R::default());
+    let shared = Arc::new(AtomicPtr::new(ptr_of(&arena, 0)));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..readers)
+        .map(|_| {
+            let (arena, rcu, shared, seen) = (arena.clone(), rcu.clone(), shared.clone(), seen.clone());
+            thread::spawn(move || {
+                for _ in 0..reads {
+                    let guard = rcu.read();
+                    // Acquire pairs with the writer's Release swap.
+                    let probe = shared.load(Ordering::Acquire);
+                    // SAFETY: probes live in `arena`, which this thread keeps alive.
+                    let probe = unsafe { &*probe };
+                    for _ in 0..=hold_yields {
+                        assert_eq!(probe.state.load(Ordering::Relaxed), LIVE, "reader saw a poisoned (freed) probe");
+                        thread::yield_now();
+                    }
+                    drop(guard);
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(arena);
+            })
+        })
+        .collect();
+    for i in 1..=writes {
+        let old = shared.swap(ptr_of(&arena, i), Ordering::AcqRel);
+        // SAFETY: `old` was unpublished by the swap; `Poison` only marks arena memory.
+        unsafe { rcu.retire::<Probe, Poison>(old) };
+        thread::yield_now();
+    }
+    for handle in handles {
+        handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    }
+    rcu.barrier();
+    let freed = arena.iter().filter(|p| p.state.load(Ordering::Relaxed) == POISONED).count();
+    assert_eq!(freed, writes, "every retired probe is reclaimed after the readers left and a barrier");
+    assert_eq!(seen.load(Ordering::Relaxed), readers * reads);
+}
+
+/// Objects retired while an earlier guard is held are not reclaimed until it ends, and all of
+/// them are reclaimed once it has ended and the retiring thread calls `barrier`.
+pub fn retired_freed_after_last_guard<R: Rcu>(count: usize) {
+    let arena: Arc<Vec<Probe>> = Arc::new((0..count).map(|_| Probe { state: AtomicU64::new(LIVE) }).collect());
+    let rcu = Arc::new(R::default());
+    let entered = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (rcu, entered, release) = (rcu.clone(), entered.clone(), release.clone());
+        thread::spawn(move || {
+            let guard = rcu.read();
+            entered.store(true, Ordering::Release);
+            wait_for(&release);
+            drop(guard);
+        })
+    };
+    wait_for(&entered);
+    for i in 0..count {
+        // SAFETY: the probe was never published; `Poison` only marks arena memory.
+        unsafe { rcu.retire::<Probe, Poison>(ptr_of(&arena, i)) };
+    }
+    let poisoned = || arena.iter().filter(|p| p.state.load(Ordering::Relaxed) == POISONED).count();
+    assert_eq!(poisoned(), 0, "nothing is reclaimed while an earlier guard is held");
+    release.store(true, Ordering::Release);
+    reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    rcu.barrier();
+    assert_eq!(poisoned(), count, "everything is reclaimed after the last guard and a barrier");
+}
+
+/// Readers that keep arriving after `synchronize` started do not starve it: reader A holds a
+/// guard across the start; B and C keep taking fresh short guards, overlapping A and each other,
+/// until `synchronize` has returned (or `max_rounds` pass, which fails the scenario). A guard is
+/// one read-side section per thread, so each thread's guards are taken one after another.
+pub fn new_readers_do_not_starve_synchronize<R: Rcu>(max_rounds: usize) {
+    let rcu = Arc::new(R::default());
+    let a_in = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let synced = Arc::new(AtomicBool::new(false));
+    let a = {
+        let (rcu, a_in, started) = (rcu.clone(), a_in.clone(), started.clone());
+        thread::spawn(move || {
+            let guard = rcu.read();
+            a_in.store(true, Ordering::Release);
+            wait_for(&started);
+            drop(guard);
+        })
+    };
+    let churners: Vec<_> = (0..2)
+        .map(|_| {
+            let (rcu, started, synced) = (rcu.clone(), started.clone(), synced.clone());
+            thread::spawn(move || {
+                wait_for(&started);
+                for _ in 0..max_rounds {
+                    if synced.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let guard = rcu.read();
+                    thread::yield_now();
+                    drop(guard);
+                }
+                panic!("synchronize was starved by readers that arrived after it started");
+            })
+        })
+        .collect();
+    wait_for(&a_in);
+    started.store(true, Ordering::Release);
+    rcu.synchronize();
+    synced.store(true, Ordering::Release);
+    a.join().unwrap();
+    for churner in churners {
+        churner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    }
+}
+
+fn ptr_of(arena: &[Probe], i: usize) -> *mut Probe {
+    std::ptr::from_ref(&arena[i]).cast_mut()
+}
