@@ -10,7 +10,10 @@ use scenarios::NoGrace;
 
 /// Iterations per scheduler; CI runs the suite with the default.
 fn iterations() -> usize {
-    std::env::var("SHUTTLE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000)
+    std::env::var("SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
 }
 
 /// PCT's bug depth: how many priority changes a schedule may contain.

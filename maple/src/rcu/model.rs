@@ -20,7 +20,7 @@
 //! stores with Release, pairing with the Acquire slot loads of `synchronize` and of batch
 //! collection, so a reader's accesses happen before the reclamation they allowed.
 
-use super::{ReadDepth, Rcu, Reclaim, assert_may_wait};
+use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::sync::{Backoff, Mutex};
 

@@ -6,7 +6,7 @@
 //! holds at least as many objects as there are active threads; `synchronize` therefore adds small
 //! sentinel objects until its sentinel's batch has been flushed and reclaimed.
 
-use super::{ReadDepth, Rcu, Reclaim, assert_may_wait};
+use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Arc, Backoff};
 use ::seize::{Collector, Guard as _, LocalGuard};

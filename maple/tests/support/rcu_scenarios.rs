@@ -30,6 +30,48 @@ impl Reclaim<Probe> for Poison {
     }
 }
 
+/// The probes a scenario publishes and retires. If the scenario fails, objects may still be
+/// queued in a domain that outlives the test (crossbeam's collector is process-wide), so a failing
+/// scenario leaks its arena rather than let a later reclamation touch freed memory.
+pub struct Arena(Option<Arc<Vec<Probe>>>);
+
+impl Arena {
+    pub fn new(len: usize) -> Self {
+        Self(Some(Arc::new(
+            (0..len)
+                .map(|_| Probe {
+                    state: AtomicU64::new(LIVE),
+                })
+                .collect(),
+        )))
+    }
+
+    pub fn share(&self) -> Arc<Vec<Probe>> {
+        Arc::clone(self.0.as_ref().unwrap())
+    }
+
+    pub fn ptr(&self, i: usize) -> *mut Probe {
+        std::ptr::from_ref(&self.0.as_ref().unwrap()[i]).cast_mut()
+    }
+
+    pub fn poisoned(&self) -> usize {
+        self.0
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|p| p.state.load(Ordering::Relaxed) == POISONED)
+            .count()
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::mem::forget(self.0.take());
+        }
+    }
+}
+
 /// A broken domain: frees at once and never waits. Scenarios must catch it.
 #[derive(Default)]
 pub struct NoGrace<R>(R);
@@ -68,7 +110,10 @@ pub fn synchronize_waits_for_earlier_reader<R: Rcu>(hold_yields: usize) {
             entered.store(true, Ordering::Release);
             for _ in 0..hold_yields {
                 thread::yield_now();
-                assert!(!synced.load(Ordering::Acquire), "synchronize returned while an earlier guard was held");
+                assert!(
+                    !synced.load(Ordering::Acquire),
+                    "synchronize returned while an earlier guard was held"
+                );
             }
             drop(guard);
         })
@@ -76,22 +121,28 @@ pub fn synchronize_waits_for_earlier_reader<R: Rcu>(hold_yields: usize) {
     wait_for(&entered);
     rcu.synchronize();
     synced.store(true, Ordering::Release);
-    reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    reader
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }
 
 /// One writer replaces a published probe `writes` times, retiring each old one; `readers` threads
 /// read it `reads` times each, checking the probe before and after yielding inside the guard.
 /// Panics if a reader sees a poisoned probe (freed too early) or if, after `barrier`, any
 /// replaced probe is still unreclaimed.
-pub fn retired_never_freed_under_reader<R: Rcu>(writes: usize, readers: usize, reads: usize, hold_yields: usize) {
-    let arena: Arc<Vec<Probe>> =
-        Arc::new((0..=writes).map(|_| Probe { state: AtomicU64::new(LIVE) }).collect());
+pub fn retired_never_freed_under_reader<R: Rcu>(
+    writes: usize,
+    readers: usize,
+    reads: usize,
+    hold_yields: usize,
+) {
+    let arena = Arena::new(writes + 1);
     let rcu = Arc::new(R::default());
-    let shared = Arc::new(AtomicPtr::new(ptr_of(&arena, 0)));
+    let shared = Arc::new(AtomicPtr::new(arena.ptr(0)));
     let seen = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..readers)
         .map(|_| {
-            let (arena, rcu, shared, seen) = (arena.clone(), rcu.clone(), shared.clone(), seen.clone());
+            let (arena, rcu, shared, seen) = (arena.share(), rcu.clone(), shared.clone(), seen.clone());
             thread::spawn(move || {
                 for _ in 0..reads {
                     let guard = rcu.read();
@@ -100,7 +151,11 @@ pub fn retired_never_freed_under_reader<R: Rcu>(writes: usize, readers: usize, r
                     // SAFETY: probes live in `arena`, which this thread keeps alive.
                     let probe = unsafe { &*probe };
                     for _ in 0..=hold_yields {
-                        assert_eq!(probe.state.load(Ordering::Relaxed), LIVE, "reader saw a poisoned (freed) probe");
+                        assert_eq!(
+                            probe.state.load(Ordering::Relaxed),
+                            LIVE,
+                            "reader saw a poisoned (freed) probe"
+                        );
                         thread::yield_now();
                     }
                     drop(guard);
@@ -111,24 +166,29 @@ pub fn retired_never_freed_under_reader<R: Rcu>(writes: usize, readers: usize, r
         })
         .collect();
     for i in 1..=writes {
-        let old = shared.swap(ptr_of(&arena, i), Ordering::AcqRel);
+        let old = shared.swap(arena.ptr(i), Ordering::AcqRel);
         // SAFETY: `old` was unpublished by the swap; `Poison` only marks arena memory.
         unsafe { rcu.retire::<Probe, Poison>(old) };
         thread::yield_now();
     }
     for handle in handles {
-        handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     }
     rcu.barrier();
-    let freed = arena.iter().filter(|p| p.state.load(Ordering::Relaxed) == POISONED).count();
-    assert_eq!(freed, writes, "every retired probe is reclaimed after the readers left and a barrier");
+    assert_eq!(
+        arena.poisoned(),
+        writes,
+        "every retired probe is reclaimed after the readers left and a barrier"
+    );
     assert_eq!(seen.load(Ordering::Relaxed), readers * reads);
 }
 
 /// Objects retired while an earlier guard is held are not reclaimed until it ends, and all of
 /// them are reclaimed once it has ended and the retiring thread calls `barrier`.
 pub fn retired_freed_after_last_guard<R: Rcu>(count: usize) {
-    let arena: Arc<Vec<Probe>> = Arc::new((0..count).map(|_| Probe { state: AtomicU64::new(LIVE) }).collect());
+    let arena = Arena::new(count);
     let rcu = Arc::new(R::default());
     let entered = Arc::new(AtomicBool::new(false));
     let release = Arc::new(AtomicBool::new(false));
@@ -144,14 +204,20 @@ pub fn retired_freed_after_last_guard<R: Rcu>(count: usize) {
     wait_for(&entered);
     for i in 0..count {
         // SAFETY: the probe was never published; `Poison` only marks arena memory.
-        unsafe { rcu.retire::<Probe, Poison>(ptr_of(&arena, i)) };
+        unsafe { rcu.retire::<Probe, Poison>(arena.ptr(i)) };
     }
-    let poisoned = || arena.iter().filter(|p| p.state.load(Ordering::Relaxed) == POISONED).count();
-    assert_eq!(poisoned(), 0, "nothing is reclaimed while an earlier guard is held");
+    let early = arena.poisoned();
     release.store(true, Ordering::Release);
-    reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    assert_eq!(early, 0, "nothing is reclaimed while an earlier guard is held");
+    reader
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     rcu.barrier();
-    assert_eq!(poisoned(), count, "everything is reclaimed after the last guard and a barrier");
+    assert_eq!(
+        arena.poisoned(),
+        count,
+        "everything is reclaimed after the last guard and a barrier"
+    );
 }
 
 /// Readers that keep arriving after `synchronize` started do not starve it: reader A holds a
@@ -195,10 +261,8 @@ pub fn new_readers_do_not_starve_synchronize<R: Rcu>(max_rounds: usize) {
     synced.store(true, Ordering::Release);
     a.join().unwrap();
     for churner in churners {
-        churner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        churner
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     }
-}
-
-fn ptr_of(arena: &[Probe], i: usize) -> *mut Probe {
-    std::ptr::from_ref(&arena[i]).cast_mut()
 }
