@@ -1,9 +1,52 @@
 //! # maple
 //!
-//! The foundation of maplevm: a [`sync`] facade that lets the same code run on std and under the
-//! shuttle model checker, and [`rcu`], the read-copy-update domains that let readers walk shared
-//! structures without locks while writers free what they replace only after a grace period.
+//! An RCU-safe range tree after the Linux kernel's maple tree, and the RCU foundation under it.
+//!
+//! [`MapleTree`] maps disjoint inclusive ranges of `u64` indices to values. Readers never lock
+//! and never write shared memory: they enter a read-side section ([`MapleTree::guard`]) and
+//! walk from the root. Writers are serialized by the tree, build replacement nodes
+//! copy-on-write, publish them with one store, and retire the replaced nodes to the tree's
+//! [`rcu`] domain, which frees them after a grace period. Internal nodes record the largest gap
+//! below each child, so [`MapleTree::find_gap`] and [`MapleTree::find_gap_rev`] find free ranges
+//! in O(log n).
+//!
+//! ```
+//! use maple::MapleTree;
+//!
+//! let tree: MapleTree<&'static str> = MapleTree::new();
+//! tree.insert_range(0x1000, 0x1fff, "text").unwrap();
+//! tree.insert_range(0x4000, 0x4fff, "data").unwrap();
+//! assert!(tree.insert_range(0x1800, 0x2fff, "overlap").is_err());
+//!
+//! let guard = tree.guard();
+//! assert_eq!(tree.load(0x1234, &guard), Some(&"text"));
+//! assert_eq!(tree.load_range(0x4321, &guard), Some((0x4000, 0x4fff, &"data")));
+//! let ranges: Vec<_> = tree.iter(&guard).map(|(first, last, _)| (first, last)).collect();
+//! assert_eq!(ranges, [(0x1000, 0x1fff), (0x4000, 0x4fff)]);
+//! drop(guard);
+//!
+//! // The lowest and the highest free 0x1000 indices inside [0x1000, 0x5fff].
+//! assert_eq!(tree.find_gap(0x1000, 0x5fff, 0x1000), Ok(Some((0x2000, 0x2fff))));
+//! assert_eq!(tree.find_gap_rev(0x1000, 0x5fff, 0x1000), Ok(Some((0x5000, 0x5fff))));
+//!
+//! // A store splits what it overlaps; erasing hands the value back after a grace period.
+//! tree.store_range(0x1400, 0x14ff, "patch").unwrap();
+//! assert_eq!(tree.len(), 4);
+//! let taken = tree.erase(0x4000).reclaim();
+//! assert_eq!(taken, [(0x4000, 0x4fff, "data")]);
+//! tree.validate().unwrap();
+//! ```
+//!
+//! The [`sync`] module is the facade every atomic, lock and thread of maplevm goes through, so the
+//! same code runs under the shuttle model checker with `--features shuttle`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod error;
+mod node;
 pub mod rcu;
 pub mod sync;
+mod tree;
+mod validate;
+
+pub use error::MapleError;
+pub use tree::{Displaced, Guard, Iter, MapleTree, Writer};

@@ -1,0 +1,365 @@
+//! Node layout of the maple tree and the raw accessors the readers and the writer share.
+//!
+//! Invariants (checked by `MapleTree::validate`):
+//! - A node covers an index interval `[min, max]` that is not stored in it: the walk from the
+//!   root derives it from the parent's pivots (the root covers `[0, u64::MAX]`).
+//! - Slots `0..=end` are used. Slot `i` covers `(pivot[i-1], pivot[i]]`, where the first slot
+//!   starts at `min` and slot `end` ends at `max`. `pivot[0..end]` is strictly increasing inside
+//!   `[min, max)`; every pivot from `end` on is `u64::MAX`, so the slot holding an index is the
+//!   number of pivots below it (a branch-free count over the whole array).
+//! - A published node is never written again, except for its `dead` flag, set after its
+//!   replacement has been published. Readers may still walk a dead node; it stays allocated
+//!   until a grace period has passed.
+//! - Leaf slots hold a value pointer (a `Box<T>` owned by the tree) or null, a gap. Internal slots
+//!   hold child pointers, and `gaps[i]` is the size of the largest gap under child `i`.
+
+use crate::sync::atomic::{AtomicBool, Ordering};
+use std::ptr;
+
+/// Slots in a leaf (as the kernel's `maple_range_64`).
+pub(crate) const LEAF_SLOTS: usize = 16;
+/// Slots in an internal node (as the kernel's `maple_arange_64`).
+pub(crate) const INTERNAL_SLOTS: usize = 10;
+/// Fewest slots a leaf other than the root may use.
+pub(crate) const LEAF_MIN: usize = 6;
+/// Fewest children an internal node other than the root may have; an internal root has two.
+pub(crate) const INTERNAL_MIN: usize = 3;
+
+pub(crate) const KIND_LEAF: u8 = 1;
+pub(crate) const KIND_INTERNAL: u8 = 2;
+/// Written over a node's kind when it is reclaimed under shuttle (the node is then quarantined,
+/// not freed), so a reader that reaches a reclaimed node detects it.
+#[cfg(feature = "shuttle")]
+const KIND_POISONED: u8 = 0xee;
+
+/// The first field of every node.
+#[repr(C)]
+pub(crate) struct Header {
+    kind: u8,
+    /// Index of the last used slot.
+    end: u8,
+    /// Set (Release) after the node's replacement is published; read (Acquire) by iterators
+    /// that keep a leaf between steps, pairing with that store.
+    dead: AtomicBool,
+}
+
+/// A leaf: 8 + 15 * 8 + 16 * 8 = 256 bytes on x86-64, four cache lines.
+#[repr(C, align(64))]
+pub(crate) struct Leaf<T> {
+    header: Header,
+    pivots: [u64; LEAF_SLOTS - 1],
+    slots: [*mut T; LEAF_SLOTS],
+}
+
+/// An internal node: 8 + 9 * 8 + 10 * 8 + 10 * 8 = 240 bytes, padded to 256.
+#[repr(C, align(64))]
+pub(crate) struct Internal<T> {
+    header: Header,
+    pivots: [u64; INTERNAL_SLOTS - 1],
+    gaps: [u64; INTERNAL_SLOTS],
+    slots: [NodePtr<T>; INTERNAL_SLOTS],
+}
+
+/// A pointer to a node of either kind.
+pub(crate) struct NodePtr<T>(*mut Header, std::marker::PhantomData<*mut T>);
+
+impl<T> Clone for NodePtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for NodePtr<T> {}
+impl<T> PartialEq for NodePtr<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+/// A node seen through a pointer: which kind it is.
+pub(crate) enum View<'a, T> {
+    Leaf(&'a Leaf<T>),
+    Internal(&'a Internal<T>),
+}
+
+/// One leaf slot while a writer rebuilds leaves: the slot's last index and its value (or null).
+pub(crate) struct Entry<T> {
+    pub last: u64,
+    pub value: *mut T,
+}
+
+/// One internal slot while a writer rebuilds internal nodes.
+pub(crate) struct Child<T> {
+    pub last: u64,
+    pub node: NodePtr<T>,
+    pub gap: u64,
+}
+
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Entry<T> {}
+
+/// Number of indices in `[first, last]`, saturating at `u64::MAX` for the whole index space.
+pub(crate) fn span(first: u64, last: u64) -> u64 {
+    (last - first).saturating_add(1)
+}
+
+/// Slot index of `index` among `pivots` (every pivot past the last used slot is `u64::MAX`).
+#[inline(always)]
+fn slot_of(pivots: &[u64], index: u64) -> usize {
+    pivots.iter().map(|&pivot| usize::from(pivot < index)).sum()
+}
+
+impl<T> NodePtr<T> {
+    pub(crate) fn null() -> Self {
+        Self(ptr::null_mut(), std::marker::PhantomData)
+    }
+
+    pub(crate) fn as_raw(self) -> *mut Header {
+        self.0
+    }
+
+    pub(crate) fn from_raw(raw: *mut Header) -> Self {
+        Self(raw, std::marker::PhantomData)
+    }
+
+    /// The node's contents.
+    ///
+    /// # Safety
+    /// The pointer must be non-null and the node allocated for `'a` (reached under a guard
+    /// that lives for `'a`, or owned by the writer).
+    #[inline(always)]
+    pub(crate) unsafe fn view<'a>(self) -> View<'a, T> {
+        // SAFETY: the caller guarantees the node is allocated; every node starts with a Header.
+        let kind = unsafe { (*self.0).kind };
+        match kind {
+            // SAFETY: the kind says which layout the allocation has.
+            KIND_LEAF => View::Leaf(unsafe { &*self.0.cast::<Leaf<T>>() }),
+            // SAFETY: as above.
+            KIND_INTERNAL => View::Internal(unsafe { &*self.0.cast::<Internal<T>>() }),
+            _ => panic!(
+                "maple: a reader reached a reclaimed node (kind {kind:#x}): a grace period was skipped"
+            ),
+        }
+    }
+
+    /// Whether a writer has replaced this node.
+    ///
+    /// # Safety
+    /// As for [`NodePtr::view`].
+    pub(crate) unsafe fn is_dead(self) -> bool {
+        // SAFETY: the caller guarantees the node is allocated.
+        unsafe { (*self.0).dead.load(Ordering::Acquire) }
+    }
+
+    /// Marks the node replaced.
+    ///
+    /// # Safety
+    /// As for [`NodePtr::view`]; the replacement must already be published.
+    pub(crate) unsafe fn mark_dead(self) {
+        // SAFETY: the caller guarantees the node is allocated. Release pairs with `is_dead`.
+        unsafe { (*self.0).dead.store(true, Ordering::Release) }
+    }
+
+    /// Frees the node itself (not its values or children).
+    ///
+    /// # Safety
+    /// No reader may reach the node any more and no one else may free it.
+    pub(crate) unsafe fn free(self) {
+        // SAFETY: the kind tells which box the node was allocated as; the caller guarantees
+        // exclusive ownership.
+        unsafe {
+            match (*self.0).kind {
+                KIND_LEAF => drop(Box::from_raw(self.0.cast::<Leaf<T>>())),
+                _ => drop(Box::from_raw(self.0.cast::<Internal<T>>())),
+            }
+        }
+    }
+}
+
+impl<T> Leaf<T> {
+    /// Builds a leaf from 1..=16 entries; returns it with its largest gap.
+    pub(crate) fn build(first: u64, entries: &[Entry<T>]) -> (NodePtr<T>, u64) {
+        debug_assert!(!entries.is_empty() && entries.len() <= LEAF_SLOTS);
+        let mut leaf = Box::new(Leaf {
+            header: Header::new(KIND_LEAF, entries.len()),
+            pivots: [u64::MAX; LEAF_SLOTS - 1],
+            slots: [ptr::null_mut(); LEAF_SLOTS],
+        });
+        let mut gap = 0;
+        let mut start = first;
+        for (i, entry) in entries.iter().enumerate() {
+            if i + 1 < entries.len() {
+                leaf.pivots[i] = entry.last;
+            }
+            leaf.slots[i] = entry.value;
+            if entry.value.is_null() {
+                gap = gap.max(span(start, entry.last));
+            }
+            start = entry.last.wrapping_add(1);
+        }
+        (NodePtr::from_raw(Box::into_raw(leaf).cast()), gap)
+    }
+
+    pub(crate) fn end(&self) -> usize {
+        usize::from(self.header.end)
+    }
+
+    /// The slot holding `index` (which must lie in the leaf's interval).
+    #[inline(always)]
+    pub(crate) fn slot_of(&self, index: u64) -> usize {
+        slot_of(&self.pivots, index)
+    }
+
+    /// Bounds of slot `i`, given the leaf's interval.
+    #[inline(always)]
+    pub(crate) fn bounds(&self, i: usize, min: u64, max: u64) -> (u64, u64) {
+        let first = if i == 0 { min } else { self.pivots[i - 1] + 1 };
+        let last = if i == self.end() { max } else { self.pivots[i] };
+        (first, last)
+    }
+
+    #[inline(always)]
+    pub(crate) fn value(&self, i: usize) -> *mut T {
+        self.slots[i]
+    }
+
+    pub(crate) fn pivots(&self) -> &[u64] {
+        &self.pivots
+    }
+
+    /// The leaf's slots as entries.
+    pub(crate) fn entries(&self, max: u64) -> impl Iterator<Item = Entry<T>> + '_ {
+        (0..=self.end()).map(move |i| Entry {
+            last: if i == self.end() { max } else { self.pivots[i] },
+            value: self.slots[i],
+        })
+    }
+}
+
+impl<T> Internal<T> {
+    /// Builds an internal node from 1..=10 children; returns it with its largest gap.
+    pub(crate) fn build(children: &[Child<T>]) -> (NodePtr<T>, u64) {
+        debug_assert!(!children.is_empty() && children.len() <= INTERNAL_SLOTS);
+        let mut node = Box::new(Internal {
+            header: Header::new(KIND_INTERNAL, children.len()),
+            pivots: [u64::MAX; INTERNAL_SLOTS - 1],
+            gaps: [0; INTERNAL_SLOTS],
+            slots: [NodePtr::null(); INTERNAL_SLOTS],
+        });
+        for (i, child) in children.iter().enumerate() {
+            if i + 1 < children.len() {
+                node.pivots[i] = child.last;
+            }
+            node.gaps[i] = child.gap;
+            node.slots[i] = child.node;
+        }
+        let gap = children.iter().map(|c| c.gap).max().unwrap_or(0);
+        (NodePtr::from_raw(Box::into_raw(node).cast()), gap)
+    }
+
+    pub(crate) fn end(&self) -> usize {
+        usize::from(self.header.end)
+    }
+
+    #[inline(always)]
+    pub(crate) fn slot_of(&self, index: u64) -> usize {
+        slot_of(&self.pivots, index)
+    }
+
+    #[inline(always)]
+    pub(crate) fn bounds(&self, i: usize, min: u64, max: u64) -> (u64, u64) {
+        let first = if i == 0 { min } else { self.pivots[i - 1] + 1 };
+        let last = if i == self.end() { max } else { self.pivots[i] };
+        (first, last)
+    }
+
+    #[inline(always)]
+    pub(crate) fn child(&self, i: usize) -> NodePtr<T> {
+        self.slots[i]
+    }
+
+    pub(crate) fn gap(&self, i: usize) -> u64 {
+        self.gaps[i]
+    }
+
+    pub(crate) fn pivots(&self) -> &[u64] {
+        &self.pivots
+    }
+
+    pub(crate) fn gaps(&self) -> &[u64] {
+        &self.gaps
+    }
+
+    /// The node's slots as children.
+    pub(crate) fn children(&self, max: u64) -> impl Iterator<Item = Child<T>> + '_ {
+        (0..=self.end()).map(move |i| Child {
+            last: if i == self.end() { max } else { self.pivots[i] },
+            node: self.slots[i],
+            gap: self.gaps[i],
+        })
+    }
+}
+
+impl Header {
+    fn new(kind: u8, slots: usize) -> Self {
+        Self {
+            kind,
+            end: u8::try_from(slots - 1).expect("node slot counts fit a byte"),
+            dead: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Reclaims a replaced node after its grace period. Under shuttle the node is poisoned and
+/// quarantined (never freed) so that a reader reaching it fails loudly instead of reading freed
+/// memory.
+pub(crate) struct ReclaimNode;
+
+impl crate::rcu::Reclaim<Header> for ReclaimNode {
+    unsafe fn reclaim(node: *mut Header) {
+        #[cfg(not(feature = "shuttle"))]
+        // SAFETY: the grace period has passed and the node was retired exactly once.
+        unsafe {
+            NodePtr::<()>::from_raw(node).free_erased();
+        }
+        #[cfg(feature = "shuttle")]
+        // SAFETY: as above; poisoning writes only the kind byte of the still-allocated node.
+        unsafe {
+            (*node).kind = KIND_POISONED;
+        }
+    }
+}
+
+impl NodePtr<()> {
+    /// Frees a node whose value type is erased: node layouts do not depend on `T` (slots are
+    /// raw pointers), so the `()` instantiation has the same size and alignment.
+    ///
+    /// # Safety
+    /// As for [`NodePtr::free`].
+    #[cfg(not(feature = "shuttle"))]
+    unsafe fn free_erased(self) {
+        // SAFETY: forwarded; `Leaf<()>`/`Internal<()>` have the layout of every `Leaf<T>`.
+        unsafe { self.free() }
+    }
+}
+
+/// Reclaims a displaced value after its grace period. Under shuttle the value is dropped in
+/// place but its memory is quarantined, so a test value that poisons itself on drop is seen by a
+/// reader that reaches it too late.
+pub(crate) struct ReclaimValue;
+
+impl<T> crate::rcu::Reclaim<T> for ReclaimValue {
+    unsafe fn reclaim(value: *mut T) {
+        #[cfg(not(feature = "shuttle"))]
+        // SAFETY: the value came from `Box::into_raw` and its grace period has passed.
+        drop(unsafe { Box::from_raw(value) });
+        #[cfg(feature = "shuttle")]
+        // SAFETY: as above; the allocation is intentionally leaked (quarantine).
+        unsafe {
+            ptr::drop_in_place(value)
+        };
+    }
+}

@@ -1,0 +1,948 @@
+//! The RCU-safe range tree: readers, the writer, gap search.
+//!
+//! Invariants, beyond the node layout ones in [`crate::node`]:
+//! - **Snapshots.** Writers copy every node on the path from a change to the root and publish
+//!   the new root with one Release store; a reader that loads the root (Acquire) once sees one
+//!   whole version of the tree. Nodes of older versions stay allocated until a grace period
+//!   has passed ([`Rcu::retire`]), so readers never lock and never write shared memory.
+//! - **Balance.** Every leaf is at the same depth. A node other than the root holds at least
+//!   `LEAF_MIN` (leaf) or `INTERNAL_MIN` (internal) slots; an internal root has two children.
+//! - **Maximal gaps.** No two adjacent slots, in a leaf or across neighbouring leaves, are both
+//!   empty. Every maximal free interval is therefore exactly one empty slot, and the largest gap
+//!   recorded for a subtree is the largest free interval inside it: gap search is O(log n).
+//! - **Ownership.** Each value is one `Box<T>` referenced by exactly one slot of the current
+//!   version. A value split by a store is cloned; a displaced value goes back to the writer's
+//!   caller ([`Displaced`]) and is freed only after a grace period.
+
+use crate::error::{MapleError, check_range};
+use crate::node::{
+    Child, Entry, Header, INTERNAL_MIN, INTERNAL_SLOTS, Internal, LEAF_MIN, LEAF_SLOTS, Leaf, NodePtr,
+    ReclaimNode, ReclaimValue, View, span,
+};
+use crate::rcu::{DefaultRcu, Rcu};
+use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::{Mutex, MutexGuard};
+use std::fmt;
+use std::marker::PhantomData;
+
+/// A map from disjoint inclusive ranges of `u64` indices to values, readable without locks.
+///
+/// Readers take a [`Guard`] with [`MapleTree::guard`] and may then [`load`](Self::load),
+/// [`load_range`](Self::load_range), iterate and search for gaps; the references they get live
+/// as long as the guard. Writers are serialized by the tree: each write method locks it, or
+/// [`MapleTree::lock`] returns a [`Writer`] that holds the lock across several operations.
+///
+/// See the [crate documentation](crate) for an example.
+pub struct MapleTree<T: Send + Sync + 'static, R: Rcu = DefaultRcu> {
+    /// The current version. Release-stored by the writer after the new nodes are complete;
+    /// Acquire-loaded by readers, pairing with it.
+    root: AtomicPtr<Header>,
+    /// Number of ranges; updated by the writer, read with Relaxed (a statistic).
+    len: AtomicUsize,
+    writer: Mutex<WriterState>,
+    rcu: R,
+    _values: PhantomData<Box<T>>,
+}
+
+/// What only the writer reads.
+struct WriterState {
+    /// Levels in the tree; leaves are at depth `height - 1`.
+    height: usize,
+}
+
+// SAFETY: the tree owns its values (`Box<T>`) and hands out `&T` to readers on any thread, so it
+// is Send and Sync when T is; all shared mutable state is atomic or behind the writer mutex.
+unsafe impl<T: Send + Sync + 'static, R: Rcu> Send for MapleTree<T, R> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync + 'static, R: Rcu> Sync for MapleTree<T, R> {}
+
+/// A read-side section on a tree's RCU domain: everything reached through the tree while it
+/// lives stays allocated.
+pub struct Guard<'t, R: Rcu> {
+    _inner: R::Guard<'t>,
+    domain: &'t R,
+}
+
+impl<'t, R: Rcu> Guard<'t, R> {
+    /// Enters a read-side section of `domain` directly (for layers that share a tree's domain).
+    pub fn new(domain: &'t R) -> Self {
+        Self {
+            _inner: domain.read(),
+            domain,
+        }
+    }
+
+    /// The domain this guard belongs to.
+    pub fn domain(&self) -> &'t R {
+        self.domain
+    }
+}
+
+/// The slot that holds an index, as found by a walk from some root.
+struct Found<T> {
+    leaf: NodePtr<T>,
+    leaf_min: u64,
+    leaf_max: u64,
+    first: u64,
+    last: u64,
+    value: *mut T,
+}
+
+/// Walks from `root` to the leaf slot holding `index`.
+///
+/// # Safety
+/// `root` and every node below it must stay allocated while the walk runs (a guard is held, or
+/// the caller is the writer).
+#[inline]
+unsafe fn walk<T>(mut node: NodePtr<T>, index: u64) -> Found<T> {
+    let (mut min, mut max) = (0, u64::MAX);
+    loop {
+        // SAFETY: guaranteed by the caller for every node reachable from `root`.
+        match unsafe { node.view() } {
+            View::Internal(internal) => {
+                let slot = internal.slot_of(index);
+                (min, max) = internal.bounds(slot, min, max);
+                node = internal.child(slot);
+            }
+            View::Leaf(leaf) => {
+                let slot = leaf.slot_of(index);
+                let (first, last) = leaf.bounds(slot, min, max);
+                return Found {
+                    leaf: node,
+                    leaf_min: min,
+                    leaf_max: max,
+                    first,
+                    last,
+                    value: leaf.value(slot),
+                };
+            }
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static, R: Rcu> Default for MapleTree<T, R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
+    /// An empty tree: one gap covering every index.
+    pub fn new() -> Self {
+        let (root, _) = Leaf::<T>::build(
+            0,
+            &[Entry {
+                last: u64::MAX,
+                value: std::ptr::null_mut(),
+            }],
+        );
+        Self {
+            root: AtomicPtr::new(root.as_raw()),
+            len: AtomicUsize::new(0),
+            writer: Mutex::new(WriterState { height: 1 }),
+            rcu: R::default(),
+            _values: PhantomData,
+        }
+    }
+
+    /// The RCU domain the tree's readers and writers use; layers above retire their own objects
+    /// into it and wait for its grace periods.
+    pub fn rcu(&self) -> &R {
+        &self.rcu
+    }
+
+    /// Enters a read-side section.
+    #[inline]
+    pub fn guard(&self) -> Guard<'_, R> {
+        Guard::new(&self.rcu)
+    }
+
+    /// Locks the tree for writing; the writer lock is held until the [`Writer`] is dropped.
+    pub fn lock(&self) -> Writer<'_, T, R> {
+        Writer {
+            tree: self,
+            state: self
+                .writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        }
+    }
+
+    /// Number of ranges stored.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no range is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    fn check_guard(&self, guard: &Guard<'_, R>) {
+        assert!(
+            std::ptr::eq(guard.domain, &self.rcu),
+            "maple: a guard from another tree's RCU domain was used"
+        );
+    }
+
+    /// The current root, for a reader holding a guard.
+    #[inline]
+    fn current_root(&self) -> NodePtr<T> {
+        // Acquire pairs with the writer's Release store in `Writer::publish`.
+        NodePtr::from_raw(self.root.load(Ordering::Acquire))
+    }
+
+    /// The value stored at `index`.
+    ///
+    /// # Panics
+    /// If `guard` belongs to another tree's domain.
+    #[inline]
+    pub fn load<'g>(&self, index: u64, guard: &'g Guard<'_, R>) -> Option<&'g T> {
+        self.load_range(index, guard).map(|(_, _, value)| value)
+    }
+
+    /// The range holding `index` and its value.
+    ///
+    /// # Panics
+    /// If `guard` belongs to another tree's domain.
+    #[inline]
+    pub fn load_range<'g>(&self, index: u64, guard: &'g Guard<'_, R>) -> Option<(u64, u64, &'g T)> {
+        self.check_guard(guard);
+        // SAFETY: the guard keeps every node of the version we loaded allocated.
+        let found = unsafe { walk(self.current_root(), index) };
+        // SAFETY: values of a version stay allocated while a guard taken before their
+        // displacement lives.
+        unsafe { found.value.as_ref() }.map(|value| (found.first, found.last, value))
+    }
+
+    /// Ranges in ascending order, starting with the one holding `start` (or the first after it).
+    ///
+    /// During concurrent writes each range yielded is whole (as before or after a write), the
+    /// ranges ascend and never overlap; a range that a write moved below one already yielded is
+    /// skipped.
+    ///
+    /// # Panics
+    /// If `guard` belongs to another tree's domain.
+    pub fn iter_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, T, R> {
+        self.check_guard(guard);
+        Iter {
+            tree: self,
+            next: Some(start),
+            leaf: None,
+            bound: None,
+            forward: true,
+        }
+    }
+
+    /// Ranges in descending order, starting with the one holding `start` (or the first before it).
+    ///
+    /// # Panics
+    /// If `guard` belongs to another tree's domain.
+    pub fn iter_rev_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, T, R> {
+        self.check_guard(guard);
+        Iter {
+            tree: self,
+            next: Some(start),
+            leaf: None,
+            bound: None,
+            forward: false,
+        }
+    }
+
+    /// All ranges in ascending order.
+    pub fn iter<'g>(&'g self, guard: &'g Guard<'_, R>) -> Iter<'g, T, R> {
+        self.iter_from(0, guard)
+    }
+
+    /// The lowest free interval of `size` indices inside `[min, max]`, as `(first, last)`
+    /// (kernel: `mas_empty_area`). `Ok(None)` when there is none.
+    pub fn find_gap(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
+        check_gap_request(min, max, size)?;
+        let guard = self.guard();
+        // SAFETY: the guard keeps the version allocated.
+        let found = unsafe { gap_forward(self.current_root(), 0, u64::MAX, min, max, size) };
+        drop(guard);
+        Ok(found)
+    }
+
+    /// The highest free interval of `size` indices inside `[min, max]`, as `(first, last)`
+    /// (kernel: `mas_empty_area_rev`). `Ok(None)` when there is none.
+    pub fn find_gap_rev(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
+        check_gap_request(min, max, size)?;
+        let guard = self.guard();
+        // SAFETY: the guard keeps the version allocated.
+        let found = unsafe { gap_reverse(self.current_root(), 0, u64::MAX, min, max, size) };
+        drop(guard);
+        Ok(found)
+    }
+
+    /// Overwrites `[first, last]` with `value`; see [`Writer::store_range`].
+    pub fn store_range(&self, first: u64, last: u64, value: T) -> Result<Displaced<'_, T, R>, MapleError>
+    where
+        T: Clone,
+    {
+        self.lock().store_range(first, last, value)
+    }
+
+    /// Stores `value` over `[first, last]` if all of it is free; see [`Writer::insert_range`].
+    pub fn insert_range(&self, first: u64, last: u64, value: T) -> Result<(), MapleError> {
+        self.lock().insert_range(first, last, value)
+    }
+
+    /// Removes the range holding `index`; see [`Writer::erase`].
+    pub fn erase(&self, index: u64) -> Displaced<'_, T, R> {
+        self.lock().erase(index)
+    }
+
+    /// Makes every index of `[first, last]` a gap; see [`Writer::erase_range`].
+    pub fn erase_range(&self, first: u64, last: u64) -> Result<Displaced<'_, T, R>, MapleError>
+    where
+        T: Clone,
+    {
+        self.lock().erase_range(first, last)
+    }
+
+    /// Checks every structural invariant; see [`crate::validate`].
+    pub fn validate(&self) -> Result<(), String> {
+        let writer = self.lock();
+        crate::validate::validate(writer.root(), writer.state.height, self.len())
+    }
+}
+
+fn check_gap_request(min: u64, max: u64, size: u64) -> Result<(), MapleError> {
+    check_range(min, max)?;
+    if size == 0 {
+        return Err(MapleError::ZeroSize);
+    }
+    Ok(())
+}
+
+/// The lowest `size`-index free interval inside `[lo, hi]` under `node` (covering `[min, max]`).
+///
+/// # Safety
+/// Every node under `node` must stay allocated during the call.
+unsafe fn gap_forward<T>(
+    node: NodePtr<T>,
+    min: u64,
+    max: u64,
+    lo: u64,
+    hi: u64,
+    size: u64,
+) -> Option<(u64, u64)> {
+    // SAFETY: guaranteed by the caller.
+    match unsafe { node.view() } {
+        View::Leaf(leaf) => {
+            for slot in leaf.slot_of(lo.max(min))..=leaf.end() {
+                let (first, last) = leaf.bounds(slot, min, max);
+                if first > hi {
+                    break;
+                }
+                if leaf.value(slot).is_null() {
+                    let (a, b) = (first.max(lo), last.min(hi));
+                    if a <= b && span(a, b) >= size {
+                        return Some((a, a + (size - 1)));
+                    }
+                }
+            }
+            None
+        }
+        View::Internal(internal) => {
+            for slot in internal.slot_of(lo.max(min))..=internal.end() {
+                let (first, last) = internal.bounds(slot, min, max);
+                if first > hi {
+                    break;
+                }
+                if internal.gap(slot) >= size {
+                    // SAFETY: children of an allocated node are allocated (caller's guarantee).
+                    let found = unsafe { gap_forward(internal.child(slot), first, last, lo, hi, size) };
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+            }
+            None
+        }
+    }
+}
+
+/// The highest `size`-index free interval inside `[lo, hi]` under `node`.
+///
+/// # Safety
+/// As for [`gap_forward`].
+unsafe fn gap_reverse<T>(
+    node: NodePtr<T>,
+    min: u64,
+    max: u64,
+    lo: u64,
+    hi: u64,
+    size: u64,
+) -> Option<(u64, u64)> {
+    // SAFETY: guaranteed by the caller.
+    match unsafe { node.view() } {
+        View::Leaf(leaf) => {
+            for slot in (0..=leaf.slot_of(hi.min(max))).rev() {
+                let (first, last) = leaf.bounds(slot, min, max);
+                if last < lo {
+                    break;
+                }
+                if leaf.value(slot).is_null() {
+                    let (a, b) = (first.max(lo), last.min(hi));
+                    if a <= b && span(a, b) >= size {
+                        return Some((b - (size - 1), b));
+                    }
+                }
+            }
+            None
+        }
+        View::Internal(internal) => {
+            for slot in (0..=internal.slot_of(hi.min(max))).rev() {
+                let (first, last) = internal.bounds(slot, min, max);
+                if last < lo {
+                    break;
+                }
+                if internal.gap(slot) >= size {
+                    // SAFETY: children of an allocated node are allocated (caller's guarantee).
+                    let found = unsafe { gap_reverse(internal.child(slot), first, last, lo, hi, size) };
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+            }
+            None
+        }
+    }
+}
+
+/// An ordered walk over ranges under a guard; see [`MapleTree::iter_from`].
+pub struct Iter<'g, T: Send + Sync + 'static, R: Rcu> {
+    tree: &'g MapleTree<T, R>,
+    /// The next index to look at; `None` once the end of the index space was passed.
+    next: Option<u64>,
+    /// The leaf the last step used, with its interval; reused until it is dead or left.
+    leaf: Option<(NodePtr<T>, u64, u64)>,
+    /// Last index (forward) or first index (backward) of the range yielded last.
+    bound: Option<u64>,
+    forward: bool,
+}
+
+impl<'g, T: Send + Sync + 'static, R: Rcu> Iterator for Iter<'g, T, R> {
+    type Item = (u64, u64, &'g T);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while let Some(index) = self.next {
+            let (leaf, min, max) = match self.leaf {
+                // SAFETY: the iterator's guard keeps the cached leaf allocated; a dead leaf
+                // belongs to an old version, so the walk restarts from the current root.
+                Some(cached @ (leaf, min, max))
+                    if min <= index && index <= max && !unsafe { leaf.is_dead() } =>
+                {
+                    cached
+                }
+                _ => {
+                    // SAFETY: the guard keeps the loaded version allocated.
+                    let found = unsafe { walk(self.tree.current_root(), index) };
+                    (found.leaf, found.leaf_min, found.leaf_max)
+                }
+            };
+            self.leaf = Some((leaf, min, max));
+            // SAFETY: as above.
+            let View::Leaf(node) = (unsafe { leaf.view() }) else {
+                unreachable!("walks end in leaves")
+            };
+            let slot = node.slot_of(index);
+            let (first, last) = node.bounds(slot, min, max);
+            let value = node.value(slot);
+            self.next = if self.forward {
+                last.checked_add(1)
+            } else {
+                first.checked_sub(1)
+            };
+            let overlaps = self
+                .bound
+                .is_some_and(|b| if self.forward { first <= b } else { last >= b });
+            if value.is_null() || overlaps {
+                continue;
+            }
+            self.bound = Some(if self.forward { last } else { first });
+            // SAFETY: the guard keeps values of the version allocated.
+            return Some((first, last, unsafe { &*value }));
+        }
+        None
+    }
+}
+
+/// Values a write took out of the tree, with the ranges they covered.
+///
+/// Readers that started before the write may still be reading them. Dropping this hands them
+/// to the RCU domain, which frees them after a grace period; [`Displaced::reclaim`] instead
+/// waits for the grace period and gives them back.
+#[must_use = "dropping Displaced frees the values after a grace period; use reclaim() to take them back"]
+pub struct Displaced<'t, T: Send + Sync + 'static, R: Rcu> {
+    rcu: &'t R,
+    values: Vec<(u64, u64, *mut T)>,
+}
+
+// SAFETY: Displaced owns the boxed values it holds.
+unsafe impl<T: Send + Sync + 'static, R: Rcu> Send for Displaced<'_, T, R> {}
+
+impl<'t, T: Send + Sync + 'static, R: Rcu> Displaced<'t, T, R> {
+    fn new(rcu: &'t R, values: Vec<(u64, u64, *mut T)>) -> Self {
+        Self { rcu, values }
+    }
+
+    /// Number of values displaced.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the write displaced nothing.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The displaced values with the ranges they covered, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &T)> + '_ {
+        // SAFETY: Displaced owns the values until it is dropped or reclaimed.
+        self.values
+            .iter()
+            .map(|&(first, last, value)| (first, last, unsafe { &*value }))
+    }
+
+    /// Waits for a grace period (no reader can still see the values), then returns them.
+    ///
+    /// # Panics
+    /// If called inside a read-side section.
+    pub fn reclaim(mut self) -> Vec<(u64, u64, T)> {
+        self.rcu.synchronize();
+        std::mem::take(&mut self.values)
+            .into_iter()
+            // SAFETY: after the grace period no reader holds the values; each came from a box.
+            .map(|(first, last, value)| (first, last, *unsafe { Box::from_raw(value) }))
+            .collect()
+    }
+}
+
+impl<T: Send + Sync + 'static, R: Rcu> Drop for Displaced<'_, T, R> {
+    fn drop(&mut self) {
+        for &(_, _, value) in &self.values {
+            // SAFETY: the value is unreachable from the tree's current version; it came from a
+            // box and is retired exactly once.
+            unsafe { self.rcu.retire::<T, ReclaimValue>(value) };
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static, R: Rcu> fmt::Debug for Displaced<'_, T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.values.iter().map(|&(first, last, _)| (first, last)))
+            .finish()
+    }
+}
+
+/// The tree's writer lock, held while this lives; every write goes through a `Writer`.
+pub struct Writer<'t, T: Send + Sync + 'static, R: Rcu> {
+    tree: &'t MapleTree<T, R>,
+    state: MutexGuard<'t, WriterState>,
+}
+
+impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
+    /// The current version; only writers replace it, so the writer needs no guard to walk it.
+    fn root(&self) -> NodePtr<T> {
+        // Relaxed: the previous writer's store happens-before this load through the mutex.
+        NodePtr::from_raw(self.tree.root.load(Ordering::Relaxed))
+    }
+
+    /// The range holding `index` and its value, as the writer sees it.
+    pub fn load_range(&self, index: u64) -> Option<(u64, u64, &T)> {
+        // SAFETY: nodes reachable from the current root are freed only by writers, and this one
+        // holds the lock for as long as the returned borrow.
+        let found = unsafe { walk(self.root(), index) };
+        // SAFETY: as above, for values.
+        unsafe { found.value.as_ref() }.map(|value| (found.first, found.last, value))
+    }
+
+    /// See [`MapleTree::find_gap`].
+    pub fn find_gap(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
+        check_gap_request(min, max, size)?;
+        // SAFETY: the writer lock keeps the current version allocated.
+        Ok(unsafe { gap_forward(self.root(), 0, u64::MAX, min, max, size) })
+    }
+
+    /// See [`MapleTree::find_gap_rev`].
+    pub fn find_gap_rev(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
+        check_gap_request(min, max, size)?;
+        // SAFETY: the writer lock keeps the current version allocated.
+        Ok(unsafe { gap_reverse(self.root(), 0, u64::MAX, min, max, size) })
+    }
+
+    /// Overwrites `[first, last]` with `value`. Parts of existing ranges outside `[first, last]`
+    /// keep their value (a range cut in two by the store is split: its right part gets a
+    /// clone); values whose whole range lies inside are displaced and returned.
+    pub fn store_range(&mut self, first: u64, last: u64, value: T) -> Result<Displaced<'t, T, R>, MapleError>
+    where
+        T: Clone,
+    {
+        check_range(first, last)?;
+        let value = Box::into_raw(Box::new(value));
+        Ok(self.write(first, last, value, Some(&T::clone)))
+    }
+
+    /// Stores `value` over `[first, last]` if every index of it is free; otherwise fails with
+    /// [`MapleError::Occupied`] naming the first occupying range, and changes nothing.
+    pub fn insert_range(&mut self, first: u64, last: u64, value: T) -> Result<(), MapleError> {
+        check_range(first, last)?;
+        if let Some((s, e, _)) = self.first_occupied(first, last) {
+            return Err(MapleError::Occupied { first: s, last: e });
+        }
+        let displaced = self.write(first, last, Box::into_raw(Box::new(value)), None);
+        debug_assert!(displaced.is_empty());
+        Ok(())
+    }
+
+    /// Removes the whole range holding `index`; the result holds its value, or nothing.
+    pub fn erase(&mut self, index: u64) -> Displaced<'t, T, R> {
+        match self.load_range(index) {
+            Some((first, last, _)) => self.write(first, last, std::ptr::null_mut(), None),
+            None => Displaced::new(&self.tree.rcu, Vec::new()),
+        }
+    }
+
+    /// Makes every index of `[first, last]` a gap, trimming ranges that stick out of it (a range
+    /// sticking out on both sides is split: its right part gets a clone).
+    pub fn erase_range(&mut self, first: u64, last: u64) -> Result<Displaced<'t, T, R>, MapleError>
+    where
+        T: Clone,
+    {
+        check_range(first, last)?;
+        Ok(self.write(first, last, std::ptr::null_mut(), Some(&T::clone)))
+    }
+
+    /// The first range intersecting `[first, last]`.
+    fn first_occupied(&self, first: u64, last: u64) -> Option<(u64, u64, &T)> {
+        let found = self.load_range(first);
+        if found.is_some() {
+            return found;
+        }
+        // SAFETY: the writer lock keeps the current version allocated.
+        let gap = unsafe { walk(self.root(), first) };
+        if gap.last >= last {
+            return None;
+        }
+        // A gap is followed by a range (gaps are maximal).
+        self.load_range(gap.last + 1)
+    }
+
+    /// Replaces `[first, last]` with `value` (null: a gap) and returns what was displaced.
+    ///
+    /// The leaves intersecting the range (widened over neighbouring gaps when storing a gap,
+    /// and by a neighbour when the result would be under-full) are rebuilt from their entries;
+    /// then, level by level, the parents of the replaced nodes are rebuilt around the new
+    /// nodes, up to a new root, which is published with one store. The replaced nodes are then
+    /// marked dead and retired.
+    fn write(
+        &mut self,
+        mut first: u64,
+        mut last: u64,
+        value: *mut T,
+        split: Option<&dyn Fn(&T) -> T>,
+    ) -> Displaced<'t, T, R> {
+        let root = self.root();
+        let height = self.state.height;
+        if value.is_null() {
+            // Keep gaps maximal: a new gap absorbs the gaps next to it.
+            // SAFETY (both walks): the writer lock keeps the current version allocated.
+            if first > 0 && (unsafe { walk(root, first - 1) }).value.is_null() {
+                first = unsafe { walk(root, first - 1) }.first;
+            }
+            if last < u64::MAX && (unsafe { walk(root, last + 1) }).value.is_null() {
+                last = unsafe { walk(root, last + 1) }.last;
+            }
+        }
+        let mut replaced = Vec::new();
+        let leaf_level = height - 1;
+        let leaves = level_nodes(root, leaf_level, first, last);
+        let (mut lo, mut hi) = (leaves[0].1, leaves[leaves.len() - 1].2);
+
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        let mut displaced = Vec::new();
+        let mut added = usize::from(!value.is_null());
+        for &(leaf, min, max) in &leaves {
+            let mut start = min;
+            for entry in leaf_of(leaf).entries(max) {
+                let (s, e) = (start, entry.last);
+                start = e.wrapping_add(1);
+                if e < first {
+                    before.push(entry);
+                } else if s > last {
+                    after.push(entry);
+                } else {
+                    let keeps_left = s < first;
+                    if keeps_left {
+                        before.push(Entry {
+                            last: first - 1,
+                            value: entry.value,
+                        });
+                    }
+                    if e > last {
+                        let right = if keeps_left && !entry.value.is_null() {
+                            let split = split.expect("only store_range and erase_range split ranges");
+                            added += 1;
+                            // SAFETY: the value is owned by the tree and allocated.
+                            Box::into_raw(Box::new(split(unsafe { &*entry.value })))
+                        } else {
+                            entry.value
+                        };
+                        after.push(Entry {
+                            last: e,
+                            value: right,
+                        });
+                    } else if !keeps_left && !entry.value.is_null() {
+                        displaced.push((s, e, entry.value));
+                    }
+                }
+            }
+            replaced.push(leaf);
+        }
+        let mut entries = before;
+        entries.push(Entry { last, value });
+        entries.append(&mut after);
+        coalesce_gaps(&mut entries);
+
+        // Rebalance: an under-full run takes in a neighbouring leaf.
+        while entries.len() < LEAF_MIN && !(lo == 0 && hi == u64::MAX) {
+            if lo > 0 {
+                let (leaf, min, max) = level_nodes(root, leaf_level, lo - 1, lo - 1)[0];
+                let mut merged: Vec<Entry<T>> = leaf_of(leaf).entries(max).collect();
+                merged.append(&mut entries);
+                entries = merged;
+                lo = min;
+                replaced.push(leaf);
+            } else {
+                let (leaf, _, max) = level_nodes(root, leaf_level, hi + 1, hi + 1)[0];
+                entries.extend(leaf_of(leaf).entries(max));
+                hi = max;
+                replaced.push(leaf);
+            }
+            coalesce_gaps(&mut entries);
+        }
+        let mut items = build_leaves(lo, &entries);
+
+        for level in (0..leaf_level).rev() {
+            let parents = level_nodes(root, level, lo, hi);
+            let (mut plo, mut phi) = (parents[0].1, parents[parents.len() - 1].2);
+            let mut children = Vec::with_capacity(INTERNAL_SLOTS * parents.len() + items.len());
+            let mut new_items = Some(items);
+            for &(parent, min, max) in &parents {
+                let mut start = min;
+                for child in internal_of(parent).children(max) {
+                    let s = start;
+                    start = child.last.wrapping_add(1);
+                    if child.last < lo {
+                        children.push(child);
+                    } else if s > hi {
+                        children.extend(new_items.take().into_iter().flatten());
+                        children.push(child);
+                    }
+                }
+                replaced.push(parent);
+            }
+            children.extend(new_items.take().into_iter().flatten());
+            while children.len() < INTERNAL_MIN && !(plo == 0 && phi == u64::MAX) {
+                if plo > 0 {
+                    let (node, min, max) = level_nodes(root, level, plo - 1, plo - 1)[0];
+                    let mut merged: Vec<Child<T>> = internal_of(node).children(max).collect();
+                    merged.append(&mut children);
+                    children = merged;
+                    plo = min;
+                    replaced.push(node);
+                } else {
+                    let (node, _, max) = level_nodes(root, level, phi + 1, phi + 1)[0];
+                    children.extend(internal_of(node).children(max));
+                    phi = max;
+                    replaced.push(node);
+                }
+            }
+            items = build_internals(&children);
+            (lo, hi) = (plo, phi);
+        }
+
+        let mut height = height;
+        while items.len() > 1 {
+            items = build_internals(&items);
+            height += 1;
+        }
+        let mut new_root = items[0].node;
+        // SAFETY: `new_root` and any single-child node under it were built by this write and
+        // never published (published internal nodes have at least two children).
+        while let View::Internal(internal) = unsafe { new_root.view() }
+            && internal.end() == 0
+        {
+            let child = internal.child(0);
+            // SAFETY: see above; nothing else references the wrapper node.
+            unsafe { new_root.free() };
+            new_root = child;
+            height -= 1;
+        }
+        self.state.height = height;
+        self.publish(new_root, replaced);
+        let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
+        self.tree.len.store(len, Ordering::Relaxed);
+        Displaced::new(&self.tree.rcu, displaced)
+    }
+
+    /// Makes `root` the current version, then retires the nodes it replaced.
+    fn publish(&mut self, root: NodePtr<T>, replaced: Vec<NodePtr<T>>) {
+        // Release pairs with the readers' Acquire load in `current_root`: the new nodes are
+        // complete before any reader can reach them.
+        self.tree.root.store(root.as_raw(), Ordering::Release);
+        for node in replaced {
+            // SAFETY: the node belonged to the previous version and is unreachable from the new
+            // root; it is retired exactly once (each write replaces distinct nodes).
+            unsafe {
+                node.mark_dead();
+                self.tree.rcu.retire::<Header, ReclaimNode>(node.as_raw());
+            }
+        }
+    }
+}
+
+/// Viewed as a leaf: a node the writer reached at the leaf level.
+fn leaf_of<'a, T>(node: NodePtr<T>) -> &'a Leaf<T> {
+    // SAFETY: only called by the writer on nodes of the current version (kept allocated by the
+    // writer lock).
+    match unsafe { node.view() } {
+        View::Leaf(leaf) => leaf,
+        View::Internal(_) => unreachable!("every leaf is at the leaf level"),
+    }
+}
+
+/// Viewed as an internal node: a node the writer reached above the leaf level.
+fn internal_of<'a, T>(node: NodePtr<T>) -> &'a Internal<T> {
+    // SAFETY: as for `leaf_of`.
+    match unsafe { node.view() } {
+        View::Internal(internal) => internal,
+        View::Leaf(_) => unreachable!("only the leaf level holds leaves"),
+    }
+}
+
+/// The nodes at depth `level` (root: 0) whose intervals intersect `[lo, hi]`, in order, with
+/// their intervals. Writer only.
+fn level_nodes<T>(root: NodePtr<T>, level: usize, lo: u64, hi: u64) -> Vec<(NodePtr<T>, u64, u64)> {
+    fn collect<T>(
+        node: NodePtr<T>,
+        depth: usize,
+        bounds: (u64, u64),
+        target: (usize, u64, u64),
+        out: &mut Vec<(NodePtr<T>, u64, u64)>,
+    ) {
+        let (level, lo, hi) = target;
+        if depth == level {
+            out.push((node, bounds.0, bounds.1));
+            return;
+        }
+        let internal = internal_of(node);
+        for slot in internal.slot_of(lo.max(bounds.0))..=internal.end() {
+            let (first, last) = internal.bounds(slot, bounds.0, bounds.1);
+            if first > hi {
+                break;
+            }
+            collect(internal.child(slot), depth + 1, (first, last), target, out);
+        }
+    }
+    let mut out = Vec::new();
+    collect(root, 0, (0, u64::MAX), (level, lo, hi), &mut out);
+    out
+}
+
+/// Merges adjacent empty entries (so every gap is one slot).
+fn coalesce_gaps<T>(entries: &mut Vec<Entry<T>>) {
+    entries.dedup_by(|next, prev| {
+        let both_gaps = next.value.is_null() && prev.value.is_null();
+        if both_gaps {
+            prev.last = next.last;
+        }
+        both_gaps
+    });
+}
+
+/// Splits `count` items into the fewest chunks of at most `capacity`, as even as possible.
+fn chunk_sizes(count: usize, capacity: usize) -> impl Iterator<Item = usize> {
+    let chunks = count.div_ceil(capacity).max(1);
+    (0..chunks).map(move |i| count / chunks + usize::from(i < count % chunks))
+}
+
+/// New leaves holding `entries`, which cover an interval starting at `first`.
+fn build_leaves<T>(first: u64, entries: &[Entry<T>]) -> Vec<Child<T>> {
+    let mut start = first;
+    let mut rest = entries;
+    chunk_sizes(entries.len(), LEAF_SLOTS)
+        .map(|size| {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let (node, gap) = Leaf::build(start, chunk);
+            let last = chunk[chunk.len() - 1].last;
+            start = last.wrapping_add(1);
+            Child { last, node, gap }
+        })
+        .collect()
+}
+
+/// New internal nodes holding `children`.
+fn build_internals<T>(children: &[Child<T>]) -> Vec<Child<T>> {
+    let mut rest = children;
+    chunk_sizes(children.len(), INTERNAL_SLOTS)
+        .map(|size| {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let (node, gap) = Internal::build(chunk);
+            Child {
+                last: chunk[chunk.len() - 1].last,
+                node,
+                gap,
+            }
+        })
+        .collect()
+}
+
+impl<T: Send + Sync + 'static, R: Rcu> Drop for MapleTree<T, R> {
+    fn drop(&mut self) {
+        fn free<T>(node: NodePtr<T>) {
+            // SAFETY: the tree is being dropped: no guard or writer exists, and each node and
+            // value of the current version is owned by exactly one slot.
+            unsafe {
+                match node.view() {
+                    View::Leaf(leaf) => {
+                        for slot in 0..=leaf.end() {
+                            let value = leaf.value(slot);
+                            if !value.is_null() {
+                                drop(Box::from_raw(value));
+                            }
+                        }
+                    }
+                    View::Internal(internal) => {
+                        for slot in 0..=internal.end() {
+                            free(internal.child(slot));
+                        }
+                    }
+                }
+                node.free();
+            }
+        }
+        free(NodePtr::<T>::from_raw(self.root.load(Ordering::Relaxed)));
+    }
+}
+
+impl<T: Send + Sync + 'static + fmt::Debug, R: Rcu> fmt::Debug for MapleTree<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let guard = self.guard();
+        f.debug_map()
+            .entries(
+                self.iter(&guard)
+                    .map(|(first, last, value)| ((first, last), value)),
+            )
+            .finish()
+    }
+}
