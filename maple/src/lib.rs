@@ -49,4 +49,4 @@ mod tree;
 mod validate;
 
 pub use error::MapleError;
-pub use tree::{Displaced, Guard, Iter, MapleTree, Writer};
+pub use tree::{Displaced, Guard, Iter, MapleTree, TreeStats, Writer};

@@ -139,9 +139,7 @@ impl<T> NodePtr<T> {
             KIND_LEAF => View::Leaf(unsafe { &*self.0.cast::<Leaf<T>>() }),
             // SAFETY: as above.
             KIND_INTERNAL => View::Internal(unsafe { &*self.0.cast::<Internal<T>>() }),
-            _ => panic!(
-                "maple: a reader reached a reclaimed node (kind {kind:#x}): a grace period was skipped"
-            ),
+            _ => panic!("maple: a reader reached a freed node (kind {kind:#x}): a grace period was skipped"),
         }
     }
 

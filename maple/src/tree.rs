@@ -303,10 +303,65 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
         self.lock().erase_range(first, last)
     }
 
+    /// Counts the nodes of the current version (O(n)).
+    pub fn stats(&self) -> TreeStats {
+        let writer = self.lock();
+        let mut stats = TreeStats {
+            height: writer.state.height,
+            ..TreeStats::default()
+        };
+        fn count<T>(node: NodePtr<T>, stats: &mut TreeStats) {
+            // SAFETY: the caller holds the writer lock, which keeps the current version allocated.
+            match unsafe { node.view() } {
+                View::Leaf(leaf) => {
+                    stats.leaves += 1;
+                    stats.slots += leaf.end() + 1;
+                }
+                View::Internal(internal) => {
+                    stats.internal_nodes += 1;
+                    (0..=internal.end()).for_each(|slot| count(internal.child(slot), stats));
+                }
+            }
+        }
+        count(writer.root(), &mut stats);
+        stats
+    }
+
     /// Checks every structural invariant; see [`crate::validate`].
     pub fn validate(&self) -> Result<(), String> {
         let writer = self.lock();
         crate::validate::validate(writer.root(), writer.state.height, self.len())
+    }
+}
+
+/// The shape of a tree, from [`MapleTree::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Levels, counting the root and the leaves.
+    pub height: usize,
+    /// Leaf nodes.
+    pub leaves: usize,
+    /// Internal nodes.
+    pub internal_nodes: usize,
+    /// Used leaf slots: ranges plus gaps.
+    pub slots: usize,
+}
+
+impl TreeStats {
+    /// All nodes.
+    pub fn nodes(&self) -> usize {
+        self.leaves + self.internal_nodes
+    }
+
+    /// The fewest nodes that can hold `self.slots` leaf slots: full leaves, full internal nodes.
+    pub fn minimum_nodes(&self) -> usize {
+        let mut level = self.slots.div_ceil(LEAF_SLOTS);
+        let mut total = level;
+        while level > 1 {
+            level = level.div_ceil(INTERNAL_SLOTS);
+            total += level;
+        }
+        total
     }
 }
 
@@ -431,15 +486,14 @@ impl<'g, T: Send + Sync + 'static, R: Rcu> Iterator for Iter<'g, T, R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while let Some(index) = self.next {
-            let (leaf, min, max) = match self.leaf {
-                // SAFETY: the iterator's guard keeps the cached leaf allocated; a dead leaf
+            let reusable = |&(leaf, min, max): &(NodePtr<T>, u64, u64)| {
+                // SAFETY: the iterator's guard keeps the cached leaf allocated. A dead leaf
                 // belongs to an old version, so the walk restarts from the current root.
-                Some(cached @ (leaf, min, max))
-                    if min <= index && index <= max && !unsafe { leaf.is_dead() } =>
-                {
-                    cached
-                }
-                _ => {
+                min <= index && index <= max && !unsafe { leaf.is_dead() }
+            };
+            let (leaf, min, max) = match self.leaf.filter(reusable) {
+                Some(cached) => cached,
+                None => {
                     // SAFETY: the guard keeps the loaded version allocated.
                     let found = unsafe { walk(self.tree.current_root(), index) };
                     (found.leaf, found.leaf_min, found.leaf_max)
@@ -554,12 +608,18 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
         NodePtr::from_raw(self.tree.root.load(Ordering::Relaxed))
     }
 
+    /// The slot holding `index` in the current version.
+    fn slot_at(&self, index: u64) -> Found<T> {
+        // SAFETY: nodes reachable from the current root are freed only by writers, and this one
+        // holds the lock.
+        unsafe { walk(self.root(), index) }
+    }
+
     /// The range holding `index` and its value, as the writer sees it.
     pub fn load_range(&self, index: u64) -> Option<(u64, u64, &T)> {
-        // SAFETY: nodes reachable from the current root are freed only by writers, and this one
-        // holds the lock for as long as the returned borrow.
-        let found = unsafe { walk(self.root(), index) };
-        // SAFETY: as above, for values.
+        let found = self.slot_at(index);
+        // SAFETY: values of the current version are freed only after a writer displaced them,
+        // and this writer holds the lock for as long as the returned borrow.
         unsafe { found.value.as_ref() }.map(|value| (found.first, found.last, value))
     }
 
@@ -625,8 +685,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
         if found.is_some() {
             return found;
         }
-        // SAFETY: the writer lock keeps the current version allocated.
-        let gap = unsafe { walk(self.root(), first) };
+        let gap = self.slot_at(first);
         if gap.last >= last {
             return None;
         }
@@ -652,12 +711,15 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
         let height = self.state.height;
         if value.is_null() {
             // Keep gaps maximal: a new gap absorbs the gaps next to it.
-            // SAFETY (both walks): the writer lock keeps the current version allocated.
-            if first > 0 && (unsafe { walk(root, first - 1) }).value.is_null() {
-                first = unsafe { walk(root, first - 1) }.first;
+            if let Some(before) = first.checked_sub(1).map(|i| self.slot_at(i))
+                && before.value.is_null()
+            {
+                first = before.first;
             }
-            if last < u64::MAX && (unsafe { walk(root, last + 1) }).value.is_null() {
-                last = unsafe { walk(root, last + 1) }.last;
+            if let Some(after) = last.checked_add(1).map(|i| self.slot_at(i))
+                && after.value.is_null()
+            {
+                last = after.last;
             }
         }
         let mut replaced = Vec::new();
@@ -728,7 +790,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
             }
             coalesce_gaps(&mut entries);
         }
-        let mut items = build_leaves(lo, &entries);
+        let mut items = build_leaves(lo, &entries, hi == u64::MAX);
 
         for level in (0..leaf_level).rev() {
             let parents = level_nodes(root, level, lo, hi);
@@ -765,13 +827,13 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
                     replaced.push(node);
                 }
             }
-            items = build_internals(&children);
+            items = build_internals(&children, phi == u64::MAX);
             (lo, hi) = (plo, phi);
         }
 
         let mut height = height;
         while items.len() > 1 {
-            items = build_internals(&items);
+            items = build_internals(&items, true);
             height += 1;
         }
         let mut new_root = items[0].node;
@@ -868,17 +930,30 @@ fn coalesce_gaps<T>(entries: &mut Vec<Entry<T>>) {
     });
 }
 
-/// Splits `count` items into the fewest chunks of at most `capacity`, as even as possible.
-fn chunk_sizes(count: usize, capacity: usize) -> impl Iterator<Item = usize> {
+/// Splits `count` items into the fewest chunks of at most `capacity`, none below `minimum`
+/// (unless `count` is). Balanced in general; at the right edge of the index space the chunks are
+/// filled from the left, so that appending ranges leaves full nodes behind (as the kernel does).
+fn chunk_sizes(count: usize, capacity: usize, minimum: usize, right_edge: bool) -> Vec<usize> {
     let chunks = count.div_ceil(capacity).max(1);
-    (0..chunks).map(move |i| count / chunks + usize::from(i < count % chunks))
+    if right_edge && chunks > 1 {
+        let mut sizes = vec![capacity; chunks];
+        let last = count - capacity * (chunks - 1);
+        let moved = minimum.saturating_sub(last);
+        sizes[chunks - 1] = last + moved;
+        sizes[chunks - 2] -= moved;
+        return sizes;
+    }
+    (0..chunks)
+        .map(|i| count / chunks + usize::from(i < count % chunks))
+        .collect()
 }
 
 /// New leaves holding `entries`, which cover an interval starting at `first`.
-fn build_leaves<T>(first: u64, entries: &[Entry<T>]) -> Vec<Child<T>> {
+fn build_leaves<T>(first: u64, entries: &[Entry<T>], right_edge: bool) -> Vec<Child<T>> {
     let mut start = first;
     let mut rest = entries;
-    chunk_sizes(entries.len(), LEAF_SLOTS)
+    chunk_sizes(entries.len(), LEAF_SLOTS, LEAF_MIN, right_edge)
+        .into_iter()
         .map(|size| {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
@@ -891,9 +966,10 @@ fn build_leaves<T>(first: u64, entries: &[Entry<T>]) -> Vec<Child<T>> {
 }
 
 /// New internal nodes holding `children`.
-fn build_internals<T>(children: &[Child<T>]) -> Vec<Child<T>> {
+fn build_internals<T>(children: &[Child<T>], right_edge: bool) -> Vec<Child<T>> {
     let mut rest = children;
-    chunk_sizes(children.len(), INTERNAL_SLOTS)
+    chunk_sizes(children.len(), INTERNAL_SLOTS, INTERNAL_MIN, right_edge)
+        .into_iter()
         .map(|size| {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;

@@ -1,6 +1,8 @@
 //! The RCU contract, checked with std threads against every implementation.
 #![cfg(not(feature = "shuttle"))]
 
+#[path = "support/no_grace.rs"]
+mod no_grace;
 #[path = "support/rcu_scenarios.rs"]
 mod scenarios;
 

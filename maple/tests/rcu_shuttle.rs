@@ -2,6 +2,8 @@
 //! every interleaving point controlled by the checker. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
+#[path = "support/no_grace.rs"]
+mod no_grace;
 #[path = "support/rcu_scenarios.rs"]
 mod scenarios;
 

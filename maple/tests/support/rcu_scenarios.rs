@@ -3,6 +3,8 @@
 //! domain breaks its contract.
 
 use maple::rcu::{Rcu, Reclaim};
+
+pub use crate::no_grace::NoGrace;
 use maple::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use maple::sync::{Arc, thread};
 
@@ -70,25 +72,6 @@ impl Drop for Arena {
             std::mem::forget(self.0.take());
         }
     }
-}
-
-/// A broken domain: frees at once and never waits. Scenarios must catch it.
-#[derive(Default)]
-pub struct NoGrace<R>(R);
-
-impl<R: Rcu> Rcu for NoGrace<R> {
-    type Guard<'a> = R::Guard<'a>;
-    const NAME: &'static str = "no-grace (broken)";
-
-    fn read(&self) -> Self::Guard<'_> {
-        self.0.read()
-    }
-    unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T) {
-        // SAFETY: deliberately wrong (no grace period); probes tolerate it by design.
-        unsafe { F::reclaim(ptr) }
-    }
-    fn synchronize(&self) {}
-    fn barrier(&self) {}
 }
 
 /// Spins (yielding) until `flag` is set.
