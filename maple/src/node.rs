@@ -7,13 +7,19 @@
 //!   starts at `min` and slot `end` ends at `max`. `pivot[0..end]` is strictly increasing inside
 //!   `[min, max)`; every pivot from `end` on is `u64::MAX`, so the slot holding an index is the
 //!   number of pivots below it (a branch-free count over the whole array).
-//! - A published node is never written again, except for its `dead` flag, set after its
-//!   replacement has been published. Readers may still walk a dead node; it stays allocated
-//!   until a grace period has passed.
+//! - A published leaf is never written again, except for its `dead` flag, set after its
+//!   replacement has been published. A published internal node changes only in place of one
+//!   child pointer (when a leaf is replaced by one with the same interval) and in its recorded
+//!   gaps; pivots never change. Readers may still walk a dead node; it stays allocated until a
+//!   grace period has passed.
 //! - Leaf slots hold a value pointer (a `Box<T>` owned by the tree) or null, a gap. Internal slots
 //!   hold child pointers, and `gaps[i]` is the size of the largest gap under child `i`.
+//!
+//! Orderings: a child pointer stored in place is a Release store, and every child pointer load
+//! is Acquire, pairing with it (the new leaf is complete before it is reachable). Gaps are
+//! Relaxed: they are exact for the writer (which wrote them) and advisory for readers.
 
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::ptr;
 
 /// Slots in a leaf (as the kernel's `maple_range_64`).
@@ -56,8 +62,9 @@ pub(crate) struct Leaf<T> {
 pub(crate) struct Internal<T> {
     header: Header,
     pivots: [u64; INTERNAL_SLOTS - 1],
-    gaps: [u64; INTERNAL_SLOTS],
-    slots: [NodePtr<T>; INTERNAL_SLOTS],
+    gaps: [AtomicU64; INTERNAL_SLOTS],
+    slots: [AtomicPtr<Header>; INTERNAL_SLOTS],
+    _children: std::marker::PhantomData<NodePtr<T>>,
 }
 
 /// A pointer to a node of either kind.
@@ -113,10 +120,6 @@ fn slot_of(pivots: &[u64], index: u64) -> usize {
 }
 
 impl<T> NodePtr<T> {
-    pub(crate) fn null() -> Self {
-        Self(ptr::null_mut(), std::marker::PhantomData)
-    }
-
     pub(crate) fn as_raw(self) -> *mut Header {
         self.0
     }
@@ -241,18 +244,17 @@ impl<T> Internal<T> {
     /// Builds an internal node from 1..=10 children; returns it with its largest gap.
     pub(crate) fn build(children: &[Child<T>]) -> (NodePtr<T>, u64) {
         debug_assert!(!children.is_empty() && children.len() <= INTERNAL_SLOTS);
-        let mut node = Box::new(Internal {
+        let mut node = Box::new(Internal::<T> {
             header: Header::new(KIND_INTERNAL, children.len()),
             pivots: [u64::MAX; INTERNAL_SLOTS - 1],
-            gaps: [0; INTERNAL_SLOTS],
-            slots: [NodePtr::null(); INTERNAL_SLOTS],
+            gaps: std::array::from_fn(|i| AtomicU64::new(children.get(i).map_or(0, |c| c.gap))),
+            slots: std::array::from_fn(|i| {
+                AtomicPtr::new(children.get(i).map_or(ptr::null_mut(), |c| c.node.as_raw()))
+            }),
+            _children: std::marker::PhantomData,
         });
-        for (i, child) in children.iter().enumerate() {
-            if i + 1 < children.len() {
-                node.pivots[i] = child.last;
-            }
-            node.gaps[i] = child.gap;
-            node.slots[i] = child.node;
+        for (i, child) in children.iter().enumerate().take(children.len() - 1) {
+            node.pivots[i] = child.last;
         }
         let gap = children.iter().map(|c| c.gap).max().unwrap_or(0);
         (NodePtr::from_raw(Box::into_raw(node).cast()), gap)
@@ -276,27 +278,44 @@ impl<T> Internal<T> {
 
     #[inline(always)]
     pub(crate) fn child(&self, i: usize) -> NodePtr<T> {
-        self.slots[i]
+        // Acquire pairs with the Release store in `set_child`.
+        NodePtr::from_raw(self.slots[i].load(Ordering::Acquire))
+    }
+
+    /// Replaces child `i` in place with a node covering the same interval (writer only).
+    pub(crate) fn set_child(&self, i: usize, child: NodePtr<T>) {
+        // Release pairs with the Acquire load in `child`: the child is complete first.
+        self.slots[i].store(child.as_raw(), Ordering::Release);
     }
 
     pub(crate) fn gap(&self, i: usize) -> u64 {
-        self.gaps[i]
+        self.gaps[i].load(Ordering::Relaxed)
+    }
+
+    /// Records a new largest gap under child `i` (writer only).
+    pub(crate) fn set_gap(&self, i: usize, gap: u64) {
+        self.gaps[i].store(gap, Ordering::Relaxed);
+    }
+
+    /// The largest gap under this node.
+    pub(crate) fn max_gap(&self) -> u64 {
+        (0..=self.end()).map(|i| self.gap(i)).max().unwrap_or(0)
     }
 
     pub(crate) fn pivots(&self) -> &[u64] {
         &self.pivots
     }
 
-    pub(crate) fn gaps(&self) -> &[u64] {
-        &self.gaps
+    pub(crate) fn gaps(&self) -> impl Iterator<Item = u64> + '_ {
+        self.gaps.iter().map(|gap| gap.load(Ordering::Relaxed))
     }
 
     /// The node's slots as children.
     pub(crate) fn children(&self, max: u64) -> impl Iterator<Item = Child<T>> + '_ {
         (0..=self.end()).map(move |i| Child {
             last: if i == self.end() { max } else { self.pivots[i] },
-            node: self.slots[i],
-            gap: self.gaps[i],
+            node: self.child(i),
+            gap: self.gap(i),
         })
     }
 }

@@ -722,13 +722,12 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
                 last = after.last;
             }
         }
-        let mut replaced = Vec::new();
         let leaf_level = height - 1;
         let leaves = level_nodes(root, leaf_level, first, last);
         let (mut lo, mut hi) = (leaves[0].1, leaves[leaves.len() - 1].2);
 
-        let mut before = Vec::new();
-        let mut after = Vec::new();
+        let mut entries = Vec::with_capacity(LEAF_SLOTS * leaves.len() + 2);
+        let mut new_entry = Some(Entry { last, value });
         let mut displaced = Vec::new();
         let mut added = usize::from(!value.is_null());
         for &(leaf, min, max) in &leaves {
@@ -737,41 +736,62 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
                 let (s, e) = (start, entry.last);
                 start = e.wrapping_add(1);
                 if e < first {
-                    before.push(entry);
-                } else if s > last {
-                    after.push(entry);
-                } else {
-                    let keeps_left = s < first;
-                    if keeps_left {
-                        before.push(Entry {
-                            last: first - 1,
-                            value: entry.value,
-                        });
-                    }
-                    if e > last {
-                        let right = if keeps_left && !entry.value.is_null() {
-                            let split = split.expect("only store_range and erase_range split ranges");
-                            added += 1;
-                            // SAFETY: the value is owned by the tree and allocated.
-                            Box::into_raw(Box::new(split(unsafe { &*entry.value })))
-                        } else {
-                            entry.value
-                        };
-                        after.push(Entry {
-                            last: e,
-                            value: right,
-                        });
-                    } else if !keeps_left && !entry.value.is_null() {
+                    entries.push(entry);
+                    continue;
+                }
+                let keeps_left = s < first;
+                if keeps_left {
+                    entries.push(Entry {
+                        last: first - 1,
+                        value: entry.value,
+                    });
+                }
+                if e <= last {
+                    if !keeps_left && !entry.value.is_null() {
                         displaced.push((s, e, entry.value));
                     }
+                    continue;
                 }
+                entries.extend(new_entry.take());
+                let kept = if s > last {
+                    entry
+                } else if keeps_left && !entry.value.is_null() {
+                    let split = split.expect("only store_range and erase_range split ranges");
+                    added += 1;
+                    // SAFETY: the value is owned by the tree and allocated.
+                    let copy = split(unsafe { &*entry.value });
+                    Entry {
+                        last: e,
+                        value: Box::into_raw(Box::new(copy)),
+                    }
+                } else {
+                    Entry {
+                        last: e,
+                        value: entry.value,
+                    }
+                };
+                entries.push(kept);
             }
-            replaced.push(leaf);
         }
-        let mut entries = before;
-        entries.push(Entry { last, value });
-        entries.append(&mut after);
+        entries.extend(new_entry.take());
         coalesce_gaps(&mut entries);
+        let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
+        self.tree.len.store(len, Ordering::Relaxed);
+        let displaced = Displaced::new(&self.tree.rcu, displaced);
+
+        // The common case: one leaf becomes one leaf with the same interval. Only the leaf is
+        // new; it is stored into its parent's slot in place (the kernel's slot store).
+        let fits = if height == 1 {
+            1..=LEAF_SLOTS
+        } else {
+            LEAF_MIN..=LEAF_SLOTS
+        };
+        if leaves.len() == 1 && fits.contains(&entries.len()) {
+            let (leaf, gap) = Leaf::build(lo, &entries);
+            self.replace_leaf(leaves[0].0, lo, leaf, gap);
+            return displaced;
+        }
+        let mut replaced: Vec<NodePtr<T>> = leaves.iter().map(|&(leaf, _, _)| leaf).collect();
 
         // Rebalance: an under-full run takes in a neighbouring leaf.
         while entries.len() < LEAF_MIN && !(lo == 0 && hi == u64::MAX) {
@@ -849,18 +869,52 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
             height -= 1;
         }
         self.state.height = height;
-        self.publish(new_root, replaced);
-        let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
-        self.tree.len.store(len, Ordering::Relaxed);
-        Displaced::new(&self.tree.rcu, displaced)
-    }
-
-    /// Makes `root` the current version, then retires the nodes it replaced.
-    fn publish(&mut self, root: NodePtr<T>, replaced: Vec<NodePtr<T>>) {
         // Release pairs with the readers' Acquire load in `current_root`: the new nodes are
         // complete before any reader can reach them.
-        self.tree.root.store(root.as_raw(), Ordering::Release);
-        for node in replaced {
+        self.tree.root.store(new_root.as_raw(), Ordering::Release);
+        self.retire(&replaced);
+        displaced
+    }
+
+    /// Replaces `old`, the leaf covering the interval that starts at `first`, with `new`, which
+    /// covers the same interval: one store into the parent's slot (or the root), then the
+    /// recorded gaps of the ancestors are brought up to date, from the bottom until one is
+    /// unchanged.
+    fn replace_leaf(&mut self, old: NodePtr<T>, first: u64, new: NodePtr<T>, gap: u64) {
+        let root = self.root();
+        if root == old {
+            // Release pairs with the readers' Acquire load in `current_root`.
+            self.tree.root.store(new.as_raw(), Ordering::Release);
+            self.retire(&[old]);
+            return;
+        }
+        let mut path: Vec<(&Internal<T>, usize)> = Vec::with_capacity(self.state.height);
+        let mut node = root;
+        let (mut min, mut max) = (0, u64::MAX);
+        while node != old {
+            let internal = internal_of(node);
+            let slot = internal.slot_of(first);
+            (min, max) = internal.bounds(slot, min, max);
+            path.push((internal, slot));
+            node = internal.child(slot);
+        }
+        debug_assert_eq!(min, first);
+        let (parent, slot) = path[path.len() - 1];
+        parent.set_child(slot, new);
+        let mut gap = gap;
+        for &(internal, slot) in path.iter().rev() {
+            if internal.gap(slot) == gap {
+                break;
+            }
+            internal.set_gap(slot, gap);
+            gap = internal.max_gap();
+        }
+        self.retire(&[old]);
+    }
+
+    /// Marks replaced nodes dead and hands them to the RCU domain.
+    fn retire(&self, replaced: &[NodePtr<T>]) {
+        for &node in replaced {
             // SAFETY: the node belonged to the previous version and is unreachable from the new
             // root; it is retired exactly once (each write replaces distinct nodes).
             unsafe {

@@ -118,7 +118,7 @@ fn check<T>(node: NodePtr<T>, depth: usize, min: u64, max: u64, walk: &mut Walk)
                 return Err(format!("{at}: internal node has {children} children"));
             }
             check_pivots(internal.pivots(), internal.end(), min, max, &at)?;
-            if let Some(i) = internal.gaps()[children..].iter().position(|&g| g != 0) {
+            if let Some(i) = internal.gaps().skip(children).position(|g| g != 0) {
                 return Err(format!("{at}: unused gap slot {} is not zero", children + i));
             }
             let mut gap = 0;
