@@ -48,6 +48,14 @@ fn btree(n: u64) -> BTreeMap<u64, (u64, u64)> {
         .collect()
 }
 
+/// The range holding `index`, as `(first, last)`: the lookup without touching the value.
+#[inline]
+fn btree_range(map: &BTreeMap<u64, (u64, u64)>, index: u64) -> Option<(u64, u64)> {
+    map.range(..=index)
+        .next_back()
+        .and_then(|(&first, &(last, _))| (last >= index).then_some((first, last)))
+}
+
 #[inline]
 fn btree_lookup(map: &BTreeMap<u64, (u64, u64)>, index: u64) -> Option<u64> {
     map.range(..=index)
@@ -72,6 +80,15 @@ fn lookups(c: &mut Criterion) {
             let mut rng = Rng(1);
             b.iter(|| black_box(tree.load(rng.below(universe), &guard).copied()))
         });
+        group.bench_function(BenchmarkId::new("maple range bounds (guard held)", n), |b| {
+            let mut rng = Rng(1);
+            b.iter(|| {
+                black_box(
+                    tree.load_range(rng.below(universe), &guard)
+                        .map(|(f, l, _)| (f, l)),
+                )
+            })
+        });
         drop(guard);
         drop(tree);
 
@@ -79,6 +96,10 @@ fn lookups(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("std BTreeMap", n), |b| {
             let mut rng = Rng(1);
             b.iter(|| black_box(btree_lookup(&map, rng.below(universe))))
+        });
+        group.bench_function(BenchmarkId::new("std BTreeMap range bounds", n), |b| {
+            let mut rng = Rng(1);
+            b.iter(|| black_box(btree_range(&map, rng.below(universe))))
         });
         drop(map);
 
@@ -210,81 +231,103 @@ fn gaps(c: &mut Criterion) {
     group.finish();
 }
 
-/// Reader throughput on one thread while another thread stores continuously (or idles).
+/// What the second thread does while one thread reads.
+#[derive(Clone, Copy)]
+enum Background {
+    /// Nothing: the reader alone.
+    Idle,
+    /// Spins on private data: a control for how much a busy second vCPU alone slows the reader.
+    Busy,
+    /// Stores continuously into the same map.
+    Writer,
+}
+
+/// Reader throughput on one thread while another thread idles, spins, or stores continuously.
 fn readers_under_writer(c: &mut Criterion) {
     const N: u64 = 100_000;
     let universe = N * RANGE_STRIDE;
     let mut group = c.benchmark_group("maple/read_while_writing");
-    for writing in [false, true] {
-        let label = if writing { "writer running" } else { "no writer" };
+    for (background, label) in [
+        (Background::Idle, "no writer"),
+        (Background::Busy, "busy thread"),
+        (Background::Writer, "writer running"),
+    ] {
         let tree = Arc::new(maple_tree(N));
         group.bench_function(BenchmarkId::new("maple", label), |b| {
             b.iter_custom(|iters| {
-                with_writer(
-                    writing,
-                    &tree,
-                    |tree, rng| {
-                        let first = rng.below(N) * RANGE_STRIDE;
-                        drop(tree.store_range(first, first + RANGE_LEN - 1, first).unwrap());
-                    },
-                    || {
-                        let mut rng = Rng(5);
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            let guard = tree.guard();
-                            black_box(tree.load(rng.below(universe), &guard).copied());
-                        }
-                        start.elapsed()
-                    },
-                )
+                let write = |tree: &MapleTree<u64>, rng: &mut Rng| {
+                    let first = rng.below(N) * RANGE_STRIDE;
+                    drop(tree.store_range(first, first + RANGE_LEN - 1, first).unwrap());
+                };
+                with_background(background, &tree, write, || {
+                    let mut rng = Rng(5);
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let guard = tree.guard();
+                        black_box(
+                            tree.load_range(rng.below(universe), &guard)
+                                .map(|(f, l, _)| (f, l)),
+                        );
+                    }
+                    start.elapsed()
+                })
             })
         });
         let map = Arc::new(RwLock::new(btree(N)));
         group.bench_function(BenchmarkId::new("RwLock<BTreeMap>", label), |b| {
             b.iter_custom(|iters| {
-                with_writer(
-                    writing,
-                    &map,
-                    |map, rng| {
-                        let first = rng.below(N) * RANGE_STRIDE;
-                        map.write().unwrap().insert(first, (first + RANGE_LEN - 1, first));
-                    },
-                    || {
-                        let mut rng = Rng(5);
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            black_box(btree_lookup(&map.read().unwrap(), rng.below(universe)));
-                        }
-                        start.elapsed()
-                    },
-                )
+                let write = |map: &RwLock<BTreeMap<u64, (u64, u64)>>, rng: &mut Rng| {
+                    let first = rng.below(N) * RANGE_STRIDE;
+                    map.write().unwrap().insert(first, (first + RANGE_LEN - 1, first));
+                };
+                with_background(background, &map, write, || {
+                    let mut rng = Rng(5);
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(btree_range(&map.read().unwrap(), rng.below(universe)));
+                    }
+                    start.elapsed()
+                })
             })
         });
     }
     group.finish();
 }
 
-/// Runs `measure` on this thread while (if `writing`) another thread runs `write` in a loop.
-fn with_writer<S: Send + Sync + 'static>(
-    writing: bool,
+/// Runs `measure` on this thread while another thread does `background` (`write` in a loop
+/// for [`Background::Writer`]).
+fn with_background<S: Send + Sync + 'static>(
+    background: Background,
     shared: &Arc<S>,
     write: impl Fn(&S, &mut Rng) + Send + 'static,
     measure: impl FnOnce() -> Duration,
 ) -> Duration {
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = writing.then(|| {
-        let (shared, stop) = (shared.clone(), stop.clone());
-        thread::spawn(move || {
-            let mut rng = Rng(6);
-            while !stop.load(Ordering::Relaxed) {
-                write(&shared, &mut rng);
-            }
-        })
-    });
+    let helper = match background {
+        Background::Idle => None,
+        Background::Busy => {
+            let stop = stop.clone();
+            Some(thread::spawn(move || {
+                let mut rng = Rng(6);
+                while !stop.load(Ordering::Relaxed) {
+                    black_box(rng.below(1_000));
+                }
+            }))
+        }
+        Background::Writer => {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            Some(thread::spawn(move || {
+                let mut rng = Rng(6);
+                while !stop.load(Ordering::Relaxed) {
+                    write(&shared, &mut rng);
+                }
+            }))
+        }
+    };
     let elapsed = measure();
     stop.store(true, Ordering::Relaxed);
-    if let Some(writer) = writer {
-        writer.join().unwrap();
+    if let Some(helper) = helper {
+        helper.join().unwrap();
     }
     elapsed
 }

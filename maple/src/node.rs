@@ -116,7 +116,10 @@ pub(crate) fn span(first: u64, last: u64) -> u64 {
 /// Slot index of `index` among `pivots` (every pivot past the last used slot is `u64::MAX`).
 #[inline(always)]
 fn slot_of(pivots: &[u64], index: u64) -> usize {
-    pivots.iter().map(|&pivot| usize::from(pivot < index)).sum()
+    pivots
+        .iter()
+        .position(|&pivot| pivot >= index)
+        .unwrap_or(pivots.len())
 }
 
 impl<T> NodePtr<T> {
