@@ -44,6 +44,7 @@
 mod error;
 mod node;
 pub mod rcu;
+mod reclaim;
 pub mod sync;
 mod tree;
 mod validate;

@@ -20,6 +20,7 @@ use crate::node::{
     ReclaimNode, ReclaimValue, View, span,
 };
 use crate::rcu::{DefaultRcu, Rcu};
+use crate::reclaim::{ReclaimQueue, Retired};
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 use std::fmt;
@@ -42,6 +43,8 @@ pub struct MapleTree<T: Send + Sync + 'static, R: Rcu = DefaultRcu> {
     /// Number of ranges; updated by the writer, read with Relaxed (a statistic).
     len: AtomicUsize,
     writer: Mutex<WriterState>,
+    /// Replaced nodes and displaced values waiting for their grace period; freed by writers.
+    retired: Mutex<ReclaimQueue<R::Cookie>>,
     rcu: R,
     _values: PhantomData<Box<T>>,
 }
@@ -153,6 +156,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
             root: CacheAligned(AtomicPtr::new(root.as_raw())),
             len: AtomicUsize::new(0),
             writer: Mutex::new(WriterState { height: 1 }),
+            retired: Mutex::new(ReclaimQueue::default()),
             rcu: R::default(),
             _values: PhantomData,
         }
@@ -162,6 +166,30 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
     /// into it and wait for its grace periods.
     pub fn rcu(&self) -> &R {
         &self.rcu
+    }
+
+    /// Queues unlinked nodes and values for freeing after a grace period, and frees those whose
+    /// grace period has passed (on this, the writer's, thread).
+    fn retire(&self, items: impl IntoIterator<Item = Retired>) {
+        let ready = self
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retire(&self.rcu, items);
+        // SAFETY: the queue returns only objects whose grace period has elapsed.
+        unsafe { Retired::free(ready) };
+    }
+
+    /// Waits for a grace period and frees everything replaced or displaced so far. Writers free
+    /// retired memory in batches as they go; this is for tests and for trimming memory at once.
+    ///
+    /// # Panics
+    /// If called inside a read-side section.
+    pub fn flush_retired(&self) {
+        let taken = self.retired.lock().unwrap_or_else(|e| e.into_inner()).take_all();
+        self.rcu.synchronize();
+        // SAFETY: everything taken was unlinked before the grace period that just elapsed.
+        unsafe { Retired::free(taken) };
     }
 
     /// Enters a read-side section.
@@ -546,7 +574,7 @@ impl<'g, T: Send + Sync + 'static, R: Rcu> Iterator for Iter<'g, T, R> {
 /// waits for the grace period and gives them back.
 #[must_use = "dropping Displaced frees the values after a grace period; use reclaim() to take them back"]
 pub struct Displaced<'t, T: Send + Sync + 'static, R: Rcu> {
-    rcu: &'t R,
+    tree: &'t MapleTree<T, R>,
     values: Vec<(u64, u64, *mut T)>,
 }
 
@@ -554,8 +582,8 @@ pub struct Displaced<'t, T: Send + Sync + 'static, R: Rcu> {
 unsafe impl<T: Send + Sync + 'static, R: Rcu> Send for Displaced<'_, T, R> {}
 
 impl<'t, T: Send + Sync + 'static, R: Rcu> Displaced<'t, T, R> {
-    fn new(rcu: &'t R, values: Vec<(u64, u64, *mut T)>) -> Self {
-        Self { rcu, values }
+    fn new(tree: &'t MapleTree<T, R>, values: Vec<(u64, u64, *mut T)>) -> Self {
+        Self { tree, values }
     }
 
     /// Number of values displaced.
@@ -581,7 +609,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Displaced<'t, T, R> {
     /// # Panics
     /// If called inside a read-side section.
     pub fn reclaim(mut self) -> Vec<(u64, u64, T)> {
-        self.rcu.synchronize();
+        self.tree.rcu.synchronize();
         std::mem::take(&mut self.values)
             .into_iter()
             // SAFETY: after the grace period no reader holds the values; each came from a box.
@@ -592,10 +620,14 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Displaced<'t, T, R> {
 
 impl<T: Send + Sync + 'static, R: Rcu> Drop for Displaced<'_, T, R> {
     fn drop(&mut self) {
-        for &(_, _, value) in &self.values {
-            // SAFETY: the value is unreachable from the tree's current version; it came from a
-            // box and is retired exactly once.
-            unsafe { self.rcu.retire::<T, ReclaimValue>(value) };
+        if !self.values.is_empty() {
+            // The values are unreachable from the tree's current version; each came from a box
+            // and is retired exactly once.
+            self.tree.retire(
+                self.values
+                    .drain(..)
+                    .map(|(_, _, value)| Retired::new::<T, ReclaimValue>(value)),
+            );
         }
     }
 }
@@ -678,7 +710,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
     pub fn erase(&mut self, index: u64) -> Displaced<'t, T, R> {
         match self.load_range(index) {
             Some((first, last, _)) => self.write(first, last, std::ptr::null_mut(), None),
-            None => Displaced::new(&self.tree.rcu, Vec::new()),
+            None => Displaced::new(self.tree, Vec::new()),
         }
     }
 
@@ -790,7 +822,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
         coalesce_gaps(&mut entries);
         let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
         self.tree.len.store(len, Ordering::Relaxed);
-        let displaced = Displaced::new(&self.tree.rcu, displaced);
+        let displaced = Displaced::new(self.tree, displaced);
 
         // The common case: one leaf becomes one leaf with the same interval. Only the leaf is
         // new; it is stored into its parent's slot in place (the kernel's slot store).
@@ -925,16 +957,18 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
         self.retire(&[old]);
     }
 
-    /// Marks replaced nodes dead and hands them to the RCU domain.
+    /// Marks replaced nodes dead and queues them for freeing after a grace period.
     fn retire(&self, replaced: &[NodePtr<T>]) {
         for &node in replaced {
-            // SAFETY: the node belonged to the previous version and is unreachable from the new
-            // root; it is retired exactly once (each write replaces distinct nodes).
-            unsafe {
-                node.mark_dead();
-                self.tree.rcu.retire::<Header, ReclaimNode>(node.as_raw());
-            }
+            // SAFETY: the node belonged to the previous version and is still allocated (it is
+            // retired below, once: each write replaces distinct nodes).
+            unsafe { node.mark_dead() };
         }
+        self.tree.retire(
+            replaced
+                .iter()
+                .map(|node| Retired::new::<Header, ReclaimNode>(node.as_raw())),
+        );
     }
 }
 
@@ -1075,6 +1109,13 @@ impl<T: Send + Sync + 'static, R: Rcu> Drop for MapleTree<T, R> {
             }
         }
         free(NodePtr::<T>::from_raw(self.root.load(Ordering::Relaxed)));
+        let retired = self
+            .retired
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_all();
+        // SAFETY: no reader can exist while the tree is dropped (guards borrow it).
+        unsafe { Retired::free(retired) };
     }
 }
 

@@ -1,14 +1,14 @@
 //! [`Rcu`] over crossbeam-epoch's process-wide default collector.
 //!
 //! Entering a read section is `crossbeam_epoch::pin()` (a thread-local counter and one fence).
-//! `synchronize` defers a flag-setting closure behind everything this thread retired, flushes, and
-//! pins-and-flushes until the closure has run: crossbeam runs a deferred closure only after the
+//! A grace period defers a flag-setting closure behind everything this thread retired and
+//! flushes; polling it pins-and-flushes until the closure has run: crossbeam runs a deferred closure only after the
 //! global epoch advanced twice past the epoch it was deferred in, which requires every thread that
 //! was pinned at that time to have unpinned.
 
 use super::{Rcu, Reclaim, assert_may_wait};
+use crate::sync::Arc;
 use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::{Arc, Backoff};
 
 /// crossbeam-epoch as an [`Rcu`] domain (a zero-sized handle on the global collector).
 ///
@@ -20,6 +20,7 @@ pub struct EpochRcu;
 
 impl Rcu for EpochRcu {
     type Guard<'a> = crossbeam_epoch::Guard;
+    type Cookie = Arc<AtomicBool>;
 
     const NAME: &'static str = "crossbeam-epoch";
 
@@ -36,22 +37,24 @@ impl Rcu for EpochRcu {
         unsafe { guard.defer_unchecked(move || F::reclaim(ptr)) };
     }
 
-    fn synchronize(&self) {
-        assert_may_wait("synchronize");
+    fn start_grace_period(&self) -> Arc<AtomicBool> {
         let done = Arc::new(AtomicBool::new(false));
-        {
-            let guard = crossbeam_epoch::pin();
-            let flag = Arc::clone(&done);
-            // Release pairs with the Acquire loads below: whoever ran the closure had seen every
-            // reader of the old epoch unpin.
-            guard.defer(move || flag.store(true, Ordering::Release));
-            guard.flush();
+        let guard = crossbeam_epoch::pin();
+        let flag = Arc::clone(&done);
+        // Release pairs with the Acquire load in `grace_period_elapsed`: whoever ran the closure
+        // had seen every thread pinned in the old epoch unpin.
+        guard.defer(move || flag.store(true, Ordering::Release));
+        guard.flush();
+        done
+    }
+
+    fn grace_period_elapsed(&self, done: &mut Arc<AtomicBool>) -> bool {
+        if done.load(Ordering::Acquire) {
+            return true;
         }
-        let mut backoff = Backoff::new();
-        while !done.load(Ordering::Acquire) {
-            crossbeam_epoch::pin().flush();
-            backoff.snooze();
-        }
+        // Try to advance the epoch and run expired closures, ours among them.
+        crossbeam_epoch::pin().flush();
+        done.load(Ordering::Acquire)
     }
 
     fn barrier(&self) {

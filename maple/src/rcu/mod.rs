@@ -6,7 +6,9 @@
 //! - [`Rcu::retire`] hands over an object that writers have already made unreachable; it is freed
 //!   once every read-side section that might have seen it has ended (a *grace period*).
 //! - [`Rcu::synchronize`] blocks until every read-side section that existed when it was called
-//!   has ended. It never waits for sections that began after it was called to end, so a stream of
+//!   has ended; [`Rcu::start_grace_period`] and [`Rcu::grace_period_elapsed`] are the same
+//!   without blocking, so a writer can free its garbage itself, later, instead of leaving it
+//!   to whichever reader runs the domain's reclamation. It never waits for sections that began after it was called to end, so a stream of
 //!   new readers cannot starve it (crossbeam-epoch gives a slightly weaker bound, see
 //!   [`EpochRcu`]).
 //!
@@ -28,9 +30,9 @@ mod seize;
 
 pub use self::epoch::EpochRcu;
 pub use self::model::{ModelGuard, ModelRcu};
-pub use self::seize::{SeizeGuard, SeizeRcu};
+pub use self::seize::{SeizeCookie, SeizeGuard, SeizeRcu};
 
-use crate::sync::thread_local;
+use crate::sync::{Backoff, thread_local};
 use std::cell::Cell;
 
 /// The RCU implementation a [`crate::MapleTree`] uses unless told otherwise: crossbeam-epoch on
@@ -85,11 +87,30 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// - `F::reclaim(ptr)` must be sound to call exactly once, from any thread.
     unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T);
 
+    /// A grace period in progress, from [`Rcu::start_grace_period`].
+    type Cookie: Send;
+
+    /// Starts a grace period covering every read-side section running now, without waiting
+    /// (the kernel's `start_poll_synchronize_rcu`).
+    fn start_grace_period(&self) -> Self::Cookie;
+
+    /// Whether the grace period has elapsed: every section that was running when `cookie` was
+    /// made has ended (the kernel's `poll_state_synchronize_rcu`). Never blocks; may help the
+    /// grace period along.
+    fn grace_period_elapsed(&self, cookie: &mut Self::Cookie) -> bool;
+
     /// Blocks until every read-side section that existed when it was called has ended.
     ///
     /// # Panics
     /// If the calling thread is inside a read-side section (it would wait for itself forever).
-    fn synchronize(&self);
+    fn synchronize(&self) {
+        assert_may_wait("synchronize");
+        let mut cookie = self.start_grace_period();
+        let mut backoff = Backoff::new();
+        while !self.grace_period_elapsed(&mut cookie) {
+            backoff.snooze();
+        }
+    }
 
     /// Waits until every object this thread retired before the call has been reclaimed (the model
     /// reclaims those of all threads). For teardown and tests; writers need only `synchronize`.

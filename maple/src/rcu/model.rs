@@ -139,6 +139,7 @@ impl ModelRcu {
 
 impl Rcu for ModelRcu {
     type Guard<'a> = ModelGuard<'a>;
+    type Cookie = Vec<(usize, u64)>;
 
     const NAME: &'static str = "model";
 
@@ -187,13 +188,12 @@ impl Rcu for ModelRcu {
         Self::reclaim_all(ready);
     }
 
-    fn synchronize(&self) {
-        assert_may_wait("synchronize");
-        let readers = self.running_readers();
-        let mut backoff = Backoff::new();
-        while !self.all_ended(&readers) {
-            backoff.snooze();
-        }
+    fn start_grace_period(&self) -> Vec<(usize, u64)> {
+        self.running_readers()
+    }
+
+    fn grace_period_elapsed(&self, readers: &mut Vec<(usize, u64)>) -> bool {
+        self.all_ended(readers)
     }
 
     fn barrier(&self) {

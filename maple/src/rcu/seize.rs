@@ -1,14 +1,14 @@
 //! [`Rcu`] over the seize crate: a collector owned by each domain (Hyaline-style reference counted
 //! batches), reclaiming promptly once the readers that were active at retirement have left.
 //!
-//! seize hands a retired batch only to the threads active when the batch is flushed, so
-//! `synchronize` never waits for read sections that began later. A batch is flushed only once it
-//! holds at least as many objects as there are active threads; `synchronize` therefore adds small
-//! sentinel objects until its sentinel's batch has been flushed and reclaimed.
+//! seize hands a retired batch only to the threads active when the batch is flushed, so a grace
+//! period never waits for read sections that began later. A batch is flushed only once it holds
+//! at least as many objects as there are active threads; polling a grace period therefore adds
+//! a small sentinel object every few polls until one sentinel's batch has been reclaimed.
 
 use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
+use crate::sync::Arc;
 use crate::sync::atomic::{AtomicBool, Ordering};
-use crate::sync::{Arc, Backoff};
 use ::seize::{Collector, Guard as _, LocalGuard};
 
 /// seize as an [`Rcu`] domain; each value owns its own collector.
@@ -24,21 +24,39 @@ pub struct SeizeGuard<'a> {
     _depth: ReadDepth,
 }
 
-/// Snoozes between sentinel insertions while `synchronize` waits; a batch needs one object per
-/// active thread, so sentinels are added slowly rather than one per spin.
-const SNOOZES_PER_SENTINEL: u32 = 32;
+/// Polls of a grace period between sentinel insertions; a batch needs one object per active
+/// thread, so sentinels are added slowly rather than one per poll.
+const POLLS_PER_SENTINEL: u32 = 32;
 
-/// Reclaims a sentinel: sets the flag its `synchronize` waits on, then frees it.
+/// A grace period of a [`SeizeRcu`] domain: set when one of its sentinels is reclaimed.
+#[derive(Debug)]
+pub struct SeizeCookie {
+    done: Arc<AtomicBool>,
+    polls: u32,
+}
+
+impl SeizeRcu {
+    /// Retires a sentinel that sets the cookie's flag, and flushes this thread's batch.
+    fn add_sentinel(&self, cookie: &SeizeCookie) {
+        let sentinel = Box::into_raw(Box::new(Arc::clone(&cookie.done)));
+        // SAFETY: the sentinel was never shared; `reclaim_sentinel` frees a box.
+        unsafe { self.collector.retire(sentinel, reclaim_sentinel) };
+        self.collector.enter().flush();
+    }
+}
+
+/// Reclaims a sentinel: sets the flag its grace period waits on, then frees it.
 fn reclaim_sentinel(sentinel: *mut Arc<AtomicBool>, _: &Collector) {
     // SAFETY: sentinels are created by `Box::into_raw` in `synchronize` and seize reclaims each
     // exactly once.
     let flag = unsafe { Box::from_raw(sentinel) };
-    // Release pairs with the Acquire load in `synchronize`.
+    // Release pairs with the Acquire loads in `grace_period_elapsed`.
     flag.store(true, Ordering::Release);
 }
 
 impl Rcu for SeizeRcu {
     type Guard<'a> = SeizeGuard<'a>;
+    type Cookie = SeizeCookie;
 
     const NAME: &'static str = "seize";
 
@@ -61,21 +79,25 @@ impl Rcu for SeizeRcu {
         unsafe { self.collector.retire(ptr, shim::<T, F>) };
     }
 
-    fn synchronize(&self) {
-        assert_may_wait("synchronize");
-        let done = Arc::new(AtomicBool::new(false));
-        let mut backoff = Backoff::new();
-        let mut snoozes = 0;
-        while !done.load(Ordering::Acquire) {
-            if snoozes % SNOOZES_PER_SENTINEL == 0 {
-                let sentinel = Box::into_raw(Box::new(Arc::clone(&done)));
-                // SAFETY: the sentinel was never shared; `reclaim_sentinel` frees a box.
-                unsafe { self.collector.retire(sentinel, reclaim_sentinel) };
-                self.collector.enter().flush();
-            }
-            snoozes += 1;
-            backoff.snooze();
+    fn start_grace_period(&self) -> SeizeCookie {
+        let mut cookie = SeizeCookie {
+            done: Arc::new(AtomicBool::new(false)),
+            polls: 0,
+        };
+        self.add_sentinel(&cookie);
+        cookie.polls += 1;
+        cookie
+    }
+
+    fn grace_period_elapsed(&self, cookie: &mut SeizeCookie) -> bool {
+        if cookie.done.load(Ordering::Acquire) {
+            return true;
         }
+        if cookie.polls % POLLS_PER_SENTINEL == 0 {
+            self.add_sentinel(cookie);
+        }
+        cookie.polls += 1;
+        cookie.done.load(Ordering::Acquire)
     }
 
     fn barrier(&self) {

@@ -17,6 +17,11 @@ impl<R: Rcu> Rcu for NoGrace<R> {
         // SAFETY: deliberately wrong (no grace period); probes tolerate it by design.
         unsafe { F::reclaim(ptr) }
     }
+    type Cookie = ();
+    fn start_grace_period(&self) {}
+    fn grace_period_elapsed(&self, _: &mut ()) -> bool {
+        true
+    }
     fn synchronize(&self) {}
     fn barrier(&self) {}
 }
