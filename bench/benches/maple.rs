@@ -32,10 +32,10 @@ impl Rng {
     }
 }
 
-fn maple_tree(n: u64) -> MapleTree<u64> {
+fn maple_tree(n: u64) -> MapleTree<Box<u64>> {
     let tree = MapleTree::new();
     for i in 0..n {
-        tree.insert_range(i * RANGE_STRIDE, i * RANGE_STRIDE + RANGE_LEN - 1, i)
+        tree.insert_range(i * RANGE_STRIDE, i * RANGE_STRIDE + RANGE_LEN - 1, Box::new(i))
             .unwrap();
     }
     tree
@@ -148,7 +148,10 @@ fn writes(c: &mut Criterion) {
             let mut rng = Rng(2);
             b.iter(|| {
                 let first = rng.below(n) * RANGE_STRIDE;
-                drop(tree.store_range(first, first + RANGE_LEN - 1, first).unwrap());
+                drop(
+                    tree.store_range(first, first + RANGE_LEN - 1, Box::new(first))
+                        .unwrap(),
+                );
             })
         });
         group.bench_function(BenchmarkId::new("maple erase + insert_range", n), |b| {
@@ -156,7 +159,8 @@ fn writes(c: &mut Criterion) {
             b.iter(|| {
                 let first = rng.below(n) * RANGE_STRIDE;
                 drop(tree.erase(first));
-                tree.insert_range(first, first + RANGE_LEN - 1, first).unwrap();
+                tree.insert_range(first, first + RANGE_LEN - 1, Box::new(first))
+                    .unwrap();
             })
         });
         drop(tree);
@@ -255,9 +259,12 @@ fn readers_under_writer(c: &mut Criterion) {
         let tree = Arc::new(maple_tree(N));
         group.bench_function(BenchmarkId::new("maple", label), |b| {
             b.iter_custom(|iters| {
-                let write = |tree: &MapleTree<u64>, rng: &mut Rng| {
+                let write = |tree: &MapleTree<Box<u64>>, rng: &mut Rng| {
                     let first = rng.below(N) * RANGE_STRIDE;
-                    drop(tree.store_range(first, first + RANGE_LEN - 1, first).unwrap());
+                    drop(
+                        tree.store_range(first, first + RANGE_LEN - 1, Box::new(first))
+                            .unwrap(),
+                    );
                 };
                 with_background(background, &tree, write, || {
                     let mut rng = Rng(5);

@@ -2,7 +2,8 @@
 //!
 //! An RCU-safe range tree after the Linux kernel's maple tree, and the RCU foundation under it.
 //!
-//! [`MapleTree`] maps disjoint inclusive ranges of `u64` indices to values. Readers never lock
+//! [`MapleTree`] maps disjoint inclusive ranges of `u64` indices to values (held by an owning
+//! pointer, [`ValuePointer`]: `Box` or `Arc`). Readers never lock
 //! and never write shared memory: they enter a read-side section ([`MapleTree::guard`]) and
 //! walk from the root. Writers are serialized by the tree, build replacement nodes
 //! copy-on-write, publish them with one store, and retire the replaced nodes to the tree's
@@ -13,10 +14,11 @@
 //! ```
 //! use maple::MapleTree;
 //!
-//! let tree: MapleTree<&'static str> = MapleTree::new();
-//! tree.insert_range(0x1000, 0x1fff, "text").unwrap();
-//! tree.insert_range(0x4000, 0x4fff, "data").unwrap();
-//! assert!(tree.insert_range(0x1800, 0x2fff, "overlap").is_err());
+//! // Values are owning pointers (Box or Arc), stored in the tree's slots as raw pointers.
+//! let tree: MapleTree<Box<&'static str>> = MapleTree::new();
+//! tree.insert_range(0x1000, 0x1fff, Box::new("text")).unwrap();
+//! tree.insert_range(0x4000, 0x4fff, Box::new("data")).unwrap();
+//! assert!(tree.insert_range(0x1800, 0x2fff, Box::new("overlap")).is_err());
 //!
 //! let guard = tree.guard();
 //! assert_eq!(tree.load(0x1234, &guard), Some(&"text"));
@@ -30,10 +32,10 @@
 //! assert_eq!(tree.find_gap_rev(0x1000, 0x5fff, 0x1000), Ok(Some((0x5000, 0x5fff))));
 //!
 //! // A store splits what it overlaps; erasing hands the value back after a grace period.
-//! tree.store_range(0x1400, 0x14ff, "patch").unwrap();
+//! drop(tree.store_range(0x1400, 0x14ff, Box::new("patch")).unwrap());
 //! assert_eq!(tree.len(), 4);
 //! let taken = tree.erase(0x4000).reclaim();
-//! assert_eq!(taken, [(0x4000, 0x4fff, "data")]);
+//! assert_eq!(taken, [(0x4000, 0x4fff, Box::new("data"))]);
 //! tree.validate().unwrap();
 //! ```
 //!
@@ -43,6 +45,7 @@
 
 mod error;
 mod node;
+mod pointer;
 pub mod rcu;
 mod reclaim;
 pub mod sync;
@@ -50,4 +53,5 @@ mod tree;
 mod validate;
 
 pub use error::MapleError;
+pub use pointer::ValuePointer;
 pub use tree::{Displaced, Guard, Iter, MapleTree, TreeStats, Writer};

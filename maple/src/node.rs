@@ -369,17 +369,17 @@ impl NodePtr<()> {
 /// Reclaims a displaced value after its grace period. Under shuttle the value is dropped in
 /// place but its memory is quarantined, so a test value that poisons itself on drop is seen by a
 /// reader that reaches it too late.
-pub(crate) struct ReclaimValue;
+pub(crate) struct ReclaimValue<P>(std::marker::PhantomData<P>);
 
-impl<T> crate::rcu::Reclaim<T> for ReclaimValue {
-    unsafe fn reclaim(value: *mut T) {
+impl<P: crate::ValuePointer> crate::rcu::Reclaim<P::Target> for ReclaimValue<P> {
+    unsafe fn reclaim(value: *mut P::Target) {
         #[cfg(not(feature = "shuttle"))]
-        // SAFETY: the value came from `Box::into_raw` and its grace period has passed.
-        drop(unsafe { Box::from_raw(value) });
+        // SAFETY: the value came from `P::into_raw`, is reclaimed once, after its grace period.
+        drop(unsafe { P::from_raw(value) });
         #[cfg(feature = "shuttle")]
-        // SAFETY: as above; the allocation is intentionally leaked (quarantine).
+        // SAFETY: as above; the allocation is intentionally kept (quarantine).
         unsafe {
-            ptr::drop_in_place(value)
+            P::drop_in_quarantine(value)
         };
     }
 }

@@ -10,15 +10,17 @@
 //! - **Maximal gaps.** No two adjacent slots, in a leaf or across neighbouring leaves, are both
 //!   empty. Every maximal free interval is therefore exactly one empty slot, and the largest gap
 //!   recorded for a subtree is the largest free interval inside it: gap search is O(log n).
-//! - **Ownership.** Each value is one `Box<T>` referenced by exactly one slot of the current
-//!   version. A value split by a store is cloned; a displaced value goes back to the writer's
-//!   caller ([`Displaced`]) and is freed only after a grace period.
+//! - **Ownership.** Each slot of the current version owns one [`ValuePointer`] (a `Box` or an
+//!   `Arc`) as a raw pointer. A value split by a store is cloned (a new box, or one more strong
+//!   reference); a displaced value goes back to the writer's caller ([`Displaced`]) and is freed
+//!   only after a grace period.
 
 use crate::error::{MapleError, check_range};
 use crate::node::{
     Child, Entry, Header, INTERNAL_MIN, INTERNAL_SLOTS, Internal, LEAF_MIN, LEAF_SLOTS, Leaf, NodePtr,
     ReclaimNode, ReclaimValue, View, span,
 };
+use crate::pointer::ValuePointer;
 use crate::rcu::{DefaultRcu, Rcu};
 use crate::reclaim::{ReclaimQueue, Retired};
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -34,7 +36,7 @@ use std::marker::PhantomData;
 /// [`MapleTree::lock`] returns a [`Writer`] that holds the lock across several operations.
 ///
 /// See the [crate documentation](crate) for an example.
-pub struct MapleTree<T: Send + Sync + 'static, R: Rcu = DefaultRcu> {
+pub struct MapleTree<P: ValuePointer, R: Rcu = DefaultRcu> {
     /// The current version. Release-stored by the writer after the new nodes are complete;
     /// Acquire-loaded by readers, pairing with it.
     /// On a cache line of its own: every reader loads it, and only a write that replaces the
@@ -46,7 +48,7 @@ pub struct MapleTree<T: Send + Sync + 'static, R: Rcu = DefaultRcu> {
     /// Replaced nodes and displaced values waiting for their grace period; freed by writers.
     retired: Mutex<ReclaimQueue<R::Cookie>>,
     rcu: R,
-    _values: PhantomData<Box<T>>,
+    _values: PhantomData<P>,
 }
 
 /// Keeps a value on cache lines of its own (two lines: adjacent-line prefetchers pair them).
@@ -66,11 +68,11 @@ struct WriterState {
     height: usize,
 }
 
-// SAFETY: the tree owns its values (`Box<T>`) and hands out `&T` to readers on any thread, so it
-// is Send and Sync when T is; all shared mutable state is atomic or behind the writer mutex.
-unsafe impl<T: Send + Sync + 'static, R: Rcu> Send for MapleTree<T, R> {}
+// SAFETY: the tree owns its values (`P`, Send + Sync with Send + Sync targets) and hands out
+// `&P::Target` to readers on any thread; all shared mutable state is atomic or behind a mutex.
+unsafe impl<P: ValuePointer, R: Rcu> Send for MapleTree<P, R> {}
 // SAFETY: as above.
-unsafe impl<T: Send + Sync + 'static, R: Rcu> Sync for MapleTree<T, R> {}
+unsafe impl<P: ValuePointer, R: Rcu> Sync for MapleTree<P, R> {}
 
 /// A read-side section on a tree's RCU domain: everything reached through the tree while it
 /// lives stays allocated.
@@ -136,16 +138,16 @@ unsafe fn walk<T>(mut node: NodePtr<T>, index: u64) -> Found<T> {
     }
 }
 
-impl<T: Send + Sync + 'static, R: Rcu> Default for MapleTree<T, R> {
+impl<P: ValuePointer, R: Rcu> Default for MapleTree<P, R> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
+impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// An empty tree: one gap covering every index.
     pub fn new() -> Self {
-        let (root, _) = Leaf::<T>::build(
+        let (root, _) = Leaf::<P::Target>::build(
             0,
             &[Entry {
                 last: u64::MAX,
@@ -199,7 +201,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
     }
 
     /// Locks the tree for writing; the writer lock is held until the [`Writer`] is dropped.
-    pub fn lock(&self) -> Writer<'_, T, R> {
+    pub fn lock(&self) -> Writer<'_, P, R> {
         Writer {
             tree: self,
             state: self
@@ -229,7 +231,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
 
     /// The current root, for a reader holding a guard.
     #[inline]
-    fn current_root(&self) -> NodePtr<T> {
+    fn current_root(&self) -> NodePtr<P::Target> {
         // Acquire pairs with the writer's Release store in `Writer::publish`.
         NodePtr::from_raw(self.root.load(Ordering::Acquire))
     }
@@ -239,7 +241,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
     /// # Panics
     /// If `guard` belongs to another tree's domain.
     #[inline]
-    pub fn load<'g>(&self, index: u64, guard: &'g Guard<'_, R>) -> Option<&'g T> {
+    pub fn load<'g>(&self, index: u64, guard: &'g Guard<'_, R>) -> Option<&'g P::Target> {
         self.load_range(index, guard).map(|(_, _, value)| value)
     }
 
@@ -248,7 +250,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
     /// # Panics
     /// If `guard` belongs to another tree's domain.
     #[inline]
-    pub fn load_range<'g>(&self, index: u64, guard: &'g Guard<'_, R>) -> Option<(u64, u64, &'g T)> {
+    pub fn load_range<'g>(&self, index: u64, guard: &'g Guard<'_, R>) -> Option<(u64, u64, &'g P::Target)> {
         self.check_guard(guard);
         // SAFETY: the guard keeps every node of the version we loaded allocated.
         let found = unsafe { walk(self.current_root(), index) };
@@ -265,7 +267,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
     ///
     /// # Panics
     /// If `guard` belongs to another tree's domain.
-    pub fn iter_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, T, R> {
+    pub fn iter_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.check_guard(guard);
         Iter {
             tree: self,
@@ -280,7 +282,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
     ///
     /// # Panics
     /// If `guard` belongs to another tree's domain.
-    pub fn iter_rev_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, T, R> {
+    pub fn iter_rev_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.check_guard(guard);
         Iter {
             tree: self,
@@ -292,7 +294,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
     }
 
     /// All ranges in ascending order.
-    pub fn iter<'g>(&'g self, guard: &'g Guard<'_, R>) -> Iter<'g, T, R> {
+    pub fn iter<'g>(&'g self, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.iter_from(0, guard)
     }
 
@@ -319,27 +321,27 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
     }
 
     /// Overwrites `[first, last]` with `value`; see [`Writer::store_range`].
-    pub fn store_range(&self, first: u64, last: u64, value: T) -> Result<Displaced<'_, T, R>, MapleError>
+    pub fn store_range(&self, first: u64, last: u64, value: P) -> Result<Displaced<'_, P, R>, MapleError>
     where
-        T: Clone,
+        P: Clone,
     {
         self.lock().store_range(first, last, value)
     }
 
     /// Stores `value` over `[first, last]` if all of it is free; see [`Writer::insert_range`].
-    pub fn insert_range(&self, first: u64, last: u64, value: T) -> Result<(), MapleError> {
+    pub fn insert_range(&self, first: u64, last: u64, value: P) -> Result<(), MapleError> {
         self.lock().insert_range(first, last, value)
     }
 
     /// Removes the range holding `index`; see [`Writer::erase`].
-    pub fn erase(&self, index: u64) -> Displaced<'_, T, R> {
+    pub fn erase(&self, index: u64) -> Displaced<'_, P, R> {
         self.lock().erase(index)
     }
 
     /// Makes every index of `[first, last]` a gap; see [`Writer::erase_range`].
-    pub fn erase_range(&self, first: u64, last: u64) -> Result<Displaced<'_, T, R>, MapleError>
+    pub fn erase_range(&self, first: u64, last: u64) -> Result<Displaced<'_, P, R>, MapleError>
     where
-        T: Clone,
+        P: Clone,
     {
         self.lock().erase_range(first, last)
     }
@@ -351,7 +353,7 @@ impl<T: Send + Sync + 'static, R: Rcu> MapleTree<T, R> {
             height: writer.state.height,
             ..TreeStats::default()
         };
-        fn count<T>(node: NodePtr<T>, stats: &mut TreeStats) {
+        fn count<V>(node: NodePtr<V>, stats: &mut TreeStats) {
             // SAFETY: the caller holds the writer lock, which keeps the current version allocated.
             match unsafe { node.view() } {
                 View::Leaf(leaf) => {
@@ -511,23 +513,23 @@ unsafe fn gap_reverse<T>(
 }
 
 /// An ordered walk over ranges under a guard; see [`MapleTree::iter_from`].
-pub struct Iter<'g, T: Send + Sync + 'static, R: Rcu> {
-    tree: &'g MapleTree<T, R>,
+pub struct Iter<'g, P: ValuePointer, R: Rcu> {
+    tree: &'g MapleTree<P, R>,
     /// The next index to look at; `None` once the end of the index space was passed.
     next: Option<u64>,
     /// The leaf the last step used, with its interval; reused until it is dead or left.
-    leaf: Option<(NodePtr<T>, u64, u64)>,
+    leaf: Option<(NodePtr<P::Target>, u64, u64)>,
     /// Last index (forward) or first index (backward) of the range yielded last.
     bound: Option<u64>,
     forward: bool,
 }
 
-impl<'g, T: Send + Sync + 'static, R: Rcu> Iterator for Iter<'g, T, R> {
-    type Item = (u64, u64, &'g T);
+impl<'g, P: ValuePointer, R: Rcu> Iterator for Iter<'g, P, R> {
+    type Item = (u64, u64, &'g P::Target);
 
     fn next(&mut self) -> Option<Self::Item> {
         while let Some(index) = self.next {
-            let reusable = |&(leaf, min, max): &(NodePtr<T>, u64, u64)| {
+            let reusable = |&(leaf, min, max): &(NodePtr<P::Target>, u64, u64)| {
                 // SAFETY: the iterator's guard keeps the cached leaf allocated. A dead leaf
                 // belongs to an old version, so the walk restarts from the current root.
                 min <= index && index <= max && !unsafe { leaf.is_dead() }
@@ -573,16 +575,16 @@ impl<'g, T: Send + Sync + 'static, R: Rcu> Iterator for Iter<'g, T, R> {
 /// to the RCU domain, which frees them after a grace period; [`Displaced::reclaim`] instead
 /// waits for the grace period and gives them back.
 #[must_use = "dropping Displaced frees the values after a grace period; use reclaim() to take them back"]
-pub struct Displaced<'t, T: Send + Sync + 'static, R: Rcu> {
-    tree: &'t MapleTree<T, R>,
-    values: Vec<(u64, u64, *mut T)>,
+pub struct Displaced<'t, P: ValuePointer, R: Rcu> {
+    tree: &'t MapleTree<P, R>,
+    values: Vec<(u64, u64, *mut P::Target)>,
 }
 
 // SAFETY: Displaced owns the boxed values it holds.
-unsafe impl<T: Send + Sync + 'static, R: Rcu> Send for Displaced<'_, T, R> {}
+unsafe impl<P: ValuePointer, R: Rcu> Send for Displaced<'_, P, R> {}
 
-impl<'t, T: Send + Sync + 'static, R: Rcu> Displaced<'t, T, R> {
-    fn new(tree: &'t MapleTree<T, R>, values: Vec<(u64, u64, *mut T)>) -> Self {
+impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
+    fn new(tree: &'t MapleTree<P, R>, values: Vec<(u64, u64, *mut P::Target)>) -> Self {
         Self { tree, values }
     }
 
@@ -597,7 +599,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Displaced<'t, T, R> {
     }
 
     /// The displaced values with the ranges they covered, in index order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &T)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &P::Target)> + '_ {
         // SAFETY: Displaced owns the values until it is dropped or reclaimed.
         self.values
             .iter()
@@ -608,17 +610,17 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Displaced<'t, T, R> {
     ///
     /// # Panics
     /// If called inside a read-side section.
-    pub fn reclaim(mut self) -> Vec<(u64, u64, T)> {
+    pub fn reclaim(mut self) -> Vec<(u64, u64, P)> {
         self.tree.rcu.synchronize();
         std::mem::take(&mut self.values)
             .into_iter()
             // SAFETY: after the grace period no reader holds the values; each came from a box.
-            .map(|(first, last, value)| (first, last, *unsafe { Box::from_raw(value) }))
+            .map(|(first, last, value)| (first, last, unsafe { P::from_raw(value) }))
             .collect()
     }
 }
 
-impl<T: Send + Sync + 'static, R: Rcu> Drop for Displaced<'_, T, R> {
+impl<P: ValuePointer, R: Rcu> Drop for Displaced<'_, P, R> {
     fn drop(&mut self) {
         if !self.values.is_empty() {
             // The values are unreachable from the tree's current version; each came from a box
@@ -626,13 +628,13 @@ impl<T: Send + Sync + 'static, R: Rcu> Drop for Displaced<'_, T, R> {
             self.tree.retire(
                 self.values
                     .drain(..)
-                    .map(|(_, _, value)| Retired::new::<T, ReclaimValue>(value)),
+                    .map(|(_, _, value)| Retired::new::<P::Target, ReclaimValue<P>>(value)),
             );
         }
     }
 }
 
-impl<T: Send + Sync + 'static, R: Rcu> fmt::Debug for Displaced<'_, T, R> {
+impl<P: ValuePointer, R: Rcu> fmt::Debug for Displaced<'_, P, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
             .entries(self.values.iter().map(|&(first, last, _)| (first, last)))
@@ -641,27 +643,27 @@ impl<T: Send + Sync + 'static, R: Rcu> fmt::Debug for Displaced<'_, T, R> {
 }
 
 /// The tree's writer lock, held while this lives; every write goes through a `Writer`.
-pub struct Writer<'t, T: Send + Sync + 'static, R: Rcu> {
-    tree: &'t MapleTree<T, R>,
+pub struct Writer<'t, P: ValuePointer, R: Rcu> {
+    tree: &'t MapleTree<P, R>,
     state: MutexGuard<'t, WriterState>,
 }
 
-impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
+impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
     /// The current version; only writers replace it, so the writer needs no guard to walk it.
-    fn root(&self) -> NodePtr<T> {
+    fn root(&self) -> NodePtr<P::Target> {
         // Relaxed: the previous writer's store happens-before this load through the mutex.
         NodePtr::from_raw(self.tree.root.load(Ordering::Relaxed))
     }
 
     /// The slot holding `index` in the current version.
-    fn slot_at(&self, index: u64) -> Found<T> {
+    fn slot_at(&self, index: u64) -> Found<P::Target> {
         // SAFETY: nodes reachable from the current root are freed only by writers, and this one
         // holds the lock.
         unsafe { walk(self.root(), index) }
     }
 
     /// The range holding `index` and its value, as the writer sees it.
-    pub fn load_range(&self, index: u64) -> Option<(u64, u64, &T)> {
+    pub fn load_range(&self, index: u64) -> Option<(u64, u64, &P::Target)> {
         let found = self.slot_at(index);
         // SAFETY: values of the current version are freed only after a writer displaced them,
         // and this writer holds the lock for as long as the returned borrow.
@@ -685,29 +687,28 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
     /// Overwrites `[first, last]` with `value`. Parts of existing ranges outside `[first, last]`
     /// keep their value (a range cut in two by the store is split: its right part gets a
     /// clone); values whose whole range lies inside are displaced and returned.
-    pub fn store_range(&mut self, first: u64, last: u64, value: T) -> Result<Displaced<'t, T, R>, MapleError>
+    pub fn store_range(&mut self, first: u64, last: u64, value: P) -> Result<Displaced<'t, P, R>, MapleError>
     where
-        T: Clone,
+        P: Clone,
     {
         check_range(first, last)?;
-        let value = Box::into_raw(Box::new(value));
-        Ok(self.write(first, last, value, Some(&T::clone)))
+        Ok(self.write(first, last, value.into_raw(), Some(clone_raw::<P>)))
     }
 
     /// Stores `value` over `[first, last]` if every index of it is free; otherwise fails with
     /// [`MapleError::Occupied`] naming the first occupying range, and changes nothing.
-    pub fn insert_range(&mut self, first: u64, last: u64, value: T) -> Result<(), MapleError> {
+    pub fn insert_range(&mut self, first: u64, last: u64, value: P) -> Result<(), MapleError> {
         check_range(first, last)?;
         if let Some((s, e, _)) = self.first_occupied(first, last) {
             return Err(MapleError::Occupied { first: s, last: e });
         }
-        let displaced = self.write(first, last, Box::into_raw(Box::new(value)), None);
+        let displaced = self.write(first, last, value.into_raw(), None);
         debug_assert!(displaced.is_empty());
         Ok(())
     }
 
     /// Removes the whole range holding `index`; the result holds its value, or nothing.
-    pub fn erase(&mut self, index: u64) -> Displaced<'t, T, R> {
+    pub fn erase(&mut self, index: u64) -> Displaced<'t, P, R> {
         match self.load_range(index) {
             Some((first, last, _)) => self.write(first, last, std::ptr::null_mut(), None),
             None => Displaced::new(self.tree, Vec::new()),
@@ -716,16 +717,16 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
 
     /// Makes every index of `[first, last]` a gap, trimming ranges that stick out of it (a range
     /// sticking out on both sides is split: its right part gets a clone).
-    pub fn erase_range(&mut self, first: u64, last: u64) -> Result<Displaced<'t, T, R>, MapleError>
+    pub fn erase_range(&mut self, first: u64, last: u64) -> Result<Displaced<'t, P, R>, MapleError>
     where
-        T: Clone,
+        P: Clone,
     {
         check_range(first, last)?;
-        Ok(self.write(first, last, std::ptr::null_mut(), Some(&T::clone)))
+        Ok(self.write(first, last, std::ptr::null_mut(), Some(clone_raw::<P>)))
     }
 
     /// The first range intersecting `[first, last]`.
-    fn first_occupied(&self, first: u64, last: u64) -> Option<(u64, u64, &T)> {
+    fn first_occupied(&self, first: u64, last: u64) -> Option<(u64, u64, &P::Target)> {
         let found = self.load_range(first);
         if found.is_some() {
             return found;
@@ -749,9 +750,9 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
         &mut self,
         mut first: u64,
         mut last: u64,
-        value: *mut T,
-        split: Option<&dyn Fn(&T) -> T>,
-    ) -> Displaced<'t, T, R> {
+        value: *mut P::Target,
+        split: Option<SplitFn<P>>,
+    ) -> Displaced<'t, P, R> {
         let root = self.root();
         let height = self.state.height;
         if value.is_null() {
@@ -803,11 +804,9 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
                 } else if keeps_left && !entry.value.is_null() {
                     let split = split.expect("only store_range and erase_range split ranges");
                     added += 1;
-                    // SAFETY: the value is owned by the tree and allocated.
-                    let copy = split(unsafe { &*entry.value });
                     Entry {
                         last: e,
-                        value: Box::into_raw(Box::new(copy)),
+                        value: split(entry.value),
                     }
                 } else {
                     Entry {
@@ -836,13 +835,13 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
             self.replace_leaf(leaves[0].0, lo, leaf, gap);
             return displaced;
         }
-        let mut replaced: Vec<NodePtr<T>> = leaves.iter().map(|&(leaf, _, _)| leaf).collect();
+        let mut replaced: Vec<NodePtr<P::Target>> = leaves.iter().map(|&(leaf, _, _)| leaf).collect();
 
         // Rebalance: an under-full run takes in a neighbouring leaf.
         while entries.len() < LEAF_MIN && !(lo == 0 && hi == u64::MAX) {
             if lo > 0 {
                 let (leaf, min, max) = level_nodes(root, leaf_level, lo - 1, lo - 1)[0];
-                let mut merged: Vec<Entry<T>> = leaf_of(leaf).entries(max).collect();
+                let mut merged: Vec<Entry<P::Target>> = leaf_of(leaf).entries(max).collect();
                 merged.append(&mut entries);
                 entries = merged;
                 lo = min;
@@ -880,7 +879,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
             while children.len() < INTERNAL_MIN && !(plo == 0 && phi == u64::MAX) {
                 if plo > 0 {
                     let (node, min, max) = level_nodes(root, level, plo - 1, plo - 1)[0];
-                    let mut merged: Vec<Child<T>> = internal_of(node).children(max).collect();
+                    let mut merged: Vec<Child<P::Target>> = internal_of(node).children(max).collect();
                     merged.append(&mut children);
                     children = merged;
                     plo = min;
@@ -925,7 +924,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
     /// covers the same interval: one store into the parent's slot (or the root), then the
     /// recorded gaps of the ancestors are brought up to date, from the bottom until one is
     /// unchanged.
-    fn replace_leaf(&mut self, old: NodePtr<T>, first: u64, new: NodePtr<T>, gap: u64) {
+    fn replace_leaf(&mut self, old: NodePtr<P::Target>, first: u64, new: NodePtr<P::Target>, gap: u64) {
         let root = self.root();
         if root == old {
             // Release pairs with the readers' Acquire load in `current_root`.
@@ -933,7 +932,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
             self.retire(&[old]);
             return;
         }
-        let mut path: Vec<(&Internal<T>, usize)> = Vec::with_capacity(self.state.height);
+        let mut path: Vec<(&Internal<P::Target>, usize)> = Vec::with_capacity(self.state.height);
         let mut node = root;
         let (mut min, mut max) = (0, u64::MAX);
         while node != old {
@@ -958,7 +957,7 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
     }
 
     /// Marks replaced nodes dead and queues them for freeing after a grace period.
-    fn retire(&self, replaced: &[NodePtr<T>]) {
+    fn retire(&self, replaced: &[NodePtr<P::Target>]) {
         for &node in replaced {
             // SAFETY: the node belonged to the previous version and is still allocated (it is
             // retired below, once: each write replaces distinct nodes).
@@ -970,6 +969,18 @@ impl<'t, T: Send + Sync + 'static, R: Rcu> Writer<'t, T, R> {
                 .map(|node| Retired::new::<Header, ReclaimNode>(node.as_raw())),
         );
     }
+}
+
+/// How a write copies a value it cut in two (`None` for writes that never cut a range).
+type SplitFn<P> = fn(*mut <P as ValuePointer>::Target) -> *mut <P as ValuePointer>::Target;
+
+/// A clone of the value behind `value` (which the tree owns), for the part of a range a write
+/// cut off on the right.
+fn clone_raw<P: ValuePointer + Clone>(value: *mut P::Target) -> *mut P::Target {
+    // SAFETY: `value` came from `P::into_raw` and the tree still owns it; ManuallyDrop keeps
+    // that ownership intact while we clone.
+    let original = std::mem::ManuallyDrop::new(unsafe { P::from_raw(value) });
+    P::clone(&original).into_raw()
 }
 
 /// Viewed as a leaf: a node the writer reached at the leaf level.
@@ -1084,9 +1095,9 @@ fn build_internals<T>(children: &[Child<T>], right_edge: bool) -> Vec<Child<T>> 
         .collect()
 }
 
-impl<T: Send + Sync + 'static, R: Rcu> Drop for MapleTree<T, R> {
+impl<P: ValuePointer, R: Rcu> Drop for MapleTree<P, R> {
     fn drop(&mut self) {
-        fn free<T>(node: NodePtr<T>) {
+        fn free<P: ValuePointer>(node: NodePtr<P::Target>) {
             // SAFETY: the tree is being dropped: no guard or writer exists, and each node and
             // value of the current version is owned by exactly one slot.
             unsafe {
@@ -1095,20 +1106,20 @@ impl<T: Send + Sync + 'static, R: Rcu> Drop for MapleTree<T, R> {
                         for slot in 0..=leaf.end() {
                             let value = leaf.value(slot);
                             if !value.is_null() {
-                                drop(Box::from_raw(value));
+                                drop(P::from_raw(value));
                             }
                         }
                     }
                     View::Internal(internal) => {
                         for slot in 0..=internal.end() {
-                            free(internal.child(slot));
+                            free::<P>(internal.child(slot));
                         }
                     }
                 }
                 node.free();
             }
         }
-        free(NodePtr::<T>::from_raw(self.root.load(Ordering::Relaxed)));
+        free::<P>(NodePtr::from_raw(self.root.load(Ordering::Relaxed)));
         let retired = self
             .retired
             .get_mut()
@@ -1119,7 +1130,7 @@ impl<T: Send + Sync + 'static, R: Rcu> Drop for MapleTree<T, R> {
     }
 }
 
-impl<T: Send + Sync + 'static + fmt::Debug, R: Rcu> fmt::Debug for MapleTree<T, R> {
+impl<P: ValuePointer<Target: fmt::Debug>, R: Rcu> fmt::Debug for MapleTree<P, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let guard = self.guard();
         f.debug_map()

@@ -23,10 +23,10 @@ enum Op {
 }
 
 /// Applies `op` to both and checks that they agree. `value` tags stored values.
-fn apply(tree: &MapleTree<u64>, model: &mut Model, op: &Op, value: u64) {
+fn apply(tree: &MapleTree<Box<u64>>, model: &mut Model, op: &Op, value: u64) {
     match *op {
         Op::Store(first, last) => {
-            let result = tree.store_range(first, last, value);
+            let result = tree.store_range(first, last, Box::new(value));
             if first > last {
                 assert_eq!(result.err(), Some(MapleError::InvalidRange { first, last }));
                 return;
@@ -35,7 +35,7 @@ fn apply(tree: &MapleTree<u64>, model: &mut Model, op: &Op, value: u64) {
             assert_eq!(displaced, model.store_range(first, last, value), "{op:?}");
         }
         Op::Insert(first, last) => {
-            let result = tree.insert_range(first, last, value);
+            let result = tree.insert_range(first, last, Box::new(value));
             if first > last {
                 assert_eq!(result, Err(MapleError::InvalidRange { first, last }));
                 return;
@@ -127,7 +127,7 @@ fn apply(tree: &MapleTree<u64>, model: &mut Model, op: &Op, value: u64) {
     }
 }
 
-fn check_same(tree: &MapleTree<u64>, model: &Model, step: usize, op: &Op) {
+fn check_same(tree: &MapleTree<Box<u64>>, model: &Model, step: usize, op: &Op) {
     if let Err(problem) = tree.validate() {
         panic!("step {step} ({op:?}): invalid tree: {problem}");
     }
@@ -198,7 +198,7 @@ impl Rng {
 
 fn run_seeded(seed: u64, steps: usize, universe: u64, churn: u64) {
     let mut rng = Rng(seed);
-    let tree = MapleTree::<u64>::new();
+    let tree = MapleTree::<Box<u64>>::new();
     let mut model = Model::default();
     for step in 0..steps {
         let op = rng.op(universe, churn);
@@ -224,7 +224,7 @@ fn seeded_sequences_match_the_model() {
 /// Growth to many levels, then erasure in random order down to a few ranges.
 #[test]
 fn grow_then_shrink_matches_the_model() {
-    let tree = MapleTree::<u64>::new();
+    let tree = MapleTree::<Box<u64>>::new();
     let mut model = Model::default();
     let mut rng = Rng(42);
     let mut firsts = Vec::new();
@@ -271,7 +271,7 @@ proptest! {
     /// Shrinks any failing sequence to a minimal one.
     #[test]
     fn proptest_sequences_match_the_model(ops in proptest::collection::vec(op_strategy(), 1..120)) {
-        let tree = MapleTree::<u64>::new();
+        let tree = MapleTree::<Box<u64>>::new();
         let mut model = Model::default();
         for (step, op) in ops.iter().enumerate() {
             apply(&tree, &mut model, op, step as u64);

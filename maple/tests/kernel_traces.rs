@@ -29,7 +29,7 @@ fn numbers(line: &str) -> Vec<u64> {
         .collect()
 }
 
-fn assert_same(tree: &MapleTree<u64>, model: &Model, at: &str) {
+fn assert_same(tree: &MapleTree<Box<u64>>, model: &Model, at: &str) {
     tree.validate()
         .unwrap_or_else(|problem| panic!("{at}: invalid tree: {problem}"));
     let guard = tree.guard();
@@ -40,7 +40,7 @@ fn assert_same(tree: &MapleTree<u64>, model: &Model, at: &str) {
 /// One `setNN.txt` of `check_erase2_sets()`: every operation, then its CHECK lines.
 fn replay_erase2(name: &str) -> usize {
     let text = std::fs::read_to_string(data(&format!("erase2/{name}"))).unwrap();
-    let tree = MapleTree::<u64>::new();
+    let tree = MapleTree::<Box<u64>>::new();
     let mut model = Model::default();
     let mut operations = 0;
     let mut found: Option<(u64, u64, u64)> = None;
@@ -51,7 +51,7 @@ fn replay_erase2(name: &str) -> usize {
         match op {
             "STORE" => {
                 let (first, last) = (args[0], args[1]);
-                drop(tree.store_range(first, last, first).unwrap());
+                drop(tree.store_range(first, last, Box::new(first)).unwrap());
                 model.store_range(first, last, first);
             }
             "SNULL" => {
@@ -87,7 +87,7 @@ fn replay_erase2(name: &str) -> usize {
 }
 
 fn check(
-    tree: &MapleTree<u64>,
+    tree: &MapleTree<Box<u64>>,
     model: &mut Model,
     line: &str,
     at: &str,
@@ -190,10 +190,13 @@ fn erase2_traces_replay_like_the_kernel() {
 /// expected answer and the model.
 fn replay_alloc(name: &str, reverse: bool) {
     let text = std::fs::read_to_string(data(name)).unwrap();
-    let tree = MapleTree::<u64>::new();
+    let tree = MapleTree::<Box<u64>>::new();
     let mut model = Model::default();
     // MTREE_ALLOC_MAX: the tree reserves [2^49, u64::MAX].
-    drop(tree.store_range(0x2000000000000, u64::MAX, u64::MAX).unwrap());
+    drop(
+        tree.store_range(0x2000000000000, u64::MAX, Box::new(u64::MAX))
+            .unwrap(),
+    );
     model.store_range(0x2000000000000, u64::MAX, u64::MAX);
     let lines: Vec<&str> = text.lines().collect();
     let (mut holes, mut requests) = (0, 0);
@@ -205,7 +208,7 @@ fn replay_alloc(name: &str, reverse: bool) {
             "RANGE" => {
                 let args = numbers(line);
                 let (first, last) = (args[0], args[1]);
-                tree.insert_range(first, last, first)
+                tree.insert_range(first, last, Box::new(first))
                     .unwrap_or_else(|e| panic!("{at}: {e}"));
                 model.insert_range(first, last, first).unwrap();
             }
@@ -260,7 +263,7 @@ fn replay_alloc(name: &str, reverse: bool) {
                     Some((first, last)) => {
                         assert!(ret, "{at}: the kernel found no space (-EBUSY) but the tree did");
                         assert_eq!(Some(first), start, "{at}");
-                        tree.insert_range(first, last, min).unwrap();
+                        tree.insert_range(first, last, Box::new(min)).unwrap();
                         model.insert_range(first, last, min).unwrap();
                     }
                     None => assert!(!ret, "{at}: the kernel found space but the tree did not"),

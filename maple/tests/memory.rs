@@ -57,15 +57,18 @@ fn drop_frees_everything<R: Rcu>() {
     let before = LIVE.load(Ordering::Relaxed);
     let mut created = 0;
     {
-        let tree = MapleTree::<Counted, R>::new();
+        let tree = MapleTree::<Box<Counted>, R>::new();
         let mut rng = Rng(7);
         for i in 0..20_000u64 {
             let first = rng.below(1_000_000);
             let last = first + rng.below(200);
             created += 1;
             match i % 4 {
-                0 => drop(tree.insert_range(first, last, Counted(drops.clone()))),
-                1 => drop(tree.store_range(first, last, Counted(drops.clone())).unwrap()),
+                0 => drop(tree.insert_range(first, last, Box::new(Counted(drops.clone())))),
+                1 => drop(
+                    tree.store_range(first, last, Box::new(Counted(drops.clone())))
+                        .unwrap(),
+                ),
                 2 => {
                     created -= 1;
                     drop(tree.erase_range(first, last).unwrap());
@@ -97,19 +100,19 @@ fn memory() {
 
     // Dropped values are counted exactly: a tree of distinct values, dropped whole.
     let drops = Arc::new(AtomicUsize::new(0));
-    let tree = MapleTree::<Counted, ModelRcu>::new();
+    let tree = MapleTree::<Box<Counted>, ModelRcu>::new();
     for i in 0..10_000u64 {
-        tree.insert_range(i * 4, i * 4 + 2, Counted(drops.clone()))
+        tree.insert_range(i * 4, i * 4 + 2, Box::new(Counted(drops.clone())))
             .unwrap();
     }
     drop(tree);
     assert_eq!(drops.load(Ordering::Relaxed), 10_000);
 
     // Rebalancing: 100,000 ranges, 90% erased in random order.
-    let tree = MapleTree::<u64, ModelRcu>::new();
+    let tree = MapleTree::<Box<u64>, ModelRcu>::new();
     let mut firsts: Vec<u64> = (0..100_000u64).map(|i| i * 16).collect();
     for &first in &firsts {
-        tree.insert_range(first, first + 7, first).unwrap();
+        tree.insert_range(first, first + 7, Box::new(first)).unwrap();
     }
     let full = tree.stats();
     let mut rng = Rng(99);

@@ -68,22 +68,23 @@ fn check_both(f: impl Fn() + Send + Sync + 'static) {
 }
 
 /// Twenty ranges `[100 i, 100 i + 9]` with id `i` (two leaves), plus the writer's target.
-fn populated<R: Rcu>() -> MapleTree<Val, R> {
+fn populated<R: Rcu>() -> MapleTree<Box<Val>, R> {
     let tree = MapleTree::new();
     for i in 0..20 {
-        tree.insert_range(100 * i, 100 * i + 9, Val::new(i)).unwrap();
+        tree.insert_range(100 * i, 100 * i + 9, Box::new(Val::new(i)))
+            .unwrap();
     }
     tree
 }
 
 /// The writer: overwrites range 5 twice, splits range 7, erases range 12 and re-inserts it;
 /// it never touches range 3.
-fn write<R: Rcu>(tree: &MapleTree<Val, R>) {
-    drop(tree.store_range(500, 509, Val::new(50)).unwrap());
-    drop(tree.store_range(703, 704, Val::new(70)).unwrap());
+fn write<R: Rcu>(tree: &MapleTree<Box<Val>, R>) {
+    drop(tree.store_range(500, 509, Box::new(Val::new(50))).unwrap());
+    drop(tree.store_range(703, 704, Box::new(Val::new(70))).unwrap());
     drop(tree.erase(1200));
-    drop(tree.store_range(500, 509, Val::new(51)).unwrap());
-    tree.insert_range(1200, 1209, Val::new(120)).unwrap();
+    drop(tree.store_range(500, 509, Box::new(Val::new(51))).unwrap());
+    tree.insert_range(1200, 1209, Box::new(Val::new(120))).unwrap();
 }
 
 /// Every range any version of the tree holds: `(first, last, id)`.
@@ -97,7 +98,7 @@ fn possible(first: u64, last: u64, id: u64) -> bool {
     original || trimmed_7 || written
 }
 
-fn reader<R: Rcu>(tree: &MapleTree<Val, R>) {
+fn reader<R: Rcu>(tree: &MapleTree<Box<Val>, R>) {
     for _ in 0..2 {
         let guard = tree.guard();
         assert_eq!(
