@@ -14,6 +14,14 @@ pub enum MapleError {
     },
     /// A gap search asked for zero indices.
     ZeroSize,
+    /// `replace_exact` would cut the existing range `[first, last]`, which sticks out of the
+    /// range being replaced.
+    CutsRange {
+        /// First index of the range that sticks out.
+        first: u64,
+        /// Last index of the range that sticks out.
+        last: u64,
+    },
     /// `insert_range` found part of its range occupied by the range `[first, last]`.
     Occupied {
         /// First index of the occupying range.
@@ -30,6 +38,12 @@ impl fmt::Display for MapleError {
                 write!(f, "invalid range [{first:#x}, {last:#x}]: first is above last")
             }
             Self::ZeroSize => write!(f, "a gap search needs a size of at least one index"),
+            Self::CutsRange { first, last } => {
+                write!(
+                    f,
+                    "the range [{first:#x}, {last:#x}] sticks out of the range to replace"
+                )
+            }
             Self::Occupied { first, last } => {
                 write!(f, "the range is occupied by [{first:#x}, {last:#x}]")
             }

@@ -725,6 +725,59 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         Ok(self.write(first, last, std::ptr::null_mut(), Some(clone_raw::<P>)))
     }
 
+    /// Replaces everything in `[first, last]` with `values` (sorted, disjoint `(first, last,
+    /// value)` ranges inside it; the indices between them become gaps), in one publication:
+    /// a reader sees either all of the old contents of `[first, last]` or all of the new.
+    ///
+    /// No existing range may stick out of `[first, last]` (it would have to be trimmed or
+    /// split): that is [`MapleError::CutsRange`], and nothing changes. Everything previously
+    /// in the range is displaced.
+    pub fn replace_exact(
+        &mut self,
+        first: u64,
+        last: u64,
+        values: Vec<(u64, u64, P)>,
+    ) -> Result<Displaced<'t, P, R>, MapleError> {
+        check_range(first, last)?;
+        let mut next = Some(first);
+        for &(f, l, _) in &values {
+            check_range(f, l)?;
+            if next.is_none_or(|n| f < n) || l > last {
+                return Err(MapleError::InvalidRange { first: f, last: l });
+            }
+            next = l.checked_add(1);
+        }
+        for index in [first, last] {
+            if let Some((f, l, _)) = self.load_range(index)
+                && (f < first || l > last)
+            {
+                return Err(MapleError::CutsRange { first: f, last: l });
+            }
+        }
+        let mut entries = Vec::with_capacity(2 * values.len() + 1);
+        let mut start = first;
+        for (f, l, value) in values {
+            if f > start {
+                entries.push(Entry {
+                    last: f - 1,
+                    value: std::ptr::null_mut(),
+                });
+            }
+            entries.push(Entry {
+                last: l,
+                value: value.into_raw(),
+            });
+            start = l.wrapping_add(1);
+        }
+        if entries.last().is_none_or(|entry| entry.last < last) {
+            entries.push(Entry {
+                last,
+                value: std::ptr::null_mut(),
+            });
+        }
+        Ok(self.write_entries(first, entries, None))
+    }
+
     /// The first range intersecting `[first, last]`.
     fn first_occupied(&self, first: u64, last: u64) -> Option<(u64, u64, &P::Target)> {
         let found = self.load_range(first);
@@ -748,34 +801,47 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
     /// marked dead and retired.
     fn write(
         &mut self,
-        mut first: u64,
-        mut last: u64,
+        first: u64,
+        last: u64,
         value: *mut P::Target,
+        split: Option<SplitFn<P>>,
+    ) -> Displaced<'t, P, R> {
+        self.write_entries(first, vec![Entry { last, value }], split)
+    }
+
+    /// Replaces `[first, new.last().last]` with `new`, entries covering it in order (null: a
+    /// gap), and returns what was displaced; see [`Writer::write`].
+    fn write_entries(
+        &mut self,
+        mut first: u64,
+        mut new: Vec<Entry<P::Target>>,
         split: Option<SplitFn<P>>,
     ) -> Displaced<'t, P, R> {
         let root = self.root();
         let height = self.state.height;
-        if value.is_null() {
-            // Keep gaps maximal: a new gap absorbs the gaps next to it.
-            if let Some(before) = first.checked_sub(1).map(|i| self.slot_at(i))
-                && before.value.is_null()
-            {
-                first = before.first;
-            }
-            if let Some(after) = last.checked_add(1).map(|i| self.slot_at(i))
-                && after.value.is_null()
-            {
-                last = after.last;
-            }
+        let mut last = new[new.len() - 1].last;
+        // Keep gaps maximal: a new gap at either end absorbs the gap next to it.
+        if new[0].value.is_null()
+            && let Some(before) = first.checked_sub(1).map(|i| self.slot_at(i))
+            && before.value.is_null()
+        {
+            first = before.first;
+        }
+        if new[new.len() - 1].value.is_null()
+            && let Some(after) = last.checked_add(1).map(|i| self.slot_at(i))
+            && after.value.is_null()
+        {
+            last = after.last;
+            new.last_mut().expect("not empty").last = last;
         }
         let leaf_level = height - 1;
         let leaves = level_nodes(root, leaf_level, first, last);
         let (mut lo, mut hi) = (leaves[0].1, leaves[leaves.len() - 1].2);
 
         let mut entries = Vec::with_capacity(LEAF_SLOTS * leaves.len() + 2);
-        let mut new_entry = Some(Entry { last, value });
+        let mut added = new.iter().filter(|entry| !entry.value.is_null()).count();
+        let mut new_entry = Some(new);
         let mut displaced = Vec::new();
-        let mut added = usize::from(!value.is_null());
         for &(leaf, min, max) in &leaves {
             let mut start = min;
             for entry in leaf_of(leaf).entries(max) {
@@ -798,7 +864,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                     }
                     continue;
                 }
-                entries.extend(new_entry.take());
+                entries.extend(new_entry.take().into_iter().flatten());
                 let kept = if s > last {
                     entry
                 } else if keeps_left && !entry.value.is_null() {
@@ -817,7 +883,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                 entries.push(kept);
             }
         }
-        entries.extend(new_entry.take());
+        entries.extend(new_entry.take().into_iter().flatten());
         coalesce_gaps(&mut entries);
         let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
         self.tree.len.store(len, Ordering::Relaxed);

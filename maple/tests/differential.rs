@@ -20,6 +20,8 @@ enum Op {
     GapRev(u64, u64, u64),
     IterFrom(u64),
     IterRevFrom(u64),
+    /// Replace `[first, last]` with ranges of the given lengths, separated by the given gaps.
+    ReplaceExact(u64, u64, Vec<(u64, u64)>),
 }
 
 /// Applies `op` to both and checks that they agree. `value` tags stored values.
@@ -61,6 +63,51 @@ fn apply(tree: &MapleTree<Box<u64>>, model: &mut Model, op: &Op, value: u64) {
             }
             let displaced: Vec<_> = result.unwrap().iter().map(|(f, l, v)| (f, l, *v)).collect();
             assert_eq!(displaced, model.erase_range(first, last), "{op:?}");
+        }
+        Op::ReplaceExact(first, last, ref pieces) => {
+            let mut values = Vec::new();
+            let mut at = first;
+            for (i, &(gap, len)) in pieces.iter().enumerate() {
+                let f = at.saturating_add(gap);
+                let l = f.saturating_add(len);
+                values.push((f, l, value + i as u64));
+                at = l.saturating_add(1);
+            }
+            let result = tree.lock().replace_exact(
+                first,
+                last,
+                values.iter().map(|&(f, l, v)| (f, l, Box::new(v))).collect(),
+            );
+            let bad_input = first > last
+                || values.iter().enumerate().any(|(i, &(f, l, _))| {
+                    f > l
+                        || l > last
+                        || (i > 0 && f <= values[i - 1].1)
+                        || (f == u64::MAX && i + 1 < values.len())
+                });
+            if bad_input {
+                assert!(
+                    matches!(result, Err(MapleError::InvalidRange { .. })),
+                    "{op:?}: {result:?}"
+                );
+                return;
+            }
+            let cut = [first, last]
+                .into_iter()
+                .find_map(|i| model.range_at(i).filter(|&(f, l, _)| f < first || l > last));
+            if let Some((f, l, _)) = cut {
+                assert_eq!(
+                    result.err(),
+                    Some(MapleError::CutsRange { first: f, last: l }),
+                    "{op:?}"
+                );
+                return;
+            }
+            let displaced: Vec<_> = result.unwrap().iter().map(|(f, l, v)| (f, l, *v)).collect();
+            assert_eq!(displaced, model.erase_range(first, last), "{op:?}");
+            for (f, l, v) in values {
+                model.insert_range(f, l, v).unwrap();
+            }
         }
         Op::Load(index) => {
             let guard = tree.guard();
@@ -190,7 +237,13 @@ impl Rng {
             n if n < 80 => Op::Load(self.index(universe)),
             n if n < 86 => Op::Gap(first, last, size),
             n if n < 92 => Op::GapRev(first, last, size),
-            n if n < 96 => Op::IterFrom(self.index(universe)),
+            n if n < 94 => {
+                let pieces = (0..self.below(4))
+                    .map(|_| (self.below(universe / 40 + 1), self.below(universe / 40 + 1)))
+                    .collect();
+                Op::ReplaceExact(first, last, pieces)
+            }
+            n if n < 97 => Op::IterFrom(self.index(universe)),
             _ => Op::IterRevFrom(self.index(universe)),
         }
     }
@@ -259,8 +312,10 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         range.clone().prop_map(|(f, l)| Op::EraseRange(f, l)),
         index.clone().prop_map(Op::Load),
         (range.clone(), 0u64..8).prop_map(|((f, l), s)| Op::Gap(f, l, s)),
-        (range, 0u64..8).prop_map(|((f, l), s)| Op::GapRev(f, l, s)),
+        (range.clone(), 0u64..8).prop_map(|((f, l), s)| Op::GapRev(f, l, s)),
         index.clone().prop_map(Op::IterFrom),
+        (range, proptest::collection::vec((0u64..4, 0u64..4), 0..4))
+            .prop_map(|((f, l), p)| Op::ReplaceExact(f, l, p)),
         index.prop_map(Op::IterRevFrom),
     ]
 }
