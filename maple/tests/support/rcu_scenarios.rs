@@ -34,7 +34,7 @@ impl Reclaim<Probe> for Poison {
 
 /// The probes a scenario publishes and retires. If the scenario fails, objects may still be
 /// queued in a domain that outlives the test (crossbeam's collector is process-wide), so a failing
-/// scenario leaks its arena rather than let a later reclamation touch freed memory.
+/// scenario keeps its arena alive rather than let a later reclamation touch freed memory.
 pub struct Arena(Option<Arc<Vec<Probe>>>);
 
 impl Arena {
@@ -66,10 +66,15 @@ impl Arena {
     }
 }
 
+/// Arenas of failed scenarios, kept reachable (not leaked) until the process exits.
+static KEPT: std::sync::Mutex<Vec<Arc<Vec<Probe>>>> = std::sync::Mutex::new(Vec::new());
+
 impl Drop for Arena {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            std::mem::forget(self.0.take());
+        if std::thread::panicking()
+            && let Some(arena) = self.0.take()
+        {
+            KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
         }
     }
 }
