@@ -670,6 +670,16 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         unsafe { found.value.as_ref() }.map(|value| (found.first, found.last, value))
     }
 
+    /// The range holding `index`, or else the first range after it.
+    pub fn range_from(&self, index: u64) -> Option<(u64, u64, &P::Target)> {
+        let found = self.slot_at(index);
+        if found.value.is_null() {
+            // Gaps are maximal: what follows a gap is a range (or the end of the index space).
+            return self.load_range(found.last.checked_add(1)?);
+        }
+        self.load_range(index)
+    }
+
     /// See [`MapleTree::find_gap`].
     pub fn find_gap(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
         check_gap_request(min, max, size)?;
@@ -780,16 +790,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
 
     /// The first range intersecting `[first, last]`.
     fn first_occupied(&self, first: u64, last: u64) -> Option<(u64, u64, &P::Target)> {
-        let found = self.load_range(first);
-        if found.is_some() {
-            return found;
-        }
-        let gap = self.slot_at(first);
-        if gap.last >= last {
-            return None;
-        }
-        // A gap is followed by a range (gaps are maximal).
-        self.load_range(gap.last + 1)
+        self.range_from(first).filter(|&(f, _, _)| f <= last)
     }
 
     /// Replaces `[first, last]` with `value` (null: a gap) and returns what was displaced.

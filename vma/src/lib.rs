@@ -1,4 +1,45 @@
 //! # vma
 //!
-//! VMAs with a reference count and BABY/ZOMBIE lifecycle states, and the address space that keeps
-//! them in a [`maple`] tree. Not built yet.
+//! VMAs (virtual memory areas) with a reference count and BABY/ZOMBIE lifecycle states, kept in
+//! an RCU-safe [`maple`] tree, and the [`AddressSpace`] that changes them with Linux semantics
+//! (mmap, munmap, mprotect, mremap, brk) through one replacement protocol. A fault finds its VMA
+//! with [`AddressSpace::lookup`] under an RCU guard, without any lock; only a fault on a VMA that
+//! a writer is changing waits for it.
+//!
+//! ```
+//! use vma::{AddressSpace, Layout, MapFlags, NoFlush, Prot, Lookup};
+//!
+//! let space = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
+//! let a = space.mmap(0, 3 * 4096, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None).unwrap();
+//! // Read-only in the middle page: one VMA becomes three.
+//! space.mprotect(a + 4096, 4096, Prot::READ).unwrap();
+//! assert_eq!(space.vma_count(), 3);
+//! // ... and back: they merge again.
+//! space.mprotect(a + 4096, 4096, Prot::READ_WRITE).unwrap();
+//! assert_eq!(space.vma_count(), 1);
+//!
+//! let guard = space.guard();
+//! match space.lookup(a + 100, &guard) {
+//!     Lookup::Mapped(vma) => assert_eq!((vma.start(), vma.end()), (a, a + 3 * 4096)),
+//!     other => panic!("{other:?}"),
+//! }
+//! drop(guard);
+//! space.munmap(a, 3 * 4096).unwrap();
+//! assert_eq!(space.maps(), "");
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod space;
+mod vma;
+
+pub use error::{Errno, Error, Result};
+pub use space::{
+    AddressSpace, FlushHook, Layout, Lookup, MapFlags, NoFlush, RemapFlags, SharedAnonymous, SpaceStats,
+};
+pub use vma::{Backing, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
+
+/// Page size: 4 KiB.
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+/// log2 of the page size.
+pub const PAGE_SHIFT: u32 = 12;

@@ -1,0 +1,78 @@
+//! Errors of the address-space operations, each naming the errno Linux returns in that case.
+
+use std::fmt;
+
+/// The Linux errno an operation failed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Errno {
+    /// Invalid argument: unaligned address, zero length, bad flag combination.
+    EINVAL,
+    /// Out of address space, or (mprotect) part of the range is not mapped.
+    ENOMEM,
+    /// MAP_FIXED_NOREPLACE found the range occupied.
+    EEXIST,
+    /// A fixed mapping below the lowest usable address.
+    EPERM,
+    /// mremap: the old range is not inside one mapping.
+    EFAULT,
+    /// A file offset that overflows.
+    EOVERFLOW,
+    /// A file mapping without a file.
+    EBADF,
+}
+
+impl Errno {
+    /// The positive errno value on Linux (x86-64).
+    pub fn code(self) -> i32 {
+        match self {
+            Self::EPERM => 1,
+            Self::EBADF => 9,
+            Self::ENOMEM => 12,
+            Self::EFAULT => 14,
+            Self::EEXIST => 17,
+            Self::EINVAL => 22,
+            Self::EOVERFLOW => 75,
+        }
+    }
+
+    /// The errno for a name such as `ENOMEM`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "EINVAL" => Self::EINVAL,
+            "ENOMEM" => Self::ENOMEM,
+            "EEXIST" => Self::EEXIST,
+            "EPERM" => Self::EPERM,
+            "EFAULT" => Self::EFAULT,
+            "EOVERFLOW" => Self::EOVERFLOW,
+            "EBADF" => Self::EBADF,
+            _ => return None,
+        })
+    }
+}
+
+/// Why an address-space operation failed; nothing changed unless the operation says otherwise
+/// (mprotect, like Linux, keeps the changes made before the hole it stopped at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Error {
+    /// What Linux returns.
+    pub errno: Errno,
+    /// Which check failed.
+    pub reason: &'static str,
+}
+
+impl Error {
+    pub(crate) const fn new(errno: Errno, reason: &'static str) -> Self {
+        Self { errno, reason }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.errno, self.reason)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result of an address-space operation.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,847 @@
+//! The address space: VMAs in a maple tree, changed only through one replacement protocol.
+//!
+//! Every operation validates its input, computes the new VMAs of the ranges it changes (splits
+//! at the range ends, merges with compatible neighbours), and hands them to [`AddressSpace`]'s
+//! one routine, `apply`, which runs the protocol while holding the tree's writer lock:
+//!
+//! 1. the new VMAs are built BABY;
+//! 2. they are stored into the tree (`replace_exact`, one publication per changed range):
+//!    lookups now find them, and the displaced VMAs stay valid for readers that found them;
+//! 3. the displaced VMAs are marked ZOMBIE (no new references) and the writer waits until their
+//!    reference counts drain;
+//! 4. it waits for a grace period: faults that found an old VMA under an RCU guard, without a
+//!    reference (the fast path), have finished;
+//! 5. the displaced VMAs are freed;
+//! 6. the flush hook removes every translation in the changed ranges (the fault layer's page
+//!    table): no fault can install one from an old VMA any more (steps 3–4), and none from a new
+//!    VMA yet (they are BABY);
+//! 7. BABY is cleared on the new VMAs and the faults waiting for them are woken.
+//!
+//! A change that displaces nothing (mapping into free space without merging) skips steps 3–6:
+//! nobody can be using what did not exist. Invariant between operations: no two adjacent VMAs
+//! could be merged (every operation merges what it makes adjacent), VMAs are page aligned and
+//! inside the space's bounds.
+
+use crate::error::{Errno, Error, Result};
+use crate::vma::{Backing, Events, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
+use crate::{PAGE_SHIFT, PAGE_SIZE};
+use maple::rcu::DefaultRcu;
+use maple::sync::Mutex;
+use maple::sync::atomic::{AtomicU64, Ordering};
+use maple::{Guard, MapleTree, Writer};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// What the fault layer must do when mappings change. Called by writers, with the tree's writer
+/// lock held, after the old VMAs of the range are gone and before the new ones are usable.
+pub trait FlushHook: Send + Sync {
+    /// Removes every translation in `[start, end)`.
+    fn flush(&self, start: u64, end: u64);
+}
+
+/// A flush hook for address spaces without page tables (tests, pure VMA bookkeeping).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoFlush;
+
+impl FlushHook for NoFlush {
+    fn flush(&self, _start: u64, _end: u64) {}
+}
+
+/// The bounds of an address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Lowest usable address (Linux's `mmap_min_addr`).
+    pub low: u64,
+    /// One past the highest usable address (Linux's `TASK_SIZE`).
+    pub high: u64,
+    /// Top-down placement searches below this address first.
+    pub mmap_base: u64,
+}
+
+impl Layout {
+    /// x86-64 user space with 4-level page tables: `[0x10000, 0x7ffffffff000)`, mmap base at
+    /// 0x7f0000000000.
+    pub const X86_64: Layout = Layout {
+        low: 0x1_0000,
+        high: 0x7fff_ffff_f000,
+        mmap_base: 0x7f00_0000_0000,
+    };
+}
+
+/// mmap flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MapFlags {
+    /// MAP_SHARED.
+    pub shared: bool,
+    /// MAP_PRIVATE.
+    pub private: bool,
+    /// MAP_ANONYMOUS.
+    pub anonymous: bool,
+    /// MAP_FIXED: replace whatever is there.
+    pub fixed: bool,
+    /// MAP_FIXED_NOREPLACE: fail with EEXIST if anything is there.
+    pub fixed_noreplace: bool,
+    /// MAP_GROWSDOWN.
+    pub growsdown: bool,
+}
+
+impl MapFlags {
+    /// MAP_PRIVATE | MAP_ANONYMOUS.
+    pub const PRIVATE_ANONYMOUS: MapFlags = MapFlags {
+        shared: false,
+        private: true,
+        anonymous: true,
+        fixed: false,
+        fixed_noreplace: false,
+        growsdown: false,
+    };
+    /// MAP_PRIVATE (a file mapping).
+    pub const PRIVATE: MapFlags = MapFlags {
+        anonymous: false,
+        ..Self::PRIVATE_ANONYMOUS
+    };
+    /// MAP_SHARED (a file mapping).
+    pub const SHARED: MapFlags = MapFlags {
+        shared: true,
+        private: false,
+        ..Self::PRIVATE
+    };
+
+    /// The same flags with MAP_FIXED.
+    pub const fn fixed(self) -> Self {
+        Self { fixed: true, ..self }
+    }
+
+    /// The same flags with MAP_FIXED_NOREPLACE.
+    pub const fn fixed_noreplace(self) -> Self {
+        Self {
+            fixed_noreplace: true,
+            ..self
+        }
+    }
+}
+
+/// mremap flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RemapFlags {
+    /// MREMAP_MAYMOVE.
+    pub maymove: bool,
+    /// MREMAP_FIXED (requires `maymove`).
+    pub fixed: bool,
+}
+
+/// What a fault-side lookup found.
+#[derive(Debug)]
+pub enum Lookup<'g> {
+    /// A usable VMA covers the address.
+    Mapped(&'g Vma),
+    /// The VMA covering the address is being set up: drop the guard, then
+    /// [`AddressSpace::wait_for_birth`] with this ticket and look up again.
+    Baby {
+        /// Births completed when the lookup started.
+        births: u64,
+    },
+    /// Nothing is mapped there.
+    Unmapped,
+}
+
+/// The anonymous object behind a MAP_SHARED | MAP_ANONYMOUS mapping (Linux: shmem, shown as
+/// `/dev/zero (deleted)`); each such mmap makes a new one.
+#[derive(Debug)]
+pub struct SharedAnonymous;
+
+impl MappedFile for SharedAnonymous {
+    fn name(&self) -> &str {
+        "/dev/zero (deleted)"
+    }
+}
+
+/// The heap set up by `brk`.
+#[derive(Debug, Clone, Copy)]
+struct Heap {
+    start: u64,
+    brk: u64,
+}
+
+/// The range an operation rewrites: everything in `[lo, hi)` is replaced by `new` (sorted,
+/// inside the range; the rest becomes free).
+struct Change {
+    lo: u64,
+    hi: u64,
+    new: Vec<Mapping>,
+}
+
+/// Counters of what writers had to wait for.
+#[derive(Debug, Default)]
+pub struct SpaceStats {
+    /// Operations that displaced VMAs (and so waited for references and a grace period).
+    pub replacements: AtomicU64,
+    /// Of those, how many found references still held and waited for them to drain.
+    pub reference_waits: AtomicU64,
+}
+
+/// A process address space: VMAs in an RCU-safe maple tree, faults find them without locks,
+/// and mmap/munmap/mprotect/mremap/brk change them through one protocol (see the module docs).
+pub struct AddressSpace {
+    tree: MapleTree<Box<Vma>>,
+    layout: Layout,
+    flush: Box<dyn FlushHook>,
+    events: Events,
+    heap: Mutex<Heap>,
+    stats: SpaceStats,
+}
+
+fn einval(reason: &'static str) -> Error {
+    Error::new(Errno::EINVAL, reason)
+}
+
+fn enomem(reason: &'static str) -> Error {
+    Error::new(Errno::ENOMEM, reason)
+}
+
+fn aligned(value: u64) -> bool {
+    value % PAGE_SIZE == 0
+}
+
+/// `len` rounded up to whole pages: EINVAL if zero, ENOMEM if rounding overflows.
+fn page_len(len: u64) -> Result<u64> {
+    if len == 0 {
+        return Err(einval("zero length"));
+    }
+    len.checked_next_multiple_of(PAGE_SIZE)
+        .ok_or(enomem("length overflows when rounded to pages"))
+}
+
+impl AddressSpace {
+    /// An empty address space with `layout`, calling `flush` whenever translations must go.
+    pub fn new(layout: Layout, flush: impl FlushHook + 'static) -> Result<Self> {
+        let Layout { low, high, mmap_base } = layout;
+        if !aligned(low) || !aligned(high) || !aligned(mmap_base) {
+            return Err(einval("layout bounds must be page aligned"));
+        }
+        if !(low < high && low <= mmap_base && mmap_base <= high) {
+            return Err(einval("layout needs low < high and low <= mmap_base <= high"));
+        }
+        Ok(Self {
+            tree: MapleTree::new(),
+            layout,
+            flush: Box::new(flush),
+            events: Events::new(),
+            heap: Mutex::new(Heap { start: low, brk: low }),
+            stats: SpaceStats::default(),
+        })
+    }
+
+    /// The bounds this space was created with.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Writer statistics.
+    pub fn stats(&self) -> &SpaceStats {
+        &self.stats
+    }
+
+    /// The RCU domain shared by the VMA tree and the layers above.
+    pub fn rcu(&self) -> &DefaultRcu {
+        self.tree.rcu()
+    }
+
+    /// Enters a read-side section: VMAs found while it lives stay allocated.
+    #[inline]
+    pub fn guard(&self) -> Guard<'_, DefaultRcu> {
+        self.tree.guard()
+    }
+
+    /// Number of VMAs.
+    pub fn vma_count(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// The fault-side lookup: the usable VMA covering `addr`, or that it is being set up
+    /// (BABY), or nothing. Never blocks and takes no lock; a replaced (ZOMBIE) VMA makes it look
+    /// again, which finds the replacement (published before the old one was marked).
+    #[inline]
+    pub fn lookup<'g>(&self, addr: u64, guard: &'g Guard<'_, DefaultRcu>) -> Lookup<'g> {
+        loop {
+            // Read before the VMA's state: a birth that completes after this read changes it.
+            let births = self.events.births();
+            let Some(vma) = self.tree.load(addr, guard) else {
+                return Lookup::Unmapped;
+            };
+            match vma.usable() {
+                Ok(()) => return Lookup::Mapped(vma),
+                Err(Unusable::Baby) => return Lookup::Baby { births },
+                Err(Unusable::Zombie) => continue,
+            }
+        }
+    }
+
+    /// Blocks until a writer completes a birth after `births` (from [`Lookup::Baby`]). Call it
+    /// with no guard held: the writer may be waiting for a grace period.
+    pub fn wait_for_birth(&self, births: u64) {
+        self.events.wait_for_birth_after(births);
+    }
+
+    /// Takes a reference on the VMA covering `addr`, waiting while it is being set up. The
+    /// reference keeps the VMA allocated, so its holder may drop every guard and block (the
+    /// fault slow path); a writer replacing the VMA waits for it.
+    pub fn get(&self, addr: u64) -> Option<VmaRef<'_>> {
+        loop {
+            let guard = self.guard();
+            let births = match self.lookup(addr, &guard) {
+                Lookup::Unmapped => return None,
+                Lookup::Baby { births } => births,
+                Lookup::Mapped(vma) => match vma.try_get(&self.events) {
+                    Ok(reference) => return Some(reference),
+                    Err(Unusable::Zombie) => continue,
+                    // Born and then replaced again since the lookup: look again.
+                    Err(Unusable::Baby) => self.events.births(),
+                },
+            };
+            drop(guard);
+            self.wait_for_birth(births);
+        }
+    }
+
+    /// Takes a reference on a VMA found by [`AddressSpace::lookup`] under a guard.
+    pub fn try_get<'a>(&'a self, vma: &Vma) -> std::result::Result<VmaRef<'a>, Unusable> {
+        vma.try_get(&self.events)
+    }
+
+    /// The VMAs in address order, from `start`, under a guard. Each is whole: as before or after
+    /// any concurrent change.
+    pub fn iter_from<'g>(
+        &'g self,
+        start: u64,
+        guard: &'g Guard<'_, DefaultRcu>,
+    ) -> impl Iterator<Item = &'g Vma> {
+        self.tree.iter_from(start, guard).map(|(_, _, vma)| vma)
+    }
+
+    /// The mappings in the format of `/proc/PID/maps`: `start-end rwxp offset path`, one per
+    /// line (offset 0 and no path for anonymous memory, `[heap]` for the brk area).
+    pub fn maps(&self) -> String {
+        let heap = *self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.guard();
+        let mut out = String::new();
+        for vma in self.iter_from(0, &guard) {
+            let m = vma.mapping();
+            let (offset, path) = match &m.backing {
+                Backing::File(file) => (m.pgoff << PAGE_SHIFT, file.name().to_string()),
+                Backing::Anonymous if heap.brk > heap.start && m.start <= heap.brk && m.end >= heap.start => {
+                    (0, "[heap]".to_string())
+                }
+                Backing::Anonymous => (
+                    0,
+                    m.name.as_ref().map_or(String::new(), |n| format!("[anon:{n}]")),
+                ),
+            };
+            let sharing = if m.shared { 's' } else { 'p' };
+            let _ = write!(
+                out,
+                "{:08x}-{:08x} {}{sharing} {offset:08x}",
+                m.start, m.end, m.prot
+            );
+            if !path.is_empty() {
+                let _ = write!(out, " {path}");
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Maps `len` bytes (rounded up to pages) and returns the address, with Linux's rules:
+    /// no address (0) or a hint that is not free → the highest free range below the mmap base
+    /// (then above it); a free hint → there; `fixed` → exactly there, replacing what was there;
+    /// `fixed_noreplace` → exactly there or EEXIST. `file` is the object and byte offset of a
+    /// file mapping (ignored with `anonymous`, as Linux ignores the fd).
+    pub fn mmap(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        file: Option<(Arc<dyn MappedFile>, u64)>,
+    ) -> Result<u64> {
+        let offset = if flags.anonymous {
+            0
+        } else {
+            file.as_ref().map_or(0, |(_, offset)| *offset)
+        };
+        if !aligned(offset) {
+            return Err(einval("file offset not page aligned"));
+        }
+        if flags.shared == flags.private {
+            return Err(einval("exactly one of MAP_SHARED and MAP_PRIVATE"));
+        }
+        if flags.growsdown && flags.shared {
+            return Err(einval("MAP_GROWSDOWN cannot be shared"));
+        }
+        let backing = match (flags.anonymous, file) {
+            (true, _) if flags.shared => Backing::File(Arc::new(SharedAnonymous)),
+            (true, _) => Backing::Anonymous,
+            (false, Some((file, _))) => Backing::File(file),
+            (false, None) => return Err(Error::new(Errno::EBADF, "a file mapping needs a file")),
+        };
+        let len = page_len(len)?;
+        let pgoff = offset >> PAGE_SHIFT;
+        if pgoff.checked_add(len >> PAGE_SHIFT).is_none() {
+            return Err(Error::new(Errno::EOVERFLOW, "file offset plus length overflows"));
+        }
+        let fixed = flags.fixed || flags.fixed_noreplace;
+        if fixed {
+            if !aligned(addr) {
+                return Err(einval("fixed address not page aligned"));
+            }
+            if addr.checked_add(len).is_none_or(|end| end > self.layout.high) {
+                return Err(enomem("fixed range above the address space"));
+            }
+            if addr < self.layout.low {
+                return Err(Error::new(
+                    Errno::EPERM,
+                    "fixed address below the lowest usable address",
+                ));
+            }
+        }
+        let mut writer = self.tree.lock();
+        let start = if fixed {
+            if flags.fixed_noreplace && self.first_in(&writer, addr, addr + len).is_some() {
+                return Err(Error::new(Errno::EEXIST, "MAP_FIXED_NOREPLACE range is occupied"));
+            }
+            addr
+        } else {
+            self.place(&writer, addr, len)?
+        };
+        let end = start + len;
+        let pgoff = if matches!(backing, Backing::Anonymous) {
+            start >> PAGE_SHIFT
+        } else {
+            pgoff
+        };
+        let mapping = Mapping {
+            start,
+            end,
+            prot,
+            shared: flags.shared,
+            backing,
+            pgoff,
+            growsdown: flags.growsdown,
+            name: None,
+        };
+        let change = self.carve(&writer, start, end, vec![mapping]);
+        self.settle(&mut writer, change, &[(start, end)]);
+        Ok(start)
+    }
+
+    /// Unmaps `[addr, addr + len)` (len rounded up to pages), splitting VMAs at its ends.
+    /// Unmapping a range that holds nothing succeeds and waits for no one.
+    pub fn munmap(&self, addr: u64, len: u64) -> Result<()> {
+        if !aligned(addr) {
+            return Err(einval("address not page aligned"));
+        }
+        let len = page_len(len)?;
+        if addr > self.layout.high || len > self.layout.high - addr {
+            return Err(einval("range above the address space"));
+        }
+        let mut writer = self.tree.lock();
+        self.unmap_locked(&mut writer, addr, addr + len);
+        Ok(())
+    }
+
+    fn unmap_locked(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, start: u64, end: u64) {
+        if self.first_in(writer, start, end).is_some() {
+            let change = self.carve(writer, start, end, Vec::new());
+            self.settle(writer, change, &[(start, end)]);
+        }
+    }
+
+    /// Changes the permissions of `[addr, addr + len)`, splitting VMAs at its ends and merging
+    /// with compatible neighbours. As Linux: ENOMEM if part of the range is unmapped, after
+    /// changing the mapped part before the first hole (nothing if the range starts in a hole).
+    pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<()> {
+        if !aligned(addr) {
+            return Err(einval("address not page aligned"));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = page_len(len)?;
+        let end = addr
+            .checked_add(len)
+            .filter(|&end| end <= self.layout.high)
+            .ok_or(enomem("range above the address space"))?;
+        let mut writer = self.tree.lock();
+        // The VMAs covering the range from its start without a hole.
+        let mut covered = Vec::new();
+        let mut at = addr;
+        while at < end
+            && let Some((_, _, vma)) = writer.load_range(at)
+        {
+            covered.push(vma.mapping().clone());
+            at = vma.end();
+        }
+        let Some(first) = covered.first() else {
+            return Err(enomem("the range starts in unmapped memory"));
+        };
+        let (lo, hi) = (first.start, at);
+        let changed_end = end.min(hi);
+        let mut new = Vec::with_capacity(covered.len() + 2);
+        for mapping in &covered {
+            let (from, to) = (mapping.start.max(addr), mapping.end.min(changed_end));
+            if mapping.start < from {
+                new.push(mapping.slice(mapping.start, from));
+            }
+            new.push(Mapping {
+                prot,
+                ..mapping.slice(from, to)
+            });
+            if to < mapping.end {
+                new.push(mapping.slice(to, mapping.end));
+            }
+        }
+        self.settle(&mut writer, Change { lo, hi, new }, &[(addr, changed_end)]);
+        if changed_end < end {
+            return Err(enomem("part of the range is unmapped"));
+        }
+        Ok(())
+    }
+
+    /// Resizes or moves the mapping at `[old, old + old_len)` to `new_len` bytes, with Linux's
+    /// rules: shrinking unmaps the tail; growing extends in place when the pages after are free;
+    /// otherwise `maymove` moves it (to `new_addr` with `fixed`); the moved VMA keeps its page
+    /// offset. Returns the (new) address.
+    pub fn mremap(
+        &self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: RemapFlags,
+        new_addr: u64,
+    ) -> Result<u64> {
+        if flags.fixed && !flags.maymove {
+            return Err(einval("MREMAP_FIXED requires MREMAP_MAYMOVE"));
+        }
+        if !aligned(old) {
+            return Err(einval("old address not page aligned"));
+        }
+        let old_len = if old_len == 0 {
+            return Err(einval(
+                "old length 0 (duplicating shared mappings is not supported)",
+            ));
+        } else {
+            page_len(old_len)?
+        };
+        let new_len = page_len(new_len)?;
+        let high = self.layout.high;
+        if old.checked_add(old_len).is_none_or(|end| end > high) {
+            return Err(Error::new(Errno::EFAULT, "old range above the address space"));
+        }
+        let mut writer = self.tree.lock();
+        if flags.fixed {
+            if !aligned(new_addr) {
+                return Err(einval("new address not page aligned"));
+            }
+            if new_addr < self.layout.low || new_addr.checked_add(new_len).is_none_or(|end| end > high) {
+                return Err(einval("new range outside the address space"));
+            }
+            if new_addr < old + old_len && old < new_addr + new_len {
+                return Err(einval("old and new ranges overlap"));
+            }
+        }
+        let source = self.remap_source(&writer, old, old_len)?;
+        if flags.fixed {
+            self.unmap_locked(&mut writer, new_addr, new_addr + new_len);
+            return Ok(self.move_locked(&mut writer, &source, old, old_len, new_len, new_addr));
+        }
+        if new_len <= old_len {
+            self.unmap_locked(&mut writer, old + new_len, old + old_len);
+            return Ok(old);
+        }
+        let grow_end = old.checked_add(new_len).filter(|&end| end <= high);
+        if old + old_len == source.end
+            && let Some(grow_end) = grow_end
+            && self.first_in(&writer, source.end, grow_end).is_none()
+        {
+            let grown = Mapping {
+                end: grow_end,
+                ..source.clone()
+            };
+            let change = Change {
+                lo: source.start,
+                hi: grow_end,
+                new: vec![grown],
+            };
+            self.settle(&mut writer, change, &[]);
+            return Ok(old);
+        }
+        if !flags.maymove {
+            return Err(enomem("cannot grow in place and may not move"));
+        }
+        let target = self.place(&writer, 0, new_len)?;
+        Ok(self.move_locked(&mut writer, &source, old, old_len, new_len, target))
+    }
+
+    /// The mapping holding all of `[old, old + len)`, or EFAULT.
+    fn remap_source(&self, writer: &Writer<'_, Box<Vma>, DefaultRcu>, old: u64, len: u64) -> Result<Mapping> {
+        match writer.load_range(old) {
+            Some((_, _, vma)) if old + len <= vma.end() => Ok(vma.mapping().clone()),
+            _ => Err(Error::new(
+                Errno::EFAULT,
+                "the old range is not inside one mapping",
+            )),
+        }
+    }
+
+    /// Moves `[old, old + old_len)` of `source` to `target`, resized to `new_len`: the old range
+    /// is unmapped, then the moved mapping (same object, same page offset) is mapped at
+    /// `target`, merging with its new neighbours.
+    fn move_locked(
+        &self,
+        writer: &mut Writer<'_, Box<Vma>, DefaultRcu>,
+        source: &Mapping,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        target: u64,
+    ) -> u64 {
+        let kept = source.slice(old, old + old_len.min(new_len));
+        let moved = Mapping {
+            start: target,
+            end: target + new_len,
+            ..kept
+        };
+        self.unmap_locked(writer, old, old + old_len);
+        let insert = self.carve(writer, target, target + new_len, vec![moved]);
+        self.settle(writer, insert, &[(target, target + new_len)]);
+        target
+    }
+
+    /// Sets where the heap starts (and empties it): `brk` grows it from there.
+    pub fn set_heap_start(&self, start: u64) -> Result<()> {
+        let start = start
+            .checked_next_multiple_of(PAGE_SIZE)
+            .ok_or(einval("heap start overflows"))?;
+        if start < self.layout.low || start >= self.layout.high {
+            return Err(einval("heap start outside the address space"));
+        }
+        *self.heap.lock().unwrap_or_else(|e| e.into_inner()) = Heap { start, brk: start };
+        Ok(())
+    }
+
+    /// Moves the program break to `addr` and returns the new break; as Linux, returns the
+    /// current break unchanged when `addr` is below the heap start or the heap cannot grow
+    /// there (occupied, or beyond the address space).
+    pub fn brk(&self, addr: u64) -> u64 {
+        let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        if addr < heap.start {
+            return heap.brk;
+        }
+        let Some(new_top) = addr
+            .checked_next_multiple_of(PAGE_SIZE)
+            .filter(|&top| top < self.layout.high)
+        else {
+            return heap.brk;
+        };
+        let old_top = heap.brk.next_multiple_of(PAGE_SIZE);
+        let mut writer = self.tree.lock();
+        if new_top < old_top {
+            self.unmap_locked(&mut writer, new_top, old_top);
+        } else if new_top > old_top {
+            // Linux keeps a guard page below the next mapping.
+            if self.first_in(&writer, old_top, new_top + PAGE_SIZE).is_some() {
+                return heap.brk;
+            }
+            let grown = Mapping {
+                start: old_top,
+                end: new_top,
+                prot: Prot::READ_WRITE,
+                shared: false,
+                backing: Backing::Anonymous,
+                pgoff: old_top >> PAGE_SHIFT,
+                growsdown: false,
+                name: None,
+            };
+            let change = Change {
+                lo: old_top,
+                hi: new_top,
+                new: vec![grown],
+            };
+            self.settle(&mut writer, change, &[]);
+        }
+        heap.brk = addr;
+        addr
+    }
+
+    /// Where a non-fixed mapping of `len` bytes goes: the hint if free, else top-down below the
+    /// mmap base, else bottom-up above it.
+    fn place(&self, writer: &Writer<'_, Box<Vma>, DefaultRcu>, hint: u64, len: u64) -> Result<u64> {
+        let Layout { low, high, mmap_base } = self.layout;
+        if len > high - low {
+            return Err(enomem("longer than the address space"));
+        }
+        let hint = hint.checked_next_multiple_of(PAGE_SIZE).unwrap_or(0);
+        if hint >= low
+            && hint.checked_add(len).is_some_and(|end| end <= high)
+            && self.first_in(writer, hint, hint + len).is_none()
+        {
+            return Ok(hint);
+        }
+        let found = (mmap_base > low)
+            .then(|| writer.find_gap_rev(low, mmap_base - 1, len).ok().flatten())
+            .flatten()
+            .or_else(|| writer.find_gap(mmap_base, high - 1, len).ok().flatten());
+        found
+            .map(|(first, _)| first)
+            .ok_or(enomem("no free range is long enough"))
+    }
+
+    /// The first VMA intersecting `[start, end)`.
+    fn first_in<'w>(
+        &self,
+        writer: &'w Writer<'_, Box<Vma>, DefaultRcu>,
+        start: u64,
+        end: u64,
+    ) -> Option<&'w Vma> {
+        writer
+            .range_from(start)
+            .filter(|&(first, _, _)| first < end)
+            .map(|(_, _, vma)| vma)
+    }
+
+    /// The VMAs intersecting `[start, end)`, in order.
+    fn vmas_in<'w>(
+        &self,
+        writer: &'w Writer<'_, Box<Vma>, DefaultRcu>,
+        start: u64,
+        end: u64,
+    ) -> Vec<&'w Vma> {
+        let mut found = Vec::new();
+        let mut at = start;
+        while at < end
+            && let Some(vma) = self.first_in(writer, at, end)
+        {
+            found.push(vma);
+            at = vma.end();
+        }
+        found
+    }
+
+    /// The change that replaces `[start, end)` with `new`: the VMAs intersecting it are taken
+    /// out whole, and their parts outside `[start, end)` are put back (split at the ends).
+    fn carve(
+        &self,
+        writer: &Writer<'_, Box<Vma>, DefaultRcu>,
+        start: u64,
+        end: u64,
+        new: Vec<Mapping>,
+    ) -> Change {
+        let old = self.vmas_in(writer, start, end);
+        let (mut lo, mut hi) = (start, end);
+        let mut mappings = Vec::with_capacity(new.len() + 2);
+        if let Some(first) = old.first()
+            && first.start() < start
+        {
+            lo = first.start();
+            mappings.push(first.mapping().slice(first.start(), start));
+        }
+        mappings.extend(new);
+        if let Some(last) = old.last()
+            && last.end() > end
+        {
+            hi = last.end();
+            mappings.push(last.mapping().slice(end, last.end()));
+        }
+        Change {
+            lo,
+            hi,
+            new: mappings,
+        }
+    }
+
+    /// Merges the change with compatible neighbours and within itself (Linux's merge rules)
+    /// and applies it, unless it changes nothing.
+    fn settle(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, change: Change, flush: &[(u64, u64)]) {
+        let Change { mut lo, mut hi, new } = change;
+        let mut merged: Vec<Mapping> = Vec::with_capacity(new.len() + 2);
+        if let Some(first) = new.first()
+            && first.start == lo
+            && let Some((_, _, prev)) = lo.checked_sub(1).and_then(|i| writer.load_range(i))
+            && prev.mapping().can_merge(first)
+        {
+            lo = prev.start();
+            merged.push(prev.mapping().clone());
+        }
+        let next = new
+            .last()
+            .filter(|last| last.end == hi)
+            .and_then(|last| {
+                writer
+                    .load_range(hi)
+                    .filter(|(_, _, next)| last.can_merge(next.mapping()))
+            })
+            .map(|(_, _, next)| next.mapping().clone());
+        for mapping in new.into_iter().chain(next) {
+            match merged.last_mut() {
+                Some(previous) if previous.can_merge(&mapping) => previous.end = mapping.end,
+                _ => merged.push(mapping),
+            }
+        }
+        hi = hi.max(merged.last().map_or(hi, |m| m.end));
+        let old = self.vmas_in(writer, lo, hi);
+        let unchanged =
+            old.len() == merged.len() && old.iter().zip(&merged).all(|(o, m)| o.mapping().same_as(m));
+        if !unchanged {
+            self.apply(writer, Change { lo, hi, new: merged }, flush);
+        }
+    }
+
+    /// The replacement protocol (steps 1–7 of the module documentation) for `changes`;
+    /// `flush` lists the ranges whose translations must go.
+    fn apply(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, change: Change, flush: &[(u64, u64)]) {
+        // 1. New VMAs, born BABY; keep their addresses to bring them to life in step 7 (the
+        //    boxes do not move, and only this writer could free them).
+        let mut born: Vec<*const Vma> = Vec::with_capacity(change.new.len());
+        let values: Vec<(u64, u64, Box<Vma>)> = change
+            .new
+            .into_iter()
+            .map(|mapping| {
+                let vma = Box::new(Vma::new(mapping));
+                born.push(&*vma);
+                (vma.start(), vma.end() - 1, vma)
+            })
+            .collect();
+        // 2. Publish.
+        let displaced = writer
+            .replace_exact(change.lo, change.hi - 1, values)
+            .expect("changes are computed on VMA boundaries and are valid ranges");
+        if !displaced.is_empty() {
+            // 3. No new references; wait for the held ones.
+            let mut referenced = false;
+            for (_, _, vma) in displaced.iter() {
+                referenced |= vma.kill();
+            }
+            self.stats.replacements.fetch_add(1, Ordering::Relaxed);
+            if referenced {
+                self.stats.reference_waits.fetch_add(1, Ordering::Relaxed);
+                self.events
+                    .wait_until(|| displaced.iter().all(|(_, _, vma)| vma.drained()));
+            }
+            // 4 and 5. A grace period, then free them.
+            drop(displaced.reclaim());
+        }
+        // 6. Flush the changed ranges.
+        for &(start, end) in flush {
+            self.flush.flush(start, end);
+        }
+        // 7. Bring the new VMAs to life and wake the faults waiting for them.
+        if !born.is_empty() {
+            for vma in born {
+                // SAFETY: the VMA is in the tree, and only a writer (this one, holding the lock)
+                // could displace and free it.
+                unsafe { (*vma).birth() };
+            }
+            self.events.announce_birth();
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! VMAs: an immutable description of a mapping plus one atomic lifecycle word.
+//!
+//! A [`Vma`] never changes after it is published; changing a mapping replaces its VMA. Beside
+//! the description it carries the state word below, which faults and writers use to agree on
+//! who may still use it.
+//!
+//! | bits | name | meaning |
+//! | --- | --- | --- |
+//! | 0..=27 | count | references held ([`VmaRef`]s) |
+//! | 28 | `WAITER` | a writer waits for the count to reach zero; the last release wakes it |
+//! | 29 | `BABY` | published but not yet usable: faults wait for the writer to finish |
+//! | 30 | `ZOMBIE` | replaced: no new reference may be taken; lookups retry |
+//!
+//! Transitions: a VMA is born `BABY` (count 0); the writer that published it clears `BABY` at the
+//! end of its operation. A writer that replaces it sets `ZOMBIE | WAITER` and waits for the count
+//! to drain; the VMA is freed after that and a grace period. `try_get` increments the count only
+//! from a state with neither flag (Acquire, pairing with the writer's Release when it clears
+//! `BABY`); a release decrements it (Release, pairing with the writer's Acquire when it reads the
+//! drained count), so everything a fault did through its reference happens before the VMA is
+//! freed.
+
+use crate::PAGE_SHIFT;
+use maple::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use maple::sync::{Condvar, Mutex};
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+const COUNT: u32 = (1 << 28) - 1;
+const WAITER: u32 = 1 << 28;
+const BABY: u32 = 1 << 29;
+const ZOMBIE: u32 = 1 << 30;
+
+/// Access permissions of a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Prot {
+    /// Readable.
+    pub read: bool,
+    /// Writable.
+    pub write: bool,
+    /// Executable.
+    pub exec: bool,
+}
+
+impl Prot {
+    /// No access.
+    pub const NONE: Prot = Prot::new(false, false, false);
+    /// Read only.
+    pub const READ: Prot = Prot::new(true, false, false);
+    /// Read and write.
+    pub const READ_WRITE: Prot = Prot::new(true, true, false);
+    /// Read and execute.
+    pub const READ_EXEC: Prot = Prot::new(true, false, true);
+
+    /// Permissions from their three bits.
+    pub const fn new(read: bool, write: bool, exec: bool) -> Self {
+        Self { read, write, exec }
+    }
+
+    /// Parses `rwx`-style text: three characters, each the letter or `-`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 3 {
+            return None;
+        }
+        let bit = |b: u8, letter: u8| match b {
+            b'-' => Some(false),
+            b if b == letter => Some(true),
+            _ => None,
+        };
+        Some(Self::new(
+            bit(bytes[0], b'r')?,
+            bit(bytes[1], b'w')?,
+            bit(bytes[2], b'x')?,
+        ))
+    }
+
+    /// Whether `self` allows everything `other` allows.
+    pub fn covers(self, other: Prot) -> bool {
+        (self.read || !other.read) && (self.write || !other.write) && (self.exec || !other.exec)
+    }
+}
+
+impl fmt::Display for Prot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bit = |on: bool, letter: char| if on { letter } else { '-' };
+        write!(
+            f,
+            "{}{}{}",
+            bit(self.read, 'r'),
+            bit(self.write, 'w'),
+            bit(self.exec, 'x')
+        )
+    }
+}
+
+/// An object that file mappings map (a file, a shared-memory object). Identity is the object:
+/// two mappings map the same file when they hold the same `Arc`.
+pub trait MappedFile: Any + Send + Sync + fmt::Debug {
+    /// The name `maps()` shows for mappings of this object.
+    fn name(&self) -> &str;
+}
+
+/// What a mapping maps.
+#[derive(Debug, Clone)]
+pub enum Backing {
+    /// Zero-filled anonymous memory.
+    Anonymous,
+    /// A file-like object.
+    File(Arc<dyn MappedFile>),
+}
+
+impl Backing {
+    /// Whether both map the same object (both anonymous, or the same file).
+    pub fn same_object(&self, other: &Backing) -> bool {
+        match (self, other) {
+            (Backing::Anonymous, Backing::Anonymous) => true,
+            (Backing::File(a), Backing::File(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The file, if any.
+    pub fn file(&self) -> Option<&Arc<dyn MappedFile>> {
+        match self {
+            Backing::Anonymous => None,
+            Backing::File(file) => Some(file),
+        }
+    }
+}
+
+/// The immutable description of a mapping: everything a VMA is but its state.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// First address (page aligned).
+    pub start: u64,
+    /// One past the last address (page aligned, above `start`).
+    pub end: u64,
+    /// Access permissions.
+    pub prot: Prot,
+    /// Shared (writes reach the object and other mappings of it) or private (copy-on-write).
+    pub shared: bool,
+    /// Anonymous memory or a file.
+    pub backing: Backing,
+    /// Page offset of `start` in the backing. Anonymous mappings get `start >> PAGE_SHIFT` when
+    /// created and keep it when moved, as Linux does.
+    pub pgoff: u64,
+    /// Grows down (a stack).
+    pub growsdown: bool,
+    /// An optional name for anonymous mappings (`maps()` shows it in brackets).
+    pub name: Option<Arc<str>>,
+}
+
+impl Mapping {
+    /// Pages covered.
+    pub fn pages(&self) -> u64 {
+        (self.end - self.start) >> PAGE_SHIFT
+    }
+
+    /// The part `[start, end)` of this mapping (inside it), with its page offset adjusted.
+    pub fn slice(&self, start: u64, end: u64) -> Mapping {
+        debug_assert!(self.start <= start && start < end && end <= self.end);
+        Mapping {
+            start,
+            end,
+            pgoff: self.pgoff + ((start - self.start) >> PAGE_SHIFT),
+            ..self.clone()
+        }
+    }
+
+    /// Whether `next`, starting where `self` ends, can join it in one VMA: same object,
+    /// permissions, sharing and flags, and contiguous page offsets (Linux's merge rule).
+    pub fn can_merge(&self, next: &Mapping) -> bool {
+        self.end == next.start
+            && self.prot == next.prot
+            && self.shared == next.shared
+            && self.growsdown == next.growsdown
+            && self.name == next.name
+            && self.backing.same_object(&next.backing)
+            && self.pgoff + self.pages() == next.pgoff
+    }
+
+    /// Whether both describe the same mapping of the same range.
+    pub fn same_as(&self, other: &Mapping) -> bool {
+        self.start == other.start
+            && self.end == other.end
+            && self.can_merge_props(other)
+            && self.pgoff == other.pgoff
+    }
+
+    fn can_merge_props(&self, other: &Mapping) -> bool {
+        self.prot == other.prot
+            && self.shared == other.shared
+            && self.growsdown == other.growsdown
+            && self.name == other.name
+            && self.backing.same_object(&other.backing)
+    }
+}
+
+/// A virtual memory area: a published [`Mapping`] and its lifecycle word.
+#[derive(Debug)]
+pub struct Vma {
+    mapping: Mapping,
+    state: AtomicU32,
+}
+
+/// Why a reference could not be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// Not yet usable: wait for the writer to finish, then look up again.
+    Baby,
+    /// Replaced: look up again.
+    Zombie,
+}
+
+impl Vma {
+    /// A new VMA, born BABY.
+    pub(crate) fn new(mapping: Mapping) -> Self {
+        Self {
+            mapping,
+            state: AtomicU32::new(BABY),
+        }
+    }
+
+    /// The mapping this VMA publishes.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// First address.
+    pub fn start(&self) -> u64 {
+        self.mapping.start
+    }
+
+    /// One past the last address.
+    pub fn end(&self) -> u64 {
+        self.mapping.end
+    }
+
+    /// Access permissions.
+    pub fn prot(&self) -> Prot {
+        self.mapping.prot
+    }
+
+    /// Whether the VMA is usable, not yet usable (BABY) or replaced (ZOMBIE).
+    pub fn usable(&self) -> Result<(), Unusable> {
+        // Acquire pairs with the writer's Release when it clears BABY.
+        Self::check(self.state.load(Ordering::Acquire))
+    }
+
+    fn check(state: u32) -> Result<(), Unusable> {
+        if state & ZOMBIE != 0 {
+            Err(Unusable::Zombie)
+        } else if state & BABY != 0 {
+            Err(Unusable::Baby)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// References held now (for statistics and tests).
+    pub fn references(&self) -> u32 {
+        self.state.load(Ordering::Relaxed) & COUNT
+    }
+
+    /// Takes a reference unless the VMA is BABY or ZOMBIE. The reference keeps the VMA
+    /// allocated after the caller's RCU guard ends; the last release wakes a waiting writer
+    /// through `events`.
+    pub(crate) fn try_get<'a>(&self, events: &'a Events) -> Result<VmaRef<'a>, Unusable> {
+        let mut state = self.state.load(Ordering::Relaxed);
+        loop {
+            Self::check(state)?;
+            assert!(state & COUNT < COUNT, "VMA reference count overflow");
+            // Acquire pairs with the Release that cleared BABY.
+            match self
+                .state
+                .compare_exchange_weak(state, state + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Ok(VmaRef {
+                        vma: std::ptr::NonNull::from(self),
+                        events,
+                    });
+                }
+                Err(now) => state = now,
+            }
+        }
+    }
+
+    /// Marks the VMA replaced (ZOMBIE) and announces a waiting writer; returns whether
+    /// references are still held.
+    pub(crate) fn kill(&self) -> bool {
+        // AcqRel: Acquire pairs with the Release of references already dropped.
+        self.state.fetch_or(ZOMBIE | WAITER, Ordering::AcqRel) & COUNT != 0
+    }
+
+    /// Whether every reference has been released (after `kill`).
+    pub(crate) fn drained(&self) -> bool {
+        // Acquire pairs with the Release in `VmaRef::drop`.
+        self.state.load(Ordering::Acquire) & COUNT == 0
+    }
+
+    /// Makes a BABY VMA usable.
+    pub(crate) fn birth(&self) {
+        // Release pairs with the Acquire of `try_get` and `usable`: the VMA's publication and
+        // the writer's flush happen before any use.
+        self.state.fetch_and(!BABY, Ordering::Release);
+    }
+}
+
+/// Where faults wait for BABY VMAs to be born and writers wait for references to drain: one
+/// mutex and condition variable per address space, touched only by waiters and by those who
+/// wake them (a fault on a VMA no writer touches never comes here).
+#[derive(Debug)]
+pub(crate) struct Events {
+    lock: Mutex<()>,
+    cond: Condvar,
+    /// Completed operations that published VMAs (each clears BABY on its VMAs, then adds one).
+    births: AtomicU64,
+}
+
+impl Events {
+    pub(crate) fn new() -> Self {
+        Self {
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+            births: AtomicU64::new(0),
+        }
+    }
+
+    /// Wakes every waiter. Taking the lock orders this after a waiter's last check.
+    pub(crate) fn notify(&self) {
+        let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.cond.notify_all();
+    }
+
+    /// Blocks until `done()` holds; `done` is re-checked under the lock after every wake-up.
+    pub(crate) fn wait_until(&self, done: impl Fn() -> bool) {
+        let mut lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !done() {
+            lock = self.cond.wait(lock).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The number of completed births, to wait on with [`Events::wait_for_birth_after`].
+    pub(crate) fn births(&self) -> u64 {
+        // Acquire pairs with the Release in `announce_birth`.
+        self.births.load(Ordering::Acquire)
+    }
+
+    /// Counts a completed birth and wakes the faults waiting for one.
+    pub(crate) fn announce_birth(&self) {
+        // Release pairs with the Acquire in `births`: BABY was cleared before.
+        self.births.fetch_add(1, Ordering::Release);
+        self.notify();
+    }
+
+    /// Blocks until a birth after `seen` has completed.
+    pub(crate) fn wait_for_birth_after(&self, seen: u64) {
+        self.wait_until(|| self.births() != seen);
+    }
+}
+
+/// A reference to a VMA, released on drop: it keeps the VMA allocated (a writer replacing it
+/// waits for the release) without an RCU guard, so its holder may block.
+pub struct VmaRef<'a> {
+    vma: std::ptr::NonNull<Vma>,
+    events: &'a Events,
+}
+
+// SAFETY: a VmaRef only reads the VMA (Sync) and touches the (Sync) events of its space.
+unsafe impl Send for VmaRef<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for VmaRef<'_> {}
+
+impl std::ops::Deref for VmaRef<'_> {
+    type Target = Vma;
+
+    fn deref(&self) -> &Vma {
+        // SAFETY: the reference count keeps the VMA allocated until this is dropped.
+        unsafe { self.vma.as_ref() }
+    }
+}
+
+impl Drop for VmaRef<'_> {
+    fn drop(&mut self) {
+        // SAFETY: still referenced: the VMA is allocated.
+        let vma = unsafe { self.vma.as_ref() };
+        // Release pairs with the writer's Acquire in `drained`.
+        let before = vma.state.fetch_sub(1, Ordering::Release);
+        if before & COUNT == 1 && before & WAITER != 0 {
+            self.events.notify();
+        }
+    }
+}
+
+impl fmt::Debug for VmaRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("VmaRef").field(&**self).finish()
+    }
+}
