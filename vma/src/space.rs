@@ -258,6 +258,41 @@ impl AddressSpace {
         self.tree.len()
     }
 
+    /// Checks the space's invariants: the tree's structure, every VMA page aligned, inside the
+    /// bounds, usable (between operations nothing is BABY or ZOMBIE), and no two adjacent VMAs
+    /// that Linux would have merged.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.tree.validate()?;
+        let guard = self.guard();
+        let mut previous: Option<&Mapping> = None;
+        for vma in self.iter_from(0, &guard) {
+            let m = vma.mapping();
+            if !aligned(m.start) || !aligned(m.end) || m.start >= m.end {
+                return Err(format!(
+                    "VMA {:#x}-{:#x} is not a page-aligned range",
+                    m.start, m.end
+                ));
+            }
+            if m.start < self.layout.low || m.end > self.layout.high {
+                return Err(format!("VMA {:#x}-{:#x} is outside the layout", m.start, m.end));
+            }
+            if let Err(state) = vma.usable() {
+                return Err(format!(
+                    "VMA {:#x}-{:#x} is {state:?} between operations",
+                    m.start, m.end
+                ));
+            }
+            if previous.is_some_and(|p| p.can_merge(m)) {
+                return Err(format!(
+                    "VMA {:#x}-{:#x} should have merged with the one before",
+                    m.start, m.end
+                ));
+            }
+            previous = Some(m);
+        }
+        Ok(())
+    }
+
     /// The fault-side lookup: the usable VMA covering `addr`, or that it is being set up
     /// (BABY), or nothing. Never blocks and takes no lock; a replaced (ZOMBIE) VMA makes it look
     /// again, which finds the replacement (published before the old one was marked).

@@ -1,0 +1,386 @@
+//! A page-granular model of the address space: one entry per mapped page. VMAs are not stored:
+//! `maps()` derives them as maximal runs of pages that Linux's merge rule would join. Written
+//! independently of the tree-based implementation, to test it differentially.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use vma::{Errno, Layout, MapFlags, MappedFile, PAGE_SIZE, Prot, RemapFlags};
+
+#[derive(Clone, Debug)]
+pub struct Page {
+    prot: Prot,
+    shared: bool,
+    /// 0: private anonymous memory; otherwise an object number.
+    object: usize,
+    pgoff: u64,
+    growsdown: bool,
+}
+
+impl Page {
+    /// Whether `next` (the page after this one) belongs to the same VMA.
+    fn joins(&self, next: &Page) -> bool {
+        self.prot == next.prot
+            && self.shared == next.shared
+            && self.object == next.object
+            && self.growsdown == next.growsdown
+            && self.pgoff + 1 == next.pgoff
+    }
+}
+
+pub struct Model {
+    layout: Layout,
+    pages: BTreeMap<u64, Page>,
+    /// Object names by number (index 0 unused).
+    names: Vec<String>,
+    /// Files by address of their Arc, to number them.
+    files: Vec<Arc<dyn MappedFile>>,
+    heap: (u64, u64),
+}
+
+type Res<T> = Result<T, Errno>;
+
+fn page_len(len: u64) -> Res<u64> {
+    if len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    len.checked_next_multiple_of(PAGE_SIZE).ok_or(Errno::ENOMEM)
+}
+
+impl Model {
+    pub fn new(layout: Layout) -> Self {
+        Self {
+            layout,
+            pages: BTreeMap::new(),
+            names: vec![String::new()],
+            files: Vec::new(),
+            heap: (layout.low, layout.low),
+        }
+    }
+
+    fn object_of(&mut self, file: &Arc<dyn MappedFile>) -> usize {
+        if let Some(i) = self.files.iter().position(|f| Arc::ptr_eq(f, file)) {
+            return i + 1;
+        }
+        self.files.push(file.clone());
+        self.names.push(file.name().to_string());
+        self.files.len()
+    }
+
+    fn free(&self, start: u64, end: u64) -> bool {
+        self.pages.range(start..end).next().is_none()
+    }
+
+    /// Maximal runs: (start, end, first page).
+    fn vmas(&self) -> Vec<(u64, u64, Page)> {
+        let mut runs: Vec<(u64, u64, Page)> = Vec::new();
+        let mut last: Option<(u64, Page)> = None;
+        for (&addr, page) in &self.pages {
+            match (&mut runs.last_mut(), &last) {
+                (Some(run), Some((prev_addr, prev)))
+                    if *prev_addr + PAGE_SIZE == addr && prev.joins(page) =>
+                {
+                    run.1 = addr + PAGE_SIZE
+                }
+                _ => runs.push((addr, addr + PAGE_SIZE, page.clone())),
+            }
+            last = Some((addr, page.clone()));
+        }
+        runs
+    }
+
+    pub fn maps(&self) -> String {
+        let (heap_start, brk) = self.heap;
+        let mut out = String::new();
+        for (start, end, page) in self.vmas() {
+            let (offset, path) = if page.object != 0 {
+                (page.pgoff * PAGE_SIZE, self.names[page.object].clone())
+            } else if brk > heap_start && start <= brk && end >= heap_start {
+                (0, "[heap]".to_string())
+            } else {
+                (0, String::new())
+            };
+            let sharing = if page.shared { 's' } else { 'p' };
+            out.push_str(&format!(
+                "{start:08x}-{end:08x} {}{sharing} {offset:08x}",
+                page.prot
+            ));
+            if !path.is_empty() {
+                out.push(' ');
+                out.push_str(&path);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Highest free `len` bytes inside [lo, hi), page by page.
+    fn highest_free(&self, lo: u64, hi: u64, len: u64) -> Option<u64> {
+        let mut top = hi;
+        while top >= lo + len {
+            let start = top - len;
+            match self.pages.range(start..top).next_back() {
+                None => return Some(start),
+                Some((&addr, _)) => top = addr,
+            }
+        }
+        None
+    }
+
+    fn lowest_free(&self, lo: u64, hi: u64, len: u64) -> Option<u64> {
+        let mut start = lo;
+        while start + len <= hi {
+            match self.pages.range(start..start + len).next() {
+                None => return Some(start),
+                Some((&addr, _)) => start = addr + PAGE_SIZE,
+            }
+        }
+        None
+    }
+
+    fn place(&self, hint: u64, len: u64) -> Res<u64> {
+        let Layout { low, high, mmap_base } = self.layout;
+        if len > high - low {
+            return Err(Errno::ENOMEM);
+        }
+        let hint = hint.checked_next_multiple_of(PAGE_SIZE).unwrap_or(0);
+        if hint >= low && hint.checked_add(len).is_some_and(|e| e <= high) && self.free(hint, hint + len) {
+            return Ok(hint);
+        }
+        self.highest_free(low, mmap_base, len)
+            .or_else(|| self.lowest_free(mmap_base, high, len))
+            .ok_or(Errno::ENOMEM)
+    }
+
+    pub fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        file: Option<(Arc<dyn MappedFile>, u64)>,
+    ) -> Res<u64> {
+        let offset = if flags.anonymous {
+            0
+        } else {
+            file.as_ref().map_or(0, |f| f.1)
+        };
+        if offset % PAGE_SIZE != 0 || flags.shared == flags.private || (flags.growsdown && flags.shared) {
+            return Err(Errno::EINVAL);
+        }
+        let object = match (flags.anonymous, &file) {
+            (true, _) if flags.shared => {
+                self.names.push("/dev/zero (deleted)".to_string());
+                self.files.push(Arc::new(vma::SharedAnonymous));
+                self.names.len() - 1
+            }
+            (true, _) => 0,
+            (false, Some((f, _))) => self.object_of(f),
+            (false, None) => return Err(Errno::EBADF),
+        };
+        let len = page_len(len)?;
+        if (offset / PAGE_SIZE).checked_add(len / PAGE_SIZE).is_none() {
+            return Err(Errno::EOVERFLOW);
+        }
+        let fixed = flags.fixed || flags.fixed_noreplace;
+        let start = if fixed {
+            if addr % PAGE_SIZE != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if addr.checked_add(len).is_none_or(|e| e > self.layout.high) {
+                return Err(Errno::ENOMEM);
+            }
+            if addr < self.layout.low {
+                return Err(Errno::EPERM);
+            }
+            if flags.fixed_noreplace && !self.free(addr, addr + len) {
+                return Err(Errno::EEXIST);
+            }
+            addr
+        } else {
+            self.place(addr, len)?
+        };
+        let first_pgoff = if object == 0 {
+            start / PAGE_SIZE
+        } else {
+            offset / PAGE_SIZE
+        };
+        for i in 0..len / PAGE_SIZE {
+            let page = Page {
+                prot,
+                shared: flags.shared,
+                object,
+                pgoff: first_pgoff + i,
+                growsdown: flags.growsdown,
+            };
+            self.pages.insert(start + i * PAGE_SIZE, page);
+        }
+        Ok(start)
+    }
+
+    pub fn munmap(&mut self, addr: u64, len: u64) -> Res<()> {
+        if addr % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let len = page_len(len)?;
+        if addr > self.layout.high || len > self.layout.high - addr {
+            return Err(Errno::EINVAL);
+        }
+        let doomed: Vec<u64> = self.pages.range(addr..addr + len).map(|(&a, _)| a).collect();
+        for a in doomed {
+            self.pages.remove(&a);
+        }
+        Ok(())
+    }
+
+    pub fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> Res<()> {
+        if addr % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = page_len(len)?;
+        let end = addr
+            .checked_add(len)
+            .filter(|&e| e <= self.layout.high)
+            .ok_or(Errno::ENOMEM)?;
+        let mut at = addr;
+        while at < end {
+            match self.pages.get_mut(&at) {
+                Some(page) => page.prot = prot,
+                None if at == addr => return Err(Errno::ENOMEM),
+                None => return Err(Errno::ENOMEM),
+            }
+            at += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// The maximal run holding `addr`.
+    fn vma_at(&self, addr: u64) -> Option<(u64, u64)> {
+        self.vmas()
+            .into_iter()
+            .find(|&(s, e, _)| s <= addr && addr < e)
+            .map(|(s, e, _)| (s, e))
+    }
+
+    pub fn mremap(
+        &mut self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: RemapFlags,
+        new_addr: u64,
+    ) -> Res<u64> {
+        if flags.fixed && !flags.maymove {
+            return Err(Errno::EINVAL);
+        }
+        if old % PAGE_SIZE != 0 || old_len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let old_len = page_len(old_len)?;
+        let new_len = page_len(new_len)?;
+        let high = self.layout.high;
+        if old.checked_add(old_len).is_none_or(|e| e > high) {
+            return Err(Errno::EFAULT);
+        }
+        if flags.fixed
+            && (new_addr % PAGE_SIZE != 0
+                || new_addr < self.layout.low
+                || new_addr.checked_add(new_len).is_none_or(|e| e > high)
+                || (new_addr < old + old_len && old < new_addr + new_len))
+        {
+            return Err(Errno::EINVAL);
+        }
+        let Some((_, vma_end)) = self.vma_at(old).filter(|&(_, e)| old + old_len <= e) else {
+            return Err(Errno::EFAULT);
+        };
+        if flags.fixed {
+            self.munmap(new_addr, new_len).unwrap();
+            return Ok(self.move_pages(old, old_len, new_len, new_addr));
+        }
+        if new_len <= old_len {
+            if new_len < old_len {
+                self.munmap(old + new_len, old_len - new_len).unwrap();
+            }
+            return Ok(old);
+        }
+        if old + old_len == vma_end
+            && let Some(grow_end) = old.checked_add(new_len).filter(|&e| e <= high)
+            && self.free(vma_end, grow_end)
+        {
+            let last = self.pages[&(vma_end - PAGE_SIZE)].clone();
+            for (i, a) in (vma_end..grow_end).step_by(PAGE_SIZE as usize).enumerate() {
+                self.pages.insert(
+                    a,
+                    Page {
+                        pgoff: last.pgoff + 1 + i as u64,
+                        ..last.clone()
+                    },
+                );
+            }
+            return Ok(old);
+        }
+        if !flags.maymove {
+            return Err(Errno::ENOMEM);
+        }
+        let target = self.place(0, new_len)?;
+        Ok(self.move_pages(old, old_len, new_len, target))
+    }
+
+    fn move_pages(&mut self, old: u64, old_len: u64, new_len: u64, target: u64) -> u64 {
+        let first = self.pages[&old].clone();
+        let mut moved = Vec::new();
+        for i in 0..new_len / PAGE_SIZE {
+            moved.push((
+                target + i * PAGE_SIZE,
+                Page {
+                    pgoff: first.pgoff + i,
+                    ..first.clone()
+                },
+            ));
+        }
+        self.munmap(old, old_len).unwrap();
+        self.pages.extend(moved);
+        target
+    }
+
+    pub fn set_heap_start(&mut self, start: u64) {
+        self.heap = (start, start);
+    }
+
+    pub fn brk(&mut self, addr: u64) -> u64 {
+        let (start, brk) = self.heap;
+        if addr < start {
+            return brk;
+        }
+        let Some(new_top) = addr
+            .checked_next_multiple_of(PAGE_SIZE)
+            .filter(|&t| t < self.layout.high)
+        else {
+            return brk;
+        };
+        let old_top = brk.next_multiple_of(PAGE_SIZE);
+        if new_top < old_top {
+            self.munmap(new_top, old_top - new_top).unwrap();
+        } else if new_top > old_top {
+            if !self.free(old_top, new_top + PAGE_SIZE) {
+                return brk;
+            }
+            for a in (old_top..new_top).step_by(PAGE_SIZE as usize) {
+                self.pages.insert(
+                    a,
+                    Page {
+                        prot: Prot::READ_WRITE,
+                        shared: false,
+                        object: 0,
+                        pgoff: a / PAGE_SIZE,
+                        growsdown: false,
+                    },
+                );
+            }
+        }
+        self.heap.1 = addr;
+        addr
+    }
+}
