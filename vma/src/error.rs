@@ -15,8 +15,6 @@ pub enum Errno {
     EPERM,
     /// mremap: the old range is not inside one mapping.
     EFAULT,
-    /// A file offset that overflows.
-    EOVERFLOW,
     /// A file mapping without a file.
     EBADF,
 }
@@ -31,7 +29,6 @@ impl Errno {
             Self::EFAULT => 14,
             Self::EEXIST => 17,
             Self::EINVAL => 22,
-            Self::EOVERFLOW => 75,
         }
     }
 
@@ -43,7 +40,6 @@ impl Errno {
             "EEXIST" => Self::EEXIST,
             "EPERM" => Self::EPERM,
             "EFAULT" => Self::EFAULT,
-            "EOVERFLOW" => Self::EOVERFLOW,
             "EBADF" => Self::EBADF,
             _ => return None,
         })

@@ -191,6 +191,15 @@ pub struct AddressSpace {
     stats: SpaceStats,
 }
 
+impl std::fmt::Debug for AddressSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressSpace")
+            .field("layout", &self.layout)
+            .field("vmas", &self.vma_count())
+            .finish_non_exhaustive()
+    }
+}
+
 fn einval(reason: &'static str) -> Error {
     Error::new(Errno::EINVAL, reason)
 }
@@ -420,10 +429,9 @@ impl AddressSpace {
             (false, None) => return Err(Error::new(Errno::EBADF, "a file mapping needs a file")),
         };
         let len = page_len(len)?;
+        // 64-bit byte offsets and lengths in pages cannot overflow a page offset (Linux's
+        // EOVERFLOW check never fires on 64-bit).
         let pgoff = offset >> PAGE_SHIFT;
-        if pgoff.checked_add(len >> PAGE_SHIFT).is_none() {
-            return Err(Error::new(Errno::EOVERFLOW, "file offset plus length overflows"));
-        }
         let fixed = flags.fixed || flags.fixed_noreplace;
         if fixed {
             if !aligned(addr) {

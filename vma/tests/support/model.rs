@@ -178,9 +178,6 @@ impl Model {
             (false, None) => return Err(Errno::EBADF),
         };
         let len = page_len(len)?;
-        if (offset / PAGE_SIZE).checked_add(len / PAGE_SIZE).is_none() {
-            return Err(Errno::EOVERFLOW);
-        }
         let fixed = flags.fixed || flags.fixed_noreplace;
         let start = if fixed {
             if addr % PAGE_SIZE != 0 {

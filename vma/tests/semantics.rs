@@ -1,0 +1,471 @@
+//! Unit tests: every error path, and Linux's merge rules.
+#![cfg(not(feature = "shuttle"))]
+
+use std::sync::Arc;
+use vma::{AddressSpace, Errno, Layout, Lookup, MapFlags, MappedFile, NoFlush, PAGE_SIZE, Prot, RemapFlags};
+
+const P: u64 = PAGE_SIZE;
+
+#[derive(Debug)]
+struct File(&'static str);
+
+impl MappedFile for File {
+    fn name(&self) -> &str {
+        self.0
+    }
+}
+
+fn file(name: &'static str) -> Arc<dyn MappedFile> {
+    Arc::new(File(name))
+}
+
+const LAYOUT: Layout = Layout {
+    low: 0x10000,
+    high: 0x10000 + 64 * P,
+    mmap_base: 0x10000 + 48 * P,
+};
+const BASE: u64 = 0x20000;
+
+fn space() -> AddressSpace {
+    AddressSpace::new(LAYOUT, NoFlush).unwrap()
+}
+
+fn errno<T: std::fmt::Debug>(result: vma::Result<T>) -> Errno {
+    result.expect_err("expected an error").errno
+}
+
+fn anon(space: &AddressSpace, addr: u64, pages: u64, prot: Prot) -> u64 {
+    space
+        .mmap(addr, pages * P, prot, MapFlags::PRIVATE_ANONYMOUS.fixed(), None)
+        .unwrap()
+}
+
+fn lines(space: &AddressSpace) -> Vec<String> {
+    space.validate().unwrap();
+    space.maps().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn layout_errors() {
+    let bad = [
+        Layout { low: 1, ..LAYOUT },
+        Layout {
+            high: LAYOUT.low,
+            ..LAYOUT
+        },
+        Layout {
+            mmap_base: LAYOUT.high + P,
+            ..LAYOUT
+        },
+    ];
+    for layout in bad {
+        assert_eq!(
+            errno(AddressSpace::new(layout, NoFlush)),
+            Errno::EINVAL,
+            "{layout:?}"
+        );
+    }
+}
+
+#[test]
+fn mmap_errors() {
+    let s = space();
+    let rw = Prot::READ_WRITE;
+    let anon = MapFlags::PRIVATE_ANONYMOUS;
+    assert_eq!(errno(s.mmap(0, 0, rw, anon, None)), Errno::EINVAL, "zero length");
+    assert_eq!(
+        errno(s.mmap(0, u64::MAX, rw, anon, None)),
+        Errno::ENOMEM,
+        "length overflows"
+    );
+    assert_eq!(
+        errno(s.mmap(BASE + 1, P, rw, anon.fixed(), None)),
+        Errno::EINVAL,
+        "unaligned fixed"
+    );
+    assert_eq!(
+        errno(s.mmap(0, P, rw, MapFlags { shared: true, ..anon }, None)),
+        Errno::EINVAL,
+        "shared and private"
+    );
+    assert_eq!(
+        errno(s.mmap(
+            0,
+            P,
+            rw,
+            MapFlags {
+                private: false,
+                ..anon
+            },
+            None
+        )),
+        Errno::EINVAL,
+        "neither"
+    );
+    assert_eq!(
+        errno(s.mmap(
+            0,
+            P,
+            rw,
+            MapFlags {
+                growsdown: true,
+                ..MapFlags::SHARED
+            },
+            Some((file("f"), 0))
+        )),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno(s.mmap(0, P, rw, MapFlags::PRIVATE, None)),
+        Errno::EBADF,
+        "file mapping without a file"
+    );
+    assert_eq!(
+        errno(s.mmap(0, P, rw, MapFlags::PRIVATE, Some((file("f"), 1)))),
+        Errno::EINVAL,
+        "unaligned offset"
+    );
+    assert_eq!(
+        errno(s.mmap(LAYOUT.high - P, 2 * P, rw, anon.fixed(), None)),
+        Errno::ENOMEM,
+        "fixed past the top"
+    );
+    assert_eq!(
+        errno(s.mmap(LAYOUT.low - P, P, rw, anon.fixed(), None)),
+        Errno::EPERM,
+        "fixed below the bottom"
+    );
+    assert_eq!(
+        errno(s.mmap(0, 65 * P, rw, anon, None)),
+        Errno::ENOMEM,
+        "larger than the space"
+    );
+    crate::anon(&s, BASE, 2, rw);
+    assert_eq!(
+        errno(s.mmap(BASE + P, P, rw, anon.fixed_noreplace(), None)),
+        Errno::EEXIST
+    );
+    assert_eq!(lines(&s).len(), 1, "failed calls changed nothing");
+    // Fill the space, then ask for more.
+    s.mmap(LAYOUT.low, 64 * P, rw, anon.fixed(), None).unwrap();
+    assert_eq!(errno(s.mmap(0, P, rw, anon, None)), Errno::ENOMEM, "out of space");
+}
+
+#[test]
+fn mmap_placement() {
+    let s = space();
+    let rw = Prot::READ_WRITE;
+    let anon = MapFlags::PRIVATE_ANONYMOUS;
+    // Top-down below the mmap base.
+    let a = s.mmap(0, 2 * P, rw, anon, None).unwrap();
+    assert_eq!(a, LAYOUT.mmap_base - 2 * P);
+    // A free hint is used (rounded up to a page).
+    assert_eq!(s.mmap(BASE - 100, P, Prot::READ, anon, None).unwrap(), BASE);
+    // A hint that is not free falls back to the search.
+    let b = s.mmap(BASE, P, Prot::READ_EXEC, anon, None).unwrap();
+    assert_eq!(b, a - P);
+    // No room below the base: bottom-up above it.
+    s.mmap(LAYOUT.low, 48 * P, rw, anon.fixed(), None).unwrap();
+    assert_eq!(s.mmap(0, P, Prot::READ, anon, None).unwrap(), LAYOUT.mmap_base);
+}
+
+#[test]
+fn munmap_errors_and_empty_ranges() {
+    let s = space();
+    assert_eq!(errno(s.munmap(BASE + 1, P)), Errno::EINVAL);
+    assert_eq!(errno(s.munmap(BASE, 0)), Errno::EINVAL);
+    assert_eq!(errno(s.munmap(LAYOUT.high, P)), Errno::EINVAL);
+    assert_eq!(errno(s.munmap(BASE, u64::MAX)), Errno::ENOMEM);
+    s.munmap(BASE, 4 * P).unwrap();
+    assert_eq!(
+        s.stats().replacements.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing to wait for"
+    );
+}
+
+#[test]
+fn munmap_splits() {
+    let s = space();
+    anon(&s, BASE, 4, Prot::READ_WRITE);
+    s.munmap(BASE + P, 2 * P).unwrap();
+    assert_eq!(
+        lines(&s),
+        [
+            "00020000-00021000 rw-p 00000000",
+            "00023000-00024000 rw-p 00000000"
+        ]
+    );
+}
+
+#[test]
+fn mprotect_errors_and_partial_application() {
+    let s = space();
+    assert_eq!(errno(s.mprotect(BASE + 1, P, Prot::READ)), Errno::EINVAL);
+    s.mprotect(BASE, 0, Prot::READ).unwrap();
+    assert_eq!(
+        errno(s.mprotect(BASE, P, Prot::READ)),
+        Errno::ENOMEM,
+        "starts in a hole"
+    );
+    anon(&s, BASE, 2, Prot::READ_WRITE);
+    anon(&s, BASE + 3 * P, 1, Prot::READ_WRITE);
+    assert_eq!(errno(s.mprotect(BASE - P, 2 * P, Prot::READ)), Errno::ENOMEM);
+    assert_eq!(lines(&s).len(), 2, "nothing changed");
+    // A hole in the middle: like Linux, the part before the hole changes.
+    assert_eq!(errno(s.mprotect(BASE + P, 3 * P, Prot::READ)), Errno::ENOMEM);
+    assert_eq!(
+        lines(&s),
+        [
+            "00020000-00021000 rw-p 00000000",
+            "00021000-00022000 r--p 00000000",
+            "00023000-00024000 rw-p 00000000",
+        ]
+    );
+}
+
+#[test]
+fn mprotect_splits_into_three_and_merges_back() {
+    let s = space();
+    anon(&s, BASE, 3, Prot::READ_WRITE);
+    s.mprotect(BASE + P, P, Prot::READ).unwrap();
+    assert_eq!(
+        lines(&s),
+        [
+            "00020000-00021000 rw-p 00000000",
+            "00021000-00022000 r--p 00000000",
+            "00022000-00023000 rw-p 00000000",
+        ]
+    );
+    s.mprotect(BASE + P, P, Prot::READ_WRITE).unwrap();
+    assert_eq!(lines(&s), ["00020000-00023000 rw-p 00000000"]);
+    // Same permissions: nothing is replaced.
+    let before = s.stats().replacements.load(std::sync::atomic::Ordering::Relaxed);
+    s.mprotect(BASE, 3 * P, Prot::READ_WRITE).unwrap();
+    assert_eq!(
+        s.stats().replacements.load(std::sync::atomic::Ordering::Relaxed),
+        before
+    );
+}
+
+#[test]
+fn merges_left_right_and_both() {
+    let s = space();
+    anon(&s, BASE, 1, Prot::READ_WRITE);
+    anon(&s, BASE + P, 1, Prot::READ_WRITE);
+    assert_eq!(lines(&s), ["00020000-00022000 rw-p 00000000"], "left merge");
+    anon(&s, BASE + 4 * P, 1, Prot::READ_WRITE);
+    anon(&s, BASE + 3 * P, 1, Prot::READ_WRITE);
+    assert_eq!(lines(&s).len(), 2, "right merge");
+    anon(&s, BASE + 2 * P, 1, Prot::READ_WRITE);
+    assert_eq!(lines(&s), ["00020000-00025000 rw-p 00000000"], "both sides");
+}
+
+#[test]
+fn no_merge_across_backings_or_offsets() {
+    let s = space();
+    let (lib, other) = (file("/lib/a.so"), file("/lib/b.so"));
+    let private = MapFlags::PRIVATE.fixed();
+    s.mmap(BASE, P, Prot::READ, private, Some((lib.clone(), 0)))
+        .unwrap();
+    s.mmap(BASE + P, P, Prot::READ, private, Some((lib.clone(), P)))
+        .unwrap();
+    assert_eq!(
+        lines(&s),
+        ["00020000-00022000 r--p 00000000 /lib/a.so"],
+        "contiguous offsets merge"
+    );
+    s.mmap(BASE + 2 * P, P, Prot::READ, private, Some((lib.clone(), 5 * P)))
+        .unwrap();
+    s.mmap(BASE + 3 * P, P, Prot::READ, private, Some((other, 6 * P)))
+        .unwrap();
+    s.mmap(
+        BASE + 4 * P,
+        P,
+        Prot::READ,
+        MapFlags::PRIVATE_ANONYMOUS.fixed(),
+        None,
+    )
+    .unwrap();
+    s.mmap(
+        BASE + 5 * P,
+        P,
+        Prot::READ,
+        MapFlags::SHARED.fixed(),
+        Some((lib, 6 * P)),
+    )
+    .unwrap();
+    assert_eq!(
+        lines(&s),
+        [
+            "00020000-00022000 r--p 00000000 /lib/a.so",
+            "00022000-00023000 r--p 00005000 /lib/a.so",
+            "00023000-00024000 r--p 00006000 /lib/b.so",
+            "00024000-00025000 r--p 00000000",
+            "00025000-00026000 r--s 00006000 /lib/a.so",
+        ]
+    );
+    // Shared anonymous mappings are distinct objects: never merged.
+    let shared_anon = MapFlags {
+        shared: true,
+        private: false,
+        ..MapFlags::PRIVATE_ANONYMOUS
+    }
+    .fixed();
+    s.mmap(BASE + 8 * P, P, Prot::READ, shared_anon, None).unwrap();
+    s.mmap(BASE + 9 * P, P, Prot::READ, shared_anon, None).unwrap();
+    assert_eq!(
+        lines(&s)[5..],
+        [
+            "00028000-00029000 r--s 00000000 /dev/zero (deleted)",
+            "00029000-0002a000 r--s 00000000 /dev/zero (deleted)"
+        ]
+    );
+}
+
+#[test]
+fn map_fixed_replaces_and_merges() {
+    let s = space();
+    anon(&s, BASE, 4, Prot::READ_WRITE);
+    s.mmap(BASE + P, P, Prot::READ, MapFlags::PRIVATE_ANONYMOUS.fixed(), None)
+        .unwrap();
+    assert_eq!(lines(&s).len(), 3);
+    // The same attributes again over the middle: all one VMA.
+    anon(&s, BASE + P, 1, Prot::READ_WRITE);
+    assert_eq!(lines(&s), ["00020000-00024000 rw-p 00000000"]);
+}
+
+#[test]
+fn mremap_errors() {
+    let s = space();
+    let maymove = RemapFlags {
+        maymove: true,
+        fixed: false,
+    };
+    anon(&s, BASE, 2, Prot::READ_WRITE);
+    anon(&s, BASE + 2 * P, 2, Prot::READ);
+    assert_eq!(
+        errno(s.mremap(
+            BASE,
+            P,
+            2 * P,
+            RemapFlags {
+                maymove: false,
+                fixed: true
+            },
+            0
+        )),
+        Errno::EINVAL
+    );
+    assert_eq!(errno(s.mremap(BASE + 1, P, 2 * P, maymove, 0)), Errno::EINVAL);
+    assert_eq!(errno(s.mremap(BASE, P, 0, maymove, 0)), Errno::EINVAL);
+    assert_eq!(errno(s.mremap(BASE, 0, P, maymove, 0)), Errno::EINVAL);
+    assert_eq!(
+        errno(s.mremap(BASE, 3 * P, 4 * P, maymove, 0)),
+        Errno::EFAULT,
+        "spans two VMAs"
+    );
+    assert_eq!(
+        errno(s.mremap(BASE + 8 * P, P, 2 * P, maymove, 0)),
+        Errno::EFAULT,
+        "unmapped"
+    );
+    assert_eq!(
+        errno(s.mremap(BASE, 2 * P, 3 * P, RemapFlags::default(), 0)),
+        Errno::ENOMEM,
+        "blocked, may not move"
+    );
+    let fixed = RemapFlags {
+        maymove: true,
+        fixed: true,
+    };
+    assert_eq!(
+        errno(s.mremap(BASE, 2 * P, 2 * P, fixed, BASE + P)),
+        Errno::EINVAL,
+        "overlapping fixed"
+    );
+    assert_eq!(
+        errno(s.mremap(BASE, 2 * P, 2 * P, fixed, BASE + 8 * P + 1)),
+        Errno::EINVAL,
+        "unaligned target"
+    );
+}
+
+#[test]
+fn mremap_shrinks_grows_and_moves_keeping_the_offset() {
+    let s = space();
+    anon(&s, BASE, 4, Prot::READ_WRITE);
+    assert_eq!(
+        s.mremap(BASE, 4 * P, 2 * P, RemapFlags::default(), 0).unwrap(),
+        BASE
+    );
+    assert_eq!(lines(&s), ["00020000-00022000 rw-p 00000000"]);
+    assert_eq!(
+        s.mremap(BASE, 2 * P, 3 * P, RemapFlags::default(), 0).unwrap(),
+        BASE,
+        "grows in place"
+    );
+    assert_eq!(lines(&s), ["00020000-00023000 rw-p 00000000"]);
+    anon(&s, BASE + 3 * P, 1, Prot::READ);
+    let moved = s
+        .mremap(
+            BASE,
+            3 * P,
+            4 * P,
+            RemapFlags {
+                maymove: true,
+                fixed: false,
+            },
+            0,
+        )
+        .unwrap();
+    assert_ne!(moved, BASE);
+    let guard = s.guard();
+    let Lookup::Mapped(vma) = s.lookup(moved, &guard) else {
+        panic!("moved mapping is missing")
+    };
+    assert_eq!(
+        vma.mapping().pgoff,
+        BASE / P,
+        "a moved anonymous VMA keeps its page offset"
+    );
+    drop(guard);
+    // Moving it back next to a compatible neighbour: it does not merge (offsets differ)...
+    let back = s
+        .mremap(
+            moved,
+            4 * P,
+            4 * P,
+            RemapFlags {
+                maymove: true,
+                fixed: true,
+            },
+            BASE + 8 * P,
+        )
+        .unwrap();
+    assert_eq!(back, BASE + 8 * P);
+    anon(&s, BASE + 12 * P, 1, Prot::READ_WRITE);
+    assert_eq!(
+        lines(&s).len(),
+        3,
+        "a moved anonymous VMA does not merge with a fresh neighbour"
+    );
+}
+
+#[test]
+fn brk_grows_shrinks_and_labels_the_heap() {
+    let s = space();
+    s.set_heap_start(BASE).unwrap();
+    assert_eq!(s.brk(BASE - P), BASE, "below the heap start: unchanged");
+    assert_eq!(s.brk(BASE + 3 * P + 5), BASE + 3 * P + 5);
+    assert_eq!(lines(&s), ["00020000-00024000 rw-p 00000000 [heap]"]);
+    assert_eq!(s.brk(BASE + P), BASE + P);
+    assert_eq!(lines(&s), ["00020000-00021000 rw-p 00000000 [heap]"]);
+    anon(&s, BASE + 4 * P, 1, Prot::READ);
+    assert_eq!(
+        s.brk(BASE + 4 * P),
+        BASE + P,
+        "no room before the next mapping (guard page)"
+    );
+    assert_eq!(errno(s.set_heap_start(LAYOUT.high)), Errno::EINVAL);
+}
