@@ -34,6 +34,8 @@ mod space;
 mod vma;
 
 pub use error::{Errno, Error, Result};
+#[cfg(feature = "shuttle")]
+pub use space::BrokenStep;
 pub use space::{
     AddressSpace, FlushHook, Layout, Lookup, MapFlags, NoFlush, RemapFlags, SharedAnonymous, SpaceStats,
 };

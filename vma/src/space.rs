@@ -26,6 +26,8 @@ use crate::error::{Errno, Error, Result};
 use crate::vma::{Backing, Events, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use maple::rcu::DefaultRcu;
+#[cfg(feature = "shuttle")]
+use maple::rcu::Rcu as _;
 use maple::sync::Mutex;
 use maple::sync::atomic::{AtomicU64, Ordering};
 use maple::{Guard, MapleTree, Writer};
@@ -145,6 +147,13 @@ pub enum Lookup<'g> {
     Unmapped,
 }
 
+/// Clears BABY on a VMA this writer published.
+fn birth_published(vma: *const Vma) {
+    // SAFETY: the VMA is in the tree, and only a writer (the caller, holding the lock) could
+    // displace and free it.
+    unsafe { (*vma).birth() }
+}
+
 /// The anonymous object behind a MAP_SHARED | MAP_ANONYMOUS mapping (Linux: shmem, shown as
 /// `/dev/zero (deleted)`); each such mmap makes a new one.
 #[derive(Debug)]
@@ -171,6 +180,24 @@ struct Change {
     new: Vec<Mapping>,
 }
 
+/// A step of the protocol that a deliberately broken test variant skips (shuttle builds only:
+/// the shuttle tests show that each guarantee's test fails without the step that provides it).
+#[cfg(feature = "shuttle")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokenStep {
+    /// Step 2 done as two publications: the old VMAs erased, then the new ones inserted.
+    OnePublication,
+    /// Step 3's wait for references to drain.
+    ReferenceWait,
+    /// Step 4: the displaced VMAs are freed without waiting for a grace period.
+    GracePeriod,
+    /// Step 1/7: new VMAs are usable at once instead of BABY until the end.
+    Baby,
+    /// The shortcut for unmapping a range that holds nothing: wait for a grace period anyway.
+    NoShortcut,
+}
+
 /// Counters of what writers had to wait for.
 #[derive(Debug, Default)]
 pub struct SpaceStats {
@@ -189,6 +216,8 @@ pub struct AddressSpace {
     events: Events,
     heap: Mutex<Heap>,
     stats: SpaceStats,
+    #[cfg(feature = "shuttle")]
+    broken: Option<BrokenStep>,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -238,7 +267,22 @@ impl AddressSpace {
             events: Events::new(),
             heap: Mutex::new(Heap { start: low, brk: low }),
             stats: SpaceStats::default(),
+            #[cfg(feature = "shuttle")]
+            broken: None,
         })
+    }
+
+    /// Breaks the protocol by skipping `step` (shuttle builds only; for tests that must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn break_protocol(&mut self, step: BrokenStep) {
+        self.broken = Some(step);
+    }
+
+    /// Whether a broken test variant skips `step`.
+    #[cfg(feature = "shuttle")]
+    fn skips(&self, step: BrokenStep) -> bool {
+        self.broken == Some(step)
     }
 
     /// The bounds this space was created with.
@@ -496,6 +540,12 @@ impl AddressSpace {
         if self.first_in(writer, start, end).is_some() {
             let change = self.carve(writer, start, end, Vec::new());
             self.settle(writer, change, &[(start, end)]);
+        } else {
+            // Nothing is mapped: nobody can be using it, so nothing to wait for.
+            #[cfg(feature = "shuttle")]
+            if self.skips(BrokenStep::NoShortcut) {
+                self.rcu().synchronize();
+            }
         }
     }
 
@@ -855,9 +905,22 @@ impl AddressSpace {
             })
             .collect();
         // 2. Publish.
+        #[cfg(feature = "shuttle")]
+        let erased = self.skips(BrokenStep::OnePublication).then(|| {
+            writer
+                .replace_exact(change.lo, change.hi - 1, Vec::new())
+                .expect("valid change")
+        });
         let displaced = writer
             .replace_exact(change.lo, change.hi - 1, values)
             .expect("changes are computed on VMA boundaries and are valid ranges");
+        #[cfg(feature = "shuttle")]
+        let displaced = erased.unwrap_or(displaced);
+        #[cfg(feature = "shuttle")]
+        if self.skips(BrokenStep::Baby) {
+            born.drain(..).for_each(birth_published);
+            self.events.announce_birth();
+        }
         if !displaced.is_empty() {
             // 3. No new references; wait for the held ones.
             let mut referenced = false;
@@ -865,13 +928,23 @@ impl AddressSpace {
                 referenced |= vma.kill();
             }
             self.stats.replacements.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "shuttle")]
+            let referenced = referenced && !self.skips(BrokenStep::ReferenceWait);
             if referenced {
                 self.stats.reference_waits.fetch_add(1, Ordering::Relaxed);
                 self.events
                     .wait_until(|| displaced.iter().all(|(_, _, vma)| vma.drained()));
             }
+            #[cfg(feature = "shuttle")]
+            if self.skips(BrokenStep::GracePeriod) {
+                displaced.iter().for_each(|(_, _, vma)| vma.poison());
+            }
             // 4 and 5. A grace period, then free them.
-            drop(displaced.reclaim());
+            let freed = displaced.reclaim();
+            #[cfg(feature = "shuttle")]
+            freed.into_iter().for_each(|(_, _, vma)| vma.quarantine());
+            #[cfg(not(feature = "shuttle"))]
+            drop(freed);
         }
         // 6. Flush the changed ranges.
         for &(start, end) in flush {
@@ -879,11 +952,7 @@ impl AddressSpace {
         }
         // 7. Bring the new VMAs to life and wake the faults waiting for them.
         if !born.is_empty() {
-            for vma in born {
-                // SAFETY: the VMA is in the tree, and only a writer (this one, holding the lock)
-                // could displace and free it.
-                unsafe { (*vma).birth() };
-            }
+            born.into_iter().for_each(birth_published);
             self.events.announce_birth();
         }
     }

@@ -30,6 +30,10 @@ const COUNT: u32 = (1 << 28) - 1;
 const WAITER: u32 = 1 << 28;
 const BABY: u32 = 1 << 29;
 const ZOMBIE: u32 = 1 << 30;
+/// Under shuttle, a freed VMA is poisoned with this state and its memory kept (quarantine), so
+/// a fault that uses it after it was freed fails loudly.
+#[cfg(feature = "shuttle")]
+const FREED: u32 = 0xdead_beef;
 
 /// Access permissions of a mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -249,6 +253,8 @@ impl Vma {
     }
 
     fn check(state: u32) -> Result<(), Unusable> {
+        #[cfg(feature = "shuttle")]
+        assert_ne!(state, FREED, "a VMA was used after it was freed");
         if state & ZOMBIE != 0 {
             Err(Unusable::Zombie)
         } else if state & BABY != 0 {
@@ -298,6 +304,21 @@ impl Vma {
     pub(crate) fn drained(&self) -> bool {
         // Acquire pairs with the Release in `VmaRef::drop`.
         self.state.load(Ordering::Acquire) & COUNT == 0
+    }
+
+    /// Under shuttle, "frees" a VMA nobody can reach any more by poisoning it and keeping its
+    /// memory (see `FREED`).
+    #[cfg(feature = "shuttle")]
+    pub(crate) fn quarantine(self: Box<Self>) {
+        self.poison();
+        Box::leak(self);
+    }
+
+    /// Marks the VMA freed (shuttle builds: the protocol-breaking test variants use it to free a
+    /// VMA too early).
+    #[cfg(feature = "shuttle")]
+    pub(crate) fn poison(&self) {
+        self.state.store(FREED, Ordering::Release);
     }
 
     /// Makes a BABY VMA usable.

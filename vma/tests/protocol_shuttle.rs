@@ -1,0 +1,321 @@
+//! The replacement protocol under shuttle (random and PCT schedulers): guarantees G1, G4, G5,
+//! BABY waits and the no-wait shortcut, each also run against a variant of the protocol that
+//! skips the step providing it, which must fail. Freed VMAs are poisoned and quarantined under
+//! shuttle, so a use after free is detected. Run with `--features shuttle`.
+#![cfg(feature = "shuttle")]
+
+use maple::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use maple::sync::{Arc, thread};
+use shuttle::scheduler::{PctScheduler, RandomScheduler};
+use shuttle::{Config, MaxSteps, Runner};
+use vma::{AddressSpace, BrokenStep, FlushHook, Layout, Lookup, MapFlags, PAGE_SIZE, Prot, Unusable};
+
+const P: u64 = PAGE_SIZE;
+const LAYOUT: Layout = Layout {
+    low: 0x10000,
+    high: 0x10000 + 64 * P,
+    mmap_base: 0x10000 + 48 * P,
+};
+const A: u64 = 0x20000;
+const B: u64 = 0x30000;
+
+fn iterations() -> usize {
+    std::env::var("SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+}
+
+/// Runs `test` under the random and the PCT scheduler; a schedule longer than `max_steps`
+/// (a livelock: someone waits forever) fails.
+fn check_both(max_steps: usize, test: impl Fn() + Send + Sync + 'static) {
+    let test = std::sync::Arc::new(test);
+    let config = || {
+        let mut config = Config::new();
+        config.max_steps = MaxSteps::FailAfter(max_steps);
+        config
+    };
+    let t = test.clone();
+    Runner::new(RandomScheduler::new(iterations()), config()).run(move || t());
+    Runner::new(PctScheduler::new(3, iterations()), config()).run(move || test());
+}
+
+/// Counts flushes.
+#[derive(Clone, Default)]
+struct Flushes(Arc<AtomicU64>);
+
+impl FlushHook for Flushes {
+    fn flush(&self, _start: u64, _end: u64) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A space with VMA A = [A, A + 3P) rw- and B = [B, B + P) r--.
+fn space(broken: Option<BrokenStep>) -> (Arc<AddressSpace>, Flushes) {
+    let flushes = Flushes::default();
+    let mut space = AddressSpace::new(LAYOUT, flushes.clone()).unwrap();
+    if let Some(step) = broken {
+        space.break_protocol(step);
+    }
+    let fixed = MapFlags::PRIVATE_ANONYMOUS.fixed();
+    space.mmap(A, 3 * P, Prot::READ_WRITE, fixed, None).unwrap();
+    space.mmap(B, P, Prot::READ, fixed, None).unwrap();
+    (Arc::new(space), flushes)
+}
+
+fn join(handle: thread::JoinHandle<()>) {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+/// G1: a VMA found by a fault (under a guard, or with a reference) is never used after it is
+/// freed, while munmap splits it.
+fn vma_never_used_after_free(broken: Option<BrokenStep>) {
+    let (space, _) = space(broken);
+    let fast = {
+        let space = space.clone();
+        thread::spawn(move || {
+            let guard = space.guard();
+            if let Lookup::Mapped(vma) = space.lookup(A + 2 * P, &guard) {
+                thread::yield_now();
+                thread::yield_now();
+                let _ = vma.usable();
+            }
+        })
+    };
+    let slow = {
+        let space = space.clone();
+        thread::spawn(move || {
+            if let Some(vma) = space.get(A + 2 * P) {
+                thread::yield_now();
+                thread::yield_now();
+                let _ = vma.usable();
+            }
+        })
+    };
+    space.munmap(A, P).unwrap();
+    join(fast);
+    join(slow);
+    space.validate().unwrap();
+}
+
+#[test]
+fn g1_vma_never_used_after_free() {
+    check_both(100_000, || vma_never_used_after_free(None));
+}
+
+#[test]
+#[should_panic(expected = "used after it was freed")]
+fn g1_fails_without_grace_period() {
+    check_both(100_000, || {
+        vma_never_used_after_free(Some(BrokenStep::GracePeriod))
+    });
+}
+
+#[test]
+#[should_panic(expected = "used after it was freed")]
+fn g1_fails_without_reference_wait() {
+    check_both(100_000, || {
+        vma_never_used_after_free(Some(BrokenStep::ReferenceWait))
+    });
+}
+
+/// A reference to A blocks munmap of A until it is released, while lookups and references on
+/// the untouched VMA B complete during that wait (G4).
+fn reference_blocks_only_its_vma(broken: Option<BrokenStep>) {
+    let (space, _) = space(broken);
+    let holding = Arc::new(AtomicBool::new(false));
+    let b_done = Arc::new(AtomicBool::new(false));
+    let unmapped = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let (space, holding, b_done, unmapped) =
+            (space.clone(), holding.clone(), b_done.clone(), unmapped.clone());
+        thread::spawn(move || {
+            let reference = space.get(A).expect("A is mapped");
+            holding.store(true, Ordering::SeqCst);
+            while !b_done.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+            assert!(
+                !unmapped.load(Ordering::SeqCst),
+                "munmap returned while a reference to its VMA was held"
+            );
+            drop(reference);
+        })
+    };
+    let other = {
+        let (space, holding, b_done) = (space.clone(), holding.clone(), b_done.clone());
+        thread::spawn(move || {
+            while !holding.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+            for _ in 0..2 {
+                let reference = space.get(B).expect("B is mapped");
+                assert_eq!(reference.prot(), Prot::READ);
+                let guard = space.guard();
+                assert!(matches!(space.lookup(B, &guard), Lookup::Mapped(_)));
+            }
+            b_done.store(true, Ordering::SeqCst);
+        })
+    };
+    while !holding.load(Ordering::SeqCst) {
+        thread::yield_now();
+    }
+    space.munmap(A, 3 * P).unwrap();
+    unmapped.store(true, Ordering::SeqCst);
+    join(holder);
+    join(other);
+}
+
+#[test]
+fn g4_reference_blocks_only_its_vma() {
+    check_both(100_000, || reference_blocks_only_its_vma(None));
+}
+
+#[test]
+#[should_panic(expected = "munmap returned while a reference")]
+fn g4_fails_without_reference_wait() {
+    check_both(100_000, || {
+        reference_blocks_only_its_vma(Some(BrokenStep::ReferenceWait))
+    });
+}
+
+/// G5: iteration during mprotect / mmap / munmap sees every VMA whole (as in some version), in
+/// order, and always sees A's first page, which every version maps. (It may miss later parts of
+/// A: a range that a write merged below one already yielded is skipped, to keep the ranges
+/// ascending and disjoint.)
+fn iteration_sees_whole_vmas(broken: Option<BrokenStep>) {
+    let (space, _) = space(broken);
+    let reader = {
+        let space = space.clone();
+        thread::spawn(move || {
+            for _ in 0..2 {
+                let guard = space.guard();
+                let mut first_page_seen = false;
+                let mut previous_end = 0;
+                for vma in space.iter_from(0, &guard) {
+                    let (s, e, prot) = (vma.start(), vma.end(), vma.prot());
+                    let whole = matches!(
+                        (s, e, prot),
+                        (A, 0x23000, Prot::READ_WRITE)
+                            | (A, 0x21000, Prot::READ_WRITE)
+                            | (0x21000, 0x22000, Prot::READ)
+                            | (0x22000, 0x23000, Prot::READ_WRITE)
+                            | (B, 0x31000, Prot::READ)
+                            | (0x28000, 0x29000, Prot::READ_EXEC)
+                    );
+                    assert!(
+                        whole,
+                        "iteration saw a VMA that no version has: {s:#x}-{e:#x} {prot}"
+                    );
+                    assert!(s >= previous_end, "VMAs ascend without overlap");
+                    previous_end = e;
+                    first_page_seen |= s == A;
+                }
+                assert!(first_page_seen, "A's first page is mapped in every version");
+                drop(guard);
+                thread::yield_now();
+            }
+        })
+    };
+    space.mprotect(A + P, P, Prot::READ).unwrap();
+    space
+        .mmap(
+            0x28000,
+            P,
+            Prot::READ_EXEC,
+            MapFlags::PRIVATE_ANONYMOUS.fixed(),
+            None,
+        )
+        .unwrap();
+    space.mprotect(A + P, P, Prot::READ_WRITE).unwrap();
+    space.munmap(0x28000, P).unwrap();
+    join(reader);
+    space.validate().unwrap();
+}
+
+#[test]
+fn g5_iteration_sees_whole_vmas() {
+    check_both(100_000, || iteration_sees_whole_vmas(None));
+}
+
+#[test]
+#[should_panic(expected = "first page is mapped in every version")]
+fn g5_fails_with_two_publications() {
+    check_both(100_000, || {
+        iteration_sees_whole_vmas(Some(BrokenStep::OnePublication))
+    });
+}
+
+/// A fault that finds a BABY VMA waits, then sees it usable, and only after the writer's flush.
+fn baby_vmas_wait_for_the_flush(broken: Option<BrokenStep>) {
+    let (space, flushes) = space(broken);
+    let before = flushes.0.load(Ordering::SeqCst);
+    let fault = {
+        let space = space.clone();
+        let flushes = flushes.0.clone();
+        thread::spawn(move || {
+            let vma = space.get(A).expect("A stays mapped");
+            // A reference is never taken on a BABY VMA (it may turn ZOMBIE while held).
+            assert_ne!(vma.usable(), Err(Unusable::Baby));
+            if vma.prot() == Prot::READ {
+                assert!(
+                    flushes.load(Ordering::SeqCst) > before,
+                    "a new VMA was usable before the flush"
+                );
+            }
+        })
+    };
+    space.mprotect(A, P, Prot::READ).unwrap();
+    join(fault);
+}
+
+#[test]
+fn baby_vmas_wait_for_the_flush_test() {
+    check_both(100_000, || baby_vmas_wait_for_the_flush(None));
+}
+
+#[test]
+#[should_panic(expected = "usable before the flush")]
+fn baby_fails_when_born_early() {
+    check_both(100_000, || baby_vmas_wait_for_the_flush(Some(BrokenStep::Baby)));
+}
+
+/// munmap of a range holding no VMA does not wait for anyone, even a reader that holds its
+/// guard until munmap has returned.
+fn empty_munmap_does_not_wait(broken: Option<BrokenStep>) {
+    let (space, _) = space(broken);
+    let done = Arc::new(AtomicBool::new(false));
+    let in_guard = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (space, done, in_guard) = (space.clone(), done.clone(), in_guard.clone());
+        thread::spawn(move || {
+            let guard = space.guard();
+            in_guard.store(true, Ordering::SeqCst);
+            while !done.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+            drop(guard);
+        })
+    };
+    while !in_guard.load(Ordering::SeqCst) {
+        thread::yield_now();
+    }
+    space.munmap(0x38000, 2 * P).unwrap();
+    done.store(true, Ordering::SeqCst);
+    join(reader);
+}
+
+#[test]
+fn empty_munmap_does_not_wait_test() {
+    check_both(20_000, || empty_munmap_does_not_wait(None));
+}
+
+#[test]
+#[should_panic]
+fn empty_munmap_fails_when_it_waits() {
+    check_both(20_000, || {
+        empty_munmap_does_not_wait(Some(BrokenStep::NoShortcut))
+    });
+}
