@@ -31,6 +31,7 @@
 
 mod error;
 mod space;
+pub mod trace;
 mod vma;
 
 pub use error::{Errno, Error, Result};

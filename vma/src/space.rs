@@ -514,6 +514,7 @@ impl AddressSpace {
             backing,
             pgoff,
             growsdown: flags.growsdown,
+            accounted: !flags.shared && prot.write,
             name: None,
         };
         let change = self.carve(&writer, start, end, vec![mapping]);
@@ -587,6 +588,7 @@ impl AddressSpace {
             }
             new.push(Mapping {
                 prot,
+                accounted: mapping.accounted || (!mapping.shared && prot.write),
                 ..mapping.slice(from, to)
             });
             if to < mapping.end {
@@ -753,6 +755,7 @@ impl AddressSpace {
                 backing: Backing::Anonymous,
                 pgoff: old_top >> PAGE_SHIFT,
                 growsdown: false,
+                accounted: true,
                 name: None,
             };
             let change = Change {

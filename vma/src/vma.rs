@@ -151,6 +151,10 @@ pub struct Mapping {
     pub pgoff: u64,
     /// Grows down (a stack).
     pub growsdown: bool,
+    /// Charged to the commit limit (Linux's VM_ACCOUNT): set for private writable mappings,
+    /// and kept when write permission is removed, so such a part does not merge with a
+    /// never-writable neighbour (as on Linux).
+    pub accounted: bool,
     /// An optional name for anonymous mappings (`maps()` shows it in brackets).
     pub name: Option<Arc<str>>,
 }
@@ -179,6 +183,7 @@ impl Mapping {
             && self.prot == next.prot
             && self.shared == next.shared
             && self.growsdown == next.growsdown
+            && self.accounted == next.accounted
             && self.name == next.name
             && self.backing.same_object(&next.backing)
             && self.pgoff + self.pages() == next.pgoff
@@ -196,6 +201,7 @@ impl Mapping {
         self.prot == other.prot
             && self.shared == other.shared
             && self.growsdown == other.growsdown
+            && self.accounted == other.accounted
             && self.name == other.name
             && self.backing.same_object(&other.backing)
     }

@@ -14,6 +14,7 @@ pub struct Page {
     object: usize,
     pgoff: u64,
     growsdown: bool,
+    accounted: bool,
 }
 
 impl Page {
@@ -23,6 +24,7 @@ impl Page {
             && self.shared == next.shared
             && self.object == next.object
             && self.growsdown == next.growsdown
+            && self.accounted == next.accounted
             && self.pgoff + 1 == next.pgoff
     }
 }
@@ -208,6 +210,7 @@ impl Model {
                 object,
                 pgoff: first_pgoff + i,
                 growsdown: flags.growsdown,
+                accounted: !flags.shared && prot.write,
             };
             self.pages.insert(start + i * PAGE_SIZE, page);
         }
@@ -244,7 +247,10 @@ impl Model {
         let mut at = addr;
         while at < end {
             match self.pages.get_mut(&at) {
-                Some(page) => page.prot = prot,
+                Some(page) => {
+                    page.prot = prot;
+                    page.accounted |= !page.shared && prot.write;
+                }
                 None if at == addr => return Err(Errno::ENOMEM),
                 None => return Err(Errno::ENOMEM),
             }
@@ -373,6 +379,7 @@ impl Model {
                         object: 0,
                         pgoff: a / PAGE_SIZE,
                         growsdown: false,
+                        accounted: true,
                     },
                 );
             }

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Turn an strace log of a program that prints its own /proc/self/maps into a maplevm trace and
+the maps Linux produced, for vma/tests/traces.rs.
+
+Capture (the program must read /proc/self/maps and print it to stdout):
+    strace -f -qq -e trace=memory,openat,close,read,execve -o NAME.strace PROGRAM... > NAME.linux-maps
+    python3 tools/strace2trace.py NAME.strace NAME.linux-maps vma/tests/traces/NAME
+
+Writes NAME.trace (the operations up to the read of /proc/self/maps, every result recorded) and
+NAME.maps (Linux's maps at that read, in maplevm's format: no device and inode columns, kernel
+mappings such as [stack] and [vdso] left out). Mappings the kernel made at exec (the program and
+the dynamic loader) are not in the strace log: they are seeded at the top of the trace as fixed
+mappings with their final permissions (a read-only part that Linux keeps apart from an identical
+neighbour is seeded writable and then made read-only, as the loader did), so the loader's
+mprotect calls on them replay.
+"""
+import os
+import re
+import sys
+
+SPECIAL = {"[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"}
+CALL = re.compile(r"^(?:\[pid\s+(\d+)\]\s+|(\d+)\s+)?(\w+)\((.*)\)\s+=\s+(\S+)")
+
+
+def prot(text):
+    bits = text.split("|")
+    return ("r" if "PROT_READ" in bits else "-") + ("w" if "PROT_WRITE" in bits else "-") + ("x" if "PROT_EXEC" in bits else "-")
+
+
+def flags(text, names):
+    out = []
+    for bit in text.split("|"):
+        name = names.get(bit)
+        if name:
+            out.append(name)
+    return ",".join(out)
+
+
+MAP = {"MAP_PRIVATE": "private", "MAP_SHARED": "shared", "MAP_ANONYMOUS": "anonymous", "MAP_FIXED": "fixed",
+       "MAP_FIXED_NOREPLACE": "fixed_noreplace", "MAP_GROWSDOWN": "growsdown"}
+REMAP = {"MREMAP_MAYMOVE": "maymove", "MREMAP_FIXED": "fixed"}
+
+
+def num(text):
+    return 0 if text == "NULL" else int(text, 0)
+
+
+def result(text):
+    return text if not text.startswith("-1") else text
+
+
+def own_lines(log_lines):
+    """The lines of the process that read /proc/self/maps, from its last execve on."""
+    calls = []
+    for line in log_lines:
+        m = CALL.match(line)
+        if m:
+            pid = m.group(1) or m.group(2) or ""
+            calls.append((pid, m.group(3), m.group(4), m.group(5), line))
+    reader = next(pid for pid, name, args, ret, _ in calls if name == "openat" and '"/proc/self/maps"' in args)
+    mine = [c for c in calls if c[0] == reader]
+    start = max((i for i, c in enumerate(mine) if c[1] == "execve" and c[3] == "0"), default=-1) + 1
+    return mine[start:]
+
+
+def convert(log_lines):
+    fds, ops, created = {}, [], []
+    for _, name, args, ret, line in own_lines(log_lines):
+        if name == "openat":
+            path = re.search(r'"([^"]*)"', args).group(1)
+            if ret.startswith("-"):
+                continue
+            if path == "/proc/self/maps":
+                fds[int(ret)] = "MAPS"
+            else:
+                fds[int(ret)] = os.path.realpath(path)
+            continue
+        if name == "read":
+            if fds.get(int(args.split(",")[0])) == "MAPS":
+                break
+            continue
+        if name == "close":
+            fds.pop(int(args), None)
+            continue
+        parts = [a.strip() for a in args.split(",")]
+        failed = line.rstrip().split("=")[-1].strip().startswith("-1")
+        err = None
+        if failed:
+            err = "-" + line.split("=")[-1].split()[1]
+        if name == "brk":
+            addr = num(parts[0])
+            if addr == 0:
+                if not any(op.startswith("heap") for op in ops):
+                    ops.append(f"heap {ret}")
+                continue
+            ops.append(f"brk {parts[0]} -> {ret}")
+        elif name == "mmap":
+            addr, length, p, f, fd, off = parts
+            fl = flags(f, MAP)
+            outcome = err or ret
+            if "anonymous" in fl or int(fd) < 0:
+                ops.append(f"mmap {num(addr):#x} {length} {prot(p)} {fl} -> {outcome}")
+            else:
+                ops.append(f"mmap {num(addr):#x} {length} {prot(p)} {fl} {fds[int(fd)]} {off} -> {outcome}")
+            if not failed:
+                created.append((int(ret, 16), int(ret, 16) + int(length)))
+        elif name == "munmap":
+            ops.append(f"munmap {parts[0]} {parts[1]}")
+        elif name == "mprotect":
+            ops.append(f"mprotect {parts[0]} {parts[1]} {prot(parts[2])}")
+        elif name == "mremap":
+            fl = flags(parts[3], REMAP)
+            extra = f" {parts[4]}" if len(parts) > 4 else ""
+            ops.append(f"mremap {parts[0]} {parts[1]} {parts[2]} {fl}{extra} -> {err or ret}")
+            if not failed:
+                created.append((int(ret, 16), int(ret, 16) + int(parts[2])))
+    return ops, created
+
+
+def maps(lines):
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        rng, perms, offset = fields[0], fields[1], fields[2]
+        path = " ".join(fields[5:])
+        if path in SPECIAL:
+            continue
+        start, end = (int(x, 16) for x in rng.split("-"))
+        out.append((start, end, perms, int(offset, 16), path))
+    return out
+
+
+def main():
+    log, linux_maps, out = sys.argv[1:4]
+    ops, created = convert(open(log).read().splitlines())
+    vmas = maps(open(linux_maps).read().splitlines())
+    seeds = []
+    previous = None
+    for start, end, perms, offset, path in vmas:
+        if path == "[heap]" or any(s < end and start < e for s, e in created):
+            previous = None
+            continue
+        sharing = "shared" if perms[3] == "s" else "private"
+        kind = f"{sharing},fixed {path} {offset:#x}" if path else f"{sharing},anonymous,fixed"
+        # Linux kept this apart from an identical-looking neighbour: it was mapped writable and
+        # made read-only later (it stays charged, VM_ACCOUNT). Seed it that way.
+        mergeable = previous is not None and previous[1] == start and previous[2] == perms and previous[4] == path \
+            and previous[3] + (previous[1] - previous[0]) == offset
+        if mergeable and sharing == "private" and "w" not in perms:
+            seeds.append(f"mmap {start:#x} {end - start:#x} {perms[0]}w{perms[2]} {kind}")
+            seeds.append(f"mprotect {start:#x} {end - start:#x} {perms[:3]}")
+        else:
+            seeds.append(f"mmap {start:#x} {end - start:#x} {perms[:3]} {kind}")
+        previous = (start, end, perms, offset, path)
+    with open(out + ".trace", "w") as f:
+        f.write(f"# {os.path.basename(out)}: captured with strace from a real process (see tools/strace2trace.py)\n")
+        f.write("# mappings the kernel made at exec, with their final permissions:\n")
+        f.write("\n".join(seeds) + "\n# the traced operations:\n" + "\n".join(ops) + "\n")
+    with open(out + ".maps", "w") as f:
+        for start, end, perms, offset, path in vmas:
+            line = f"{start:08x}-{end:08x} {perms} {offset:08x}"
+            f.write(line + (f" {path}" if path else "") + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+//! Trace replay: traces captured with strace from real processes (tools/strace2trace.py),
+//! replayed and compared with the /proc/self/maps Linux produced for them; recorded errors are
+//! reproduced; malformed lines are reported with their line numbers.
+#![cfg(not(feature = "shuttle"))]
+
+use std::path::PathBuf;
+use vma::trace::Trace;
+use vma::{AddressSpace, Layout, NoFlush};
+
+fn file(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/traces")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn replay(name: &str) -> String {
+    let trace = Trace::parse(&file(&format!("{name}.trace"))).unwrap();
+    let space = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
+    trace.replay(&space).unwrap_or_else(|e| panic!("{name}: {e}"));
+    space.validate().unwrap();
+    space.maps()
+}
+
+/// `cat /proc/self/maps` under strace: the dynamic loader mapping libc, locale files, brk.
+#[test]
+fn cat_matches_linux() {
+    assert_eq!(replay("cat"), file("cat.maps"));
+}
+
+/// Python mapping its libraries and extension modules, then resizing an anonymous mmap
+/// (mremap), as Linux laid it out.
+#[test]
+fn python_matches_linux() {
+    assert_eq!(replay("python"), file("python.maps"));
+}
+
+#[test]
+fn recorded_errors_are_reproduced() {
+    assert_eq!(replay("errors"), file("errors.maps"));
+}
+
+#[test]
+fn a_result_that_differs_is_reported_with_its_line() {
+    let trace = Trace::parse("mmap 0 0x1000 rw- private,anonymous -> -ENOMEM\n").unwrap();
+    let space = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
+    let error = trace.replay(&space).unwrap_err();
+    assert_eq!(error.line, 1);
+    assert!(error.message.contains("ENOMEM"), "{error}");
+}
+
+#[test]
+fn malformed_lines_are_reported_with_their_numbers() {
+    let cases = [
+        ("# ok\nmmap 0 0x1000 rw-\n", 2, "arguments"),
+        ("munmap 0x1000 zz\n", 1, "not a number"),
+        ("mprotect 0x1000 0x1000 rwz\n", 1, "protection"),
+        ("\n\nfrobnicate 1 2\n", 3, "unknown operation"),
+        (
+            "mmap 0 0x1000 rw- private,anonymous -> -EWEIRD\n",
+            1,
+            "unknown error",
+        ),
+        ("munmap 0x1000 0x1000 -> 0x1000\n", 1, "RESULT"),
+    ];
+    for (text, line, message) in cases {
+        let error = Trace::parse(text).unwrap_err();
+        assert_eq!(error.line, line, "{text:?}");
+        assert!(error.message.contains(message), "{text:?}: {error}");
+    }
+    let warned = Trace::parse("mmap 0 0x1000 rw- private,anonymous,denywrite\n").unwrap();
+    assert_eq!(warned.warnings.len(), 1);
+}
