@@ -3,4 +3,10 @@
 //! maplevm's benchmarks. The criterion micro-benchmarks live in `benches/`:
 //! - `rcu`: read-side guard enter/exit, retire and synchronize for each [`maple::rcu`] domain.
 //!
-//! The workload comparison command (`cargo run --release -p bench -- compare`) is not built yet.
+//! - `maple`: the maple tree beside std's BTreeMap, scc's TreeIndex and crossbeam's SkipMap;
+//! - `vma`: address-space operations beside [`rwlock_space::RwLockSpace`].
+//!
+//! The binary replays traces (`bench replay FILE`). The workload comparison command
+//! (`cargo run --release -p bench -- compare`) is not built yet.
+
+pub mod rwlock_space;
