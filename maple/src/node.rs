@@ -122,6 +122,14 @@ fn slot_of(pivots: &[u64], index: u64) -> usize {
         .unwrap_or(pivots.len())
 }
 
+/// Bounds of slot `i` of a node covering `[min, max]` whose last used slot is `end`.
+#[inline(always)]
+fn slot_bounds(pivots: &[u64], end: usize, i: usize, min: u64, max: u64) -> (u64, u64) {
+    let first = if i == 0 { min } else { pivots[i - 1] + 1 };
+    let last = if i == end { max } else { pivots[i] };
+    (first, last)
+}
+
 impl<T> NodePtr<T> {
     pub(crate) fn as_raw(self) -> *mut Header {
         self.0
@@ -208,7 +216,7 @@ impl<T> Leaf<T> {
     }
 
     pub(crate) fn end(&self) -> usize {
-        usize::from(self.header.end)
+        self.header.end()
     }
 
     /// The slot holding `index` (which must lie in the leaf's interval).
@@ -220,9 +228,7 @@ impl<T> Leaf<T> {
     /// Bounds of slot `i`, given the leaf's interval.
     #[inline(always)]
     pub(crate) fn bounds(&self, i: usize, min: u64, max: u64) -> (u64, u64) {
-        let first = if i == 0 { min } else { self.pivots[i - 1] + 1 };
-        let last = if i == self.end() { max } else { self.pivots[i] };
-        (first, last)
+        slot_bounds(&self.pivots, self.end(), i, min, max)
     }
 
     #[inline(always)]
@@ -264,7 +270,7 @@ impl<T> Internal<T> {
     }
 
     pub(crate) fn end(&self) -> usize {
-        usize::from(self.header.end)
+        self.header.end()
     }
 
     #[inline(always)]
@@ -274,9 +280,7 @@ impl<T> Internal<T> {
 
     #[inline(always)]
     pub(crate) fn bounds(&self, i: usize, min: u64, max: u64) -> (u64, u64) {
-        let first = if i == 0 { min } else { self.pivots[i - 1] + 1 };
-        let last = if i == self.end() { max } else { self.pivots[i] };
-        (first, last)
+        slot_bounds(&self.pivots, self.end(), i, min, max)
     }
 
     #[inline(always)]
@@ -324,6 +328,10 @@ impl<T> Internal<T> {
 }
 
 impl Header {
+    fn end(&self) -> usize {
+        usize::from(self.end)
+    }
+
     fn new(kind: u8, slots: usize) -> Self {
         Self {
             kind,

@@ -905,22 +905,15 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         let mut replaced: Vec<NodePtr<P::Target>> = leaves.iter().map(|&(leaf, _, _)| leaf).collect();
 
         // Rebalance: an under-full run takes in a neighbouring leaf.
-        while entries.len() < LEAF_MIN && !(lo == 0 && hi == u64::MAX) {
-            if lo > 0 {
-                let (leaf, min, max) = level_nodes(root, leaf_level, lo - 1, lo - 1)[0];
-                let mut merged: Vec<Entry<P::Target>> = leaf_of(leaf).entries(max).collect();
-                merged.append(&mut entries);
-                entries = merged;
-                lo = min;
-                replaced.push(leaf);
-            } else {
-                let (leaf, _, max) = level_nodes(root, leaf_level, hi + 1, hi + 1)[0];
-                entries.extend(leaf_of(leaf).entries(max));
-                hi = max;
-                replaced.push(leaf);
-            }
-            coalesce_gaps(&mut entries);
-        }
+        (lo, hi) = absorb_neighbours(
+            root,
+            leaf_level,
+            (lo, hi),
+            &mut entries,
+            LEAF_MIN,
+            &mut replaced,
+            |leaf, max| leaf_of(leaf).entries(max).collect(),
+        );
         let mut items = build_leaves(lo, &entries, hi == u64::MAX);
 
         for level in (0..leaf_level).rev() {
@@ -943,21 +936,15 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                 replaced.push(parent);
             }
             children.extend(new_items.take().into_iter().flatten());
-            while children.len() < INTERNAL_MIN && !(plo == 0 && phi == u64::MAX) {
-                if plo > 0 {
-                    let (node, min, max) = level_nodes(root, level, plo - 1, plo - 1)[0];
-                    let mut merged: Vec<Child<P::Target>> = internal_of(node).children(max).collect();
-                    merged.append(&mut children);
-                    children = merged;
-                    plo = min;
-                    replaced.push(node);
-                } else {
-                    let (node, _, max) = level_nodes(root, level, phi + 1, phi + 1)[0];
-                    children.extend(internal_of(node).children(max));
-                    phi = max;
-                    replaced.push(node);
-                }
-            }
+            (plo, phi) = absorb_neighbours(
+                root,
+                level,
+                (plo, phi),
+                &mut children,
+                INTERNAL_MIN,
+                &mut replaced,
+                |node, max| internal_of(node).children(max).collect(),
+            );
             items = build_internals(&children, phi == u64::MAX);
             (lo, hi) = (plo, phi);
         }
@@ -1096,6 +1083,52 @@ fn level_nodes<T>(root: NodePtr<T>, level: usize, lo: u64, hi: u64) -> Vec<(Node
     let mut out = Vec::new();
     collect(root, 0, (0, u64::MAX), (level, lo, hi), &mut out);
     out
+}
+
+/// Widens an under-full run of nodes at depth `level`, covering `bounds`, with its neighbours
+/// (left first) until `items` holds at least `minimum` slots or the run is the whole level;
+/// the absorbed nodes join `replaced`. Returns the run's new bounds.
+fn absorb_neighbours<T, I: Slot>(
+    root: NodePtr<T>,
+    level: usize,
+    (mut lo, mut hi): (u64, u64),
+    items: &mut Vec<I>,
+    minimum: usize,
+    replaced: &mut Vec<NodePtr<T>>,
+    contents: impl Fn(NodePtr<T>, u64) -> Vec<I>,
+) -> (u64, u64) {
+    while items.len() < minimum && !(lo == 0 && hi == u64::MAX) {
+        let index = if lo > 0 { lo - 1 } else { hi + 1 };
+        let (node, min, max) = level_nodes(root, level, index, index)[0];
+        let mut absorbed = contents(node, max);
+        if lo > 0 {
+            absorbed.append(items);
+            *items = absorbed;
+            lo = min;
+        } else {
+            items.append(&mut absorbed);
+            hi = max;
+        }
+        replaced.push(node);
+        I::coalesce(items);
+    }
+    (lo, hi)
+}
+
+/// A slot being rebuilt: a leaf entry or an internal child.
+trait Slot: Sized {
+    /// Restores the run's invariants after neighbours were joined (leaves: maximal gaps).
+    fn coalesce(items: &mut Vec<Self>);
+}
+
+impl<T> Slot for Entry<T> {
+    fn coalesce(items: &mut Vec<Self>) {
+        coalesce_gaps(items);
+    }
+}
+
+impl<T> Slot for Child<T> {
+    fn coalesce(_: &mut Vec<Self>) {}
 }
 
 /// Merges adjacent empty entries (so every gap is one slot).
