@@ -138,11 +138,8 @@ pub enum Lookup<'g> {
     /// A usable VMA covers the address.
     Mapped(&'g Vma),
     /// The VMA covering the address is being set up: drop the guard, then
-    /// [`AddressSpace::wait_for_birth`] with this ticket and look up again.
-    Baby {
-        /// Births completed when the lookup started.
-        births: u64,
-    },
+    /// [`AddressSpace::wait_for_birth`] and look up again.
+    Baby,
     /// Nothing is mapped there.
     Unmapped,
 }
@@ -347,28 +344,31 @@ impl AddressSpace {
     }
 
     /// The fault-side lookup: the usable VMA covering `addr`, or that it is being set up
-    /// (BABY), or nothing. Never blocks and takes no lock; a replaced (ZOMBIE) VMA makes it look
-    /// again, which finds the replacement (published before the old one was marked).
+    /// (BABY), or nothing. Never blocks, takes no lock and writes nothing shared; a replaced
+    /// (ZOMBIE) VMA makes it look again, which finds the replacement (published before the old
+    /// one was marked).
     #[inline]
     pub fn lookup<'g>(&self, addr: u64, guard: &'g Guard<'_, DefaultRcu>) -> Lookup<'g> {
         loop {
-            // Read before the VMA's state: a birth that completes after this read changes it.
-            let births = self.events.births();
             let Some(vma) = self.tree.load(addr, guard) else {
                 return Lookup::Unmapped;
             };
             match vma.usable() {
                 Ok(()) => return Lookup::Mapped(vma),
-                Err(Unusable::Baby) => return Lookup::Baby { births },
+                Err(Unusable::Baby) => return Lookup::Baby,
                 Err(Unusable::Zombie) => continue,
             }
         }
     }
 
-    /// Blocks until a writer completes a birth after `births` (from [`Lookup::Baby`]). Call it
-    /// with no guard held: the writer may be waiting for a grace period.
-    pub fn wait_for_birth(&self, births: u64) {
-        self.events.wait_for_birth_after(births);
+    /// Blocks while the VMA covering `addr` is BABY (after [`Lookup::Baby`]). Call it with no
+    /// guard held: the writer may be waiting for a grace period. It re-checks under the space's
+    /// wait lock, which the writer takes to wake it after clearing BABY, so no birth is missed.
+    pub fn wait_for_birth(&self, addr: u64) {
+        self.events.wait_until(|| {
+            let guard = self.guard();
+            !matches!(self.lookup(addr, &guard), Lookup::Baby)
+        });
     }
 
     /// Takes a reference on the VMA covering `addr`, waiting while it is being set up. The
@@ -377,18 +377,18 @@ impl AddressSpace {
     pub fn get(&self, addr: u64) -> Option<VmaRef<'_>> {
         loop {
             let guard = self.guard();
-            let births = match self.lookup(addr, &guard) {
+            match self.lookup(addr, &guard) {
                 Lookup::Unmapped => return None,
-                Lookup::Baby { births } => births,
                 Lookup::Mapped(vma) => match vma.try_get(&self.events) {
                     Ok(reference) => return Some(reference),
-                    Err(Unusable::Zombie) => continue,
-                    // Born and then replaced again since the lookup: look again.
-                    Err(Unusable::Baby) => self.events.births(),
+                    // Replaced since the lookup, or replaced and reborn: look again.
+                    Err(Unusable::Zombie | Unusable::Baby) => continue,
                 },
-            };
-            drop(guard);
-            self.wait_for_birth(births);
+                Lookup::Baby => {
+                    drop(guard);
+                    self.wait_for_birth(addr);
+                }
+            }
         }
     }
 
@@ -922,7 +922,7 @@ impl AddressSpace {
         #[cfg(feature = "shuttle")]
         if self.skips(BrokenStep::Baby) {
             born.drain(..).for_each(birth_published);
-            self.events.announce_birth();
+            self.events.notify();
         }
         if !displaced.is_empty() {
             // 3. No new references; wait for the held ones.
@@ -956,7 +956,7 @@ impl AddressSpace {
         // 7. Bring the new VMAs to life and wake the faults waiting for them.
         if !born.is_empty() {
             born.into_iter().for_each(birth_published);
-            self.events.announce_birth();
+            self.events.notify();
         }
     }
 }

@@ -20,7 +20,7 @@
 //! freed.
 
 use crate::PAGE_SHIFT;
-use maple::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use maple::sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence};
 use maple::sync::{Condvar, Mutex};
 use std::any::Any;
 use std::fmt;
@@ -337,13 +337,14 @@ impl Vma {
 
 /// Where faults wait for BABY VMAs to be born and writers wait for references to drain: one
 /// mutex and condition variable per address space, touched only by waiters and by those who
-/// wake them (a fault on a VMA no writer touches never comes here).
+/// wake them (a fault on a VMA no writer touches never comes here, and a writer that finds no
+/// waiter does not take the lock).
 #[derive(Debug)]
 pub(crate) struct Events {
     lock: Mutex<()>,
     cond: Condvar,
-    /// Completed operations that published VMAs (each clears BABY on its VMAs, then adds one).
-    births: AtomicU64,
+    /// Threads inside `wait_until`.
+    waiters: AtomicUsize,
 }
 
 impl Events {
@@ -351,40 +352,34 @@ impl Events {
         Self {
             lock: Mutex::new(()),
             cond: Condvar::new(),
-            births: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
         }
     }
 
-    /// Wakes every waiter. Taking the lock orders this after a waiter's last check.
+    /// Wakes every waiter, after the caller changed what they wait for.
     pub(crate) fn notify(&self) {
+        // Pairs with the fence in `wait_until` (store-buffering): either this load sees the
+        // waiter, or the waiter's check sees the caller's change.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Taking the lock orders the wake-up after a waiter's last check.
         let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.cond.notify_all();
     }
 
     /// Blocks until `done()` holds; `done` is re-checked under the lock after every wake-up.
     pub(crate) fn wait_until(&self, done: impl Fn() -> bool) {
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        // Pairs with the fence in `notify`.
+        fence(Ordering::SeqCst);
         let mut lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         while !done() {
             lock = self.cond.wait(lock).unwrap_or_else(|e| e.into_inner());
         }
-    }
-
-    /// The number of completed births, to wait on with [`Events::wait_for_birth_after`].
-    pub(crate) fn births(&self) -> u64 {
-        // Acquire pairs with the Release in `announce_birth`.
-        self.births.load(Ordering::Acquire)
-    }
-
-    /// Counts a completed birth and wakes the faults waiting for one.
-    pub(crate) fn announce_birth(&self) {
-        // Release pairs with the Acquire in `births`: BABY was cleared before.
-        self.births.fetch_add(1, Ordering::Release);
-        self.notify();
-    }
-
-    /// Blocks until a birth after `seen` has completed.
-    pub(crate) fn wait_for_birth_after(&self, seen: u64) {
-        self.wait_until(|| self.births() != seen);
+        drop(lock);
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
