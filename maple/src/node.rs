@@ -122,6 +122,15 @@ fn slot_of(pivots: &[u64], index: u64) -> usize {
         .unwrap_or(pivots.len())
 }
 
+/// Moves a built node into pool memory.
+fn place<N>(pool: &mut NodePool, node: N) -> *mut Header {
+    const { assert!(size_of::<N>() <= NODE_LAYOUT.size() && align_of::<N>() <= NODE_LAYOUT.align()) };
+    let memory = pool.take().cast::<N>();
+    // SAFETY: the memory is large and aligned enough for the node (checked above) and unused.
+    unsafe { memory.write(node) };
+    memory.cast()
+}
+
 /// Bounds of slot `i` of a node covering `[min, max]` whose last used slot is `end`.
 #[inline(always)]
 fn slot_bounds(pivots: &[u64], end: usize, i: usize, min: u64, max: u64) -> (u64, u64) {
@@ -180,26 +189,105 @@ impl<T> NodePtr<T> {
     /// # Safety
     /// No reader may reach the node any more and no one else may free it.
     pub(crate) unsafe fn free(self) {
-        // SAFETY: the kind tells which box the node was allocated as; the caller guarantees
-        // exclusive ownership.
+        // SAFETY: every node is allocated with NODE_LAYOUT (see `NodePool::take`), and node
+        // types have no destructor; the caller guarantees exclusive ownership.
+        unsafe { std::alloc::dealloc(self.0.cast(), NODE_LAYOUT) }
+    }
+}
+
+/// The allocation every node uses, so that a freed node of either kind can be reused for the
+/// other: on std both kinds are 256 bytes aligned to 64 (under shuttle its atomics are larger,
+/// and the larger kind decides).
+const NODE_LAYOUT: std::alloc::Layout = {
+    let (leaf, internal) = (
+        std::alloc::Layout::new::<Leaf<()>>(),
+        std::alloc::Layout::new::<Internal<()>>(),
+    );
+    let size = if leaf.size() > internal.size() {
+        leaf.size()
+    } else {
+        internal.size()
+    };
+    let align = if leaf.align() > internal.align() {
+        leaf.align()
+    } else {
+        internal.align()
+    };
+    match std::alloc::Layout::from_size_align(size, align) {
+        Ok(layout) => layout,
+        Err(_) => panic!("node layout"),
+    }
+};
+#[cfg(not(feature = "shuttle"))]
+const _: () = assert!(NODE_LAYOUT.size() == 256 && NODE_LAYOUT.align() == 64);
+
+/// Node memory for one tree's writers: nodes whose grace period has passed come back here and
+/// are reused by later writes, saving an aligned allocation and a free per replaced node.
+#[derive(Default)]
+pub(crate) struct NodePool {
+    spare: Vec<*mut Header>,
+}
+
+// SAFETY: the pool owns the spare allocations, which hold no data.
+unsafe impl Send for NodePool {}
+
+/// Spare nodes kept for reuse; beyond this they are freed.
+#[cfg(not(feature = "shuttle"))]
+const POOL_LIMIT: usize = 256;
+
+impl NodePool {
+    /// Memory for one node.
+    fn take(&mut self) -> *mut u8 {
+        if let Some(node) = self.spare.pop() {
+            return node.cast();
+        }
+        // SAFETY: NODE_LAYOUT has a non-zero size.
+        let memory = unsafe { std::alloc::alloc(NODE_LAYOUT) };
+        if memory.is_null() {
+            std::alloc::handle_alloc_error(NODE_LAYOUT);
+        }
+        memory
+    }
+
+    /// Takes back a node nobody can reach any more. Under shuttle the node is poisoned and
+    /// quarantined instead (never reused or freed), so that a reader reaching it fails loudly.
+    ///
+    /// # Safety
+    /// No reader may reach the node and no one else may free it.
+    pub(crate) unsafe fn recycle<T>(&mut self, node: NodePtr<T>) {
+        #[cfg(feature = "shuttle")]
+        // SAFETY: the node is still allocated; only its kind byte is written.
         unsafe {
-            match (*self.0).kind {
-                KIND_LEAF => drop(Box::from_raw(self.0.cast::<Leaf<T>>())),
-                _ => drop(Box::from_raw(self.0.cast::<Internal<T>>())),
-            }
+            (*node.0).kind = KIND_POISONED;
+        }
+        #[cfg(not(feature = "shuttle"))]
+        if self.spare.len() < POOL_LIMIT {
+            self.spare.push(node.0);
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { node.free() };
+        }
+    }
+}
+
+impl Drop for NodePool {
+    fn drop(&mut self) {
+        for &node in &self.spare {
+            // SAFETY: spare nodes are owned by the pool alone.
+            unsafe { NodePtr::<()>::from_raw(node).free() };
         }
     }
 }
 
 impl<T> Leaf<T> {
     /// Builds a leaf from 1..=16 entries; returns it with its largest gap.
-    pub(crate) fn build(first: u64, entries: &[Entry<T>]) -> (NodePtr<T>, u64) {
+    pub(crate) fn build(first: u64, entries: &[Entry<T>], pool: &mut NodePool) -> (NodePtr<T>, u64) {
         debug_assert!(!entries.is_empty() && entries.len() <= LEAF_SLOTS);
-        let mut leaf = Box::new(Leaf {
+        let mut leaf = Leaf {
             header: Header::new(KIND_LEAF, entries.len()),
             pivots: [u64::MAX; LEAF_SLOTS - 1],
             slots: [ptr::null_mut(); LEAF_SLOTS],
-        });
+        };
         let mut gap = 0;
         let mut start = first;
         for (i, entry) in entries.iter().enumerate() {
@@ -212,7 +300,7 @@ impl<T> Leaf<T> {
             }
             start = entry.last.wrapping_add(1);
         }
-        (NodePtr::from_raw(Box::into_raw(leaf).cast()), gap)
+        (NodePtr::from_raw(place(pool, leaf)), gap)
     }
 
     pub(crate) fn end(&self) -> usize {
@@ -251,9 +339,9 @@ impl<T> Leaf<T> {
 
 impl<T> Internal<T> {
     /// Builds an internal node from 1..=10 children; returns it with its largest gap.
-    pub(crate) fn build(children: &[Child<T>]) -> (NodePtr<T>, u64) {
+    pub(crate) fn build(children: &[Child<T>], pool: &mut NodePool) -> (NodePtr<T>, u64) {
         debug_assert!(!children.is_empty() && children.len() <= INTERNAL_SLOTS);
-        let mut node = Box::new(Internal::<T> {
+        let mut node = Internal::<T> {
             header: Header::new(KIND_INTERNAL, children.len()),
             pivots: [u64::MAX; INTERNAL_SLOTS - 1],
             gaps: std::array::from_fn(|i| AtomicU64::new(children.get(i).map_or(0, |c| c.gap))),
@@ -261,12 +349,12 @@ impl<T> Internal<T> {
                 AtomicPtr::new(children.get(i).map_or(ptr::null_mut(), |c| c.node.as_raw()))
             }),
             _children: std::marker::PhantomData,
-        });
+        };
         for (i, child) in children.iter().enumerate().take(children.len() - 1) {
             node.pivots[i] = child.last;
         }
         let gap = children.iter().map(|c| c.gap).max().unwrap_or(0);
-        (NodePtr::from_raw(Box::into_raw(node).cast()), gap)
+        (NodePtr::from_raw(place(pool, node)), gap)
     }
 
     pub(crate) fn end(&self) -> usize {
@@ -338,39 +426,6 @@ impl Header {
             end: u8::try_from(slots - 1).expect("node slot counts fit a byte"),
             dead: AtomicBool::new(false),
         }
-    }
-}
-
-/// Reclaims a replaced node after its grace period. Under shuttle the node is poisoned and
-/// quarantined (never freed) so that a reader reaching it fails loudly instead of reading freed
-/// memory.
-pub(crate) struct ReclaimNode;
-
-impl crate::rcu::Reclaim<Header> for ReclaimNode {
-    unsafe fn reclaim(node: *mut Header) {
-        #[cfg(not(feature = "shuttle"))]
-        // SAFETY: the grace period has passed and the node was retired exactly once.
-        unsafe {
-            NodePtr::<()>::from_raw(node).free_erased();
-        }
-        #[cfg(feature = "shuttle")]
-        // SAFETY: as above; poisoning writes only the kind byte of the still-allocated node.
-        unsafe {
-            (*node).kind = KIND_POISONED;
-        }
-    }
-}
-
-impl NodePtr<()> {
-    /// Frees a node whose value type is erased: node layouts do not depend on `T` (slots are
-    /// raw pointers), so the `()` instantiation has the same size and alignment.
-    ///
-    /// # Safety
-    /// As for [`NodePtr::free`].
-    #[cfg(not(feature = "shuttle"))]
-    unsafe fn free_erased(self) {
-        // SAFETY: forwarded; `Leaf<()>`/`Internal<()>` have the layout of every `Leaf<T>`.
-        unsafe { self.free() }
     }
 }
 

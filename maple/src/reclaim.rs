@@ -1,4 +1,5 @@
-//! Writer-side reclamation: the tree frees what its writers replaced on the writer's own thread.
+//! Writer-side reclamation: the tree frees (or, for nodes, reuses) what its writers replaced, on
+//! the writer's own thread.
 //!
 //! Handing every replaced node to the RCU domain's own reclamation (crossbeam's `defer`, seize's
 //! `retire`) makes whichever thread next runs the domain's collector free it — often a reader,
@@ -57,13 +58,14 @@ impl Retired {
     }
 }
 
-/// The queue of a tree's retired objects.
-pub(crate) struct ReclaimQueue<C> {
-    open: Vec<Retired>,
-    sealed: VecDeque<(C, Vec<Retired>)>,
+/// A queue of retired objects (`I`: values with their reclaimers, or nodes for reuse) waiting
+/// for grace periods with cookies `C`.
+pub(crate) struct ReclaimQueue<C, I = Retired> {
+    open: Vec<I>,
+    sealed: VecDeque<(C, Vec<I>)>,
 }
 
-impl<C> Default for ReclaimQueue<C> {
+impl<C, I> Default for ReclaimQueue<C, I> {
     fn default() -> Self {
         Self {
             open: Vec::with_capacity(BATCH),
@@ -72,14 +74,14 @@ impl<C> Default for ReclaimQueue<C> {
     }
 }
 
-impl<C> ReclaimQueue<C> {
+impl<C, I> ReclaimQueue<C, I> {
     /// Queues objects already unreachable for new readers. When the open batch is full it is
     /// sealed, and the objects now safe to free are returned (free them without the queue's lock).
     pub(crate) fn retire<R: Rcu<Cookie = C>>(
         &mut self,
         rcu: &R,
-        items: impl IntoIterator<Item = Retired>,
-    ) -> Vec<Retired> {
+        items: impl IntoIterator<Item = I>,
+    ) -> Vec<I> {
         self.open.extend(items);
         if self.open.len() < BATCH {
             return Vec::new();
@@ -98,7 +100,7 @@ impl<C> ReclaimQueue<C> {
     }
 
     /// Takes every queued object out: to free after a grace period (or when no reader exists).
-    pub(crate) fn take_all(&mut self) -> Vec<Retired> {
+    pub(crate) fn take_all(&mut self) -> Vec<I> {
         let mut all = std::mem::take(&mut self.open);
         all.extend(self.sealed.drain(..).flat_map(|(_, batch)| batch));
         all

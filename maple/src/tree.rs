@@ -17,8 +17,8 @@
 
 use crate::error::{MapleError, check_range};
 use crate::node::{
-    Child, Entry, Header, INTERNAL_MIN, INTERNAL_SLOTS, Internal, LEAF_MIN, LEAF_SLOTS, Leaf, NodePtr,
-    ReclaimNode, ReclaimValue, View, span,
+    Child, Entry, Header, INTERNAL_MIN, INTERNAL_SLOTS, Internal, LEAF_MIN, LEAF_SLOTS, Leaf, NodePool,
+    NodePtr, ReclaimValue, View, span,
 };
 use crate::pointer::ValuePointer;
 use crate::rcu::{DefaultRcu, Rcu};
@@ -44,7 +44,7 @@ pub struct MapleTree<P: ValuePointer, R: Rcu = DefaultRcu> {
     root: CacheAligned<AtomicPtr<Header>>,
     /// Number of ranges; updated by the writer, read with Relaxed (a statistic).
     len: AtomicUsize,
-    writer: Mutex<WriterState>,
+    writer: Mutex<WriterState<R::Cookie>>,
     /// Replaced nodes and displaced values waiting for their grace period; freed by writers.
     retired: Mutex<ReclaimQueue<R::Cookie>>,
     rcu: R,
@@ -62,11 +62,21 @@ impl<T> std::ops::Deref for CacheAligned<T> {
     }
 }
 
-/// What only the writer reads.
-struct WriterState {
+/// What only the writer uses.
+struct WriterState<C> {
     /// Levels in the tree; leaves are at depth `height - 1`.
     height: usize,
+    /// Memory for new nodes, including replaced nodes whose grace period has passed.
+    pool: NodePool,
+    /// Replaced nodes waiting for their grace period, then for reuse.
+    replaced: ReclaimQueue<C, RetiredNode>,
 }
+
+/// A replaced node in the writer's queue.
+struct RetiredNode(*mut Header);
+
+// SAFETY: the queue owns the retired node, which no reader can reach after its grace period.
+unsafe impl Send for RetiredNode {}
 
 // SAFETY: the tree owns its values (`P`, Send + Sync with Send + Sync targets) and hands out
 // `&P::Target` to readers on any thread; all shared mutable state is atomic or behind a mutex.
@@ -147,17 +157,23 @@ impl<P: ValuePointer, R: Rcu> Default for MapleTree<P, R> {
 impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// An empty tree: one gap covering every index.
     pub fn new() -> Self {
+        let mut pool = NodePool::default();
         let (root, _) = Leaf::<P::Target>::build(
             0,
             &[Entry {
                 last: u64::MAX,
                 value: std::ptr::null_mut(),
             }],
+            &mut pool,
         );
         Self {
             root: CacheAligned(AtomicPtr::new(root.as_raw())),
             len: AtomicUsize::new(0),
-            writer: Mutex::new(WriterState { height: 1 }),
+            writer: Mutex::new(WriterState {
+                height: 1,
+                pool,
+                replaced: ReclaimQueue::default(),
+            }),
             retired: Mutex::new(ReclaimQueue::default()),
             rcu: R::default(),
             _values: PhantomData,
@@ -188,10 +204,16 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// # Panics
     /// If called inside a read-side section.
     pub fn flush_retired(&self) {
-        let taken = self.retired.lock().unwrap_or_else(|e| e.into_inner()).take_all();
+        let mut writer = self.lock();
+        let nodes = writer.state.replaced.take_all();
+        let values = self.retired.lock().unwrap_or_else(|e| e.into_inner()).take_all();
         self.rcu.synchronize();
         // SAFETY: everything taken was unlinked before the grace period that just elapsed.
-        unsafe { Retired::free(taken) };
+        unsafe { Retired::free(values) };
+        for RetiredNode(node) in nodes {
+            // SAFETY: as above.
+            unsafe { writer.state.pool.recycle(NodePtr::<P::Target>::from_raw(node)) };
+        }
     }
 
     /// Enters a read-side section.
@@ -645,7 +667,7 @@ impl<P: ValuePointer, R: Rcu> fmt::Debug for Displaced<'_, P, R> {
 /// The tree's writer lock, held while this lives; every write goes through a `Writer`.
 pub struct Writer<'t, P: ValuePointer, R: Rcu> {
     tree: &'t MapleTree<P, R>,
-    state: MutexGuard<'t, WriterState>,
+    state: MutexGuard<'t, WriterState<R::Cookie>>,
 }
 
 impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
@@ -898,7 +920,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             LEAF_MIN..=LEAF_SLOTS
         };
         if leaves.len() == 1 && fits.contains(&entries.len()) {
-            let (leaf, gap) = Leaf::build(lo, &entries);
+            let (leaf, gap) = Leaf::build(lo, &entries, &mut self.state.pool);
             self.replace_leaf(leaves[0].0, lo, leaf, gap);
             return displaced;
         }
@@ -914,7 +936,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             &mut replaced,
             |leaf, max| leaf_of(leaf).entries(max).collect(),
         );
-        let mut items = build_leaves(lo, &entries, hi == u64::MAX);
+        let mut items = build_leaves(lo, &entries, hi == u64::MAX, &mut self.state.pool);
 
         for level in (0..leaf_level).rev() {
             let parents = level_nodes(root, level, lo, hi);
@@ -945,13 +967,13 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                 &mut replaced,
                 |node, max| internal_of(node).children(max).collect(),
             );
-            items = build_internals(&children, phi == u64::MAX);
+            items = build_internals(&children, phi == u64::MAX, &mut self.state.pool);
             (lo, hi) = (plo, phi);
         }
 
         let mut height = height;
         while items.len() > 1 {
-            items = build_internals(&items, true);
+            items = build_internals(&items, true, &mut self.state.pool);
             height += 1;
         }
         let mut new_root = items[0].node;
@@ -962,7 +984,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         {
             let child = internal.child(0);
             // SAFETY: see above; nothing else references the wrapper node.
-            unsafe { new_root.free() };
+            unsafe { self.state.pool.recycle(new_root) };
             new_root = child;
             height -= 1;
         }
@@ -1010,18 +1032,23 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         self.retire(&[old]);
     }
 
-    /// Marks replaced nodes dead and queues them for freeing after a grace period.
-    fn retire(&self, replaced: &[NodePtr<P::Target>]) {
+    /// Marks replaced nodes dead and queues them for reuse after a grace period; takes back
+    /// the earlier ones whose grace period has passed.
+    fn retire(&mut self, replaced: &[NodePtr<P::Target>]) {
         for &node in replaced {
             // SAFETY: the node belonged to the previous version and is still allocated (it is
             // retired below, once: each write replaces distinct nodes).
             unsafe { node.mark_dead() };
         }
-        self.tree.retire(
-            replaced
-                .iter()
-                .map(|node| Retired::new::<Header, ReclaimNode>(node.as_raw())),
+        let state = &mut *self.state;
+        let ready = state.replaced.retire(
+            &self.tree.rcu,
+            replaced.iter().map(|node| RetiredNode(node.as_raw())),
         );
+        for RetiredNode(node) in ready {
+            // SAFETY: the node's grace period has passed: no reader can reach it.
+            unsafe { state.pool.recycle(NodePtr::<P::Target>::from_raw(node)) };
+        }
     }
 }
 
@@ -1161,7 +1188,7 @@ fn chunk_sizes(count: usize, capacity: usize, minimum: usize, right_edge: bool) 
 }
 
 /// New leaves holding `entries`, which cover an interval starting at `first`.
-fn build_leaves<T>(first: u64, entries: &[Entry<T>], right_edge: bool) -> Vec<Child<T>> {
+fn build_leaves<T>(first: u64, entries: &[Entry<T>], right_edge: bool, pool: &mut NodePool) -> Vec<Child<T>> {
     let mut start = first;
     let mut rest = entries;
     chunk_sizes(entries.len(), LEAF_SLOTS, LEAF_MIN, right_edge)
@@ -1169,7 +1196,7 @@ fn build_leaves<T>(first: u64, entries: &[Entry<T>], right_edge: bool) -> Vec<Ch
         .map(|size| {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
-            let (node, gap) = Leaf::build(start, chunk);
+            let (node, gap) = Leaf::build(start, chunk, pool);
             let last = chunk[chunk.len() - 1].last;
             start = last.wrapping_add(1);
             Child { last, node, gap }
@@ -1178,14 +1205,14 @@ fn build_leaves<T>(first: u64, entries: &[Entry<T>], right_edge: bool) -> Vec<Ch
 }
 
 /// New internal nodes holding `children`.
-fn build_internals<T>(children: &[Child<T>], right_edge: bool) -> Vec<Child<T>> {
+fn build_internals<T>(children: &[Child<T>], right_edge: bool, pool: &mut NodePool) -> Vec<Child<T>> {
     let mut rest = children;
     chunk_sizes(children.len(), INTERNAL_SLOTS, INTERNAL_MIN, right_edge)
         .into_iter()
         .map(|size| {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
-            let (node, gap) = Internal::build(chunk);
+            let (node, gap) = Internal::build(chunk, pool);
             Child {
                 last: chunk[chunk.len() - 1].last,
                 node,
@@ -1220,6 +1247,11 @@ impl<P: ValuePointer, R: Rcu> Drop for MapleTree<P, R> {
             }
         }
         free::<P>(NodePtr::from_raw(self.root.load(Ordering::Relaxed)));
+        let state = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
+        for RetiredNode(node) in state.replaced.take_all() {
+            // SAFETY: replaced nodes are unreachable and owned by the queue alone.
+            unsafe { NodePtr::<P::Target>::from_raw(node).free() };
+        }
         let retired = self
             .retired
             .get_mut()
