@@ -1,0 +1,269 @@
+//! A software page table: a 4-level radix tree of 512 atomic entries per table, translating
+//! 48-bit addresses in 4 KiB pages, walked without locks.
+//!
+//! Entry format (`u64`): bit 0 present, bit 1 writable, bit 2 dirty, bit 3 accessed; bits 12..
+//! hold the frame number shifted left by 12 (leaf level) or the address of the next table
+//! (upper levels; tables are 4096-aligned).
+//!
+//! Invariants:
+//! - A table, once linked into its parent with a compare-and-swap (Release, pairing with the
+//!   Acquire loads of walkers), stays linked until `zap` unlinks it, and is freed only after a
+//!   grace period of the RCU domain the caller passes (walkers may still be inside it).
+//! - `zap(start, end)` unlinks only tables whose whole range lies inside `[start, end)`; the
+//!   caller guarantees that nobody installs translations in that range meanwhile (the VMA
+//!   protocol: the old VMAs are gone and the new ones are BABY when the flush hook runs).
+//! - The root table is never freed before the page table itself.
+
+use crate::frames::Frame;
+use maple::rcu::{DropBox, Rcu};
+use maple::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// The translation is valid.
+pub const PRESENT: u64 = 1 << 0;
+/// Writes are allowed.
+pub const WRITABLE: u64 = 1 << 1;
+/// The page was written through this translation.
+pub const DIRTY: u64 = 1 << 2;
+/// The page was accessed through this translation.
+pub const ACCESSED: u64 = 1 << 3;
+
+const FLAGS: u64 = 0xfff;
+const ENTRIES: usize = 512;
+const LEVELS: u32 = 4;
+/// Highest address + 1 the table translates (48 bits).
+pub const ADDRESS_LIMIT: u64 = 1 << 48;
+
+/// One page-table page.
+#[repr(C, align(4096))]
+pub(crate) struct Table {
+    entries: [AtomicU64; ENTRIES],
+}
+
+impl Table {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            entries: std::array::from_fn(|_| AtomicU64::new(0)),
+        })
+    }
+}
+
+/// A leaf entry's value, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pte(pub u64);
+
+impl Pte {
+    /// A present translation to `frame` with the given flag bits.
+    pub fn new(frame: Frame, flags: u64) -> Self {
+        Self((frame.0 << 12) | (flags & FLAGS) | PRESENT)
+    }
+
+    /// Whether the translation is valid.
+    pub fn present(self) -> bool {
+        self.0 & PRESENT != 0
+    }
+
+    /// Whether writes are allowed.
+    pub fn writable(self) -> bool {
+        self.0 & WRITABLE != 0
+    }
+
+    /// The frame it maps.
+    pub fn frame(self) -> Frame {
+        Frame(self.0 >> 12)
+    }
+}
+
+/// Index of `addr` in the table at `level` (1: leaf tables ... 4: the root).
+fn index(addr: u64, level: u32) -> usize {
+    ((addr >> (12 + 9 * (level - 1))) & (ENTRIES as u64 - 1)) as usize
+}
+
+/// Bytes one entry at `level` covers.
+fn entry_span(level: u32) -> u64 {
+    1 << (12 + 9 * (level - 1))
+}
+
+/// A software page table.
+pub struct PageTable {
+    root: Box<Table>,
+    /// Tables linked below the root.
+    tables: AtomicUsize,
+}
+
+impl Default for PageTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for PageTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageTable")
+            .field("tables", &self.tables())
+            .finish()
+    }
+}
+
+impl PageTable {
+    /// An empty page table (just the root).
+    pub fn new() -> Self {
+        Self {
+            root: Table::new(),
+            tables: AtomicUsize::new(0),
+        }
+    }
+
+    /// Tables below the root.
+    pub fn tables(&self) -> usize {
+        self.tables.load(Ordering::Relaxed)
+    }
+
+    /// The leaf entry for `addr`, if the tables down to it exist.
+    ///
+    /// The reference is valid while the caller's read-side section (of the domain later passed
+    /// to `zap`) lasts.
+    pub fn entry(&self, addr: u64) -> Option<&AtomicU64> {
+        self.walk(addr, false)
+    }
+
+    /// The leaf entry for `addr`, allocating missing tables (a racing walker's table wins; the
+    /// loser's is dropped unpublished).
+    ///
+    /// # Panics
+    /// If `addr` is not below [`ADDRESS_LIMIT`].
+    pub fn entry_or_insert(&self, addr: u64) -> &AtomicU64 {
+        self.walk(addr, true).expect("tables were allocated")
+    }
+
+    fn walk(&self, addr: u64, allocate: bool) -> Option<&AtomicU64> {
+        assert!(
+            addr < ADDRESS_LIMIT,
+            "address {addr:#x} is outside the 48-bit page table"
+        );
+        let mut table: &Table = &self.root;
+        for level in (2..=LEVELS).rev() {
+            let slot = &table.entries[index(addr, level)];
+            // Acquire pairs with the Release of the CAS that linked the table.
+            let mut next = slot.load(Ordering::Acquire);
+            if next == 0 {
+                if !allocate {
+                    return None;
+                }
+                let fresh = Box::into_raw(Table::new());
+                match slot.compare_exchange(0, fresh as u64 | PRESENT, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        self.tables.fetch_add(1, Ordering::Relaxed);
+                        next = fresh as u64 | PRESENT;
+                    }
+                    Err(winner) => {
+                        // SAFETY: `fresh` was never published.
+                        drop(unsafe { Box::from_raw(fresh) });
+                        next = winner;
+                    }
+                }
+            }
+            // SAFETY: linked tables stay allocated until a grace period after they are unlinked,
+            // and the caller is inside a read-side section (or is the writer that unlinks).
+            table = unsafe { &*((next & !FLAGS) as *const Table) };
+        }
+        Some(&table.entries[index(addr, 1)])
+    }
+
+    /// The translation for `addr`, if present.
+    pub fn translate(&self, addr: u64) -> Option<Pte> {
+        let entry = self.entry(addr)?;
+        Some(Pte(entry.load(Ordering::Acquire))).filter(|pte| pte.present())
+    }
+
+    /// Removes every translation in `[start, end)` and returns the frames they mapped (free them
+    /// once no reader can still be copying through an old translation). Tables whose whole
+    /// range lies inside `[start, end)` are unlinked and retired to `rcu`.
+    ///
+    /// The caller guarantees nobody installs translations in the range meanwhile.
+    pub fn zap<R: Rcu>(&self, start: u64, end: u64, rcu: &R) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let end = end.min(ADDRESS_LIMIT);
+        if start < end {
+            self.zap_table(&self.root, LEVELS, 0, (start, end), rcu, &mut frames);
+        }
+        frames
+    }
+
+    /// Zaps `[start, end)` inside `table`, which sits at `level` and starts at `base`.
+    fn zap_table<R: Rcu>(
+        &self,
+        table: &Table,
+        level: u32,
+        base: u64,
+        (start, end): (u64, u64),
+        rcu: &R,
+        frames: &mut Vec<Frame>,
+    ) {
+        let span = entry_span(level);
+        let first = if start > base { index(start, level) } else { 0 };
+        for slot in first..ENTRIES {
+            let lo = base + slot as u64 * span;
+            if lo >= end {
+                break;
+            }
+            let hi = lo + span;
+            let entry = &table.entries[slot];
+            if level == 1 {
+                let old = entry.swap(0, Ordering::AcqRel);
+                if old & PRESENT != 0 {
+                    frames.push(Pte(old).frame());
+                }
+                continue;
+            }
+            let next = entry.load(Ordering::Acquire);
+            if next == 0 {
+                continue;
+            }
+            let child = (next & !FLAGS) as *mut Table;
+            // SAFETY: linked tables are allocated; only this zap (the writer) unlinks them.
+            self.zap_table(
+                unsafe { &*child },
+                level - 1,
+                lo,
+                (start.max(lo), end.min(hi)),
+                rcu,
+                frames,
+            );
+            if start <= lo && hi <= end {
+                entry.store(0, Ordering::Release);
+                self.tables.fetch_sub(1, Ordering::Relaxed);
+                // SAFETY: unlinked above (new walkers cannot reach it), emptied by the recursive
+                // zap, and retired once; it came from `Box::into_raw`.
+                unsafe { rcu.retire::<Table, DropBox>(child) };
+            }
+        }
+    }
+
+    /// Clears the writable bit of every translation in `[start, end)` (mprotect removing write).
+    pub fn write_protect(&self, start: u64, end: u64) {
+        let mut addr = start;
+        while addr < end.min(ADDRESS_LIMIT) {
+            if let Some(entry) = self.entry(addr) {
+                entry.fetch_and(!WRITABLE, Ordering::AcqRel);
+            }
+            addr += 4096;
+        }
+    }
+}
+
+impl Drop for PageTable {
+    fn drop(&mut self) {
+        fn free(table: &Table, level: u32) {
+            for entry in &table.entries {
+                let next = entry.load(Ordering::Relaxed);
+                if level > 1 && next != 0 {
+                    let child = (next & !FLAGS) as *mut Table;
+                    // SAFETY: the page table owns its linked tables; nothing else can reach them now.
+                    let child = unsafe { Box::from_raw(child) };
+                    free(&child, level - 1);
+                }
+            }
+        }
+        free(&self.root, LEVELS);
+    }
+}

@@ -1,0 +1,155 @@
+//! The frame pool and the page table, single-threaded semantics and real-thread races.
+#![cfg(not(feature = "shuttle"))]
+
+use fault::frames::{FRAME_SIZE, Frame, FramePool, FramePoolConfig};
+use fault::pagetable::{PageTable, Pte, WRITABLE};
+use maple::rcu::{EpochRcu, Rcu};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+fn pool(max_frames: usize) -> FramePool {
+    FramePool::new(FramePoolConfig {
+        chunk_frames: 4,
+        max_frames,
+    })
+    .unwrap()
+}
+
+#[test]
+fn bad_pool_configurations_are_refused() {
+    for config in [
+        FramePoolConfig {
+            chunk_frames: 0,
+            max_frames: 4,
+        },
+        FramePoolConfig {
+            chunk_frames: 4,
+            max_frames: 0,
+        },
+        FramePoolConfig {
+            chunk_frames: 1,
+            max_frames: 1 << 20,
+        },
+    ] {
+        assert!(FramePool::new(config).is_err(), "{config:?}");
+    }
+}
+
+#[test]
+fn frames_are_distinct_usable_and_bounded() {
+    let pool = pool(10);
+    let frames: Vec<Frame> = (0..10).map(|_| pool.alloc_zeroed().unwrap()).collect();
+    assert_eq!(pool.alloc(), None, "the pool's size is a limit");
+    assert_eq!(pool.in_use(), 10);
+    for (i, &frame) in frames.iter().enumerate() {
+        let memory = pool.frame_ptr(frame);
+        // SAFETY: each frame is owned by this test and FRAME_SIZE long.
+        unsafe {
+            assert!(
+                std::slice::from_raw_parts(memory, FRAME_SIZE)
+                    .iter()
+                    .all(|&b| b == 0)
+            );
+            memory.write_bytes(i as u8, FRAME_SIZE);
+        }
+    }
+    for (i, &frame) in frames.iter().enumerate() {
+        // SAFETY: as above.
+        let last = unsafe { *pool.frame_ptr(frame).add(FRAME_SIZE - 1) };
+        assert_eq!(last, i as u8, "frames do not overlap");
+    }
+    for frame in frames {
+        // SAFETY: owned and unreachable.
+        unsafe { pool.free(frame) };
+    }
+    assert_eq!(pool.in_use(), 0);
+    assert!(pool.alloc_zeroed().is_some(), "freed frames are reused");
+}
+
+#[test]
+fn frames_from_many_threads() {
+    let pool = Arc::new(pool(4096));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    let frame = pool.alloc().unwrap();
+                    // SAFETY: owned by this thread.
+                    unsafe { pool.free(frame) };
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn translations_install_zap_and_free_their_tables() {
+    let rcu = EpochRcu;
+    let table = PageTable::new();
+    let pool = pool(64);
+    let addrs = [0x1000u64, 0x2000, 0x20_0000, 0x7fff_ffff_f000];
+    for &addr in &addrs {
+        let frame = pool.alloc().unwrap();
+        table
+            .entry_or_insert(addr)
+            .store(Pte::new(frame, WRITABLE).0, Ordering::Release);
+    }
+    assert_eq!(
+        table.tables(),
+        3 + 1 + 3,
+        "two 2 MiB regions share upper tables; the top one has its own"
+    );
+    assert!(table.translate(0x1000).unwrap().writable());
+    assert_eq!(table.translate(0x3000), None);
+    table.write_protect(0x1000, 0x3000);
+    assert!(!table.translate(0x2000).unwrap().writable());
+    // A zap of part of a 2 MiB region keeps the region's tables.
+    let frames = table.zap(0x1000, 0x2000, &rcu);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(table.tables(), 7);
+    assert!(table.translate(0x2000).is_some());
+    // Zapping everything frees every table.
+    let rest = table.zap(0, 1 << 48, &rcu);
+    assert_eq!(rest.len(), 3);
+    assert_eq!(table.tables(), 0);
+    for frame in frames.into_iter().chain(rest) {
+        // SAFETY: unmapped, and no reader exists in this test.
+        unsafe { pool.free(frame) };
+    }
+    assert_eq!(pool.in_use(), 0);
+    rcu.barrier();
+}
+
+#[test]
+fn racing_walkers_share_one_set_of_tables_and_one_frame() {
+    let table = Arc::new(PageTable::new());
+    let pool = Arc::new(pool(64));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (table, pool) = (table.clone(), pool.clone());
+            std::thread::spawn(move || {
+                let _guard = EpochRcu.read();
+                let frame = pool.alloc().unwrap();
+                let entry = table.entry_or_insert(0x4000_0000);
+                if entry
+                    .compare_exchange(0, Pte::new(frame, 0).0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // SAFETY: never published.
+                    unsafe { pool.free(frame) };
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(table.tables(), 3);
+    assert_eq!(pool.in_use(), 1, "one frame installed");
+    let frames = table.zap(0, 1 << 48, &EpochRcu);
+    // SAFETY: unmapped; no reader left.
+    unsafe { pool.free(frames[0]) };
+    assert_eq!((table.tables(), pool.in_use()), (0, 0));
+    EpochRcu.barrier();
+}

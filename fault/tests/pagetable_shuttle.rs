@@ -1,0 +1,92 @@
+//! Page-table races under shuttle (random and PCT schedulers, 1,000 iterations each): walkers
+//! racing to allocate the same tables and install the same page end with one set of tables and
+//! one frame; a reader translating while a zap unlinks the tables sees the old translation or
+//! none, and the zap leaves no table behind. Run with `--features shuttle`.
+#![cfg(feature = "shuttle")]
+
+use fault::frames::{FramePool, FramePoolConfig};
+use fault::pagetable::{PageTable, Pte};
+use maple::rcu::{DefaultRcu, Rcu};
+use maple::sync::atomic::Ordering;
+use maple::sync::{Arc, thread};
+
+fn iterations() -> usize {
+    std::env::var("SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+}
+
+fn check_both(f: impl Fn() + Send + Sync + 'static) {
+    let f = std::sync::Arc::new(f);
+    let g = f.clone();
+    shuttle::check_random(move || g(), iterations());
+    shuttle::check_pct(move || f(), iterations(), 3);
+}
+
+const ADDR: u64 = 0x4000_0000;
+
+#[test]
+fn racing_installs_share_tables_and_one_frame() {
+    check_both(|| {
+        let table = Arc::new(PageTable::new());
+        let pool = Arc::new(
+            FramePool::new(FramePoolConfig {
+                chunk_frames: 4,
+                max_frames: 8,
+            })
+            .unwrap(),
+        );
+        let rcu = Arc::new(DefaultRcu::default());
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (table, pool, rcu) = (table.clone(), pool.clone(), rcu.clone());
+                thread::spawn(move || {
+                    let _guard = rcu.read();
+                    let frame = pool.alloc().unwrap();
+                    let entry = table.entry_or_insert(ADDR);
+                    if entry
+                        .compare_exchange(0, Pte::new(frame, 0).0, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        // SAFETY: never published.
+                        unsafe { pool.free(frame) };
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(table.tables(), 3, "one table per level");
+        assert_eq!(pool.in_use(), 1, "one frame installed");
+        let frames = table.zap(0, 1 << 48, &*rcu);
+        assert_eq!((frames.len(), table.tables()), (1, 0));
+        rcu.barrier();
+    });
+}
+
+#[test]
+fn a_reader_during_zap_sees_old_or_nothing() {
+    check_both(|| {
+        let table = Arc::new(PageTable::new());
+        let rcu = Arc::new(DefaultRcu::default());
+        let installed = Pte::new(fault::frames::Frame(7), 0);
+        table.entry_or_insert(ADDR).store(installed.0, Ordering::Release);
+        let reader = {
+            let (table, rcu) = (table.clone(), rcu.clone());
+            thread::spawn(move || {
+                let _guard = rcu.read();
+                let seen = table.translate(ADDR);
+                assert!(seen.is_none() || seen == Some(installed), "saw {seen:?}");
+            })
+        };
+        let frames = table.zap(ADDR, ADDR + 0x20_0000, &*rcu);
+        assert_eq!(frames.len(), 1);
+        reader.join().unwrap();
+        assert_eq!(
+            table.tables(),
+            2,
+            "the 2 MiB table went; the upper tables cover more"
+        );
+        rcu.barrier();
+    });
+}
