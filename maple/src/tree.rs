@@ -392,7 +392,11 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
         stats
     }
 
-    /// Checks every structural invariant; see [`crate::validate`].
+    /// Checks every structural invariant of the current version (O(n)): every leaf at the same
+    /// depth; slot counts within capacity and above the minimum; pivots strictly increasing
+    /// inside each node's interval; recorded gaps equal to the real largest free interval under
+    /// each child; no two adjacent gaps; no dead node reachable; the index space covered once;
+    /// `len()` equal to the number of values. Returns the first violation found.
     pub fn validate(&self) -> Result<(), String> {
         let writer = self.lock();
         crate::validate::validate(writer.root(), writer.state.height, self.len())
