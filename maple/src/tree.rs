@@ -323,23 +323,17 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// The lowest free interval of `size` indices inside `[min, max]`, as `(first, last)`
     /// (kernel: `mas_empty_area`). `Ok(None)` when there is none.
     pub fn find_gap(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
-        check_gap_request(min, max, size)?;
         let guard = self.guard();
-        // SAFETY: the guard keeps the version allocated.
-        let found = unsafe { gap_forward(self.current_root(), 0, u64::MAX, min, max, size) };
-        drop(guard);
-        Ok(found)
+        // SAFETY: the guard keeps the version allocated for the search.
+        unsafe { search_gap(self.current_root(), min, max, size, Direction::Lowest) }.inspect(|_| drop(guard))
     }
 
     /// The highest free interval of `size` indices inside `[min, max]`, as `(first, last)`
     /// (kernel: `mas_empty_area_rev`). `Ok(None)` when there is none.
     pub fn find_gap_rev(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
-        check_gap_request(min, max, size)?;
-        let guard = self.guard();
-        // SAFETY: the guard keeps the version allocated.
-        let found = unsafe { gap_reverse(self.current_root(), 0, u64::MAX, min, max, size) };
-        drop(guard);
-        Ok(found)
+        let _guard = self.guard();
+        // SAFETY: the guard keeps the version allocated until the search returns.
+        unsafe { search_gap(self.current_root(), min, max, size, Direction::Highest) }
     }
 
     /// Overwrites `[first, last]` with `value`; see [`Writer::store_range`].
@@ -434,108 +428,85 @@ impl TreeStats {
     }
 }
 
-fn check_gap_request(min: u64, max: u64, size: u64) -> Result<(), MapleError> {
+/// Which end of `[min, max]` a gap search prefers.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// The lowest fitting interval (`mas_empty_area`).
+    Lowest,
+    /// The highest fitting interval (`mas_empty_area_rev`).
+    Highest,
+}
+
+/// Checks a gap request and searches the version under `root`.
+///
+/// # Safety
+/// Every node of that version must stay allocated during the call.
+unsafe fn search_gap<T>(
+    root: NodePtr<T>,
+    min: u64,
+    max: u64,
+    size: u64,
+    direction: Direction,
+) -> Result<Option<(u64, u64)>, MapleError> {
     check_range(min, max)?;
     if size == 0 {
         return Err(MapleError::ZeroSize);
     }
-    Ok(())
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { gap_in(root, (0, u64::MAX), (min, max), size, direction) })
 }
 
-/// The lowest `size`-index free interval inside `[lo, hi]` under `node` (covering `[min, max]`).
+/// The lowest or highest `size`-index free interval inside `[lo, hi]` under `node`, which covers
+/// `[min, max]` and intersects `[lo, hi]`. Visits, in the search's order, only the slots that
+/// intersect `[lo, hi]`, and descends only into children whose recorded gap is large enough;
+/// only the children at the edges of `[lo, hi]` can send it down and back, so it is O(log n).
 ///
 /// # Safety
 /// Every node under `node` must stay allocated during the call.
-unsafe fn gap_forward<T>(
+unsafe fn gap_in<T>(
     node: NodePtr<T>,
-    min: u64,
-    max: u64,
-    lo: u64,
-    hi: u64,
+    (min, max): (u64, u64),
+    (lo, hi): (u64, u64),
     size: u64,
+    direction: Direction,
 ) -> Option<(u64, u64)> {
     // SAFETY: guaranteed by the caller.
-    match unsafe { node.view() } {
-        View::Leaf(leaf) => {
-            for slot in leaf.slot_of(lo.max(min))..=leaf.end() {
-                let (first, last) = leaf.bounds(slot, min, max);
-                if first > hi {
-                    break;
-                }
+    let view = unsafe { node.view() };
+    let (from, to) = match &view {
+        View::Leaf(leaf) => (leaf.slot_of(lo.max(min)), leaf.slot_of(hi.min(max))),
+        View::Internal(internal) => (internal.slot_of(lo.max(min)), internal.slot_of(hi.min(max))),
+    };
+    for step in 0..=to - from {
+        let slot = match direction {
+            Direction::Lowest => from + step,
+            Direction::Highest => to - step,
+        };
+        match &view {
+            View::Leaf(leaf) => {
                 if leaf.value(slot).is_null() {
+                    let (first, last) = leaf.bounds(slot, min, max);
                     let (a, b) = (first.max(lo), last.min(hi));
-                    if a <= b && span(a, b) >= size {
-                        return Some((a, a + (size - 1)));
+                    if span(a, b) >= size {
+                        return Some(match direction {
+                            Direction::Lowest => (a, a + (size - 1)),
+                            Direction::Highest => (b - (size - 1), b),
+                        });
                     }
                 }
             }
-            None
-        }
-        View::Internal(internal) => {
-            for slot in internal.slot_of(lo.max(min))..=internal.end() {
-                let (first, last) = internal.bounds(slot, min, max);
-                if first > hi {
-                    break;
-                }
+            View::Internal(internal) => {
                 if internal.gap(slot) >= size {
+                    let bounds = internal.bounds(slot, min, max);
                     // SAFETY: children of an allocated node are allocated (caller's guarantee).
-                    let found = unsafe { gap_forward(internal.child(slot), first, last, lo, hi, size) };
+                    let found = unsafe { gap_in(internal.child(slot), bounds, (lo, hi), size, direction) };
                     if found.is_some() {
                         return found;
                     }
                 }
             }
-            None
         }
     }
-}
-
-/// The highest `size`-index free interval inside `[lo, hi]` under `node`.
-///
-/// # Safety
-/// As for [`gap_forward`].
-unsafe fn gap_reverse<T>(
-    node: NodePtr<T>,
-    min: u64,
-    max: u64,
-    lo: u64,
-    hi: u64,
-    size: u64,
-) -> Option<(u64, u64)> {
-    // SAFETY: guaranteed by the caller.
-    match unsafe { node.view() } {
-        View::Leaf(leaf) => {
-            for slot in (0..=leaf.slot_of(hi.min(max))).rev() {
-                let (first, last) = leaf.bounds(slot, min, max);
-                if last < lo {
-                    break;
-                }
-                if leaf.value(slot).is_null() {
-                    let (a, b) = (first.max(lo), last.min(hi));
-                    if a <= b && span(a, b) >= size {
-                        return Some((b - (size - 1), b));
-                    }
-                }
-            }
-            None
-        }
-        View::Internal(internal) => {
-            for slot in (0..=internal.slot_of(hi.min(max))).rev() {
-                let (first, last) = internal.bounds(slot, min, max);
-                if last < lo {
-                    break;
-                }
-                if internal.gap(slot) >= size {
-                    // SAFETY: children of an allocated node are allocated (caller's guarantee).
-                    let found = unsafe { gap_reverse(internal.child(slot), first, last, lo, hi, size) };
-                    if found.is_some() {
-                        return found;
-                    }
-                }
-            }
-            None
-        }
-    }
+    None
 }
 
 /// An ordered walk over ranges under a guard; see [`MapleTree::iter_from`].
@@ -708,16 +679,14 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
 
     /// See [`MapleTree::find_gap`].
     pub fn find_gap(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
-        check_gap_request(min, max, size)?;
         // SAFETY: the writer lock keeps the current version allocated.
-        Ok(unsafe { gap_forward(self.root(), 0, u64::MAX, min, max, size) })
+        unsafe { search_gap(self.root(), min, max, size, Direction::Lowest) }
     }
 
     /// See [`MapleTree::find_gap_rev`].
     pub fn find_gap_rev(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
-        check_gap_request(min, max, size)?;
         // SAFETY: the writer lock keeps the current version allocated.
-        Ok(unsafe { gap_reverse(self.root(), 0, u64::MAX, min, max, size) })
+        unsafe { search_gap(self.root(), min, max, size, Direction::Highest) }
     }
 
     /// Overwrites `[first, last]` with `value`. Parts of existing ranges outside `[first, last]`
