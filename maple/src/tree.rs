@@ -323,9 +323,9 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// The lowest free interval of `size` indices inside `[min, max]`, as `(first, last)`
     /// (kernel: `mas_empty_area`). `Ok(None)` when there is none.
     pub fn find_gap(&self, min: u64, max: u64, size: u64) -> Result<Option<(u64, u64)>, MapleError> {
-        let guard = self.guard();
-        // SAFETY: the guard keeps the version allocated for the search.
-        unsafe { search_gap(self.current_root(), min, max, size, Direction::Lowest) }.inspect(|_| drop(guard))
+        let _guard = self.guard();
+        // SAFETY: the guard keeps the version allocated until the search returns.
+        unsafe { search_gap(self.current_root(), min, max, size, Direction::Lowest) }
     }
 
     /// The highest free interval of `size` indices inside `[min, max]`, as `(first, last)`
