@@ -8,20 +8,10 @@ use fault::frames::{FramePool, FramePoolConfig};
 use fault::pagetable::{PageTable, Pte};
 use maple::rcu::{DefaultRcu, Rcu};
 use maple::sync::atomic::Ordering;
-use maple::sync::{Arc, thread};
+use maple::sync::{Arc, check_random_and_pct, thread};
 
-fn iterations() -> usize {
-    std::env::var("SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000)
-}
-
-fn check_both(f: impl Fn() + Send + Sync + 'static) {
-    let f = std::sync::Arc::new(f);
-    let g = f.clone();
-    shuttle::check_random(move || g(), iterations());
-    shuttle::check_pct(move || f(), iterations(), 3);
+fn check_both(test: impl Fn() + Send + Sync + 'static) {
+    check_random_and_pct(100_000, test);
 }
 
 const ADDR: u64 = 0x4000_0000;

@@ -8,24 +8,14 @@ mod no_grace;
 mod scenarios;
 
 use maple::rcu::ModelRcu;
+use maple::sync::check_random_and_pct;
 use scenarios::NoGrace;
 
-/// Iterations per scheduler; CI runs the suite with the default.
-fn iterations() -> usize {
-    std::env::var("SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000)
-}
+/// Scheduling points one schedule may take before it counts as a livelock.
+const MAX_STEPS: usize = 100_000;
 
-/// PCT's bug depth: how many priority changes a schedule may contain.
-const PCT_DEPTH: usize = 3;
-
-fn check_both(f: impl Fn() + Send + Sync + 'static) {
-    let f = std::sync::Arc::new(f);
-    let g = f.clone();
-    shuttle::check_random(move || g(), iterations());
-    shuttle::check_pct(move || f(), iterations(), PCT_DEPTH);
+fn check_both(test: impl Fn() + Send + Sync + 'static) {
+    check_random_and_pct(MAX_STEPS, test);
 }
 
 #[test]

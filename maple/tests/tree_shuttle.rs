@@ -10,7 +10,11 @@ mod no_grace;
 use maple::MapleTree;
 use maple::rcu::{ModelRcu, Rcu};
 use maple::sync::atomic::{AtomicU64, Ordering};
-use maple::sync::{Arc, thread};
+use maple::sync::{Arc, check_random_and_pct, thread};
+
+fn check_both(test: impl Fn() + Send + Sync + 'static) {
+    check_random_and_pct(100_000, test);
+}
 use no_grace::NoGrace;
 
 const LIVE: u64 = 0x11fe;
@@ -51,20 +55,6 @@ impl Drop for Val {
     fn drop(&mut self) {
         self.state.store(POISONED, Ordering::Relaxed);
     }
-}
-
-fn iterations() -> usize {
-    std::env::var("SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000)
-}
-
-fn check_both(f: impl Fn() + Send + Sync + 'static) {
-    let f = std::sync::Arc::new(f);
-    let g = f.clone();
-    shuttle::check_random(move || g(), iterations());
-    shuttle::check_pct(move || f(), iterations(), 3);
 }
 
 /// Twenty ranges `[100 i, 100 i + 9]` with id `i` (two leaves), plus the writer's target.

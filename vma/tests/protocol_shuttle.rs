@@ -5,9 +5,7 @@
 #![cfg(feature = "shuttle")]
 
 use maple::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use maple::sync::{Arc, thread};
-use shuttle::scheduler::{PctScheduler, RandomScheduler};
-use shuttle::{Config, MaxSteps, Runner};
+use maple::sync::{Arc, check_random_and_pct as check_both, thread};
 use vma::{AddressSpace, BrokenStep, FlushHook, Layout, Lookup, MapFlags, PAGE_SIZE, Prot, Unusable};
 
 const P: u64 = PAGE_SIZE;
@@ -18,27 +16,6 @@ const LAYOUT: Layout = Layout {
 };
 const A: u64 = 0x20000;
 const B: u64 = 0x30000;
-
-fn iterations() -> usize {
-    std::env::var("SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000)
-}
-
-/// Runs `test` under the random and the PCT scheduler; a schedule longer than `max_steps`
-/// (a livelock: someone waits forever) fails.
-fn check_both(max_steps: usize, test: impl Fn() + Send + Sync + 'static) {
-    let test = std::sync::Arc::new(test);
-    let config = || {
-        let mut config = Config::new();
-        config.max_steps = MaxSteps::FailAfter(max_steps);
-        config
-    };
-    let t = test.clone();
-    Runner::new(RandomScheduler::new(iterations()), config()).run(move || t());
-    Runner::new(PctScheduler::new(3, iterations()), config()).run(move || test());
-}
 
 /// Counts flushes.
 #[derive(Clone, Default)]
