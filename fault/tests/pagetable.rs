@@ -1,6 +1,9 @@
 //! The frame pool and the page table, single-threaded semantics and real-thread races.
 #![cfg(not(feature = "shuttle"))]
 
+#[path = "support/scenarios.rs"]
+mod scenarios;
+
 use fault::frames::{FRAME_SIZE, Frame, FramePool, FramePoolConfig};
 use fault::pagetable::{PageTable, Pte, WRITABLE};
 use maple::rcu::{EpochRcu, Rcu};
@@ -125,31 +128,5 @@ fn translations_install_zap_and_free_their_tables() {
 
 #[test]
 fn racing_walkers_share_one_set_of_tables_and_one_frame() {
-    let table = Arc::new(PageTable::new());
-    let pool = Arc::new(pool(64));
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let (table, pool) = (table.clone(), pool.clone());
-            std::thread::spawn(move || {
-                let _guard = EpochRcu.read();
-                let frame = pool.alloc().unwrap();
-                let entry = table.entry_or_insert(0x4000_0000);
-                if entry
-                    .compare_exchange(0, Pte::new(frame, 0).0, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-                {
-                    // SAFETY: never published.
-                    unsafe { pool.free(frame) };
-                }
-            })
-        })
-        .collect();
-    threads.into_iter().for_each(|t| t.join().unwrap());
-    assert_eq!(table.tables(), 3);
-    assert_eq!(pool.in_use(), 1, "one frame installed");
-    let frames = table.zap(0, 1 << 48, &EpochRcu);
-    // SAFETY: unmapped; no reader left.
-    unsafe { pool.free(frames[0]) };
-    assert_eq!((table.tables(), pool.in_use()), (0, 0));
-    EpochRcu.barrier();
+    scenarios::racing_installs_share_tables_and_one_frame::<EpochRcu>(4);
 }

@@ -4,7 +4,9 @@
 //! none, and the zap leaves no table behind. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
-use fault::frames::{FramePool, FramePoolConfig};
+#[path = "support/scenarios.rs"]
+mod scenarios;
+
 use fault::pagetable::{PageTable, Pte};
 use maple::rcu::{DefaultRcu, Rcu};
 use maple::sync::atomic::Ordering;
@@ -18,40 +20,7 @@ const ADDR: u64 = 0x4000_0000;
 
 #[test]
 fn racing_installs_share_tables_and_one_frame() {
-    check_both(|| {
-        let table = Arc::new(PageTable::new());
-        let pool = Arc::new(
-            FramePool::new(FramePoolConfig {
-                chunk_frames: 4,
-                max_frames: 8,
-            })
-            .unwrap(),
-        );
-        let rcu = Arc::new(DefaultRcu::default());
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let (table, pool, rcu) = (table.clone(), pool.clone(), rcu.clone());
-                thread::spawn(move || {
-                    let _guard = rcu.read();
-                    let frame = pool.alloc().unwrap();
-                    let entry = table.entry_or_insert(ADDR);
-                    if entry
-                        .compare_exchange(0, Pte::new(frame, 0).0, Ordering::AcqRel, Ordering::Acquire)
-                        .is_err()
-                    {
-                        // SAFETY: never published.
-                        unsafe { pool.free(frame) };
-                    }
-                })
-            })
-            .collect();
-        threads.into_iter().for_each(|t| t.join().unwrap());
-        assert_eq!(table.tables(), 3, "one table per level");
-        assert_eq!(pool.in_use(), 1, "one frame installed");
-        let frames = table.zap(0, 1 << 48, &*rcu);
-        assert_eq!((frames.len(), table.tables()), (1, 0));
-        rcu.barrier();
-    });
+    check_both(|| scenarios::racing_installs_share_tables_and_one_frame::<DefaultRcu>(2));
 }
 
 #[test]
