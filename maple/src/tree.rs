@@ -603,6 +603,19 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
             .map(|&(first, last, value)| (first, last, unsafe { &*value }))
     }
 
+    /// Takes over the values `other` displaced (from the same tree), so that one grace period
+    /// covers both writes.
+    ///
+    /// # Panics
+    /// If `other` comes from another tree.
+    pub fn append(&mut self, mut other: Self) {
+        assert!(
+            std::ptr::eq(self.tree, other.tree),
+            "Displaced::append across trees"
+        );
+        self.values.append(&mut other.values);
+    }
+
     /// Waits for a grace period (no reader can still see the values), then returns them.
     ///
     /// # Panics
@@ -612,6 +625,23 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
         std::mem::take(&mut self.values)
             .into_iter()
             // SAFETY: after the grace period no reader holds the values; each came from a box.
+            .map(|(first, last, value)| (first, last, unsafe { P::from_raw(value) }))
+            .collect()
+    }
+}
+
+impl<P: ValuePointer, R: Rcu> Displaced<'_, P, R> {
+    /// Returns the values at once, without waiting for a grace period (shuttle builds only:
+    /// the tests that show a missing grace period is caught).
+    ///
+    /// # Safety
+    /// Readers may still be reading the values: the caller must keep them allocated.
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub unsafe fn reclaim_without_grace_period(mut self) -> Vec<(u64, u64, P)> {
+        std::mem::take(&mut self.values)
+            .into_iter()
+            // SAFETY: each came from a box; the caller keeps them allocated for readers.
             .map(|(first, last, value)| (first, last, unsafe { P::from_raw(value) }))
             .collect()
     }

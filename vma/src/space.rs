@@ -30,15 +30,27 @@ use maple::rcu::DefaultRcu;
 use maple::rcu::Rcu as _;
 use maple::sync::Mutex;
 use maple::sync::atomic::{AtomicU64, Ordering};
-use maple::{Guard, MapleTree, Writer};
+use maple::{Displaced, Guard, MapleTree, Writer};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-/// What the fault layer must do when mappings change. Called by writers, with the tree's writer
-/// lock held, after the old VMAs of the range are gone and before the new ones are usable.
+/// What the fault layer must do to its translations when mappings change (step 6 of the
+/// protocol). Called by writers, with the tree's writer lock held, after the old VMAs of the
+/// range are gone (no fault can install a translation from them any more) and before the new
+/// ones are usable (none can install one from them yet). `rcu` is the space's domain: memory
+/// that lock-free walkers may still be reading is retired to it.
 pub trait FlushHook: Send + Sync {
-    /// Removes every translation in `[start, end)`.
-    fn flush(&self, start: u64, end: u64);
+    /// Removes every translation in `[start, end)` (munmap, MAP_FIXED over old mappings, brk
+    /// and mremap shrinking).
+    fn zap(&self, start: u64, end: u64, rcu: &DefaultRcu);
+
+    /// `[start, end)` now has permissions `prot` (mprotect): no translation may allow more
+    /// (translations may keep allowing less; faults upgrade them).
+    fn protect(&self, start: u64, end: u64, prot: Prot, rcu: &DefaultRcu);
+
+    /// `[from, from + len)` moved to `[to, to + len)` (mremap): the translations move with it,
+    /// keeping the contents. The destination holds none.
+    fn relocate(&self, from: u64, to: u64, len: u64, rcu: &DefaultRcu);
 }
 
 /// A flush hook for address spaces without page tables (tests, pure VMA bookkeeping).
@@ -46,7 +58,38 @@ pub trait FlushHook: Send + Sync {
 pub struct NoFlush;
 
 impl FlushHook for NoFlush {
-    fn flush(&self, _start: u64, _end: u64) {}
+    fn zap(&self, _start: u64, _end: u64, _rcu: &DefaultRcu) {}
+
+    fn protect(&self, _start: u64, _end: u64, _prot: Prot, _rcu: &DefaultRcu) {}
+
+    fn relocate(&self, _from: u64, _to: u64, _len: u64, _rcu: &DefaultRcu) {}
+}
+
+/// One call of the flush hook, recorded by an operation and made in step 6.
+#[derive(Debug, Clone, Copy)]
+enum Flush {
+    Zap(u64, u64),
+    Protect(u64, u64, Prot),
+    Relocate { from: u64, to: u64, len: u64 },
+}
+
+/// One run of the protocol: the changes an operation published (steps 1–2), waiting for
+/// `AddressSpace::finish` to complete steps 3–7 for all of them at once (mremap publishes an
+/// unmap and a map in one run, so the contents move while neither range is usable).
+struct Run<'t> {
+    displaced: Option<Displaced<'t, Box<Vma>, DefaultRcu>>,
+    /// New VMAs (BABY) still in the tree; their boxes do not move, and only this writer could
+    /// free them.
+    born: Vec<*const Vma>,
+}
+
+impl Run<'_> {
+    fn new() -> Self {
+        Self {
+            displaced: None,
+            born: Vec::new(),
+        }
+    }
 }
 
 /// The bounds of an address space.
@@ -518,7 +561,7 @@ impl AddressSpace {
             name: None,
         };
         let change = self.carve(&writer, start, end, vec![mapping]);
-        self.settle(&mut writer, change, &[(start, end)]);
+        self.settle(&mut writer, change, &[Flush::Zap(start, end)]);
         Ok(start)
     }
 
@@ -540,7 +583,7 @@ impl AddressSpace {
     fn unmap_locked(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, start: u64, end: u64) {
         if self.first_in(writer, start, end).is_some() {
             let change = self.carve(writer, start, end, Vec::new());
-            self.settle(writer, change, &[(start, end)]);
+            self.settle(writer, change, &[Flush::Zap(start, end)]);
         } else {
             // Nothing is mapped: nobody can be using it, so nothing to wait for.
             #[cfg(feature = "shuttle")]
@@ -595,7 +638,11 @@ impl AddressSpace {
                 new.push(mapping.slice(to, mapping.end));
             }
         }
-        self.settle(&mut writer, Change { lo, hi, new }, &[(addr, changed_end)]);
+        self.settle(
+            &mut writer,
+            Change { lo, hi, new },
+            &[Flush::Protect(addr, changed_end, prot)],
+        );
         if changed_end < end {
             return Err(enomem("part of the range is unmapped"));
         }
@@ -688,9 +735,10 @@ impl AddressSpace {
         }
     }
 
-    /// Moves `[old, old + old_len)` of `source` to `target`, resized to `new_len`: the old range
-    /// is unmapped, then the moved mapping (same object, same page offset) is mapped at
-    /// `target`, merging with its new neighbours.
+    /// Moves `[old, old + old_len)` of `source` to `target`, resized to `new_len`, in one run
+    /// of the protocol: the old range is unmapped and the moved mapping (same object, same page
+    /// offset) mapped at `target`, merging with its new neighbours; the translations of the
+    /// part kept move with it.
     fn move_locked(
         &self,
         writer: &mut Writer<'_, Box<Vma>, DefaultRcu>,
@@ -706,9 +754,21 @@ impl AddressSpace {
             end: target + new_len,
             ..kept
         };
-        self.unmap_locked(writer, old, old + old_len);
+        let mut run = Run::new();
+        let unmap = self.carve(writer, old, old + old_len, Vec::new());
+        self.stage(writer, unmap, &mut run);
         let insert = self.carve(writer, target, target + new_len, vec![moved]);
-        self.settle(writer, insert, &[(target, target + new_len)]);
+        self.stage(writer, insert, &mut run);
+        let kept = old_len.min(new_len);
+        let flush = [
+            Flush::Relocate {
+                from: old,
+                to: target,
+                len: kept,
+            },
+            Flush::Zap(old, old + old_len),
+        ];
+        self.finish(run, &flush);
         target
     }
 
@@ -855,9 +915,16 @@ impl AddressSpace {
         }
     }
 
+    /// Runs the protocol for one change (see [`AddressSpace::stage`]) with `flush` as step 6.
+    fn settle(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, change: Change, flush: &[Flush]) {
+        let mut run = Run::new();
+        self.stage(writer, change, &mut run);
+        self.finish(run, flush);
+    }
+
     /// Merges the change with compatible neighbours and within itself (Linux's merge rules)
-    /// and applies it, unless it changes nothing.
-    fn settle(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, change: Change, flush: &[(u64, u64)]) {
+    /// and publishes it into `run` (steps 1–2), unless it changes nothing.
+    fn stage<'t>(&self, writer: &mut Writer<'t, Box<Vma>, DefaultRcu>, change: Change, run: &mut Run<'t>) {
         let Change { mut lo, mut hi, new } = change;
         let mut merged: Vec<Mapping> = Vec::with_capacity(new.len() + 2);
         if let Some(first) = new.first()
@@ -888,22 +955,20 @@ impl AddressSpace {
         let unchanged =
             old.len() == merged.len() && old.iter().zip(&merged).all(|(o, m)| o.mapping().same_as(m));
         if !unchanged {
-            self.apply(writer, Change { lo, hi, new: merged }, flush);
+            self.publish(writer, Change { lo, hi, new: merged }, run);
         }
     }
 
-    /// The replacement protocol (steps 1–7 of the module documentation) for `changes`;
-    /// `flush` lists the ranges whose translations must go.
-    fn apply(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, change: Change, flush: &[(u64, u64)]) {
-        // 1. New VMAs, born BABY; keep their addresses to bring them to life in step 7 (the
-        //    boxes do not move, and only this writer could free them).
-        let mut born: Vec<*const Vma> = Vec::with_capacity(change.new.len());
+    /// Steps 1–2 of the replacement protocol (module documentation) for `change`.
+    fn publish<'t>(&self, writer: &mut Writer<'t, Box<Vma>, DefaultRcu>, change: Change, run: &mut Run<'t>) {
+        // 1. New VMAs, born BABY.
+        let first_born = run.born.len();
         let values: Vec<(u64, u64, Box<Vma>)> = change
             .new
             .into_iter()
             .map(|mapping| {
                 let vma = Box::new(Vma::new(mapping));
-                born.push(&*vma);
+                run.born.push(&*vma);
                 (vma.start(), vma.end() - 1, vma)
             })
             .collect();
@@ -921,10 +986,35 @@ impl AddressSpace {
         let displaced = erased.unwrap_or(displaced);
         #[cfg(feature = "shuttle")]
         if self.skips(BrokenStep::Baby) {
-            born.drain(..).for_each(birth_published);
+            run.born.drain(first_born..).for_each(birth_published);
             self.events.notify();
         }
-        if !displaced.is_empty() {
+        if displaced.is_empty() {
+            return;
+        }
+        // A VMA born earlier in this run and displaced now is never born: it is freed with the
+        // rest.
+        if first_born > 0 {
+            let (earlier, _) = run.born.split_at(first_born);
+            let gone: Vec<*const Vma> = earlier
+                .iter()
+                .copied()
+                .filter(|&vma| displaced.iter().any(|(_, _, old)| std::ptr::eq(old, vma)))
+                .collect();
+            run.born.retain(|vma| !gone.contains(vma));
+        }
+        match &mut run.displaced {
+            Some(all) => all.append(displaced),
+            None => run.displaced = Some(displaced),
+        }
+    }
+
+    /// Steps 3–7 of the replacement protocol for everything `run` published; `flush` lists the
+    /// hook calls of step 6. A run that displaced nothing skips steps 3–6: nothing was mapped
+    /// in the changed ranges, so nobody can be using them and no translation exists there.
+    fn finish(&self, run: Run<'_>, flush: &[Flush]) {
+        let Run { displaced, born } = run;
+        if let Some(displaced) = displaced {
             // 3. No new references; wait for the held ones.
             let mut referenced = false;
             for (_, _, vma) in displaced.iter() {
@@ -938,20 +1028,28 @@ impl AddressSpace {
                 self.events
                     .wait_until(|| displaced.iter().all(|(_, _, vma)| vma.drained()));
             }
-            #[cfg(feature = "shuttle")]
-            if self.skips(BrokenStep::GracePeriod) {
-                displaced.iter().for_each(|(_, _, vma)| vma.poison());
-            }
             // 4 and 5. A grace period, then free them.
-            let freed = displaced.reclaim();
+            #[cfg(not(feature = "shuttle"))]
+            drop(displaced.reclaim());
+            #[cfg(feature = "shuttle")]
+            let freed = if self.skips(BrokenStep::GracePeriod) {
+                // SAFETY: the values are quarantined below, never freed, so readers that still
+                // see them read poisoned but allocated memory (which the tests detect).
+                unsafe { displaced.reclaim_without_grace_period() }
+            } else {
+                displaced.reclaim()
+            };
             #[cfg(feature = "shuttle")]
             freed.into_iter().for_each(|(_, _, vma)| vma.quarantine());
-            #[cfg(not(feature = "shuttle"))]
-            drop(freed);
-        }
-        // 6. Flush the changed ranges.
-        for &(start, end) in flush {
-            self.flush.flush(start, end);
+            // 6. Flush the changed ranges.
+            let rcu = self.rcu();
+            for &op in flush {
+                match op {
+                    Flush::Zap(start, end) => self.flush.zap(start, end, rcu),
+                    Flush::Protect(start, end, prot) => self.flush.protect(start, end, prot, rcu),
+                    Flush::Relocate { from, to, len } => self.flush.relocate(from, to, len, rcu),
+                }
+            }
         }
         // 7. Bring the new VMAs to life and wake the faults waiting for them.
         if !born.is_empty() {

@@ -312,19 +312,12 @@ impl Vma {
         self.state.load(Ordering::Acquire) & COUNT == 0
     }
 
-    /// Under shuttle, "frees" a VMA nobody can reach any more by poisoning it and keeping its
-    /// memory (see `FREED`).
+    /// Under shuttle, "frees" a VMA by poisoning it and keeping its memory (see `FREED`), so a
+    /// reader that still uses it (a protocol-breaking test variant) is caught.
     #[cfg(feature = "shuttle")]
     pub(crate) fn quarantine(self: Box<Self>) {
-        self.poison();
-        Box::leak(self);
-    }
-
-    /// Marks the VMA freed (shuttle builds: the protocol-breaking test variants use it to free a
-    /// VMA too early).
-    #[cfg(feature = "shuttle")]
-    pub(crate) fn poison(&self) {
         self.state.store(FREED, Ordering::Release);
+        Box::leak(self);
     }
 
     /// Makes a BABY VMA usable.

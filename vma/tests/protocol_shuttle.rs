@@ -4,6 +4,7 @@
 //! shuttle, so a use after free is detected. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
+use maple::rcu::DefaultRcu;
 use maple::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use maple::sync::{Arc, check_random_and_pct as check_both, thread};
 use vma::{AddressSpace, BrokenStep, FlushHook, Layout, Lookup, MapFlags, PAGE_SIZE, Prot, Unusable};
@@ -22,7 +23,15 @@ const B: u64 = 0x30000;
 struct Flushes(Arc<AtomicU64>);
 
 impl FlushHook for Flushes {
-    fn flush(&self, _start: u64, _end: u64) {
+    fn zap(&self, _start: u64, _end: u64, _rcu: &DefaultRcu) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn protect(&self, _start: u64, _end: u64, _prot: Prot, _rcu: &DefaultRcu) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn relocate(&self, _from: u64, _to: u64, _len: u64, _rcu: &DefaultRcu) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
