@@ -1,15 +1,26 @@
 //! The frame pool: real 4 KiB frames carved from large zeroed allocations ("chunks"), handed
-//! out and taken back from many threads.
+//! out and taken back from many threads, each with a reference count.
 //!
-//! Invariants: a frame number `n` lives in chunk `n / chunk_frames` at offset
-//! `(n % chunk_frames) * 4096`; chunks are only added (never moved or freed before the pool is
-//! dropped), so a frame's memory stays valid for the pool's lifetime; a frame is either free
-//! (in the free list) or owned by exactly one holder; `in_use` counts the owned ones.
+//! Invariants:
+//! - A frame number `n` lives in chunk `n / chunk_frames` at offset `(n % chunk_frames) *
+//!   4096`; chunks are only added (never moved or freed before the pool is dropped), so a
+//!   frame's memory stays valid for the pool's lifetime.
+//! - A frame is free (in exactly one shard's free list, count 0) or held (count > 0, one per
+//!   holder: a translation, a file's page cache, a fault in progress). The holder that drops the
+//!   count to zero puts it back in a free list.
+//! - Frame contents are only accessed through [`FramePool::read`], [`FramePool::write`] and
+//!   [`FramePool::copy`] (byte-wise relaxed atomics: threads may race on a page as CPUs do), or
+//!   by the sole holder of a frame no translation maps yet (zero-filling).
+//! - Free lists are sharded by thread, so threads allocating at once rarely share a lock; a
+//!   thread whose shard is empty refills it from a new chunk or takes frames from another shard.
 
+use crate::shard::{SHARDS, thread_shard};
 use maple::sync::Mutex;
-use maple::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use maple::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, Ordering, fence};
+// Frame contents are plain memory viewed as std atomics (a shuttle atomic is not a byte).
 use std::alloc::Layout;
 use std::fmt;
+use std::sync::atomic::AtomicU8;
 
 /// Bytes in a frame.
 pub const FRAME_SIZE: usize = 4096;
@@ -52,9 +63,13 @@ impl fmt::Display for BadPoolConfig {
 
 impl std::error::Error for BadPoolConfig {}
 
-struct FreeList {
-    frames: Vec<Frame>,
-    chunks: usize,
+/// One shard's free frames, and how many frames its threads took minus gave back.
+#[repr(align(128))]
+struct Shard {
+    free: Mutex<Vec<Frame>>,
+    /// Allocations minus frees through this shard (may go negative: a frame allocated by one
+    /// thread may be freed by another). Only the sum over shards means anything.
+    held: AtomicI64,
 }
 
 /// A pool of 4 KiB frames, safe to use from many threads.
@@ -63,8 +78,11 @@ pub struct FramePool {
     /// Chunk base addresses; Release-stored once when a chunk is added, Acquire-loaded by
     /// `frame_ptr` (pairing with it) so a frame's memory is visible before its number is.
     chunks: Box<[AtomicPtr<u8>]>,
-    free: Mutex<FreeList>,
-    in_use: AtomicUsize,
+    /// Reference count per frame.
+    counts: Box<[AtomicU32]>,
+    shards: Box<[Shard]>,
+    /// Chunks allocated so far; held while adding one.
+    grow: Mutex<usize>,
 }
 
 impl fmt::Debug for FramePool {
@@ -97,11 +115,14 @@ impl FramePool {
             chunks: (0..MAX_CHUNKS)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
-            free: Mutex::new(FreeList {
-                frames: Vec::new(),
-                chunks: 0,
-            }),
-            in_use: AtomicUsize::new(0),
+            counts: (0..config.max_frames).map(|_| AtomicU32::new(0)).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    free: Mutex::new(Vec::new()),
+                    held: AtomicI64::new(0),
+                })
+                .collect(),
+            grow: Mutex::new(0),
         })
     }
 
@@ -109,66 +130,117 @@ impl FramePool {
         Layout::from_size_align(self.config.chunk_frames * FRAME_SIZE, FRAME_SIZE).expect("checked in new")
     }
 
-    /// A frame (its contents are whatever the last user left), or `None` when the pool is at
-    /// its size.
+    /// A frame with one reference for the caller (its contents are whatever the last user
+    /// left), or `None` when the pool is at its size.
     pub fn alloc(&self) -> Option<Frame> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.frames.is_empty() {
-            let total = free.chunks * self.config.chunk_frames;
-            if total >= self.config.max_frames {
-                return None;
-            }
-            // SAFETY: the layout has a non-zero size.
-            let chunk = unsafe { std::alloc::alloc_zeroed(self.chunk_layout()) };
-            if chunk.is_null() {
-                return None;
-            }
-            // Release pairs with the Acquire in `frame_ptr`.
-            self.chunks[free.chunks].store(chunk, Ordering::Release);
-            let first = total as u64;
-            let count = self.config.chunk_frames.min(self.config.max_frames - total) as u64;
-            free.frames.extend((first..first + count).rev().map(Frame));
-            free.chunks += 1;
-        }
-        let frame = free.frames.pop();
-        drop(free);
-        self.in_use.fetch_add(1, Ordering::Relaxed);
-        frame
+        let home = thread_shard();
+        let frame = self
+            .pop(home)
+            .or_else(|| self.add_chunk(home))
+            .or_else(|| (1..SHARDS).find_map(|i| self.pop((home + i) % SHARDS)))?;
+        // The frame is free: nobody else holds its count.
+        self.counts[frame.0 as usize].store(1, Ordering::Relaxed);
+        self.shards[home].held.fetch_add(1, Ordering::Relaxed);
+        Some(frame)
     }
 
-    /// A zero-filled frame.
+    fn pop(&self, shard: usize) -> Option<Frame> {
+        self.shards[shard]
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+    }
+
+    /// Adds a chunk, puts all but one of its frames in `shard`'s free list and returns that
+    /// one; `None` at the pool's size.
+    fn add_chunk(&self, shard: usize) -> Option<Frame> {
+        let mut chunks = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        let total = *chunks * self.config.chunk_frames;
+        if total >= self.config.max_frames {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size.
+        let chunk = unsafe { std::alloc::alloc_zeroed(self.chunk_layout()) };
+        if chunk.is_null() {
+            return None;
+        }
+        // Release pairs with the Acquire in `frame_ptr`.
+        self.chunks[*chunks].store(chunk, Ordering::Release);
+        *chunks += 1;
+        drop(chunks);
+        let first = total as u64;
+        let count = self.config.chunk_frames.min(self.config.max_frames - total) as u64;
+        self.shards[shard]
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend((first + 1..first + count).rev().map(Frame));
+        Some(Frame(first))
+    }
+
+    /// A zero-filled frame with one reference for the caller.
     pub fn alloc_zeroed(&self) -> Option<Frame> {
         let frame = self.alloc()?;
-        // SAFETY: the frame was just handed out: the caller owns it.
+        // SAFETY: the frame was just handed out: the caller is its only holder and nothing
+        // maps it, so nobody else accesses its memory.
         unsafe { std::ptr::write_bytes(self.frame_ptr(frame), 0, FRAME_SIZE) };
         Some(frame)
     }
 
-    /// Gives a frame back.
+    /// Takes another reference on a frame the caller holds (or reached through something that
+    /// holds it and cannot drop it meanwhile).
+    pub fn get(&self, frame: Frame) {
+        let before = self.count(frame).fetch_add(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "get on free frame {frame:?}");
+    }
+
+    /// Drops a reference; the last one puts the frame back in the pool.
     ///
     /// # Safety
-    /// The frame came from this pool, is owned by the caller, and nothing can reach it any more
-    /// (no translation maps it, no reader still copies from it).
-    pub unsafe fn free(&self, frame: Frame) {
-        self.in_use.fetch_sub(1, Ordering::Relaxed);
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .frames
-            .push(frame);
+    /// The caller holds this reference (from `alloc`, `get`, or one handed over to it), and
+    /// nothing uses the frame through it any more (no translation that the reference stood for
+    /// can still be walked by a reader).
+    pub unsafe fn put(&self, frame: Frame) {
+        // Release pairs with the Acquire fence of whoever drops the last reference: every use
+        // through this reference happens before the frame is reused.
+        let before = self.count(frame).fetch_sub(1, Ordering::Release);
+        debug_assert!(before > 0, "put on free frame {frame:?}");
+        if before == 1 {
+            fence(Ordering::Acquire);
+            let shard = thread_shard();
+            self.shards[shard].held.fetch_sub(1, Ordering::Relaxed);
+            self.shards[shard]
+                .free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(frame);
+        }
+    }
+
+    /// References held on a frame now (for tests).
+    pub fn references(&self, frame: Frame) -> u32 {
+        self.count(frame).load(Ordering::Relaxed)
+    }
+
+    fn count(&self, frame: Frame) -> &AtomicU32 {
+        usize::try_from(frame.0)
+            .ok()
+            .and_then(|n| self.counts.get(n))
+            .unwrap_or_else(|| panic!("frame {frame:?} does not belong to this pool"))
     }
 
     /// The frame's memory (4096 bytes).
     ///
     /// # Panics
     /// If `frame` was never handed out by this pool.
-    pub fn frame_ptr(&self, frame: Frame) -> *mut u8 {
+    fn frame_ptr(&self, frame: Frame) -> *mut u8 {
         let n = usize::try_from(frame.0).expect("frame number fits usize");
         let chunk = self
             .chunks
             .get(n / self.config.chunk_frames)
             .map_or(std::ptr::null_mut(), |c| {
-                // Acquire pairs with the Release in `alloc`.
+                // Acquire pairs with the Release in `add_chunk`.
                 c.load(Ordering::Acquire)
             });
         assert!(
@@ -179,9 +251,52 @@ impl FramePool {
         unsafe { chunk.add((n % self.config.chunk_frames) * FRAME_SIZE) }
     }
 
-    /// Frames handed out and not given back.
+    /// The frame's bytes as atomics: threads may read and write a mapped page at once, as CPUs
+    /// do, without a data race.
+    fn bytes(&self, frame: Frame) -> &[AtomicU8] {
+        // SAFETY: the frame's 4096 bytes stay allocated for the pool's lifetime; AtomicU8 has
+        // the layout of u8, and every access to mapped frames goes through these atomics.
+        unsafe { std::slice::from_raw_parts(self.frame_ptr(frame).cast::<AtomicU8>(), FRAME_SIZE) }
+    }
+
+    /// Copies `buf.len()` bytes from `frame` at `offset`.
+    ///
+    /// # Panics
+    /// If the range leaves the frame.
+    pub fn read(&self, frame: Frame, offset: usize, buf: &mut [u8]) {
+        let bytes = &self.bytes(frame)[offset..offset + buf.len()];
+        for (out, byte) in buf.iter_mut().zip(bytes) {
+            *out = byte.load(std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Copies `data` into `frame` at `offset`.
+    ///
+    /// # Panics
+    /// If the range leaves the frame.
+    pub fn write(&self, frame: Frame, offset: usize, data: &[u8]) {
+        let bytes = &self.bytes(frame)[offset..offset + data.len()];
+        for (byte, &value) in bytes.iter().zip(data) {
+            byte.store(value, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Copies the whole of `from` into `to`.
+    pub fn copy(&self, from: Frame, to: Frame) {
+        for (dst, src) in self.bytes(to).iter().zip(self.bytes(from)) {
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            dst.store(src.load(relaxed), relaxed);
+        }
+    }
+
+    /// Frames held (handed out and not yet back).
     pub fn in_use(&self) -> usize {
-        self.in_use.load(Ordering::Relaxed)
+        let held: i64 = self
+            .shards
+            .iter()
+            .map(|shard| shard.held.load(Ordering::Relaxed))
+            .sum();
+        usize::try_from(held).unwrap_or(0)
     }
 
     /// The pool's configuration.
@@ -196,7 +311,7 @@ impl Drop for FramePool {
         for chunk in self.chunks.iter() {
             let chunk = chunk.load(Ordering::Relaxed);
             if !chunk.is_null() {
-                // SAFETY: allocated in `alloc` with this layout; the pool owns it.
+                // SAFETY: allocated in `add_chunk` with this layout; the pool owns it.
                 unsafe { std::alloc::dealloc(chunk, layout) };
             }
         }

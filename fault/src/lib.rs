@@ -1,9 +1,48 @@
 //! # fault
 //!
-//! The fault layer's building blocks: a [`frames::FramePool`] of real 4 KiB frames and a
-//! lock-free 4-level [`pagetable::PageTable`]. The fault engine and the embeddable memory
-//! manager that tie them to `vma::AddressSpace` are not built yet.
+//! Page faults that find their VMA without any address-space lock, over a software page table
+//! and a pool of real frames, tied together in [`Mm`]: an embeddable memory manager whose
+//! memory can be mapped, faulted, read and written with Linux-like results.
+//!
+//! - [`frames`]: the frame pool (4 KiB frames with reference counts, per-thread free lists);
+//! - [`pagetable`]: a lock-free 4-level page table;
+//! - [`backing`]: file-like objects (the [`Backing`] trait, [`MemBacking`], [`File`]);
+//! - the engine ([`Mm::fault`]): an RCU-only fast path and a slow path that holds a VMA
+//!   reference across blocking reads (see docs/fault.md);
+//! - [`Mm`]: mmap / munmap / mprotect / mremap / brk / madvise_dontneed, `read` / `write`,
+//!   statistics.
+//!
+//! ```
+//! use fault::{Access, FaultError, FramePool, FramePoolConfig, Mm, MmConfig};
+//! use std::sync::Arc;
+//! use vma::{MapFlags, Prot};
+//!
+//! let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
+//! let mm = Mm::new(MmConfig::default(), frames).unwrap();
+//! let a = mm.mmap(0, 2 * 4096, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None).unwrap();
+//! mm.write(a + 4090, b"hello, world").unwrap(); // crosses a page boundary
+//! let mut buf = [0; 12];
+//! mm.read(a + 4090, &mut buf).unwrap();
+//! assert_eq!(&buf, b"hello, world");
+//!
+//! mm.mprotect(a, 2 * 4096, Prot::READ).unwrap();
+//! assert_eq!(mm.write(a, b"x").unwrap_err().error, FaultError::AccessDenied);
+//! mm.munmap(a, 2 * 4096).unwrap();
+//! assert_eq!(mm.fault(a, Access::Read), Err(FaultError::NotMapped));
+//! println!("{}", mm.stats());
+//! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod backing;
+mod engine;
 pub mod frames;
+mod mm;
 pub mod pagetable;
+mod shard;
+mod stats;
+
+pub use backing::{Backing, BackingError, File, MemBacking};
+pub use engine::{Access, AccessError, Fault, FaultError};
+pub use frames::{Frame, FramePool, FramePoolConfig};
+pub use mm::{Mm, MmConfig};
+pub use stats::FaultStats;

@@ -1,9 +1,11 @@
 //! A software page table: a 4-level radix tree of 512 atomic entries per table, translating
 //! 48-bit addresses in 4 KiB pages, walked without locks.
 //!
-//! Entry format (`u64`): bit 0 present, bit 1 writable, bit 2 dirty, bit 3 accessed; bits 12..
-//! hold the frame number shifted left by 12 (leaf level) or the address of the next table
-//! (upper levels; tables are 4096-aligned).
+//! Entry format (`u64`): bit 0 present (the entry holds a frame), bit 1 writable, bit 2 dirty,
+//! bit 3 accessed, bit 4 private (the frame is the mapping's own copy, not a file's page), bit 5
+//! no-access (the frame is kept but the translation grants nothing: PROT_NONE); bits 12.. hold
+//! the frame number shifted left by 12 (leaf level) or the address of the next table (upper
+//! levels; tables are 4096-aligned). A present leaf entry holds one reference on its frame.
 //!
 //! Invariants:
 //! - A table, once linked into its parent with a compare-and-swap (Release, pairing with the
@@ -26,6 +28,10 @@ pub const WRITABLE: u64 = 1 << 1;
 pub const DIRTY: u64 = 1 << 2;
 /// The page was accessed through this translation.
 pub const ACCESSED: u64 = 1 << 3;
+/// The frame is the mapping's own (anonymous memory, or a private copy of a file page).
+pub const PRIVATE: u64 = 1 << 4;
+/// The frame is kept but the translation allows no access (the mapping is PROT_NONE now).
+pub const NO_ACCESS: u64 = 1 << 5;
 
 const FLAGS: u64 = 0xfff;
 const ENTRIES: usize = 512;
@@ -57,14 +63,29 @@ impl Pte {
         Self((frame.0 << 12) | (flags & FLAGS) | PRESENT)
     }
 
-    /// Whether the translation is valid.
+    /// Whether the entry holds a frame.
     pub fn present(self) -> bool {
         self.0 & PRESENT != 0
     }
 
-    /// Whether writes are allowed.
+    /// Whether the translation allows reads (present and not [`NO_ACCESS`]).
+    pub fn readable(self) -> bool {
+        self.0 & (PRESENT | NO_ACCESS) == PRESENT
+    }
+
+    /// Whether the frame is the mapping's own ([`PRIVATE`]).
+    pub fn private(self) -> bool {
+        self.0 & PRIVATE != 0
+    }
+
+    /// The same entry with `set` bits set and `clear` bits cleared.
+    pub fn with(self, set: u64, clear: u64) -> Self {
+        Self((self.0 | (set & FLAGS)) & !(clear & FLAGS))
+    }
+
+    /// Whether writes are allowed (present, writable and not [`NO_ACCESS`]).
     pub fn writable(self) -> bool {
-        self.0 & WRITABLE != 0
+        self.readable() && self.0 & WRITABLE != 0
     }
 
     /// The frame it maps.
@@ -239,15 +260,90 @@ impl PageTable {
         }
     }
 
-    /// Clears the writable bit of every translation in `[start, end)` (mprotect removing write).
-    pub fn write_protect(&self, start: u64, end: u64) {
-        let mut addr = start;
-        while addr < end.min(ADDRESS_LIMIT) {
-            if let Some(entry) = self.entry(addr) {
-                entry.fetch_and(!WRITABLE, Ordering::AcqRel);
+    /// Calls `f` with the address and entry of every leaf entry in `[start, end)` whose tables
+    /// exist (absent tables are skipped whole). Call it inside a read-side section, or as the
+    /// writer that alone unlinks tables.
+    fn for_each_entry(&self, start: u64, end: u64, mut f: impl FnMut(u64, &AtomicU64)) {
+        fn visit(
+            table: &Table,
+            level: u32,
+            base: u64,
+            (start, end): (u64, u64),
+            f: &mut dyn FnMut(u64, &AtomicU64),
+        ) {
+            let span = entry_span(level);
+            let first = if start > base { index(start, level) } else { 0 };
+            for slot in first..ENTRIES {
+                let lo = base + slot as u64 * span;
+                if lo >= end {
+                    break;
+                }
+                let entry = &table.entries[slot];
+                if level == 1 {
+                    f(lo, entry);
+                    continue;
+                }
+                // Acquire pairs with the Release of the CAS that linked the table.
+                let next = entry.load(Ordering::Acquire);
+                if next != 0 {
+                    // SAFETY: linked tables stay allocated until a grace period after they are
+                    // unlinked, and the caller is inside a read-side section (or the writer).
+                    let child = unsafe { &*((next & !FLAGS) as *const Table) };
+                    visit(child, level - 1, lo, (start.max(lo), end.min(lo + span)), f);
+                }
             }
-            addr += 4096;
         }
+        let end = end.min(ADDRESS_LIMIT);
+        if start < end {
+            visit(&self.root, LEVELS, 0, (start, end), &mut f);
+        }
+    }
+
+    /// Makes every translation in `[start, end)` allow no more than `read` / `write`: clears
+    /// the writable bit, and without read sets [`NO_ACCESS`] (the frames stay: the contents
+    /// survive until permissions come back). Faults restore what the mapping allows.
+    pub fn protect(&self, start: u64, end: u64, read: bool, write: bool) {
+        let (set, clear) = match (read, write) {
+            (_, true) => return,
+            (true, false) => (0, WRITABLE),
+            (false, false) => (NO_ACCESS, WRITABLE),
+        };
+        self.for_each_entry(start, end, |_, entry| {
+            // AcqRel: orders with faults that CAS the entry.
+            let _ = entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                (old & PRESENT != 0).then(|| Pte(old).with(set, clear).0)
+            });
+        });
+    }
+
+    /// Moves the translations of `[from, from + len)` to `[to, to + len)` (mremap), allocating
+    /// the destination's tables; the destination holds none. The caller guarantees that nobody
+    /// installs translations in either range meanwhile, and zaps the source afterwards to free
+    /// its tables.
+    pub fn relocate(&self, from: u64, to: u64, len: u64) {
+        self.for_each_entry(from, from.saturating_add(len), |addr, entry| {
+            let old = entry.swap(0, Ordering::AcqRel);
+            if old & PRESENT != 0 {
+                let previous = self.entry_or_insert(addr - from + to).swap(old, Ordering::AcqRel);
+                debug_assert_eq!(previous, 0, "relocate into a range with translations");
+            }
+        });
+    }
+
+    /// Removes every translation in `[start, end)` but keeps the tables, and returns the frames
+    /// they held (put them once no reader can still be copying through an old translation).
+    /// Safe against faults installing meanwhile (MADV_DONTNEED); call it inside a read-side
+    /// section.
+    pub fn clear(&self, start: u64, end: u64) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        self.for_each_entry(start, end, |_, entry| {
+            // Acquire: the frame's last user through this entry happens before its release.
+            let old = entry.swap(0, Ordering::AcqRel);
+            if old & PRESENT != 0 {
+                frames.push(Pte(old).frame());
+            }
+        });
+        frames
     }
 }
 

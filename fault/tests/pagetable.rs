@@ -45,25 +45,30 @@ fn frames_are_distinct_usable_and_bounded() {
     assert_eq!(pool.alloc(), None, "the pool's size is a limit");
     assert_eq!(pool.in_use(), 10);
     for (i, &frame) in frames.iter().enumerate() {
-        let memory = pool.frame_ptr(frame);
-        // SAFETY: each frame is owned by this test and FRAME_SIZE long.
-        unsafe {
-            assert!(
-                std::slice::from_raw_parts(memory, FRAME_SIZE)
-                    .iter()
-                    .all(|&b| b == 0)
-            );
-            memory.write_bytes(i as u8, FRAME_SIZE);
-        }
+        let mut page = vec![1; FRAME_SIZE];
+        pool.read(frame, 0, &mut page);
+        assert!(page.iter().all(|&b| b == 0), "alloc_zeroed zeroes");
+        pool.write(frame, 0, &vec![i as u8; FRAME_SIZE]);
     }
     for (i, &frame) in frames.iter().enumerate() {
-        // SAFETY: as above.
-        let last = unsafe { *pool.frame_ptr(frame).add(FRAME_SIZE - 1) };
-        assert_eq!(last, i as u8, "frames do not overlap");
+        let mut last = [0];
+        pool.read(frame, FRAME_SIZE - 1, &mut last);
+        assert_eq!(last[0], i as u8, "frames do not overlap");
     }
+    // References: a second holder keeps the frame until it lets go too.
+    pool.get(frames[0]);
+    assert_eq!(pool.references(frames[0]), 2);
+    // SAFETY: the extra reference taken above.
+    unsafe { pool.put(frames[0]) };
+    assert_eq!(pool.in_use(), 10);
+    let copy_target = frames[1];
+    pool.copy(frames[0], copy_target);
+    let mut first = [9];
+    pool.read(copy_target, 0, &mut first);
+    assert_eq!(first[0], 0, "copy copies the whole frame");
     for frame in frames {
         // SAFETY: owned and unreachable.
-        unsafe { pool.free(frame) };
+        unsafe { pool.put(frame) };
     }
     assert_eq!(pool.in_use(), 0);
     assert!(pool.alloc_zeroed().is_some(), "freed frames are reused");
@@ -79,7 +84,7 @@ fn frames_from_many_threads() {
                 for _ in 0..1000 {
                     let frame = pool.alloc().unwrap();
                     // SAFETY: owned by this thread.
-                    unsafe { pool.free(frame) };
+                    unsafe { pool.put(frame) };
                 }
             })
         })
@@ -107,8 +112,18 @@ fn translations_install_zap_and_free_their_tables() {
     );
     assert!(table.translate(0x1000).unwrap().writable());
     assert_eq!(table.translate(0x3000), None);
-    table.write_protect(0x1000, 0x3000);
+    table.protect(0x1000, 0x3000, true, false);
     assert!(!table.translate(0x2000).unwrap().writable());
+    assert!(table.translate(0x2000).unwrap().readable());
+    table.protect(0x1000, 0x2000, false, false);
+    assert!(
+        !table.translate(0x1000).unwrap().readable(),
+        "PROT_NONE hides the page"
+    );
+    assert!(
+        table.translate(0x1000).unwrap().present(),
+        "... but keeps its frame"
+    );
     // A zap of part of a 2 MiB region keeps the region's tables.
     let frames = table.zap(0x1000, 0x2000, &rcu);
     assert_eq!(frames.len(), 1);
@@ -120,7 +135,7 @@ fn translations_install_zap_and_free_their_tables() {
     assert_eq!(table.tables(), 0);
     for frame in frames.into_iter().chain(rest) {
         // SAFETY: unmapped, and no reader exists in this test.
-        unsafe { pool.free(frame) };
+        unsafe { pool.put(frame) };
     }
     assert_eq!(pool.in_use(), 0);
     rcu.barrier();

@@ -57,7 +57,8 @@ pub struct Error {
 }
 
 impl Error {
-    pub(crate) const fn new(errno: Errno, reason: &'static str) -> Self {
+    /// An error with its errno and the reason (layers above report their own checks this way).
+    pub const fn new(errno: Errno, reason: &'static str) -> Self {
         Self { errno, reason }
     }
 }

@@ -33,6 +33,7 @@ use maple::sync::atomic::{AtomicU64, Ordering};
 use maple::{Displaced, Guard, MapleTree, Writer};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// What the fault layer must do to its translations when mappings change (step 6 of the
 /// protocol). Called by writers, with the tree's writer lock held, after the old VMAs of the
@@ -245,6 +246,10 @@ pub struct SpaceStats {
     pub replacements: AtomicU64,
     /// Of those, how many found references still held and waited for them to drain.
     pub reference_waits: AtomicU64,
+    /// Nanoseconds writers spent waiting for references to drain (step 3).
+    pub reference_wait_ns: AtomicU64,
+    /// Nanoseconds writers spent waiting for grace periods (step 4).
+    pub grace_period_ns: AtomicU64,
 }
 
 /// A process address space: VMAs in an RCU-safe maple tree, faults find them without locks,
@@ -1024,10 +1029,14 @@ impl AddressSpace {
             #[cfg(feature = "shuttle")]
             let referenced = referenced && !self.skips(BrokenStep::ReferenceWait);
             if referenced {
+                let started = Instant::now();
                 self.stats.reference_waits.fetch_add(1, Ordering::Relaxed);
                 self.events
                     .wait_until(|| displaced.iter().all(|(_, _, vma)| vma.drained()));
+                let waited = started.elapsed().as_nanos() as u64;
+                self.stats.reference_wait_ns.fetch_add(waited, Ordering::Relaxed);
             }
+            let started = Instant::now();
             // 4 and 5. A grace period, then free them.
             #[cfg(not(feature = "shuttle"))]
             drop(displaced.reclaim());
@@ -1041,6 +1050,8 @@ impl AddressSpace {
             };
             #[cfg(feature = "shuttle")]
             freed.into_iter().for_each(|(_, _, vma)| vma.quarantine());
+            let waited = started.elapsed().as_nanos() as u64;
+            self.stats.grace_period_ns.fetch_add(waited, Ordering::Relaxed);
             // 6. Flush the changed ranges.
             let rcu = self.rcu();
             for &op in flush {

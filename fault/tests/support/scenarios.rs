@@ -32,7 +32,7 @@ pub fn racing_installs_share_tables_and_one_frame<R: Rcu>(walkers: usize) {
                     .is_err()
                 {
                     // SAFETY: never published.
-                    unsafe { pool.free(frame) };
+                    unsafe { pool.put(frame) };
                 }
             })
         })
@@ -43,7 +43,7 @@ pub fn racing_installs_share_tables_and_one_frame<R: Rcu>(walkers: usize) {
     let frames = table.zap(0, 1 << 48, &*rcu);
     assert_eq!((frames.len(), table.tables()), (1, 0));
     // SAFETY: unmapped, and no reader is left.
-    unsafe { pool.free(frames[0]) };
+    unsafe { pool.put(frames[0]) };
     assert_eq!(pool.in_use(), 0);
     rcu.barrier();
 }

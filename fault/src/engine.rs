@@ -1,0 +1,396 @@
+//! The fault engine: resolve a page fault without any address-space lock, and the CPU-like
+//! `read`/`write` built on it.
+//!
+//! `fault(addr, access)`: under an RCU guard, look the VMA up. None: not mapped. BABY: drop the
+//! guard, wait for its birth, retry. Wrong access: access denied. Otherwise decide what the
+//! page's entry must become and install it with a compare-and-swap:
+//! - Fast path: everything under the guard, no VMA reference, no write to any shared cache line
+//!   but the page-table entry (frames come from per-thread shards of the pool; statistics are
+//!   per-thread too), when the page is at hand: anonymous memory, a file page already cached, an
+//!   upgrade of an entry. Safe because a writer replacing the VMA waits for a grace period
+//!   (step 4) before it flushes the range (step 6): a fast fault that saw the old VMA has
+//!   installed its entry by then, and the flush removes it.
+//! - Slow path: the file page must be read (blocking). Take a VMA reference, drop the guard,
+//!   read, take a guard again (for the page-table walk) and install against the referenced VMA
+//!   (not a new lookup: a writer waiting for the reference would have made the new VMA BABY,
+//!   and waiting for it would deadlock). A writer replacing the VMA waits for the reference
+//!   (step 3), so the install still happens before its flush.
+//!
+//! A lost compare-and-swap means another fault (or a flush) changed the entry: the engine gives
+//! back what it prepared and decides again. Two threads faulting one page therefore install one
+//! frame.
+//!
+//! Entries: anonymous memory and private copies are `PRIVATE` frames; file pages are the
+//! backing's cached frames, mapped read-only in private mappings until a write copies them
+//! (copy-on-write) and writable in shared writable mappings (writes reach the file's page).
+
+use crate::backing::BackingError;
+use crate::frames::{FRAME_SIZE, Frame};
+use crate::mm::{Mm, backing_of, readable};
+use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, Pte, WRITABLE};
+use crate::stats::Counter;
+use maple::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use vma::{Backing as VmaBacking, Lookup, Mapping, PAGE_SIZE, VmaRef};
+
+/// The kind of access that faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A load.
+    Read,
+    /// A store.
+    Write,
+}
+
+/// A fault that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// This fault installed (or upgraded) the translation.
+    Installed,
+    /// The translation was already there (a racing fault installed it).
+    AlreadyMapped,
+}
+
+/// A fault that failed: what a CPU would deliver as a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultError {
+    /// Nothing is mapped there (SIGSEGV, SEGV_MAPERR).
+    NotMapped,
+    /// The mapping does not allow the access (SIGSEGV, SEGV_ACCERR).
+    AccessDenied,
+    /// No frame was free.
+    OutOfMemory,
+    /// The page lies beyond the end of the mapped file (SIGBUS).
+    BusError,
+}
+
+impl fmt::Display for FaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaultError::NotMapped => "segmentation fault: address not mapped",
+            FaultError::AccessDenied => "segmentation fault: access not permitted",
+            FaultError::OutOfMemory => "out of memory",
+            FaultError::BusError => "bus error: beyond the end of the mapped file",
+        })
+    }
+}
+
+impl std::error::Error for FaultError {}
+
+impl From<BackingError> for FaultError {
+    fn from(error: BackingError) -> Self {
+        match error {
+            BackingError::OutsideObject => FaultError::BusError,
+            BackingError::OutOfMemory => FaultError::OutOfMemory,
+        }
+    }
+}
+
+/// A `read` or `write` that faulted and could not be resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessError {
+    /// The first address that could not be accessed.
+    pub addr: u64,
+    /// Why.
+    pub error: FaultError,
+}
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {:#x}", self.error, self.addr)
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+/// One decision about a page's entry.
+enum Attempt {
+    /// The fault is resolved.
+    Done(Fault),
+    /// The entry changed under us (or we changed it and must look again): decide again.
+    Again,
+    /// The file page must be read first (blocking).
+    Blocking(u64),
+}
+
+/// How far a fault got without blocking.
+enum Progress {
+    Done(Fault),
+    Blocking(u64),
+}
+
+impl Mm {
+    /// Resolves a fault at `addr` as a CPU's page-fault handler would (see the module
+    /// documentation for the paths). Never takes an address-space lock; waits only for a VMA
+    /// that a writer is setting up (BABY) and for file reads.
+    pub fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
+        let result = self.resolve(addr, access);
+        self.counters.bump(match result {
+            Ok(Fault::Installed) => Counter::Installed,
+            Ok(Fault::AlreadyMapped) => Counter::AlreadyMapped,
+            Err(FaultError::NotMapped) => Counter::NotMapped,
+            Err(FaultError::AccessDenied) => Counter::AccessDenied,
+            Err(FaultError::OutOfMemory) => Counter::OutOfMemory,
+            Err(FaultError::BusError) => Counter::BusError,
+        });
+        result
+    }
+
+    fn resolve(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
+        if addr >= ADDRESS_LIMIT {
+            return Err(FaultError::NotMapped);
+        }
+        let page = addr & !(PAGE_SIZE - 1);
+        loop {
+            let guard = self.space.guard();
+            let vma = match self.space.lookup(page, &guard) {
+                Lookup::Unmapped => return Err(FaultError::NotMapped),
+                Lookup::Baby => {
+                    drop(guard);
+                    self.counters.bump(Counter::BabyWaits);
+                    self.space.wait_for_birth(page);
+                    continue;
+                }
+                Lookup::Mapped(vma) => vma,
+            };
+            if !allows(vma.mapping(), access) {
+                return Err(FaultError::AccessDenied);
+            }
+            match self.settle_page(vma.mapping(), page, access, &mut None)? {
+                Progress::Done(fault) => {
+                    self.counters.bump(Counter::FastPath);
+                    return Ok(fault);
+                }
+                Progress::Blocking(pgoff) => {
+                    let Ok(reference) = self.space.try_get(vma) else {
+                        // Replaced or reborn since the lookup: look again.
+                        self.counters.bump(Counter::Retries);
+                        continue;
+                    };
+                    drop(guard);
+                    self.counters.bump(Counter::SlowPath);
+                    return self.slow_path(&reference, page, access, pgoff);
+                }
+            }
+        }
+    }
+
+    /// Reads the file page with no guard held, then installs against the referenced VMA.
+    fn slow_path(
+        &self,
+        vma: &VmaRef<'_>,
+        page: u64,
+        access: Access,
+        mut pgoff: u64,
+    ) -> Result<Fault, FaultError> {
+        let VmaBacking::File(object) = &vma.mapping().backing else {
+            unreachable!("only file pages block");
+        };
+        let backing = backing_of(object);
+        loop {
+            let mut read = Some(backing.read_page(pgoff)?);
+            let guard = self.space.guard();
+            let progress = self.settle_page(vma.mapping(), page, access, &mut read);
+            drop(guard);
+            if let Some(frame) = read {
+                // SAFETY: the reference read_page gave us, not used by any translation.
+                unsafe { self.translations.frames.put(frame) };
+            }
+            match progress? {
+                Progress::Done(fault) => return Ok(fault),
+                // The backing dropped the page again before we installed it: read again.
+                Progress::Blocking(again) => pgoff = again,
+            }
+        }
+    }
+
+    /// Decides and installs until the page is resolved or needs a blocking read. The caller
+    /// holds a guard (and the VMA of `mapping` is usable or referenced); `read` is a file page
+    /// the slow path read (taken when used).
+    fn settle_page(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        access: Access,
+        read: &mut Option<Frame>,
+    ) -> Result<Progress, FaultError> {
+        let entry = self.translations.table.entry_or_insert(page);
+        loop {
+            match self.attempt(mapping, page, access, entry, read)? {
+                Attempt::Done(fault) => return Ok(Progress::Done(fault)),
+                Attempt::Blocking(pgoff) => return Ok(Progress::Blocking(pgoff)),
+                Attempt::Again => self.counters.bump(Counter::Retries),
+            }
+        }
+    }
+
+    /// One decision: what the entry must become, prepared and installed with one
+    /// compare-and-swap.
+    fn attempt(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        access: Access,
+        entry: &AtomicU64,
+        read: &mut Option<Frame>,
+    ) -> Result<Attempt, FaultError> {
+        let frames = &self.translations.frames;
+        // Acquire pairs with the Release of the CAS that installed the entry: the frame's
+        // contents are visible.
+        let current = Pte(entry.load(Ordering::Acquire));
+        let write = access == Access::Write;
+        if current.readable() && (!write || current.writable()) {
+            return Ok(Attempt::Done(Fault::AlreadyMapped));
+        }
+        if current.present() {
+            let updated = if !current.readable() {
+                // The mapping allows access again (mprotect back from PROT_NONE).
+                current.with(0, NO_ACCESS)
+            } else if mapping.shared || current.private() {
+                // A write to a page that is already this mapping's: allow it.
+                current.with(WRITABLE | DIRTY, 0)
+            } else {
+                // Copy-on-write of a file page in a private mapping.
+                let copy = frames.alloc().ok_or(FaultError::OutOfMemory)?;
+                frames.copy(current.frame(), copy);
+                let new = Pte::new(copy, PRIVATE | WRITABLE | DIRTY | ACCESSED);
+                return Ok(if self.install(entry, current, new, copy) {
+                    // SAFETY: the old entry's reference; the file's page cache still holds the
+                    // frame (the mapping, alive under our guard or reference, holds the file).
+                    unsafe { frames.put(current.frame()) };
+                    Attempt::Done(Fault::Installed)
+                } else {
+                    Attempt::Again
+                });
+            };
+            // Release pairs with the Acquire of readers of the entry.
+            return Ok(
+                match entry.compare_exchange(current.0, updated.0, Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) if updated.readable() && (!write || updated.writable()) => {
+                        Attempt::Done(Fault::Installed)
+                    }
+                    _ => Attempt::Again,
+                },
+            );
+        }
+        let writable = if mapping.prot.write { WRITABLE } else { 0 };
+        let dirty = if write { DIRTY | ACCESSED } else { ACCESSED };
+        let (frame, flags) = match &mapping.backing {
+            VmaBacking::Anonymous => {
+                let frame = if self.zero_fill {
+                    frames.alloc_zeroed()
+                } else {
+                    frames.alloc()
+                };
+                (frame.ok_or(FaultError::OutOfMemory)?, PRIVATE | writable | dirty)
+            }
+            VmaBacking::File(object) => {
+                let backing = backing_of(object);
+                let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
+                if pgoff >= backing.pages() {
+                    return Err(FaultError::BusError);
+                }
+                let Some(cached) = read.take().or_else(|| backing.page_if_cached(pgoff)) else {
+                    return Ok(Attempt::Blocking(pgoff));
+                };
+                if mapping.shared {
+                    (cached, writable | dirty)
+                } else if write {
+                    let copy = frames.alloc();
+                    if let Some(copy) = copy {
+                        frames.copy(cached, copy);
+                    }
+                    // SAFETY: our reference on the cached page, no longer used; the page cache
+                    // holds its own.
+                    unsafe { frames.put(cached) };
+                    (copy.ok_or(FaultError::OutOfMemory)?, PRIVATE | writable | dirty)
+                } else {
+                    (cached, dirty)
+                }
+            }
+        };
+        Ok(if self.install(entry, current, Pte::new(frame, flags), frame) {
+            Attempt::Done(Fault::Installed)
+        } else {
+            Attempt::Again
+        })
+    }
+
+    /// Replaces `current` with `new`, which carries a reference on `frame`; on failure gives
+    /// the reference back.
+    fn install(&self, entry: &AtomicU64, current: Pte, new: Pte, frame: Frame) -> bool {
+        // Release pairs with the Acquire of readers of the entry: the frame's contents (zeroed
+        // or copied) are visible before the translation is.
+        if entry
+            .compare_exchange(current.0, new.0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+        // SAFETY: the reference was for the entry, which was never published.
+        unsafe { self.translations.frames.put(frame) };
+        false
+    }
+
+    /// Copies `buf.len()` bytes from `addr`, faulting pages in as a CPU would.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.access(addr, buf.len(), Access::Read, |frame, offset, at, len| {
+            self.translations
+                .frames
+                .read(frame, offset, &mut buf[at..at + len]);
+        })
+    }
+
+    /// Copies `data` to `addr`, faulting pages in as a CPU would.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
+        self.access(addr, data.len(), Access::Write, |frame, offset, at, len| {
+            self.translations.frames.write(frame, offset, &data[at..at + len]);
+        })
+    }
+
+    /// Walks `[addr, addr + len)` page by page: translate under a guard and `copy(frame, offset
+    /// in frame, offset in buffer, length)`, or fault and try again.
+    fn access(
+        &self,
+        addr: u64,
+        len: usize,
+        access: Access,
+        mut copy: impl FnMut(Frame, usize, usize, usize),
+    ) -> Result<(), AccessError> {
+        let mut done = 0;
+        while done < len {
+            let at = addr.checked_add(done as u64).ok_or(AccessError {
+                addr: u64::MAX,
+                error: FaultError::NotMapped,
+            })?;
+            let offset = (at % PAGE_SIZE) as usize;
+            let chunk = (FRAME_SIZE - offset).min(len - done);
+            loop {
+                let guard = self.space.guard();
+                if at < ADDRESS_LIMIT
+                    && let Some(pte) = self.translations.table.translate(at)
+                    && pte.readable()
+                    && (access == Access::Read || pte.writable())
+                {
+                    // The guard keeps the frame: a removed translation's reference is put only
+                    // after a grace period.
+                    copy(pte.frame(), offset, done, chunk);
+                    break;
+                }
+                drop(guard);
+                self.fault(at, access)
+                    .map_err(|error| AccessError { addr: at, error })?;
+            }
+            done += chunk;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `mapping` permits `access`.
+fn allows(mapping: &Mapping, access: Access) -> bool {
+    match access {
+        Access::Read => readable(mapping.prot),
+        Access::Write => mapping.prot.write,
+    }
+}

@@ -1,0 +1,150 @@
+//! Fault statistics, counted per thread shard (see `shard`) so that counting does not make
+//! faulting threads write a shared cache line; a snapshot sums the shards.
+
+use crate::shard::{SHARDS, thread_shard};
+use maple::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+
+/// What is counted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    Installed,
+    AlreadyMapped,
+    NotMapped,
+    AccessDenied,
+    OutOfMemory,
+    BusError,
+    FastPath,
+    SlowPath,
+    Retries,
+    BabyWaits,
+}
+
+const COUNTERS: usize = Counter::BabyWaits as usize + 1;
+
+#[repr(align(128))]
+struct Shard([AtomicU64; COUNTERS]);
+
+/// The counters of one memory manager.
+pub(crate) struct Counters {
+    shards: Box<[Shard]>,
+}
+
+impl Counters {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Shard(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+
+    /// Adds one to `counter` in the calling thread's shard.
+    #[inline]
+    pub(crate) fn bump(&self, counter: Counter) {
+        // Relaxed: counters order nothing.
+        self.shards[thread_shard()].0[counter as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self, counter: Counter) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| shard.0[counter as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A snapshot of a memory manager's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// Faults that installed or upgraded a translation.
+    pub installed: u64,
+    /// Faults that found the translation already there (another thread installed it).
+    pub already_mapped: u64,
+    /// Faults on unmapped addresses (SIGSEGV, SEGV_MAPERR).
+    pub not_mapped: u64,
+    /// Faults the mapping's permissions refused (SIGSEGV, SEGV_ACCERR).
+    pub access_denied: u64,
+    /// Faults that found no free frame.
+    pub out_of_memory: u64,
+    /// Faults beyond the end of a file (SIGBUS).
+    pub bus_errors: u64,
+    /// Faults completed under the RCU guard alone, without a VMA reference.
+    pub fast_path: u64,
+    /// Faults that took a VMA reference and dropped the guard to wait for a page.
+    pub slow_path: u64,
+    /// Attempts repeated because a racing fault or writer changed what was found.
+    pub retries: u64,
+    /// Times a fault found its VMA being set up (BABY) and waited for it.
+    pub baby_waits: u64,
+    /// Writer operations that replaced or removed VMAs.
+    pub replacements: u64,
+    /// Of those, how many waited for VMA references to drain.
+    pub reference_waits: u64,
+    /// Nanoseconds writers waited for references.
+    pub reference_wait_ns: u64,
+    /// Nanoseconds writers waited for grace periods.
+    pub grace_period_ns: u64,
+}
+
+impl FaultStats {
+    pub(crate) fn collect(counters: &Counters, space: &vma::SpaceStats) -> Self {
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        Self {
+            installed: counters.sum(Counter::Installed),
+            already_mapped: counters.sum(Counter::AlreadyMapped),
+            not_mapped: counters.sum(Counter::NotMapped),
+            access_denied: counters.sum(Counter::AccessDenied),
+            out_of_memory: counters.sum(Counter::OutOfMemory),
+            bus_errors: counters.sum(Counter::BusError),
+            fast_path: counters.sum(Counter::FastPath),
+            slow_path: counters.sum(Counter::SlowPath),
+            retries: counters.sum(Counter::Retries),
+            baby_waits: counters.sum(Counter::BabyWaits),
+            replacements: load(&space.replacements),
+            reference_waits: load(&space.reference_waits),
+            reference_wait_ns: load(&space.reference_wait_ns),
+            grace_period_ns: load(&space.grace_period_ns),
+        }
+    }
+
+    /// Faults of every outcome.
+    pub fn faults(&self) -> u64 {
+        self.installed
+            + self.already_mapped
+            + self.not_mapped
+            + self.access_denied
+            + self.out_of_memory
+            + self.bus_errors
+    }
+}
+
+impl fmt::Display for FaultStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "faults: {} (installed {}, already mapped {}, not mapped {}, access denied {}, \
+             out of memory {}, bus errors {})",
+            self.faults(),
+            self.installed,
+            self.already_mapped,
+            self.not_mapped,
+            self.access_denied,
+            self.out_of_memory,
+            self.bus_errors
+        )?;
+        writeln!(
+            f,
+            "paths: fast {}, slow {}; retries {}; waits on BABY {}",
+            self.fast_path, self.slow_path, self.retries, self.baby_waits
+        )?;
+        write!(
+            f,
+            "writers: {} replacements, {} waited for references ({:.3} ms), {:.3} ms in grace periods",
+            self.replacements,
+            self.reference_waits,
+            self.reference_wait_ns as f64 / 1e6,
+            self.grace_period_ns as f64 / 1e6
+        )
+    }
+}
