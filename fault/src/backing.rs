@@ -247,15 +247,14 @@ impl Drop for MemBacking {
 /// (two mappings map the same object when they hold the same `Arc<File>`).
 #[derive(Debug)]
 pub struct File {
-    backing: Box<dyn Backing>,
+    backing: Arc<dyn Backing>,
 }
 
 impl File {
-    /// Wraps a backing.
-    pub fn new(backing: impl Backing) -> Arc<Self> {
-        Arc::new(Self {
-            backing: Box::new(backing),
-        })
+    /// Wraps a backing (keep a clone of the `Arc` to reach the backing itself, e.g. to read
+    /// what shared mappings wrote).
+    pub fn new(backing: Arc<dyn Backing>) -> Arc<Self> {
+        Arc::new(Self { backing })
     }
 
     /// The backing.

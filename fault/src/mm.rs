@@ -80,8 +80,8 @@ impl Translations {
 struct Hook(Arc<Translations>);
 
 impl FlushHook for Hook {
-    fn zap(&self, start: u64, end: u64, rcu: &DefaultRcu) {
-        let frames = self.0.table.zap(start, end, rcu);
+    fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) {
+        let frames = self.0.table.zap(start, end, free_tables, rcu);
         self.0.release_later(frames, rcu);
     }
 
@@ -197,9 +197,13 @@ impl Mm {
                 anonymous: false,
                 ..flags
             };
-            return self
-                .space
-                .mmap(addr, len as u64, prot, flags, Some((File::new(shmem), 0)));
+            return self.space.mmap(
+                addr,
+                len as u64,
+                prot,
+                flags,
+                Some((File::new(Arc::new(shmem)), 0)),
+            );
         } else if flags.anonymous {
             None
         } else {
@@ -288,7 +292,11 @@ impl Mm {
 impl Drop for Mm {
     fn drop(&mut self) {
         // Nobody else can walk the table now: put the frames of the remaining translations.
-        let frames = self.translations.table.zap(0, ADDRESS_LIMIT, self.space.rcu());
+        let everything = (0, ADDRESS_LIMIT);
+        let frames = self
+            .translations
+            .table
+            .zap(0, ADDRESS_LIMIT, everything, self.space.rcu());
         for frame in frames {
             // SAFETY: each is a removed translation's reference, and no reader is left.
             unsafe { self.translations.frames.put(frame) };

@@ -196,16 +196,18 @@ impl PageTable {
         Some(Pte(entry.load(Ordering::Acquire))).filter(|pte| pte.present())
     }
 
-    /// Removes every translation in `[start, end)` and returns the frames they mapped (free them
-    /// once no reader can still be copying through an old translation). Tables whose whole
-    /// range lies inside `[start, end)` are unlinked and retired to `rcu`.
+    /// Removes every translation in `[start, end)` and returns the frames they mapped (put them
+    /// once no reader can still be copying through an old translation). Tables reached on the
+    /// way whose whole range lies inside `free_tables` are unlinked and retired to `rcu`.
     ///
-    /// The caller guarantees nobody installs translations in the range meanwhile.
-    pub fn zap<R: Rcu>(&self, start: u64, end: u64, rcu: &R) -> Vec<Frame> {
+    /// The caller guarantees that nobody installs translations in `free_tables` meanwhile and
+    /// that none exist there outside `[start, end)` (it is free space around the range).
+    pub fn zap<R: Rcu>(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &R) -> Vec<Frame> {
         let mut frames = Vec::new();
         let end = end.min(ADDRESS_LIMIT);
         if start < end {
-            self.zap_table(&self.root, LEVELS, 0, (start, end), rcu, &mut frames);
+            let free_tables = (free_tables.0.min(start), free_tables.1.max(end));
+            self.zap_table(&self.root, LEVELS, 0, (start, end), free_tables, rcu, &mut frames);
         }
         frames
     }
@@ -217,6 +219,7 @@ impl PageTable {
         level: u32,
         base: u64,
         (start, end): (u64, u64),
+        (floor, ceiling): (u64, u64),
         rcu: &R,
         frames: &mut Vec<Frame>,
     ) {
@@ -247,10 +250,11 @@ impl PageTable {
                 level - 1,
                 lo,
                 (start.max(lo), end.min(hi)),
+                (floor, ceiling),
                 rcu,
                 frames,
             );
-            if start <= lo && hi <= end {
+            if floor <= lo && hi <= ceiling {
                 entry.store(0, Ordering::Release);
                 self.tables.fetch_sub(1, Ordering::Relaxed);
                 // SAFETY: unlinked above (new walkers cannot reach it), emptied by the recursive

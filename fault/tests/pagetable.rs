@@ -125,12 +125,12 @@ fn translations_install_zap_and_free_their_tables() {
         "... but keeps its frame"
     );
     // A zap of part of a 2 MiB region keeps the region's tables.
-    let frames = table.zap(0x1000, 0x2000, &rcu);
+    let frames = table.zap(0x1000, 0x2000, (0x1000, 0x2000), &rcu);
     assert_eq!(frames.len(), 1);
     assert_eq!(table.tables(), 7);
     assert!(table.translate(0x2000).is_some());
     // Zapping everything frees every table.
-    let rest = table.zap(0, 1 << 48, &rcu);
+    let rest = table.zap(0, 1 << 48, (0, 1 << 48), &rcu);
     assert_eq!(rest.len(), 3);
     assert_eq!(table.tables(), 0);
     for frame in frames.into_iter().chain(rest) {

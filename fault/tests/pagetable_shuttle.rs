@@ -38,7 +38,7 @@ fn a_reader_during_zap_sees_old_or_nothing() {
                 assert!(seen.is_none() || seen == Some(installed), "saw {seen:?}");
             })
         };
-        let frames = table.zap(ADDR, ADDR + 0x20_0000, &*rcu);
+        let frames = table.zap(ADDR, ADDR + 0x20_0000, (ADDR, ADDR + 0x20_0000), &*rcu);
         assert_eq!(frames.len(), 1);
         reader.join().unwrap();
         assert_eq!(

@@ -42,8 +42,10 @@ use std::time::Instant;
 /// that lock-free walkers may still be reading is retired to it.
 pub trait FlushHook: Send + Sync {
     /// Removes every translation in `[start, end)` (munmap, MAP_FIXED over old mappings, brk
-    /// and mremap shrinking).
-    fn zap(&self, start: u64, end: u64, rcu: &DefaultRcu);
+    /// and mremap shrinking). Page tables lying wholly inside `free_tables` (the range plus the
+    /// free space around it, where no VMA is) may be freed: no translation exists there
+    /// outside `[start, end)`, and none can appear until the hook returns.
+    fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu);
 
     /// `[start, end)` now has permissions `prot` (mprotect): no translation may allow more
     /// (translations may keep allowing less; faults upgrade them).
@@ -59,7 +61,7 @@ pub trait FlushHook: Send + Sync {
 pub struct NoFlush;
 
 impl FlushHook for NoFlush {
-    fn zap(&self, _start: u64, _end: u64, _rcu: &DefaultRcu) {}
+    fn zap(&self, _start: u64, _end: u64, _free_tables: (u64, u64), _rcu: &DefaultRcu) {}
 
     fn protect(&self, _start: u64, _end: u64, _prot: Prot, _rcu: &DefaultRcu) {}
 
@@ -761,9 +763,9 @@ impl AddressSpace {
         };
         let mut run = Run::new();
         let unmap = self.carve(writer, old, old + old_len, Vec::new());
-        self.stage(writer, unmap, &mut run);
+        self.stage(writer, unmap, true, &mut run);
         let insert = self.carve(writer, target, target + new_len, vec![moved]);
-        self.stage(writer, insert, &mut run);
+        self.stage(writer, insert, true, &mut run);
         let kept = old_len.min(new_len);
         let flush = [
             Flush::Relocate {
@@ -866,7 +868,7 @@ impl AddressSpace {
     ) -> Option<&'w Vma> {
         writer
             .range_from(start)
-            .filter(|&(first, _, _)| first < end)
+            .filter(|&(first, _, _)| start < end && first < end)
             .map(|(_, _, vma)| vma)
     }
 
@@ -923,13 +925,22 @@ impl AddressSpace {
     /// Runs the protocol for one change (see [`AddressSpace::stage`]) with `flush` as step 6.
     fn settle(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, change: Change, flush: &[Flush]) {
         let mut run = Run::new();
-        self.stage(writer, change, &mut run);
+        // A change that zaps replaces even a mapping identical to the old one (MAP_FIXED over
+        // the same mapping gets fresh contents, as on Linux).
+        let zaps = flush.iter().any(|op| matches!(op, Flush::Zap(..)));
+        self.stage(writer, change, zaps, &mut run);
         self.finish(run, flush);
     }
 
     /// Merges the change with compatible neighbours and within itself (Linux's merge rules)
-    /// and publishes it into `run` (steps 1–2), unless it changes nothing.
-    fn stage<'t>(&self, writer: &mut Writer<'t, Box<Vma>, DefaultRcu>, change: Change, run: &mut Run<'t>) {
+    /// and publishes it into `run` (steps 1–2), unless it changes nothing and `always` is false.
+    fn stage<'t>(
+        &self,
+        writer: &mut Writer<'t, Box<Vma>, DefaultRcu>,
+        change: Change,
+        always: bool,
+        run: &mut Run<'t>,
+    ) {
         let Change { mut lo, mut hi, new } = change;
         let mut merged: Vec<Mapping> = Vec::with_capacity(new.len() + 2);
         if let Some(first) = new.first()
@@ -959,7 +970,7 @@ impl AddressSpace {
         let old = self.vmas_in(writer, lo, hi);
         let unchanged =
             old.len() == merged.len() && old.iter().zip(&merged).all(|(o, m)| o.mapping().same_as(m));
-        if !unchanged {
+        if always || !unchanged {
             self.publish(writer, Change { lo, hi, new: merged }, run);
         }
     }
@@ -1014,6 +1025,27 @@ impl AddressSpace {
         }
     }
 
+    /// The range around `[start, end)` with no VMA but those inside it: from the end of the VMA
+    /// before (or `start` if one covers `start - 1`, or 0) to the start of the VMA after (or
+    /// `end` if one covers `end`, or the top of the address range).
+    fn free_around(&self, start: u64, end: u64) -> (u64, u64) {
+        let guard = self.guard();
+        let floor = match start.checked_sub(1) {
+            None => 0,
+            Some(before) => self
+                .tree
+                .iter_rev_from(before, &guard)
+                .next()
+                .map_or(0, |(_, last, _)| if last >= before { start } else { last + 1 }),
+        };
+        let ceiling = self
+            .tree
+            .iter_from(end, &guard)
+            .next()
+            .map_or(u64::MAX, |(first, _, _)| first.max(end));
+        (floor, ceiling)
+    }
+
     /// Steps 3–7 of the replacement protocol for everything `run` published; `flush` lists the
     /// hook calls of step 6. A run that displaced nothing skips steps 3–6: nothing was mapped
     /// in the changed ranges, so nobody can be using them and no translation exists there.
@@ -1056,7 +1088,7 @@ impl AddressSpace {
             let rcu = self.rcu();
             for &op in flush {
                 match op {
-                    Flush::Zap(start, end) => self.flush.zap(start, end, rcu),
+                    Flush::Zap(start, end) => self.flush.zap(start, end, self.free_around(start, end), rcu),
                     Flush::Protect(start, end, prot) => self.flush.protect(start, end, prot, rcu),
                     Flush::Relocate { from, to, len } => self.flush.relocate(from, to, len, rcu),
                 }

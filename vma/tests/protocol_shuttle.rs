@@ -23,7 +23,7 @@ const B: u64 = 0x30000;
 struct Flushes(Arc<AtomicU64>);
 
 impl FlushHook for Flushes {
-    fn zap(&self, _start: u64, _end: u64, _rcu: &DefaultRcu) {
+    fn zap(&self, _start: u64, _end: u64, _free_tables: (u64, u64), _rcu: &DefaultRcu) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 

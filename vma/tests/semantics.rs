@@ -333,6 +333,12 @@ fn map_fixed_replaces_and_merges() {
     // The same attributes again over the middle: all one VMA.
     anon(&s, BASE + P, 1, Prot::READ_WRITE);
     assert_eq!(lines(&s), ["00020000-00024000 rw-p 00000000"]);
+    // MAP_FIXED over an identical mapping still replaces it (the contents must go).
+    let before = s.stats().replacements.load(std::sync::atomic::Ordering::Relaxed);
+    anon(&s, BASE + P, 1, Prot::READ_WRITE);
+    let after = s.stats().replacements.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after, before + 1);
+    assert_eq!(lines(&s), ["00020000-00024000 rw-p 00000000"]);
 }
 
 #[test]

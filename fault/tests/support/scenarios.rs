@@ -40,7 +40,7 @@ pub fn racing_installs_share_tables_and_one_frame<R: Rcu>(walkers: usize) {
     threads.into_iter().for_each(|t| t.join().unwrap());
     assert_eq!(table.tables(), 3, "one table per level");
     assert_eq!(pool.in_use(), 1, "one frame installed");
-    let frames = table.zap(0, 1 << 48, &*rcu);
+    let frames = table.zap(0, 1 << 48, (0, 1 << 48), &*rcu);
     assert_eq!((frames.len(), table.tables()), (1, 0));
     // SAFETY: unmapped, and no reader is left.
     unsafe { pool.put(frames[0]) };
