@@ -142,6 +142,14 @@ impl Mm {
         })
     }
 
+    /// Breaks the VMA layer's protocol by skipping `step` (shuttle builds only; for tests that
+    /// must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn break_protocol(&mut self, step: vma::BrokenStep) {
+        self.space.break_protocol(step);
+    }
+
     /// The address space (VMAs, `maps()`, lookups).
     pub fn space(&self) -> &AddressSpace {
         &self.space

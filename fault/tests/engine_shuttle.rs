@@ -1,0 +1,321 @@
+//! The fault engine against the replacement protocol under shuttle (random and PCT
+//! schedulers): G2 (munmap), G3 (MAP_FIXED), mprotect to read-only, G4 (a fault on an untouched
+//! VMA while a writer waits), one frame per page for racing faults, and no frame or table
+//! leaked. The fast path is covered by step 4 (a variant without the grace period fails) and
+//! the slow path by step 3 (a variant without the reference wait fails). Run with
+//! `--features shuttle`.
+#![cfg(feature = "shuttle")]
+
+use fault::{Access, Fault, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+use maple::sync::atomic::{AtomicBool, Ordering};
+use maple::sync::{Arc, check_random_and_pct as check_both, thread};
+use vma::{BrokenStep, Layout, MapFlags, PAGE_SIZE, Prot};
+
+const P: u64 = PAGE_SIZE;
+const LAYOUT: Layout = Layout {
+    low: 0x10000,
+    high: 0x10000 + 64 * P,
+    mmap_base: 0x10000 + 48 * P,
+};
+const A: u64 = 0x20000;
+const B: u64 = 0x30000;
+const STEPS: usize = 200_000;
+
+fn mm(broken: Option<BrokenStep>) -> Mm {
+    let frames = FramePool::new(FramePoolConfig {
+        chunk_frames: 8,
+        max_frames: 32,
+    })
+    .unwrap();
+    let mut mm = Mm::new(
+        MmConfig {
+            layout: LAYOUT,
+            zero_fill: true,
+        },
+        std::sync::Arc::new(frames),
+    )
+    .unwrap();
+    if let Some(step) = broken {
+        mm.break_protocol(step);
+    }
+    mm
+}
+
+fn anon(mm: &Mm, addr: u64, prot: Prot) {
+    mm.mmap(addr, P, prot, MapFlags::PRIVATE_ANONYMOUS.fixed(), None)
+        .unwrap();
+}
+
+/// A one-page file filled with 0xaa, mapped private at `addr`.
+fn file_at(mm: &Mm, addr: u64) -> (std::sync::Arc<MemBacking>, std::sync::Arc<File>) {
+    let backing = std::sync::Arc::new(MemBacking::new("/old", mm.frames(), &[0xaa; P as usize]));
+    let file = File::new(backing.clone());
+    mm.mmap(addr, P, Prot::READ, MapFlags::PRIVATE.fixed(), Some((&file, 0)))
+        .unwrap();
+    (backing, file)
+}
+
+fn join<T>(handle: thread::JoinHandle<T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Unmaps everything; every table and every frame not held by `cached` file pages goes back.
+/// (Under shuttle, freed VMAs are quarantined, so the files they map, and their page caches,
+/// stay.) A leak is how a translation installed into an unlinked table after a flush shows.
+fn assert_nothing_leaked(mm: &Mm, cached: usize) {
+    mm.munmap(LAYOUT.low, LAYOUT.high - LAYOUT.low).unwrap();
+    mm.barrier();
+    assert_eq!(mm.page_tables(), 0, "violated: page tables leaked");
+    assert_eq!(mm.frames().in_use(), cached, "violated: frames leaked");
+}
+
+/// Runs a broken variant, which must fail with a panic whose message contains one of
+/// `expected` (or the VMA layer's use-after-free detection).
+fn must_fail(test: impl Fn() + Send + Sync + 'static, expected: &[&str]) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_both(STEPS, test)));
+    let Err(panic) = outcome else {
+        panic!("the broken variant passed");
+    };
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    eprintln!("the broken variant failed as it must: {message}");
+    assert!(
+        expected
+            .iter()
+            .chain(&["used after it was freed"])
+            .any(|e| message.contains(e)),
+        "unexpected failure: {message}"
+    );
+}
+
+/// G2: a fault racing munmap completes before munmap returns or fails; afterwards no
+/// translation exists in the range, and none appears later.
+fn fault_racing_munmap(broken: Option<BrokenStep>) {
+    let mm = Arc::new(mm(broken));
+    anon(&mm, A, Prot::READ_WRITE);
+    let faulting = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let result = mm.fault(A, Access::Write);
+            assert!(
+                matches!(result, Ok(Fault::Installed) | Err(FaultError::NotMapped)),
+                "{result:?}"
+            );
+        })
+    };
+    mm.munmap(A, P).unwrap();
+    assert_eq!(
+        mm.translation(A),
+        None,
+        "a translation exists when munmap returns"
+    );
+    join(faulting);
+    assert_eq!(
+        mm.translation(A),
+        None,
+        "a translation appeared after munmap returned"
+    );
+    assert_nothing_leaked(&mm, 0);
+}
+
+#[test]
+fn g2_fault_racing_munmap() {
+    check_both(STEPS, || fault_racing_munmap(None));
+}
+
+#[test]
+fn g2_fails_without_grace_period() {
+    must_fail(
+        || fault_racing_munmap(Some(BrokenStep::GracePeriod)),
+        &["after munmap returned", "leaked"],
+    );
+}
+
+/// G2 for the slow path: a fault that reads a file page holding a VMA reference, racing
+/// munmap.
+fn slow_fault_racing_munmap(broken: Option<BrokenStep>) {
+    let mm = Arc::new(mm(broken));
+    let (backing, file) = file_at(&mm, A);
+    let faulting = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let result = mm.fault(A, Access::Read);
+            assert!(
+                matches!(result, Ok(Fault::Installed) | Err(FaultError::NotMapped)),
+                "{result:?}"
+            );
+        })
+    };
+    mm.munmap(A, P).unwrap();
+    assert_eq!(
+        mm.translation(A),
+        None,
+        "a translation exists when munmap returns"
+    );
+    join(faulting);
+    assert_eq!(
+        mm.translation(A),
+        None,
+        "a translation appeared after munmap returned"
+    );
+    drop(file);
+    assert_nothing_leaked(&mm, backing.cached_pages());
+}
+
+#[test]
+fn g2_slow_fault_racing_munmap() {
+    check_both(STEPS, || slow_fault_racing_munmap(None));
+}
+
+#[test]
+fn g2_slow_path_fails_without_reference_wait() {
+    must_fail(
+        || slow_fault_racing_munmap(Some(BrokenStep::ReferenceWait)),
+        &["after munmap returned", "leaked"],
+    );
+}
+
+/// G3: a fault racing MAP_FIXED never shows the old mapping's contents through the new one.
+fn fault_racing_map_fixed(broken: Option<BrokenStep>) {
+    let mm = Arc::new(mm(broken));
+    let (backing, file) = file_at(&mm, A);
+    // Cache the file page, then drop the translation: the race below is a fast-path fault.
+    mm.read(A, &mut [0]).unwrap();
+    mm.madvise_dontneed(A, P).unwrap();
+    let faulting = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let mut byte = [0];
+            mm.read(A, &mut byte).unwrap();
+            assert!(byte[0] == 0xaa || byte[0] == 0, "{byte:?}");
+        })
+    };
+    anon(&mm, A, Prot::READ_WRITE);
+    let mut byte = [1];
+    mm.read(A, &mut byte).unwrap();
+    assert_eq!(byte[0], 0, "old contents through the new mapping");
+    join(faulting);
+    mm.read(A, &mut byte).unwrap();
+    assert_eq!(byte[0], 0, "old contents through the new mapping");
+    drop(file);
+    assert_nothing_leaked(&mm, backing.cached_pages());
+}
+
+#[test]
+fn g3_fault_racing_map_fixed() {
+    check_both(STEPS, || fault_racing_map_fixed(None));
+}
+
+#[test]
+fn g3_fails_without_grace_period() {
+    must_fail(
+        || fault_racing_map_fixed(Some(BrokenStep::GracePeriod)),
+        &["old contents through the new mapping", "leaked"],
+    );
+}
+
+/// A write fault racing mprotect to read-only never leaves a writable translation.
+fn write_fault_racing_mprotect(broken: Option<BrokenStep>) {
+    let mm = Arc::new(mm(broken));
+    anon(&mm, A, Prot::READ_WRITE);
+    let faulting = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let result = mm.fault(A, Access::Write);
+            assert!(
+                matches!(result, Ok(Fault::Installed) | Err(FaultError::AccessDenied)),
+                "{result:?}"
+            );
+        })
+    };
+    mm.mprotect(A, P, Prot::READ).unwrap();
+    let writable = || mm.translation(A).is_some_and(|pte| pte.writable());
+    assert!(!writable(), "writable translation after mprotect to read-only");
+    join(faulting);
+    assert!(!writable(), "writable translation after mprotect to read-only");
+    assert_nothing_leaked(&mm, 0);
+}
+
+#[test]
+fn write_fault_racing_mprotect_read_only() {
+    check_both(STEPS, || write_fault_racing_mprotect(None));
+}
+
+#[test]
+fn mprotect_fails_without_grace_period() {
+    must_fail(
+        || write_fault_racing_mprotect(Some(BrokenStep::GracePeriod)),
+        &["writable translation after mprotect", "leaked"],
+    );
+}
+
+/// G4: while munmap of A waits for a reference held on A, faults on B complete (if they
+/// waited for the writer, this would deadlock and shuttle would report it).
+fn faults_on_untouched_vma_do_not_wait() {
+    let mm = Arc::new(mm(None));
+    anon(&mm, A, Prot::READ_WRITE);
+    anon(&mm, B, Prot::READ_WRITE);
+    let holding = Arc::new(AtomicBool::new(false));
+    let b_done = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let (mm, holding, b_done) = (mm.clone(), holding.clone(), b_done.clone());
+        thread::spawn(move || {
+            let reference = mm.space().get(A).expect("A is mapped");
+            holding.store(true, Ordering::SeqCst);
+            while !b_done.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+            drop(reference);
+        })
+    };
+    let writer = {
+        let (mm, holding) = (mm.clone(), holding.clone());
+        thread::spawn(move || {
+            while !holding.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+            mm.munmap(A, P).unwrap();
+        })
+    };
+    assert_eq!(mm.fault(B, Access::Write), Ok(Fault::Installed));
+    mm.write(B, b"b").unwrap();
+    b_done.store(true, Ordering::SeqCst);
+    join(holder);
+    join(writer);
+    assert_nothing_leaked(&mm, 0);
+}
+
+#[test]
+fn g4_faults_on_untouched_vma_complete_while_a_writer_waits() {
+    check_both(STEPS, faults_on_untouched_vma_do_not_wait);
+}
+
+/// Two threads faulting one page install one frame; exactly one of them installs it.
+fn racing_faults_install_one_frame() {
+    let mm = Arc::new(mm(None));
+    anon(&mm, A, Prot::READ_WRITE);
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let mm = mm.clone();
+            thread::spawn(move || mm.fault(A + 8, Access::Write).unwrap())
+        })
+        .collect();
+    let results: Vec<Fault> = threads.into_iter().map(join).collect();
+    assert_eq!(
+        results.iter().filter(|&&r| r == Fault::Installed).count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(mm.frames().in_use(), 1, "one frame installed");
+    assert_nothing_leaked(&mm, 0);
+}
+
+#[test]
+fn racing_faults_install_one_frame_only() {
+    check_both(STEPS, racing_faults_install_one_frame);
+}
