@@ -1,0 +1,163 @@
+//! Stress with real threads: faulting threads read and write a stable region (each its own
+//! pages, contents checked) and a churning region, while a writer thread maps, unmaps,
+//! mprotects and MAP_FIXED-replaces overlapping parts of the churning region in a loop. At the
+//! end every frame and table must be back. Short by default; `MAPLEVM_STRESS_SCALE=N` runs N
+//! times longer. CI also runs it under AddressSanitizer.
+#![cfg(not(feature = "shuttle"))]
+
+use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use vma::{MapFlags, PAGE_SIZE, Prot};
+
+const P: u64 = PAGE_SIZE;
+const STABLE: u64 = 0x1000_0000;
+const CHURN: u64 = 0x2000_0000;
+const CHURN_PAGES: u64 = 32;
+const FAULTERS: u64 = 3;
+const PAGES_PER_FAULTER: u64 = 16;
+
+fn scale() -> u64 {
+    std::env::var("MAPLEVM_STRESS_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A small deterministic generator (xorshift), one per thread.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn faults_and_writers_on_overlapping_regions() {
+    let frames = Arc::new(
+        FramePool::new(FramePoolConfig {
+            chunk_frames: 64,
+            max_frames: 4096,
+        })
+        .unwrap(),
+    );
+    let mm = Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
+    let fixed = MapFlags::PRIVATE_ANONYMOUS.fixed();
+    mm.mmap(
+        STABLE,
+        FAULTERS * PAGES_PER_FAULTER * P,
+        Prot::READ_WRITE,
+        fixed,
+        None,
+    )
+    .unwrap();
+    let backing = Arc::new(MemBacking::new("/stress", &frames, &[0x5a; 8 * P as usize]));
+    let file = File::new(backing.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_ops = 2_000 * scale();
+
+    let faulters: Vec<_> = (0..FAULTERS)
+        .map(|t| {
+            let (mm, stop) = (mm.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x9e37_79b9 + t);
+                let mine = STABLE + t * PAGES_PER_FAULTER * P;
+                let mut round = 0u8;
+                let mut faults = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    round = round.wrapping_add(1);
+                    // Own pages in the stable region: what was written stays.
+                    let page = mine + rng.below(PAGES_PER_FAULTER) * P;
+                    mm.write(page + 8 * t, &[round; 8]).unwrap();
+                    let mut back = [0; 8];
+                    mm.read(page + 8 * t, &mut back).unwrap();
+                    assert_eq!(back, [round; 8], "the stable region lost a write");
+                    // The churning region: any outcome a racing writer can cause, never a
+                    // panic or an unexpected error.
+                    let addr = CHURN + rng.below(CHURN_PAGES) * P;
+                    let access = if rng.below(2) == 0 {
+                        Access::Read
+                    } else {
+                        Access::Write
+                    };
+                    match mm.fault(addr, access) {
+                        Ok(_) | Err(FaultError::NotMapped | FaultError::AccessDenied) => {}
+                        Err(other) => panic!("unexpected fault outcome {other:?}"),
+                    }
+                    let mut byte = [0];
+                    match mm.read(addr, &mut byte) {
+                        // Fresh anonymous memory, a byte a faulter wrote, or the file.
+                        Ok(()) => assert!(byte[0] == 0 || byte[0] == 0x5a || byte[0] == 0xc3, "{byte:?}"),
+                        Err(e) => assert!(matches!(
+                            e.error,
+                            FaultError::NotMapped | FaultError::AccessDenied
+                        )),
+                    }
+                    let _ = mm.write(addr, &[0xc3]);
+                    faults += 1;
+                }
+                faults
+            })
+        })
+        .collect();
+
+    let writer = {
+        let (mm, file) = (mm.clone(), file.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng(0x1234_5678);
+            for _ in 0..writer_ops {
+                let start = CHURN + rng.below(CHURN_PAGES) * P;
+                let pages = 1 + rng.below(CHURN_PAGES - (start - CHURN) / P);
+                let len = pages * P;
+                match rng.below(5) {
+                    0 => drop(mm.mmap(start, len, Prot::READ_WRITE, fixed, None).unwrap()),
+                    1 => mm.munmap(start, len).unwrap(),
+                    2 => {
+                        let prot = [Prot::READ, Prot::READ_WRITE, Prot::NONE][rng.below(3) as usize];
+                        // ENOMEM when part of the range is unmapped is fine.
+                        let _ = mm.mprotect(start, len, prot);
+                    }
+                    3 => {
+                        let len = len.min(8 * P);
+                        let flags = MapFlags::PRIVATE.fixed();
+                        mm.mmap(start, len, Prot::READ_WRITE, flags, Some((&file, 0)))
+                            .unwrap();
+                    }
+                    _ => {
+                        let len = len.min(8 * P);
+                        let flags = MapFlags::SHARED.fixed();
+                        mm.mmap(start, len, Prot::READ, flags, Some((&file, 0))).unwrap();
+                    }
+                }
+                mm.space().validate().unwrap();
+            }
+        })
+    };
+    writer.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let faults: u64 = faulters.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(faults > 0);
+
+    // The file holds its contents or bytes written through a shared mapping made writable.
+    let mut contents = vec![0; 8 * P as usize];
+    backing.read_at(0, &mut contents);
+    assert!(
+        contents.iter().all(|&b| b == 0x5a || b == 0xc3),
+        "the file was corrupted"
+    );
+    let stats = mm.stats();
+    assert!(stats.replacements > 0 && stats.fast_path > 0, "{stats}");
+
+    mm.munmap(STABLE, CHURN + CHURN_PAGES * P - STABLE).unwrap();
+    mm.barrier();
+    assert_eq!(mm.page_tables(), 0, "page tables leaked");
+    drop(file);
+    assert_eq!(frames.in_use(), backing.cached_pages(), "frames leaked");
+    drop(mm);
+    drop(backing);
+    assert_eq!(frames.in_use(), 0, "frames leaked");
+}
