@@ -104,6 +104,14 @@ fn entry_span(level: u32) -> u64 {
     1 << (12 + 9 * (level - 1))
 }
 
+/// Which tables a zap unlinks (those wholly inside `[floor, ceiling)`) and where it retires
+/// them.
+struct Unlink<'a, R> {
+    floor: u64,
+    ceiling: u64,
+    rcu: &'a R,
+}
+
 /// A software page table.
 pub struct PageTable {
     root: Box<Table>,
@@ -206,8 +214,12 @@ impl PageTable {
         let mut frames = Vec::new();
         let end = end.min(ADDRESS_LIMIT);
         if start < end {
-            let free_tables = (free_tables.0.min(start), free_tables.1.max(end));
-            self.zap_table(&self.root, LEVELS, 0, (start, end), free_tables, rcu, &mut frames);
+            let unlink = Unlink {
+                floor: free_tables.0.min(start),
+                ceiling: free_tables.1.max(end),
+                rcu,
+            };
+            self.zap_table(&self.root, LEVELS, 0, (start, end), &unlink, &mut frames);
         }
         frames
     }
@@ -219,8 +231,7 @@ impl PageTable {
         level: u32,
         base: u64,
         (start, end): (u64, u64),
-        (floor, ceiling): (u64, u64),
-        rcu: &R,
+        unlink: &Unlink<'_, R>,
         frames: &mut Vec<Frame>,
     ) {
         let span = entry_span(level);
@@ -250,16 +261,15 @@ impl PageTable {
                 level - 1,
                 lo,
                 (start.max(lo), end.min(hi)),
-                (floor, ceiling),
-                rcu,
+                unlink,
                 frames,
             );
-            if floor <= lo && hi <= ceiling {
+            if unlink.floor <= lo && hi <= unlink.ceiling {
                 entry.store(0, Ordering::Release);
                 self.tables.fetch_sub(1, Ordering::Relaxed);
                 // SAFETY: unlinked above (new walkers cannot reach it), emptied by the recursive
                 // zap, and retired once; it came from `Box::into_raw`.
-                unsafe { rcu.retire::<Table, DropBox>(child) };
+                unsafe { unlink.rcu.retire::<Table, DropBox>(child) };
             }
         }
     }

@@ -1,0 +1,199 @@
+//! Fault cost per page: maplevm's engine (fast path: anonymous memory with and without
+//! zero-filling, a cached file page; slow path: a file page read with the guard dropped) beside
+//! an engine with no synchronization at all (single thread, plain BTreeMap, same page table and
+//! frame pool); and two threads faulting one large VMA, per fault, to set beside one thread.
+//! Each measurement maps a fresh region, faults its pages (timed), and unmaps it (not timed).
+
+use bench::unsync_engine::UnsyncEngine;
+use criterion::{Criterion, criterion_group, criterion_main};
+use fault::{Access, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+use vma::{MapFlags, PAGE_SIZE, Prot};
+
+const PAGES: u64 = 512;
+const REGION: u64 = 0x1000_0000;
+
+fn pool() -> Arc<FramePool> {
+    Arc::new(FramePool::new(FramePoolConfig::default()).unwrap())
+}
+
+fn mm(zero_fill: bool) -> Mm {
+    let config = MmConfig {
+        zero_fill,
+        ..MmConfig::default()
+    };
+    Mm::new(config, pool()).unwrap()
+}
+
+/// Times `iters` faults, `PAGES` per region: `setup` maps a region and returns its address,
+/// `fault` faults one page, `teardown` unmaps it.
+fn per_fault<S>(
+    iters: u64,
+    mut setup: impl FnMut() -> S,
+    mut fault: impl FnMut(&S, u64),
+    mut teardown: impl FnMut(S),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let pages = left.min(PAGES);
+        let region = setup();
+        let started = Instant::now();
+        for page in 0..pages {
+            fault(&region, page);
+        }
+        total += started.elapsed();
+        teardown(region);
+        left -= pages;
+    }
+    total
+}
+
+fn single_thread(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fault");
+    for zero_fill in [true, false] {
+        let zeroing = if zero_fill { "zero-fill" } else { "no zero-fill" };
+        let maplevm = mm(zero_fill);
+        group.bench_function(format!("maplevm fast path anonymous, {zeroing}"), |b| {
+            b.iter_custom(|iters| {
+                per_fault(
+                    iters,
+                    || {
+                        let flags = MapFlags::PRIVATE_ANONYMOUS.fixed();
+                        maplevm
+                            .mmap(REGION, PAGES * PAGE_SIZE, Prot::READ_WRITE, flags, None)
+                            .unwrap()
+                    },
+                    |&at, page| {
+                        maplevm.fault(at + page * PAGE_SIZE, Access::Write).unwrap();
+                    },
+                    |at| maplevm.munmap(at, PAGES * PAGE_SIZE).unwrap(),
+                )
+            })
+        });
+        let mut unsync = UnsyncEngine::new(pool(), zero_fill);
+        let unsync = std::cell::RefCell::new(&mut unsync);
+        group.bench_function(format!("unsynchronized anonymous, {zeroing}"), |b| {
+            b.iter_custom(|iters| {
+                per_fault(
+                    iters,
+                    || {
+                        unsync
+                            .borrow_mut()
+                            .map(REGION, PAGES * PAGE_SIZE, Prot::READ_WRITE);
+                        REGION
+                    },
+                    |&at, page| {
+                        unsync
+                            .borrow_mut()
+                            .fault(at + page * PAGE_SIZE, Access::Write)
+                            .unwrap();
+                    },
+                    |at| unsync.borrow_mut().unmap(at),
+                )
+            })
+        });
+    }
+
+    let maplevm = mm(true);
+    let cached = Arc::new(MemBacking::zeroed(
+        "/cached",
+        maplevm.frames(),
+        (PAGES * PAGE_SIZE) as usize,
+    ));
+    let cached_file = File::new(cached.clone());
+    for page in 0..PAGES {
+        let frame = fault::Backing::read_page(&*cached, page).unwrap();
+        // SAFETY: the reference read_page handed us; the page cache keeps its own.
+        unsafe { maplevm.frames().put(frame) };
+    }
+    let map_file = |file: &Arc<File>| {
+        let flags = MapFlags::PRIVATE.fixed();
+        maplevm
+            .mmap(REGION, PAGES * PAGE_SIZE, Prot::READ, flags, Some((file, 0)))
+            .unwrap()
+    };
+    group.bench_function("maplevm fast path cached file page", |b| {
+        b.iter_custom(|iters| {
+            per_fault(
+                iters,
+                || map_file(&cached_file),
+                |&at, page| {
+                    maplevm.fault(at + page * PAGE_SIZE, Access::Read).unwrap();
+                },
+                |at| maplevm.munmap(at, PAGES * PAGE_SIZE).unwrap(),
+            )
+        })
+    });
+    group.bench_function("maplevm slow path file page read", |b| {
+        b.iter_custom(|iters| {
+            per_fault(
+                iters,
+                || {
+                    // A fresh file each time: nothing cached, every fault reads.
+                    let backing = MemBacking::zeroed("/cold", maplevm.frames(), (PAGES * PAGE_SIZE) as usize);
+                    let file = File::new(Arc::new(backing));
+                    (map_file(&file), file)
+                },
+                |(at, _), page| {
+                    maplevm.fault(at + page * PAGE_SIZE, Access::Read).unwrap();
+                },
+                |(at, _)| maplevm.munmap(at, PAGES * PAGE_SIZE).unwrap(),
+            )
+        })
+    });
+    group.finish();
+}
+
+/// Two threads fault disjoint halves of one VMA; the time reported is per fault per thread
+/// (wall time / faults one thread made), to set beside the single-thread figure.
+fn two_threads_one_vma(c: &mut Criterion) {
+    const PER_THREAD: u64 = 2048;
+    let mut group = c.benchmark_group("fault");
+    let maplevm = mm(true);
+    for threads in [1u64, 2] {
+        group.bench_function(format!("maplevm one VMA, {threads} thread(s), per fault"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let faults = left.min(PER_THREAD);
+                    let len = threads * PER_THREAD * PAGE_SIZE;
+                    let flags = MapFlags::PRIVATE_ANONYMOUS.fixed();
+                    let at = maplevm.mmap(REGION, len, Prot::READ_WRITE, flags, None).unwrap();
+                    let start = Barrier::new(threads as usize);
+                    let elapsed = std::thread::scope(|scope| {
+                        let handles: Vec<_> = (0..threads)
+                            .map(|t| {
+                                let (maplevm, start) = (&maplevm, &start);
+                                scope.spawn(move || {
+                                    let base = at + t * PER_THREAD * PAGE_SIZE;
+                                    start.wait();
+                                    let started = Instant::now();
+                                    for page in 0..faults {
+                                        maplevm.fault(base + page * PAGE_SIZE, Access::Write).unwrap();
+                                    }
+                                    started.elapsed()
+                                })
+                            })
+                            .collect();
+                        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+                    });
+                    total += elapsed;
+                    maplevm.munmap(at, len).unwrap();
+                    left -= faults;
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = fault;
+    config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    targets = single_thread, two_threads_one_vma
+}
+criterion_main!(fault);
