@@ -157,10 +157,7 @@ impl Mm {
                 return Err(FaultError::AccessDenied);
             }
             match self.settle_page(vma.mapping(), page, access, &mut None)? {
-                Progress::Done(fault) => {
-                    self.counters.bump(Counter::FastPath);
-                    return Ok(fault);
-                }
+                Progress::Done(fault) => return Ok(fault),
                 Progress::Blocking(pgoff) => {
                     let Ok(reference) = self.space.try_get(vma) else {
                         // Replaced or reborn since the lookup: look again.
@@ -168,8 +165,11 @@ impl Mm {
                         continue;
                     };
                     drop(guard);
-                    self.counters.bump(Counter::SlowPath);
-                    return self.slow_path(&reference, page, access, pgoff);
+                    let result = self.slow_path(&reference, page, access, pgoff);
+                    if result.is_ok() {
+                        self.counters.bump(Counter::SlowPath);
+                    }
+                    return result;
                 }
             }
         }

@@ -12,7 +12,8 @@
 //!   [`FramePool::copy`] (byte-wise relaxed atomics: threads may race on a page as CPUs do), or
 //!   by the sole holder of a frame no translation maps yet (zero-filling).
 //! - Free lists are sharded by thread, so threads allocating at once rarely share a lock; a
-//!   thread whose shard is empty refills it from a new chunk or takes frames from another shard.
+//!   thread whose shard is empty takes frames from another shard, and only when every shard is
+//!   empty adds a chunk (the pool reuses freed frames before it grows).
 
 use crate::shard::{SHARDS, thread_shard};
 use maple::sync::Mutex;
@@ -136,8 +137,8 @@ impl FramePool {
         let home = thread_shard();
         let frame = self
             .pop(home)
-            .or_else(|| self.add_chunk(home))
-            .or_else(|| (1..SHARDS).find_map(|i| self.pop((home + i) % SHARDS)))?;
+            .or_else(|| self.steal(home))
+            .or_else(|| self.add_chunk(home))?;
         // The frame is free: nobody else holds its count.
         self.counts[frame.0 as usize].store(1, Ordering::Relaxed);
         self.shards[home].held.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +151,31 @@ impl FramePool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
+    }
+
+    /// Moves up to half of another shard's free frames (at most `STEAL` of them) to `home`'s
+    /// and returns one: frames freed by other threads are reused before the pool grows.
+    fn steal(&self, home: usize) -> Option<Frame> {
+        const STEAL: usize = 256;
+        for i in 1..SHARDS {
+            let mut taken = {
+                let mut other = self.shards[(home + i) % SHARDS]
+                    .free
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let keep = other.len() - (other.len().div_ceil(2)).min(STEAL);
+                other.split_off(keep)
+            };
+            if let Some(frame) = taken.pop() {
+                self.shards[home]
+                    .free
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .append(&mut taken);
+                return Some(frame);
+            }
+        }
+        None
     }
 
     /// Adds a chunk, puts all but one of its frames in `shard`'s free list and returns that
@@ -216,6 +242,36 @@ impl FramePool {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(frame);
         }
+    }
+
+    /// Drops one reference on each frame of `frames`, taking the free-list lock once for all
+    /// that go back.
+    ///
+    /// # Safety
+    /// As [`FramePool::put`], for each frame.
+    pub unsafe fn put_many(&self, frames: &[Frame]) {
+        let mut freed = Vec::new();
+        for &frame in frames {
+            // Release/Acquire as in `put`.
+            let before = self.count(frame).fetch_sub(1, Ordering::Release);
+            debug_assert!(before > 0, "put on free frame {frame:?}");
+            if before == 1 {
+                freed.push(frame);
+            }
+        }
+        if freed.is_empty() {
+            return;
+        }
+        fence(Ordering::Acquire);
+        let shard = thread_shard();
+        self.shards[shard]
+            .held
+            .fetch_sub(freed.len() as i64, Ordering::Relaxed);
+        self.shards[shard]
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&mut freed);
     }
 
     /// References held on a frame now (for tests).

@@ -52,11 +52,9 @@ struct Released {
 
 impl Drop for Released {
     fn drop(&mut self) {
-        for &frame in &self.list {
-            // SAFETY: each is the reference of a translation that was removed before this was
-            // retired; the grace period has passed, so no reader still copies through it.
-            unsafe { self.frames.put(frame) };
-        }
+        // SAFETY: each is the reference of a translation that was removed before this was
+        // retired; the grace period has passed, so no reader still copies through it.
+        unsafe { self.frames.put_many(&self.list) };
     }
 }
 
@@ -305,10 +303,8 @@ impl Drop for Mm {
             .translations
             .table
             .zap(0, ADDRESS_LIMIT, everything, self.space.rcu());
-        for frame in frames {
-            // SAFETY: each is a removed translation's reference, and no reader is left.
-            unsafe { self.translations.frames.put(frame) };
-        }
+        // SAFETY: each is a removed translation's reference, and no reader is left.
+        unsafe { self.translations.frames.put_many(&frames) };
     }
 }
 

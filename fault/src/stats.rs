@@ -14,7 +14,6 @@ pub(crate) enum Counter {
     AccessDenied,
     OutOfMemory,
     BusError,
-    FastPath,
     SlowPath,
     Retries,
     BabyWaits,
@@ -69,9 +68,10 @@ pub struct FaultStats {
     pub out_of_memory: u64,
     /// Faults beyond the end of a file (SIGBUS).
     pub bus_errors: u64,
-    /// Faults completed under the RCU guard alone, without a VMA reference.
+    /// Faults resolved under the RCU guard alone, without a VMA reference (successful faults
+    /// not resolved on the slow path; counted that way so the fast path bumps one counter).
     pub fast_path: u64,
-    /// Faults that took a VMA reference and dropped the guard to wait for a page.
+    /// Faults resolved holding a VMA reference, the guard dropped while the page was read.
     pub slow_path: u64,
     /// Attempts repeated because a racing fault or writer changed what was found.
     pub retries: u64,
@@ -97,7 +97,8 @@ impl FaultStats {
             access_denied: counters.sum(Counter::AccessDenied),
             out_of_memory: counters.sum(Counter::OutOfMemory),
             bus_errors: counters.sum(Counter::BusError),
-            fast_path: counters.sum(Counter::FastPath),
+            fast_path: (counters.sum(Counter::Installed) + counters.sum(Counter::AlreadyMapped))
+                .saturating_sub(counters.sum(Counter::SlowPath)),
             slow_path: counters.sum(Counter::SlowPath),
             retries: counters.sum(Counter::Retries),
             baby_waits: counters.sum(Counter::BabyWaits),
