@@ -62,7 +62,13 @@ fn main() {
                 // merge with a worker's VMA (as on Linux) and that worker's faults would wait
                 // for the merge.
                 let at = mm
-                    .mmap(0x1000_0000, len, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None)
+                    .mmap(
+                        0x1000_0000,
+                        len,
+                        Prot::READ_WRITE,
+                        MapFlags::PRIVATE_ANONYMOUS,
+                        None,
+                    )
                     .expect("mmap");
                 mm.write(at, b"scratch").expect("write");
                 mm.mprotect(at, len / 2, Prot::READ).expect("mprotect");
