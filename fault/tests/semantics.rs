@@ -1,6 +1,7 @@
 //! What an embedder sees through `read` / `write`: Linux-like memory semantics for anonymous,
 //! private file, shared file and shared anonymous mappings across mmap, munmap, mprotect,
 //! mremap, MAP_FIXED, madvise and brk; and nothing leaked afterwards.
+#![cfg(not(feature = "shuttle"))]
 
 use fault::{Access, Fault, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
 use std::sync::Arc;
