@@ -156,13 +156,16 @@ fn single_thread(c: &mut Criterion) {
 }
 
 /// Two threads fault disjoint halves of one VMA; the time reported is per fault per thread
-/// (wall time / faults one thread made), to set beside the single-thread figure.
+/// (wall time / faults one thread made), to set beside the single-thread figure. Without
+/// zero-filling, what remains is the engine's own cost, separated from memory bandwidth.
 fn two_threads_one_vma(c: &mut Criterion) {
     const PER_THREAD: u64 = 2048;
     let mut group = c.benchmark_group("fault");
-    let maplevm = mm(true);
-    for threads in [1u64, 2] {
-        group.bench_function(format!("maplevm one VMA, {threads} thread(s), per fault"), |b| {
+    for (zero_fill, threads) in [(true, 1u64), (true, 2), (false, 1), (false, 2)] {
+        let maplevm = mm(zero_fill);
+        let zeroing = if zero_fill { "zero-fill" } else { "no zero-fill" };
+        let name = format!("maplevm one VMA, {zeroing}, {threads} thread(s), per fault");
+        group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 let mut left = iters;
@@ -200,9 +203,58 @@ fn two_threads_one_vma(c: &mut Criterion) {
     group.finish();
 }
 
+/// The control for `two_threads_one_vma`: each thread faults its own region in its own
+/// unsynchronized engine (own page table, own frame pool): nothing is shared, so what two
+/// threads lose here is the machine's, not the design's.
+fn two_threads_nothing_shared(c: &mut Criterion) {
+    const PER_THREAD: u64 = 2048;
+    let mut group = c.benchmark_group("fault");
+    for (zero_fill, threads) in [(true, 1u64), (true, 2), (false, 1), (false, 2)] {
+        let zeroing = if zero_fill { "zero-fill" } else { "no zero-fill" };
+        let mut engines: Vec<UnsyncEngine> = (0..threads)
+            .map(|_| UnsyncEngine::new(pool(), zero_fill))
+            .collect();
+        let name = format!("unsynchronized own engines (control), {zeroing}, {threads} thread(s), per fault");
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let faults = left.min(PER_THREAD);
+                    let start = Barrier::new(threads as usize);
+                    let elapsed = std::thread::scope(|scope| {
+                        let handles: Vec<_> = engines
+                            .iter_mut()
+                            .map(|engine| {
+                                let start = &start;
+                                scope.spawn(move || {
+                                    engine.map(REGION, PER_THREAD * PAGE_SIZE, Prot::READ_WRITE);
+                                    start.wait();
+                                    let started = Instant::now();
+                                    for page in 0..faults {
+                                        engine.fault(REGION + page * PAGE_SIZE, Access::Write).unwrap();
+                                    }
+                                    let elapsed = started.elapsed();
+                                    engine.unmap(REGION);
+                                    elapsed
+                                })
+                            })
+                            .collect();
+                        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+                    });
+                    total += elapsed;
+                    left -= faults;
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = fault;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
-    targets = single_thread, two_threads_one_vma
+    targets = single_thread, two_threads_one_vma, two_threads_nothing_shared
 }
 criterion_main!(fault);
