@@ -104,13 +104,8 @@ fn entry_span(level: u32) -> u64 {
     1 << (12 + 9 * (level - 1))
 }
 
-/// Which tables a zap unlinks (those wholly inside `[floor, ceiling)`) and where it retires
-/// them.
-struct Unlink<'a, R> {
-    floor: u64,
-    ceiling: u64,
-    rcu: &'a R,
-}
+/// Called by the range walk after it has been through a child table: `(lo, hi, slot, child)`.
+type TableDone<'a> = &'a mut dyn FnMut(u64, u64, &AtomicU64, *mut Table);
 
 /// A software page table.
 pub struct PageTable {
@@ -211,79 +206,62 @@ impl PageTable {
     /// The caller guarantees that nobody installs translations in `free_tables` meanwhile and
     /// that none exist there outside `[start, end)` (it is free space around the range).
     pub fn zap<R: Rcu>(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &R) -> Vec<Frame> {
-        let mut frames = Vec::new();
-        let end = end.min(ADDRESS_LIMIT);
-        if start < end {
-            let unlink = Unlink {
-                floor: free_tables.0.min(start),
-                ceiling: free_tables.1.max(end),
-                rcu,
-            };
-            self.zap_table(&self.root, LEVELS, 0, (start, end), &unlink, &mut frames);
-        }
-        frames
+        let (floor, ceiling) = (free_tables.0.min(start), free_tables.1.max(end));
+        self.take_entries(start, end, &mut |lo, hi, slot, child| {
+            if floor <= lo && hi <= ceiling {
+                // Release pairs with the Acquire of walkers: they see the table gone or whole.
+                slot.store(0, Ordering::Release);
+                self.tables.fetch_sub(1, Ordering::Relaxed);
+                // SAFETY: unlinked above (new walkers cannot reach it), emptied by this zap (no
+                // translation exists in it outside the zapped range), retired once; it came
+                // from `Box::into_raw`.
+                unsafe { rcu.retire::<Table, DropBox>(child) };
+            }
+        })
     }
 
-    /// Zaps `[start, end)` inside `table`, which sits at `level` and starts at `base`.
-    fn zap_table<R: Rcu>(
-        &self,
-        table: &Table,
-        level: u32,
-        base: u64,
-        (start, end): (u64, u64),
-        unlink: &Unlink<'_, R>,
-        frames: &mut Vec<Frame>,
-    ) {
-        let span = entry_span(level);
-        let first = if start > base { index(start, level) } else { 0 };
-        for slot in first..ENTRIES {
-            let lo = base + slot as u64 * span;
-            if lo >= end {
-                break;
+    /// Removes every translation in `[start, end)` but keeps the tables, and returns the frames
+    /// they held (put them once no reader can still be copying through an old translation).
+    /// Safe against faults installing meanwhile (MADV_DONTNEED); call it inside a read-side
+    /// section.
+    pub fn clear(&self, start: u64, end: u64) -> Vec<Frame> {
+        self.take_entries(start, end, &mut |_, _, _, _| {})
+    }
+
+    /// Swaps every leaf entry in `[start, end)` to empty and returns the frames the present ones
+    /// held; `table_done` is called as in [`PageTable::visit`].
+    fn take_entries(&self, start: u64, end: u64, table_done: TableDone<'_>) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut take = |_, entry: &AtomicU64| {
+            // AcqRel: Acquire so the frame's last use through this entry happens before its
+            // release; Release orders with faults that compare-and-swap the entry.
+            let old = entry.swap(0, Ordering::AcqRel);
+            if old & PRESENT != 0 {
+                frames.push(Pte(old).frame());
             }
-            let hi = lo + span;
-            let entry = &table.entries[slot];
-            if level == 1 {
-                let old = entry.swap(0, Ordering::AcqRel);
-                if old & PRESENT != 0 {
-                    frames.push(Pte(old).frame());
-                }
-                continue;
-            }
-            let next = entry.load(Ordering::Acquire);
-            if next == 0 {
-                continue;
-            }
-            let child = (next & !FLAGS) as *mut Table;
-            // SAFETY: linked tables are allocated; only this zap (the writer) unlinks them.
-            self.zap_table(
-                unsafe { &*child },
-                level - 1,
-                lo,
-                (start.max(lo), end.min(hi)),
-                unlink,
-                frames,
-            );
-            if unlink.floor <= lo && hi <= unlink.ceiling {
-                entry.store(0, Ordering::Release);
-                self.tables.fetch_sub(1, Ordering::Relaxed);
-                // SAFETY: unlinked above (new walkers cannot reach it), emptied by the recursive
-                // zap, and retired once; it came from `Box::into_raw`.
-                unsafe { unlink.rcu.retire::<Table, DropBox>(child) };
-            }
-        }
+        };
+        self.visit(start, end, &mut take, table_done);
+        frames
     }
 
     /// Calls `f` with the address and entry of every leaf entry in `[start, end)` whose tables
     /// exist (absent tables are skipped whole). Call it inside a read-side section, or as the
     /// writer that alone unlinks tables.
     fn for_each_entry(&self, start: u64, end: u64, mut f: impl FnMut(u64, &AtomicU64)) {
-        fn visit(
+        self.visit(start, end, &mut f, &mut |_, _, _, _| {});
+    }
+
+    /// The one range walk: `leaf(addr, entry)` for every leaf entry in `[start, end)` whose
+    /// tables exist, and `table_done(lo, hi, slot, child)` after the walk has been through a
+    /// child table covering `[lo, hi)`, linked from `slot`.
+    fn visit(&self, start: u64, end: u64, leaf: &mut dyn FnMut(u64, &AtomicU64), table_done: TableDone<'_>) {
+        fn walk(
             table: &Table,
             level: u32,
             base: u64,
             (start, end): (u64, u64),
-            f: &mut dyn FnMut(u64, &AtomicU64),
+            leaf: &mut dyn FnMut(u64, &AtomicU64),
+            table_done: TableDone<'_>,
         ) {
             let span = entry_span(level);
             let first = if start > base { index(start, level) } else { 0 };
@@ -294,22 +272,31 @@ impl PageTable {
                 }
                 let entry = &table.entries[slot];
                 if level == 1 {
-                    f(lo, entry);
+                    leaf(lo, entry);
                     continue;
                 }
                 // Acquire pairs with the Release of the CAS that linked the table.
                 let next = entry.load(Ordering::Acquire);
                 if next != 0 {
+                    let child = (next & !FLAGS) as *mut Table;
+                    let hi = lo + span;
                     // SAFETY: linked tables stay allocated until a grace period after they are
                     // unlinked, and the caller is inside a read-side section (or the writer).
-                    let child = unsafe { &*((next & !FLAGS) as *const Table) };
-                    visit(child, level - 1, lo, (start.max(lo), end.min(lo + span)), f);
+                    walk(
+                        unsafe { &*child },
+                        level - 1,
+                        lo,
+                        (start.max(lo), end.min(hi)),
+                        leaf,
+                        table_done,
+                    );
+                    table_done(lo, hi, entry, child);
                 }
             }
         }
         let end = end.min(ADDRESS_LIMIT);
         if start < end {
-            visit(&self.root, LEVELS, 0, (start, end), &mut f);
+            walk(&self.root, LEVELS, 0, (start, end), leaf, table_done);
         }
     }
 
@@ -342,22 +329,6 @@ impl PageTable {
                 debug_assert_eq!(previous, 0, "relocate into a range with translations");
             }
         });
-    }
-
-    /// Removes every translation in `[start, end)` but keeps the tables, and returns the frames
-    /// they held (put them once no reader can still be copying through an old translation).
-    /// Safe against faults installing meanwhile (MADV_DONTNEED); call it inside a read-side
-    /// section.
-    pub fn clear(&self, start: u64, end: u64) -> Vec<Frame> {
-        let mut frames = Vec::new();
-        self.for_each_entry(start, end, |_, entry| {
-            // Acquire: the frame's last user through this entry happens before its release.
-            let old = entry.swap(0, Ordering::AcqRel);
-            if old & PRESENT != 0 {
-                frames.push(Pte(old).frame());
-            }
-        });
-        frames
     }
 }
 
