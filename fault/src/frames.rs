@@ -16,8 +16,8 @@
 //!   empty adds a chunk (the pool reuses freed frames before it grows).
 
 use crate::shard::{SHARDS, thread_shard};
-use maple::sync::Mutex;
 use maple::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, Ordering, fence};
+use maple::sync::{Mutex, MutexGuard};
 // Frame contents are plain memory viewed as std atomics (a shuttle atomic is not a byte).
 use std::alloc::Layout;
 use std::fmt;
@@ -145,12 +145,13 @@ impl FramePool {
         Some(frame)
     }
 
+    /// A shard's free list, locked.
+    fn free_list(&self, shard: usize) -> MutexGuard<'_, Vec<Frame>> {
+        self.shards[shard].free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn pop(&self, shard: usize) -> Option<Frame> {
-        self.shards[shard]
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
+        self.free_list(shard).pop()
     }
 
     /// Moves up to half of another shard's free frames (at most `STEAL` of them) to `home`'s
@@ -159,19 +160,12 @@ impl FramePool {
         const STEAL: usize = 256;
         for i in 1..SHARDS {
             let mut taken = {
-                let mut other = self.shards[(home + i) % SHARDS]
-                    .free
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut other = self.free_list((home + i) % SHARDS);
                 let keep = other.len() - (other.len().div_ceil(2)).min(STEAL);
                 other.split_off(keep)
             };
             if let Some(frame) = taken.pop() {
-                self.shards[home]
-                    .free
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .append(&mut taken);
+                self.free_list(home).append(&mut taken);
                 return Some(frame);
             }
         }
@@ -197,10 +191,7 @@ impl FramePool {
         drop(chunks);
         let first = total as u64;
         let count = self.config.chunk_frames.min(self.config.max_frames - total) as u64;
-        self.shards[shard]
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.free_list(shard)
             .extend((first + 1..first + count).rev().map(Frame));
         Some(Frame(first))
     }
@@ -228,19 +219,8 @@ impl FramePool {
     /// nothing uses the frame through it any more (no translation that the reference stood for
     /// can still be walked by a reader).
     pub unsafe fn put(&self, frame: Frame) {
-        // Release pairs with the Acquire fence of whoever drops the last reference: every use
-        // through this reference happens before the frame is reused.
-        let before = self.count(frame).fetch_sub(1, Ordering::Release);
-        debug_assert!(before > 0, "put on free frame {frame:?}");
-        if before == 1 {
-            fence(Ordering::Acquire);
-            let shard = thread_shard();
-            self.shards[shard].held.fetch_sub(1, Ordering::Relaxed);
-            self.shards[shard]
-                .free
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(frame);
+        if self.drop_reference(frame) {
+            self.give_back(std::slice::from_ref(&frame));
         }
     }
 
@@ -250,28 +230,35 @@ impl FramePool {
     /// # Safety
     /// As [`FramePool::put`], for each frame.
     pub unsafe fn put_many(&self, frames: &[Frame]) {
-        let mut freed = Vec::new();
-        for &frame in frames {
-            // Release/Acquire as in `put`.
-            let before = self.count(frame).fetch_sub(1, Ordering::Release);
-            debug_assert!(before > 0, "put on free frame {frame:?}");
-            if before == 1 {
-                freed.push(frame);
-            }
+        let freed: Vec<Frame> = frames
+            .iter()
+            .copied()
+            .filter(|&f| self.drop_reference(f))
+            .collect();
+        if !freed.is_empty() {
+            self.give_back(&freed);
         }
-        if freed.is_empty() {
-            return;
+    }
+
+    /// Drops a reference; whether it was the last.
+    fn drop_reference(&self, frame: Frame) -> bool {
+        // Release pairs with the Acquire fence below, in whoever drops the last reference:
+        // every use through this reference happens before the frame is reused.
+        let before = self.count(frame).fetch_sub(1, Ordering::Release);
+        debug_assert!(before > 0, "put on free frame {frame:?}");
+        if before == 1 {
+            fence(Ordering::Acquire);
         }
-        fence(Ordering::Acquire);
+        before == 1
+    }
+
+    /// Returns frames whose last reference was dropped to the calling thread's free list.
+    fn give_back(&self, frames: &[Frame]) {
         let shard = thread_shard();
         self.shards[shard]
             .held
-            .fetch_sub(freed.len() as i64, Ordering::Relaxed);
-        self.shards[shard]
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(&mut freed);
+            .fetch_sub(frames.len() as i64, Ordering::Relaxed);
+        self.free_list(shard).extend_from_slice(frames);
     }
 
     /// References held on a frame now (for tests).
