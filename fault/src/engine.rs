@@ -251,8 +251,7 @@ impl Mm {
                 current.with(WRITABLE | DIRTY, 0)
             } else {
                 // Copy-on-write of a file page in a private mapping.
-                let copy = frames.alloc().ok_or(FaultError::OutOfMemory)?;
-                frames.copy(current.frame(), copy);
+                let copy = self.copy_of(current.frame())?;
                 let new = Pte::new(copy, PRIVATE | WRITABLE | DIRTY | ACCESSED);
                 return Ok(if self.install(entry, current, new, copy) {
                     // SAFETY: the old entry's reference; the file's page cache still holds the
@@ -296,14 +295,11 @@ impl Mm {
                 if mapping.shared {
                     (cached, writable | dirty)
                 } else if write {
-                    let copy = frames.alloc();
-                    if let Some(copy) = copy {
-                        frames.copy(cached, copy);
-                    }
+                    let copy = self.copy_of(cached);
                     // SAFETY: our reference on the cached page, no longer used; the page cache
                     // holds its own.
                     unsafe { frames.put(cached) };
-                    (copy.ok_or(FaultError::OutOfMemory)?, PRIVATE | writable | dirty)
+                    (copy?, PRIVATE | writable | dirty)
                 } else {
                     (cached, dirty)
                 }
@@ -314,6 +310,14 @@ impl Mm {
         } else {
             Attempt::Again
         })
+    }
+
+    /// A new frame holding a copy of `page` (copy-on-write), with one reference for the caller.
+    fn copy_of(&self, page: Frame) -> Result<Frame, FaultError> {
+        let frames = &self.translations.frames;
+        let copy = frames.alloc().ok_or(FaultError::OutOfMemory)?;
+        frames.copy(page, copy);
+        Ok(copy)
     }
 
     /// Replaces `current` with `new`, which carries a reference on `frame`; on failure gives
