@@ -93,15 +93,30 @@ fn must_fail(test: impl Fn() + Send + Sync + 'static, expected: &[&str]) {
     );
 }
 
+/// What the page that races munmap is.
+#[derive(Clone, Copy)]
+enum Racing {
+    /// Anonymous memory, written: the fast path (no reference, the guard only).
+    FastPath,
+    /// A file page not cached yet: the slow path (a VMA reference, the guard dropped).
+    SlowPath,
+}
+
 /// G2: a fault racing munmap completes before munmap returns or fails; afterwards no
 /// translation exists in the range, and none appears later.
-fn fault_racing_munmap(broken: Option<BrokenStep>) {
+fn fault_racing_munmap(broken: Option<BrokenStep>, racing: Racing) {
     let mm = Arc::new(mm(broken));
-    anon(&mm, A, Prot::READ_WRITE);
+    let (access, file) = match racing {
+        Racing::FastPath => {
+            anon(&mm, A, Prot::READ_WRITE);
+            (Access::Write, None)
+        }
+        Racing::SlowPath => (Access::Read, Some(file_at(&mm, A))),
+    };
     let faulting = {
         let mm = mm.clone();
         thread::spawn(move || {
-            let result = mm.fault(A, Access::Write);
+            let result = mm.fault(A, access);
             assert!(
                 matches!(result, Ok(Fault::Installed) | Err(FaultError::NotMapped)),
                 "{result:?}"
@@ -120,62 +135,35 @@ fn fault_racing_munmap(broken: Option<BrokenStep>) {
         None,
         "a translation appeared after munmap returned"
     );
-    assert_nothing_leaked(&mm, 0);
+    let cached = file.map_or(0, |(backing, file)| {
+        drop(file);
+        backing.cached_pages()
+    });
+    assert_nothing_leaked(&mm, cached);
 }
 
 #[test]
 fn g2_fault_racing_munmap() {
-    check_both(STEPS, || fault_racing_munmap(None));
+    check_both(STEPS, || fault_racing_munmap(None, Racing::FastPath));
 }
 
 #[test]
 fn g2_fails_without_grace_period() {
     must_fail(
-        || fault_racing_munmap(Some(BrokenStep::GracePeriod)),
+        || fault_racing_munmap(Some(BrokenStep::GracePeriod), Racing::FastPath),
         &["munmap return", "leaked"],
     );
 }
 
-/// G2 for the slow path: a fault that reads a file page holding a VMA reference, racing
-/// munmap.
-fn slow_fault_racing_munmap(broken: Option<BrokenStep>) {
-    let mm = Arc::new(mm(broken));
-    let (backing, file) = file_at(&mm, A);
-    let faulting = {
-        let mm = mm.clone();
-        thread::spawn(move || {
-            let result = mm.fault(A, Access::Read);
-            assert!(
-                matches!(result, Ok(Fault::Installed) | Err(FaultError::NotMapped)),
-                "{result:?}"
-            );
-        })
-    };
-    mm.munmap(A, P).unwrap();
-    assert_eq!(
-        mm.translation(A),
-        None,
-        "a translation exists when munmap returns"
-    );
-    join(faulting);
-    assert_eq!(
-        mm.translation(A),
-        None,
-        "a translation appeared after munmap returned"
-    );
-    drop(file);
-    assert_nothing_leaked(&mm, backing.cached_pages());
-}
-
 #[test]
 fn g2_slow_fault_racing_munmap() {
-    check_both(STEPS, || slow_fault_racing_munmap(None));
+    check_both(STEPS, || fault_racing_munmap(None, Racing::SlowPath));
 }
 
 #[test]
 fn g2_slow_path_fails_without_reference_wait() {
     must_fail(
-        || slow_fault_racing_munmap(Some(BrokenStep::ReferenceWait)),
+        || fault_racing_munmap(Some(BrokenStep::ReferenceWait), Racing::SlowPath),
         &["munmap return", "leaked"],
     );
 }
