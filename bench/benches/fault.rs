@@ -35,6 +35,18 @@ fn release(mm: &Mm, at: u64, pages: u64) {
     mm.barrier();
 }
 
+/// Splits `iters` into batches of at most `size` and sums what `batch(count)` measures.
+fn in_batches(iters: u64, size: u64, mut batch: impl FnMut(u64) -> Duration) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let count = left.min(size);
+        total += batch(count);
+        left -= count;
+    }
+    total
+}
+
 /// Times `iters` faults, `PAGES` per region: `setup` maps a region and returns its address,
 /// `fault` faults one page, `teardown` unmaps it.
 fn per_fault<S>(
@@ -43,20 +55,32 @@ fn per_fault<S>(
     mut fault: impl FnMut(&S, u64),
     mut teardown: impl FnMut(S),
 ) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let pages = left.min(PAGES);
+    in_batches(iters, PAGES, |pages| {
         let region = setup();
         let started = Instant::now();
         for page in 0..pages {
             fault(&region, page);
         }
-        total += started.elapsed();
+        let elapsed = started.elapsed();
         teardown(region);
-        left -= pages;
-    }
-    total
+        elapsed
+    })
+}
+
+/// Runs `work` on one thread per worker; each waits at the barrier it is given before it
+/// starts its clock and returns its time. The slowest thread's time.
+fn slowest<W: Send>(workers: Vec<W>, work: impl Fn(W, &Barrier) -> Duration + Sync) -> Duration {
+    let start = Barrier::new(workers.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = workers
+            .into_iter()
+            .map(|worker| {
+                let (work, start) = (&work, &start);
+                scope.spawn(move || work(worker, start))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+    })
 }
 
 fn single_thread(c: &mut Criterion) {
@@ -167,36 +191,22 @@ fn two_threads_one_vma(c: &mut Criterion) {
         let name = format!("maplevm one VMA, {zeroing}, {threads} thread(s), per fault");
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let faults = left.min(PER_THREAD);
+                in_batches(iters, PER_THREAD, |faults| {
                     let len = threads * PER_THREAD * PAGE_SIZE;
                     let flags = MapFlags::PRIVATE_ANONYMOUS.fixed();
                     let at = maplevm.mmap(REGION, len, Prot::READ_WRITE, flags, None).unwrap();
-                    let start = Barrier::new(threads as usize);
-                    let elapsed = std::thread::scope(|scope| {
-                        let handles: Vec<_> = (0..threads)
-                            .map(|t| {
-                                let (maplevm, start) = (&maplevm, &start);
-                                scope.spawn(move || {
-                                    let base = at + t * PER_THREAD * PAGE_SIZE;
-                                    start.wait();
-                                    let started = Instant::now();
-                                    for page in 0..faults {
-                                        maplevm.fault(base + page * PAGE_SIZE, Access::Write).unwrap();
-                                    }
-                                    started.elapsed()
-                                })
-                            })
-                            .collect();
-                        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+                    let bases = (0..threads).map(|t| at + t * PER_THREAD * PAGE_SIZE).collect();
+                    let elapsed = slowest(bases, |base, start| {
+                        start.wait();
+                        let started = Instant::now();
+                        for page in 0..faults {
+                            maplevm.fault(base + page * PAGE_SIZE, Access::Write).unwrap();
+                        }
+                        started.elapsed()
                     });
-                    total += elapsed;
                     release(&maplevm, at, threads * PER_THREAD);
-                    left -= faults;
-                }
-                total
+                    elapsed
+                })
             })
         });
     }
@@ -217,35 +227,19 @@ fn two_threads_nothing_shared(c: &mut Criterion) {
         let name = format!("unsynchronized own engines (control), {zeroing}, {threads} thread(s), per fault");
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let faults = left.min(PER_THREAD);
-                    let start = Barrier::new(threads as usize);
-                    let elapsed = std::thread::scope(|scope| {
-                        let handles: Vec<_> = engines
-                            .iter_mut()
-                            .map(|engine| {
-                                let start = &start;
-                                scope.spawn(move || {
-                                    engine.map(REGION, PER_THREAD * PAGE_SIZE, Prot::READ_WRITE);
-                                    start.wait();
-                                    let started = Instant::now();
-                                    for page in 0..faults {
-                                        engine.fault(REGION + page * PAGE_SIZE, Access::Write).unwrap();
-                                    }
-                                    let elapsed = started.elapsed();
-                                    engine.unmap(REGION);
-                                    elapsed
-                                })
-                            })
-                            .collect();
-                        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
-                    });
-                    total += elapsed;
-                    left -= faults;
-                }
-                total
+                in_batches(iters, PER_THREAD, |faults| {
+                    slowest(engines.iter_mut().collect(), |engine, start| {
+                        engine.map(REGION, PER_THREAD * PAGE_SIZE, Prot::READ_WRITE);
+                        start.wait();
+                        let started = Instant::now();
+                        for page in 0..faults {
+                            engine.fault(REGION + page * PAGE_SIZE, Access::Write).unwrap();
+                        }
+                        let elapsed = started.elapsed();
+                        engine.unmap(REGION);
+                        elapsed
+                    })
+                })
             })
         });
     }
