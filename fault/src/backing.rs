@@ -120,11 +120,9 @@ impl MemBacking {
         }
     }
 
-    /// The object's bytes at `offset` (as `pread`: from the page cache where a page is there).
-    ///
-    /// # Panics
-    /// If the range leaves the object.
-    pub fn read_at(&self, offset: usize, buf: &mut [u8]) {
+    /// The object's bytes at `offset` (as `pread`: from the page cache where a page is there);
+    /// `OutsideObject` if the range leaves the object.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), BackingError> {
         self.each_page(offset, buf.len(), |pgoff, in_page, at, len| {
             let out = &mut buf[at..at + len];
             match self.cached(pgoff) {
@@ -135,14 +133,12 @@ impl MemBacking {
                     out.copy_from_slice(&store[from..from + len]);
                 }
             }
-        });
+        })
     }
 
-    /// Writes `data` into the object at `offset` (as `pwrite`).
-    ///
-    /// # Panics
-    /// If the range leaves the object.
-    pub fn write_at(&self, offset: usize, data: &[u8]) {
+    /// Writes `data` into the object at `offset` (as `pwrite`); `OutsideObject` if the range
+    /// leaves the object.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), BackingError> {
         self.each_page(offset, data.len(), |pgoff, in_page, at, len| {
             let data = &data[at..at + len];
             // The store lock orders this with a read into the cache copying the same page.
@@ -154,17 +150,21 @@ impl MemBacking {
                     store[from..from + len].copy_from_slice(data);
                 }
             }
-        });
+        })
     }
 
     /// Splits `[offset, offset + len)` by page: `f(pgoff, offset in page, offset in buffer,
-    /// length)`.
-    fn each_page(&self, offset: usize, len: usize, mut f: impl FnMut(u64, usize, usize, usize)) {
-        let end = offset.checked_add(len).expect("range overflows");
-        assert!(
-            end <= self.cache.len() * FRAME_SIZE,
-            "range {offset:#x}+{len:#x} leaves the object"
-        );
+    /// length)`; `OutsideObject` (and no call) if the range leaves the object.
+    fn each_page(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(u64, usize, usize, usize),
+    ) -> Result<(), BackingError> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= self.cache.len() * FRAME_SIZE)
+            .ok_or(BackingError::OutsideObject)?;
         let mut at = offset;
         while at < end {
             let in_page = at % FRAME_SIZE;
@@ -172,6 +172,7 @@ impl MemBacking {
             f((at / FRAME_SIZE) as u64, in_page, at - offset, chunk);
             at += chunk;
         }
+        Ok(())
     }
 }
 

@@ -124,7 +124,7 @@ fn private_file_writes_stay_private() {
     assert_eq!(read(&mm, one + P, 3), b"XYb");
     assert_eq!(read(&mm, two + P, 3), b"bbb", "another mapping sees the file");
     let mut on_file = [0; 2];
-    backing.read_at(P as usize, &mut on_file);
+    backing.read_at(P as usize, &mut on_file).unwrap();
     assert_eq!(&on_file, b"bb", "the file is unchanged");
     // A write fault on a page never read copies straight from the file.
     mm.write(one, b"Z").unwrap();
@@ -149,10 +149,19 @@ fn shared_file_writes_reach_the_file_and_other_mappings() {
     mm.write(one + P + 10, b"shared!").unwrap();
     assert_eq!(read(&mm, two + 10, 7), b"shared!");
     let mut on_file = [0; 7];
-    backing.read_at(P as usize + 10, &mut on_file);
+    backing.read_at(P as usize + 10, &mut on_file).unwrap();
     assert_eq!(&on_file, b"shared!");
     // A write to the file shows through both mappings.
-    backing.write_at(2 * P as usize, b"pwrite");
+    backing.write_at(2 * P as usize, b"pwrite").unwrap();
+    assert_eq!(
+        backing.write_at(3 * P as usize - 1, b"xy"),
+        Err(fault::BackingError::OutsideObject),
+        "a write past the end is refused"
+    );
+    assert_eq!(
+        backing.read_at(usize::MAX, &mut [0]),
+        Err(fault::BackingError::OutsideObject)
+    );
     assert_eq!(read(&mm, one + 2 * P, 6), b"pwrite");
     assert_eq!(read(&mm, two + P, 6), b"pwrite");
     // Beyond the end of the file: a bus error.

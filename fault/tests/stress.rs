@@ -144,7 +144,7 @@ fn faults_and_writers_on_overlapping_regions() {
 
     // The file holds its contents or bytes written through a shared mapping made writable.
     let mut contents = vec![0; 8 * P as usize];
-    backing.read_at(0, &mut contents);
+    backing.read_at(0, &mut contents).unwrap();
     assert!(
         contents.iter().all(|&b| b == 0x5a || b == 0xc3),
         "the file was corrupted"
