@@ -20,15 +20,21 @@
 //! back what it prepared and decides again. Two threads faulting one page therefore install one
 //! frame.
 //!
+//! The decision and the install are [`Memory`]'s (`settle`, `read_in`), so that designs that
+//! find and protect VMAs another way (the benchmark's baselines) fault exactly the same way.
+//!
 //! Entries: anonymous memory and private copies are `PRIVATE` frames; file pages are the
 //! backing's cached frames, mapped read-only in private mappings until a write copies them
 //! (copy-on-write) and writable in shared writable mappings (writes reach the file's page).
 
 use crate::backing::BackingError;
 use crate::frames::{FRAME_SIZE, Frame};
-use crate::mm::{Mm, backing_of, readable};
+use crate::memory::{Memory, backing_of, readable};
+use crate::mm::Mm;
 use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, Pte, WRITABLE};
 use crate::stats::Counter;
+use maple::Guard;
+use maple::rcu::DefaultRcu;
 use maple::sync::atomic::{AtomicU64, Ordering};
 use std::fmt;
 use vma::{Backing as VmaBacking, Lookup, Mapping, PAGE_SIZE, VmaRef};
@@ -113,9 +119,12 @@ enum Attempt {
     Blocking(u64),
 }
 
-/// How far a fault got without blocking.
-enum Progress {
+/// How far [`Memory::settle`] got without blocking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The fault is resolved.
     Done(Fault),
+    /// The file page at this page offset must be read first: see [`Memory::read_in`].
     Blocking(u64),
 }
 
@@ -125,14 +134,7 @@ impl Mm {
     /// that a writer is setting up (BABY) and for file reads.
     pub fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
         let result = self.resolve(addr, access);
-        self.counters.bump(match result {
-            Ok(Fault::Installed) => Counter::Installed,
-            Ok(Fault::AlreadyMapped) => Counter::AlreadyMapped,
-            Err(FaultError::NotMapped) => Counter::NotMapped,
-            Err(FaultError::AccessDenied) => Counter::AccessDenied,
-            Err(FaultError::OutOfMemory) => Counter::OutOfMemory,
-            Err(FaultError::BusError) => Counter::BusError,
-        });
+        self.memory.count(result);
         result
     }
 
@@ -141,13 +143,14 @@ impl Mm {
             return Err(FaultError::NotMapped);
         }
         let page = addr & !(PAGE_SIZE - 1);
+        let counters = &self.memory.counters;
         loop {
             let guard = self.space.guard();
             let vma = match self.space.lookup(page, &guard) {
                 Lookup::Unmapped => return Err(FaultError::NotMapped),
                 Lookup::Baby => {
                     drop(guard);
-                    self.counters.bump(Counter::BabyWaits);
+                    counters.bump(Counter::BabyWaits);
                     self.space.wait_for_birth(page);
                     continue;
                 }
@@ -156,20 +159,34 @@ impl Mm {
             if !allows(vma.mapping(), access) {
                 return Err(FaultError::AccessDenied);
             }
-            match self.settle_page(vma.mapping(), page, access, &mut None)? {
+            // Without the fast path, every fault holds a reference (rcu-refonly).
+            let mut reference = None;
+            if !self.fast_path {
+                let Ok(taken) = self.space.try_get(vma) else {
+                    counters.bump(Counter::Retries);
+                    continue;
+                };
+                reference = Some(taken);
+            }
+            match self
+                .memory
+                .settle(vma.mapping(), page, access, &mut None, &guard)?
+            {
                 Progress::Done(fault) => return Ok(fault),
                 Progress::Blocking(pgoff) => {
-                    let Ok(reference) = self.space.try_get(vma) else {
-                        // Replaced or reborn since the lookup: look again.
-                        self.counters.bump(Counter::Retries);
-                        continue;
+                    let reference = match reference {
+                        Some(reference) => reference,
+                        None => match self.space.try_get(vma) {
+                            Ok(reference) => reference,
+                            Err(_) => {
+                                // Replaced or reborn since the lookup: look again.
+                                counters.bump(Counter::Retries);
+                                continue;
+                            }
+                        },
                     };
                     drop(guard);
-                    let result = self.slow_path(&reference, page, access, pgoff);
-                    if result.is_ok() {
-                        self.counters.bump(Counter::SlowPath);
-                    }
-                    return result;
+                    return self.slow_path(&reference, page, access, pgoff);
                 }
             }
         }
@@ -181,40 +198,67 @@ impl Mm {
         vma: &VmaRef<'_>,
         page: u64,
         access: Access,
-        mut pgoff: u64,
+        pgoff: u64,
     ) -> Result<Fault, FaultError> {
-        let VmaBacking::File(object) = &vma.mapping().backing else {
-            unreachable!("only file pages block");
-        };
-        let backing = backing_of(object);
-        loop {
-            let mut read = Some(backing.read_page(pgoff)?);
-            let guard = self.space.guard();
-            let progress = self.settle_page(vma.mapping(), page, access, &mut read);
-            drop(guard);
-            if let Some(frame) = read {
-                // SAFETY: the reference read_page gave us, not used by any translation.
-                unsafe { self.translations.frames.put(frame) };
-            }
-            match progress? {
-                Progress::Done(fault) => return Ok(fault),
-                // The backing dropped the page again before we installed it: read again.
-                Progress::Blocking(again) => pgoff = again,
-            }
+        let result = self
+            .memory
+            .read_in(vma.mapping(), page, access, pgoff, self.space.rcu());
+        if result.is_ok() {
+            self.memory.counters.bump(Counter::SlowPath);
         }
+        result
     }
 
-    /// Decides and installs until the page is resolved or needs a blocking read. The caller
-    /// holds a guard (and the VMA of `mapping` is usable or referenced); `read` is a file page
-    /// the slow path read (taken when used).
-    fn settle_page(
+    /// Copies `buf.len()` bytes from `addr`, faulting pages in as a CPU would.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.memory.read(addr, buf, self.space.rcu(), |addr, access| {
+            self.fault(addr, access)
+        })
+    }
+
+    /// Copies `data` to `addr`, faulting pages in as a CPU would.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
+        self.memory.write(addr, data, self.space.rcu(), |addr, access| {
+            self.fault(addr, access)
+        })
+    }
+}
+
+impl Memory {
+    /// Counts a fault's outcome in the statistics.
+    pub fn count(&self, result: Result<Fault, FaultError>) {
+        self.counters.bump(match result {
+            Ok(Fault::Installed) => Counter::Installed,
+            Ok(Fault::AlreadyMapped) => Counter::AlreadyMapped,
+            Err(FaultError::NotMapped) => Counter::NotMapped,
+            Err(FaultError::AccessDenied) => Counter::AccessDenied,
+            Err(FaultError::OutOfMemory) => Counter::OutOfMemory,
+            Err(FaultError::BusError) => Counter::BusError,
+        });
+    }
+
+    /// Decides what the entry of `page` must become for an `access` through `mapping` and
+    /// installs it, until the page is resolved or its file page must be read (blocking: see
+    /// [`Memory::read_in`]). `read` is a file page already read (taken when used).
+    ///
+    /// The caller holds `guard` (the page-table walk may meet tables being freed) and makes
+    /// sure that `mapping` covers `page` and permits `access` (see [`allows`]), and that no
+    /// writer flushes `page` (zap, protect) until this returns, or at least not before a grace
+    /// period of the domain `guard` belongs to: it holds the lock that writers take, a
+    /// reference writers wait for, or an RCU guard writers wait for before flushing. Otherwise
+    /// a translation of a removed mapping may survive (a logic error, not memory unsafety: the
+    /// frame stays referenced).
+    pub fn settle(
         &self,
         mapping: &Mapping,
         page: u64,
         access: Access,
         read: &mut Option<Frame>,
+        _guard: &Guard<'_, DefaultRcu>,
     ) -> Result<Progress, FaultError> {
-        let entry = self.translations.table.entry_or_insert(page);
+        debug_assert!(page < ADDRESS_LIMIT && page % PAGE_SIZE == 0);
+        debug_assert!(mapping.start <= page && page < mapping.end);
+        let entry = self.table.entry_or_insert(page);
         loop {
             match self.attempt(mapping, page, access, entry, read)? {
                 Attempt::Done(fault) => return Ok(Progress::Done(fault)),
@@ -224,6 +268,38 @@ impl Mm {
         }
     }
 
+    /// The slow path after [`Memory::settle`] answered [`Progress::Blocking`]: reads the file
+    /// page with no guard held (it may block), then settles under a guard of `rcu`, reading again
+    /// if the backing dropped the page meanwhile. The caller keeps `mapping` valid throughout as
+    /// for `settle` (a VMA reference, or a lock held across the read).
+    pub fn read_in(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        access: Access,
+        mut pgoff: u64,
+        rcu: &DefaultRcu,
+    ) -> Result<Fault, FaultError> {
+        let VmaBacking::File(object) = &mapping.backing else {
+            unreachable!("only file pages block");
+        };
+        let backing = backing_of(object);
+        loop {
+            let mut read = Some(backing.read_page(pgoff)?);
+            let guard = Guard::new(rcu);
+            let progress = self.settle(mapping, page, access, &mut read, &guard);
+            drop(guard);
+            if let Some(frame) = read {
+                // SAFETY: the reference read_page gave us, not used by any translation.
+                unsafe { self.frames.put(frame) };
+            }
+            match progress? {
+                Progress::Done(fault) => return Ok(fault),
+                // The backing dropped the page again before we installed it: read again.
+                Progress::Blocking(again) => pgoff = again,
+            }
+        }
+    }
     /// One decision: what the entry must become, prepared and installed with one
     /// compare-and-swap.
     fn attempt(
@@ -234,7 +310,7 @@ impl Mm {
         entry: &AtomicU64,
         read: &mut Option<Frame>,
     ) -> Result<Attempt, FaultError> {
-        let frames = &self.translations.frames;
+        let frames = &self.frames;
         // Acquire pairs with the Release of the CAS that installed the entry: the frame's
         // contents are visible.
         let current = Pte(entry.load(Ordering::Acquire));
@@ -314,7 +390,7 @@ impl Mm {
 
     /// A new frame holding a copy of `page` (copy-on-write), with one reference for the caller.
     fn copy_of(&self, page: Frame) -> Result<Frame, FaultError> {
-        let frames = &self.translations.frames;
+        let frames = &self.frames;
         let copy = frames.alloc().ok_or(FaultError::OutOfMemory)?;
         frames.copy(page, copy);
         Ok(copy)
@@ -332,24 +408,49 @@ impl Mm {
             return true;
         }
         // SAFETY: the reference was for the entry, which was never published.
-        unsafe { self.translations.frames.put(frame) };
+        unsafe { self.frames.put(frame) };
         false
     }
 
-    /// Copies `buf.len()` bytes from `addr`, faulting pages in as a CPU would.
-    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
-        self.access(addr, buf.len(), Access::Read, |frame, offset, at, len| {
-            self.translations
-                .frames
-                .read(frame, offset, &mut buf[at..at + len]);
-        })
+    /// Copies `buf.len()` bytes from `addr` as a CPU would: through the translations under a
+    /// guard of `rcu`, calling `fault` where a page is missing or does not allow the access.
+    pub fn read(
+        &self,
+        addr: u64,
+        buf: &mut [u8],
+        rcu: &DefaultRcu,
+        fault: impl FnMut(u64, Access) -> Result<Fault, FaultError>,
+    ) -> Result<(), AccessError> {
+        self.access(
+            addr,
+            buf.len(),
+            Access::Read,
+            rcu,
+            fault,
+            |frame, offset, at, len| {
+                self.frames.read(frame, offset, &mut buf[at..at + len]);
+            },
+        )
     }
 
-    /// Copies `data` to `addr`, faulting pages in as a CPU would.
-    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
-        self.access(addr, data.len(), Access::Write, |frame, offset, at, len| {
-            self.translations.frames.write(frame, offset, &data[at..at + len]);
-        })
+    /// Copies `data` to `addr` as a CPU would (see [`Memory::read`]).
+    pub fn write(
+        &self,
+        addr: u64,
+        data: &[u8],
+        rcu: &DefaultRcu,
+        fault: impl FnMut(u64, Access) -> Result<Fault, FaultError>,
+    ) -> Result<(), AccessError> {
+        self.access(
+            addr,
+            data.len(),
+            Access::Write,
+            rcu,
+            fault,
+            |frame, offset, at, len| {
+                self.frames.write(frame, offset, &data[at..at + len]);
+            },
+        )
     }
 
     /// Walks `[addr, addr + len)` page by page: translate under a guard and `copy(frame, offset
@@ -359,6 +460,8 @@ impl Mm {
         addr: u64,
         len: usize,
         access: Access,
+        rcu: &DefaultRcu,
+        mut fault: impl FnMut(u64, Access) -> Result<Fault, FaultError>,
         mut copy: impl FnMut(Frame, usize, usize, usize),
     ) -> Result<(), AccessError> {
         let mut done = 0;
@@ -370,9 +473,9 @@ impl Mm {
             let offset = (at % PAGE_SIZE) as usize;
             let chunk = (FRAME_SIZE - offset).min(len - done);
             loop {
-                let guard = self.space.guard();
+                let guard = Guard::new(rcu);
                 if at < ADDRESS_LIMIT
-                    && let Some(pte) = self.translations.table.translate(at)
+                    && let Some(pte) = self.table.translate(at)
                     && pte.readable()
                     && (access == Access::Read || pte.writable())
                 {
@@ -382,8 +485,7 @@ impl Mm {
                     break;
                 }
                 drop(guard);
-                self.fault(at, access)
-                    .map_err(|error| AccessError { addr: at, error })?;
+                fault(at, access).map_err(|error| AccessError { addr: at, error })?;
             }
             done += chunk;
         }
@@ -392,7 +494,7 @@ impl Mm {
 }
 
 /// Whether `mapping` permits `access`.
-fn allows(mapping: &Mapping, access: Access) -> bool {
+pub fn allows(mapping: &Mapping, access: Access) -> bool {
     match access {
         Access::Read => readable(mapping.prot),
         Access::Write => mapping.prot.write,

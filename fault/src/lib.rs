@@ -7,6 +7,8 @@
 //! - [`frames`]: the frame pool (4 KiB frames with reference counts, per-thread free lists);
 //! - [`pagetable`]: a lock-free 4-level page table;
 //! - [`backing`]: file-like objects (the [`Backing`] trait, [`MemBacking`], [`File`]);
+//! - [`Memory`]: a page table and its frames, with the fault-side install (`settle`,
+//!   `read_in`) and the writer-side flushes, for any design that finds VMAs its own way;
 //! - the engine ([`Mm::fault`]): an RCU-only fast path and a slow path that holds a VMA
 //!   reference across blocking reads (see docs/fault.md);
 //! - [`Mm`]: mmap / munmap / mprotect / mremap / brk / madvise_dontneed, `read` / `write`,
@@ -36,13 +38,15 @@
 pub mod backing;
 mod engine;
 pub mod frames;
+mod memory;
 mod mm;
 pub mod pagetable;
 mod shard;
 mod stats;
 
 pub use backing::{Backing, BackingError, File, MemBacking};
-pub use engine::{Access, AccessError, Fault, FaultError};
+pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 pub use frames::{Frame, FramePool, FramePoolConfig};
+pub use memory::Memory;
 pub use mm::{Mm, MmConfig};
 pub use stats::FaultStats;

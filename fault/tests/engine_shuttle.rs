@@ -31,6 +31,7 @@ fn mm(broken: Option<BrokenStep>) -> Mm {
         MmConfig {
             layout: LAYOUT,
             zero_fill: true,
+            fast_path: true,
         },
         std::sync::Arc::new(frames),
     )

@@ -366,6 +366,7 @@ fn bad_requests_are_errors() {
     let config = MmConfig {
         layout,
         zero_fill: true,
+        fast_path: true,
     };
     assert_eq!(
         Mm::new(config, mm.frames().clone()).unwrap_err().errno,

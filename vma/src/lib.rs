@@ -30,6 +30,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+pub mod request;
 mod space;
 pub mod trace;
 mod vma;

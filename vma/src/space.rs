@@ -23,6 +23,7 @@
 //! inside the space's bounds.
 
 use crate::error::{Errno, Error, Result};
+use crate::request::{MmapRequest, Placement, aligned, einval, enomem, page_len, protect_range, unmap_range};
 use crate::vma::{Backing, Events, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use maple::rcu::DefaultRcu;
@@ -276,27 +277,6 @@ impl std::fmt::Debug for AddressSpace {
     }
 }
 
-fn einval(reason: &'static str) -> Error {
-    Error::new(Errno::EINVAL, reason)
-}
-
-fn enomem(reason: &'static str) -> Error {
-    Error::new(Errno::ENOMEM, reason)
-}
-
-fn aligned(value: u64) -> bool {
-    value % PAGE_SIZE == 0
-}
-
-/// `len` rounded up to whole pages: EINVAL if zero, ENOMEM if rounding overflows.
-fn page_len(len: u64) -> Result<u64> {
-    if len == 0 {
-        return Err(einval("zero length"));
-    }
-    len.checked_next_multiple_of(PAGE_SIZE)
-        .ok_or(enomem("length overflows when rounded to pages"))
-}
-
 impl AddressSpace {
     /// An empty address space with `layout`, calling `flush` whenever translations must go.
     pub fn new(layout: Layout, flush: impl FlushHook + 'static) -> Result<Self> {
@@ -502,71 +482,18 @@ impl AddressSpace {
         flags: MapFlags,
         file: Option<(Arc<dyn MappedFile>, u64)>,
     ) -> Result<u64> {
-        let offset = if flags.anonymous {
-            0
-        } else {
-            file.as_ref().map_or(0, |(_, offset)| *offset)
-        };
-        if !aligned(offset) {
-            return Err(einval("file offset not page aligned"));
-        }
-        if flags.shared == flags.private {
-            return Err(einval("exactly one of MAP_SHARED and MAP_PRIVATE"));
-        }
-        if flags.growsdown && flags.shared {
-            return Err(einval("MAP_GROWSDOWN cannot be shared"));
-        }
-        let backing = match (flags.anonymous, file) {
-            (true, _) if flags.shared => Backing::File(Arc::new(SharedAnonymous)),
-            (true, _) => Backing::Anonymous,
-            (false, Some((file, _))) => Backing::File(file),
-            (false, None) => return Err(Error::new(Errno::EBADF, "a file mapping needs a file")),
-        };
-        let len = page_len(len)?;
-        // 64-bit byte offsets and lengths in pages cannot overflow a page offset (Linux's
-        // EOVERFLOW check never fires on 64-bit).
-        let pgoff = offset >> PAGE_SHIFT;
-        let fixed = flags.fixed || flags.fixed_noreplace;
-        if fixed {
-            if !aligned(addr) {
-                return Err(einval("fixed address not page aligned"));
-            }
-            if addr.checked_add(len).is_none_or(|end| end > self.layout.high) {
-                return Err(enomem("fixed range above the address space"));
-            }
-            if addr < self.layout.low {
-                return Err(Error::new(
-                    Errno::EPERM,
-                    "fixed address below the lowest usable address",
-                ));
-            }
-        }
+        let request = MmapRequest::new(self.layout, addr, len, prot, flags, file)?;
+        let len = request.len;
         let mut writer = self.tree.lock();
-        let start = if fixed {
-            if flags.fixed_noreplace && self.first_in(&writer, addr, addr + len).is_some() {
+        let start = match request.placement {
+            Placement::FixedNoReplace(addr) if self.first_in(&writer, addr, addr + len).is_some() => {
                 return Err(Error::new(Errno::EEXIST, "MAP_FIXED_NOREPLACE range is occupied"));
             }
-            addr
-        } else {
-            self.place(&writer, addr, len)?
+            Placement::Fixed(addr) | Placement::FixedNoReplace(addr) => addr,
+            Placement::Hint(hint) => self.place(&writer, hint, len)?,
         };
         let end = start + len;
-        let pgoff = if matches!(backing, Backing::Anonymous) {
-            start >> PAGE_SHIFT
-        } else {
-            pgoff
-        };
-        let mapping = Mapping {
-            start,
-            end,
-            prot,
-            shared: flags.shared,
-            backing,
-            pgoff,
-            growsdown: flags.growsdown,
-            accounted: !flags.shared && prot.write,
-            name: None,
-        };
+        let mapping = request.mapping_at(start);
         let change = self.carve(&writer, start, end, vec![mapping]);
         self.settle(&mut writer, change, &[Flush::Zap(start, end)]);
         Ok(start)
@@ -575,15 +502,9 @@ impl AddressSpace {
     /// Unmaps `[addr, addr + len)` (len rounded up to pages), splitting VMAs at its ends.
     /// Unmapping a range that holds nothing succeeds and waits for no one.
     pub fn munmap(&self, addr: u64, len: u64) -> Result<()> {
-        if !aligned(addr) {
-            return Err(einval("address not page aligned"));
-        }
-        let len = page_len(len)?;
-        if addr > self.layout.high || len > self.layout.high - addr {
-            return Err(einval("range above the address space"));
-        }
+        let (start, end) = unmap_range(self.layout, addr, len)?;
         let mut writer = self.tree.lock();
-        self.unmap_locked(&mut writer, addr, addr + len);
+        self.unmap_locked(&mut writer, start, end);
         Ok(())
     }
 
@@ -604,17 +525,9 @@ impl AddressSpace {
     /// with compatible neighbours. As Linux: ENOMEM if part of the range is unmapped, after
     /// changing the mapped part before the first hole (nothing if the range starts in a hole).
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<()> {
-        if !aligned(addr) {
-            return Err(einval("address not page aligned"));
-        }
-        if len == 0 {
+        let Some((addr, end)) = protect_range(self.layout, addr, len)? else {
             return Ok(());
-        }
-        let len = page_len(len)?;
-        let end = addr
-            .checked_add(len)
-            .filter(|&end| end <= self.layout.high)
-            .ok_or(enomem("range above the address space"))?;
+        };
         let mut writer = self.tree.lock();
         // The VMAs covering the range from its start without a hole.
         let mut covered = Vec::new();

@@ -1,0 +1,188 @@
+//! [`Memory`]: a page table, the pool its frames come from, and everything that changes the
+//! table — the fault side (decide what a page's entry must become and install it, in
+//! `engine`) and the writer side (zap, protect, relocate, clear). It knows nothing of how VMAs
+//! are found or protected: [`Mm`](crate::Mm) finds them in the RCU-safe address space; the
+//! benchmark's baseline designs find them under their locks. Each caller states what keeps
+//! the mapping it passes valid (see [`Memory::settle`]).
+//!
+//! Invariants:
+//! - Every present entry holds one reference on its frame.
+//! - A frame removed from an entry is put only after a grace period of the caller's RCU domain
+//!   ([`Memory::release_later`]): a `read`/`write` copying through the old translation under a
+//!   guard finishes first. Emptied page tables are retired to the same domain.
+
+use crate::backing::{File, MemBacking};
+use crate::frames::{Frame, FramePool};
+use crate::pagetable::{ADDRESS_LIMIT, PageTable};
+use crate::stats::Counters;
+use maple::rcu::{DefaultRcu, DropBox, Rcu};
+use std::sync::Arc;
+use vma::{Errno, Error, MapFlags, MappedFile, Prot};
+
+/// What a file mapping maps: the object and the byte offset in it (`None` for anonymous
+/// memory), as [`vma::AddressSpace::mmap`] takes it.
+pub type MappedObject = Option<(Arc<dyn MappedFile>, u64)>;
+
+/// A page table and the frames behind it (see the module documentation).
+pub struct Memory {
+    pub(crate) table: PageTable,
+    pub(crate) frames: Arc<FramePool>,
+    pub(crate) zero_fill: bool,
+    pub(crate) counters: Counters,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory")
+            .field("frames_in_use", &self.frames.in_use())
+            .field("page_tables", &self.table.tables())
+            .field("zero_fill", &self.zero_fill)
+            .finish()
+    }
+}
+
+/// Frames removed from translations, put back when the grace period they were retired with
+/// has passed.
+struct Released {
+    frames: Arc<FramePool>,
+    list: Vec<Frame>,
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        // SAFETY: each is the reference of a translation that was removed before this was
+        // retired; the grace period has passed, so no reader still copies through it.
+        unsafe { self.frames.put_many(&self.list) };
+    }
+}
+
+impl Memory {
+    /// An empty page table over `frames`; anonymous frames are zero-filled when `zero_fill`
+    /// (off only to measure what zeroing costs: anonymous memory then shows stale bytes).
+    pub fn new(frames: Arc<FramePool>, zero_fill: bool) -> Self {
+        Self {
+            table: PageTable::new(),
+            frames,
+            zero_fill,
+            counters: Counters::new(),
+        }
+    }
+
+    /// The pool frames come from.
+    pub fn frames(&self) -> &Arc<FramePool> {
+        &self.frames
+    }
+
+    /// The page table.
+    pub fn table(&self) -> &PageTable {
+        &self.table
+    }
+
+    /// Puts `list` back after a grace period of `rcu`.
+    pub fn release_later(&self, list: Vec<Frame>, rcu: &DefaultRcu) {
+        if list.is_empty() {
+            return;
+        }
+        let released = Box::into_raw(Box::new(Released {
+            frames: self.frames.clone(),
+            list,
+        }));
+        // SAFETY: the box is reachable only through this pointer, which is retired once;
+        // DropBox frees what came from Box::into_raw.
+        unsafe { rcu.retire::<Released, DropBox>(released) };
+    }
+
+    /// Removes the translations of `[start, end)` and releases their frames after a grace
+    /// period; frees page tables lying wholly inside `free_tables` (see
+    /// [`vma::FlushHook::zap`]). The caller makes sure no fault installs into the range
+    /// meanwhile.
+    pub fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) {
+        let frames = self.table.zap(start, end, free_tables, rcu);
+        self.release_later(frames, rcu);
+    }
+
+    /// Makes the translations of `[start, end)` allow no more than `prot`.
+    pub fn protect(&self, start: u64, end: u64, prot: Prot) {
+        self.table.protect(start, end, readable(prot), prot.write);
+    }
+
+    /// Moves the translations of `[from, from + len)` to `[to, to + len)`.
+    pub fn relocate(&self, from: u64, to: u64, len: u64) {
+        self.table.relocate(from, to, len);
+    }
+
+    /// Drops the pages of `[start, end)` (MADV_DONTNEED), releasing their frames after a grace
+    /// period. Faults may run meanwhile: they install again.
+    pub fn clear(&self, start: u64, end: u64, rcu: &DefaultRcu) {
+        let frames = self.table.clear(start, end);
+        self.release_later(frames, rcu);
+    }
+
+    /// What an mmap with `flags` maps, for [`vma::request::MmapRequest`]: MAP_SHARED |
+    /// MAP_ANONYMOUS gets a new zero-filled object of `len` bytes caching its pages in this
+    /// memory's pool (returned with the flags turned into a file mapping's); a file must cache
+    /// its pages in this pool (EINVAL otherwise).
+    pub fn mapped_object(
+        &self,
+        len: u64,
+        flags: MapFlags,
+        file: Option<(&Arc<File>, u64)>,
+        high: u64,
+    ) -> vma::Result<(MapFlags, MappedObject)> {
+        if flags.anonymous && flags.shared {
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&len| len > 0 && len as u64 <= high)
+                .ok_or(einval("bad length"))?;
+            let shmem = MemBacking::zeroed("/dev/zero (deleted)", &self.frames, len);
+            let flags = MapFlags {
+                anonymous: false,
+                ..flags
+            };
+            let object: Arc<dyn MappedFile> = File::new(Arc::new(shmem));
+            return Ok((flags, Some((object, 0))));
+        }
+        if flags.anonymous {
+            return Ok((flags, None));
+        }
+        let object = match file {
+            Some((file, offset)) => {
+                if !Arc::ptr_eq(file.backing().frames(), &self.frames) {
+                    return Err(einval("the file caches its pages in another frame pool"));
+                }
+                let object: Arc<dyn MappedFile> = file.clone();
+                Some((object, offset))
+            }
+            None => None,
+        };
+        Ok((flags, object))
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // Nobody else can walk the table now: put the frames of the remaining translations.
+        // No table is freed here (nothing is retired): the page table frees them when dropped.
+        let frames = self.table.zap(0, ADDRESS_LIMIT, (0, 0), &DefaultRcu::default());
+        // SAFETY: each is a removed translation's reference, and no reader is left.
+        unsafe { self.frames.put_many(&frames) };
+    }
+}
+
+/// The backing of a file mapping made through a [`Memory`] (it maps only [`File`]s, see
+/// [`Memory::mapped_object`]).
+pub(crate) fn backing_of(object: &Arc<dyn MappedFile>) -> &dyn crate::Backing {
+    let any: &dyn std::any::Any = &**object;
+    any.downcast_ref::<File>()
+        .expect("a Memory maps only fault::File objects")
+        .backing()
+}
+
+pub(crate) fn einval(reason: &'static str) -> Error {
+    Error::new(Errno::EINVAL, reason)
+}
+
+/// Whether `prot` lets a CPU read (x86: write and execute imply read).
+pub(crate) fn readable(prot: Prot) -> bool {
+    prot != Prot::NONE
+}
