@@ -11,5 +11,6 @@
 //! The binary replays traces (`bench replay FILE`). The workload comparison command
 //! (`cargo run --release -p bench -- compare`) is not built yet.
 
+pub mod designs;
 pub mod rwlock_space;
 pub mod unsync_engine;

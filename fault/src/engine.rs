@@ -150,8 +150,9 @@ impl Mm {
                 Lookup::Unmapped => return Err(FaultError::NotMapped),
                 Lookup::Baby => {
                     drop(guard);
-                    counters.bump(Counter::BabyWaits);
+                    let since = std::time::Instant::now();
                     self.space.wait_for_birth(page);
+                    self.memory.record_wait(since.elapsed());
                     continue;
                 }
                 Lookup::Mapped(vma) => vma,

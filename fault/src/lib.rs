@@ -49,4 +49,4 @@ pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 pub use frames::{Frame, FramePool, FramePoolConfig};
 pub use memory::Memory;
 pub use mm::{Mm, MmConfig};
-pub use stats::FaultStats;
+pub use stats::{FaultStats, Waits};

@@ -14,7 +14,7 @@
 use crate::backing::{File, MemBacking};
 use crate::frames::{Frame, FramePool};
 use crate::pagetable::{ADDRESS_LIMIT, PageTable};
-use crate::stats::Counters;
+use crate::stats::{Counters, WaitClock, Waits};
 use maple::rcu::{DefaultRcu, DropBox, Rcu};
 use std::sync::Arc;
 use vma::{Errno, Error, MapFlags, MappedFile, Prot};
@@ -29,6 +29,7 @@ pub struct Memory {
     pub(crate) frames: Arc<FramePool>,
     pub(crate) zero_fill: bool,
     pub(crate) counters: Counters,
+    pub(crate) waits: WaitClock,
 }
 
 impl std::fmt::Debug for Memory {
@@ -65,6 +66,7 @@ impl Memory {
             frames,
             zero_fill,
             counters: Counters::new(),
+            waits: WaitClock::default(),
         }
     }
 
@@ -76,6 +78,17 @@ impl Memory {
     /// The page table.
     pub fn table(&self) -> &PageTable {
         &self.table
+    }
+
+    /// Records that a fault waited `waited` for another thread (a writer setting up its VMA,
+    /// a lock a writer held).
+    pub fn record_wait(&self, waited: std::time::Duration) {
+        self.waits.record(waited);
+    }
+
+    /// The waits recorded so far.
+    pub fn waits(&self) -> Waits {
+        self.waits.snapshot()
     }
 
     /// Puts `list` back after a grace period of `rcu`.

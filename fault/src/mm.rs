@@ -131,7 +131,7 @@ impl Mm {
 
     /// Statistics so far.
     pub fn stats(&self) -> FaultStats {
-        FaultStats::collect(&self.memory.counters, self.space.stats())
+        FaultStats::collect(&self.memory.counters, &self.memory.waits, self.space.stats())
     }
 
     /// Waits until frames and page tables released so far are back in the pool (they go back

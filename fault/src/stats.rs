@@ -16,10 +16,9 @@ pub(crate) enum Counter {
     BusError,
     SlowPath,
     Retries,
-    BabyWaits,
 }
 
-const COUNTERS: usize = Counter::BabyWaits as usize + 1;
+const COUNTERS: usize = Counter::Retries as usize + 1;
 
 #[repr(align(128))]
 struct Shard([AtomicU64; COUNTERS]);
@@ -53,6 +52,45 @@ impl Counters {
     }
 }
 
+/// Times faults blocked behind another thread (a writer setting up their VMA, a lock held by
+/// a writer), with the total and longest wait. Touched only when a fault waits, so it may be
+/// one shared set of counters.
+#[derive(Debug, Default)]
+pub(crate) struct WaitClock {
+    count: AtomicU64,
+    total_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl WaitClock {
+    pub(crate) fn record(&self, waited: std::time::Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: statistics order nothing.
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.total_ns.fetch_add(ns, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Waits {
+        Waits {
+            count: self.count.load(Ordering::Relaxed),
+            total_ns: self.total_ns.load(Ordering::Relaxed),
+            max_ns: self.max_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How often faults waited for another thread, and for how long.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// Faults that waited.
+    pub count: u64,
+    /// Nanoseconds waited in all.
+    pub total_ns: u64,
+    /// The longest wait, in nanoseconds.
+    pub max_ns: u64,
+}
+
 /// A snapshot of a memory manager's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultStats {
@@ -75,8 +113,8 @@ pub struct FaultStats {
     pub slow_path: u64,
     /// Attempts repeated because a racing fault or writer changed what was found.
     pub retries: u64,
-    /// Times a fault found its VMA being set up (BABY) and waited for it.
-    pub baby_waits: u64,
+    /// Faults that found their VMA being set up (BABY) and waited for it, and for how long.
+    pub baby_waits: Waits,
     /// Writer operations that replaced or removed VMAs.
     pub replacements: u64,
     /// Of those, how many waited for VMA references to drain.
@@ -88,7 +126,7 @@ pub struct FaultStats {
 }
 
 impl FaultStats {
-    pub(crate) fn collect(counters: &Counters, space: &vma::SpaceStats) -> Self {
+    pub(crate) fn collect(counters: &Counters, waits: &WaitClock, space: &vma::SpaceStats) -> Self {
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
         Self {
             installed: counters.sum(Counter::Installed),
@@ -101,7 +139,7 @@ impl FaultStats {
                 .saturating_sub(counters.sum(Counter::SlowPath)),
             slow_path: counters.sum(Counter::SlowPath),
             retries: counters.sum(Counter::Retries),
-            baby_waits: counters.sum(Counter::BabyWaits),
+            baby_waits: waits.snapshot(),
             replacements: load(&space.replacements),
             reference_waits: load(&space.reference_waits),
             reference_wait_ns: load(&space.reference_wait_ns),
@@ -136,8 +174,13 @@ impl fmt::Display for FaultStats {
         )?;
         writeln!(
             f,
-            "paths: fast {}, slow {}; retries {}; waits on BABY {}",
-            self.fast_path, self.slow_path, self.retries, self.baby_waits
+            "paths: fast {}, slow {}; retries {}; waits on BABY {} ({:.3} ms, longest {:.3} ms)",
+            self.fast_path,
+            self.slow_path,
+            self.retries,
+            self.baby_waits.count,
+            self.baby_waits.total_ns as f64 / 1e6,
+            self.baby_waits.max_ns as f64 / 1e6
         )?;
         write!(
             f,

@@ -482,8 +482,17 @@ impl AddressSpace {
         flags: MapFlags,
         file: Option<(Arc<dyn MappedFile>, u64)>,
     ) -> Result<u64> {
-        let request = MmapRequest::new(self.layout, addr, len, prot, flags, file)?;
+        self.map(MmapRequest::new(self.layout, addr, len, prot, flags, file)?)
+    }
+
+    /// Maps a checked request (see [`AddressSpace::mmap`]; build it with the space's layout).
+    pub fn map(&self, request: MmapRequest) -> Result<u64> {
         let len = request.len;
+        if let Placement::Fixed(addr) | Placement::FixedNoReplace(addr) = request.placement
+            && (addr < self.layout.low || addr + len > self.layout.high)
+        {
+            return Err(einval("the request was checked against another layout"));
+        }
         let mut writer = self.tree.lock();
         let start = match request.placement {
             Placement::FixedNoReplace(addr) if self.first_in(&writer, addr, addr + len).is_some() => {

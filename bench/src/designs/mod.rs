@@ -1,0 +1,232 @@
+//! The address-space designs the comparison runs, behind one trait ([`Design`]), all over the
+//! same page table, frame pool and fault install ([`fault::Memory`]): the only difference is
+//! how a fault finds its VMA and what keeps that VMA valid while the fault installs.
+//!
+//! | name | faults find the VMA | writers |
+//! |---|---|---|
+//! | `rcu` | RCU walk of the maple tree, no reference (fast path) | replacement protocol |
+//! | `rcu-refonly` | the same, always taking a VMA reference | replacement protocol |
+//! | `rwlock` | read lock over a BTreeMap (mmap_sem) | write lock |
+//! | `rangelock` | read lock on their page's range, then a short map lock | write lock on the changed range |
+//! | `pervma` | RCU walk + per-VMA read lock, falling back to the mmap lock (Linux 6.15) | mmap lock, write-locking each changed VMA |
+//! | `snapshot` | wait-free load of an immutable map (arc-swap) | copy the map, publish, wait for readers |
+
+mod pervma;
+mod rangelock;
+mod rcu;
+mod rwlock;
+mod snapshot;
+pub mod vma_map;
+
+pub use pervma::PerVmaDesign;
+pub use rangelock::{RangeLock, RangeLockDesign};
+pub use rcu::RcuDesign;
+pub use rwlock::RwLockDesign;
+pub use snapshot::SnapshotDesign;
+
+use fault::{Access, AccessError, Fault, FaultError, File, FramePool, Memory, Waits};
+use maple::rcu::{DefaultRcu, Rcu};
+use std::sync::Arc;
+use std::time::Instant;
+use vma::request::{MmapRequest, protect_range, unmap_range};
+use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot};
+use vma_map::{Change, Flush, Op, VmaMap};
+
+/// Every design's name, in the order reports list them.
+pub const NAMES: [&str; 6] = ["rcu", "rcu-refonly", "rwlock", "rangelock", "pervma", "snapshot"];
+
+/// How a design is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DesignConfig {
+    /// The address space's bounds.
+    pub layout: Layout,
+    /// Zero-fill anonymous frames.
+    pub zero_fill: bool,
+}
+
+impl Default for DesignConfig {
+    fn default() -> Self {
+        Self {
+            layout: Layout::X86_64,
+            zero_fill: true,
+        }
+    }
+}
+
+/// Builds the design called `name` (one of [`NAMES`]) over `frames`.
+pub fn build(name: &str, config: DesignConfig, frames: Arc<FramePool>) -> Option<Box<dyn Design>> {
+    let memory = || Memory::new(frames.clone(), config.zero_fill);
+    Some(match name {
+        "rcu" => Box::new(RcuDesign::new(config, frames.clone(), true)),
+        "rcu-refonly" => Box::new(RcuDesign::new(config, frames.clone(), false)),
+        "rwlock" => Box::new(RwLockDesign::new(config.layout, memory())),
+        "rangelock" => Box::new(RangeLockDesign::new(config.layout, memory())),
+        "pervma" => Box::new(PerVmaDesign::new(config.layout, memory())),
+        "snapshot" => Box::new(SnapshotDesign::new(config.layout, memory())),
+        _ => return None,
+    })
+}
+
+/// An address-space design: mmap / munmap / mprotect / MADV_DONTNEED and faults, with
+/// Linux's semantics and errors (arguments are checked by the provided methods with
+/// `vma::request`, the same checks `vma::AddressSpace` makes).
+pub trait Design: Send + Sync {
+    /// The design's name (one of [`NAMES`]).
+    fn name(&self) -> &'static str;
+
+    /// The address space's bounds.
+    fn layout(&self) -> Layout;
+
+    /// The page table and frames.
+    fn memory(&self) -> &Memory;
+
+    /// The RCU domain translations' frames are released to (readers copy under its guards).
+    fn rcu(&self) -> &DefaultRcu;
+
+    /// Applies a checked change; returns the mapped address for [`Op::Map`].
+    fn change(&self, op: Op) -> vma::Result<u64>;
+
+    /// MADV_DONTNEED of `[start, end)` (page aligned): drops the pages mapped without a hole
+    /// from `start`, then ENOMEM if that is not the whole range (as Linux).
+    fn discard(&self, start: u64, end: u64) -> vma::Result<()>;
+
+    /// Resolves a fault at `addr`.
+    fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError>;
+
+    /// The VMAs: start, end and permissions, in address order.
+    fn vmas(&self) -> Vec<(u64, u64, Prot)>;
+
+    /// Number of VMAs.
+    fn vma_count(&self) -> usize {
+        self.vmas().len()
+    }
+
+    /// mmap (see `vma::AddressSpace::mmap`); `file` is a file and byte offset.
+    fn mmap(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        file: Option<(&Arc<File>, u64)>,
+    ) -> vma::Result<u64> {
+        let layout = self.layout();
+        let (flags, object) = self.memory().mapped_object(len, flags, file, layout.high)?;
+        self.change(Op::Map(MmapRequest::new(layout, addr, len, prot, flags, object)?))
+    }
+
+    /// munmap.
+    fn munmap(&self, addr: u64, len: u64) -> vma::Result<()> {
+        let (start, end) = unmap_range(self.layout(), addr, len)?;
+        self.change(Op::Unmap(start, end)).map(drop)
+    }
+
+    /// mprotect.
+    fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> vma::Result<()> {
+        match protect_range(self.layout(), addr, len)? {
+            Some((start, end)) => self.change(Op::Protect(start, end, prot)).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// MADV_DONTNEED of `[addr, addr + len)`.
+    fn madvise_dontneed(&self, addr: u64, len: u64) -> vma::Result<()> {
+        match protect_range(self.layout(), addr, len).map_err(|e| Error::new(Errno::EINVAL, e.reason))? {
+            Some((start, end)) => self.discard(start, end),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies from `addr`, faulting as a CPU would.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.memory()
+            .read(addr, buf, self.rcu(), |a, access| self.fault(a, access))
+    }
+
+    /// Copies to `addr`, faulting as a CPU would.
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
+        self.memory()
+            .write(addr, data, self.rcu(), |a, access| self.fault(a, access))
+    }
+
+    /// How often faults waited for another thread.
+    fn waits(&self) -> Waits {
+        self.memory().waits()
+    }
+
+    /// Waits until released frames and tables are back (see `fault::Mm::barrier`).
+    fn barrier(&self) {
+        self.rcu().barrier();
+    }
+}
+
+/// Takes a lock, trying first: a fault that must block records how long it waited.
+fn timed<G>(memory: &Memory, try_lock: impl FnOnce() -> Option<G>, lock: impl FnOnce() -> G) -> G {
+    if let Some(guard) = try_lock() {
+        return guard;
+    }
+    let since = Instant::now();
+    let guard = lock();
+    memory.record_wait(since.elapsed());
+    guard
+}
+
+/// The page of `addr`, or (counted) a segmentation fault when `addr` lies beyond the space.
+fn page_in(memory: &Memory, layout: Layout, addr: u64) -> Result<u64, FaultError> {
+    if addr >= layout.high {
+        memory.count(Err(FaultError::NotMapped));
+        return Err(FaultError::NotMapped);
+    }
+    Ok(addr & !(PAGE_SIZE - 1))
+}
+
+/// Step 6 for the baselines: the page table's side of `change`; `free_around` is the map's
+/// [`VmaMap::free_around`] once the change is applied. The caller keeps faults out of the
+/// range meanwhile (its lock).
+fn flush(memory: &Memory, change: &Change, free_around: (u64, u64), rcu: &DefaultRcu) {
+    match change.flush {
+        Flush::Zap => memory.zap(change.start, change.end, free_around, rcu),
+        Flush::Protect(prot) => memory.protect(change.start, change.end, prot),
+    }
+}
+
+/// MADV_DONTNEED for the baselines: clears the hole-free prefix of `[start, end)` in `map`,
+/// which the caller keeps from changing.
+fn discard_in(memory: &Memory, map: &VmaMap, start: u64, end: u64, rcu: &DefaultRcu) -> vma::Result<()> {
+    let mapped = map.mapped_prefix(start, end);
+    if mapped > start {
+        memory.clear(start, mapped, rcu);
+    }
+    if mapped < end {
+        return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+    }
+    Ok(())
+}
+
+/// Resolves a fault on `page` through `mapping`, which the caller keeps valid (its lock) for
+/// the whole fault, the blocking read included; counts the outcome. The baselines' one fault
+/// routine.
+fn fault_locked(
+    memory: &Memory,
+    rcu: &DefaultRcu,
+    mapping: Option<&vma::Mapping>,
+    page: u64,
+    access: Access,
+) -> Result<Fault, FaultError> {
+    let result = (|| {
+        let mapping = mapping.ok_or(FaultError::NotMapped)?;
+        if !fault::allows(mapping, access) {
+            return Err(FaultError::AccessDenied);
+        }
+        let guard = maple::Guard::new(rcu);
+        match memory.settle(mapping, page, access, &mut None, &guard)? {
+            fault::Progress::Done(fault) => Ok(fault),
+            fault::Progress::Blocking(pgoff) => {
+                drop(guard);
+                memory.read_in(mapping, page, access, pgoff, rcu)
+            }
+        }
+    })();
+    memory.count(result);
+    result
+}

@@ -1,0 +1,215 @@
+//! `rangelock`: a range reader-writer lock (seed 004: the range lock proposed to replace
+//! mmap_sem). A fault read-locks its page's range; a writer write-locks the range it changes.
+//! The VMA map itself sits under a short mutex, held only to look up or apply.
+//!
+//! A writer plans its change under the map mutex, drops it (faults take the range lock first
+//! and the mutex second, so a writer may not wait for a range holding the mutex), write-locks
+//! the planned range, then plans again: if the range is still the same (no other writer moved
+//! it, e.g. took the same free range), it applies and flushes while faults on the range are
+//! held off; otherwise it retries. Merging with a neighbour outside the range does not change
+//! what any page outside the range maps, so faults there need not be held off.
+//!
+//! The range lock is fair: a request waits for every earlier request it conflicts with
+//! (overlapping, one of them a writer), granted or not, so a stream of faults cannot starve a
+//! writer.
+
+use super::vma_map::{Op, VmaMap};
+use super::{Design, discard_in, fault_locked, flush, page_in, timed};
+use fault::{Access, Fault, FaultError, Memory};
+use maple::rcu::DefaultRcu;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+use vma::{Layout, PAGE_SIZE, Prot};
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    ticket: u64,
+    start: u64,
+    end: u64,
+    write: bool,
+}
+
+impl Request {
+    fn conflicts(&self, other: &Request) -> bool {
+        self.start < other.end && other.start < self.end && (self.write || other.write)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Requests {
+    next_ticket: u64,
+    /// Granted and waiting requests, in arrival order.
+    queue: Vec<Request>,
+    waiting: usize,
+}
+
+impl Requests {
+    /// Whether the request at `index` conflicts with none before it.
+    fn grantable(&self, index: usize) -> bool {
+        let request = &self.queue[index];
+        !self.queue[..index]
+            .iter()
+            .any(|earlier| earlier.conflicts(request))
+    }
+}
+
+/// A fair range reader-writer lock over `u64` addresses (see the module documentation).
+#[derive(Debug, Default)]
+pub struct RangeLock {
+    requests: Mutex<Requests>,
+    changed: Condvar,
+}
+
+/// A held range; dropping it releases the range.
+#[must_use = "the range is released when this is dropped"]
+pub struct RangeGuard<'a> {
+    lock: &'a RangeLock,
+    ticket: u64,
+}
+
+impl RangeLock {
+    /// An unlocked range lock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Locks `[start, end)` for reading or writing, waiting for conflicting earlier requests;
+    /// returns the guard and whether it had to wait.
+    pub fn lock(&self, start: u64, end: u64, write: bool) -> (RangeGuard<'_>, bool) {
+        let mut requests = self.requests.lock().unwrap();
+        let ticket = requests.next_ticket;
+        requests.next_ticket += 1;
+        requests.queue.push(Request {
+            ticket,
+            start,
+            end,
+            write,
+        });
+        let mut waited = false;
+        loop {
+            let index = requests
+                .queue
+                .iter()
+                .position(|r| r.ticket == ticket)
+                .expect("queued");
+            if requests.grantable(index) {
+                break;
+            }
+            waited = true;
+            requests.waiting += 1;
+            requests = self.changed.wait(requests).unwrap();
+            requests.waiting -= 1;
+        }
+        (RangeGuard { lock: self, ticket }, waited)
+    }
+}
+
+impl Drop for RangeGuard<'_> {
+    fn drop(&mut self) {
+        let mut requests = self.lock.requests.lock().unwrap();
+        requests.queue.retain(|r| r.ticket != self.ticket);
+        if requests.waiting > 0 {
+            self.lock.changed.notify_all();
+        }
+    }
+}
+
+/// See the module documentation.
+pub struct RangeLockDesign {
+    layout: Layout,
+    ranges: RangeLock,
+    map: Mutex<VmaMap>,
+    memory: Memory,
+    rcu: DefaultRcu,
+}
+
+impl RangeLockDesign {
+    /// An empty address space over `memory`.
+    pub fn new(layout: Layout, memory: Memory) -> Self {
+        Self {
+            layout,
+            ranges: RangeLock::new(),
+            map: Mutex::new(VmaMap::new(layout)),
+            memory,
+            rcu: DefaultRcu::default(),
+        }
+    }
+
+    /// The map mutex, for faults (a wait is recorded).
+    fn map(&self) -> MutexGuard<'_, VmaMap> {
+        timed(
+            &self.memory,
+            || self.map.try_lock().ok(),
+            || self.map.lock().unwrap(),
+        )
+    }
+
+    /// Read-locks `[start, end)` for a fault, recording a wait.
+    fn read_range(&self, start: u64, end: u64) -> RangeGuard<'_> {
+        let since = Instant::now();
+        let (guard, waited) = self.ranges.lock(start, end, false);
+        if waited {
+            self.memory.record_wait(since.elapsed());
+        }
+        guard
+    }
+}
+
+impl Design for RangeLockDesign {
+    fn name(&self) -> &'static str {
+        "rangelock"
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
+    fn rcu(&self) -> &DefaultRcu {
+        &self.rcu
+    }
+
+    fn change(&self, op: Op) -> vma::Result<u64> {
+        loop {
+            let planned = self.map.lock().unwrap().plan(&op)?;
+            let Some(change) = planned.change else {
+                return planned.result;
+            };
+            let _range = self.ranges.lock(change.start, change.end, true).0;
+            let mut map = self.map.lock().unwrap();
+            let planned = map.plan(&op)?;
+            let Some(change) = planned
+                .change
+                .filter(|now| (now.start, now.end) == (change.start, change.end))
+            else {
+                // Another writer changed the map meanwhile: plan again.
+                continue;
+            };
+            map.apply(&change);
+            let free = map.free_around(change.start, change.end);
+            drop(map);
+            // Faults on the range are held off by the range lock; the map is free for others.
+            flush(&self.memory, &change, free, &self.rcu);
+            return planned.result;
+        }
+    }
+
+    fn discard(&self, start: u64, end: u64) -> vma::Result<()> {
+        let _range = self.read_range(start, end);
+        discard_in(&self.memory, &self.map(), start, end, &self.rcu)
+    }
+
+    fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
+        let page = page_in(&self.memory, self.layout, addr)?;
+        let _range = self.read_range(page, page + PAGE_SIZE);
+        let mapping = self.map().lookup(page).cloned();
+        fault_locked(&self.memory, &self.rcu, mapping.as_ref(), page, access)
+    }
+
+    fn vmas(&self) -> Vec<(u64, u64, Prot)> {
+        self.map.lock().unwrap().ranges()
+    }
+}

@@ -1,0 +1,82 @@
+//! `rcu` and `rcu-refonly`: this project's design, [`fault::Mm`], with the RCU-only fast path
+//! on (`rcu`) or off (`rcu-refonly`: every fault takes a VMA reference).
+
+use super::vma_map::Op;
+use super::{Design, DesignConfig};
+use fault::{Access, Fault, FaultError, FramePool, Memory, Mm, MmConfig};
+use maple::rcu::DefaultRcu;
+use std::sync::Arc;
+use vma::{Layout, Prot};
+
+/// See the module documentation.
+pub struct RcuDesign {
+    mm: Mm,
+    fast_path: bool,
+}
+
+impl RcuDesign {
+    /// An empty address space taking frames from `frames`.
+    pub fn new(config: DesignConfig, frames: Arc<FramePool>, fast_path: bool) -> Self {
+        let config = MmConfig {
+            layout: config.layout,
+            zero_fill: config.zero_fill,
+            fast_path,
+        };
+        Self {
+            mm: Mm::new(config, frames).expect("a design's layout is valid"),
+            fast_path,
+        }
+    }
+
+    /// The memory manager.
+    pub fn mm(&self) -> &Mm {
+        &self.mm
+    }
+}
+
+impl Design for RcuDesign {
+    fn name(&self) -> &'static str {
+        if self.fast_path { "rcu" } else { "rcu-refonly" }
+    }
+
+    fn layout(&self) -> Layout {
+        self.mm.space().layout()
+    }
+
+    fn memory(&self) -> &Memory {
+        self.mm.memory()
+    }
+
+    fn rcu(&self) -> &DefaultRcu {
+        self.mm.space().rcu()
+    }
+
+    fn change(&self, op: Op) -> vma::Result<u64> {
+        match op {
+            Op::Map(request) => self.mm.space().map(request),
+            Op::Unmap(start, end) => self.mm.munmap(start, end - start).map(|()| 0),
+            Op::Protect(start, end, prot) => self.mm.mprotect(start, end - start, prot).map(|()| 0),
+        }
+    }
+
+    fn discard(&self, start: u64, end: u64) -> vma::Result<()> {
+        self.mm.madvise_dontneed(start, end - start)
+    }
+
+    fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
+        self.mm.fault(addr, access)
+    }
+
+    fn vmas(&self) -> Vec<(u64, u64, Prot)> {
+        let space = self.mm.space();
+        let guard = space.guard();
+        space
+            .iter_from(0, &guard)
+            .map(|vma| (vma.start(), vma.end(), vma.prot()))
+            .collect()
+    }
+
+    fn waits(&self) -> fault::Waits {
+        self.mm.stats().baby_waits
+    }
+}

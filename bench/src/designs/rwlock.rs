@@ -1,0 +1,86 @@
+//! `rwlock`: one reader-writer lock over a BTreeMap of VMAs for everything, as mmap_sem was
+//! before Linux 6.4. Faults hold the lock for reading for the whole fault (the blocking read of
+//! a file page included: Linux drops mmap_sem for I/O and retries, which this baseline does
+//! not model); writers hold it for writing while they change the map and flush.
+
+use super::vma_map::{Op, VmaMap};
+use super::{Design, discard_in, fault_locked, flush, page_in, timed};
+use fault::{Access, Fault, FaultError, Memory};
+use maple::rcu::DefaultRcu;
+use std::sync::RwLock;
+use vma::{Layout, Prot};
+
+/// See the module documentation.
+pub struct RwLockDesign {
+    layout: Layout,
+    map: RwLock<VmaMap>,
+    memory: Memory,
+    rcu: DefaultRcu,
+}
+
+impl RwLockDesign {
+    /// An empty address space over `memory`.
+    pub fn new(layout: Layout, memory: Memory) -> Self {
+        Self {
+            layout,
+            map: RwLock::new(VmaMap::new(layout)),
+            memory,
+            rcu: DefaultRcu::default(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, VmaMap> {
+        timed(
+            &self.memory,
+            || self.map.try_read().ok(),
+            || self.map.read().unwrap(),
+        )
+    }
+}
+
+impl Design for RwLockDesign {
+    fn name(&self) -> &'static str {
+        "rwlock"
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
+    fn rcu(&self) -> &DefaultRcu {
+        &self.rcu
+    }
+
+    fn change(&self, op: Op) -> vma::Result<u64> {
+        let mut map = self.map.write().unwrap();
+        let planned = map.plan(&op)?;
+        if let Some(change) = &planned.change {
+            map.apply(change);
+            flush(
+                &self.memory,
+                change,
+                map.free_around(change.start, change.end),
+                &self.rcu,
+            );
+        }
+        planned.result
+    }
+
+    fn discard(&self, start: u64, end: u64) -> vma::Result<()> {
+        discard_in(&self.memory, &self.read(), start, end, &self.rcu)
+    }
+
+    fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
+        let page = page_in(&self.memory, self.layout, addr)?;
+        let map = self.read();
+        fault_locked(&self.memory, &self.rcu, map.lookup(page), page, access)
+    }
+
+    fn vmas(&self) -> Vec<(u64, u64, Prot)> {
+        self.map.read().unwrap().ranges()
+    }
+}

@@ -1,0 +1,142 @@
+//! `snapshot`: an immutable VMA map behind an `ArcSwap`. Faults load the current snapshot
+//! wait-free and keep it while they install; a writer (serialized by a mutex) copies the map
+//! (O(VMAs)), applies its change and publishes it twice:
+//!
+//! 1. the new map with the changed range marked settling — faults there wait (yielding) for
+//!    the next snapshot, as this project's faults wait on BABY;
+//! 2. after the readers of the old snapshot are gone (its reference count, which arc-swap
+//!    makes exact when it is replaced, drops to the writer's own) and the range is flushed,
+//!    the same map without the mark.
+//!
+//! Without step 1 a fault could find the new mapping while the old translations are still
+//! there and read old contents through it.
+
+use super::vma_map::{Op, VmaMap};
+use super::{Design, discard_in, fault_locked, flush, page_in};
+use arc_swap::ArcSwap;
+use fault::{Access, Fault, FaultError, Memory};
+use maple::rcu::DefaultRcu;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use vma::{Layout, Prot};
+
+/// One published version.
+struct Snapshot {
+    map: Arc<VmaMap>,
+    /// A range whose new mappings are not usable yet.
+    settling: Option<(u64, u64)>,
+}
+
+impl Snapshot {
+    fn settling(&self, start: u64, end: u64) -> bool {
+        self.settling.is_some_and(|(from, to)| start < to && from < end)
+    }
+}
+
+/// See the module documentation.
+pub struct SnapshotDesign {
+    layout: Layout,
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+    memory: Memory,
+    rcu: DefaultRcu,
+}
+
+impl SnapshotDesign {
+    /// An empty address space over `memory`.
+    pub fn new(layout: Layout, memory: Memory) -> Self {
+        Self {
+            layout,
+            current: ArcSwap::from_pointee(Snapshot {
+                map: Arc::new(VmaMap::new(layout)),
+                settling: None,
+            }),
+            writer: Mutex::new(()),
+            memory,
+            rcu: DefaultRcu::default(),
+        }
+    }
+
+    /// The current snapshot with `[start, end)` usable, waiting (yielding) while a writer
+    /// settles it.
+    fn usable(&self, start: u64, end: u64) -> arc_swap::Guard<Arc<Snapshot>> {
+        let snapshot = self.current.load();
+        if !snapshot.settling(start, end) {
+            return snapshot;
+        }
+        drop(snapshot);
+        let since = Instant::now();
+        loop {
+            std::thread::yield_now();
+            let snapshot = self.current.load();
+            if !snapshot.settling(start, end) {
+                self.memory.record_wait(since.elapsed());
+                return snapshot;
+            }
+        }
+    }
+}
+
+impl Design for SnapshotDesign {
+    fn name(&self) -> &'static str {
+        "snapshot"
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
+    fn rcu(&self) -> &DefaultRcu {
+        &self.rcu
+    }
+
+    fn change(&self, op: Op) -> vma::Result<u64> {
+        let _writer = self.writer.lock().unwrap();
+        let old_map = self.current.load().map.clone();
+        let planned = old_map.plan(&op)?;
+        let Some(change) = &planned.change else {
+            return planned.result;
+        };
+        let mut map = VmaMap::clone(&old_map);
+        drop(old_map);
+        map.apply(change);
+        let map = Arc::new(map);
+        let old = self.current.swap(Arc::new(Snapshot {
+            map: map.clone(),
+            settling: Some((change.start, change.end)),
+        }));
+        // arc-swap pays its readers' debts on the old value when it is replaced: from now on
+        // every reader of `old` holds a counted reference.
+        while Arc::strong_count(&old) > 1 {
+            std::thread::yield_now();
+        }
+        drop(old);
+        flush(
+            &self.memory,
+            change,
+            map.free_around(change.start, change.end),
+            &self.rcu,
+        );
+        self.current.store(Arc::new(Snapshot { map, settling: None }));
+        planned.result
+    }
+
+    fn discard(&self, start: u64, end: u64) -> vma::Result<()> {
+        let snapshot = self.usable(start, end);
+        discard_in(&self.memory, &snapshot.map, start, end, &self.rcu)
+    }
+
+    fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
+        let page = page_in(&self.memory, self.layout, addr)?;
+        let snapshot = self.usable(page, page + vma::PAGE_SIZE);
+        fault_locked(&self.memory, &self.rcu, snapshot.map.lookup(page), page, access)
+    }
+
+    fn vmas(&self) -> Vec<(u64, u64, Prot)> {
+        self.current.load().map.ranges()
+    }
+}

@@ -1,0 +1,299 @@
+//! A sequential VMA map with Linux's mmap / munmap / mprotect semantics, for the baseline
+//! designs, which protect it with a lock (`rwlock`, `rangelock`, `pervma`'s mmap lock) or copy
+//! it (`snapshot`). Planning and applying are separate so that a design can plan under one
+//! lock and apply under another.
+//!
+//! Invariants between changes (as `vma::AddressSpace`): mappings do not overlap, are page
+//! aligned and inside the layout, and no two adjacent mappings could merge.
+
+use std::collections::BTreeMap;
+use vma::request::{MmapRequest, Placement};
+use vma::{Errno, Error, Layout, Mapping, PAGE_SIZE, Prot};
+
+/// A checked address-space change request (see [`crate::designs::Design`]'s provided methods).
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// mmap.
+    Map(MmapRequest),
+    /// munmap of `[start, end)`.
+    Unmap(u64, u64),
+    /// mprotect of `[start, end)`.
+    Protect(u64, u64, Prot),
+}
+
+/// What the page table must do over a change's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Remove the translations (munmap, MAP_FIXED).
+    Zap,
+    /// Allow no more than this.
+    Protect(Prot),
+}
+
+/// A change planned against a map: the mappings it removes and adds (each in address order),
+/// and the flush over `[start, end)`.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The operation's range (what is flushed).
+    pub start: u64,
+    /// One past its end.
+    pub end: u64,
+    /// Mappings taken out (including neighbours that merge).
+    pub removed: Vec<Mapping>,
+    /// Mappings put in.
+    pub added: Vec<Mapping>,
+    /// What the page table must do.
+    pub flush: Flush,
+}
+
+/// A planned operation: the change (none when nothing changes) and what the call returns
+/// once it is applied (mprotect over a hole returns ENOMEM after changing the mapped part).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The change to apply.
+    pub change: Option<Change>,
+    /// The call's result.
+    pub result: vma::Result<u64>,
+}
+
+/// Mappings by start address (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct VmaMap {
+    layout: Layout,
+    vmas: BTreeMap<u64, Mapping>,
+}
+
+impl VmaMap {
+    /// An empty map of `layout`.
+    pub fn new(layout: Layout) -> Self {
+        Self {
+            layout,
+            vmas: BTreeMap::new(),
+        }
+    }
+
+    /// Number of mappings.
+    pub fn len(&self) -> usize {
+        self.vmas.len()
+    }
+
+    /// Whether nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.vmas.is_empty()
+    }
+
+    /// The mapping covering `addr`.
+    pub fn lookup(&self, addr: u64) -> Option<&Mapping> {
+        self.vmas
+            .range(..=addr)
+            .next_back()
+            .map(|(_, m)| m)
+            .filter(|m| addr < m.end)
+    }
+
+    /// How far `[start, end)` is mapped without a hole from its start (`start` if it starts in
+    /// one, `end` if it has none).
+    pub fn mapped_prefix(&self, start: u64, end: u64) -> u64 {
+        let mut at = start;
+        while at < end
+            && let Some(m) = self.lookup(at)
+        {
+            at = m.end;
+        }
+        at.min(end)
+    }
+
+    /// The mappings intersecting `[start, end)`, in order.
+    fn overlapping(&self, start: u64, end: u64) -> Vec<Mapping> {
+        let first = self.lookup(start).filter(|m| m.start < start).cloned();
+        first
+            .into_iter()
+            .chain(self.vmas.range(start..end).map(|(_, m)| m.clone()))
+            .collect()
+    }
+
+    fn free(&self, start: u64, end: u64) -> bool {
+        self.overlapping(start, end).is_empty()
+    }
+
+    /// Linux's placement: a free hint; else the highest free range below the mmap base; else
+    /// the lowest above it.
+    fn place(&self, hint: u64, len: u64) -> vma::Result<u64> {
+        let Layout { low, high, mmap_base } = self.layout;
+        let no_room = || Error::new(Errno::ENOMEM, "no free range is long enough");
+        if len > high - low {
+            return Err(no_room());
+        }
+        let hint = hint.checked_next_multiple_of(PAGE_SIZE).unwrap_or(0);
+        if hint >= low && hint.checked_add(len).is_some_and(|end| end <= high) && self.free(hint, hint + len)
+        {
+            return Ok(hint);
+        }
+        // Top down below the base: the gaps between mappings, highest first.
+        let mut top = mmap_base;
+        for m in self.vmas.range(..mmap_base).rev().map(|(_, m)| m) {
+            if m.end < top && top - m.end >= len {
+                return Ok(top - len);
+            }
+            top = top.min(m.start);
+        }
+        if top >= low + len {
+            return Ok(top - len);
+        }
+        // Bottom up above it.
+        let mut bottom = self.lookup(mmap_base).map_or(mmap_base, |m| m.end);
+        for m in self.vmas.range(mmap_base..).map(|(_, m)| m) {
+            if m.start >= bottom && m.start - bottom >= len {
+                return Ok(bottom);
+            }
+            bottom = bottom.max(m.end);
+        }
+        if high - bottom >= len {
+            Ok(bottom)
+        } else {
+            Err(no_room())
+        }
+    }
+
+    /// Plans `op` against the map as it is.
+    pub fn plan(&self, op: &Op) -> vma::Result<Planned> {
+        match op {
+            Op::Map(request) => {
+                let len = request.len;
+                let start = match request.placement {
+                    Placement::FixedNoReplace(addr) if !self.free(addr, addr + len) => {
+                        return Err(Error::new(Errno::EEXIST, "MAP_FIXED_NOREPLACE range is occupied"));
+                    }
+                    Placement::Fixed(addr) | Placement::FixedNoReplace(addr) => addr,
+                    Placement::Hint(hint) => self.place(hint, len)?,
+                };
+                Ok(Planned {
+                    change: Some(self.replace(
+                        start,
+                        start + len,
+                        vec![request.mapping_at(start)],
+                        Flush::Zap,
+                    )),
+                    result: Ok(start),
+                })
+            }
+            &Op::Unmap(start, end) => Ok(Planned {
+                change: (!self.free(start, end)).then(|| self.replace(start, end, Vec::new(), Flush::Zap)),
+                result: Ok(0),
+            }),
+            &Op::Protect(start, end, prot) => {
+                // The mappings covering the range from its start without a hole.
+                let mut covered = Vec::new();
+                let mut at = start;
+                while at < end
+                    && let Some(m) = self.lookup(at)
+                {
+                    at = m.end;
+                    covered.push(m.clone());
+                }
+                if covered.is_empty() {
+                    return Err(Error::new(Errno::ENOMEM, "the range starts in unmapped memory"));
+                }
+                let changed_end = end.min(at);
+                let middle = covered
+                    .iter()
+                    .map(|m| {
+                        let (from, to) = (m.start.max(start), m.end.min(changed_end));
+                        Mapping {
+                            prot,
+                            accounted: m.accounted || (!m.shared && prot.write),
+                            ..m.slice(from, to)
+                        }
+                    })
+                    .collect();
+                Ok(Planned {
+                    change: Some(self.replace(start, changed_end, middle, Flush::Protect(prot))),
+                    result: if changed_end < end {
+                        Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"))
+                    } else {
+                        Ok(0)
+                    },
+                })
+            }
+        }
+    }
+
+    /// The change that makes `[start, end)` hold `middle` (mappings inside it, in order),
+    /// keeping the parts of overlapped mappings outside it and merging what becomes adjacent.
+    fn replace(&self, start: u64, end: u64, middle: Vec<Mapping>, flush: Flush) -> Change {
+        let mut removed = self.overlapping(start, end);
+        let mut pieces = Vec::with_capacity(middle.len() + 4);
+        if let Some(first) = removed.first()
+            && first.start < start
+        {
+            pieces.push(first.slice(first.start, start));
+        }
+        pieces.extend(middle);
+        if let Some(last) = removed.last()
+            && last.end > end
+        {
+            pieces.push(last.slice(end, last.end));
+        }
+        if let Some(first) = pieces.first()
+            && let Some(left) = first.start.checked_sub(1).and_then(|before| self.lookup(before))
+            && left.can_merge(first)
+        {
+            removed.insert(0, left.clone());
+            pieces.insert(0, left.clone());
+        }
+        if let Some(last) = pieces.last()
+            && let Some(right) = self.vmas.get(&last.end)
+            && last.can_merge(right)
+        {
+            removed.push(right.clone());
+            pieces.push(right.clone());
+        }
+        let mut added: Vec<Mapping> = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            match added.last_mut() {
+                Some(last) if last.can_merge(&piece) => last.end = piece.end,
+                _ => added.push(piece),
+            }
+        }
+        Change {
+            start,
+            end,
+            removed,
+            added,
+            flush,
+        }
+    }
+
+    /// Applies a change planned against this map as it is.
+    pub fn apply(&mut self, change: &Change) {
+        for m in &change.removed {
+            self.vmas.remove(&m.start);
+        }
+        for m in &change.added {
+            self.vmas.insert(m.start, m.clone());
+        }
+    }
+
+    /// The free space around `[start, end)` as the page table's `zap` takes it: from the end
+    /// of the mapping before (or `start` if one touches it) to the start of the next after.
+    pub fn free_around(&self, start: u64, end: u64) -> (u64, u64) {
+        let floor = match start.checked_sub(1) {
+            None => 0,
+            Some(before) => self
+                .vmas
+                .range(..=before)
+                .next_back()
+                .map_or(0, |(_, m)| if m.end > before { start } else { m.end }),
+        };
+        let ceiling = match self.lookup(end) {
+            Some(_) => end,
+            None => self.vmas.range(end..).next().map_or(u64::MAX, |(_, m)| m.start),
+        };
+        (floor, ceiling)
+    }
+
+    /// Each mapping's start, end and permissions, in address order.
+    pub fn ranges(&self) -> Vec<(u64, u64, Prot)> {
+        self.vmas.values().map(|m| (m.start, m.end, m.prot)).collect()
+    }
+}

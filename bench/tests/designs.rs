@@ -1,0 +1,358 @@
+//! The shared correctness suite: every design of the comparison must give the same memory
+//! semantics (issue "fault", point 1, but mremap, which the comparison does not use) and keep
+//! them under concurrency; a deliberately broken design must fail.
+
+use bench::designs::{self, Design, DesignConfig, NAMES, PerVmaDesign};
+use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Memory};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use vma::{Errno, Layout, MapFlags, PAGE_SIZE, Prot};
+
+const P: u64 = PAGE_SIZE;
+
+fn pool() -> Arc<FramePool> {
+    Arc::new(
+        FramePool::new(FramePoolConfig {
+            chunk_frames: 64,
+            max_frames: 8192,
+        })
+        .unwrap(),
+    )
+}
+
+/// Runs `test` against a fresh instance of every design, naming the design on failure.
+fn for_each_design(test: impl Fn(&dyn Design)) {
+    for name in NAMES {
+        let design = designs::build(name, DesignConfig::default(), pool()).unwrap();
+        assert_eq!(design.name(), name);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&*design)));
+        if let Err(panic) = result {
+            eprintln!("design {name} failed");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+fn anon(design: &dyn Design, pages: u64, prot: Prot) -> u64 {
+    design
+        .mmap(0, pages * P, prot, MapFlags::PRIVATE_ANONYMOUS, None)
+        .unwrap()
+}
+
+fn read(design: &dyn Design, addr: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    design.read(addr, &mut buf).unwrap();
+    buf
+}
+
+/// A file of `pages` pages, page `i` filled with byte `fill + i`.
+fn file(design: &dyn Design, pages: usize, fill: u8) -> (Arc<MemBacking>, Arc<File>) {
+    let contents: Vec<u8> = (0..pages)
+        .flat_map(|i| std::iter::repeat_n(fill.wrapping_add(i as u8), P as usize))
+        .collect();
+    let backing = Arc::new(MemBacking::new("file", design.memory().frames(), &contents));
+    (backing.clone(), File::new(backing))
+}
+
+/// Unmaps everything and checks that every frame and table went back.
+fn assert_nothing_leaked(design: &dyn Design, held_by_files: usize) {
+    let Layout { low, high, .. } = design.layout();
+    design.munmap(low, high - low).unwrap();
+    design.barrier();
+    assert_eq!(design.vma_count(), 0);
+    assert_eq!(design.memory().table().tables(), 0, "page tables left");
+    assert_eq!(design.memory().frames().in_use(), held_by_files, "frames left");
+}
+
+#[test]
+fn anonymous_memory_reads_zero_and_keeps_writes() {
+    for_each_design(|d| {
+        let a = anon(d, 4, Prot::READ_WRITE);
+        assert!(read(d, a, 4 * P as usize).iter().all(|&b| b == 0));
+        d.write(a + P - 3, b"across pages").unwrap();
+        assert_eq!(read(d, a + P - 3, 12), b"across pages");
+        assert_nothing_leaked(d, 0);
+    });
+}
+
+#[test]
+fn munmap_then_access_is_a_segmentation_fault() {
+    for_each_design(|d| {
+        let a = anon(d, 3, Prot::READ_WRITE);
+        d.write(a, &[7; 3 * P as usize]).unwrap();
+        d.munmap(a + P, P).unwrap();
+        assert_eq!(d.memory().table().translate(a + P), None);
+        let err = d.read(a, &mut [0; 2 * P as usize]).unwrap_err();
+        assert_eq!((err.addr, err.error), (a + P, FaultError::NotMapped));
+        assert_eq!(read(d, a + 2 * P, 1), [7]);
+        assert_eq!(d.vma_count(), 2);
+        assert_nothing_leaked(d, 0);
+    });
+}
+
+#[test]
+fn read_only_refuses_writes_and_keeps_data() {
+    for_each_design(|d| {
+        let a = anon(d, 3, Prot::READ_WRITE);
+        d.write(a, &[5; 3 * P as usize]).unwrap();
+        d.mprotect(a + P, P, Prot::READ).unwrap();
+        assert_eq!(d.vma_count(), 3, "mprotect in the middle splits in three");
+        let err = d.write(a + P, b"x").unwrap_err();
+        assert_eq!(err.error, FaultError::AccessDenied);
+        assert_eq!(read(d, a + P, 2), [5, 5]);
+        d.mprotect(a + P, P, Prot::NONE).unwrap();
+        assert_eq!(
+            d.read(a + P, &mut [0]).unwrap_err().error,
+            FaultError::AccessDenied
+        );
+        d.mprotect(a + P, P, Prot::READ_WRITE).unwrap();
+        assert_eq!(d.vma_count(), 1, "and merges back");
+        d.write(a + P, b"y").unwrap();
+        assert_eq!(read(d, a + P, 2), b"y\x05");
+        assert_nothing_leaked(d, 0);
+    });
+}
+
+#[test]
+fn private_file_writes_stay_private_shared_ones_reach_the_file() {
+    for_each_design(|d| {
+        let (backing, file) = file(d, 2, 10);
+        let private = d
+            .mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0)))
+            .unwrap();
+        let shared = d
+            .mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0)))
+            .unwrap();
+        let other = d
+            .mmap(0, P, Prot::READ, MapFlags::SHARED, Some((&file, P)))
+            .unwrap();
+        assert_eq!(read(d, private + P, 1), [11]);
+        d.write(private + P, b"p").unwrap();
+        assert_eq!(read(d, private + P, 1), b"p");
+        assert_eq!(read(d, shared + P, 1), [11], "private writes stay private");
+        d.write(shared + P, b"s").unwrap();
+        assert_eq!(read(d, other, 1), b"s", "shared writes reach other mappings");
+        let mut byte = [0];
+        backing.read_at(P as usize, &mut byte).unwrap();
+        assert_eq!(&byte, b"s", "and the file");
+        assert_eq!(read(d, private + P, 1), b"p");
+        drop(file);
+        assert_nothing_leaked(d, backing.cached_pages());
+    });
+}
+
+#[test]
+fn map_fixed_shows_the_new_mapping_never_the_old() {
+    for_each_design(|d| {
+        let (backing, file) = file(d, 1, 42);
+        let a = anon(d, 2, Prot::READ_WRITE);
+        d.write(a, &[9; 2 * P as usize]).unwrap();
+        d.mmap(a, P, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS.fixed(), None)
+            .unwrap();
+        assert_eq!(read(d, a, 1), [0], "new anonymous memory");
+        d.mmap(a + P, P, Prot::READ, MapFlags::PRIVATE.fixed(), Some((&file, 0)))
+            .unwrap();
+        assert_eq!(read(d, a + P, 1), [42], "the file");
+        let err = d
+            .mmap(
+                a,
+                P,
+                Prot::READ,
+                MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace(),
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(err.errno, Errno::EEXIST);
+        drop(file);
+        assert_nothing_leaked(d, backing.cached_pages());
+    });
+}
+
+#[test]
+fn madvise_dontneed_drops_pages() {
+    for_each_design(|d| {
+        let a = anon(d, 2, Prot::READ_WRITE);
+        d.write(a, &[3; 2 * P as usize]).unwrap();
+        d.madvise_dontneed(a, P).unwrap();
+        assert_eq!(read(d, a, 1), [0]);
+        assert_eq!(read(d, a + P, 1), [3]);
+        assert_eq!(d.madvise_dontneed(a, 3 * P).unwrap_err().errno, Errno::ENOMEM);
+        assert_eq!(read(d, a + P, 1), [0], "the mapped part was dropped");
+        assert_nothing_leaked(d, 0);
+    });
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    for_each_design(|d| {
+        let a = anon(d, 2, Prot::READ_WRITE);
+        let errno = |r: vma::Result<()>| r.unwrap_err().errno;
+        assert_eq!(errno(d.munmap(a + 1, P)), Errno::EINVAL);
+        assert_eq!(errno(d.munmap(a, 0)), Errno::EINVAL);
+        assert_eq!(errno(d.munmap(a, u64::MAX)), Errno::ENOMEM);
+        assert_eq!(errno(d.mprotect(a + 8 * P, P, Prot::READ)), Errno::ENOMEM);
+        assert_eq!(
+            errno(d.mprotect(a, 4 * P, Prot::READ)),
+            Errno::ENOMEM,
+            "a hole after the VMA"
+        );
+        let bad = MapFlags {
+            private: true,
+            ..MapFlags::SHARED
+        };
+        assert_eq!(
+            d.mmap(0, P, Prot::READ, bad, None).unwrap_err().errno,
+            Errno::EINVAL
+        );
+        assert_eq!(
+            d.mmap(0, P, Prot::READ, MapFlags::PRIVATE, None)
+                .unwrap_err()
+                .errno,
+            Errno::EBADF
+        );
+        assert_eq!(d.fault(0x10, Access::Read), Err(FaultError::NotMapped));
+        assert_eq!(d.fault(u64::MAX, Access::Read), Err(FaultError::NotMapped));
+        assert_nothing_leaked(d, 0);
+    });
+}
+
+/// Faulting threads against a writer that maps a region, lets them fault it, protects it
+/// read-only and unmaps it, over and over. Checked: after munmap returns no translation is
+/// left in the region (G2); a write that succeeds while the region is read-only and no new
+/// mapping has started is a violation. Returns the violations seen.
+fn race_writer_and_faults(design: &dyn Design, rounds: u64) -> u64 {
+    const PAGES: u64 = 8;
+    let base = design.layout().mmap_base - 64 * P;
+    let started = AtomicU64::new(0);
+    let read_only = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let violations = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let (started, read_only, done, violations) = (&started, &read_only, &done, &violations);
+            s.spawn(move || {
+                let mut i = t;
+                while !done.load(Ordering::Relaxed) {
+                    i = i
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let page = base + (i >> 33) % PAGES * P;
+                    let round = read_only.load(Ordering::SeqCst);
+                    if round != 0 && round == started.load(Ordering::SeqCst) {
+                        if design.write(page, b"w").is_ok() && started.load(Ordering::SeqCst) == round {
+                            violations.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        let _ = design.fault(page, if i & 2 == 0 { Access::Read } else { Access::Write });
+                    }
+                }
+            });
+        }
+        for round in 1..=rounds {
+            started.store(round, Ordering::SeqCst);
+            design
+                .mmap(
+                    base,
+                    PAGES * P,
+                    Prot::READ_WRITE,
+                    MapFlags::PRIVATE_ANONYMOUS.fixed(),
+                    None,
+                )
+                .unwrap();
+            std::thread::yield_now();
+            design.mprotect(base, PAGES * P, Prot::READ).unwrap();
+            read_only.store(round, Ordering::SeqCst);
+            std::thread::yield_now();
+            design.munmap(base, PAGES * P).unwrap();
+            for page in 0..PAGES {
+                if design.memory().table().translate(base + page * P).is_some() {
+                    violations.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    violations.load(Ordering::Relaxed)
+}
+
+#[test]
+fn every_design_keeps_faults_and_writers_apart() {
+    for_each_design(|d| {
+        assert_eq!(race_writer_and_faults(d, 2000), 0, "{}", d.name());
+        assert_nothing_leaked(d, 0);
+    });
+}
+
+/// `pervma` whose writers do not wait for readers to leave a VMA they lock: faults install
+/// translations after munmap's flush. The suite must catch it.
+#[test]
+fn a_design_whose_writers_skip_the_reader_drain_fails_the_suite() {
+    let design = PerVmaDesign::with_broken_write_lock(Layout::X86_64, Memory::new(pool(), true));
+    let mut violations = 0;
+    for _ in 0..20 {
+        violations += race_writer_and_faults(&design, 2000);
+        if violations > 0 {
+            break;
+        }
+    }
+    assert!(violations > 0, "the broken design passed");
+}
+
+/// Every design answers a seeded random mix of mmap (hint, fixed, fixed-noreplace; anonymous
+/// or file), munmap and mprotect exactly as `rcu` (the `vma::AddressSpace` checked against its
+/// own model) does: same results, same errors, same VMAs after every step.
+#[test]
+fn every_design_agrees_with_the_address_space() {
+    let frames = pool();
+    let all: Vec<Box<dyn Design>> = NAMES
+        .iter()
+        .map(|name| designs::build(name, DesignConfig::default(), frames.clone()).unwrap())
+        .collect();
+    let backing = Arc::new(MemBacking::zeroed("f", &frames, 64 * P as usize));
+    let file = File::new(backing);
+    let base = Layout::X86_64.mmap_base - 48 * P;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let prots = [Prot::READ, Prot::READ_WRITE, Prot::NONE];
+    for step in 0..3000 {
+        let addr = base + next(40) * P;
+        let len = (1 + next(8)) * P;
+        let prot = prots[next(3) as usize];
+        let kind = next(10);
+        let flags = match next(3) {
+            0 => MapFlags::PRIVATE_ANONYMOUS,
+            1 => MapFlags::PRIVATE_ANONYMOUS.fixed(),
+            _ => MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace(),
+        };
+        let (flags, object) = if next(4) == 0 {
+            (
+                MapFlags {
+                    anonymous: false,
+                    ..flags
+                },
+                Some((&file, next(4) * P)),
+            )
+        } else {
+            (flags, None)
+        };
+        let results: Vec<String> = all
+            .iter()
+            .map(|d| {
+                let result = match kind {
+                    0..=3 => d.mmap(addr, len, prot, flags, object),
+                    4..=6 => d.munmap(addr, len).map(|()| 0),
+                    _ => d.mprotect(addr, len, prot).map(|()| 0),
+                };
+                format!("{:?} {:x?}", result.map_err(|e| e.errno), d.vmas())
+            })
+            .collect();
+        for (d, result) in all.iter().zip(&results).skip(1) {
+            assert_eq!(result, &results[0], "step {step}: {} differs from rcu", d.name());
+        }
+    }
+}
