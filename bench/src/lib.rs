@@ -12,5 +12,7 @@
 //! (`cargo run --release -p bench -- compare`) is not built yet.
 
 pub mod designs;
+pub mod report;
 pub mod rwlock_space;
 pub mod unsync_engine;
+pub mod workload;

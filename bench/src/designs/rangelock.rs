@@ -9,6 +9,10 @@
 //! held off; otherwise it retries. Merging with a neighbour outside the range does not change
 //! what any page outside the range maps, so faults there need not be held off.
 //!
+//! Unlike the other designs, writers of disjoint ranges flush concurrently, so a zap frees only
+//! page tables wholly inside its own range (tables straddling its ends stay until a zap covers
+//! them).
+//!
 //! The range lock is fair: a request waits for every earlier request it conflicts with
 //! (overlapping, one of them a writer), granted or not, so a stream of faults cannot starve a
 //! writer.
@@ -189,10 +193,11 @@ impl Design for RangeLockDesign {
                 continue;
             };
             map.apply(&change);
-            let free = map.free_around(change.start, change.end);
             drop(map);
             // Faults on the range are held off by the range lock; the map is free for others.
-            flush(&self.memory, &change, free, &self.rcu);
+            // Writers of other ranges run concurrently, so only tables wholly inside the range
+            // may be freed: the free space around it may be theirs by now.
+            flush(&self.memory, &change, (change.start, change.end), &self.rcu);
             return planned.result;
         }
     }

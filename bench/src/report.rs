@@ -1,0 +1,195 @@
+//! The comparison's output: a table per workload (each design's ratio to `rwlock`), JSON, and
+//! an SVG chart per workload of throughput against threads.
+
+use crate::workload::Summary;
+use std::fmt::Write as _;
+
+/// The baseline ratios are taken against.
+pub const BASELINE: &str = "rwlock";
+
+fn micros(ns: u64) -> String {
+    if ns >= 10_000_000 {
+        format!("{:.0}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1}µs", ns as f64 / 1e3)
+    }
+}
+
+fn ratio(value: f64, base: Option<f64>) -> String {
+    match base {
+        Some(base) if base > 0.0 => format!("{:.2}x", value / base),
+        _ => "-".into(),
+    }
+}
+
+/// The baseline's measurement for the same workload and thread count.
+fn baseline<'a>(all: &'a [Summary], m: &Summary) -> Option<&'a Summary> {
+    all.iter()
+        .find(|b| b.design == BASELINE && b.workload == m.workload && b.threads == m.threads)
+}
+
+fn faults_per_sec(m: &Summary) -> f64 {
+    m.faults_per_sec
+}
+
+fn writer_ops_per_sec(m: &Summary) -> f64 {
+    m.writer_ops_per_sec
+}
+
+/// One table per workload, rows by thread count then design.
+pub fn tables(all: &[Summary]) -> String {
+    let mut out = String::new();
+    let mut workloads: Vec<&str> = all.iter().map(|m| m.workload.as_str()).collect();
+    workloads.dedup();
+    for workload in workloads {
+        let _ = writeln!(out, "\n## {workload}\n");
+        let _ = writeln!(
+            out,
+            "| threads | design | faults/s | vs {BASELINE} | p50 | p99 | p99.9 | max | writer ops/s | vs {BASELINE} | fault waits (total, max) | peak RSS |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut rows: Vec<&Summary> = all.iter().filter(|m| m.workload == workload).collect();
+        rows.sort_by_key(|m| m.threads);
+        for m in rows {
+            let base = baseline(all, m);
+            let _ = writeln!(
+                out,
+                "| {}{} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} | {} ({}, {}) | {:.1} MiB |",
+                m.threads,
+                if m.oversubscribed { " (oversubscribed)" } else { "" },
+                m.design,
+                m.faults_per_sec,
+                ratio(m.faults_per_sec, base.map(faults_per_sec)),
+                micros(m.fault_p50_ns),
+                micros(m.fault_p99_ns),
+                micros(m.fault_p999_ns),
+                micros(m.fault_max_ns),
+                m.writer_ops_per_sec,
+                ratio(m.writer_ops_per_sec, base.map(writer_ops_per_sec)),
+                m.waits.count,
+                micros(m.waits.total_ns),
+                micros(m.waits.max_ns),
+                m.peak_rss_bytes as f64 / (1 << 20) as f64,
+            );
+        }
+    }
+    out
+}
+
+/// One JSON object per measurement, in an array.
+pub fn json(all: &[Summary]) -> String {
+    let objects: Vec<String> = all
+        .iter()
+        .map(|m| {
+            format!(
+                "  {{\"design\": \"{}\", \"workload\": \"{}\", \"threads\": {}, \"oversubscribed\": {}, \
+                 \"faults_per_sec\": {:.1}, \"fault_p50_ns\": {}, \"fault_p99_ns\": {}, \
+                 \"fault_p999_ns\": {}, \"fault_max_ns\": {}, \"writer_ops_per_sec\": {:.1}, \
+                 \"peak_rss_bytes\": {}, \"fault_waits\": {}, \"fault_wait_total_ns\": {}, \
+                 \"fault_wait_max_ns\": {}}}",
+                m.design,
+                m.workload,
+                m.threads,
+                m.oversubscribed,
+                m.faults_per_sec,
+                m.fault_p50_ns,
+                m.fault_p99_ns,
+                m.fault_p999_ns,
+                m.fault_max_ns,
+                m.writer_ops_per_sec,
+                m.peak_rss_bytes,
+                m.waits.count,
+                m.waits.total_ns,
+                m.waits.max_ns,
+            )
+        })
+        .collect();
+    format!("[\n{}\n]\n", objects.join(",\n"))
+}
+
+const COLOURS: [&str; 6] = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b"];
+
+/// An SVG line chart of faults/s against threads for `workload`, one line per design.
+pub fn svg(all: &[Summary], workload: &str) -> String {
+    let rows: Vec<&Summary> = all.iter().filter(|m| m.workload == workload).collect();
+    let mut designs: Vec<&str> = rows.iter().map(|m| m.design.as_str()).collect();
+    designs.dedup();
+    designs.sort_by_key(|d| crate::designs::NAMES.iter().position(|n| n == d));
+    designs.dedup();
+    let mut threads: Vec<usize> = rows.iter().map(|m| m.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let top = rows.iter().map(|m| m.faults_per_sec).fold(1.0, f64::max) * 1.1;
+    let (w, h, left, bottom, right, up) = (640.0, 400.0, 80.0, 50.0, 150.0, 40.0);
+    let x = |t: usize| {
+        let i = threads.iter().position(|&n| n == t).unwrap_or(0) as f64;
+        let span = (threads.len().max(2) - 1) as f64;
+        left + i / span * (w - left - right)
+    };
+    let y = |v: f64| h - bottom - v / top * (h - bottom - up);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{workload}: faults/s against threads</text>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{left}\" y1=\"{up}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+        w / 2.0,
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
+    for i in 0..=4 {
+        let v = top * f64::from(i) / 4.0;
+        let _ = writeln!(
+            out,
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.2}M</text>",
+            left - 6.0,
+            y(v) + 4.0,
+            v / 1e6
+        );
+    }
+    for &t in &threads {
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{t}</text>",
+            x(t),
+            h - bottom + 18.0
+        );
+    }
+    for (i, design) in designs.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let mut points: Vec<&&Summary> = rows.iter().filter(|m| m.design == *design).collect();
+        points.sort_by_key(|m| m.threads);
+        let path: Vec<String> = points
+            .iter()
+            .map(|m| format!("{:.1},{:.1}", x(m.threads), y(m.faults_per_sec)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        for point in &path {
+            let (px, py) = point.split_once(',').expect("x,y");
+            let _ = writeln!(out, "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{colour}\"/>");
+        }
+        let ly = up + 20.0 * i as f64;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{colour}\" stroke-width=\"2\"/>\
+             <text x=\"{}\" y=\"{}\">{design}</text>",
+            w - right + 10.0,
+            w - right + 30.0,
+            w - right + 36.0,
+            ly + 4.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">threads</text>\n</svg>",
+        (left + w - right) / 2.0,
+        h - 10.0
+    );
+    out
+}

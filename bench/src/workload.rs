@@ -1,0 +1,379 @@
+//! The workloads of the comparison, each reproducing a published benchmark (see
+//! docs/benchmarks.md), run against any [`Design`].
+//!
+//! Every fault a workload makes is a real one (the page is not mapped): threads that fault a
+//! region again first drop its pages with MADV_DONTNEED, through the design, as a reader of
+//! the VMA structure (like a fault). Each fault is timed into a per-thread histogram; a fault
+//! that fails is a workload error (none should).
+
+use crate::designs::{self, Design, DesignConfig};
+use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Waits};
+use hdrhistogram::Histogram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use vma::{Layout, MapFlags, PAGE_SIZE, Prot};
+
+/// Every workload's name, in the order reports list them.
+pub const WORKLOADS: [&str; 5] = [
+    "private-churn",
+    "faults-under-churn",
+    "giant-vma",
+    "fixed-replace",
+    "shared-file",
+];
+
+/// How one run is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunConfig {
+    /// Faulting threads (the workloads with a writer add one writer thread).
+    pub threads: usize,
+    /// How long the threads run.
+    pub duration: Duration,
+    /// Pages in each thread's region.
+    pub pages: u64,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct Measurement {
+    /// Design name.
+    pub design: &'static str,
+    /// Workload name.
+    pub workload: &'static str,
+    /// Faulting threads.
+    pub threads: usize,
+    /// Whether the run had more threads than the machine has CPUs.
+    pub oversubscribed: bool,
+    /// Faults made.
+    pub faults: u64,
+    /// mmap / munmap / mprotect calls made.
+    pub writer_ops: u64,
+    /// How long the threads ran.
+    pub elapsed: Duration,
+    /// Fault latency in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// Faults that waited for another thread.
+    pub waits: Waits,
+    /// The process's peak resident memory during the run (Linux's VmHWM, reset before it).
+    pub peak_rss_bytes: u64,
+}
+
+impl Measurement {
+    /// The figures the reports show.
+    pub fn summary(&self) -> Summary {
+        let seconds = self.elapsed.as_secs_f64();
+        let h = &self.latency;
+        Summary {
+            design: self.design.to_string(),
+            workload: self.workload.to_string(),
+            threads: self.threads,
+            oversubscribed: self.oversubscribed,
+            faults_per_sec: self.faults as f64 / seconds,
+            fault_p50_ns: h.value_at_quantile(0.5),
+            fault_p99_ns: h.value_at_quantile(0.99),
+            fault_p999_ns: h.value_at_quantile(0.999),
+            fault_max_ns: h.max(),
+            writer_ops_per_sec: self.writer_ops as f64 / seconds,
+            peak_rss_bytes: self.peak_rss_bytes,
+            waits: self.waits,
+        }
+    }
+}
+
+/// A measurement's figures, as reports show them and as `bench run-one` passes them to the
+/// comparison (one line of `key=value` fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Design name.
+    pub design: String,
+    /// Workload name.
+    pub workload: String,
+    /// Faulting threads.
+    pub threads: usize,
+    /// More threads than CPUs.
+    pub oversubscribed: bool,
+    /// Faults per second.
+    pub faults_per_sec: f64,
+    /// Median fault latency.
+    pub fault_p50_ns: u64,
+    /// 99th percentile fault latency.
+    pub fault_p99_ns: u64,
+    /// 99.9th percentile fault latency.
+    pub fault_p999_ns: u64,
+    /// Slowest fault.
+    pub fault_max_ns: u64,
+    /// mmap / munmap / mprotect calls per second.
+    pub writer_ops_per_sec: f64,
+    /// Peak resident memory of the process that ran it.
+    pub peak_rss_bytes: u64,
+    /// Faults that waited for another thread.
+    pub waits: Waits,
+}
+
+impl Summary {
+    /// One line of `key=value` fields.
+    pub fn to_line(&self) -> String {
+        format!(
+            "design={} workload={} threads={} oversubscribed={} faults_per_sec={} fault_p50_ns={} \
+             fault_p99_ns={} fault_p999_ns={} fault_max_ns={} writer_ops_per_sec={} peak_rss_bytes={} \
+             waits={} wait_total_ns={} wait_max_ns={}",
+            self.design,
+            self.workload,
+            self.threads,
+            self.oversubscribed,
+            self.faults_per_sec,
+            self.fault_p50_ns,
+            self.fault_p99_ns,
+            self.fault_p999_ns,
+            self.fault_max_ns,
+            self.writer_ops_per_sec,
+            self.peak_rss_bytes,
+            self.waits.count,
+            self.waits.total_ns,
+            self.waits.max_ns
+        )
+    }
+
+    /// Parses [`Summary::to_line`]'s output.
+    pub fn from_line(line: &str) -> Result<Self, String> {
+        let fields: std::collections::HashMap<&str, &str> = line
+            .split_whitespace()
+            .filter_map(|field| field.split_once('='))
+            .collect();
+        let text = |key: &str| {
+            fields
+                .get(key)
+                .copied()
+                .ok_or_else(|| format!("no {key} in {line:?}"))
+        };
+        fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
+            value.parse().map_err(|_| format!("bad {key}: {value:?}"))
+        }
+        let get = |key: &str| text(key).and_then(|value| number::<u64>(key, value));
+        let rate = |key: &str| text(key).and_then(|value| number::<f64>(key, value));
+        Ok(Self {
+            design: text("design")?.to_string(),
+            workload: text("workload")?.to_string(),
+            threads: text("threads").and_then(|value| number("threads", value))?,
+            oversubscribed: text("oversubscribed")? == "true",
+            faults_per_sec: rate("faults_per_sec")?,
+            fault_p50_ns: get("fault_p50_ns")?,
+            fault_p99_ns: get("fault_p99_ns")?,
+            fault_p999_ns: get("fault_p999_ns")?,
+            fault_max_ns: get("fault_max_ns")?,
+            writer_ops_per_sec: rate("writer_ops_per_sec")?,
+            peak_rss_bytes: get("peak_rss_bytes")?,
+            waits: Waits {
+                count: get("waits")?,
+                total_ns: get("wait_total_ns")?,
+                max_ns: get("wait_max_ns")?,
+            },
+        })
+    }
+}
+
+/// One thread's tally.
+struct Tally {
+    faults: u64,
+    writer_ops: u64,
+    latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            faults: 0,
+            writer_ops: 0,
+            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    /// Write-faults every page of `[start, start + pages)`, timing each; stops early (and says
+    /// so) when `stop` is set.
+    fn fault_all(
+        &mut self,
+        design: &dyn Design,
+        start: u64,
+        pages: u64,
+        stop: &AtomicBool,
+    ) -> Result<bool, String> {
+        for page in 0..pages {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let addr = start + page * PAGE_SIZE;
+            let since = Instant::now();
+            let result = design.fault(addr, Access::Write);
+            self.latency.saturating_record(since.elapsed().as_nanos() as u64);
+            self.faults += 1;
+            result.map_err(|e: FaultError| format!("fault at {addr:#x}: {e}"))?;
+        }
+        Ok(true)
+    }
+
+    fn op<T>(&mut self, result: vma::Result<T>) -> Result<T, String> {
+        self.writer_ops += 1;
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// The regions' place: below the mmap base, thread `t`'s region `gap` pages apart from the
+/// next so that they stay separate VMAs.
+fn region(layout: Layout, t: usize, pages: u64) -> u64 {
+    layout.mmap_base - (t as u64 + 1) * (pages + 16) * PAGE_SIZE
+}
+
+/// Reads VmHWM from /proc/self/status (0 where there is none).
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resets VmHWM to the current RSS (Linux's clear_refs 5); without it the figure is the
+/// process's peak so far.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Runs `workload` on a fresh instance of `design` (both by name).
+pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measurement, String> {
+    let workload = WORKLOADS
+        .into_iter()
+        .find(|&w| w == workload)
+        .ok_or_else(|| format!("unknown workload {workload}"))?;
+    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).map_err(|e| e.to_string())?);
+    let design = designs::build(design, DesignConfig::default(), frames.clone())
+        .ok_or_else(|| format!("unknown design {design}"))?;
+    let design = &*design;
+    let RunConfig {
+        threads,
+        duration,
+        pages,
+    } = config;
+    if threads == 0 || pages == 0 {
+        return Err("threads and pages must be at least 1".into());
+    }
+    let layout = design.layout();
+    let len = pages * PAGE_SIZE;
+    let rw = Prot::READ_WRITE;
+    let anon = MapFlags::PRIVATE_ANONYMOUS;
+
+    // Set-up before the clock starts.
+    let mut regions = Vec::new();
+    let mut file = None;
+    let writer = match workload {
+        "faults-under-churn" => {
+            for t in 0..threads {
+                let at = region(layout, t, pages);
+                regions.push(
+                    design
+                        .mmap(at, len, rw, anon.fixed_noreplace(), None)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            true
+        }
+        "giant-vma" | "fixed-replace" => {
+            let total = threads as u64 * len;
+            let start = design.mmap(0, total, rw, anon, None).map_err(|e| e.to_string())?;
+            regions.extend((0..threads as u64).map(|t| start + t * len));
+            workload == "fixed-replace"
+        }
+        "shared-file" => {
+            let backing = MemBacking::zeroed("shared-file", &frames, len as usize);
+            file = Some(File::new(Arc::new(backing)));
+            false
+        }
+        _ => false,
+    };
+    let (file, regions) = (&file, &regions);
+
+    reset_peak_rss();
+    let stop = AtomicBool::new(false);
+    let stop = &stop;
+    let start = Instant::now();
+    let tallies: Vec<Result<Tally, String>> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            handles.push(s.spawn(move || -> Result<Tally, String> {
+                let mut tally = Tally::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match workload {
+                        "private-churn" => {
+                            let a = tally.op(design.mmap(0, len, rw, anon, None))?;
+                            tally.fault_all(design, a, pages, stop)?;
+                            tally.op(design.munmap(a, len))?;
+                        }
+                        "shared-file" => {
+                            let file = file.as_ref().expect("set up");
+                            let a = tally.op(design.mmap(0, len, rw, MapFlags::SHARED, Some((file, 0))))?;
+                            tally.fault_all(design, a, pages, stop)?;
+                            tally.op(design.munmap(a, len))?;
+                        }
+                        _ => {
+                            let a = regions[t];
+                            if tally.fault_all(design, a, pages, stop)? {
+                                design.madvise_dontneed(a, len).map_err(|e| e.to_string())?;
+                            }
+                        }
+                    }
+                }
+                Ok(tally)
+            }));
+        }
+        if writer {
+            handles.push(s.spawn(move || -> Result<Tally, String> {
+                let mut tally = Tally::new();
+                let churn_hint = layout.low + (1 << 40);
+                while !stop.load(Ordering::Relaxed) {
+                    if workload == "fixed-replace" {
+                        let total = threads as u64 * len;
+                        tally.op(design.mmap(regions[0], total, rw, anon.fixed(), None))?;
+                        std::thread::sleep(Duration::from_micros(50));
+                    } else {
+                        let a = tally.op(design.mmap(churn_hint, 16 * PAGE_SIZE, rw, anon, None))?;
+                        tally.op(design.mprotect(a, 16 * PAGE_SIZE, Prot::READ))?;
+                        tally.op(design.munmap(a, 16 * PAGE_SIZE))?;
+                    }
+                }
+                Ok(tally)
+            }));
+        }
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("workload thread panicked"))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let peak_rss_bytes = peak_rss();
+    let mut total = Tally::new();
+    for tally in tallies {
+        let tally = tally?;
+        total.faults += tally.faults;
+        total.writer_ops += tally.writer_ops;
+        total.latency.add(&tally.latency).expect("same bounds");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Measurement {
+        design: design.name(),
+        workload,
+        threads,
+        oversubscribed: threads + usize::from(writer) > cpus,
+        faults: total.faults,
+        writer_ops: total.writer_ops,
+        elapsed,
+        latency: total.latency,
+        waits: design.waits(),
+        peak_rss_bytes,
+    })
+}
