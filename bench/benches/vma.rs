@@ -1,12 +1,53 @@
-//! Address-space operations, maplevm's `AddressSpace` beside an `RwLock<BTreeMap>` space doing
-//! the same work, at 10 and 10,000 VMAs (one-page VMAs with one-page holes, alternating
-//! permissions so that they do not merge).
+//! Address-space operations without page tables: maplevm's `AddressSpace` beside the
+//! `rwlock` baseline's bookkeeping (an `RwLock` over a BTreeMap of VMAs, planning and applying
+//! the same changes), at 10 and 10,000 VMAs (one-page VMAs with one-page holes, alternating
+//! permissions so that they do not merge). `benches/designs.rs` compares the whole designs.
 
-use bench::rwlock_space::RwLockSpace;
+use bench::designs::vma_map::{Op, VmaMap};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
+use std::sync::RwLock;
 use std::time::Duration;
+use vma::request::MmapRequest;
 use vma::{AddressSpace, Layout, Lookup, MapFlags, NoFlush, PAGE_SIZE, Prot};
+
+/// The baseline's bookkeeping: `RwLock<BTreeMap>` of VMAs.
+struct RwLockSpace(RwLock<VmaMap>);
+
+impl RwLockSpace {
+    fn change(&self, op: Op) -> vma::Result<u64> {
+        let mut map = self.0.write().unwrap();
+        let planned = map.plan(&op)?;
+        if let Some(change) = &planned.change {
+            map.apply(change);
+        }
+        planned.result
+    }
+
+    fn mmap_fixed_noreplace(&self, addr: u64, len: u64, prot: Prot) -> vma::Result<u64> {
+        let flags = MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace();
+        self.change(Op::Map(MmapRequest::new(
+            Layout::X86_64,
+            addr,
+            len,
+            prot,
+            flags,
+            None,
+        )?))
+    }
+
+    fn munmap(&self, addr: u64, len: u64) {
+        self.change(Op::Unmap(addr, addr + len)).unwrap();
+    }
+
+    fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> vma::Result<u64> {
+        self.change(Op::Protect(addr, addr + len, prot))
+    }
+
+    fn lookup(&self, addr: u64) -> Option<u64> {
+        self.0.read().unwrap().lookup(addr).map(|m| m.start)
+    }
+}
 
 const BASE: u64 = 0x1000_0000;
 const STRIDE: u64 = 2 * PAGE_SIZE;
@@ -17,7 +58,7 @@ fn prot_of(i: u64) -> Prot {
 
 fn spaces(n: u64) -> (AddressSpace, RwLockSpace) {
     let space = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
-    let plain = RwLockSpace::new();
+    let plain = RwLockSpace(RwLock::new(VmaMap::new(Layout::X86_64)));
     let flags = MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace();
     for i in 0..n {
         let at = BASE + i * STRIDE;
@@ -89,7 +130,7 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("RwLock<BTreeMap> lookup", n), |b| {
             b.iter(|| {
                 i = (i + 7919) % n;
-                black_box(plain.lookup(BASE + i * STRIDE + 100).map(|v| v.start))
+                black_box(plain.lookup(BASE + i * STRIDE + 100))
             })
         });
     }

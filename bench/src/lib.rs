@@ -1,18 +1,28 @@
 //! # bench
 //!
-//! maplevm's benchmarks. The criterion micro-benchmarks live in `benches/`:
-//! - `rcu`: read-side guard enter/exit, retire and synchronize for each [`maple::rcu`] domain.
+//! maplevm's comparison of address-space designs, and its micro-benchmarks.
 //!
+//! - [`designs`]: every design behind one trait ([`designs::Design`]) over the same page table,
+//!   frame pool and fault install: `rcu`, `rcu-refonly`, `rwlock`, `rangelock`, `pervma`,
+//!   `snapshot`;
+//! - [`workload`]: the workloads (`private-churn`, `faults-under-churn`, `giant-vma`,
+//!   `fixed-replace`, `shared-file`), each run measuring faults/s, a fault latency histogram,
+//!   writer ops/s, fault waits and peak memory;
+//! - [`report`]: tables, JSON and SVG charts;
+//! - the binary: `bench compare` (README's main command) and `bench replay FILE` (a trace of
+//!   address-space operations, see `vma::trace`).
+//!
+//! The criterion micro-benchmarks live in `benches/`:
+//! - `rcu`: read-side guard enter/exit, retire and synchronize for each [`maple::rcu`] domain;
 //! - `maple`: the maple tree beside std's BTreeMap, scc's TreeIndex and crossbeam's SkipMap;
-//! - `vma`: address-space operations beside [`rwlock_space::RwLockSpace`];
+//! - `vma`: address-space operations beside the `rwlock` design's bookkeeping;
 //! - `fault`: fault cost per page (fast path, slow path, with and without zero-filling)
-//!   beside [`unsync_engine::UnsyncEngine`], and two threads faulting one VMA.
+//!   beside [`unsync_engine::UnsyncEngine`], and two threads faulting one VMA;
+//! - `designs`: every design's fault and mmap/munmap paths side by side.
 //!
-//! The binary replays traces (`bench replay FILE`). The workload comparison command
-//! (`cargo run --release -p bench -- compare`) is not built yet.
+//! See docs/benchmarks.md.
 
 pub mod designs;
 pub mod report;
-pub mod rwlock_space;
 pub mod unsync_engine;
 pub mod workload;

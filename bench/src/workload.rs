@@ -303,6 +303,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
     let tallies: Vec<Result<Tally, String>> = std::thread::scope(|s| {
         let mut handles = Vec::new();
         for t in 0..threads {
+            let own = regions.get(t).copied();
             handles.push(s.spawn(move || -> Result<Tally, String> {
                 let mut tally = Tally::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -319,7 +320,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                             tally.op(design.munmap(a, len))?;
                         }
                         _ => {
-                            let a = regions[t];
+                            let a = own.expect("set up");
                             if tally.fault_all(design, a, pages, stop)? {
                                 design.madvise_dontneed(a, len).map_err(|e| e.to_string())?;
                             }
