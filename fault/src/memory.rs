@@ -103,6 +103,9 @@ impl Memory {
         // SAFETY: the box is reachable only through this pointer, which is retired once;
         // DropBox frees what came from Box::into_raw.
         unsafe { rcu.retire::<Released, DropBox>(released) };
+        // Frames are memory the pool wants back soon: do not let them wait in a local batch
+        // (crossbeam's holds 64 retirements, which could be 64 whole regions).
+        rcu.push_retired();
     }
 
     /// Removes the translations of `[start, end)` and releases their frames after a grace

@@ -37,6 +37,12 @@ impl Rcu for EpochRcu {
         unsafe { guard.defer_unchecked(move || F::reclaim(ptr)) };
     }
 
+    fn push_retired(&self) {
+        // A full pin-and-flush: crossbeam seals this thread's bag into the global queue, where
+        // any thread's next collection reclaims it once the epoch allows.
+        crossbeam_epoch::pin().flush();
+    }
+
     fn start_grace_period(&self) -> Arc<AtomicBool> {
         let done = Arc::new(AtomicBool::new(false));
         let guard = crossbeam_epoch::pin();

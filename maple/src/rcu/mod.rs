@@ -87,6 +87,11 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// - `F::reclaim(ptr)` must be sound to call exactly once, from any thread.
     unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T);
 
+    /// Hands what this thread has retired so far on to reclamation now, instead of when its
+    /// local batch fills: for retirements that hold much memory (a batch of frames). Never
+    /// blocks. Domains without thread-local batches need do nothing.
+    fn push_retired(&self) {}
+
     /// A grace period in progress, from [`Rcu::start_grace_period`].
     type Cookie: Send;
 
