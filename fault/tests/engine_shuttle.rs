@@ -1,5 +1,6 @@
 //! The fault engine against the replacement protocol under shuttle (random and PCT
-//! schedulers): G2 (munmap), G3 (MAP_FIXED), mprotect to read-only, G4 (a fault on an untouched
+//! schedulers): G2 (munmap; fast path, slow path, and every fault referenced as with
+//! `MmConfig::fast_path` off), G3 (MAP_FIXED), mprotect to read-only, G4 (a fault on an untouched
 //! VMA while a writer waits), one frame per page for racing faults, and no frame or table
 //! leaked. The fast path is covered by step 4 (a variant without the grace period fails) and
 //! the slow path by step 3 (a variant without the reference wait fails). Run with
@@ -22,6 +23,10 @@ const B: u64 = 0x30000;
 const STEPS: usize = 200_000;
 
 fn mm(broken: Option<BrokenStep>) -> Mm {
+    mm_with(broken, true)
+}
+
+fn mm_with(broken: Option<BrokenStep>, fast_path: bool) -> Mm {
     let frames = FramePool::new(FramePoolConfig {
         chunk_frames: 8,
         max_frames: 32,
@@ -31,7 +36,7 @@ fn mm(broken: Option<BrokenStep>) -> Mm {
         MmConfig {
             layout: LAYOUT,
             zero_fill: true,
-            fast_path: true,
+            fast_path,
         },
         std::sync::Arc::new(frames),
     )
@@ -101,14 +106,16 @@ enum Racing {
     FastPath,
     /// A file page not cached yet: the slow path (a VMA reference, the guard dropped).
     SlowPath,
+    /// Anonymous memory with the fast path off (`rcu-refonly`): a reference and the guard.
+    Referenced,
 }
 
 /// G2: a fault racing munmap completes before munmap returns or fails; afterwards no
 /// translation exists in the range, and none appears later.
 fn fault_racing_munmap(broken: Option<BrokenStep>, racing: Racing) {
-    let mm = Arc::new(mm(broken));
+    let mm = Arc::new(mm_with(broken, !matches!(racing, Racing::Referenced)));
     let (access, file) = match racing {
-        Racing::FastPath => {
+        Racing::FastPath | Racing::Referenced => {
             anon(&mm, A, Prot::READ_WRITE);
             (Access::Write, None)
         }
@@ -159,6 +166,11 @@ fn g2_fails_without_grace_period() {
 #[test]
 fn g2_slow_fault_racing_munmap() {
     check_both(STEPS, || fault_racing_munmap(None, Racing::SlowPath));
+}
+
+#[test]
+fn g2_referenced_fault_racing_munmap() {
+    check_both(STEPS, || fault_racing_munmap(None, Racing::Referenced));
 }
 
 #[test]
