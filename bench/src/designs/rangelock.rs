@@ -4,20 +4,20 @@
 //!
 //! A writer plans its change under the map mutex, drops it (faults take the range lock first
 //! and the mutex second, so a writer may not wait for a range holding the mutex), write-locks
-//! the planned range, then plans again: if the range is still the same (no other writer moved
-//! it, e.g. took the same free range), it applies and flushes while faults on the range are
-//! held off; otherwise it retries. Merging with a neighbour outside the range does not change
-//! what any page outside the range maps, so faults there need not be held off.
+//! the planned span, then plans again: if the span is still the same (no other writer moved
+//! it, e.g. took the same free range), it applies and flushes while faults and writers are held
+//! off the span; otherwise it retries. Merging with a neighbour outside the range does not
+//! change what any page outside the range maps, so faults there need not be held off.
 //!
-//! Unlike the other designs, writers of disjoint ranges flush concurrently, so a zap frees only
-//! page tables wholly inside its own range (tables straddling its ends stay until a zap covers
-//! them).
+//! Writers of disjoint spans flush concurrently. A zap may free page tables in the free space
+//! around its range (as every design's does), so for a zap the span is the range plus that free
+//! space: no other writer may map into it, and so no fault may fill a table there, meanwhile.
 //!
 //! The range lock is fair: a request waits for every earlier request it conflicts with
 //! (overlapping, one of them a writer), granted or not, so a stream of faults cannot starve a
 //! writer.
 
-use super::vma_map::{Op, VmaMap};
+use super::vma_map::{Flush, Op, Planned, VmaMap};
 use super::{Design, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
@@ -118,6 +118,19 @@ impl Drop for RangeGuard<'_> {
     }
 }
 
+/// Plans `op` and the span its writer must lock: the changed range, or for a zap the free
+/// space around it too (the page table may free tables there; `free_around` is the same before
+/// and after the change).
+fn plan_in(map: &VmaMap, op: &Op) -> vma::Result<(Planned, (u64, u64))> {
+    let planned = map.plan(op)?;
+    let span = match &planned.change {
+        Some(change) if change.flush == Flush::Zap => map.free_around(change.start, change.end),
+        Some(change) => (change.start, change.end),
+        None => (0, 0),
+    };
+    Ok((planned, span))
+}
+
 /// See the module documentation.
 pub struct RangeLockDesign {
     layout: Layout,
@@ -178,26 +191,21 @@ impl Design for RangeLockDesign {
 
     fn change(&self, op: Op) -> vma::Result<u64> {
         loop {
-            let planned = self.map.lock().unwrap().plan(&op)?;
-            let Some(change) = planned.change else {
+            let (planned, span) = plan_in(&self.map.lock().unwrap(), &op)?;
+            if planned.change.is_none() {
                 return planned.result;
-            };
-            let _range = self.ranges.lock(change.start, change.end, true).0;
+            }
+            let _range = self.ranges.lock(span.0, span.1, true).0;
             let mut map = self.map.lock().unwrap();
-            let planned = map.plan(&op)?;
-            let Some(change) = planned
-                .change
-                .filter(|now| (now.start, now.end) == (change.start, change.end))
-            else {
+            let (planned, now) = plan_in(&map, &op)?;
+            let Some(change) = planned.change.filter(|_| now == span) else {
                 // Another writer changed the map meanwhile: plan again.
                 continue;
             };
             map.apply(&change);
             drop(map);
-            // Faults on the range are held off by the range lock; the map is free for others.
-            // Writers of other ranges run concurrently, so only tables wholly inside the range
-            // may be freed: the free space around it may be theirs by now.
-            flush(&self.memory, &change, (change.start, change.end), &self.rcu);
+            // Faults and writers are held off the span by the range lock; the map is free.
+            flush(&self.memory, &change, span, &self.rcu);
             return planned.result;
         }
     }
