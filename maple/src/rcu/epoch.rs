@@ -66,7 +66,10 @@ impl Rcu for EpochRcu {
     fn barrier(&self) {
         assert_may_wait("barrier");
         // The flag closure is deferred behind this thread's earlier retirements and crossbeam
-        // executes sealed bags in order, so once it has run they have run too.
+        // executes sealed bags in queue order, so once it has run they have been taken from
+        // the queue. But another thread may have taken one and still be running it: it does so
+        // while pinned, so a second grace period waits for it to finish.
+        self.synchronize();
         self.synchronize();
         crossbeam_epoch::pin().flush();
     }
