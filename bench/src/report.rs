@@ -193,3 +193,60 @@ pub fn svg(all: &[Summary], workload: &str) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fault::Waits;
+
+    fn summary(design: &str, threads: usize, faults_per_sec: f64) -> Summary {
+        Summary {
+            design: design.into(),
+            workload: "giant-vma".into(),
+            threads,
+            oversubscribed: threads > 2,
+            faults_per_sec,
+            fault_p50_ns: 300,
+            fault_p99_ns: 2_000,
+            fault_p999_ns: 15_000,
+            fault_max_ns: 20_000_000,
+            writer_ops_per_sec: 0.0,
+            peak_rss_bytes: 1 << 20,
+            waits: Waits::default(),
+        }
+    }
+
+    #[test]
+    fn tables_give_ratios_to_the_baseline() {
+        let all = [
+            summary("rwlock", 1, 1e6),
+            summary("rcu", 1, 2e6),
+            summary("rcu", 4, 3e6),
+        ];
+        let text = tables(&all);
+        assert!(text.contains("## giant-vma"), "{text}");
+        assert!(
+            text.contains("| 1 | rcu | 2000000 | 2.00x | 0.3µs | 2.0µs | 15.0µs | 20ms |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 4 (oversubscribed) | rcu | 3000000 | - |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_and_svg_hold_every_measurement() {
+        let all = [
+            summary("rwlock", 1, 1e6),
+            summary("rcu", 1, 2e6),
+            summary("rcu", 2, 3e6),
+        ];
+        let json = json(&all);
+        assert_eq!(json.matches("\"design\"").count(), 3);
+        assert!(json.contains("\"fault_p999_ns\": 15000"));
+        let svg = svg(&all, "giant-vma");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2, "one line per design");
+    }
+}

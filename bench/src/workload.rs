@@ -378,3 +378,50 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         peak_rss_bytes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_survives_its_line() {
+        let summary = Summary {
+            design: "pervma".into(),
+            workload: "giant-vma".into(),
+            threads: 4,
+            oversubscribed: true,
+            faults_per_sec: 1234567.25,
+            fault_p50_ns: 250,
+            fault_p99_ns: 1_500,
+            fault_p999_ns: 20_000,
+            fault_max_ns: 3_000_000,
+            writer_ops_per_sec: 0.0,
+            peak_rss_bytes: 42 << 20,
+            waits: Waits {
+                count: 7,
+                total_ns: 9_000,
+                max_ns: 5_000,
+            },
+        };
+        assert_eq!(Summary::from_line(&summary.to_line()), Ok(summary));
+        assert!(Summary::from_line("design=rcu").is_err());
+    }
+
+    #[test]
+    fn every_workload_runs_on_every_design() {
+        let config = RunConfig {
+            threads: 2,
+            duration: Duration::from_millis(20),
+            pages: 8,
+        };
+        for workload in WORKLOADS {
+            for design in crate::designs::NAMES {
+                let m = run(workload, design, config).unwrap();
+                assert!(m.faults > 0, "{workload} on {design} made no fault");
+                assert_eq!((m.workload, m.design, m.threads), (workload, design, 2));
+            }
+        }
+        assert!(run("nope", "rcu", config).is_err());
+        assert!(run("giant-vma", "nope", config).is_err());
+    }
+}
