@@ -40,11 +40,19 @@ fn main() -> ExitCode {
         }
     };
     let region = design
-        .mmap(0, pages * PAGE_SIZE, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None)
+        .mmap(
+            0,
+            pages * PAGE_SIZE,
+            Prot::READ_WRITE,
+            MapFlags::PRIVATE_ANONYMOUS,
+            None,
+        )
         .expect("map the region");
     if kind == "mapped" {
         for page in 0..pages {
-            design.fault(region + page * PAGE_SIZE, Access::Write).expect("fault");
+            design
+                .fault(region + page * PAGE_SIZE, Access::Write)
+                .expect("fault");
         }
     }
     for i in 0..count {
