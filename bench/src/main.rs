@@ -151,6 +151,16 @@ fn compare(options: &Options) -> Result<(), String> {
         options.duration.as_millis(),
         options.pages
     );
+    // Output folders first: a bad path fails now, not after the runs.
+    std::fs::create_dir_all(&options.svg_dir).map_err(|e| format!("{}: {e}", options.svg_dir))?;
+    if let Some(parent) = options
+        .json
+        .as_deref()
+        .and_then(|path| std::path::Path::new(path).parent())
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
     let total = options.designs.len() * options.workloads.len() * options.threads.len();
     let mut results = Vec::with_capacity(total);
     let began = Instant::now();
@@ -191,7 +201,6 @@ fn compare(options: &Options) -> Result<(), String> {
         std::fs::write(path, report::json(&results)).map_err(|e| format!("{path}: {e}"))?;
         println!("\nJSON: {path}");
     }
-    std::fs::create_dir_all(&options.svg_dir).map_err(|e| format!("{}: {e}", options.svg_dir))?;
     for workload in &options.workloads {
         let path = format!("{}/{workload}.svg", options.svg_dir);
         std::fs::write(&path, report::svg(&results, workload)).map_err(|e| format!("{path}: {e}"))?;
