@@ -7,7 +7,7 @@
 //! | `rcu` | RCU walk of the maple tree, no reference (fast path) | replacement protocol |
 //! | `rcu-refonly` | the same, always taking a VMA reference | replacement protocol |
 //! | `rwlock` | read lock over a BTreeMap (mmap_sem) | write lock |
-//! | `rangelock` | read lock on their page's range, then a short map lock | write lock on the changed range |
+//! | `rangelock` | read lock on their page's range, then a short map lock | write lock on the changed range (and the free space around a zap) |
 //! | `pervma` | RCU walk + per-VMA read lock, falling back to the mmap lock (Linux 6.15) | mmap lock, write-locking each changed VMA |
 //! | `snapshot` | wait-free load of an immutable map (arc-swap) | copy the map, publish, wait for readers |
 

@@ -226,3 +226,59 @@ impl Design for RangeLockDesign {
         self.map.lock().unwrap().ranges()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RangeLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn readers_share_and_disjoint_writers_do_not_wait() {
+        let lock = RangeLock::new();
+        let (_a, waited_a) = lock.lock(0, 10, false);
+        let (_b, waited_b) = lock.lock(5, 15, false);
+        let (_c, waited_c) = lock.lock(20, 30, true);
+        assert!(!waited_a && !waited_b && !waited_c);
+    }
+
+    #[test]
+    fn a_writer_waits_for_overlapping_readers_and_later_readers_wait_for_it() {
+        let lock = RangeLock::new();
+        let reader = lock.lock(0, 10, false).0;
+        let writer_in = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let (_guard, waited) = lock.lock(5, 6, true);
+                writer_in.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                writer_in.store(false, Ordering::SeqCst);
+                waited
+            });
+            // Let the writer queue behind the reader.
+            while lock.requests.lock().unwrap().queue.len() < 2 {
+                std::thread::yield_now();
+            }
+            assert!(
+                !writer_in.load(Ordering::SeqCst),
+                "the writer got in beside a reader"
+            );
+            let later = s.spawn(|| {
+                // Arrives after the writer and overlaps it: must wait for it (fairness).
+                let (_guard, waited) = lock.lock(0, 10, false);
+                assert!(
+                    !writer_in.load(Ordering::SeqCst),
+                    "a reader got in beside the writer"
+                );
+                waited
+            });
+            while lock.requests.lock().unwrap().queue.len() < 3 {
+                std::thread::yield_now();
+            }
+            drop(reader);
+            assert!(writer.join().unwrap(), "the writer waited");
+            assert!(later.join().unwrap(), "the later reader waited");
+        });
+        assert!(lock.requests.lock().unwrap().queue.is_empty());
+    }
+}
