@@ -265,3 +265,62 @@ impl Design for PerVmaDesign {
         self.mmap_lock.read().unwrap().ranges()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vma::{Backing, Prot};
+
+    fn vma(seq: u64) -> PerVma {
+        let mapping = Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            prot: Prot::READ_WRITE,
+            shared: false,
+            backing: Backing::Anonymous,
+            pgoff: 1,
+            growsdown: false,
+            accounted: true,
+            name: None,
+        };
+        PerVma::new(mapping, seq)
+    }
+
+    #[test]
+    fn a_vma_born_in_a_session_is_locked_until_the_session_ends() {
+        let mm_lock_seq = AtomicU64::new(7);
+        let v = vma(7);
+        assert!(!v.start_read(&mm_lock_seq), "born write-locked");
+        mm_lock_seq.fetch_add(1, Ordering::Release);
+        assert!(v.start_read(&mm_lock_seq), "unlocked when the session ends");
+        assert_eq!(v.refcnt.load(Ordering::Relaxed), ATTACHED + 1);
+        v.end_read();
+        assert_eq!(v.refcnt.load(Ordering::Relaxed), ATTACHED);
+    }
+
+    #[test]
+    fn a_write_lock_waits_for_readers_and_keeps_new_ones_out() {
+        let mm_lock_seq = AtomicU64::new(1);
+        let v = vma(0);
+        assert!(v.start_read(&mm_lock_seq));
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| v.start_write(1, true));
+            // The writer's offset stops new readers while it waits for the one inside.
+            while v.refcnt.load(Ordering::Acquire) < LOCK_OFFSET {
+                std::thread::yield_now();
+            }
+            assert!(!v.start_read(&mm_lock_seq));
+            assert!(!writer.is_finished(), "the writer waits for the reader");
+            v.end_read();
+            writer.join().unwrap();
+        });
+        assert_eq!(v.refcnt.load(Ordering::Relaxed), ATTACHED, "offset taken off");
+        assert!(!v.start_read(&mm_lock_seq), "still locked for the session");
+        v.detach();
+        mm_lock_seq.fetch_add(1, Ordering::Release);
+        assert!(
+            !v.start_read(&mm_lock_seq),
+            "a detached VMA cannot be read-locked"
+        );
+    }
+}
