@@ -18,7 +18,7 @@ impl RwLockSpace {
     fn change(&self, op: Op) -> vma::Result<u64> {
         let mut map = self.0.write().unwrap();
         let planned = map.plan(&op)?;
-        if let Some(change) = &planned.change {
+        for change in &planned.changes {
             map.apply(change);
         }
         planned.result

@@ -1,12 +1,12 @@
 //! The shared correctness suite: every design of the comparison must give the same memory
-//! semantics (issue "fault", point 1, but mremap, which the comparison does not use) and keep
-//! them under concurrency; a deliberately broken design must fail.
+//! semantics (issue "fault", point 1) and keep them under concurrency; a deliberately broken
+//! design must fail.
 
 use bench::designs::{self, Design, DesignConfig, NAMES, PerVmaDesign};
 use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Memory};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use vma::{Errno, Layout, MapFlags, PAGE_SIZE, Prot};
+use vma::{Errno, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
 
 const P: u64 = PAGE_SIZE;
 
@@ -169,6 +169,60 @@ fn map_fixed_shows_the_new_mapping_never_the_old() {
 }
 
 #[test]
+fn mremap_moves_contents() {
+    let maymove = RemapFlags {
+        maymove: true,
+        fixed: false,
+    };
+    for_each_design(|d| {
+        let a = anon(d, 2, Prot::READ_WRITE);
+        // Block growth in place.
+        let blocker = d
+            .mmap(
+                a + 2 * P,
+                P,
+                Prot::READ,
+                MapFlags::PRIVATE_ANONYMOUS.fixed(),
+                None,
+            )
+            .unwrap();
+        d.write(a, b"first page").unwrap();
+        d.write(a + P, b"second page").unwrap();
+        let moved = d.mremap(a, 2 * P, 8 * P, maymove, 0).unwrap();
+        assert_ne!(moved, a);
+        assert_eq!(read(d, moved, 10), b"first page");
+        assert_eq!(read(d, moved + P, 11), b"second page");
+        assert!(read(d, moved + 2 * P, 6 * P as usize).iter().all(|&b| b == 0));
+        assert_eq!(d.fault(a, Access::Read), Err(FaultError::NotMapped));
+        // Shrinking drops the tail; a fixed move to a chosen address keeps the rest.
+        let target = blocker + 16 * P;
+        let fixed = RemapFlags {
+            maymove: true,
+            fixed: true,
+        };
+        assert_eq!(d.mremap(moved, 8 * P, P, fixed, target).unwrap(), target);
+        assert_eq!(read(d, target, 10), b"first page");
+        assert_eq!(d.fault(target + P, Access::Read), Err(FaultError::NotMapped));
+        // Growing in place keeps what is there; growing without room or leave to move fails.
+        d.mremap(target, P, 3 * P, RemapFlags::default(), 0).unwrap();
+        assert_eq!(read(d, target, 10), b"first page");
+        let flags = MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace();
+        let x = d.mmap(target + 8 * P, P, Prot::READ_WRITE, flags, None).unwrap();
+        d.mmap(x + P, P, Prot::READ, flags, None).unwrap();
+        let no_move = RemapFlags::default();
+        assert_eq!(
+            d.mremap(x, P, 2 * P, no_move, 0).unwrap_err().errno,
+            Errno::ENOMEM
+        );
+        assert_eq!(
+            d.mremap(x, 2 * P, P, maymove, 0).unwrap_err().errno,
+            Errno::EFAULT
+        );
+        assert_nothing_leaked(d, 0);
+    });
+}
+
+#[test]
 fn madvise_dontneed_drops_pages() {
     for_each_design(|d| {
         let a = anon(d, 2, Prot::READ_WRITE);
@@ -217,12 +271,13 @@ fn bad_requests_are_errors() {
 }
 
 /// Faulting threads against a writer that maps a region, lets them fault it, protects it
-/// read-only and unmaps it, over and over. Checked: after munmap returns no translation is
+/// read-only and unmaps it (every other round after moving it with mremap), over and over. Checked: after munmap returns no translation is
 /// left in the region (G2); a write that succeeds while the region is read-only and no new
 /// mapping has started is a violation. Returns the violations seen.
 fn race_writer_and_faults(design: &dyn Design, rounds: u64) -> u64 {
     const PAGES: u64 = 8;
     let base = design.layout().mmap_base - 64 * P;
+    let elsewhere = base - 64 * P;
     let started = AtomicU64::new(0);
     let read_only = AtomicU64::new(0);
     let done = AtomicBool::new(false);
@@ -263,10 +318,25 @@ fn race_writer_and_faults(design: &dyn Design, rounds: u64) -> u64 {
             design.mprotect(base, PAGES * P, Prot::READ).unwrap();
             read_only.store(round, Ordering::SeqCst);
             std::thread::yield_now();
-            design.munmap(base, PAGES * P).unwrap();
+            // Every other round the region moves away first (its translations with it).
+            let last = if round % 2 == 0 {
+                let fixed = RemapFlags {
+                    maymove: true,
+                    fixed: true,
+                };
+                design
+                    .mremap(base, PAGES * P, PAGES * P, fixed, elsewhere)
+                    .unwrap();
+                elsewhere
+            } else {
+                base
+            };
+            design.munmap(last, PAGES * P).unwrap();
             for page in 0..PAGES {
-                if design.memory().table().translate(base + page * P).is_some() {
-                    violations.fetch_add(1, Ordering::Relaxed);
+                for region in [base, elsewhere] {
+                    if design.memory().table().translate(region + page * P).is_some() {
+                        violations.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -299,7 +369,7 @@ fn a_design_whose_writers_skip_the_reader_drain_fails_the_suite() {
 }
 
 /// Every design answers a seeded random mix of mmap (hint, fixed, fixed-noreplace; anonymous
-/// or file), munmap and mprotect exactly as `rcu` (the `vma::AddressSpace` checked against its
+/// or file), munmap, mprotect and mremap (shrink, grow, move, fixed) exactly as `rcu` (the `vma::AddressSpace` checked against its
 /// own model) does: same results, same errors, same VMAs after every step.
 #[test]
 fn every_design_agrees_with_the_address_space() {
@@ -323,7 +393,22 @@ fn every_design_agrees_with_the_address_space() {
         let addr = base + next(40) * P;
         let len = (1 + next(8)) * P;
         let prot = prots[next(3) as usize];
-        let kind = next(10);
+        let kind = next(12);
+        let remap = RemapFlags {
+            maymove: next(2) == 0,
+            fixed: next(3) == 0,
+        };
+        let new_len = (1 + next(10)) * P;
+        let new_addr = base + next(40) * P;
+        // mremap mostly from inside a VMA (else it is EFAULT).
+        let vmas = all[0].vmas();
+        let (addr, len) = match (kind >= 10, vmas.len()) {
+            (true, n) if n > 0 => {
+                let (start, end, _) = vmas[next(n as u64) as usize];
+                (start, len.min(end - start))
+            }
+            _ => (addr, len),
+        };
         let flags = match next(3) {
             0 => MapFlags::PRIVATE_ANONYMOUS,
             1 => MapFlags::PRIVATE_ANONYMOUS.fixed(),
@@ -346,7 +431,8 @@ fn every_design_agrees_with_the_address_space() {
                 let result = match kind {
                     0..=3 => d.mmap(addr, len, prot, flags, object),
                     4..=6 => d.munmap(addr, len).map(|()| 0),
-                    _ => d.mprotect(addr, len, prot).map(|()| 0),
+                    7..=9 => d.mprotect(addr, len, prot).map(|()| 0),
+                    _ => d.mremap(addr, len, new_len, remap, new_addr),
                 };
                 format!("{:?} {:x?}", result.map_err(|e| e.errno), d.vmas())
             })

@@ -5,7 +5,7 @@
 //! [`AddressSpace`]: crate::AddressSpace
 
 use crate::error::{Errno, Error, Result};
-use crate::space::{Layout, MapFlags, SharedAnonymous};
+use crate::space::{Layout, MapFlags, RemapFlags, SharedAnonymous};
 use crate::vma::{Backing, MappedFile, Mapping, Prot};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use std::sync::Arc;
@@ -175,4 +175,74 @@ pub fn protect_range(layout: Layout, addr: u64, len: u64) -> Result<Option<(u64,
         .filter(|&end| end <= layout.high)
         .ok_or(enomem("range above the address space"))?;
     Ok(Some((addr, end)))
+}
+
+/// A checked mremap call: the old range, the new length, and where a move must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemapRequest {
+    /// Start of the old range.
+    pub old: u64,
+    /// Length of the old range, whole pages.
+    pub old_len: u64,
+    /// New length, whole pages.
+    pub new_len: u64,
+    /// MREMAP_MAYMOVE.
+    pub maymove: bool,
+    /// MREMAP_FIXED: the new address (checked: aligned, inside the space, not overlapping the
+    /// old range).
+    pub fixed: Option<u64>,
+}
+
+impl RemapRequest {
+    /// Checks an mremap call as Linux does: EINVAL for MREMAP_FIXED without MREMAP_MAYMOVE, an
+    /// unaligned address, a zero old length (duplicating shared mappings is not supported), a
+    /// zero new length, or a fixed range that is unaligned, outside the space or overlapping
+    /// the old one; EFAULT for an old range above the space; ENOMEM for a length overflowing
+    /// when rounded.
+    pub fn new(
+        layout: Layout,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: RemapFlags,
+        new_addr: u64,
+    ) -> Result<Self> {
+        if flags.fixed && !flags.maymove {
+            return Err(einval("MREMAP_FIXED requires MREMAP_MAYMOVE"));
+        }
+        if !aligned(old) {
+            return Err(einval("old address not page aligned"));
+        }
+        if old_len == 0 {
+            return Err(einval(
+                "old length 0 (duplicating shared mappings is not supported)",
+            ));
+        }
+        let old_len = page_len(old_len)?;
+        let new_len = page_len(new_len)?;
+        if old.checked_add(old_len).is_none_or(|end| end > layout.high) {
+            return Err(Error::new(Errno::EFAULT, "old range above the address space"));
+        }
+        let fixed = if flags.fixed {
+            if !aligned(new_addr) {
+                return Err(einval("new address not page aligned"));
+            }
+            if new_addr < layout.low || new_addr.checked_add(new_len).is_none_or(|end| end > layout.high) {
+                return Err(einval("new range outside the address space"));
+            }
+            if new_addr < old + old_len && old < new_addr + new_len {
+                return Err(einval("old and new ranges overlap"));
+            }
+            Some(new_addr)
+        } else {
+            None
+        };
+        Ok(Self {
+            old,
+            old_len,
+            new_len,
+            maymove: flags.maymove,
+            fixed,
+        })
+    }
 }

@@ -23,7 +23,9 @@
 //! inside the space's bounds.
 
 use crate::error::{Errno, Error, Result};
-use crate::request::{MmapRequest, Placement, aligned, einval, enomem, page_len, protect_range, unmap_range};
+use crate::request::{
+    MmapRequest, Placement, RemapRequest, aligned, einval, enomem, protect_range, unmap_range,
+};
 use crate::vma::{Backing, Events, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use maple::rcu::DefaultRcu;
@@ -590,38 +592,17 @@ impl AddressSpace {
         flags: RemapFlags,
         new_addr: u64,
     ) -> Result<u64> {
-        if flags.fixed && !flags.maymove {
-            return Err(einval("MREMAP_FIXED requires MREMAP_MAYMOVE"));
-        }
-        if !aligned(old) {
-            return Err(einval("old address not page aligned"));
-        }
-        let old_len = if old_len == 0 {
-            return Err(einval(
-                "old length 0 (duplicating shared mappings is not supported)",
-            ));
-        } else {
-            page_len(old_len)?
-        };
-        let new_len = page_len(new_len)?;
+        let RemapRequest {
+            old,
+            old_len,
+            new_len,
+            maymove,
+            fixed,
+        } = RemapRequest::new(self.layout, old, old_len, new_len, flags, new_addr)?;
         let high = self.layout.high;
-        if old.checked_add(old_len).is_none_or(|end| end > high) {
-            return Err(Error::new(Errno::EFAULT, "old range above the address space"));
-        }
         let mut writer = self.tree.lock();
-        if flags.fixed {
-            if !aligned(new_addr) {
-                return Err(einval("new address not page aligned"));
-            }
-            if new_addr < self.layout.low || new_addr.checked_add(new_len).is_none_or(|end| end > high) {
-                return Err(einval("new range outside the address space"));
-            }
-            if new_addr < old + old_len && old < new_addr + new_len {
-                return Err(einval("old and new ranges overlap"));
-            }
-        }
         let source = self.remap_source(&writer, old, old_len)?;
-        if flags.fixed {
+        if let Some(new_addr) = fixed {
             self.unmap_locked(&mut writer, new_addr, new_addr + new_len);
             return Ok(self.move_locked(&mut writer, &source, old, old_len, new_len, new_addr));
         }
@@ -646,7 +627,7 @@ impl AddressSpace {
             self.settle(&mut writer, change, &[]);
             return Ok(old);
         }
-        if !flags.maymove {
+        if !maymove {
             return Err(enomem("cannot grow in place and may not move"));
         }
         let target = self.place(&writer, 0, new_len)?;

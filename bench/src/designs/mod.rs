@@ -28,9 +28,9 @@ use fault::{Access, AccessError, Fault, FaultError, File, FramePool, Memory, Wai
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::Arc;
 use std::time::Instant;
-use vma::request::{MmapRequest, protect_range, unmap_range};
-use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot};
-use vma_map::{Change, Flush, Op, VmaMap};
+use vma::request::{MmapRequest, RemapRequest, protect_range, unmap_range};
+use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
+use vma_map::{Flush, Op, VmaMap};
 
 /// Every design's name, in the order reports list them.
 pub const NAMES: [&str; 6] = ["rcu", "rcu-refonly", "rwlock", "rangelock", "pervma", "snapshot"];
@@ -67,7 +67,7 @@ pub fn build(name: &str, config: DesignConfig, frames: Arc<FramePool>) -> Option
     })
 }
 
-/// An address-space design: mmap / munmap / mprotect / MADV_DONTNEED and faults, with
+/// An address-space design: mmap / munmap / mprotect / mremap / MADV_DONTNEED and faults, with
 /// Linux's semantics and errors (arguments are checked by the provided methods with
 /// `vma::request`, the same checks `vma::AddressSpace` makes).
 pub trait Design: Send + Sync {
@@ -129,6 +129,19 @@ pub trait Design: Send + Sync {
         }
     }
 
+    /// mremap (see `vma::AddressSpace::mremap`).
+    fn mremap(
+        &self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: RemapFlags,
+        new_addr: u64,
+    ) -> vma::Result<u64> {
+        let request = RemapRequest::new(self.layout(), old, old_len, new_len, flags, new_addr)?;
+        self.change(Op::Remap(request))
+    }
+
     /// MADV_DONTNEED of `[addr, addr + len)`.
     fn madvise_dontneed(&self, addr: u64, len: u64) -> vma::Result<()> {
         match protect_range(self.layout(), addr, len).map_err(|e| Error::new(Errno::EINVAL, e.reason))? {
@@ -180,13 +193,27 @@ fn page_in(memory: &Memory, layout: Layout, addr: u64) -> Result<u64, FaultError
     Ok(addr & !(PAGE_SIZE - 1))
 }
 
-/// Step 6 for the baselines: the page table's side of `change`; `free_around` is the map's
-/// [`VmaMap::free_around`] once the change is applied. The caller keeps faults out of the
-/// range meanwhile (its lock).
-fn flush(memory: &Memory, change: &Change, free_around: (u64, u64), rcu: &DefaultRcu) {
-    match change.flush {
-        Flush::Zap => memory.zap(change.start, change.end, free_around, rcu),
-        Flush::Protect(prot) => memory.protect(change.start, change.end, prot),
+/// The flushes of a plan, each zap with the free space around it (where page tables may be
+/// freed), computed on `map` once the plan's changes are applied to it.
+fn bounded(map: &VmaMap, flushes: &[Flush]) -> Vec<(Flush, (u64, u64))> {
+    flushes
+        .iter()
+        .map(|&flush| match flush {
+            Flush::Zap(start, end) => (flush, map.free_around(start, end)),
+            other => (other, (0, 0)),
+        })
+        .collect()
+}
+
+/// Step 6 for the baselines: the page table's side of a plan (see [`bounded`]). The caller
+/// keeps faults out of the flushed ranges meanwhile (its lock).
+fn flush(memory: &Memory, flushes: &[(Flush, (u64, u64))], rcu: &DefaultRcu) {
+    for &(flush, free_tables) in flushes {
+        match flush {
+            Flush::Zap(start, end) => memory.zap(start, end, free_tables, rcu),
+            Flush::Protect(start, end, prot) => memory.protect(start, end, prot),
+            Flush::Relocate { from, to, len } => memory.relocate(from, to, len),
+        }
     }
 }
 

@@ -22,7 +22,7 @@
 //! releasing the mmap lock. Faults on VMAs no writer touches never wait.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, discard_in, fault_locked, flush, page_in, timed};
+use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
 use maple::{Guard, MapleTree};
@@ -194,34 +194,32 @@ impl Design for PerVmaDesign {
     fn change(&self, op: Op) -> vma::Result<u64> {
         let mut map = self.mmap_lock.write().unwrap();
         let planned = map.plan(&op)?;
-        let Some(change) = &planned.change else {
+        if planned.is_empty() {
             return planned.result;
-        };
+        }
         let seq = self.mm_lock_seq.load(Ordering::Relaxed);
-        let guard = self.tree.guard();
-        for m in &change.removed {
-            self.tree
-                .load(m.start, &guard)
-                .expect("the tree mirrors the map")
-                .start_write(seq, self.drain_readers);
+        let mut displaced = Vec::new();
+        for change in &planned.changes {
+            // Lock what this change replaces (an earlier change may have added it).
+            let guard = self.tree.guard();
+            for m in &change.removed {
+                self.tree
+                    .load(m.start, &guard)
+                    .expect("the tree mirrors the map")
+                    .start_write(seq, self.drain_readers);
+            }
+            drop(guard);
+            for m in &change.removed {
+                displaced.push(self.tree.erase_range(m.start, m.end - 1).expect("a valid range"));
+            }
+            for m in &change.added {
+                self.tree
+                    .insert_range(m.start, m.end - 1, Arc::new(PerVma::new(m.clone(), seq)))
+                    .expect("the range was emptied");
+            }
+            map.apply(change);
         }
-        drop(guard);
-        let mut displaced = Vec::with_capacity(change.removed.len());
-        for m in &change.removed {
-            displaced.push(self.tree.erase_range(m.start, m.end - 1).expect("a valid range"));
-        }
-        for m in &change.added {
-            self.tree
-                .insert_range(m.start, m.end - 1, Arc::new(PerVma::new(m.clone(), seq)))
-                .expect("the range was emptied");
-        }
-        map.apply(change);
-        flush(
-            &self.memory,
-            change,
-            map.free_around(change.start, change.end),
-            self.tree.rcu(),
-        );
+        flush(&self.memory, &bounded(&map, &planned.flushes), self.tree.rcu());
         for (_, _, vma) in displaced.iter().flat_map(|d| d.iter()) {
             vma.detach();
         }

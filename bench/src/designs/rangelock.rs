@@ -18,7 +18,7 @@
 //! writer.
 
 use super::vma_map::{Flush, Op, Planned, VmaMap};
-use super::{Design, discard_in, fault_locked, flush, page_in, timed};
+use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -118,16 +118,24 @@ impl Drop for RangeGuard<'_> {
     }
 }
 
-/// Plans `op` and the span its writer must lock: the changed range, or for a zap the free
-/// space around it too (the page table may free tables there; `free_around` is the same before
-/// and after the change).
+/// Plans `op` and the span its writer must lock: every range its flushes touch, and for a zap
+/// the free space around it too (the page table may free tables there; a plan's changes can
+/// only shrink that free space). `(0, 0)` when nothing is flushed (mremap growing in place:
+/// the map mutex alone keeps it consistent).
 fn plan_in(map: &VmaMap, op: &Op) -> vma::Result<(Planned, (u64, u64))> {
     let planned = map.plan(op)?;
-    let span = match &planned.change {
-        Some(change) if change.flush == Flush::Zap => map.free_around(change.start, change.end),
-        Some(change) => (change.start, change.end),
-        None => (0, 0),
-    };
+    let span = planned
+        .flushes
+        .iter()
+        .flat_map(|flush| match *flush {
+            Flush::Zap(start, end) => {
+                let free = map.free_around(start, end);
+                [free, free]
+            }
+            other => other.ranges(),
+        })
+        .reduce(|(lo, hi), (start, end)| (lo.min(start), hi.max(end)))
+        .unwrap_or((0, 0));
     Ok((planned, span))
 }
 
@@ -192,20 +200,23 @@ impl Design for RangeLockDesign {
     fn change(&self, op: Op) -> vma::Result<u64> {
         loop {
             let (planned, span) = plan_in(&self.map.lock().unwrap(), &op)?;
-            if planned.change.is_none() {
+            if planned.is_empty() {
                 return planned.result;
             }
             let _range = self.ranges.lock(span.0, span.1, true).0;
             let mut map = self.map.lock().unwrap();
             let (planned, now) = plan_in(&map, &op)?;
-            let Some(change) = planned.change.filter(|_| now == span) else {
+            if planned.is_empty() || now != span {
                 // Another writer changed the map meanwhile: plan again.
                 continue;
-            };
-            map.apply(&change);
+            }
+            for change in &planned.changes {
+                map.apply(change);
+            }
+            let flushes = bounded(&map, &planned.flushes);
             drop(map);
             // Faults and writers are held off the span by the range lock; the map is free.
-            flush(&self.memory, &change, span, &self.rcu);
+            flush(&self.memory, &flushes, &self.rcu);
             return planned.result;
         }
     }

@@ -4,7 +4,7 @@
 //! not model); writers hold it for writing while they change the map and flush.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, discard_in, fault_locked, flush, page_in, timed};
+use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
 use std::sync::RwLock;
@@ -58,15 +58,10 @@ impl Design for RwLockDesign {
     fn change(&self, op: Op) -> vma::Result<u64> {
         let mut map = self.map.write().unwrap();
         let planned = map.plan(&op)?;
-        if let Some(change) = &planned.change {
+        for change in &planned.changes {
             map.apply(change);
-            flush(
-                &self.memory,
-                change,
-                map.free_around(change.start, change.end),
-                &self.rcu,
-            );
         }
+        flush(&self.memory, &bounded(&map, &planned.flushes), &self.rcu);
         planned.result
     }
 

@@ -12,7 +12,7 @@
 //! there and read old contents through it.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, discard_in, fault_locked, flush, page_in};
+use super::{Design, bounded, discard_in, fault_locked, flush, page_in};
 use arc_swap::ArcSwap;
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
@@ -98,16 +98,23 @@ impl Design for SnapshotDesign {
         let _writer = self.writer.lock().unwrap();
         let old_map = self.current.load().map.clone();
         let planned = old_map.plan(&op)?;
-        let Some(change) = &planned.change else {
+        if planned.is_empty() {
             return planned.result;
-        };
+        }
         let mut map = VmaMap::clone(&old_map);
         drop(old_map);
-        map.apply(change);
+        for change in &planned.changes {
+            map.apply(change);
+        }
         let map = Arc::new(map);
+        if planned.flushes.is_empty() {
+            // Nothing mapped changes meaning (mremap growing in place): publish at once.
+            self.current.store(Arc::new(Snapshot { map, settling: None }));
+            return planned.result;
+        }
         let old = self.current.swap(Arc::new(Snapshot {
             map: map.clone(),
-            settling: Some((change.start, change.end)),
+            settling: Some(planned.flushed_span()),
         }));
         // arc-swap pays its readers' debts on the old value when it is replaced: from now on
         // every reader of `old` holds a counted reference.
@@ -115,12 +122,7 @@ impl Design for SnapshotDesign {
             std::thread::yield_now();
         }
         drop(old);
-        flush(
-            &self.memory,
-            change,
-            map.free_around(change.start, change.end),
-            &self.rcu,
-        );
+        flush(&self.memory, &bounded(&map, &planned.flushes), &self.rcu);
         self.current.store(Arc::new(Snapshot { map, settling: None }));
         planned.result
     }

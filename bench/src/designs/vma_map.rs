@@ -1,4 +1,4 @@
-//! A sequential VMA map with Linux's mmap / munmap / mprotect semantics, for the baseline
+//! A sequential VMA map with Linux's mmap / munmap / mprotect / mremap semantics, for the baseline
 //! designs, which protect it with a lock (`rwlock`, `rangelock`, `pervma`'s mmap lock) or copy
 //! it (`snapshot`). Planning and applying are separate so that a design can plan under one
 //! lock and apply under another.
@@ -7,7 +7,7 @@
 //! aligned and inside the layout, and no two adjacent mappings could merge.
 
 use std::collections::BTreeMap;
-use vma::request::{MmapRequest, Placement};
+use vma::request::{MmapRequest, Placement, RemapRequest};
 use vma::{Errno, Error, Layout, Mapping, PAGE_SIZE, Prot};
 
 /// A checked address-space change request (see [`crate::designs::Design`]'s provided methods).
@@ -19,41 +19,83 @@ pub enum Op {
     Unmap(u64, u64),
     /// mprotect of `[start, end)`.
     Protect(u64, u64, Prot),
+    /// mremap.
+    Remap(RemapRequest),
 }
 
-/// What the page table must do over a change's range.
+/// What the page table must do once a plan's changes are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flush {
-    /// Remove the translations (munmap, MAP_FIXED).
-    Zap,
-    /// Allow no more than this.
-    Protect(Prot),
+    /// Remove the translations of `[start, end)` (munmap, MAP_FIXED, shrinking, moving away).
+    Zap(u64, u64),
+    /// `[start, end)` allows no more than `prot`.
+    Protect(u64, u64, Prot),
+    /// Move the translations of `[from, from + len)` to `[to, to + len)` (mremap).
+    Relocate {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Bytes moved.
+        len: u64,
+    },
 }
 
-/// A change planned against a map: the mappings it removes and adds (each in address order),
-/// and the flush over `[start, end)`.
+impl Flush {
+    /// The address ranges the flush touches.
+    pub fn ranges(&self) -> [(u64, u64); 2] {
+        match *self {
+            Flush::Zap(start, end) | Flush::Protect(start, end, _) => [(start, end), (start, end)],
+            Flush::Relocate { from, to, len } => [(from, from + len), (to, to + len)],
+        }
+    }
+}
+
+/// One change to a map: the mappings it removes and adds (each in address order).
 #[derive(Debug, Clone)]
 pub struct Change {
-    /// The operation's range (what is flushed).
-    pub start: u64,
-    /// One past its end.
-    pub end: u64,
     /// Mappings taken out (including neighbours that merge).
     pub removed: Vec<Mapping>,
     /// Mappings put in.
     pub added: Vec<Mapping>,
-    /// What the page table must do.
-    pub flush: Flush,
 }
 
-/// A planned operation: the change (none when nothing changes) and what the call returns
-/// once it is applied (mprotect over a hole returns ENOMEM after changing the mapped part).
+/// A planned operation: its changes, applied in order (none when nothing changes), the page
+/// table's flushes, run in order once all are applied, and what the call returns (mprotect
+/// over a hole returns ENOMEM after changing the mapped part).
 #[derive(Debug, Clone)]
 pub struct Planned {
-    /// The change to apply.
-    pub change: Option<Change>,
+    /// The changes.
+    pub changes: Vec<Change>,
+    /// The flushes.
+    pub flushes: Vec<Flush>,
     /// The call's result.
     pub result: vma::Result<u64>,
+}
+
+impl Planned {
+    fn new(result: vma::Result<u64>) -> Self {
+        Self {
+            changes: Vec::new(),
+            flushes: Vec::new(),
+            result,
+        }
+    }
+
+    /// Whether there is nothing to do but return the result.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.flushes.is_empty()
+    }
+
+    /// The smallest range holding every range the flushes touch (what a fault must not touch
+    /// meanwhile); `(0, 0)` if there is none.
+    pub fn flushed_span(&self) -> (u64, u64) {
+        self.flushes
+            .iter()
+            .flat_map(Flush::ranges)
+            .reduce(|(lo, hi), (start, end)| (lo.min(start), hi.max(end)))
+            .unwrap_or((0, 0))
+    }
 }
 
 /// Mappings by start address (see the module documentation).
@@ -157,6 +199,7 @@ impl VmaMap {
 
     /// Plans `op` against the map as it is.
     pub fn plan(&self, op: &Op) -> vma::Result<Planned> {
+        let mut planned = Planned::new(Ok(0));
         match op {
             Op::Map(request) => {
                 let len = request.len;
@@ -167,20 +210,18 @@ impl VmaMap {
                     Placement::Fixed(addr) | Placement::FixedNoReplace(addr) => addr,
                     Placement::Hint(hint) => self.place(hint, len)?,
                 };
-                Ok(Planned {
-                    change: Some(self.replace(
-                        start,
-                        start + len,
-                        vec![request.mapping_at(start)],
-                        Flush::Zap,
-                    )),
-                    result: Ok(start),
-                })
+                planned
+                    .changes
+                    .push(self.replace(start, start + len, vec![request.mapping_at(start)]));
+                planned.flushes.push(Flush::Zap(start, start + len));
+                planned.result = Ok(start);
             }
-            &Op::Unmap(start, end) => Ok(Planned {
-                change: (!self.free(start, end)).then(|| self.replace(start, end, Vec::new(), Flush::Zap)),
-                result: Ok(0),
-            }),
+            &Op::Unmap(start, end) => {
+                if !self.free(start, end) {
+                    planned.changes.push(self.replace(start, end, Vec::new()));
+                    planned.flushes.push(Flush::Zap(start, end));
+                }
+            }
             &Op::Protect(start, end, prot) => {
                 // The mappings covering the range from its start without a hole.
                 let mut covered = Vec::new();
@@ -206,21 +247,115 @@ impl VmaMap {
                         }
                     })
                     .collect();
-                Ok(Planned {
-                    change: Some(self.replace(start, changed_end, middle, Flush::Protect(prot))),
-                    result: if changed_end < end {
-                        Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"))
-                    } else {
-                        Ok(0)
-                    },
-                })
+                planned.changes.push(self.replace(start, changed_end, middle));
+                planned.flushes.push(Flush::Protect(start, changed_end, prot));
+                if changed_end < end {
+                    planned.result = Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+                }
             }
+            Op::Remap(request) => return self.plan_remap(request),
         }
+        Ok(planned)
+    }
+
+    /// mremap with `vma::AddressSpace::mremap`'s rules: the old range must lie in one mapping
+    /// (EFAULT); MREMAP_FIXED unmaps the target and moves there; shrinking unmaps the tail;
+    /// growing extends in place when the pages after are free; otherwise a move (with
+    /// MREMAP_MAYMOVE; ENOMEM without) to a placed range. A move keeps the page offset and
+    /// relocates the translations of the part kept.
+    fn plan_remap(&self, request: &RemapRequest) -> vma::Result<Planned> {
+        let &RemapRequest {
+            old,
+            old_len,
+            new_len,
+            maymove,
+            fixed,
+        } = request;
+        let source = self
+            .lookup(old)
+            .filter(|m| old + old_len <= m.end)
+            .cloned()
+            .ok_or(Error::new(
+                Errno::EFAULT,
+                "the old range is not inside one mapping",
+            ))?;
+        // Later changes are planned against the map as the earlier ones leave it.
+        let mut scratch = self.clone();
+        let mut planned = Planned::new(Ok(old));
+        let step = |scratch: &mut VmaMap, planned: &mut Planned, change: Change, flush: Flush| {
+            scratch.apply(&change);
+            planned.changes.push(change);
+            planned.flushes.push(flush);
+        };
+        let target = match fixed {
+            Some(target) => {
+                if !scratch.free(target, target + new_len) {
+                    let unmap = scratch.replace(target, target + new_len, Vec::new());
+                    step(
+                        &mut scratch,
+                        &mut planned,
+                        unmap,
+                        Flush::Zap(target, target + new_len),
+                    );
+                }
+                target
+            }
+            None if new_len <= old_len => {
+                if new_len < old_len {
+                    let tail = scratch.replace(old + new_len, old + old_len, Vec::new());
+                    step(
+                        &mut scratch,
+                        &mut planned,
+                        tail,
+                        Flush::Zap(old + new_len, old + old_len),
+                    );
+                }
+                return Ok(planned);
+            }
+            None => {
+                let grow_end = old.checked_add(new_len).filter(|&end| end <= self.layout.high);
+                if old + old_len == source.end
+                    && let Some(grow_end) = grow_end
+                    && self.free(source.end, grow_end)
+                {
+                    let grown = Mapping {
+                        end: grow_end,
+                        ..source.clone()
+                    };
+                    let change = self.replace(source.start, grow_end, vec![grown]);
+                    planned.changes.push(change);
+                    return Ok(planned);
+                }
+                if !maymove {
+                    return Err(Error::new(Errno::ENOMEM, "cannot grow in place and may not move"));
+                }
+                self.place(0, new_len)?
+            }
+        };
+        let kept = old_len.min(new_len);
+        let moved = Mapping {
+            start: target,
+            end: target + new_len,
+            ..source.slice(old, old + kept)
+        };
+        let unmap = scratch.replace(old, old + old_len, Vec::new());
+        scratch.apply(&unmap);
+        planned.changes.push(unmap);
+        let insert = scratch.replace(target, target + new_len, vec![moved]);
+        planned.changes.push(insert);
+        planned.flushes.push(Flush::Relocate {
+            from: old,
+            to: target,
+            len: kept,
+        });
+        planned.flushes.push(Flush::Zap(old, old + old_len));
+        planned.result = Ok(target);
+        Ok(planned)
     }
 
     /// The change that makes `[start, end)` hold `middle` (mappings inside it, in order),
     /// keeping the parts of overlapped mappings outside it and merging what becomes adjacent.
-    fn replace(&self, start: u64, end: u64, middle: Vec<Mapping>, flush: Flush) -> Change {
+    fn replace(&self, start: u64, end: u64, middle: Vec<Mapping>) -> Change {
         let mut removed = self.overlapping(start, end);
         let mut pieces = Vec::with_capacity(middle.len() + 4);
         if let Some(first) = removed.first()
@@ -255,13 +390,7 @@ impl VmaMap {
                 _ => added.push(piece),
             }
         }
-        Change {
-            start,
-            end,
-            removed,
-            added,
-            flush,
-        }
+        Change { removed, added }
     }
 
     /// Applies a change planned against this map as it is.
