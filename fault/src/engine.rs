@@ -161,30 +161,21 @@ impl Mm {
                 return Err(FaultError::AccessDenied);
             }
             // Without the fast path, every fault holds a reference (rcu-refonly).
-            let mut reference = None;
-            if !self.fast_path {
-                let Ok(taken) = self.space.try_get(vma) else {
-                    counters.bump(Counter::Retries);
-                    continue;
-                };
-                reference = Some(taken);
-            }
+            let Ok(reference) = (!self.fast_path).then(|| self.space.try_get(vma)).transpose() else {
+                // Replaced or reborn since the lookup: look again.
+                counters.bump(Counter::Retries);
+                continue;
+            };
             match self
                 .memory
                 .settle(vma.mapping(), page, access, &mut None, &guard)?
             {
                 Progress::Done(fault) => return Ok(fault),
                 Progress::Blocking(pgoff) => {
-                    let reference = match reference {
-                        Some(reference) => reference,
-                        None => match self.space.try_get(vma) {
-                            Ok(reference) => reference,
-                            Err(_) => {
-                                // Replaced or reborn since the lookup: look again.
-                                counters.bump(Counter::Retries);
-                                continue;
-                            }
-                        },
+                    // The slow path holds a reference across the read.
+                    let Ok(reference) = reference.map_or_else(|| self.space.try_get(vma), Ok) else {
+                        counters.bump(Counter::Retries);
+                        continue;
                     };
                     drop(guard);
                     return self.slow_path(&reference, page, access, pgoff);

@@ -16,7 +16,8 @@ use crate::pagetable::{ADDRESS_LIMIT, Pte};
 use crate::stats::FaultStats;
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::Arc;
-use vma::{AddressSpace, Errno, Error, FlushHook, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
+use vma::request::advise_range;
+use vma::{AddressSpace, Errno, Error, FlushHook, Layout, MapFlags, Prot, RemapFlags};
 
 /// How an [`Mm`] is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,17 +195,9 @@ impl Mm {
     /// address or a range beyond the space, ENOMEM (after dropping the mapped part) when part
     /// of the range is unmapped; a zero length does nothing.
     pub fn madvise_dontneed(&self, addr: u64, len: u64) -> vma::Result<()> {
-        if addr % PAGE_SIZE != 0 {
-            return Err(einval("address not page aligned"));
-        }
-        if len == 0 {
+        let Some((addr, end)) = advise_range(self.space.layout(), addr, len)? else {
             return Ok(());
-        }
-        let end = len
-            .checked_next_multiple_of(PAGE_SIZE)
-            .and_then(|len| addr.checked_add(len))
-            .filter(|&end| end <= self.space.layout().high)
-            .ok_or(einval("range beyond the address space"))?;
+        };
         let guard = self.space.guard();
         let mut at = addr;
         for vma in self.space.iter_from(addr, &guard) {

@@ -177,6 +177,24 @@ pub fn protect_range(layout: Layout, addr: u64, len: u64) -> Result<Option<(u64,
     Ok(Some((addr, end)))
 }
 
+/// Checks an madvise call (MADV_DONTNEED): `[start, end)` with the length rounded up to pages,
+/// or `None` for a zero length (which does nothing); EINVAL for an unaligned address or a range
+/// beyond the space (Linux's madvise answers EINVAL where mprotect answers ENOMEM).
+pub fn advise_range(layout: Layout, addr: u64, len: u64) -> Result<Option<(u64, u64)>> {
+    if !aligned(addr) {
+        return Err(einval("address not page aligned"));
+    }
+    if len == 0 {
+        return Ok(None);
+    }
+    let end = len
+        .checked_next_multiple_of(PAGE_SIZE)
+        .and_then(|len| addr.checked_add(len))
+        .filter(|&end| end <= layout.high)
+        .ok_or(einval("range beyond the address space"))?;
+    Ok(Some((addr, end)))
+}
+
 /// A checked mremap call: the old range, the new length, and where a move must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemapRequest {

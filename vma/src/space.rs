@@ -592,14 +592,32 @@ impl AddressSpace {
         flags: RemapFlags,
         new_addr: u64,
     ) -> Result<u64> {
+        self.remap(RemapRequest::new(
+            self.layout,
+            old,
+            old_len,
+            new_len,
+            flags,
+            new_addr,
+        )?)
+    }
+
+    /// Remaps a checked request (see [`AddressSpace::mremap`]; build it with the space's
+    /// layout).
+    pub fn remap(&self, request: RemapRequest) -> Result<u64> {
         let RemapRequest {
             old,
             old_len,
             new_len,
             maymove,
             fixed,
-        } = RemapRequest::new(self.layout, old, old_len, new_len, flags, new_addr)?;
+        } = request;
         let high = self.layout.high;
+        if old + old_len > high
+            || fixed.is_some_and(|new_addr| new_addr < self.layout.low || new_addr + new_len > high)
+        {
+            return Err(einval("the request was checked against another layout"));
+        }
         let mut writer = self.tree.lock();
         let source = self.remap_source(&writer, old, old_len)?;
         if let Some(new_addr) = fixed {

@@ -28,7 +28,7 @@ use fault::{Access, AccessError, Fault, FaultError, File, FramePool, Memory, Wai
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::Arc;
 use std::time::Instant;
-use vma::request::{MmapRequest, RemapRequest, protect_range, unmap_range};
+use vma::request::{MmapRequest, RemapRequest, advise_range, protect_range, unmap_range};
 use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
 use vma_map::{Flush, Op, VmaMap};
 
@@ -144,7 +144,7 @@ pub trait Design: Send + Sync {
 
     /// MADV_DONTNEED of `[addr, addr + len)`.
     fn madvise_dontneed(&self, addr: u64, len: u64) -> vma::Result<()> {
-        match protect_range(self.layout(), addr, len).map_err(|e| Error::new(Errno::EINVAL, e.reason))? {
+        match advise_range(self.layout(), addr, len)? {
             Some((start, end)) => self.discard(start, end),
             None => Ok(()),
         }
@@ -240,20 +240,29 @@ fn fault_locked(
     page: u64,
     access: Access,
 ) -> Result<Fault, FaultError> {
-    let result = (|| {
-        let mapping = mapping.ok_or(FaultError::NotMapped)?;
-        if !fault::allows(mapping, access) {
-            return Err(FaultError::AccessDenied);
-        }
-        let guard = maple::Guard::new(rcu);
-        match memory.settle(mapping, page, access, &mut None, &guard)? {
-            fault::Progress::Done(fault) => Ok(fault),
-            fault::Progress::Blocking(pgoff) => {
-                drop(guard);
-                memory.read_in(mapping, page, access, pgoff, rcu)
-            }
-        }
-    })();
+    let result = install_locked(memory, rcu, mapping, page, access);
     memory.count(result);
     result
+}
+
+/// [`fault_locked`] but for the counting.
+fn install_locked(
+    memory: &Memory,
+    rcu: &DefaultRcu,
+    mapping: Option<&vma::Mapping>,
+    page: u64,
+    access: Access,
+) -> Result<Fault, FaultError> {
+    let mapping = mapping.ok_or(FaultError::NotMapped)?;
+    if !fault::allows(mapping, access) {
+        return Err(FaultError::AccessDenied);
+    }
+    let guard = maple::Guard::new(rcu);
+    match memory.settle(mapping, page, access, &mut None, &guard)? {
+        fault::Progress::Done(fault) => Ok(fault),
+        fault::Progress::Blocking(pgoff) => {
+            drop(guard);
+            memory.read_in(mapping, page, access, pgoff, rcu)
+        }
+    }
 }

@@ -6,7 +6,7 @@ use super::{Design, DesignConfig};
 use fault::{Access, Fault, FaultError, FramePool, Memory, Mm, MmConfig};
 use maple::rcu::DefaultRcu;
 use std::sync::Arc;
-use vma::{Layout, Prot, RemapFlags};
+use vma::{Layout, Prot};
 
 /// See the module documentation.
 pub struct RcuDesign {
@@ -56,15 +56,7 @@ impl Design for RcuDesign {
             Op::Map(request) => self.mm.space().map(request),
             Op::Unmap(start, end) => self.mm.munmap(start, end - start).map(|()| 0),
             Op::Protect(start, end, prot) => self.mm.mprotect(start, end - start, prot).map(|()| 0),
-            Op::Remap(request) => {
-                let flags = RemapFlags {
-                    maymove: request.maymove,
-                    fixed: request.fixed.is_some(),
-                };
-                let new_addr = request.fixed.unwrap_or(0);
-                self.mm
-                    .mremap(request.old, request.old_len, request.new_len, flags, new_addr)
-            }
+            Op::Remap(request) => self.mm.space().remap(request),
         }
     }
 

@@ -279,58 +279,52 @@ impl VmaMap {
                 Errno::EFAULT,
                 "the old range is not inside one mapping",
             ))?;
-        // Later changes are planned against the map as the earlier ones leave it.
+        if fixed.is_none() {
+            let mut planned = Planned::new(Ok(old));
+            if new_len <= old_len {
+                // Shrink: unmap the tail.
+                if new_len < old_len {
+                    planned
+                        .changes
+                        .push(self.replace(old + new_len, old + old_len, Vec::new()));
+                    planned.flushes.push(Flush::Zap(old + new_len, old + old_len));
+                }
+                return Ok(planned);
+            }
+            let grow_end = old.checked_add(new_len).filter(|&end| end <= self.layout.high);
+            if old + old_len == source.end
+                && let Some(grow_end) = grow_end
+                && self.free(source.end, grow_end)
+            {
+                // Grow in place: nothing mapped changes meaning, nothing to flush.
+                let grown = Mapping {
+                    end: grow_end,
+                    ..source.clone()
+                };
+                planned
+                    .changes
+                    .push(self.replace(source.start, grow_end, vec![grown]));
+                return Ok(planned);
+            }
+            if !maymove {
+                return Err(Error::new(Errno::ENOMEM, "cannot grow in place and may not move"));
+            }
+        }
+        // A move: each change is planned against the map as the ones before it leave it.
         let mut scratch = self.clone();
-        let mut planned = Planned::new(Ok(old));
-        let step = |scratch: &mut VmaMap, planned: &mut Planned, change: Change, flush: Flush| {
-            scratch.apply(&change);
-            planned.changes.push(change);
-            planned.flushes.push(flush);
-        };
+        let mut changes = Vec::with_capacity(3);
+        let mut flushes = Vec::with_capacity(3);
         let target = match fixed {
             Some(target) => {
                 if !scratch.free(target, target + new_len) {
                     let unmap = scratch.replace(target, target + new_len, Vec::new());
-                    step(
-                        &mut scratch,
-                        &mut planned,
-                        unmap,
-                        Flush::Zap(target, target + new_len),
-                    );
+                    scratch.apply(&unmap);
+                    changes.push(unmap);
+                    flushes.push(Flush::Zap(target, target + new_len));
                 }
                 target
             }
-            None if new_len <= old_len => {
-                if new_len < old_len {
-                    let tail = scratch.replace(old + new_len, old + old_len, Vec::new());
-                    step(
-                        &mut scratch,
-                        &mut planned,
-                        tail,
-                        Flush::Zap(old + new_len, old + old_len),
-                    );
-                }
-                return Ok(planned);
-            }
-            None => {
-                let grow_end = old.checked_add(new_len).filter(|&end| end <= self.layout.high);
-                if old + old_len == source.end
-                    && let Some(grow_end) = grow_end
-                    && self.free(source.end, grow_end)
-                {
-                    let grown = Mapping {
-                        end: grow_end,
-                        ..source.clone()
-                    };
-                    let change = self.replace(source.start, grow_end, vec![grown]);
-                    planned.changes.push(change);
-                    return Ok(planned);
-                }
-                if !maymove {
-                    return Err(Error::new(Errno::ENOMEM, "cannot grow in place and may not move"));
-                }
-                self.place(0, new_len)?
-            }
+            None => self.place(0, new_len)?,
         };
         let kept = old_len.min(new_len);
         let moved = Mapping {
@@ -340,17 +334,20 @@ impl VmaMap {
         };
         let unmap = scratch.replace(old, old + old_len, Vec::new());
         scratch.apply(&unmap);
-        planned.changes.push(unmap);
-        let insert = scratch.replace(target, target + new_len, vec![moved]);
-        planned.changes.push(insert);
-        planned.flushes.push(Flush::Relocate {
+        changes.push(unmap);
+        changes.push(scratch.replace(target, target + new_len, vec![moved]));
+        // The kept translations move before the old range is zapped.
+        flushes.push(Flush::Relocate {
             from: old,
             to: target,
             len: kept,
         });
-        planned.flushes.push(Flush::Zap(old, old + old_len));
-        planned.result = Ok(target);
-        Ok(planned)
+        flushes.push(Flush::Zap(old, old + old_len));
+        Ok(Planned {
+            changes,
+            flushes,
+            result: Ok(target),
+        })
     }
 
     /// The change that makes `[start, end)` hold `middle` (mappings inside it, in order),
