@@ -250,6 +250,9 @@ fn bad_requests_are_errors() {
             Errno::ENOMEM,
             "a hole after the VMA"
         );
+        assert_eq!(errno(d.madvise_dontneed(a + 1, P)), Errno::EINVAL);
+        assert_eq!(errno(d.madvise_dontneed(a, u64::MAX)), Errno::EINVAL);
+        assert_eq!(d.madvise_dontneed(a, 0), Ok(()));
         let bad = MapFlags {
             private: true,
             ..MapFlags::SHARED

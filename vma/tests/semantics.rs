@@ -475,3 +475,23 @@ fn brk_grows_shrinks_and_labels_the_heap() {
     );
     assert_eq!(errno(s.set_heap_start(LAYOUT.high)), Errno::EINVAL);
 }
+
+#[test]
+fn a_request_checked_against_another_layout_is_refused() {
+    use vma::request::{MmapRequest, RemapRequest};
+    let s = space();
+    let far = Layout::X86_64.mmap_base;
+    let flags = MapFlags::PRIVATE_ANONYMOUS.fixed();
+    let map = MmapRequest::new(Layout::X86_64, far, P, Prot::READ, flags, None).unwrap();
+    assert_eq!(s.map(map).unwrap_err().errno, Errno::EINVAL);
+    let moving = RemapFlags {
+        maymove: true,
+        fixed: true,
+    };
+    let a = s.mmap(BASE, P, Prot::READ, flags, None).unwrap();
+    let remap = RemapRequest::new(Layout::X86_64, a, P, P, moving, far).unwrap();
+    assert_eq!(s.remap(remap).unwrap_err().errno, Errno::EINVAL);
+    let remap = RemapRequest::new(LAYOUT, a, P, P, moving, a + 4 * P).unwrap();
+    assert_eq!(s.remap(remap), Ok(a + 4 * P), "a request for this layout works");
+    s.validate().unwrap();
+}
