@@ -26,6 +26,14 @@ fn design(name: &str) -> Box<dyn Design> {
     design
 }
 
+/// Maps a region of `PAGES` anonymous read-write pages.
+fn region(design: &dyn Design) -> u64 {
+    let flags = MapFlags::PRIVATE_ANONYMOUS;
+    design
+        .mmap(0, PAGES * PAGE_SIZE, Prot::READ_WRITE, flags, None)
+        .unwrap()
+}
+
 /// Times `iters` fresh faults, `PAGES` per region; mapping and unmapping (and waiting for the
 /// frames to come back) are not timed.
 fn fresh_faults(design: &dyn Design, iters: u64) -> Duration {
@@ -33,15 +41,7 @@ fn fresh_faults(design: &dyn Design, iters: u64) -> Duration {
     let mut left = iters;
     while left > 0 {
         let pages = left.min(PAGES);
-        let region = design
-            .mmap(
-                0,
-                PAGES * PAGE_SIZE,
-                Prot::READ_WRITE,
-                MapFlags::PRIVATE_ANONYMOUS,
-                None,
-            )
-            .unwrap();
+        let region = region(design);
         let started = Instant::now();
         for page in 0..pages {
             design.fault(region + page * PAGE_SIZE, Access::Write).unwrap();
@@ -62,15 +62,7 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("fault, new zero-filled page", name), |b| {
             b.iter_custom(|iters| fresh_faults(design, iters))
         });
-        let mapped = design
-            .mmap(
-                0,
-                PAGES * PAGE_SIZE,
-                Prot::READ_WRITE,
-                MapFlags::PRIVATE_ANONYMOUS,
-                None,
-            )
-            .unwrap();
+        let mapped = region(design);
         for page in 0..PAGES {
             design.fault(mapped + page * PAGE_SIZE, Access::Write).unwrap();
         }

@@ -14,14 +14,68 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vma::{Layout, MapFlags, PAGE_SIZE, Prot};
 
+/// The workloads (docs/benchmarks.md says what each reproduces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Each thread maps, faults and unmaps its own region.
+    PrivateChurn,
+    /// Threads fault their own stable VMAs; a writer maps, protects and unmaps elsewhere.
+    FaultsUnderChurn,
+    /// Threads fault their slices of one VMA.
+    GiantVma,
+    /// As `GiantVma`, while a writer replaces the VMA with MAP_FIXED.
+    FixedReplace,
+    /// Each thread maps, faults and unmaps the same shared file.
+    SharedFile,
+}
+
+/// What a workload's extra writer thread does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Replace the whole shared VMA with MAP_FIXED, every 50 µs.
+    ReplaceAll,
+    /// Map, protect and unmap 16 pages far from the faulting threads, in a loop.
+    MapElsewhere,
+}
+
+impl Workload {
+    const ALL: [Workload; 5] = [
+        Workload::PrivateChurn,
+        Workload::FaultsUnderChurn,
+        Workload::GiantVma,
+        Workload::FixedReplace,
+        Workload::SharedFile,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Workload::PrivateChurn => "private-churn",
+            Workload::FaultsUnderChurn => "faults-under-churn",
+            Workload::GiantVma => "giant-vma",
+            Workload::FixedReplace => "fixed-replace",
+            Workload::SharedFile => "shared-file",
+        }
+    }
+
+    fn writer(self) -> Option<Writer> {
+        match self {
+            Workload::FaultsUnderChurn => Some(Writer::MapElsewhere),
+            Workload::FixedReplace => Some(Writer::ReplaceAll),
+            Workload::PrivateChurn | Workload::GiantVma | Workload::SharedFile => None,
+        }
+    }
+}
+
 /// Every workload's name, in the order reports list them.
-pub const WORKLOADS: [&str; 5] = [
-    "private-churn",
-    "faults-under-churn",
-    "giant-vma",
-    "fixed-replace",
-    "shared-file",
-];
+pub const WORKLOADS: [&str; 5] = {
+    let mut names = [""; 5];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Workload::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// How one run is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,9 +299,9 @@ fn reset_peak_rss() {
 
 /// Runs `workload` on a fresh instance of `design` (both by name).
 pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measurement, String> {
-    let workload = WORKLOADS
+    let kind = Workload::ALL
         .into_iter()
-        .find(|&w| w == workload)
+        .find(|w| w.name() == workload)
         .ok_or_else(|| format!("unknown workload {workload}"))?;
     let frames = Arc::new(FramePool::new(FramePoolConfig::default()).map_err(|e| e.to_string())?);
     let design = designs::build(design, DesignConfig::default(), frames.clone())
@@ -269,31 +323,26 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
     // Set-up before the clock starts.
     let mut regions = Vec::new();
     let mut file = None;
-    let writer = match workload {
-        "faults-under-churn" => {
+    match kind {
+        Workload::FaultsUnderChurn => {
             for t in 0..threads {
                 let at = region(layout, t, pages);
-                regions.push(
-                    design
-                        .mmap(at, len, rw, anon.fixed_noreplace(), None)
-                        .map_err(|e| e.to_string())?,
-                );
+                let fixed = anon.fixed_noreplace();
+                regions.push(design.mmap(at, len, rw, fixed, None).map_err(|e| e.to_string())?);
             }
-            true
         }
-        "giant-vma" | "fixed-replace" => {
+        Workload::GiantVma | Workload::FixedReplace => {
             let total = threads as u64 * len;
             let start = design.mmap(0, total, rw, anon, None).map_err(|e| e.to_string())?;
             regions.extend((0..threads as u64).map(|t| start + t * len));
-            workload == "fixed-replace"
         }
-        "shared-file" => {
+        Workload::SharedFile => {
             let backing = MemBacking::zeroed("shared-file", &frames, len as usize);
             file = Some(File::new(Arc::new(backing)));
-            false
         }
-        _ => false,
-    };
+        Workload::PrivateChurn => {}
+    }
+    let writer = kind.writer();
     let (file, regions) = (&file, &regions);
 
     reset_peak_rss();
@@ -307,19 +356,19 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             handles.push(s.spawn(move || -> Result<Tally, String> {
                 let mut tally = Tally::new();
                 while !stop.load(Ordering::Relaxed) {
-                    match workload {
-                        "private-churn" => {
+                    match kind {
+                        Workload::PrivateChurn => {
                             let a = tally.op(design.mmap(0, len, rw, anon, None))?;
                             tally.fault_all(design, a, pages, stop)?;
                             tally.op(design.munmap(a, len))?;
                         }
-                        "shared-file" => {
+                        Workload::SharedFile => {
                             let file = file.as_ref().expect("set up");
                             let a = tally.op(design.mmap(0, len, rw, MapFlags::SHARED, Some((file, 0))))?;
                             tally.fault_all(design, a, pages, stop)?;
                             tally.op(design.munmap(a, len))?;
                         }
-                        _ => {
+                        Workload::FaultsUnderChurn | Workload::GiantVma | Workload::FixedReplace => {
                             let a = own.expect("set up");
                             if tally.fault_all(design, a, pages, stop)? {
                                 design.madvise_dontneed(a, len).map_err(|e| e.to_string())?;
@@ -330,19 +379,22 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                 Ok(tally)
             }));
         }
-        if writer {
+        if let Some(writer) = writer {
             handles.push(s.spawn(move || -> Result<Tally, String> {
                 let mut tally = Tally::new();
                 let churn_hint = layout.low + (1 << 40);
                 while !stop.load(Ordering::Relaxed) {
-                    if workload == "fixed-replace" {
-                        let total = threads as u64 * len;
-                        tally.op(design.mmap(regions[0], total, rw, anon.fixed(), None))?;
-                        std::thread::sleep(Duration::from_micros(50));
-                    } else {
-                        let a = tally.op(design.mmap(churn_hint, 16 * PAGE_SIZE, rw, anon, None))?;
-                        tally.op(design.mprotect(a, 16 * PAGE_SIZE, Prot::READ))?;
-                        tally.op(design.munmap(a, 16 * PAGE_SIZE))?;
+                    match writer {
+                        Writer::ReplaceAll => {
+                            let total = threads as u64 * len;
+                            tally.op(design.mmap(regions[0], total, rw, anon.fixed(), None))?;
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                        Writer::MapElsewhere => {
+                            let a = tally.op(design.mmap(churn_hint, 16 * PAGE_SIZE, rw, anon, None))?;
+                            tally.op(design.mprotect(a, 16 * PAGE_SIZE, Prot::READ))?;
+                            tally.op(design.munmap(a, 16 * PAGE_SIZE))?;
+                        }
                     }
                 }
                 Ok(tally)
@@ -367,9 +419,9 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(Measurement {
         design: design.name(),
-        workload,
+        workload: kind.name(),
         threads,
-        oversubscribed: threads + usize::from(writer) > cpus,
+        oversubscribed: threads + usize::from(writer.is_some()) > cpus,
         faults: total.faults,
         writer_ops: total.writer_ops,
         elapsed,
