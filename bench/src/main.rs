@@ -7,7 +7,7 @@
 
 use bench::designs::NAMES;
 use bench::report;
-use bench::workload::{self, RunConfig, Summary, WORKLOADS};
+use bench::workload::{self, MAX_PAGES, MAX_THREADS, RunConfig, Summary, WORKLOADS};
 use std::io::{IsTerminal as _, Write as _};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -83,8 +83,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .split(',')
                     .map(|n| number(n, "--threads"))
                     .collect::<Result<_, _>>()?;
-                if options.threads.iter().any(|&n| n == 0 || n > 1024) {
-                    return Err("--threads: counts from 1 to 1024".into());
+                if options.threads.iter().any(|&n| !(1..=MAX_THREADS).contains(&n)) {
+                    return Err(format!("--threads: counts from 1 to {MAX_THREADS}"));
                 }
             }
             "--duration-ms" => {
@@ -95,8 +95,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--pages" => {
                 options.pages = number(value, "--pages")?;
-                if !(1..=1 << 20).contains(&options.pages) {
-                    return Err("--pages: from 1 to 1048576".into());
+                if !(1..=MAX_PAGES).contains(&options.pages) {
+                    return Err(format!("--pages: from 1 to {MAX_PAGES}"));
                 }
             }
             "--json" => options.json = Some(value.clone()),

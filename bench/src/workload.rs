@@ -77,6 +77,11 @@ pub const WORKLOADS: [&str; 5] = {
     names
 };
 
+/// Most faulting threads a run may have.
+pub const MAX_THREADS: usize = 1024;
+/// Most pages a thread's region may have (4 GiB).
+pub const MAX_PAGES: u64 = 1 << 20;
+
 /// How one run is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunConfig {
@@ -312,8 +317,14 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         duration,
         pages,
     } = config;
-    if threads == 0 || pages == 0 {
-        return Err("threads and pages must be at least 1".into());
+    if !(1..=MAX_THREADS).contains(&threads) {
+        return Err(format!("threads: from 1 to {MAX_THREADS}"));
+    }
+    if !(1..=MAX_PAGES).contains(&pages) {
+        return Err(format!("pages: from 1 to {MAX_PAGES}"));
+    }
+    if duration.is_zero() {
+        return Err("duration: at least 1 ms".into());
     }
     let layout = design.layout();
     let len = pages * PAGE_SIZE;
@@ -475,5 +486,23 @@ mod tests {
         }
         assert!(run("nope", "rcu", config).is_err());
         assert!(run("giant-vma", "nope", config).is_err());
+        for bad in [
+            RunConfig { threads: 0, ..config },
+            RunConfig {
+                threads: MAX_THREADS + 1,
+                ..config
+            },
+            RunConfig { pages: 0, ..config },
+            RunConfig {
+                pages: u64::MAX,
+                ..config
+            },
+            RunConfig {
+                duration: Duration::ZERO,
+                ..config
+            },
+        ] {
+            assert!(run("giant-vma", "rcu", bad).is_err(), "{bad:?}");
+        }
     }
 }
