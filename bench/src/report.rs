@@ -194,7 +194,7 @@ pub fn svg(all: &[Summary], workload: &str) -> String {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use super::*;
     use fault::Waits;

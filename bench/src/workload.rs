@@ -442,7 +442,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use super::*;
 

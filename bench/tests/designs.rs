@@ -1,6 +1,7 @@
 //! The shared correctness suite: every design of the comparison must give the same memory
 //! semantics (issue "fault", point 1) and keep them under concurrency; a deliberately broken
-//! design must fail.
+//! design must fail. (`designs_shuttle.rs` checks the same guarantees under shuttle.)
+#![cfg(not(feature = "shuttle"))]
 
 use bench::designs::{self, Design, DesignConfig, NAMES, PerVmaDesign};
 use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Memory};

@@ -25,9 +25,10 @@ use super::vma_map::{Op, VmaMap};
 use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
+use maple::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use maple::sync::{Backoff, RwLock};
 use maple::{Guard, MapleTree};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use vma::{Layout, Mapping, Prot};
 
 const ATTACHED: u32 = 1;
@@ -116,16 +117,11 @@ impl PerVma {
     }
 }
 
-/// Spins a little, then yields, until `done`.
+/// Waits (the facade's spin-then-yield backoff) until `done`.
 fn wait_until(mut done: impl FnMut() -> bool) {
-    let mut spins = 0u32;
+    let mut backoff = Backoff::new();
     while !done() {
-        if spins < 64 {
-            std::hint::spin_loop();
-            spins += 1;
-        } else {
-            std::thread::yield_now();
-        }
+        backoff.snooze();
     }
 }
 
@@ -264,7 +260,7 @@ impl Design for PerVmaDesign {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use super::*;
     use vma::{Backing, Prot};

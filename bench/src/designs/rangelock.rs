@@ -21,7 +21,7 @@ use super::vma_map::{Flush, Op, Planned, VmaMap};
 use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use maple::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 use vma::{Layout, PAGE_SIZE, Prot};
 
@@ -238,7 +238,7 @@ impl Design for RangeLockDesign {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use super::RangeLock;
     use std::sync::atomic::{AtomicBool, Ordering};

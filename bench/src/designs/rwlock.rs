@@ -7,7 +7,7 @@ use super::vma_map::{Op, VmaMap};
 use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
-use std::sync::RwLock;
+use maple::sync::{RwLock, RwLockReadGuard};
 use vma::{Layout, Prot};
 
 /// See the module documentation.
@@ -29,7 +29,7 @@ impl RwLockDesign {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, VmaMap> {
+    fn read(&self) -> RwLockReadGuard<'_, VmaMap> {
         timed(
             &self.memory,
             || self.map.try_read().ok(),

@@ -16,7 +16,8 @@ use super::{Design, bounded, discard_in, fault_locked, flush, page_in};
 use arc_swap::ArcSwap;
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
-use std::sync::{Arc, Mutex};
+use maple::sync::{Mutex, thread};
+use std::sync::Arc;
 use std::time::Instant;
 use vma::{Layout, Prot};
 
@@ -67,7 +68,7 @@ impl SnapshotDesign {
         drop(snapshot);
         let since = Instant::now();
         loop {
-            std::thread::yield_now();
+            thread::yield_now();
             let snapshot = self.current.load();
             if !snapshot.settling(start, end) {
                 self.memory.record_wait(since.elapsed());
@@ -119,7 +120,7 @@ impl Design for SnapshotDesign {
         // arc-swap pays its readers' debts on the old value when it is replaced: from now on
         // every reader of `old` holds a counted reference.
         while Arc::strong_count(&old) > 1 {
-            std::thread::yield_now();
+            thread::yield_now();
         }
         drop(old);
         flush(&self.memory, &bounded(&map, &planned.flushes), &self.rcu);
