@@ -5,9 +5,11 @@
 //! - A frame number `n` lives in chunk `n / chunk_frames` at offset `(n % chunk_frames) *
 //!   4096`; chunks are only added (never moved or freed before the pool is dropped), so a
 //!   frame's memory stays valid for the pool's lifetime.
-//! - A frame is free (in exactly one shard's free list, count 0) or held (count > 0, one per
-//!   holder: a translation, a file's page cache, a fault in progress). The holder that drops the
-//!   count to zero puts it back in a free list.
+//! - A frame is free (in exactly one shard's free list, its count parked at 1: the reference
+//!   the next allocation hands out) or held (count > 0, one per holder: a translation, a file's
+//!   page cache, a fault in progress). The holder that drops the count to zero parks it at 1
+//!   and puts the frame back in a free list; allocating writes nothing per frame, so a fault
+//!   does not pull the count's cache line from the core of the thread that freed the frame.
 //! - Frame contents are only accessed through [`FramePool::read`], [`FramePool::write`] and
 //!   [`FramePool::copy`] (byte-wise relaxed atomics: threads may race on a page as CPUs do), or
 //!   by the sole holder of a frame no translation maps yet (zero-filling).
@@ -15,9 +17,9 @@
 //!   thread whose shard is empty takes frames from another shard, and only when every shard is
 //!   empty adds a chunk (the pool reuses freed frames before it grows).
 
-use crate::shard::{SHARDS, thread_shard};
-use maple::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, Ordering, fence};
-use maple::sync::{Mutex, MutexGuard};
+use crate::shard::{PerThreadCounters, SHARDS, thread_shard};
+use maple::sync::Mutex;
+use maple::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering, fence};
 // Frame contents are plain memory viewed as std atomics (a shuttle atomic is not a byte).
 use std::alloc::Layout;
 use std::fmt;
@@ -64,13 +66,13 @@ impl fmt::Display for BadPoolConfig {
 
 impl std::error::Error for BadPoolConfig {}
 
-/// One shard's free frames, and how many frames its threads took minus gave back.
+/// One shard's free frames.
 #[repr(align(128))]
 struct Shard {
     free: Mutex<Vec<Frame>>,
-    /// Allocations minus frees through this shard (may go negative: a frame allocated by one
-    /// thread may be freed by another). Only the sum over shards means anything.
-    held: AtomicI64,
+    /// How many frames `free` holds: written under its lock, read without it by threads
+    /// choosing a shard to take frames from (a hint: it may be stale).
+    available: AtomicUsize,
 }
 
 /// A pool of 4 KiB frames, safe to use from many threads.
@@ -82,6 +84,9 @@ pub struct FramePool {
     /// Reference count per frame.
     counts: Box<[AtomicU32]>,
     shards: Box<[Shard]>,
+    /// Allocations minus frees, per thread slot (a frame allocated by one thread may be freed
+    /// by another, so a slot may go below zero; only the sum means anything).
+    held: PerThreadCounters<1>,
     /// Chunks allocated so far; held while adding one.
     grow: Mutex<usize>,
 }
@@ -120,9 +125,10 @@ impl FramePool {
             shards: (0..SHARDS)
                 .map(|_| Shard {
                     free: Mutex::new(Vec::new()),
-                    held: AtomicI64::new(0),
+                    available: AtomicUsize::new(0),
                 })
                 .collect(),
+            held: PerThreadCounters::new(),
             grow: Mutex::new(0),
         })
     }
@@ -139,37 +145,51 @@ impl FramePool {
             .pop(home)
             .or_else(|| self.steal(home))
             .or_else(|| self.add_chunk(home))?;
-        // The frame is free: nobody else holds its count.
-        self.counts[frame.0 as usize].store(1, Ordering::Relaxed);
-        self.shards[home].held.fetch_add(1, Ordering::Relaxed);
+        // The frame's count is already 1 (parked by whoever freed it, or by `add_chunk`): the
+        // fault path writes no per-frame line here, which the thread that freed the frame
+        // (an unmapping writer on another core) last wrote.
+        self.held.add(0, 1);
         Some(frame)
     }
 
-    /// A shard's free list, locked.
-    fn free_list(&self, shard: usize) -> MutexGuard<'_, Vec<Frame>> {
-        self.shards[shard].free.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `change` on a shard's free list under its lock and publishes the new length hint.
+    fn with_free_list<T>(&self, shard: usize, change: impl FnOnce(&mut Vec<Frame>) -> T) -> T {
+        let shard = &self.shards[shard];
+        let mut free = shard.free.lock().unwrap_or_else(|e| e.into_inner());
+        let result = change(&mut free);
+        // Relaxed: a hint; the lock orders the list itself.
+        shard.available.store(free.len(), Ordering::Relaxed);
+        result
     }
 
     fn pop(&self, shard: usize) -> Option<Frame> {
-        self.free_list(shard).pop()
+        self.with_free_list(shard, Vec::pop)
     }
 
     /// Moves up to half of another shard's free frames (at most `STEAL` of them) to `home`'s
-    /// and returns one: frames freed by other threads are reused before the pool grows.
+    /// and returns one: frames freed by other threads are reused before the pool grows. Tries
+    /// the shard that holds the most first (by the hints: a thread that unmapped much, not one
+    /// that has just taken its share and is using it up), then every shard in turn, since the
+    /// hints may be stale.
     fn steal(&self, home: usize) -> Option<Frame> {
+        let fullest = (0..SHARDS)
+            .filter(|&shard| shard != home)
+            // Relaxed: a hint (see `available`).
+            .max_by_key(|&shard| self.shards[shard].available.load(Ordering::Relaxed))?;
+        std::iter::once(fullest)
+            .chain((1..SHARDS).map(|i| (home + i) % SHARDS))
+            .find_map(|victim| self.steal_from(victim, home))
+    }
+
+    fn steal_from(&self, victim: usize, home: usize) -> Option<Frame> {
         const STEAL: usize = 256;
-        for i in 1..SHARDS {
-            let mut taken = {
-                let mut other = self.free_list((home + i) % SHARDS);
-                let keep = other.len() - (other.len().div_ceil(2)).min(STEAL);
-                other.split_off(keep)
-            };
-            if let Some(frame) = taken.pop() {
-                self.free_list(home).append(&mut taken);
-                return Some(frame);
-            }
-        }
-        None
+        let mut taken = self.with_free_list(victim, |other| {
+            let keep = other.len() - (other.len().div_ceil(2)).min(STEAL);
+            other.split_off(keep)
+        });
+        let frame = taken.pop()?;
+        self.with_free_list(home, |free| free.append(&mut taken));
+        Some(frame)
     }
 
     /// Adds a chunk, puts all but one of its frames in `shard`'s free list and returns that
@@ -191,8 +211,14 @@ impl FramePool {
         drop(chunks);
         let first = total as u64;
         let count = self.config.chunk_frames.min(self.config.max_frames - total) as u64;
-        self.free_list(shard)
-            .extend((first + 1..first + count).rev().map(Frame));
+        for frame in first..first + count {
+            // Parked at 1 (see the module documentation); published with the free list by its
+            // lock, and the returned frame is the caller's own.
+            self.count(Frame(frame)).store(1, Ordering::Relaxed);
+        }
+        self.with_free_list(shard, |free| {
+            free.extend((first + 1..first + count).rev().map(Frame))
+        });
         Some(Frame(first))
     }
 
@@ -244,10 +270,14 @@ impl FramePool {
     fn drop_reference(&self, frame: Frame) -> bool {
         // Release pairs with the Acquire fence below, in whoever drops the last reference:
         // every use through this reference happens before the frame is reused.
-        let before = self.count(frame).fetch_sub(1, Ordering::Release);
+        let count = self.count(frame);
+        let before = count.fetch_sub(1, Ordering::Release);
         debug_assert!(before > 0, "put on free frame {frame:?}");
         if before == 1 {
             fence(Ordering::Acquire);
+            // Park the count at 1 for the next `alloc` (nobody else holds the frame); the free
+            // list's lock publishes it with the frame.
+            count.store(1, Ordering::Relaxed);
         }
         before == 1
     }
@@ -255,13 +285,12 @@ impl FramePool {
     /// Returns frames whose last reference was dropped to the calling thread's free list.
     fn give_back(&self, frames: &[Frame]) {
         let shard = thread_shard();
-        self.shards[shard]
-            .held
-            .fetch_sub(frames.len() as i64, Ordering::Relaxed);
-        self.free_list(shard).extend_from_slice(frames);
+        self.held.add(0, 0u64.wrapping_sub(frames.len() as u64));
+        self.with_free_list(shard, |free| free.extend_from_slice(frames));
     }
 
-    /// References held on a frame now (for tests).
+    /// References held on a frame now (for tests). A free frame reads 1: the reference its next
+    /// allocation hands out.
     pub fn references(&self, frame: Frame) -> u32 {
         self.count(frame).load(Ordering::Relaxed)
     }
@@ -334,11 +363,8 @@ impl FramePool {
 
     /// Frames held (handed out and not yet back).
     pub fn in_use(&self) -> usize {
-        let held: i64 = self
-            .shards
-            .iter()
-            .map(|shard| shard.held.load(Ordering::Relaxed))
-            .sum();
+        // Wrapping sums of wrapping additions: the true count, as two's complement.
+        let held = self.held.sum(0) as i64;
         usize::try_from(held).unwrap_or(0)
     }
 

@@ -103,8 +103,9 @@ impl Memory {
         // SAFETY: the box is reachable only through this pointer, which is retired once;
         // DropBox frees what came from Box::into_raw.
         unsafe { rcu.retire::<Released, DropBox>(released) };
-        // Frames are memory the pool wants back soon: do not let them wait in a local batch
-        // (crossbeam's holds 64 retirements, which could be 64 whole regions).
+        // Frames are memory the pool wants back soon: do not let them wait for a batch to fill
+        // (a batch of 16 retirements could be 16 whole regions); the slot domain reclaims the
+        // sealed batch on the spot when no reader is running.
         rcu.push_retired();
     }
 

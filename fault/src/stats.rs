@@ -1,10 +1,8 @@
-//! Fault statistics, counted per thread slot (see `shard`) so that counting does not make
-//! faulting threads write a shared cache line; a snapshot sums the slots. A thread that owns
-//! its slot adds with a plain load and store (no locked instruction: `perf annotate` put about a
-//! sixth of an already-mapped fault's samples on the locked increment); threads beyond the
-//! owned slots share slots and add atomically.
+//! Fault statistics, counted per thread slot (see `shard::PerThreadCounters`) so that counting
+//! does not make faulting threads write a shared cache line or take a locked instruction; a
+//! snapshot sums the slots.
 
-use crate::shard::{COUNTER_SLOTS, counter_slot};
+use crate::shard::PerThreadCounters;
 use maple::sync::atomic::{AtomicU64, Ordering};
 use std::fmt;
 
@@ -23,42 +21,22 @@ pub(crate) enum Counter {
 
 const COUNTERS: usize = Counter::Retries as usize + 1;
 
-#[repr(align(128))]
-struct Shard([AtomicU64; COUNTERS]);
-
 /// The counters of one memory manager.
-pub(crate) struct Counters {
-    shards: Box<[Shard]>,
-}
+pub(crate) struct Counters(PerThreadCounters<COUNTERS>);
 
 impl Counters {
     pub(crate) fn new() -> Self {
-        Self {
-            shards: (0..COUNTER_SLOTS)
-                .map(|_| Shard(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-        }
+        Self(PerThreadCounters::new())
     }
 
     /// Adds one to `counter` in the calling thread's slot.
     #[inline]
     pub(crate) fn bump(&self, counter: Counter) {
-        let (slot, owned) = counter_slot();
-        let cell = &self.shards[slot].0[counter as usize];
-        // Relaxed: counters order nothing; readers sum them for statistics.
-        if owned {
-            // Only this thread writes the slot, so no increment can be lost between the two.
-            cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        } else {
-            cell.fetch_add(1, Ordering::Relaxed);
-        }
+        self.0.add(counter as usize, 1);
     }
 
     fn sum(&self, counter: Counter) -> u64 {
-        self.shards
-            .iter()
-            .map(|shard| shard.0[counter as usize].load(Ordering::Relaxed))
-            .sum()
+        self.0.sum(counter as usize)
     }
 }
 

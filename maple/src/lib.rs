@@ -49,6 +49,7 @@ mod pointer;
 pub mod rcu;
 mod reclaim;
 pub mod sync;
+pub mod thread_index;
 mod tree;
 mod validate;
 

@@ -25,6 +25,7 @@ use crate::rcu::{DefaultRcu, Rcu};
 use crate::reclaim::{ReclaimQueue, Retired};
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::sync::{Mutex, MutexGuard};
+use smallvec::{SmallVec, smallvec};
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -620,13 +621,23 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
     ///
     /// # Panics
     /// If called inside a read-side section.
-    pub fn reclaim(mut self) -> Vec<(u64, u64, P)> {
-        self.tree.rcu.synchronize();
-        std::mem::take(&mut self.values)
+    pub fn reclaim(self) -> Vec<(u64, u64, P)> {
+        self.reclaim_timed().0
+    }
+
+    /// [`Displaced::reclaim`], also returning how long the grace period kept the caller
+    /// waiting (see [`Rcu::synchronize_timed`]).
+    ///
+    /// # Panics
+    /// If called inside a read-side section.
+    pub fn reclaim_timed(mut self) -> (Vec<(u64, u64, P)>, std::time::Duration) {
+        let waited = self.tree.rcu.synchronize_timed();
+        let values = std::mem::take(&mut self.values)
             .into_iter()
             // SAFETY: after the grace period no reader holds the values; each came from a box.
             .map(|(first, last, value)| (first, last, unsafe { P::from_raw(value) }))
-            .collect()
+            .collect();
+        (values, waited)
     }
 }
 
@@ -695,6 +706,13 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         // SAFETY: values of the current version are freed only after a writer displaced them,
         // and this writer holds the lock for as long as the returned borrow.
         unsafe { found.value.as_ref() }.map(|value| (found.first, found.last, value))
+    }
+
+    /// The gap holding `index` (gaps are maximal: from the end of the range before, or 0, to
+    /// the start of the range after, or `u64::MAX`), or `None` if a range holds `index`.
+    pub fn gap_at(&self, index: u64) -> Option<(u64, u64)> {
+        let found = self.slot_at(index);
+        found.value.is_null().then_some((found.first, found.last))
     }
 
     /// The range holding `index`, or else the first range after it.
@@ -789,7 +807,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                 return Err(MapleError::CutsRange { first: f, last: l });
             }
         }
-        let mut entries = Vec::with_capacity(2 * values.len() + 1);
+        let mut entries = NewEntries::with_capacity(2 * values.len() + 1);
         let mut start = first;
         for (f, l, value) in values {
             if f > start {
@@ -832,7 +850,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         value: *mut P::Target,
         split: Option<SplitFn<P>>,
     ) -> Displaced<'t, P, R> {
-        self.write_entries(first, vec![Entry { last, value }], split)
+        self.write_entries(first, smallvec![Entry { last, value }], split)
     }
 
     /// Replaces `[first, new.last().last]` with `new`, entries covering it in order (null: a
@@ -840,7 +858,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
     fn write_entries(
         &mut self,
         mut first: u64,
-        mut new: Vec<Entry<P::Target>>,
+        mut new: NewEntries<P::Target>,
         split: Option<SplitFn<P>>,
     ) -> Displaced<'t, P, R> {
         let root = self.root();
@@ -864,7 +882,8 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         let leaves = level_nodes(root, leaf_level, first, last);
         let (mut lo, mut hi) = (leaves[0].1, leaves[leaves.len() - 1].2);
 
-        let mut entries = Vec::with_capacity(LEAF_SLOTS * leaves.len() + 2);
+        let mut entries: SmallVec<[Entry<P::Target>; 2 * LEAF_SLOTS + 2]> =
+            SmallVec::with_capacity(LEAF_SLOTS * leaves.len() + 2);
         let mut added = new.iter().filter(|entry| !entry.value.is_null()).count();
         let mut new_entry = Some(new);
         let mut displaced = Vec::new();
@@ -910,7 +929,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             }
         }
         entries.extend(new_entry.take().into_iter().flatten());
-        coalesce_gaps(&mut entries);
+        entries.dedup_by(absorb_gap);
         let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
         self.tree.len.store(len, Ordering::Relaxed);
         let displaced = Displaced::new(self.tree, displaced);
@@ -928,6 +947,8 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             return displaced;
         }
         let mut replaced: Vec<NodePtr<P::Target>> = leaves.iter().map(|&(leaf, _, _)| leaf).collect();
+        // Beyond the one-leaf case the run may grow past the inline capacity.
+        let mut entries = entries.into_vec();
 
         // Rebalance: an under-full run takes in a neighbouring leaf.
         (lo, hi) = absorb_neighbours(
@@ -1011,7 +1032,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             self.retire(&[old]);
             return;
         }
-        let mut path: Vec<(&Internal<P::Target>, usize)> = Vec::with_capacity(self.state.height);
+        let mut path: AncestorPath<'_, P::Target> = SmallVec::new();
         let mut node = root;
         let (mut min, mut max) = (0, u64::MAX);
         while node != old {
@@ -1086,15 +1107,26 @@ fn internal_of<'a, T>(node: NodePtr<T>) -> &'a Internal<T> {
     }
 }
 
+/// Nodes of one level with their bounds, as `level_nodes` finds them: usually one or two, kept
+/// inline so that a write allocates nothing for them.
+type LevelNodes<T> = SmallVec<[(NodePtr<T>, u64, u64); 4]>;
+
+/// The entries a write stores (usually one to three), inline.
+type NewEntries<T> = SmallVec<[Entry<T>; 4]>;
+
+/// The internal nodes from the root down to a leaf, each with the slot taken: as deep as the
+/// tree, inline up to eight levels (far more than any address space needs).
+type AncestorPath<'a, T> = SmallVec<[(&'a Internal<T>, usize); 8]>;
+
 /// The nodes at depth `level` (root: 0) whose intervals intersect `[lo, hi]`, in order, with
 /// their intervals. Writer only.
-fn level_nodes<T>(root: NodePtr<T>, level: usize, lo: u64, hi: u64) -> Vec<(NodePtr<T>, u64, u64)> {
+fn level_nodes<T>(root: NodePtr<T>, level: usize, lo: u64, hi: u64) -> LevelNodes<T> {
     fn collect<T>(
         node: NodePtr<T>,
         depth: usize,
         bounds: (u64, u64),
         target: (usize, u64, u64),
-        out: &mut Vec<(NodePtr<T>, u64, u64)>,
+        out: &mut LevelNodes<T>,
     ) {
         let (level, lo, hi) = target;
         if depth == level {
@@ -1110,7 +1142,7 @@ fn level_nodes<T>(root: NodePtr<T>, level: usize, lo: u64, hi: u64) -> Vec<(Node
             collect(internal.child(slot), depth + 1, (first, last), target, out);
         }
     }
-    let mut out = Vec::new();
+    let mut out = LevelNodes::new();
     collect(root, 0, (0, u64::MAX), (level, lo, hi), &mut out);
     out
 }
@@ -1163,13 +1195,17 @@ impl<T> Slot for Child<T> {
 
 /// Merges adjacent empty entries (so every gap is one slot).
 fn coalesce_gaps<T>(entries: &mut Vec<Entry<T>>) {
-    entries.dedup_by(|next, prev| {
-        let both_gaps = next.value.is_null() && prev.value.is_null();
-        if both_gaps {
-            prev.last = next.last;
-        }
-        both_gaps
-    });
+    entries.dedup_by(absorb_gap);
+}
+
+/// `dedup_by`'s predicate for [`coalesce_gaps`]: whether `next` is a gap following the gap
+/// `prev`, which then takes it in.
+fn absorb_gap<T>(next: &mut Entry<T>, prev: &mut Entry<T>) -> bool {
+    let both_gaps = next.value.is_null() && prev.value.is_null();
+    if both_gaps {
+        prev.last = next.last;
+    }
+    both_gaps
 }
 
 /// Splits `count` items into the fewest chunks of at most `capacity`, none below `minimum`

@@ -6,7 +6,7 @@
 #![cfg(not(feature = "shuttle"))]
 
 use maple::MapleTree;
-use maple::rcu::{ModelRcu, Rcu, SeizeRcu};
+use maple::rcu::{Rcu, SeizeRcu, SlotRcu};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
@@ -112,12 +112,12 @@ fn drop_frees_everything<R: Rcu>() {
 #[test]
 fn memory() {
     COUNTED.with(|c| c.set(true));
-    drop_frees_everything::<ModelRcu>();
+    drop_frees_everything::<SlotRcu>();
     drop_frees_everything::<SeizeRcu>();
 
     // Dropped values are counted exactly: a tree of distinct values, dropped whole.
     let drops = Arc::new(AtomicUsize::new(0));
-    let tree = MapleTree::<Box<Counted>, ModelRcu>::new();
+    let tree = MapleTree::<Box<Counted>, SlotRcu>::new();
     for i in 0..10_000u64 {
         tree.insert_range(i * 4, i * 4 + 2, Box::new(Counted(drops.clone())))
             .unwrap();
@@ -126,7 +126,7 @@ fn memory() {
     assert_eq!(drops.load(Ordering::Relaxed), 10_000);
 
     // Rebalancing: 100,000 ranges, 90% erased in random order.
-    let tree = MapleTree::<Box<u64>, ModelRcu>::new();
+    let tree = MapleTree::<Box<u64>, SlotRcu>::new();
     let mut firsts: Vec<u64> = (0..100_000u64).map(|i| i * 16).collect();
     for &first in &firsts {
         tree.insert_range(first, first + 7, Box::new(first)).unwrap();

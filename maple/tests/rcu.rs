@@ -6,7 +6,7 @@ mod no_grace;
 #[path = "support/rcu_scenarios.rs"]
 mod scenarios;
 
-use maple::rcu::{EpochRcu, ModelRcu, Rcu, SeizeRcu};
+use maple::rcu::{EpochRcu, Rcu, SeizeRcu, SlotRcu};
 use scenarios::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -131,17 +131,17 @@ macro_rules! contract_tests {
 
 contract_tests!(epoch, EpochRcu);
 contract_tests!(seize, SeizeRcu);
-contract_tests!(model, ModelRcu);
+contract_tests!(slots, SlotRcu);
 
 // crossbeam-epoch counts grace periods in global epochs: a guard pinned in the epoch the
 // retirement was sealed in holds `synchronize` up even if it was taken after the call began
-// (see `EpochRcu`). seize and the model wait for exactly the earlier sections.
+// (see `EpochRcu`). seize and the slot domain wait for exactly the earlier sections.
 #[test]
 fn seize_synchronize_ignores_later_long_reader() {
     synchronize_ignores_later_long_reader::<SeizeRcu>();
 }
 
 #[test]
-fn model_synchronize_ignores_later_long_reader() {
-    synchronize_ignores_later_long_reader::<ModelRcu>();
+fn slots_synchronize_ignores_later_long_reader() {
+    synchronize_ignores_later_long_reader::<SlotRcu>();
 }

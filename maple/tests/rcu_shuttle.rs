@@ -1,5 +1,5 @@
-//! The RCU contract under shuttle: the model domain (built from the `maple::sync` facade) with
-//! every interleaving point controlled by the checker. Run with `--features shuttle`.
+//! The RCU contract under shuttle: the slot domain (built from the `maple::sync` facade, the
+//! default everywhere) with every interleaving point controlled by the checker. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
 #[path = "support/no_grace.rs"]
@@ -7,7 +7,7 @@ mod no_grace;
 #[path = "support/rcu_scenarios.rs"]
 mod scenarios;
 
-use maple::rcu::ModelRcu;
+use maple::rcu::SlotRcu;
 use maple::sync::check_random_and_pct;
 use scenarios::NoGrace;
 
@@ -20,32 +20,32 @@ fn check_both(test: impl Fn() + Send + Sync + 'static) {
 
 #[test]
 fn synchronize_waits_for_earlier_reader() {
-    check_both(|| scenarios::synchronize_waits_for_earlier_reader::<ModelRcu>(4));
+    check_both(|| scenarios::synchronize_waits_for_earlier_reader::<SlotRcu>(4));
 }
 
 #[test]
 fn new_readers_do_not_starve_synchronize() {
-    check_both(|| scenarios::new_readers_do_not_starve_synchronize::<ModelRcu>(1_000));
+    check_both(|| scenarios::new_readers_do_not_starve_synchronize::<SlotRcu>(1_000));
 }
 
 #[test]
 fn retired_never_freed_under_reader() {
-    check_both(|| scenarios::retired_never_freed_under_reader::<ModelRcu>(3, 2, 2, 2));
+    check_both(|| scenarios::retired_never_freed_under_reader::<SlotRcu>(3, 2, 2, 2));
 }
 
 #[test]
 fn retired_freed_after_last_guard() {
-    check_both(|| scenarios::retired_freed_after_last_guard::<ModelRcu>(20));
+    check_both(|| scenarios::retired_freed_after_last_guard::<SlotRcu>(20));
 }
 
 #[test]
 #[should_panic(expected = "synchronize returned while an earlier guard was held")]
 fn broken_synchronize_is_caught() {
-    check_both(|| scenarios::synchronize_waits_for_earlier_reader::<NoGrace<ModelRcu>>(4));
+    check_both(|| scenarios::synchronize_waits_for_earlier_reader::<NoGrace<SlotRcu>>(4));
 }
 
 #[test]
 #[should_panic(expected = "poisoned")]
 fn broken_retire_is_caught() {
-    check_both(|| scenarios::retired_never_freed_under_reader::<NoGrace<ModelRcu>>(3, 2, 2, 2));
+    check_both(|| scenarios::retired_never_freed_under_reader::<NoGrace<SlotRcu>>(3, 2, 2, 2));
 }

@@ -8,7 +8,7 @@
 mod no_grace;
 
 use maple::MapleTree;
-use maple::rcu::{ModelRcu, Rcu};
+use maple::rcu::{Rcu, SlotRcu};
 use maple::sync::atomic::{AtomicU64, Ordering};
 use maple::sync::{Arc, check_random_and_pct, thread};
 
@@ -139,11 +139,11 @@ fn one_writer_two_readers<R: Rcu>() {
 
 #[test]
 fn readers_see_whole_old_or_new_ranges() {
-    check_both(one_writer_two_readers::<ModelRcu>);
+    check_both(one_writer_two_readers::<SlotRcu>);
 }
 
 #[test]
 #[should_panic(expected = "freed")]
 fn freeing_replaced_nodes_without_grace_is_caught() {
-    check_both(one_writer_two_readers::<NoGrace<ModelRcu>>);
+    check_both(one_writer_two_readers::<NoGrace<SlotRcu>>);
 }

@@ -34,6 +34,7 @@ use maple::rcu::Rcu as _;
 use maple::sync::Mutex;
 use maple::sync::atomic::{AtomicU64, Ordering};
 use maple::{Displaced, Guard, MapleTree, Writer};
+use smallvec::{SmallVec, smallvec};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -86,14 +87,14 @@ struct Run<'t> {
     displaced: Option<Displaced<'t, Box<Vma>, DefaultRcu>>,
     /// New VMAs (BABY) still in the tree; their boxes do not move, and only this writer could
     /// free them.
-    born: Vec<*const Vma>,
+    born: SmallVec<[*const Vma; 4]>,
 }
 
 impl Run<'_> {
     fn new() -> Self {
         Self {
             displaced: None,
-            born: Vec::new(),
+            born: SmallVec::new(),
         }
     }
 }
@@ -223,8 +224,12 @@ struct Heap {
 struct Change {
     lo: u64,
     hi: u64,
-    new: Vec<Mapping>,
+    new: Mappings,
 }
+
+/// The mappings of a change (one to three in all but multi-VMA mprotects), inline so that an
+/// operation allocates nothing for them.
+type Mappings = SmallVec<[Mapping; 3]>;
 
 /// A step of the protocol that a deliberately broken test variant skips (shuttle builds only:
 /// the shuttle tests show that each guarantee's test fails without the step that provides it).
@@ -505,7 +510,7 @@ impl AddressSpace {
         };
         let end = start + len;
         let mapping = request.mapping_at(start);
-        let change = self.carve(&writer, start, end, vec![mapping]);
+        let change = self.carve(&writer, start, end, smallvec![mapping]);
         self.settle(&mut writer, change, &[Flush::Zap(start, end)]);
         Ok(start)
     }
@@ -521,7 +526,7 @@ impl AddressSpace {
 
     fn unmap_locked(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, start: u64, end: u64) {
         if self.first_in(writer, start, end).is_some() {
-            let change = self.carve(writer, start, end, Vec::new());
+            let change = self.carve(writer, start, end, Mappings::new());
             self.settle(writer, change, &[Flush::Zap(start, end)]);
         } else {
             // Nothing is mapped: nobody can be using it, so nothing to wait for.
@@ -554,7 +559,7 @@ impl AddressSpace {
         };
         let (lo, hi) = (first.start, at);
         let changed_end = end.min(hi);
-        let mut new = Vec::with_capacity(covered.len() + 2);
+        let mut new = Mappings::with_capacity(covered.len() + 2);
         for mapping in &covered {
             let (from, to) = (mapping.start.max(addr), mapping.end.min(changed_end));
             if mapping.start < from {
@@ -640,7 +645,7 @@ impl AddressSpace {
             let change = Change {
                 lo: source.start,
                 hi: grow_end,
-                new: vec![grown],
+                new: smallvec![grown],
             };
             self.settle(&mut writer, change, &[]);
             return Ok(old);
@@ -683,9 +688,9 @@ impl AddressSpace {
             ..kept
         };
         let mut run = Run::new();
-        let unmap = self.carve(writer, old, old + old_len, Vec::new());
+        let unmap = self.carve(writer, old, old + old_len, Mappings::new());
         self.stage(writer, unmap, true, &mut run);
-        let insert = self.carve(writer, target, target + new_len, vec![moved]);
+        let insert = self.carve(writer, target, target + new_len, smallvec![moved]);
         self.stage(writer, insert, true, &mut run);
         let kept = old_len.min(new_len);
         let flush = [
@@ -696,7 +701,7 @@ impl AddressSpace {
             },
             Flush::Zap(old, old + old_len),
         ];
-        self.finish(run, &flush);
+        self.finish(writer, run, &flush);
         target
     }
 
@@ -749,7 +754,7 @@ impl AddressSpace {
             let change = Change {
                 lo: old_top,
                 hi: new_top,
-                new: vec![grown],
+                new: smallvec![grown],
             };
             self.settle(&mut writer, change, &[]);
         }
@@ -799,8 +804,8 @@ impl AddressSpace {
         writer: &'w Writer<'_, Box<Vma>, DefaultRcu>,
         start: u64,
         end: u64,
-    ) -> Vec<&'w Vma> {
-        let mut found = Vec::new();
+    ) -> SmallVec<[&'w Vma; 4]> {
+        let mut found = SmallVec::new();
         let mut at = start;
         while at < end
             && let Some(vma) = self.first_in(writer, at, end)
@@ -818,11 +823,11 @@ impl AddressSpace {
         writer: &Writer<'_, Box<Vma>, DefaultRcu>,
         start: u64,
         end: u64,
-        new: Vec<Mapping>,
+        new: Mappings,
     ) -> Change {
         let old = self.vmas_in(writer, start, end);
         let (mut lo, mut hi) = (start, end);
-        let mut mappings = Vec::with_capacity(new.len() + 2);
+        let mut mappings = Mappings::with_capacity(new.len() + 2);
         if let Some(first) = old.first()
             && first.start() < start
         {
@@ -850,7 +855,7 @@ impl AddressSpace {
         // the same mapping gets fresh contents, as on Linux).
         let zaps = flush.iter().any(|op| matches!(op, Flush::Zap(..)));
         self.stage(writer, change, zaps, &mut run);
-        self.finish(run, flush);
+        self.finish(writer, run, flush);
     }
 
     /// Merges the change with compatible neighbours and within itself (Linux's merge rules)
@@ -863,7 +868,7 @@ impl AddressSpace {
         run: &mut Run<'t>,
     ) {
         let Change { mut lo, mut hi, new } = change;
-        let mut merged: Vec<Mapping> = Vec::with_capacity(new.len() + 2);
+        let mut merged = Mappings::with_capacity(new.len() + 2);
         if let Some(first) = new.first()
             && first.start == lo
             && let Some((_, _, prev)) = lo.checked_sub(1).and_then(|i| writer.load_range(i))
@@ -888,9 +893,10 @@ impl AddressSpace {
             }
         }
         hi = hi.max(merged.last().map_or(hi, |m| m.end));
-        let old = self.vmas_in(writer, lo, hi);
-        let unchanged =
-            old.len() == merged.len() && old.iter().zip(&merged).all(|(o, m)| o.mapping().same_as(m));
+        let unchanged = {
+            let old = self.vmas_in(writer, lo, hi);
+            old.len() == merged.len() && old.iter().zip(&merged).all(|(o, m)| o.mapping().same_as(m))
+        };
         if always || !unchanged {
             self.publish(writer, Change { lo, hi, new: merged }, run);
         }
@@ -946,31 +952,10 @@ impl AddressSpace {
         }
     }
 
-    /// The range around `[start, end)` with no VMA but those inside it: from the end of the VMA
-    /// before (or `start` if one covers `start - 1`, or 0) to the start of the VMA after (or
-    /// `end` if one covers `end`, or the top of the address range).
-    fn free_around(&self, start: u64, end: u64) -> (u64, u64) {
-        let guard = self.guard();
-        let floor = match start.checked_sub(1) {
-            None => 0,
-            Some(before) => self
-                .tree
-                .iter_rev_from(before, &guard)
-                .next()
-                .map_or(0, |(_, last, _)| if last >= before { start } else { last + 1 }),
-        };
-        let ceiling = self
-            .tree
-            .iter_from(end, &guard)
-            .next()
-            .map_or(u64::MAX, |(first, _, _)| first.max(end));
-        (floor, ceiling)
-    }
-
     /// Steps 3–7 of the replacement protocol for everything `run` published; `flush` lists the
     /// hook calls of step 6. A run that displaced nothing skips steps 3–6: nothing was mapped
     /// in the changed ranges, so nobody can be using them and no translation exists there.
-    fn finish(&self, run: Run<'_>, flush: &[Flush]) {
+    fn finish(&self, writer: &Writer<'_, Box<Vma>, DefaultRcu>, run: Run<'_>, flush: &[Flush]) {
         let Run { displaced, born } = run;
         if let Some(displaced) = displaced {
             // 3. No new references; wait for the held ones.
@@ -989,27 +974,35 @@ impl AddressSpace {
                 let waited = started.elapsed().as_nanos() as u64;
                 self.stats.reference_wait_ns.fetch_add(waited, Ordering::Relaxed);
             }
-            let started = Instant::now();
             // 4 and 5. A grace period, then free them.
             #[cfg(not(feature = "shuttle"))]
-            drop(displaced.reclaim());
+            let (freed, waited) = displaced.reclaim_timed();
             #[cfg(feature = "shuttle")]
-            let freed = if self.skips(BrokenStep::GracePeriod) {
+            let (freed, waited) = if self.skips(BrokenStep::GracePeriod) {
                 // SAFETY: the values are quarantined below, never freed, so readers that still
                 // see them read poisoned but allocated memory (which the tests detect).
-                unsafe { displaced.reclaim_without_grace_period() }
+                (
+                    unsafe { displaced.reclaim_without_grace_period() },
+                    Default::default(),
+                )
             } else {
-                displaced.reclaim()
+                displaced.reclaim_timed()
             };
             #[cfg(feature = "shuttle")]
             freed.into_iter().for_each(|(_, _, vma)| vma.quarantine());
-            let waited = started.elapsed().as_nanos() as u64;
-            self.stats.grace_period_ns.fetch_add(waited, Ordering::Relaxed);
+            #[cfg(not(feature = "shuttle"))]
+            drop(freed);
+            if !waited.is_zero() {
+                let waited = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+                self.stats.grace_period_ns.fetch_add(waited, Ordering::Relaxed);
+            }
             // 6. Flush the changed ranges.
             let rcu = self.rcu();
             for &op in flush {
                 match op {
-                    Flush::Zap(start, end) => self.flush.zap(start, end, self.free_around(start, end), rcu),
+                    Flush::Zap(start, end) => {
+                        self.flush.zap(start, end, free_around(writer, start, end), rcu);
+                    }
                     Flush::Protect(start, end, prot) => self.flush.protect(start, end, prot, rcu),
                     Flush::Relocate { from, to, len } => self.flush.relocate(from, to, len, rcu),
                 }
@@ -1021,4 +1014,16 @@ impl AddressSpace {
             self.events.notify();
         }
     }
+}
+
+/// The range around `[start, end)` with no VMA but those inside it: from the end of the VMA
+/// before (or `start` if one covers `start - 1`, or 0) to the start of the VMA after (or `end`
+/// if one covers `end`, or the top of the address range). Read with the writer's lock held, so
+/// without a guard.
+fn free_around(writer: &Writer<'_, Box<Vma>, DefaultRcu>, start: u64, end: u64) -> (u64, u64) {
+    let floor = start.checked_sub(1).map_or(0, |before| {
+        writer.gap_at(before).map_or(start, |(first, _)| first)
+    });
+    let ceiling = writer.gap_at(end).map_or(end, |(_, last)| last.saturating_add(1));
+    (floor, ceiling)
 }

@@ -20,29 +20,27 @@
 //! - **I3** calling `synchronize` or `barrier` from inside a read-side section (of any domain) is a
 //!   bug that would deadlock; it is detected and panics instead of hanging.
 //!
-//! Implementations: [`EpochRcu`] (crossbeam-epoch, the default on std), [`SeizeRcu`] (seize, a
-//! collector owned by each domain) and [`ModelRcu`] (built only from the [`crate::sync`] facade,
-//! the default under `--features shuttle`, so shuttle explores the grace-period logic itself).
+//! Implementations: [`SlotRcu`] (precise grace periods over per-thread reader slots, built only
+//! from the [`crate::sync`] facade: the default, on std and under `--features shuttle`, where
+//! shuttle explores its grace-period logic itself), [`EpochRcu`] (crossbeam-epoch's global
+//! collector) and [`SeizeRcu`] (seize, a collector owned by each domain); the last two are kept
+//! for comparison (`cargo bench -p bench --bench rcu`).
 
 mod epoch;
-mod model;
 mod seize;
+mod slot;
 
 pub use self::epoch::EpochRcu;
-pub use self::model::{ModelGuard, ModelRcu};
 pub use self::seize::{SeizeCookie, SeizeGuard, SeizeRcu};
+pub use self::slot::{READER_SLOTS, SlotGuard, SlotRcu, SlotSnapshot};
 
 use crate::sync::{Backoff, thread_local};
 use std::cell::Cell;
+use std::time::{Duration, Instant};
 
-/// The RCU implementation a [`crate::MapleTree`] uses unless told otherwise: crossbeam-epoch on
-/// std, the facade-built model under shuttle.
-#[cfg(not(feature = "shuttle"))]
-pub type DefaultRcu = EpochRcu;
-/// The RCU implementation a [`crate::MapleTree`] uses unless told otherwise: crossbeam-epoch on
-/// std, the facade-built model under shuttle.
-#[cfg(feature = "shuttle")]
-pub type DefaultRcu = ModelRcu;
+/// The RCU implementation a [`crate::MapleTree`] uses unless told otherwise (and the one the
+/// whole of maplevm runs on): [`SlotRcu`], on std and under shuttle alike.
+pub type DefaultRcu = SlotRcu;
 
 /// How a retired object is freed once its grace period has passed. Implemented by zero-sized
 /// marker types so that no implementation has to store a function pointer per object.
@@ -109,15 +107,30 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// # Panics
     /// If the calling thread is inside a read-side section (it would wait for itself forever).
     fn synchronize(&self) {
+        self.synchronize_timed();
+    }
+
+    /// [`Rcu::synchronize`], returning how long it had to wait: zero, without reading the
+    /// clock, when the grace period had already elapsed at its first poll (no reader to wait
+    /// for), so that writers can account for grace periods at no cost in the common case.
+    ///
+    /// # Panics
+    /// If the calling thread is inside a read-side section.
+    fn synchronize_timed(&self) -> Duration {
         assert_may_wait("synchronize");
         let mut cookie = self.start_grace_period();
+        if self.grace_period_elapsed(&mut cookie) {
+            return Duration::ZERO;
+        }
+        let started = Instant::now();
         let mut backoff = Backoff::new();
         while !self.grace_period_elapsed(&mut cookie) {
             backoff.snooze();
         }
+        started.elapsed()
     }
 
-    /// Waits until every object this thread retired before the call has been reclaimed (the model
+    /// Waits until every object this thread retired before the call has been reclaimed (the slot domain
     /// reclaims those of all threads). For teardown and tests; writers need only `synchronize`.
     ///
     /// # Panics
@@ -127,7 +140,7 @@ pub trait Rcu: Send + Sync + Default + 'static {
 
 thread_local! {
     /// Read-side sections this thread holds in domains that cannot report it themselves
-    /// (seize, the model). crossbeam-epoch reports its own through `is_pinned`.
+    /// (slots, seize). crossbeam-epoch reports its own through `is_pinned`.
     static READ_DEPTH: Cell<usize> = const { Cell::new(0) };
 }
 

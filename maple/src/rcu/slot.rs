@@ -1,0 +1,293 @@
+//! [`Rcu`] with precise grace periods over per-thread reader slots, built only from the
+//! [`crate::sync`] facade: the default domain on std, and under shuttle too, where every step of
+//! its grace-period logic is a scheduling point the checker interleaves.
+//!
+//! Design:
+//! - Each domain has [`READER_SLOTS`] slots, each on its own cache line, holding a generation
+//!   number: even means free, odd means a read-side section runs in it. A reader claims a free
+//!   slot by moving it from `g` (even) to `g + 1` with a compare-and-swap, starting at the slot
+//!   its [thread number](crate::thread_index) picks (so a thread normally finds its own slot free
+//!   and no two threads write the same line); dropping the guard stores `g + 2`. A taken slot
+//!   (another thread with the same number modulo the slot count, or a nested section of this
+//!   thread) sends the reader on to the next one.
+//! - `claimed` is a high-water mark: one past the highest slot ever claimed. Writers scan only
+//!   the slots below it, so a grace period with few threads costs a few loads, not one per slot.
+//! - A grace period ([`Rcu::start_grace_period`]) is a snapshot of the odd slots; it has elapsed
+//!   once each of them has changed. Exactly the sections that existed when it started are
+//!   waited for; later ones never hold it up.
+//! - `retire` appends to an open batch. A full batch (or any batch, on
+//!   [`Rcu::push_retired`]) is *sealed* with a grace-period snapshot, and sealed batches whose
+//!   readers have all left are reclaimed by the thread that seals the next one (never blocking).
+//!   A batch sealed while no reader runs is reclaimed at once. `barrier` seals, waits for a
+//!   grace period and reclaims every sealed batch.
+//!
+//! Orderings (the classic store-buffering pair): a reader raises `claimed` if needed (a SeqCst
+//! read-modify-write), then claims its slot (a SeqCst compare-and-swap), then issues a SeqCst
+//! fence before it loads any shared pointer; a writer unlinks, issues a SeqCst fence, then reads
+//! `claimed` and the slots. Either the writer sees the slot odd (and waits for it), or the
+//! reader's fence comes after the writer's in the single total order, so the reader's loads see
+//! the unlink and cannot find the retired object. The reader's Acquire load of `claimed`, when
+//! it skips the raise, synchronizes with the raise it read, which therefore comes before the
+//! reader's claim in the total order as well. On x86-64 the locked compare-and-swap is itself a
+//! full barrier, so the reader's fence is only a compiler fence there (as crossbeam-epoch's pin
+//! does). Guard drop stores with Release, pairing with the Acquire slot loads of grace-period
+//! polls, so a reader's accesses happen before the reclamation they allowed.
+
+use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use crate::sync::{Backoff, Mutex};
+use crate::thread_index;
+
+/// Reader slots per domain. More threads than this can read at once: a reader whose slot is
+/// taken moves on to the next free one, and waits only if all are taken.
+pub const READER_SLOTS: usize = 128;
+
+/// Retirements gathered before a batch is sealed and collection is attempted.
+const BATCH: usize = 16;
+
+/// One reader slot, alone on its cache line (and the adjacent-line prefetch's pair).
+#[repr(align(128))]
+#[derive(Debug)]
+struct Slot(AtomicU64);
+
+/// Precise RCU over per-thread reader slots. See the module documentation.
+#[derive(Debug)]
+pub struct SlotRcu {
+    slots: Box<[Slot]>,
+    /// One past the highest slot index ever claimed (only grows).
+    claimed: AtomicUsize,
+    batches: Mutex<Batches>,
+}
+
+/// A read-side section of a [`SlotRcu`] domain: the slot it runs in, released on drop.
+#[derive(Debug)]
+pub struct SlotGuard<'a> {
+    slot: &'a AtomicU64,
+    generation: u64,
+    _depth: ReadDepth,
+}
+
+/// The read-side sections a grace period waits for: `(slot index, odd generation)` of each
+/// section running when it started.
+pub type SlotSnapshot = Vec<(usize, u64)>;
+
+#[derive(Debug)]
+struct Retired {
+    ptr: *mut (),
+    reclaim: unsafe fn(*mut ()),
+}
+
+/// A batch waiting for the read sections recorded at its sealing to end.
+#[derive(Debug)]
+struct Sealed {
+    readers: SlotSnapshot,
+    items: Vec<Retired>,
+}
+
+#[derive(Debug, Default)]
+struct Batches {
+    open: Vec<Retired>,
+    sealed: Vec<Sealed>,
+}
+
+// SAFETY: the raw pointers in `Retired` are owned by the domain until reclaimed, and `retire`'s
+// contract makes their reclaimers sound to run on any thread.
+unsafe impl Send for Retired {}
+
+impl Default for SlotRcu {
+    fn default() -> Self {
+        Self {
+            slots: (0..READER_SLOTS).map(|_| Slot(AtomicU64::new(0))).collect(),
+            claimed: AtomicUsize::new(0),
+            batches: Mutex::new(Batches::default()),
+        }
+    }
+}
+
+/// Orders a reader's slot claim before its loads of shared pointers; pairs with the fence in
+/// [`SlotRcu::running_readers`].
+#[inline(always)]
+fn reader_fence() {
+    // The claim was a locked compare-and-swap, a full barrier on x86-64: only the compiler
+    // must be kept from moving the reader's loads above it.
+    #[cfg(all(target_arch = "x86_64", not(feature = "shuttle")))]
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    #[cfg(not(all(target_arch = "x86_64", not(feature = "shuttle"))))]
+    fence(Ordering::SeqCst);
+}
+
+impl SlotRcu {
+    /// A new domain with no readers and nothing retired.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tries to start a read-side section in slot `index`.
+    #[inline]
+    fn try_claim(&self, index: usize) -> Option<(&AtomicU64, u64)> {
+        let slot = &self.slots[index].0;
+        let generation = slot.load(Ordering::Relaxed);
+        if generation % 2 == 1 {
+            return None;
+        }
+        // Acquire pairs with the SeqCst raise it reads (see the module documentation).
+        if index >= self.claimed.load(Ordering::Acquire) {
+            // Raised before the claim, so a writer that misses the raise also misses nothing
+            // the reader loads afterwards.
+            self.claimed.fetch_max(index + 1, Ordering::SeqCst);
+        }
+        // SeqCst: one half of the store-buffering pair with `running_readers`.
+        slot.compare_exchange(generation, generation + 1, Ordering::SeqCst, Ordering::Relaxed)
+            .ok()?;
+        reader_fence();
+        Some((slot, generation + 1))
+    }
+
+    /// The sections running now: every odd slot below the high-water mark. The fence orders
+    /// the caller's unlinking stores before these loads (see the module documentation).
+    fn running_readers(&self) -> SlotSnapshot {
+        fence(Ordering::SeqCst);
+        let claimed = self.claimed.load(Ordering::Relaxed);
+        self.slots[..claimed]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                // Acquire pairs with the Release in `SlotGuard::drop`.
+                let generation = slot.0.load(Ordering::Acquire);
+                (generation % 2 == 1).then_some((i, generation))
+            })
+            .collect()
+    }
+
+    /// Whether every recorded section has ended.
+    fn all_ended(&self, readers: &[(usize, u64)]) -> bool {
+        readers
+            .iter()
+            // Acquire pairs with the Release in `SlotGuard::drop`.
+            .all(|&(i, generation)| self.slots[i].0.load(Ordering::Acquire) != generation)
+    }
+
+    /// Seals the open batch (if any) and takes out every sealed batch whose readers have ended.
+    fn seal_and_collect(&self, batches: &mut Batches) -> Vec<Retired> {
+        if !batches.open.is_empty() {
+            let items = std::mem::take(&mut batches.open);
+            batches.sealed.push(Sealed {
+                readers: self.running_readers(),
+                items,
+            });
+        }
+        let mut ready = Vec::new();
+        batches.sealed.retain_mut(|batch| {
+            let done = self.all_ended(&batch.readers);
+            if done {
+                ready.append(&mut batch.items);
+            }
+            !done
+        });
+        ready
+    }
+
+    fn batches(&self) -> crate::sync::MutexGuard<'_, Batches> {
+        self.batches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs reclaimers outside the batch lock (a reclaimer may retire more objects).
+    fn reclaim_all(items: Vec<Retired>) {
+        for item in items {
+            // SAFETY: every item was retired with a reclaimer sound to run once on any thread,
+            // and its grace period has passed (or the domain is being dropped).
+            unsafe { (item.reclaim)(item.ptr) };
+        }
+    }
+}
+
+impl Rcu for SlotRcu {
+    type Guard<'a> = SlotGuard<'a>;
+    type Cookie = SlotSnapshot;
+
+    const NAME: &'static str = "slots";
+
+    #[inline]
+    fn read(&self) -> SlotGuard<'_> {
+        let depth = ReadDepth::enter();
+        let home = thread_index::current().unwrap_or(0) % READER_SLOTS;
+        let mut backoff = Backoff::new();
+        loop {
+            for index in (home..READER_SLOTS).chain(0..home) {
+                if let Some((slot, generation)) = self.try_claim(index) {
+                    return SlotGuard {
+                        slot,
+                        generation,
+                        _depth: depth,
+                    };
+                }
+            }
+            backoff.snooze();
+        }
+    }
+
+    unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T) {
+        unsafe fn shim<T, F: Reclaim<T>>(ptr: *mut ()) {
+            // SAFETY: `ptr` was a `*mut T` retired with reclaimer `F`, which `retire`'s caller
+            // made sound to run once.
+            unsafe { F::reclaim(ptr.cast::<T>()) }
+        }
+        let ready = {
+            let mut batches = self.batches();
+            batches.open.push(Retired {
+                ptr: ptr.cast(),
+                reclaim: shim::<T, F>,
+            });
+            if batches.open.len() < BATCH {
+                return;
+            }
+            self.seal_and_collect(&mut batches)
+        };
+        Self::reclaim_all(ready);
+    }
+
+    fn push_retired(&self) {
+        let ready = self.seal_and_collect(&mut self.batches());
+        Self::reclaim_all(ready);
+    }
+
+    fn start_grace_period(&self) -> SlotSnapshot {
+        self.running_readers()
+    }
+
+    fn grace_period_elapsed(&self, readers: &mut SlotSnapshot) -> bool {
+        self.all_ended(readers)
+    }
+
+    fn barrier(&self) {
+        assert_may_wait("barrier");
+        let taken: Vec<Retired> = {
+            let mut batches = self.batches();
+            let mut taken = self.seal_and_collect(&mut batches);
+            taken.extend(batches.sealed.drain(..).flat_map(|batch| batch.items));
+            taken
+        };
+        // Every reader that could see a taken object was running when its batch was sealed,
+        // which was before this call: waiting for today's readers covers them all.
+        self.synchronize();
+        Self::reclaim_all(taken);
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release pairs with the Acquire loads of grace-period polls and batch collection.
+        self.slot.store(self.generation + 1, Ordering::Release);
+    }
+}
+
+impl Drop for SlotRcu {
+    fn drop(&mut self) {
+        // No guard can outlive the domain it borrows, so every retired object is unreachable.
+        let batches = self.batches.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut items = std::mem::take(&mut batches.open);
+        items.extend(batches.sealed.drain(..).flat_map(|b| b.items));
+        Self::reclaim_all(items);
+    }
+}
