@@ -909,7 +909,9 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                     }
                     continue;
                 }
-                entries.extend(new_entry.take().into_iter().flatten());
+                if let Some(mut new) = new_entry.take() {
+                    entries.append(&mut new);
+                }
                 let kept = if s > last {
                     entry
                 } else if keeps_left && !entry.value.is_null() {
@@ -928,7 +930,9 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                 entries.push(kept);
             }
         }
-        entries.extend(new_entry.take().into_iter().flatten());
+        if let Some(mut new) = new_entry.take() {
+            entries.append(&mut new);
+        }
         entries.dedup_by(absorb_gap);
         let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
         self.tree.len.store(len, Ordering::Relaxed);

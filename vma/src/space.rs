@@ -823,7 +823,7 @@ impl AddressSpace {
         writer: &Writer<'_, Box<Vma>, DefaultRcu>,
         start: u64,
         end: u64,
-        new: Mappings,
+        mut new: Mappings,
     ) -> Change {
         let old = self.vmas_in(writer, start, end);
         let (mut lo, mut hi) = (start, end);
@@ -834,7 +834,7 @@ impl AddressSpace {
             lo = first.start();
             mappings.push(first.mapping().slice(first.start(), start));
         }
-        mappings.extend(new);
+        mappings.append(&mut new);
         if let Some(last) = old.last()
             && last.end() > end
         {
@@ -893,11 +893,11 @@ impl AddressSpace {
             }
         }
         hi = hi.max(merged.last().map_or(hi, |m| m.end));
-        let unchanged = {
+        let unchanged = || {
             let old = self.vmas_in(writer, lo, hi);
             old.len() == merged.len() && old.iter().zip(&merged).all(|(o, m)| o.mapping().same_as(m))
         };
-        if always || !unchanged {
+        if always || !unchanged() {
             self.publish(writer, Change { lo, hi, new: merged }, run);
         }
     }
