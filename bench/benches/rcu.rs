@@ -4,7 +4,7 @@
 //! thread runs, so the figures include the cost of sharing the domain's cache lines.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use maple::rcu::{DropBox, EpochRcu, Rcu, SeizeRcu};
+use maple::rcu::{DropBox, EpochRcu, Rcu, SeizeRcu, SlotRcu};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +88,7 @@ fn domain<R: Rcu>(c: &mut Criterion) {
 fn benches(c: &mut Criterion) {
     domain::<EpochRcu>(c);
     domain::<SeizeRcu>(c);
+    domain::<SlotRcu>(c);
 }
 
 criterion_group! {

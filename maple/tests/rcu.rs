@@ -95,6 +95,11 @@ macro_rules! contract_tests {
             }
 
             #[test]
+            fn synchronize_waits_for_nested_reader() {
+                scenarios::synchronize_waits_for_nested_reader::<$rcu>(100_000);
+            }
+
+            #[test]
             fn new_readers_do_not_starve_synchronize() {
                 scenarios::new_readers_do_not_starve_synchronize::<$rcu>(5_000_000);
             }

@@ -24,6 +24,11 @@ fn synchronize_waits_for_earlier_reader() {
 }
 
 #[test]
+fn synchronize_waits_for_nested_reader() {
+    check_both(|| scenarios::synchronize_waits_for_nested_reader::<SlotRcu>(4));
+}
+
+#[test]
 fn new_readers_do_not_starve_synchronize() {
     check_both(|| scenarios::new_readers_do_not_starve_synchronize::<SlotRcu>(1_000));
 }

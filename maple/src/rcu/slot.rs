@@ -8,8 +8,15 @@
 //!   slot by moving it from `g` (even) to `g + 1` with a compare-and-swap, starting at the slot
 //!   its [thread number](crate::thread_index) picks (so a thread normally finds its own slot free
 //!   and no two threads write the same line); dropping the guard stores `g + 2`. A taken slot
-//!   (another thread with the same number modulo the slot count, or a nested section of this
-//!   thread) sends the reader on to the next one.
+//!   (another thread with the same number modulo the slot count) sends the reader on to the
+//!   next one.
+//! - Nested sections cost no claim: a slot also records which reader holds it (a per-thread id
+//!   that is never reused, written after the claim and cleared before the release), and a
+//!   reader that finds its own id in its home slot is already inside a section there: it only
+//!   counts one more guard on the slot, and whichever of the thread's guards drops last
+//!   releases it (guards may drop in any order). Only the holder writes its own id, so seeing
+//!   it means holding the slot; guards cannot leave their thread (they are not `Send`), so the
+//!   count is only ever touched by the holder.
 //! - `claimed` is a high-water mark: one past the highest slot ever claimed. Writers scan only
 //!   the slots below it, so a grace period with few threads costs a few loads, not one per slot.
 //! - A grace period ([`Rcu::start_grace_period`]) is a snapshot of the odd slots; it has elapsed
@@ -37,6 +44,7 @@ use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use crate::sync::{Backoff, Mutex};
 use crate::thread_index;
+use std::marker::PhantomData;
 
 /// Reader slots per domain. More threads than this can read at once: a reader whose slot is
 /// taken moves on to the next free one, and waits only if all are taken.
@@ -48,7 +56,16 @@ const BATCH: usize = 16;
 /// One reader slot, alone on its cache line (and the adjacent-line prefetch's pair).
 #[repr(align(128))]
 #[derive(Debug)]
-struct Slot(AtomicU64);
+struct Slot {
+    /// Even: free; odd: a read-side section runs in it.
+    generation: AtomicU64,
+    /// The [`reader_id`] of the thread holding the slot, or 0: written by the holder only
+    /// (after its claim, and back to 0 before its release), so it is read only to recognise
+    /// one's own slot.
+    owner: AtomicU64,
+    /// Guards the holder has beyond the first (nested sections); holder only.
+    nested: AtomicU64,
+}
 
 /// Precise RCU over per-thread reader slots. See the module documentation.
 #[derive(Debug)]
@@ -62,9 +79,13 @@ pub struct SlotRcu {
 /// A read-side section of a [`SlotRcu`] domain: the slot it runs in, released on drop.
 #[derive(Debug)]
 pub struct SlotGuard<'a> {
-    slot: &'a AtomicU64,
+    /// The slot this section runs in (claimed by it, or by an enclosing section of this
+    /// thread) and the slot's odd generation.
+    slot: &'a Slot,
     generation: u64,
     _depth: ReadDepth,
+    /// A guard stays on the thread whose slot it holds.
+    _not_send: PhantomData<*const ()>,
 }
 
 /// The read-side sections a grace period waits for: `(slot index, odd generation)` of each
@@ -97,11 +118,35 @@ unsafe impl Send for Retired {}
 impl Default for SlotRcu {
     fn default() -> Self {
         Self {
-            slots: (0..READER_SLOTS).map(|_| Slot(AtomicU64::new(0))).collect(),
+            slots: (0..READER_SLOTS)
+                .map(|_| Slot {
+                    generation: AtomicU64::new(0),
+                    owner: AtomicU64::new(0),
+                    nested: AtomicU64::new(0),
+                })
+                .collect(),
             claimed: AtomicUsize::new(0),
             batches: Mutex::new(Batches::default()),
         }
     }
+}
+
+/// The calling thread's reader id: unique for the life of the process (never reused, never
+/// 0), from the facade's thread-locals so that under shuttle every task has its own.
+#[inline]
+fn reader_id() -> u64 {
+    /// Ids handed out so far.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    crate::sync::thread_local! {
+        static ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    ID.with(|id| {
+        if id.get() == 0 {
+            // Relaxed: only uniqueness matters.
+            id.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        }
+        id.get()
+    })
 }
 
 /// Orders a reader's slot claim before its loads of shared pointers; pairs with the fence in
@@ -122,11 +167,11 @@ impl SlotRcu {
         Self::default()
     }
 
-    /// Tries to start a read-side section in slot `index`.
+    /// Tries to start a read-side section in slot `index` for the reader `me`.
     #[inline]
-    fn try_claim(&self, index: usize) -> Option<(&AtomicU64, u64)> {
-        let slot = &self.slots[index].0;
-        let generation = slot.load(Ordering::Relaxed);
+    fn try_claim(&self, index: usize, me: u64) -> Option<(&Slot, u64)> {
+        let slot = &self.slots[index];
+        let generation = slot.generation.load(Ordering::Relaxed);
         if generation % 2 == 1 {
             return None;
         }
@@ -137,10 +182,28 @@ impl SlotRcu {
             self.claimed.fetch_max(index + 1, Ordering::SeqCst);
         }
         // SeqCst: one half of the store-buffering pair with `running_readers`.
-        slot.compare_exchange(generation, generation + 1, Ordering::SeqCst, Ordering::Relaxed)
+        slot.generation
+            .compare_exchange(generation, generation + 1, Ordering::SeqCst, Ordering::Relaxed)
             .ok()?;
         reader_fence();
+        // Relaxed: only this thread compares against its own id (see `Slot::owner`).
+        slot.owner.store(me, Ordering::Relaxed);
         Some((slot, generation + 1))
+    }
+
+    /// Claims the first free slot after `home` (whose slot is taken: a nested section, or
+    /// another thread with the same number modulo the slot count), waiting if all are taken.
+    #[cold]
+    fn claim_elsewhere(&self, home: usize, me: u64) -> (&Slot, u64) {
+        let mut backoff = Backoff::new();
+        loop {
+            for index in (home + 1..READER_SLOTS).chain(0..=home) {
+                if let Some(claimed) = self.try_claim(index, me) {
+                    return claimed;
+                }
+            }
+            backoff.snooze();
+        }
     }
 
     /// The sections running now: every odd slot below the high-water mark. The fence orders
@@ -153,7 +216,7 @@ impl SlotRcu {
             .enumerate()
             .filter_map(|(i, slot)| {
                 // Acquire pairs with the Release in `SlotGuard::drop`.
-                let generation = slot.0.load(Ordering::Acquire);
+                let generation = slot.generation.load(Ordering::Acquire);
                 (generation % 2 == 1).then_some((i, generation))
             })
             .collect()
@@ -164,7 +227,7 @@ impl SlotRcu {
         readers
             .iter()
             // Acquire pairs with the Release in `SlotGuard::drop`.
-            .all(|&(i, generation)| self.slots[i].0.load(Ordering::Acquire) != generation)
+            .all(|&(i, generation)| self.slots[i].generation.load(Ordering::Acquire) != generation)
     }
 
     /// Seals the open batch (if any) and takes out every sealed batch whose readers have ended.
@@ -211,18 +274,23 @@ impl Rcu for SlotRcu {
     fn read(&self) -> SlotGuard<'_> {
         let depth = ReadDepth::enter();
         let home = thread_index::current().unwrap_or(0) % READER_SLOTS;
-        let mut backoff = Backoff::new();
-        loop {
-            for index in (home..READER_SLOTS).chain(0..home) {
-                if let Some((slot, generation)) = self.try_claim(index) {
-                    return SlotGuard {
-                        slot,
-                        generation,
-                        _depth: depth,
-                    };
-                }
-            }
-            backoff.snooze();
+        let me = reader_id();
+        let slot = &self.slots[home];
+        // Relaxed, here and for `nested`: holder-only fields (see `Slot`).
+        let (slot, generation) = if slot.owner.load(Ordering::Relaxed) == me {
+            // Nested in the section this thread runs in its home slot.
+            slot.nested
+                .store(slot.nested.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            (slot, slot.generation.load(Ordering::Relaxed))
+        } else {
+            self.try_claim(home, me)
+                .unwrap_or_else(|| self.claim_elsewhere(home, me))
+        };
+        SlotGuard {
+            slot,
+            generation,
+            _depth: depth,
+            _not_send: PhantomData,
         }
     }
 
@@ -277,8 +345,18 @@ impl Rcu for SlotRcu {
 impl Drop for SlotGuard<'_> {
     #[inline]
     fn drop(&mut self) {
+        let slot = self.slot;
+        // Relaxed: holder-only fields (see `Slot`).
+        let nested = slot.nested.load(Ordering::Relaxed);
+        if nested > 0 {
+            // Another guard of this thread still holds the slot.
+            slot.nested.store(nested - 1, Ordering::Relaxed);
+            return;
+        }
+        // Cleared before the release, so the next holder's id is the only one written after.
+        slot.owner.store(0, Ordering::Relaxed);
         // Release pairs with the Acquire loads of grace-period polls and batch collection.
-        self.slot.store(self.generation + 1, Ordering::Release);
+        slot.generation.store(self.generation + 1, Ordering::Release);
     }
 }
 

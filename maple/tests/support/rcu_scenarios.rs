@@ -88,13 +88,30 @@ pub fn wait_for(flag: &AtomicBool) {
 
 /// `synchronize` does not return while a guard that existed before it is still held.
 pub fn synchronize_waits_for_earlier_reader<R: Rcu>(hold_yields: usize) {
+    synchronize_waits_for_reader::<R>(hold_yields, false);
+}
+
+/// As [`synchronize_waits_for_earlier_reader`], but the reader's section is a nested guard whose
+/// enclosing guard was dropped first: the nested guard alone must hold the grace period up.
+pub fn synchronize_waits_for_nested_reader<R: Rcu>(hold_yields: usize) {
+    synchronize_waits_for_reader::<R>(hold_yields, true);
+}
+
+fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, nested: bool) {
     let rcu = Arc::new(R::default());
     let entered = Arc::new(AtomicBool::new(false));
     let synced = Arc::new(AtomicBool::new(false));
     let reader = {
         let (rcu, entered, synced) = (rcu.clone(), entered.clone(), synced.clone());
         thread::spawn(move || {
-            let guard = rcu.read();
+            let guard = if nested {
+                let outer = rcu.read();
+                let inner = rcu.read();
+                drop(outer);
+                inner
+            } else {
+                rcu.read()
+            };
             entered.store(true, Ordering::Release);
             for _ in 0..hold_yields {
                 thread::yield_now();
