@@ -525,8 +525,11 @@ impl AddressSpace {
     }
 
     fn unmap_locked(&self, writer: &mut Writer<'_, Box<Vma>, DefaultRcu>, start: u64, end: u64) {
-        if self.first_in(writer, start, end).is_some() {
-            let change = self.carve(writer, start, end, Mappings::new());
+        let change = {
+            let old = self.vmas_in(writer, start, end);
+            (!old.is_empty()).then(|| carve_around(&old, start, end, Mappings::new()))
+        };
+        if let Some(change) = change {
             self.settle(writer, change, &[Flush::Zap(start, end)]);
         } else {
             // Nothing is mapped: nobody can be using it, so nothing to wait for.
@@ -823,29 +826,9 @@ impl AddressSpace {
         writer: &Writer<'_, Box<Vma>, DefaultRcu>,
         start: u64,
         end: u64,
-        mut new: Mappings,
+        new: Mappings,
     ) -> Change {
-        let old = self.vmas_in(writer, start, end);
-        let (mut lo, mut hi) = (start, end);
-        let mut mappings = Mappings::with_capacity(new.len() + 2);
-        if let Some(first) = old.first()
-            && first.start() < start
-        {
-            lo = first.start();
-            mappings.push(first.mapping().slice(first.start(), start));
-        }
-        mappings.append(&mut new);
-        if let Some(last) = old.last()
-            && last.end() > end
-        {
-            hi = last.end();
-            mappings.push(last.mapping().slice(end, last.end()));
-        }
-        Change {
-            lo,
-            hi,
-            new: mappings,
-        }
+        carve_around(&self.vmas_in(writer, start, end), start, end, new)
     }
 
     /// Runs the protocol for one change (see [`AddressSpace::stage`]) with `flush` as step 6.
@@ -1026,4 +1009,29 @@ fn free_around(writer: &Writer<'_, Box<Vma>, DefaultRcu>, start: u64, end: u64) 
     });
     let ceiling = writer.gap_at(end).map_or(end, |(_, last)| last.saturating_add(1));
     (floor, ceiling)
+}
+
+/// [`AddressSpace::carve`] for `old`, the VMAs intersecting `[start, end)` in order (already
+/// looked up by the caller).
+fn carve_around(old: &[&Vma], start: u64, end: u64, mut new: Mappings) -> Change {
+    let (mut lo, mut hi) = (start, end);
+    let mut mappings = Mappings::with_capacity(new.len() + 2);
+    if let Some(first) = old.first()
+        && first.start() < start
+    {
+        lo = first.start();
+        mappings.push(first.mapping().slice(first.start(), start));
+    }
+    mappings.append(&mut new);
+    if let Some(last) = old.last()
+        && last.end() > end
+    {
+        hi = last.end();
+        mappings.push(last.mapping().slice(end, last.end()));
+    }
+    Change {
+        lo,
+        hi,
+        new: mappings,
+    }
 }
