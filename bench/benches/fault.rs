@@ -213,18 +213,35 @@ fn two_threads_one_vma(c: &mut Criterion) {
     group.finish();
 }
 
-/// The control for `two_threads_one_vma`: each thread faults its own region in its own
-/// unsynchronized engine (own page table, own frame pool): nothing is shared, so what two
-/// threads lose here is the machine's, not the design's.
+/// The controls for `two_threads_one_vma`: each thread faults its own region in its own
+/// unsynchronized engine (own page table). With its own frame pool too, nothing is shared, so
+/// what two threads lose is the machine's, not the design's; with one frame pool for both (as
+/// maplevm's threads share their `Mm`'s), what they lose beyond that is the pool's: frames one
+/// thread freed (and whose lines another core may hold) reused by the other.
 fn two_threads_nothing_shared(c: &mut Criterion) {
     const PER_THREAD: u64 = 2048;
     let mut group = c.benchmark_group("fault");
-    for (zero_fill, threads) in [(true, 1u64), (true, 2), (false, 1), (false, 2)] {
+    let cases = [
+        (true, 1u64, false),
+        (true, 2, false),
+        (true, 2, true),
+        (false, 1, false),
+        (false, 2, false),
+        (false, 2, true),
+    ];
+    for (zero_fill, threads, shared_pool) in cases {
         let zeroing = if zero_fill { "zero-fill" } else { "no zero-fill" };
+        let shared = pool();
         let mut engines: Vec<UnsyncEngine> = (0..threads)
-            .map(|_| UnsyncEngine::new(pool(), zero_fill))
+            .map(|_| UnsyncEngine::new(if shared_pool { shared.clone() } else { pool() }, zero_fill))
             .collect();
-        let name = format!("unsynchronized own engines (control), {zeroing}, {threads} thread(s), per fault");
+        let engines_are = if shared_pool {
+            "engines sharing one pool"
+        } else {
+            "own engines"
+        };
+        let name =
+            format!("unsynchronized {engines_are} (control), {zeroing}, {threads} thread(s), per fault");
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 in_batches(iters, PER_THREAD, |faults| {
