@@ -800,13 +800,6 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             }
             next = l.checked_add(1);
         }
-        for index in [first, last] {
-            if let Some((f, l, _)) = self.load_range(index)
-                && (f < first || l > last)
-            {
-                return Err(MapleError::CutsRange { first: f, last: l });
-            }
-        }
         let mut entries = NewEntries::with_capacity(2 * values.len() + 1);
         let mut start = first;
         for (f, l, value) in values {
@@ -828,7 +821,9 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                 value: std::ptr::null_mut(),
             });
         }
-        Ok(self.write_entries(first, entries, None))
+        // A range sticking out of `[first, last]` is found by the write's own scan of the
+        // leaves, before anything changes.
+        self.write_entries(first, entries, None)
     }
 
     /// The first range intersecting `[first, last]`.
@@ -851,16 +846,19 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         split: Option<SplitFn<P>>,
     ) -> Displaced<'t, P, R> {
         self.write_entries(first, smallvec![Entry { last, value }], split)
+            .expect("callers without a split function write whole ranges or free space")
     }
 
     /// Replaces `[first, new.last().last]` with `new`, entries covering it in order (null: a
-    /// gap), and returns what was displaced; see [`Writer::write`].
+    /// gap), and returns what was displaced; see [`Writer::write`]. Without a split function no
+    /// range may stick out of the written interval: that is [`MapleError::CutsRange`], found
+    /// before anything changes, and the values in `new` are dropped.
     fn write_entries(
         &mut self,
         mut first: u64,
         mut new: NewEntries<P::Target>,
         split: Option<SplitFn<P>>,
-    ) -> Displaced<'t, P, R> {
+    ) -> Result<Displaced<'t, P, R>, MapleError> {
         let root = self.root();
         let height = self.state.height;
         let mut last = new[new.len() - 1].last;
@@ -881,6 +879,18 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         let leaf_level = height - 1;
         let leaves = level_nodes(root, leaf_level, first, last);
         let (mut lo, mut hi) = (leaves[0].1, leaves[leaves.len() - 1].2);
+        if split.is_none()
+            && let Some(cut) = range_sticking_out(&leaves, first, last)
+        {
+            for entry in new {
+                if !entry.value.is_null() {
+                    // SAFETY: the caller made these values with `into_raw` and handed them
+                    // over; none was published.
+                    drop(unsafe { P::from_raw(entry.value) });
+                }
+            }
+            return Err(cut);
+        }
 
         let mut entries: SmallVec<[Entry<P::Target>; 2 * LEAF_SLOTS + 2]> =
             SmallVec::with_capacity(LEAF_SLOTS * leaves.len() + 2);
@@ -948,7 +958,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         if leaves.len() == 1 && fits.contains(&entries.len()) {
             let (leaf, gap) = Leaf::build(lo, &entries, &mut self.state.pool);
             self.replace_leaf(leaves[0].0, lo, leaf, gap);
-            return displaced;
+            return Ok(displaced);
         }
         let mut replaced: Vec<NodePtr<P::Target>> = leaves.iter().map(|&(leaf, _, _)| leaf).collect();
         // Beyond the one-leaf case the run may grow past the inline capacity.
@@ -1021,7 +1031,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         // complete before any reader can reach them.
         self.tree.root.store(new_root.as_raw(), Ordering::Release);
         self.retire(&replaced);
-        displaced
+        Ok(displaced)
     }
 
     /// Replaces `old`, the leaf covering the interval that starts at `first`, with `new`, which
@@ -1109,6 +1119,25 @@ fn internal_of<'a, T>(node: NodePtr<T>) -> &'a Internal<T> {
         View::Internal(internal) => internal,
         View::Leaf(_) => unreachable!("only the leaf level holds leaves"),
     }
+}
+
+/// The first non-empty range in `leaves` (the leaves covering `[first, last]`, with their
+/// bounds) that sticks out of `[first, last]`, as the error a write refusing to cut it returns.
+fn range_sticking_out<T>(leaves: &LevelNodes<T>, first: u64, last: u64) -> Option<MapleError> {
+    // Only the entries holding `first` and `last` can stick out: the first leaf's and the
+    // last's.
+    let holding = |(leaf, min, max): (NodePtr<T>, u64, u64), index: u64| {
+        let leaf = leaf_of(leaf);
+        let slot = leaf.slot_of(index);
+        let (s, e) = leaf.bounds(slot, min, max);
+        (s, e, leaf.value(slot))
+    };
+    let (s, e, value) = holding(leaves[0], first);
+    if !value.is_null() && s < first {
+        return Some(MapleError::CutsRange { first: s, last: e });
+    }
+    let (s, e, value) = holding(leaves[leaves.len() - 1], last);
+    (!value.is_null() && e > last).then_some(MapleError::CutsRange { first: s, last: e })
 }
 
 /// Nodes of one level with their bounds, as `level_nodes` finds them: usually one or two, kept
