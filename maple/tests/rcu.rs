@@ -150,3 +150,42 @@ fn seize_synchronize_ignores_later_long_reader() {
 fn slots_synchronize_ignores_later_long_reader() {
     synchronize_ignores_later_long_reader::<SlotRcu>();
 }
+
+// The slot domain has READER_SLOTS slots: more threads reading at once share them (a reader
+// whose slot is taken moves on to a free one, or waits for one), and grace periods still end.
+#[test]
+fn slots_serve_more_readers_than_slots() {
+    use maple::rcu::READER_SLOTS;
+    let rcu = std::sync::Arc::new(SlotRcu::default());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (rcu, stop) = (rcu.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut grace_periods = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rcu.synchronize();
+                grace_periods += 1;
+            }
+            grace_periods
+        })
+    };
+    let readers: Vec<_> = (0..2 * READER_SLOTS)
+        .map(|_| {
+            let rcu = rcu.clone();
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    let outer = rcu.read();
+                    let nested = rcu.read();
+                    std::thread::yield_now();
+                    drop(outer);
+                    drop(nested);
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0, "no grace period completed");
+}

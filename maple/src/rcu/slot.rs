@@ -12,8 +12,9 @@
 //!   next one.
 //! - Nested sections cost no claim: a slot also records which reader holds it (a per-thread id
 //!   that is never reused, written after the claim and cleared before the release), and a
-//!   reader that finds its own id in its home slot is already inside a section there: it only
-//!   counts one more guard on the slot, and whichever of the thread's guards drops last
+//!   reader that finds its own id in its home slot (or, if it is inside some section already,
+//!   in any claimed slot) is already inside a section there: it only counts one more guard on
+//!   the slot, and whichever of the thread's guards drops last
 //!   releases it (guards may drop in any order). Only the holder writes its own id, so seeing
 //!   it means holding the slot; guards cannot leave their thread (they are not `Send`), so the
 //!   count is only ever touched by the holder.
@@ -40,10 +41,11 @@
 //! does). Guard drop stores with Release, pairing with the Acquire slot loads of grace-period
 //! polls, so a reader's accesses happen before the reclamation they allowed.
 
-use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
+use super::{READ_DEPTH, Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use crate::sync::{Backoff, Mutex};
 use crate::thread_index;
+use std::cell::Cell;
 use std::marker::PhantomData;
 
 /// Reader slots per domain. More threads than this can read at once: a reader whose slot is
@@ -191,8 +193,21 @@ impl SlotRcu {
         Some((slot, generation + 1))
     }
 
-    /// Claims the first free slot after `home` (whose slot is taken: a nested section, or
-    /// another thread with the same number modulo the slot count), waiting if all are taken.
+    /// The slot reader `me` holds in this domain, if any (a scan of the claimed slots: only for
+    /// sections that may be nested outside the home slot).
+    #[cold]
+    fn held_by(&self, me: u64) -> Option<&Slot> {
+        let claimed = self.claimed.load(Ordering::Relaxed);
+        // Relaxed: holder-only field (see `Slot`).
+        self.slots[..claimed]
+            .iter()
+            .find(|slot| slot.owner.load(Ordering::Relaxed) == me)
+    }
+
+    /// Claims the first free slot after `home` (whose slot is taken by another thread with the
+    /// same number modulo the slot count), waiting if all are taken. The caller holds no slot
+    /// of this domain, so a waiting reader holds none either: readers never wait for each
+    /// other while holding one.
     #[cold]
     fn claim_elsewhere(&self, home: usize, me: u64) -> (&Slot, u64) {
         let mut backoff = Backoff::new();
@@ -272,19 +287,32 @@ impl Rcu for SlotRcu {
 
     #[inline]
     fn read(&self) -> SlotGuard<'_> {
+        // Whether this thread is in a read-side section of a slot or seize domain already.
+        let inside = READ_DEPTH.with(Cell::get) > 0;
         let depth = ReadDepth::enter();
         let home = thread_index::current().unwrap_or(0) % READER_SLOTS;
         let me = reader_id();
-        let slot = &self.slots[home];
-        // Relaxed, here and for `nested`: holder-only fields (see `Slot`).
-        let (slot, generation) = if slot.owner.load(Ordering::Relaxed) == me {
-            // Nested in the section this thread runs in its home slot.
-            slot.nested
-                .store(slot.nested.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            (slot, slot.generation.load(Ordering::Relaxed))
+        // Relaxed: holder-only field (see `Slot`).
+        let held = if self.slots[home].owner.load(Ordering::Relaxed) == me {
+            Some(&self.slots[home])
+        } else if inside {
+            // Perhaps nested in a section this thread holds elsewhere (its home slot was taken
+            // when it entered): it must not claim a second slot, or threads that each hold one
+            // could all wait for another.
+            self.held_by(me)
         } else {
-            self.try_claim(home, me)
-                .unwrap_or_else(|| self.claim_elsewhere(home, me))
+            None
+        };
+        let (slot, generation) = match held {
+            Some(slot) => {
+                // Relaxed: holder-only fields (see `Slot`).
+                slot.nested
+                    .store(slot.nested.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                (slot, slot.generation.load(Ordering::Relaxed))
+            }
+            None => self
+                .try_claim(home, me)
+                .unwrap_or_else(|| self.claim_elsewhere(home, me)),
         };
         SlotGuard {
             slot,
