@@ -231,9 +231,9 @@ fn two_threads_nothing_shared(c: &mut Criterion) {
     ];
     for (zero_fill, threads, shared_pool) in cases {
         let zeroing = if zero_fill { "zero-fill" } else { "no zero-fill" };
-        let shared = pool();
+        let shared = shared_pool.then(pool);
         let mut engines: Vec<UnsyncEngine> = (0..threads)
-            .map(|_| UnsyncEngine::new(if shared_pool { shared.clone() } else { pool() }, zero_fill))
+            .map(|_| UnsyncEngine::new(shared.clone().unwrap_or_else(pool), zero_fill))
             .collect();
         let engines_are = if shared_pool {
             "engines sharing one pool"

@@ -1,29 +1,17 @@
 //! Makes COUNT mmap+munmap pairs (a one-page MAP_FIXED_NOREPLACE map into a free page above N
 //! VMAs, then its munmap) in maplevm's `AddressSpace` or in the `rwlock` baseline's
-//! bookkeeping, for counting instructions per pair with callgrind. Run it with two counts and
-//! divide the difference by the difference of the counts, which cancels the set-up:
+//! bookkeeping — the spaces of `benches/vma.rs` (`bench::vma_spaces`) — for counting
+//! instructions per pair with callgrind. Run it with two counts and divide the difference by the
+//! difference of the counts, which cancels the set-up:
 //!
 //! ```sh
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!     target/release/examples/vma_instructions maplevm 10 20000
 //! ```
 
-use bench::designs::vma_map::{Op, VmaMap};
+use bench::vma_spaces::{RwLockSpace, filled_address_space, free_page_above};
 use std::process::ExitCode;
-use vma::request::MmapRequest;
-use vma::{AddressSpace, Layout, MapFlags, NoFlush, PAGE_SIZE, Prot};
-
-const BASE: u64 = 0x1000_0000;
-const STRIDE: u64 = 2 * PAGE_SIZE;
-
-fn map_request(at: u64, len: u64, prot: Prot) -> MmapRequest {
-    let flags = MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace();
-    MmapRequest::new(Layout::X86_64, at, len, prot, flags, None).expect("a valid request")
-}
-
-fn prot_of(i: u64) -> Prot {
-    if i % 2 == 0 { Prot::READ_WRITE } else { Prot::READ }
-}
+use vma::{MapFlags, PAGE_SIZE, Prot};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,37 +23,25 @@ fn main() -> ExitCode {
         eprintln!("VMAS and COUNT: numbers");
         return ExitCode::from(2);
     };
-    let free = BASE + (vmas + 8) * STRIDE;
+    let free = free_page_above(vmas);
     match space.as_str() {
         "maplevm" => {
-            let space = AddressSpace::new(Layout::X86_64, NoFlush).expect("x86-64 layout");
-            for i in 0..vmas {
-                space
-                    .map(map_request(BASE + i * STRIDE, 2 * PAGE_SIZE, prot_of(i)))
-                    .expect("map");
-            }
+            let space = filled_address_space(vmas);
+            let flags = MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace();
             for _ in 0..count {
                 space
-                    .map(map_request(free, PAGE_SIZE, Prot::READ_WRITE))
+                    .mmap(free, PAGE_SIZE, Prot::READ_WRITE, flags, None)
                     .expect("map");
                 space.munmap(free, PAGE_SIZE).expect("unmap");
             }
         }
         "rwlock" => {
-            let map = std::sync::RwLock::new(VmaMap::new(Layout::X86_64));
-            let change = |op: Op| {
-                let mut map = map.write().unwrap();
-                let planned = map.plan(&op).expect("valid change");
-                for change in &planned.changes {
-                    map.apply(change);
-                }
-            };
-            for i in 0..vmas {
-                change(Op::Map(map_request(BASE + i * STRIDE, 2 * PAGE_SIZE, prot_of(i))));
-            }
+            let space = RwLockSpace::filled(vmas);
             for _ in 0..count {
-                change(Op::Map(map_request(free, PAGE_SIZE, Prot::READ_WRITE)));
-                change(Op::Unmap(free, free + PAGE_SIZE));
+                space
+                    .mmap_fixed_noreplace(free, PAGE_SIZE, Prot::READ_WRITE)
+                    .expect("map");
+                space.munmap(free, PAGE_SIZE).expect("unmap");
             }
         }
         _ => {

@@ -15,7 +15,8 @@
 //! The criterion micro-benchmarks live in `benches/`:
 //! - `rcu`: read-side guard enter/exit, retire and synchronize for each [`maple::rcu`] domain;
 //! - `maple`: the maple tree beside std's BTreeMap, scc's TreeIndex and crossbeam's SkipMap;
-//! - `vma`: address-space operations beside the `rwlock` design's bookkeeping;
+//! - `vma`: address-space operations beside the `rwlock` design's bookkeeping
+//!   ([`vma_spaces`]);
 //! - `fault`: fault cost per page (fast path, slow path, with and without zero-filling)
 //!   beside [`unsync_engine::UnsyncEngine`], and two threads faulting one VMA;
 //! - `designs`: every design's fault and mmap/munmap paths side by side.
@@ -25,4 +26,5 @@
 pub mod designs;
 pub mod report;
 pub mod unsync_engine;
+pub mod vma_spaces;
 pub mod workload;

@@ -60,19 +60,23 @@ fn join<T>(handle: thread::JoinHandle<T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// A thread making a write fault at `A`, which must install the page or, having lost the race
+/// to the writer, fail with `lost`.
+fn racing_write_fault(design: &Arc<Box<dyn Design>>, lost: FaultError) -> thread::JoinHandle<()> {
+    let design = design.clone();
+    thread::spawn(move || {
+        let result = design.fault(A, Access::Write);
+        assert!(
+            result == Ok(Fault::Installed) || result == Err(lost),
+            "{result:?}"
+        );
+    })
+}
+
 /// G2 for `design`: a fault racing munmap.
 fn fault_racing_munmap(design: Arc<Box<dyn Design>>) {
     writable_anon(&**design);
-    let faulting = {
-        let design = design.clone();
-        thread::spawn(move || {
-            let result = design.fault(A, Access::Write);
-            assert!(
-                matches!(result, Ok(Fault::Installed) | Err(FaultError::NotMapped)),
-                "{result:?}"
-            );
-        })
-    };
+    let faulting = racing_write_fault(&design, FaultError::NotMapped);
     design.munmap(A, P).unwrap();
     let table = design.memory().table();
     assert!(
@@ -90,16 +94,7 @@ fn fault_racing_munmap(design: Arc<Box<dyn Design>>) {
 /// A write fault racing mprotect to read-only never leaves a writable translation.
 fn write_fault_racing_mprotect(design: Arc<Box<dyn Design>>) {
     writable_anon(&**design);
-    let faulting = {
-        let design = design.clone();
-        thread::spawn(move || {
-            let result = design.fault(A, Access::Write);
-            assert!(
-                matches!(result, Ok(Fault::Installed) | Err(FaultError::AccessDenied)),
-                "{result:?}"
-            );
-        })
-    };
+    let faulting = racing_write_fault(&design, FaultError::AccessDenied);
     design.mprotect(A, P, Prot::READ).unwrap();
     let writable = || {
         design

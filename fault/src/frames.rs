@@ -177,7 +177,7 @@ impl FramePool {
             // Relaxed: a hint (see `available`).
             .max_by_key(|&shard| self.shards[shard].available.load(Ordering::Relaxed))?;
         std::iter::once(fullest)
-            .chain((1..SHARDS).map(|i| (home + i) % SHARDS))
+            .chain((1..SHARDS).map(|i| (home + i) % SHARDS).filter(|&s| s != fullest))
             .find_map(|victim| self.steal_from(victim, home))
     }
 

@@ -133,18 +133,24 @@ unsafe fn walk<T>(mut node: NodePtr<T>, index: u64) -> Found<T> {
                 (min, max) = internal.bounds(slot, min, max);
                 node = internal.child(slot);
             }
-            View::Leaf(leaf) => {
-                let slot = leaf.slot_of(index);
-                let (first, last) = leaf.bounds(slot, min, max);
-                return Found {
-                    leaf: node,
-                    leaf_min: min,
-                    leaf_max: max,
-                    first,
-                    last,
-                    value: leaf.value(slot),
-                };
-            }
+            View::Leaf(leaf) => return Found::in_leaf(node, leaf, (min, max), index),
+        }
+    }
+}
+
+impl<T> Found<T> {
+    /// The slot holding `index` in `leaf` (the view of `node`, covering `bounds`).
+    #[inline]
+    fn in_leaf(node: NodePtr<T>, leaf: &Leaf<T>, (min, max): (u64, u64), index: u64) -> Self {
+        let slot = leaf.slot_of(index);
+        let (first, last) = leaf.bounds(slot, min, max);
+        Found {
+            leaf: node,
+            leaf_min: min,
+            leaf_max: max,
+            first,
+            last,
+            value: leaf.value(slot),
         }
     }
 }
@@ -1126,18 +1132,19 @@ fn internal_of<'a, T>(node: NodePtr<T>) -> &'a Internal<T> {
 fn range_sticking_out<T>(leaves: &LevelNodes<T>, first: u64, last: u64) -> Option<MapleError> {
     // Only the entries holding `first` and `last` can stick out: the first leaf's and the
     // last's.
-    let holding = |(leaf, min, max): (NodePtr<T>, u64, u64), index: u64| {
-        let leaf = leaf_of(leaf);
-        let slot = leaf.slot_of(index);
-        let (s, e) = leaf.bounds(slot, min, max);
-        (s, e, leaf.value(slot))
+    let holding = |(node, min, max): (NodePtr<T>, u64, u64), index: u64| {
+        Found::in_leaf(node, leaf_of(node), (min, max), index)
     };
-    let (s, e, value) = holding(leaves[0], first);
-    if !value.is_null() && s < first {
-        return Some(MapleError::CutsRange { first: s, last: e });
+    let cut = |found: Found<T>| MapleError::CutsRange {
+        first: found.first,
+        last: found.last,
+    };
+    let at_first = holding(leaves[0], first);
+    if !at_first.value.is_null() && at_first.first < first {
+        return Some(cut(at_first));
     }
-    let (s, e, value) = holding(leaves[leaves.len() - 1], last);
-    (!value.is_null() && e > last).then_some(MapleError::CutsRange { first: s, last: e })
+    let at_last = holding(leaves[leaves.len() - 1], last);
+    (!at_last.value.is_null() && at_last.last > last).then(|| cut(at_last))
 }
 
 /// Nodes of one level with their bounds, as `level_nodes` finds them: usually one or two, kept

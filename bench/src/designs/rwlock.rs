@@ -57,10 +57,7 @@ impl Design for RwLockDesign {
 
     fn change(&self, op: Op) -> vma::Result<u64> {
         let mut map = self.map.write().unwrap();
-        let planned = map.plan(&op)?;
-        for change in &planned.changes {
-            map.apply(change);
-        }
+        let planned = map.commit(&op)?;
         flush(&self.memory, &bounded(&map, &planned.flushes), &self.rcu);
         planned.result
     }

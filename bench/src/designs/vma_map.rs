@@ -390,6 +390,16 @@ impl VmaMap {
         Change { removed, added }
     }
 
+    /// Plans `op` and applies its changes: the whole of a call for a writer that holds the map
+    /// exclusively. Returns the plan (its flushes and the call's result).
+    pub fn commit(&mut self, op: &Op) -> vma::Result<Planned> {
+        let planned = self.plan(op)?;
+        for change in &planned.changes {
+            self.apply(change);
+        }
+        Ok(planned)
+    }
+
     /// Applies a change planned against this map as it is.
     pub fn apply(&mut self, change: &Change) {
         for m in &change.removed {

@@ -164,8 +164,19 @@ struct ReadDepth(());
 
 impl ReadDepth {
     fn enter() -> Self {
-        READ_DEPTH.with(|depth| depth.set(depth.get() + 1));
-        Self(())
+        Self::enter_nested().0
+    }
+
+    /// [`ReadDepth::enter`], also telling whether the thread was already inside a section (of a
+    /// slot or seize domain).
+    #[inline]
+    fn enter_nested() -> (Self, bool) {
+        let before = READ_DEPTH.with(|depth| {
+            let before = depth.get();
+            depth.set(before + 1);
+            before
+        });
+        (Self(()), before > 0)
     }
 }
 

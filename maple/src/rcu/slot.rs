@@ -41,11 +41,10 @@
 //! does). Guard drop stores with Release, pairing with the Acquire slot loads of grace-period
 //! polls, so a reader's accesses happen before the reclamation they allowed.
 
-use super::{READ_DEPTH, Rcu, ReadDepth, Reclaim, assert_may_wait};
+use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use crate::sync::{Backoff, Mutex};
 use crate::thread_index;
-use std::cell::Cell;
 use std::marker::PhantomData;
 
 /// Reader slots per domain. More threads than this can read at once: a reader whose slot is
@@ -287,15 +286,13 @@ impl Rcu for SlotRcu {
 
     #[inline]
     fn read(&self) -> SlotGuard<'_> {
-        // Whether this thread is in a read-side section of a slot or seize domain already.
-        let inside = READ_DEPTH.with(Cell::get) > 0;
-        let depth = ReadDepth::enter();
+        let (depth, nested) = ReadDepth::enter_nested();
         let home = thread_index::current().unwrap_or(0) % READER_SLOTS;
         let me = reader_id();
         // Relaxed: holder-only field (see `Slot`).
         let held = if self.slots[home].owner.load(Ordering::Relaxed) == me {
             Some(&self.slots[home])
-        } else if inside {
+        } else if nested {
             // Perhaps nested in a section this thread holds elsewhere (its home slot was taken
             // when it entered): it must not claim a second slot, or threads that each hold one
             // could all wait for another.
