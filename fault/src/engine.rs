@@ -9,7 +9,10 @@
 //!   per-thread too), when the page is at hand: anonymous memory, a file page already cached, an
 //!   upgrade of an entry. Safe because a writer replacing the VMA waits for a grace period
 //!   (step 4) before it flushes the range (step 6): a fast fault that saw the old VMA has
-//!   installed its entry by then, and the flush removes it.
+//!   installed its entry by then, and the flush removes it. The guard is keyed at the page
+//!   (`AddressSpace::guard_at`): it can only reach the VMA covering the page, so a writer
+//!   replacing other VMAs does not wait for it; a preempted fault delays only writers of its
+//!   own VMA.
 //! - Slow path: the file page must be read (blocking). Take a VMA reference, drop the guard,
 //!   read, take a guard again (for the page-table walk) and install against the referenced VMA
 //!   (not a new lookup: a writer waiting for the reference would have made the new VMA BABY,
@@ -145,7 +148,8 @@ impl Mm {
         let page = addr & !(PAGE_SIZE - 1);
         let counters = &self.memory.counters;
         loop {
-            let guard = self.space.guard();
+            // Keyed: writers replacing other VMAs do not wait for this fault.
+            let guard = self.space.guard_at(page);
             let vma = match self.space.lookup(page, &guard) {
                 Lookup::Unmapped => return Err(FaultError::NotMapped),
                 Lookup::Baby => {

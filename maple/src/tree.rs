@@ -71,6 +71,11 @@ struct WriterState<C> {
     pool: NodePool,
     /// Replaced nodes waiting for their grace period, then for reuse.
     replaced: ReclaimQueue<C, RetiredNode>,
+    /// Whether some write has cut a value's range short and left the value in the rest (a
+    /// store over the right part of a range). From then on a displaced value's range may be
+    /// smaller than the ranges readers found it in, so reclaiming it waits for every reader,
+    /// keyed or not.
+    values_trimmed: bool,
 }
 
 /// A replaced node in the writer's queue.
@@ -87,9 +92,17 @@ unsafe impl<P: ValuePointer, R: Rcu> Sync for MapleTree<P, R> {}
 
 /// A read-side section on a tree's RCU domain: everything reached through the tree while it
 /// lives stays allocated.
+///
+/// A *keyed* guard ([`MapleTree::guard_at`], [`Guard::keyed`]) declares the one index its
+/// holder will look up ([keyed sections](crate::rcu#keyed-sections)): values a write displaces
+/// from ranges that do not hold the key are reclaimed without waiting for it
+/// ([`Displaced::reclaim`]). The tree enforces the declaration: through a keyed guard it hands
+/// out only values whose range holds the key, and iterating panics.
 pub struct Guard<'t, R: Rcu> {
     _inner: R::Guard<'t>,
     domain: &'t R,
+    /// The declared key, if any.
+    key: Option<u64>,
 }
 
 impl<'t, R: Rcu> Guard<'t, R> {
@@ -98,7 +111,22 @@ impl<'t, R: Rcu> Guard<'t, R> {
         Self {
             _inner: domain.read(),
             domain,
+            key: None,
         }
+    }
+
+    /// Enters a read-side section of `domain` that will look up `key` only (see [`Guard`]).
+    pub fn keyed(domain: &'t R, key: u64) -> Self {
+        Self {
+            _inner: domain.read_keyed(key),
+            domain,
+            key: Some(key),
+        }
+    }
+
+    /// The key this guard declared, if it is keyed.
+    pub fn key(&self) -> Option<u64> {
+        self.key
     }
 
     /// The domain this guard belongs to.
@@ -180,6 +208,7 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
                 height: 1,
                 pool,
                 replaced: ReclaimQueue::default(),
+                values_trimmed: false,
             }),
             retired: Mutex::new(ReclaimQueue::default()),
             rcu: R::default(),
@@ -229,6 +258,13 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
         Guard::new(&self.rcu)
     }
 
+    /// Enters a read-side section that will look up `key` only: writers displacing values from
+    /// other ranges do not wait for it (see [`Guard`]).
+    #[inline]
+    pub fn guard_at(&self, key: u64) -> Guard<'_, R> {
+        Guard::keyed(&self.rcu, key)
+    }
+
     /// Locks the tree for writing; the writer lock is held until the [`Writer`] is dropped.
     pub fn lock(&self) -> Writer<'_, P, R> {
         Writer {
@@ -258,6 +294,13 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
         );
     }
 
+    fn check_unkeyed(guard: &Guard<'_, R>) {
+        assert!(
+            guard.key.is_none(),
+            "maple: a keyed guard may only load its key, not iterate"
+        );
+    }
+
     /// The current root, for a reader holding a guard.
     #[inline]
     fn current_root(&self) -> NodePtr<P::Target> {
@@ -277,12 +320,20 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// The range holding `index` and its value.
     ///
     /// # Panics
-    /// If `guard` belongs to another tree's domain.
+    /// If `guard` belongs to another tree's domain, or is keyed and the range found does not
+    /// hold its key (a writer may be freeing the value without waiting for it).
     #[inline]
     pub fn load_range<'g>(&self, index: u64, guard: &'g Guard<'_, R>) -> Option<(u64, u64, &'g P::Target)> {
         self.check_guard(guard);
         // SAFETY: the guard keeps every node of the version we loaded allocated.
         let found = unsafe { walk(self.current_root(), index) };
+        if let Some(key) = guard.key
+            && key != index
+            && !(found.first <= key && key <= found.last)
+            && !found.value.is_null()
+        {
+            panic!("maple: a guard keyed at {key:#x} was used to load index {index:#x}");
+        }
         // SAFETY: values of a version stay allocated while a guard taken before their
         // displacement lives.
         unsafe { found.value.as_ref() }.map(|value| (found.first, found.last, value))
@@ -295,9 +346,10 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// skipped.
     ///
     /// # Panics
-    /// If `guard` belongs to another tree's domain.
+    /// If `guard` belongs to another tree's domain or is keyed.
     pub fn iter_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.check_guard(guard);
+        Self::check_unkeyed(guard);
         Iter {
             tree: self,
             next: Some(start),
@@ -310,9 +362,10 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// Ranges in descending order, starting with the one holding `start` (or the first before it).
     ///
     /// # Panics
-    /// If `guard` belongs to another tree's domain.
+    /// If `guard` belongs to another tree's domain or is keyed.
     pub fn iter_rev_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.check_guard(guard);
+        Self::check_unkeyed(guard);
         Iter {
             tree: self,
             next: Some(start),
@@ -323,6 +376,9 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     }
 
     /// All ranges in ascending order.
+    ///
+    /// # Panics
+    /// If `guard` belongs to another tree's domain or is keyed.
     pub fn iter<'g>(&'g self, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.iter_from(0, guard)
     }
@@ -582,14 +638,21 @@ impl<'g, P: ValuePointer, R: Rcu> Iterator for Iter<'g, P, R> {
 pub struct Displaced<'t, P: ValuePointer, R: Rcu> {
     tree: &'t MapleTree<P, R>,
     values: Vec<(u64, u64, *mut P::Target)>,
+    /// Whether each value's range is every range it ever had (no write trimmed it), so that
+    /// only keyed readers inside the ranges could have found the values.
+    whole_ranges: bool,
 }
 
 // SAFETY: Displaced owns the boxed values it holds.
 unsafe impl<P: ValuePointer, R: Rcu> Send for Displaced<'_, P, R> {}
 
 impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
-    fn new(tree: &'t MapleTree<P, R>, values: Vec<(u64, u64, *mut P::Target)>) -> Self {
-        Self { tree, values }
+    fn new(tree: &'t MapleTree<P, R>, values: Vec<(u64, u64, *mut P::Target)>, whole_ranges: bool) -> Self {
+        Self {
+            tree,
+            values,
+            whole_ranges,
+        }
     }
 
     /// Number of values displaced.
@@ -621,9 +684,15 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
             "Displaced::append across trees"
         );
         self.values.append(&mut other.values);
+        self.whole_ranges &= other.whole_ranges;
     }
 
     /// Waits for a grace period (no reader can still see the values), then returns them.
+    ///
+    /// Readers holding a [keyed guard](Guard) whose key lies outside every displaced range are
+    /// not waited for (they cannot have found the values), as long as no write of the tree has
+    /// ever left a value in part of its range (a `store_range` or `erase_range` over the right
+    /// part of a range); after such a write, every reader is waited for.
     ///
     /// # Panics
     /// If called inside a read-side section.
@@ -637,7 +706,15 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
     /// # Panics
     /// If called inside a read-side section.
     pub fn reclaim_timed(mut self) -> (Vec<(u64, u64, P)>, std::time::Duration) {
-        let waited = self.tree.rcu.synchronize_timed();
+        let rcu = &self.tree.rcu;
+        let waited = if self.whole_ranges {
+            let values = &self.values;
+            rcu.synchronize_timed_for(|key| {
+                values.iter().any(|&(first, last, _)| first <= key && key <= last)
+            })
+        } else {
+            rcu.synchronize_timed()
+        };
         let values = std::mem::take(&mut self.values)
             .into_iter()
             // SAFETY: after the grace period no reader holds the values; each came from a box.
@@ -770,7 +847,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
     pub fn erase(&mut self, index: u64) -> Displaced<'t, P, R> {
         match self.load_range(index) {
             Some((first, last, _)) => self.write(first, last, std::ptr::null_mut(), None),
-            None => Displaced::new(self.tree, Vec::new()),
+            None => Displaced::new(self.tree, Vec::new(), true),
         }
     }
 
@@ -914,6 +991,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                 }
                 let keeps_left = s < first;
                 if keeps_left {
+                    self.state.values_trimmed |= !entry.value.is_null();
                     entries.push(Entry {
                         last: first - 1,
                         value: entry.value,
@@ -952,7 +1030,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         entries.dedup_by(absorb_gap);
         let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
         self.tree.len.store(len, Ordering::Relaxed);
-        let displaced = Displaced::new(self.tree, displaced);
+        let displaced = Displaced::new(self.tree, displaced, !self.state.values_trimmed);
 
         // The common case: one leaf becomes one leaf with the same interval. Only the leaf is
         // new; it is stored into its parent's slot in place (the kernel's slot store).

@@ -100,6 +100,17 @@ macro_rules! contract_tests {
             }
 
             #[test]
+            fn keyed_synchronize_waits_for_sections_that_may_reach_the_key() {
+                for section in [
+                    Section::Keyed,
+                    Section::WidenedByUnkeyed,
+                    Section::WidenedByOtherKey,
+                ] {
+                    scenarios::synchronize_waits_for_keyed_reader::<$rcu>(20_000, section);
+                }
+            }
+
+            #[test]
             fn new_readers_do_not_starve_synchronize() {
                 scenarios::new_readers_do_not_starve_synchronize::<$rcu>(5_000_000);
             }
@@ -137,6 +148,11 @@ macro_rules! contract_tests {
 contract_tests!(epoch, EpochRcu);
 contract_tests!(seize, SeizeRcu);
 contract_tests!(slots, SlotRcu);
+
+#[test]
+fn slot_domain_keyed_synchronize_skips_other_keys() {
+    scenarios::keyed_grace_period_skips_other_keys::<SlotRcu>();
+}
 
 // crossbeam-epoch counts grace periods in global epochs: a guard pinned in the epoch the
 // retirement was sealed in holds `synchronize` up even if it was taken after the call began

@@ -9,7 +9,7 @@ mod scenarios;
 
 use maple::rcu::SlotRcu;
 use maple::sync::check_random_and_pct;
-use scenarios::NoGrace;
+use scenarios::{NoGrace, Section};
 
 /// Scheduling points one schedule may take before it counts as a livelock.
 const MAX_STEPS: usize = 100_000;
@@ -26,6 +26,30 @@ fn synchronize_waits_for_earlier_reader() {
 #[test]
 fn synchronize_waits_for_nested_reader() {
     check_both(|| scenarios::synchronize_waits_for_nested_reader::<SlotRcu>(4));
+}
+
+#[test]
+fn keyed_synchronize_waits_for_keyed_reader() {
+    check_both(|| scenarios::synchronize_waits_for_keyed_reader::<SlotRcu>(4, Section::Keyed));
+}
+
+#[test]
+fn keyed_synchronize_waits_for_section_widened_by_unkeyed() {
+    check_both(|| {
+        scenarios::synchronize_waits_for_keyed_reader::<SlotRcu>(4, Section::WidenedByUnkeyed);
+    });
+}
+
+#[test]
+fn keyed_synchronize_waits_for_section_widened_by_other_key() {
+    check_both(|| {
+        scenarios::synchronize_waits_for_keyed_reader::<SlotRcu>(4, Section::WidenedByOtherKey);
+    });
+}
+
+#[test]
+fn keyed_synchronize_skips_other_keys() {
+    check_both(scenarios::keyed_grace_period_skips_other_keys::<SlotRcu>);
 }
 
 #[test]

@@ -340,6 +340,15 @@ impl AddressSpace {
         self.tree.guard()
     }
 
+    /// Enters a read-side section for looking up the VMA covering `addr` only (a fault): a
+    /// writer replacing VMAs elsewhere does not wait for it, even if its thread is preempted
+    /// inside it (see [`maple::Guard`]). Looking up another address through it panics unless
+    /// the VMA found also covers `addr`; iterating panics.
+    #[inline]
+    pub fn guard_at(&self, addr: u64) -> Guard<'_, DefaultRcu> {
+        self.tree.guard_at(addr)
+    }
+
     /// Number of VMAs.
     pub fn vma_count(&self) -> usize {
         self.tree.len()

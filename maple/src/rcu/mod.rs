@@ -12,13 +12,29 @@
 //!   new readers cannot starve it (crossbeam-epoch gives a slightly weaker bound, see
 //!   [`EpochRcu`]).
 //!
+//! # Keyed sections
+//!
+//! A reader that will look up one key only (a page fault looks up the VMA covering its address)
+//! may say so with [`Rcu::read_keyed`]. A writer that displaced objects reachable only through
+//! some keys (a VMA is found only by lookups of addresses inside it) may then wait for the
+//! sections that could have reached them, [`Rcu::start_grace_period_for`], instead of for every
+//! section: a munmap need not wait for a fault on another VMA, even one whose thread was
+//! preempted inside its section. Memory retired with [`Rcu::retire`] (tree nodes, page tables,
+//! which a lookup of any key may pass through) always waits for every section. A section nested
+//! in a keyed one with another key, or with none, makes the enclosing section unkeyed. The
+//! domain only records keys; that a keyed section reaches no object except through its key is
+//! enforced by the structure it reads (see `maple::Guard`'s keyed form).
+//!
 //! Invariants every implementation keeps:
 //! - **I1** an object passed to `retire` is reclaimed at most once, and never while a read-side
 //!   section that began before the `retire` call is still running;
 //! - **I2** every retired object is eventually reclaimed: at the latest by [`Rcu::barrier`] on the
 //!   thread that retired it once the readers that could see it are gone, or when the domain drops;
 //! - **I3** calling `synchronize` or `barrier` from inside a read-side section (of any domain) is a
-//!   bug that would deadlock; it is detected and panics instead of hanging.
+//!   bug that would deadlock; it is detected and panics instead of hanging;
+//! - **I4** a grace period started with `start_grace_period_for(matters)` has elapsed only when
+//!   every section running at its start has ended, except keyed sections whose key does not
+//!   satisfy `matters` and in which no section with another key, or none, has nested.
 //!
 //! Implementations: [`SlotRcu`] (precise grace periods over per-thread reader slots, built only
 //! from the [`crate::sync`] facade: the default, on std and under `--features shuttle`, where
@@ -77,6 +93,15 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// Enters a read-side critical section. Sections may nest.
     fn read(&self) -> Self::Guard<'_>;
 
+    /// Enters a read-side section that declares the one key it will look up (see
+    /// [keyed sections](self#keyed-sections)): grace periods started with
+    /// [`Rcu::start_grace_period_for`] wait for it only if they care about `key`. Domains that
+    /// cannot tell sections apart treat it as [`Rcu::read`].
+    fn read_keyed(&self, key: u64) -> Self::Guard<'_> {
+        let _ = key;
+        self.read()
+    }
+
     /// Frees `ptr` with `F` once every read-side section that might have seen it has ended.
     ///
     /// # Safety
@@ -96,6 +121,15 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// Starts a grace period covering every read-side section running now, without waiting
     /// (the kernel's `start_poll_synchronize_rcu`).
     fn start_grace_period(&self) -> Self::Cookie;
+
+    /// [`Rcu::start_grace_period`] for objects reachable only through the keys for which
+    /// `matters` holds: it covers every section running now except keyed ones whose key does
+    /// not matter (see [keyed sections](self#keyed-sections)). Domains that cannot tell
+    /// sections apart cover them all.
+    fn start_grace_period_for(&self, matters: impl Fn(u64) -> bool) -> Self::Cookie {
+        let _ = matters;
+        self.start_grace_period()
+    }
 
     /// Whether the grace period has elapsed: every section that was running when `cookie` was
     /// made has ended (the kernel's `poll_state_synchronize_rcu`). Never blocks; may help the
@@ -117,8 +151,17 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// # Panics
     /// If the calling thread is inside a read-side section.
     fn synchronize_timed(&self) -> Duration {
+        self.synchronize_timed_for(|_| true)
+    }
+
+    /// [`Rcu::synchronize_timed`] for objects reachable only through the keys for which
+    /// `matters` holds: waits for the sections [`Rcu::start_grace_period_for`] covers.
+    ///
+    /// # Panics
+    /// If the calling thread is inside a read-side section.
+    fn synchronize_timed_for(&self, matters: impl Fn(u64) -> bool) -> Duration {
         assert_may_wait("synchronize");
-        let mut cookie = self.start_grace_period();
+        let mut cookie = self.start_grace_period_for(matters);
         if self.grace_period_elapsed(&mut cookie) {
             return Duration::ZERO;
         }

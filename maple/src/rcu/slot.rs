@@ -18,6 +18,13 @@
 //!   releases it (guards may drop in any order). Only the holder writes its own id, so seeing
 //!   it means holding the slot; guards cannot leave their thread (they are not `Send`), so the
 //!   count is only ever touched by the holder.
+//! - Keys (see [keyed sections](super#keyed-sections)): a slot also holds the key of the
+//!   section running in it, [`ANY`] for an unkeyed section and whenever no section runs. The
+//!   holder writes its key after its claim and resets it to [`ANY`] before its release; a
+//!   nested section with another key widens it to [`ANY`] (followed by a SeqCst fence: the
+//!   store-buffering pair again, so either the writer sees [`ANY`] or the nested section sees
+//!   the writer's unlink). A grace period for some keys skips the odd slots whose key is not
+//!   [`ANY`] and does not matter.
 //! - `claimed` is a high-water mark: one past the highest slot ever claimed. Writers scan only
 //!   the slots below it, so a grace period with few threads costs a few loads, not one per slot.
 //! - A grace period ([`Rcu::start_grace_period`]) is a snapshot of the odd slots; it has elapsed
@@ -39,7 +46,11 @@
 //! reader's claim in the total order as well. On x86-64 the locked compare-and-swap is itself a
 //! full barrier, so the reader's fence is only a compiler fence there (as crossbeam-epoch's pin
 //! does). Guard drop stores with Release, pairing with the Acquire slot loads of grace-period
-//! polls, so a reader's accesses happen before the reclamation they allowed.
+//! polls, so a reader's accesses happen before the reclamation they allowed. A grace period's
+//! scan loads a slot's key with Acquire after loading its odd generation with Acquire: the
+//! claim it read (a release) comes after the previous section's reset to [`ANY`], so the key
+//! seen is [`ANY`] (waited for), the section's own (Release-stored), or that of a later section,
+//! whose store comes after the release of the one seen (so skipping it is right too).
 
 use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
@@ -50,6 +61,9 @@ use std::marker::PhantomData;
 /// Reader slots per domain. More threads than this can read at once: a reader whose slot is
 /// taken moves on to the next free one, and waits only if all are taken.
 pub const READER_SLOTS: usize = 128;
+
+/// A slot's key while no keyed section runs in it: every grace period waits for the section.
+const ANY: u64 = u64::MAX;
 
 /// Retirements gathered before a batch is sealed and collection is attempted.
 const BATCH: usize = 16;
@@ -66,6 +80,8 @@ struct Slot {
     owner: AtomicU64,
     /// Guards the holder has beyond the first (nested sections); holder only.
     nested: AtomicU64,
+    /// The key of the section running in the slot, or [`ANY`]: written by the holder only.
+    key: AtomicU64,
 }
 
 /// Precise RCU over per-thread reader slots. See the module documentation.
@@ -124,6 +140,7 @@ impl Default for SlotRcu {
                     generation: AtomicU64::new(0),
                     owner: AtomicU64::new(0),
                     nested: AtomicU64::new(0),
+                    key: AtomicU64::new(ANY),
                 })
                 .collect(),
             claimed: AtomicUsize::new(0),
@@ -168,9 +185,9 @@ impl SlotRcu {
         Self::default()
     }
 
-    /// Tries to start a read-side section in slot `index` for the reader `me`.
+    /// Tries to start a read-side section with `key` in slot `index` for the reader `me`.
     #[inline]
-    fn try_claim(&self, index: usize, me: u64) -> Option<(&Slot, u64)> {
+    fn try_claim(&self, index: usize, me: u64, key: u64) -> Option<(&Slot, u64)> {
         let slot = &self.slots[index];
         let generation = slot.generation.load(Ordering::Relaxed);
         if generation % 2 == 1 {
@@ -189,6 +206,9 @@ impl SlotRcu {
         reader_fence();
         // Relaxed: only this thread compares against its own id (see `Slot::owner`).
         slot.owner.store(me, Ordering::Relaxed);
+        // Release pairs with the Acquire key load of grace-period scans (see the module
+        // documentation); until it is seen, the slot's key reads as ANY.
+        slot.key.store(key, Ordering::Release);
         Some((slot, generation + 1))
     }
 
@@ -208,11 +228,11 @@ impl SlotRcu {
     /// of this domain, so a waiting reader holds none either: readers never wait for each
     /// other while holding one.
     #[cold]
-    fn claim_elsewhere(&self, home: usize, me: u64) -> (&Slot, u64) {
+    fn claim_elsewhere(&self, home: usize, me: u64, key: u64) -> (&Slot, u64) {
         let mut backoff = Backoff::new();
         loop {
             for index in (home + 1..READER_SLOTS).chain(0..=home) {
-                if let Some(claimed) = self.try_claim(index, me) {
+                if let Some(claimed) = self.try_claim(index, me, key) {
                     return claimed;
                 }
             }
@@ -220,18 +240,26 @@ impl SlotRcu {
         }
     }
 
-    /// The sections running now: every odd slot below the high-water mark. The fence orders
-    /// the caller's unlinking stores before these loads (see the module documentation).
-    fn running_readers(&self) -> SlotSnapshot {
+    /// The sections running now that may reach objects behind the keys for which `matters`
+    /// holds: every odd slot below the high-water mark, but for keyed sections whose key does
+    /// not matter. The fence orders the caller's unlinking stores before these loads (see the
+    /// module documentation).
+    fn running_readers(&self, matters: impl Fn(u64) -> bool) -> SlotSnapshot {
         fence(Ordering::SeqCst);
         let claimed = self.claimed.load(Ordering::Relaxed);
         self.slots[..claimed]
             .iter()
             .enumerate()
             .filter_map(|(i, slot)| {
-                // Acquire pairs with the Release in `SlotGuard::drop`.
+                // Acquire pairs with the Release in `SlotGuard::drop` and with the claim.
                 let generation = slot.generation.load(Ordering::Acquire);
-                (generation % 2 == 1).then_some((i, generation))
+                if generation % 2 == 0 {
+                    return None;
+                }
+                // Acquire pairs with the Release key store of a claim (see the module
+                // documentation for why the key seen is safe to judge by).
+                let key = slot.key.load(Ordering::Acquire);
+                (key == ANY || matters(key)).then_some((i, generation))
             })
             .collect()
     }
@@ -249,7 +277,7 @@ impl SlotRcu {
         if !batches.open.is_empty() {
             let items = std::mem::take(&mut batches.open);
             batches.sealed.push(Sealed {
-                readers: self.running_readers(),
+                readers: self.running_readers(|_| true),
                 items,
             });
         }
@@ -286,6 +314,11 @@ impl Rcu for SlotRcu {
 
     #[inline]
     fn read(&self) -> SlotGuard<'_> {
+        self.read_keyed(ANY)
+    }
+
+    #[inline]
+    fn read_keyed(&self, key: u64) -> SlotGuard<'_> {
         let (depth, nested) = ReadDepth::enter_nested();
         let home = thread_index::current().unwrap_or(0) % READER_SLOTS;
         let me = reader_id();
@@ -305,11 +338,18 @@ impl Rcu for SlotRcu {
                 // Relaxed: holder-only fields (see `Slot`).
                 slot.nested
                     .store(slot.nested.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                let held_key = slot.key.load(Ordering::Relaxed);
+                if held_key != ANY && held_key != key {
+                    // Widen the enclosing keyed section: the fence pairs with the one in
+                    // `running_readers` (see the module documentation).
+                    slot.key.store(ANY, Ordering::Relaxed);
+                    fence(Ordering::SeqCst);
+                }
                 (slot, slot.generation.load(Ordering::Relaxed))
             }
             None => self
-                .try_claim(home, me)
-                .unwrap_or_else(|| self.claim_elsewhere(home, me)),
+                .try_claim(home, me, key)
+                .unwrap_or_else(|| self.claim_elsewhere(home, me, key)),
         };
         SlotGuard {
             slot,
@@ -345,7 +385,11 @@ impl Rcu for SlotRcu {
     }
 
     fn start_grace_period(&self) -> SlotSnapshot {
-        self.running_readers()
+        self.running_readers(|_| true)
+    }
+
+    fn start_grace_period_for(&self, matters: impl Fn(u64) -> bool) -> SlotSnapshot {
+        self.running_readers(matters)
     }
 
     fn grace_period_elapsed(&self, readers: &mut SlotSnapshot) -> bool {
@@ -378,8 +422,10 @@ impl Drop for SlotGuard<'_> {
             slot.nested.store(nested - 1, Ordering::Relaxed);
             return;
         }
-        // Cleared before the release, so the next holder's id is the only one written after.
+        // Cleared before the release, so the next holder's id and key are the only ones
+        // written after (the release orders these stores before it).
         slot.owner.store(0, Ordering::Relaxed);
+        slot.key.store(ANY, Ordering::Relaxed);
         // Release pairs with the Acquire loads of grace-period polls and batch collection.
         slot.generation.store(self.generation + 1, Ordering::Release);
     }

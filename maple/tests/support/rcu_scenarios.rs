@@ -88,29 +88,65 @@ pub fn wait_for(flag: &AtomicBool) {
 
 /// `synchronize` does not return while a guard that existed before it is still held.
 pub fn synchronize_waits_for_earlier_reader<R: Rcu>(hold_yields: usize) {
-    synchronize_waits_for_reader::<R>(hold_yields, false);
+    synchronize_waits_for_reader::<R>(hold_yields, Section::Plain);
 }
 
 /// As [`synchronize_waits_for_earlier_reader`], but the reader's section is a nested guard whose
 /// enclosing guard was dropped first: the nested guard alone must hold the grace period up.
 pub fn synchronize_waits_for_nested_reader<R: Rcu>(hold_yields: usize) {
-    synchronize_waits_for_reader::<R>(hold_yields, true);
+    synchronize_waits_for_reader::<R>(hold_yields, Section::Nested);
 }
 
-fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, nested: bool) {
+/// The key the keyed scenarios' grace periods care about.
+pub const KEY: u64 = 5;
+/// A key they do not care about.
+pub const OTHER_KEY: u64 = 7;
+
+/// How the reader of [`synchronize_waits_for_keyed_reader`] enters its section.
+#[derive(Debug, Clone, Copy)]
+pub enum Section {
+    /// One unkeyed guard.
+    Plain,
+    /// A nested unkeyed guard whose enclosing guard was dropped first.
+    Nested,
+    /// One guard keyed at [`KEY`].
+    Keyed,
+    /// A guard keyed at [`OTHER_KEY`] with an unkeyed guard nested in it.
+    WidenedByUnkeyed,
+    /// A guard keyed at [`OTHER_KEY`] with a guard keyed at [`KEY`] nested in it.
+    WidenedByOtherKey,
+}
+
+/// A grace period for [`KEY`] (`synchronize_timed_for`) does not return while a section that
+/// may reach it, entered as `section` says, is still running.
+pub fn synchronize_waits_for_keyed_reader<R: Rcu>(hold_yields: usize, section: Section) {
+    synchronize_waits_for_reader::<R>(hold_yields, section);
+}
+
+fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, section: Section) {
     let rcu = Arc::new(R::default());
     let entered = Arc::new(AtomicBool::new(false));
     let synced = Arc::new(AtomicBool::new(false));
     let reader = {
         let (rcu, entered, synced) = (rcu.clone(), entered.clone(), synced.clone());
         thread::spawn(move || {
-            let guard = if nested {
-                let outer = rcu.read();
-                let inner = rcu.read();
-                drop(outer);
-                inner
-            } else {
-                rcu.read()
+            let guards = match section {
+                Section::Plain => vec![rcu.read()],
+                Section::Nested => {
+                    let outer = rcu.read();
+                    let inner = rcu.read();
+                    drop(outer);
+                    vec![inner]
+                }
+                Section::Keyed => vec![rcu.read_keyed(KEY)],
+                Section::WidenedByUnkeyed => {
+                    let outer = rcu.read_keyed(OTHER_KEY);
+                    vec![outer, rcu.read()]
+                }
+                Section::WidenedByOtherKey => {
+                    let outer = rcu.read_keyed(OTHER_KEY);
+                    vec![outer, rcu.read_keyed(KEY)]
+                }
             };
             entered.store(true, Ordering::Release);
             for _ in 0..hold_yields {
@@ -120,11 +156,35 @@ fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, nested: bool) {
                     "synchronize returned while an earlier guard was held"
                 );
             }
+            drop(guards);
+        })
+    };
+    wait_for(&entered);
+    rcu.synchronize_timed_for(|key| key == KEY);
+    synced.store(true, Ordering::Release);
+    reader
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+/// A grace period for [`KEY`] does not wait for a section keyed at [`OTHER_KEY`]: the reader
+/// keeps its guard until the grace period has returned (a domain that waited would never
+/// return).
+pub fn keyed_grace_period_skips_other_keys<R: Rcu>() {
+    let rcu = Arc::new(R::default());
+    let entered = Arc::new(AtomicBool::new(false));
+    let synced = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (rcu, entered, synced) = (rcu.clone(), entered.clone(), synced.clone());
+        thread::spawn(move || {
+            let guard = rcu.read_keyed(OTHER_KEY);
+            entered.store(true, Ordering::Release);
+            wait_for(&synced);
             drop(guard);
         })
     };
     wait_for(&entered);
-    rcu.synchronize();
+    rcu.synchronize_timed_for(|key| key == KEY);
     synced.store(true, Ordering::Release);
     reader
         .join()
