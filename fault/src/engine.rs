@@ -37,7 +37,7 @@ use crate::mm::Mm;
 use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, Pte, WRITABLE};
 use crate::stats::Counter;
 use maple::Guard;
-use maple::rcu::DefaultRcu;
+use maple::rcu::{DefaultRcu, Keys};
 use maple::sync::atomic::{AtomicU64, Ordering};
 use std::fmt;
 use vma::{Backing as VmaBacking, Lookup, Mapping, PAGE_SIZE, VmaRef};
@@ -469,7 +469,8 @@ impl Memory {
             let offset = (at % PAGE_SIZE) as usize;
             let chunk = (FRAME_SIZE - offset).min(len - done);
             loop {
-                let guard = Guard::new(rcu);
+                // Keyed at the address: only the translation of `at` is read.
+                let guard = Guard::keyed(rcu, Keys::one(at));
                 if at < ADDRESS_LIMIT
                     && let Some(pte) = self.table.translate(at)
                     && pte.readable()

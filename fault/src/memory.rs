@@ -15,7 +15,7 @@ use crate::backing::{File, MemBacking};
 use crate::frames::{Frame, FramePool};
 use crate::pagetable::{ADDRESS_LIMIT, PageTable};
 use crate::stats::{Counters, WaitClock, Waits};
-use maple::rcu::{DefaultRcu, DropBox, Rcu};
+use maple::rcu::{DefaultRcu, DropBox, Keys, Rcu};
 use std::sync::Arc;
 use vma::{Errno, Error, MapFlags, MappedFile, Prot};
 
@@ -91,8 +91,9 @@ impl Memory {
         self.waits.snapshot()
     }
 
-    /// Puts `list` back after a grace period of `rcu`.
-    pub fn release_later(&self, list: Vec<Frame>, rcu: &DefaultRcu) {
+    /// Puts `list`, the frames of translations removed from `[start, end)`, back after a grace
+    /// period of `rcu` for those addresses (a fault keyed elsewhere cannot have read them).
+    pub fn release_later(&self, list: Vec<Frame>, (start, end): (u64, u64), rcu: &DefaultRcu) {
         if list.is_empty() {
             return;
         }
@@ -101,8 +102,10 @@ impl Memory {
             list,
         }));
         // SAFETY: the box is reachable only through this pointer, which is retired once;
-        // DropBox frees what came from Box::into_raw.
-        unsafe { rcu.retire::<Released, DropBox>(released) };
+        // DropBox frees what came from Box::into_raw. Its frames were reachable only through
+        // the removed translations, which only sections whose keys overlap the range (faults,
+        // `read` and `write` there, madvise over it) or unkeyed ones could have read.
+        unsafe { rcu.retire_within::<Released, DropBox>(released, Keys::new(start, end - 1)) };
         // Frames are memory the pool wants back soon: do not let them wait for a batch to fill
         // (a batch of 16 retirements could be 16 whole regions); the slot domain reclaims the
         // sealed batch on the spot when no reader is running.
@@ -115,7 +118,7 @@ impl Memory {
     /// meanwhile.
     pub fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) {
         let frames = self.table.zap(start, end, free_tables, rcu);
-        self.release_later(frames, rcu);
+        self.release_later(frames, (start, end), rcu);
     }
 
     /// Makes the translations of `[start, end)` allow no more than `prot`.
@@ -132,7 +135,7 @@ impl Memory {
     /// period. Faults may run meanwhile: they install again.
     pub fn clear(&self, start: u64, end: u64, rcu: &DefaultRcu) {
         let frames = self.table.clear(start, end);
-        self.release_later(frames, rcu);
+        self.release_later(frames, (start, end), rcu);
     }
 
     /// What an mmap with `flags` maps, for [`vma::request::MmapRequest`]: MAP_SHARED |

@@ -126,7 +126,7 @@ impl Mm {
         if addr >= ADDRESS_LIMIT {
             return None;
         }
-        let _guard = self.space.guard();
+        let _guard = self.space.guard_at(addr);
         self.memory.table().translate(addr)
     }
 
@@ -198,7 +198,8 @@ impl Mm {
         let Some((addr, end)) = advise_range(self.space.layout(), addr, len)? else {
             return Ok(());
         };
-        let guard = self.space.guard();
+        // Keyed to the range: writers elsewhere do not wait for this walk.
+        let guard = self.space.guard_within(addr, end);
         let mut at = addr;
         for vma in self.space.iter_from(addr, &guard) {
             if vma.start() >= end || vma.start() > at {

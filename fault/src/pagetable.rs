@@ -17,7 +17,7 @@
 //! - The root table is never freed before the page table itself.
 
 use crate::frames::Frame;
-use maple::rcu::{DropBox, Rcu};
+use maple::rcu::{DropBox, Keys, Rcu};
 use maple::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The translation is valid.
@@ -201,7 +201,8 @@ impl PageTable {
 
     /// Removes every translation in `[start, end)` and returns the frames they mapped (put them
     /// once no reader can still be copying through an old translation). Tables reached on the
-    /// way whose whole range lies inside `free_tables` are unlinked and retired to `rcu`.
+    /// way whose whole range lies inside `free_tables` are unlinked and retired to `rcu`, each
+    /// for the keys (addresses) it covers: only walks of those addresses pass through it.
     ///
     /// The caller guarantees that nobody installs translations in `free_tables` meanwhile and
     /// that none exist there outside `[start, end)` (it is free space around the range).
@@ -214,8 +215,8 @@ impl PageTable {
                 self.tables.fetch_sub(1, Ordering::Relaxed);
                 // SAFETY: unlinked above (new walkers cannot reach it), emptied by this zap (no
                 // translation exists in it outside the zapped range), retired once; it came
-                // from `Box::into_raw`.
-                unsafe { rcu.retire::<Table, DropBox>(child) };
+                // from `Box::into_raw`; a walk reaches it only for an address in `[lo, hi)`.
+                unsafe { rcu.retire_within::<Table, DropBox>(child, Keys::new(lo, hi - 1)) };
             }
         })
     }

@@ -21,7 +21,7 @@ use crate::node::{
     NodePtr, ReclaimValue, View, span,
 };
 use crate::pointer::ValuePointer;
-use crate::rcu::{DefaultRcu, Rcu};
+use crate::rcu::{DefaultRcu, Keys, Rcu};
 use crate::reclaim::{ReclaimQueue, Retired};
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::sync::{Mutex, MutexGuard};
@@ -93,16 +93,17 @@ unsafe impl<P: ValuePointer, R: Rcu> Sync for MapleTree<P, R> {}
 /// A read-side section on a tree's RCU domain: everything reached through the tree while it
 /// lives stays allocated.
 ///
-/// A *keyed* guard ([`MapleTree::guard_at`], [`Guard::keyed`]) declares the one index its
-/// holder will look up ([keyed sections](crate::rcu#keyed-sections)): values a write displaces
-/// from ranges that do not hold the key are reclaimed without waiting for it
-/// ([`Displaced::reclaim`]). The tree enforces the declaration: through a keyed guard it hands
-/// out only values whose range holds the key, and iterating panics.
+/// A *keyed* guard ([`MapleTree::guard_at`], [`MapleTree::guard_within`], [`Guard::keyed`])
+/// declares the indices its holder will look up ([keyed sections](crate::rcu#keyed-sections)):
+/// values a write displaces from ranges that do not overlap them are reclaimed without waiting
+/// for it ([`Displaced::reclaim`]). The tree enforces the declaration: through a keyed guard a
+/// load hands out only values whose range overlaps the keys (it panics otherwise), and
+/// iteration yields only such ranges (it ends at the last key).
 pub struct Guard<'t, R: Rcu> {
     _inner: R::Guard<'t>,
     domain: &'t R,
-    /// The declared key, if any.
-    key: Option<u64>,
+    /// The declared keys ([`Keys::ALL`] for an unkeyed guard).
+    keys: Keys,
 }
 
 impl<'t, R: Rcu> Guard<'t, R> {
@@ -111,22 +112,22 @@ impl<'t, R: Rcu> Guard<'t, R> {
         Self {
             _inner: domain.read(),
             domain,
-            key: None,
+            keys: Keys::ALL,
         }
     }
 
-    /// Enters a read-side section of `domain` that will look up `key` only (see [`Guard`]).
-    pub fn keyed(domain: &'t R, key: u64) -> Self {
+    /// Enters a read-side section of `domain` that will look up `keys` only (see [`Guard`]).
+    pub fn keyed(domain: &'t R, keys: Keys) -> Self {
         Self {
-            _inner: domain.read_keyed(key),
+            _inner: domain.read_keyed(keys),
             domain,
-            key: Some(key),
+            keys,
         }
     }
 
-    /// The key this guard declared, if it is keyed.
-    pub fn key(&self) -> Option<u64> {
-        self.key
+    /// The keys this guard declared ([`Keys::ALL`] if it is not keyed).
+    pub fn keys(&self) -> Keys {
+        self.keys
     }
 
     /// The domain this guard belongs to.
@@ -262,7 +263,16 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// other ranges do not wait for it (see [`Guard`]).
     #[inline]
     pub fn guard_at(&self, key: u64) -> Guard<'_, R> {
-        Guard::keyed(&self.rcu, key)
+        Guard::keyed(&self.rcu, Keys::one(key))
+    }
+
+    /// Enters a read-side section that will look up indices in `first..=last` only (see
+    /// [`Guard`]).
+    ///
+    /// # Panics
+    /// If `first > last`.
+    pub fn guard_within(&self, first: u64, last: u64) -> Guard<'_, R> {
+        Guard::keyed(&self.rcu, Keys::new(first, last))
     }
 
     /// Locks the tree for writing; the writer lock is held until the [`Writer`] is dropped.
@@ -294,13 +304,6 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
         );
     }
 
-    fn check_unkeyed(guard: &Guard<'_, R>) {
-        assert!(
-            guard.key.is_none(),
-            "maple: a keyed guard may only load its key, not iterate"
-        );
-    }
-
     /// The current root, for a reader holding a guard.
     #[inline]
     fn current_root(&self) -> NodePtr<P::Target> {
@@ -321,18 +324,22 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     ///
     /// # Panics
     /// If `guard` belongs to another tree's domain, or is keyed and the range found does not
-    /// hold its key (a writer may be freeing the value without waiting for it).
+    /// overlap its keys (a writer may be freeing the value without waiting for it).
     #[inline]
     pub fn load_range<'g>(&self, index: u64, guard: &'g Guard<'_, R>) -> Option<(u64, u64, &'g P::Target)> {
         self.check_guard(guard);
         // SAFETY: the guard keeps every node of the version we loaded allocated.
         let found = unsafe { walk(self.current_root(), index) };
-        if let Some(key) = guard.key
-            && key != index
-            && !(found.first <= key && key <= found.last)
+        let keys = guard.keys;
+        if !keys.contains(index)
             && !found.value.is_null()
+            && !keys.overlaps(Keys::raw(found.first, found.last))
         {
-            panic!("maple: a guard keyed at {key:#x} was used to load index {index:#x}");
+            panic!(
+                "maple: a guard keyed at {:#x}..={:#x} was used to load index {index:#x}",
+                keys.first(),
+                keys.last()
+            );
         }
         // SAFETY: values of a version stay allocated while a guard taken before their
         // displacement lives.
@@ -345,40 +352,46 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     /// ranges ascend and never overlap; a range that a write moved below one already yielded is
     /// skipped.
     ///
+    /// Through a keyed guard only the ranges overlapping its keys are yielded: the iteration
+    /// starts at the first key if `start` lies below it and ends after the last key.
+    ///
     /// # Panics
-    /// If `guard` belongs to another tree's domain or is keyed.
+    /// If `guard` belongs to another tree's domain.
     pub fn iter_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.check_guard(guard);
-        Self::check_unkeyed(guard);
         Iter {
             tree: self,
-            next: Some(start),
+            next: Some(start.max(guard.keys.first())),
             leaf: None,
             bound: None,
             forward: true,
+            keys: guard.keys,
         }
     }
 
     /// Ranges in descending order, starting with the one holding `start` (or the first before it).
     ///
+    /// Through a keyed guard only the ranges overlapping its keys are yielded (see
+    /// [`MapleTree::iter_from`]).
+    ///
     /// # Panics
-    /// If `guard` belongs to another tree's domain or is keyed.
+    /// If `guard` belongs to another tree's domain.
     pub fn iter_rev_from<'g>(&'g self, start: u64, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.check_guard(guard);
-        Self::check_unkeyed(guard);
         Iter {
             tree: self,
-            next: Some(start),
+            next: Some(start.min(guard.keys.last())),
             leaf: None,
             bound: None,
             forward: false,
+            keys: guard.keys,
         }
     }
 
-    /// All ranges in ascending order.
+    /// All ranges in ascending order (through a keyed guard, those overlapping its keys).
     ///
     /// # Panics
-    /// If `guard` belongs to another tree's domain or is keyed.
+    /// If `guard` belongs to another tree's domain.
     pub fn iter<'g>(&'g self, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
         self.iter_from(0, guard)
     }
@@ -582,6 +595,8 @@ pub struct Iter<'g, P: ValuePointer, R: Rcu> {
     /// Last index (forward) or first index (backward) of the range yielded last.
     bound: Option<u64>,
     forward: bool,
+    /// The guard's keys: ranges beyond them end the iteration.
+    keys: Keys,
 }
 
 impl<'g, P: ValuePointer, R: Rcu> Iterator for Iter<'g, P, R> {
@@ -610,6 +625,15 @@ impl<'g, P: ValuePointer, R: Rcu> Iterator for Iter<'g, P, R> {
             let slot = node.slot_of(index);
             let (first, last) = node.bounds(slot, min, max);
             let value = node.value(slot);
+            let beyond_keys = if self.forward {
+                first > self.keys.last()
+            } else {
+                last < self.keys.first()
+            };
+            if beyond_keys {
+                self.next = None;
+                return None;
+            }
             self.next = if self.forward {
                 last.checked_add(1)
             } else {
@@ -689,8 +713,8 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
 
     /// Waits for a grace period (no reader can still see the values), then returns them.
     ///
-    /// Readers holding a [keyed guard](Guard) whose key lies outside every displaced range are
-    /// not waited for (they cannot have found the values), as long as no write of the tree has
+    /// Readers holding a [keyed guard](Guard) whose keys overlap no displaced range are not
+    /// waited for (they cannot have found the values), as long as no write of the tree has
     /// ever left a value in part of its range (a `store_range` or `erase_range` over the right
     /// part of a range); after such a write, every reader is waited for.
     ///
@@ -709,8 +733,10 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
         let rcu = &self.tree.rcu;
         let waited = if self.whole_ranges {
             let values = &self.values;
-            rcu.synchronize_timed_for(|key| {
-                values.iter().any(|&(first, last, _)| first <= key && key <= last)
+            rcu.synchronize_timed_for(|keys| {
+                values
+                    .iter()
+                    .any(|&(first, last, _)| keys.overlaps(Keys::raw(first, last)))
             })
         } else {
             rcu.synchronize_timed()

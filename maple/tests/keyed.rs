@@ -3,6 +3,7 @@
 #![cfg(not(feature = "shuttle"))]
 
 use maple::MapleTree;
+use maple::rcu::Keys;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::thread;
@@ -20,7 +21,7 @@ fn two_ranges() -> MapleTree<Box<u64>> {
 fn a_keyed_guard_hands_out_only_values_covering_its_key() {
     let tree = two_ranges();
     let guard = tree.guard_at(5);
-    assert_eq!(guard.key(), Some(5));
+    assert_eq!(guard.keys(), Keys::one(5));
     assert_eq!(tree.load(5, &guard).copied(), Some(1));
     assert_eq!(tree.load(3, &guard).copied(), Some(1), "same range as the key");
     assert_eq!(tree.load(40, &guard), None, "nothing handed out");
@@ -29,8 +30,29 @@ fn a_keyed_guard_hands_out_only_values_covering_its_key() {
         other.is_err(),
         "a value not covering the key must not be handed out"
     );
-    let iterate = catch_unwind(AssertUnwindSafe(|| tree.iter(&guard).count()));
-    assert!(iterate.is_err(), "a keyed guard must not iterate");
+    let ranges: Vec<_> = tree
+        .iter(&guard)
+        .map(|(first, last, v)| (first, last, *v))
+        .collect();
+    assert_eq!(ranges, [(0, 9, 1)], "iteration yields only the key's range");
+}
+
+#[test]
+fn iterating_through_a_keyed_guard_yields_only_ranges_overlapping_its_keys() {
+    let tree = two_ranges();
+    tree.insert_range(30, 39, Box::new(3)).unwrap();
+    let collect =
+        |iter: maple::Iter<'_, Box<u64>, _>| iter.map(|(first, _, v)| (first, *v)).collect::<Vec<_>>();
+    let guard = tree.guard_within(5, 12);
+    assert_eq!(collect(tree.iter(&guard)), [(0, 1), (10, 2)]);
+    assert_eq!(collect(tree.iter_from(11, &guard)), [(10, 2)]);
+    assert_eq!(collect(tree.iter_rev_from(35, &guard)), [(10, 2), (0, 1)]);
+    assert_eq!(tree.load(12, &guard).copied(), Some(2));
+    let beyond = catch_unwind(AssertUnwindSafe(|| tree.load(35, &guard).copied()));
+    assert!(beyond.is_err(), "a value outside the keys must not be handed out");
+    let unkeyed = tree.guard();
+    assert_eq!(unkeyed.keys(), Keys::ALL);
+    assert_eq!(collect(tree.iter(&unkeyed)), [(0, 1), (10, 2), (30, 3)]);
 }
 
 /// Runs `reclaim` on a thread while a reader on another holds a guard keyed at `key` taken

@@ -103,10 +103,24 @@ macro_rules! contract_tests {
             fn keyed_synchronize_waits_for_sections_that_may_reach_the_key() {
                 for section in [
                     Section::Keyed,
+                    Section::KeyedRange,
                     Section::WidenedByUnkeyed,
                     Section::WidenedByOtherKey,
                 ] {
                     scenarios::synchronize_waits_for_keyed_reader::<$rcu>(20_000, section);
+                }
+            }
+
+            #[test]
+            fn retire_within_waits_for_sections_that_may_reach_it() {
+                for section in [
+                    Section::Plain,
+                    Section::Keyed,
+                    Section::KeyedRange,
+                    Section::WidenedByUnkeyed,
+                    Section::WidenedByOtherKey,
+                ] {
+                    scenarios::retire_within_waits_for_sections_that_may_reach_it::<$rcu>(20_000, section);
                 }
             }
 
@@ -152,6 +166,11 @@ contract_tests!(slots, SlotRcu);
 #[test]
 fn slot_domain_keyed_synchronize_skips_other_keys() {
     scenarios::keyed_grace_period_skips_other_keys::<SlotRcu>();
+}
+
+#[test]
+fn slot_domain_retire_within_skips_other_keys() {
+    scenarios::retire_within_skips_other_keys::<SlotRcu>();
 }
 
 // crossbeam-epoch counts grace periods in global epochs: a guard pinned in the epoch the

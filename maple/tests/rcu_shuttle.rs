@@ -29,27 +29,39 @@ fn synchronize_waits_for_nested_reader() {
 }
 
 #[test]
-fn keyed_synchronize_waits_for_keyed_reader() {
-    check_both(|| scenarios::synchronize_waits_for_keyed_reader::<SlotRcu>(4, Section::Keyed));
-}
-
-#[test]
-fn keyed_synchronize_waits_for_section_widened_by_unkeyed() {
-    check_both(|| {
-        scenarios::synchronize_waits_for_keyed_reader::<SlotRcu>(4, Section::WidenedByUnkeyed);
-    });
-}
-
-#[test]
-fn keyed_synchronize_waits_for_section_widened_by_other_key() {
-    check_both(|| {
-        scenarios::synchronize_waits_for_keyed_reader::<SlotRcu>(4, Section::WidenedByOtherKey);
-    });
+fn keyed_synchronize_waits_for_sections_that_may_reach_the_key() {
+    for section in [
+        Section::Keyed,
+        Section::KeyedRange,
+        Section::WidenedByUnkeyed,
+        Section::WidenedByOtherKey,
+    ] {
+        check_both(move || scenarios::synchronize_waits_for_keyed_reader::<SlotRcu>(4, section));
+    }
 }
 
 #[test]
 fn keyed_synchronize_skips_other_keys() {
     check_both(scenarios::keyed_grace_period_skips_other_keys::<SlotRcu>);
+}
+
+#[test]
+fn retire_within_waits_for_sections_that_may_reach_it() {
+    for section in [
+        Section::Keyed,
+        Section::KeyedRange,
+        Section::WidenedByUnkeyed,
+        Section::WidenedByOtherKey,
+    ] {
+        check_both(move || {
+            scenarios::retire_within_waits_for_sections_that_may_reach_it::<SlotRcu>(4, section);
+        });
+    }
+}
+
+#[test]
+fn retire_within_skips_other_keys() {
+    check_both(scenarios::retire_within_skips_other_keys::<SlotRcu>);
 }
 
 #[test]

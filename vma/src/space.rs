@@ -343,10 +343,21 @@ impl AddressSpace {
     /// Enters a read-side section for looking up the VMA covering `addr` only (a fault): a
     /// writer replacing VMAs elsewhere does not wait for it, even if its thread is preempted
     /// inside it (see [`maple::Guard`]). Looking up another address through it panics unless
-    /// the VMA found also covers `addr`; iterating panics.
+    /// the VMA found also covers `addr`.
     #[inline]
     pub fn guard_at(&self, addr: u64) -> Guard<'_, DefaultRcu> {
         self.tree.guard_at(addr)
+    }
+
+    /// Enters a read-side section for the VMAs overlapping `[start, end)` only (a walk over a
+    /// range, such as madvise's): writers replacing VMAs elsewhere do not wait for it, and
+    /// iterating through it yields only those VMAs.
+    ///
+    /// # Panics
+    /// If the range is empty.
+    pub fn guard_within(&self, start: u64, end: u64) -> Guard<'_, DefaultRcu> {
+        assert!(start < end, "guard_within: empty range {start:#x}..{end:#x}");
+        self.tree.guard_within(start, end - 1)
     }
 
     /// Number of VMAs.
@@ -412,7 +423,7 @@ impl AddressSpace {
     /// wait lock, which the writer takes to wake it after clearing BABY, so no birth is missed.
     pub fn wait_for_birth(&self, addr: u64) {
         self.events.wait_until(|| {
-            let guard = self.guard();
+            let guard = self.guard_at(addr);
             !matches!(self.lookup(addr, &guard), Lookup::Baby)
         });
     }
@@ -422,7 +433,7 @@ impl AddressSpace {
     /// fault slow path); a writer replacing the VMA waits for it.
     pub fn get(&self, addr: u64) -> Option<VmaRef<'_>> {
         loop {
-            let guard = self.guard();
+            let guard = self.guard_at(addr);
             match self.lookup(addr, &guard) {
                 Lookup::Unmapped => return None,
                 Lookup::Mapped(vma) => match vma.try_get(&self.events) {

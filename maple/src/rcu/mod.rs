@@ -14,16 +14,17 @@
 //!
 //! # Keyed sections
 //!
-//! A reader that will look up one key only (a page fault looks up the VMA covering its address)
-//! may say so with [`Rcu::read_keyed`]. A writer that displaced objects reachable only through
-//! some keys (a VMA is found only by lookups of addresses inside it) may then wait for the
-//! sections that could have reached them, [`Rcu::start_grace_period_for`], instead of for every
-//! section: a munmap need not wait for a fault on another VMA, even one whose thread was
-//! preempted inside its section. Memory retired with [`Rcu::retire`] (tree nodes, page tables,
-//! which a lookup of any key may pass through) always waits for every section. A section nested
-//! in a keyed one with another key, or with none, makes the enclosing section unkeyed. The
-//! domain only records keys; that a keyed section reaches no object except through its key is
-//! enforced by the structure it reads (see `maple::Guard`'s keyed form).
+//! A reader that will look up a few keys only (a page fault looks up the VMA covering its
+//! address; an madvise walks the VMAs and page tables of its range) may say so with
+//! [`Rcu::read_keyed`], declaring a range of [`Keys`]. A writer that displaced objects reachable
+//! only through some keys (a VMA is found only by lookups of addresses inside it; a frame of a
+//! removed translation only through that translation's address) may then wait for the sections
+//! that could have reached them, [`Rcu::start_grace_period_for`] and [`Rcu::retire_within`],
+//! instead of for every section: a munmap need not wait for a fault on another VMA, even one
+//! whose thread was preempted inside its section. A section nested in a keyed one with keys the
+//! enclosing section did not declare widens it to all keys. The domain only records keys; that a
+//! keyed section reaches no object except through its keys is the reader's promise, enforced by
+//! the structure it reads (see `maple::Guard`'s keyed form).
 //!
 //! Invariants every implementation keeps:
 //! - **I1** an object passed to `retire` is reclaimed at most once, and never while a read-side
@@ -33,8 +34,10 @@
 //! - **I3** calling `synchronize` or `barrier` from inside a read-side section (of any domain) is a
 //!   bug that would deadlock; it is detected and panics instead of hanging;
 //! - **I4** a grace period started with `start_grace_period_for(matters)` has elapsed only when
-//!   every section running at its start has ended, except keyed sections whose key does not
-//!   satisfy `matters` and in which no section with another key, or none, has nested.
+//!   every section running at its start has ended, except keyed sections whose keys do not
+//!   satisfy `matters` (the keys declared, or all keys once a section with other keys nested in
+//!   it); an object passed to `retire_within(ptr, keys)` is reclaimed as I1 says, except that
+//!   keyed sections whose keys do not overlap `keys` need not have ended.
 //!
 //! Implementations: [`SlotRcu`] (precise grace periods over per-thread reader slots, built only
 //! from the [`crate::sync`] facade: the default, on std and under `--features shuttle`, where
@@ -93,12 +96,12 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// Enters a read-side critical section. Sections may nest.
     fn read(&self) -> Self::Guard<'_>;
 
-    /// Enters a read-side section that declares the one key it will look up (see
+    /// Enters a read-side section that declares the keys it will look up (see
     /// [keyed sections](self#keyed-sections)): grace periods started with
-    /// [`Rcu::start_grace_period_for`] wait for it only if they care about `key`. Domains that
+    /// [`Rcu::start_grace_period_for`] wait for it only if they care about `keys`. Domains that
     /// cannot tell sections apart treat it as [`Rcu::read`].
-    fn read_keyed(&self, key: u64) -> Self::Guard<'_> {
-        let _ = key;
+    fn read_keyed(&self, keys: Keys) -> Self::Guard<'_> {
+        let _ = keys;
         self.read()
     }
 
@@ -109,6 +112,20 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// - the caller must not use `ptr` after this call, except through a guard it already holds;
     /// - `F::reclaim(ptr)` must be sound to call exactly once, from any thread.
     unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T);
+
+    /// [`Rcu::retire`] for an object reachable only through `keys` (see
+    /// [keyed sections](self#keyed-sections)): keyed sections whose keys do not overlap them
+    /// need not end before it is freed. Domains that cannot tell sections apart retire it as
+    /// usual.
+    ///
+    /// # Safety
+    /// As for [`Rcu::retire`]; moreover no section keyed with keys that do not overlap `keys`
+    /// can have reached `ptr`.
+    unsafe fn retire_within<T, F: Reclaim<T>>(&self, ptr: *mut T, keys: Keys) {
+        let _ = keys;
+        // SAFETY: the caller's contract includes `retire`'s.
+        unsafe { self.retire::<T, F>(ptr) }
+    }
 
     /// Hands what this thread has retired so far on to reclamation now, instead of when its
     /// local batch fills: for retirements that hold much memory (a batch of frames). Never
@@ -122,11 +139,11 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// (the kernel's `start_poll_synchronize_rcu`).
     fn start_grace_period(&self) -> Self::Cookie;
 
-    /// [`Rcu::start_grace_period`] for objects reachable only through the keys for which
-    /// `matters` holds: it covers every section running now except keyed ones whose key does
-    /// not matter (see [keyed sections](self#keyed-sections)). Domains that cannot tell
-    /// sections apart cover them all.
-    fn start_grace_period_for(&self, matters: impl Fn(u64) -> bool) -> Self::Cookie {
+    /// [`Rcu::start_grace_period`] for objects reachable only through keys that `matters`
+    /// accepts: it covers every section running now except keyed ones whose keys `matters`
+    /// rejects (see [keyed sections](self#keyed-sections)). Domains that cannot tell sections
+    /// apart cover them all.
+    fn start_grace_period_for(&self, matters: impl Fn(Keys) -> bool) -> Self::Cookie {
         let _ = matters;
         self.start_grace_period()
     }
@@ -154,12 +171,12 @@ pub trait Rcu: Send + Sync + Default + 'static {
         self.synchronize_timed_for(|_| true)
     }
 
-    /// [`Rcu::synchronize_timed`] for objects reachable only through the keys for which
-    /// `matters` holds: waits for the sections [`Rcu::start_grace_period_for`] covers.
+    /// [`Rcu::synchronize_timed`] for objects reachable only through keys that `matters`
+    /// accepts: waits for the sections [`Rcu::start_grace_period_for`] covers.
     ///
     /// # Panics
     /// If the calling thread is inside a read-side section.
-    fn synchronize_timed_for(&self, matters: impl Fn(u64) -> bool) -> Duration {
+    fn synchronize_timed_for(&self, matters: impl Fn(Keys) -> bool) -> Duration {
         assert_may_wait("synchronize");
         let mut cookie = self.start_grace_period_for(matters);
         if self.grace_period_elapsed(&mut cookie) {
@@ -179,6 +196,70 @@ pub trait Rcu: Send + Sync + Default + 'static {
     /// # Panics
     /// If the calling thread is inside a read-side section.
     fn barrier(&self);
+}
+
+/// An inclusive range of keys: those a keyed read-side section may look up, or those an object
+/// is reachable through (see [keyed sections](self#keyed-sections)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Keys {
+    first: u64,
+    last: u64,
+}
+
+impl Keys {
+    /// Every key: what an unkeyed section may look up.
+    pub const ALL: Self = Self {
+        first: 0,
+        last: u64::MAX,
+    };
+
+    /// The one key `key`.
+    pub const fn one(key: u64) -> Self {
+        Self {
+            first: key,
+            last: key,
+        }
+    }
+
+    /// `first..=last`.
+    ///
+    /// # Panics
+    /// If `first > last` (an empty range declares nothing a reader could use).
+    pub const fn new(first: u64, last: u64) -> Self {
+        assert!(first <= last, "Keys::new: first > last");
+        Self { first, last }
+    }
+
+    /// The keys as read back from a reader slot, which may mix two sections' stores (only for
+    /// a section that has already ended, whose keys no longer matter): not checked.
+    pub(crate) const fn raw(first: u64, last: u64) -> Self {
+        Self { first, last }
+    }
+
+    /// The first key.
+    pub const fn first(self) -> u64 {
+        self.first
+    }
+
+    /// The last key.
+    pub const fn last(self) -> u64 {
+        self.last
+    }
+
+    /// Whether `key` is one of these keys.
+    pub const fn contains(self, key: u64) -> bool {
+        self.first <= key && key <= self.last
+    }
+
+    /// Whether every one of `other` is one of these keys.
+    pub const fn covers(self, other: Keys) -> bool {
+        self.first <= other.first && other.last <= self.last
+    }
+
+    /// Whether some key is in both.
+    pub const fn overlaps(self, other: Keys) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
 }
 
 thread_local! {

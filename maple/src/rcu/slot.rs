@@ -18,13 +18,13 @@
 //!   releases it (guards may drop in any order). Only the holder writes its own id, so seeing
 //!   it means holding the slot; guards cannot leave their thread (they are not `Send`), so the
 //!   count is only ever touched by the holder.
-//! - Keys (see [keyed sections](super#keyed-sections)): a slot also holds the key of the
-//!   section running in it, [`ANY`] for an unkeyed section and whenever no section runs. The
-//!   holder writes its key after its claim and resets it to [`ANY`] before its release; a
-//!   nested section with another key widens it to [`ANY`] (followed by a SeqCst fence: the
-//!   store-buffering pair again, so either the writer sees [`ANY`] or the nested section sees
-//!   the writer's unlink). A grace period for some keys skips the odd slots whose key is not
-//!   [`ANY`] and does not matter.
+//! - Keys (see [keyed sections](super#keyed-sections)): a slot also holds the first and last
+//!   key of the section running in it, all keys ([`Keys::ALL`]) for an unkeyed section and
+//!   whenever no section runs. The holder writes its keys after its claim and resets them to
+//!   all keys before its release; a nested section with keys the slot does not cover widens
+//!   them to all keys (followed by a SeqCst fence: the store-buffering pair again, so either the
+//!   writer sees the widening or the nested section sees the writer's unlink). A grace period
+//!   for some keys skips the odd slots whose keys do not matter.
 //! - `claimed` is a high-water mark: one past the highest slot ever claimed. Writers scan only
 //!   the slots below it, so a grace period with few threads costs a few loads, not one per slot.
 //! - A grace period ([`Rcu::start_grace_period`]) is a snapshot of the odd slots; it has elapsed
@@ -33,7 +33,9 @@
 //! - `retire` appends to an open batch. A full batch (or any batch, on
 //!   [`Rcu::push_retired`]) is *sealed* with a grace-period snapshot, and sealed batches whose
 //!   readers have all left are reclaimed by the thread that seals the next one (never blocking).
-//!   A batch sealed while no reader runs is reclaimed at once. `barrier` seals, waits for a
+//!   A batch sealed while no reader runs is reclaimed at once. `retire_within` seals its object
+//!   alone, with a snapshot of only the sections that may reach it (unkeyed ones and those
+//!   whose keys overlap its keys), so it is not held up by readers elsewhere. `barrier` seals, waits for a
 //!   grace period and reclaims every sealed batch.
 //!
 //! Orderings (the classic store-buffering pair): a reader raises `claimed` if needed (a SeqCst
@@ -47,12 +49,13 @@
 //! full barrier, so the reader's fence is only a compiler fence there (as crossbeam-epoch's pin
 //! does). Guard drop stores with Release, pairing with the Acquire slot loads of grace-period
 //! polls, so a reader's accesses happen before the reclamation they allowed. A grace period's
-//! scan loads a slot's key with Acquire after loading its odd generation with Acquire: the
-//! claim it read (a release) comes after the previous section's reset to [`ANY`], so the key
-//! seen is [`ANY`] (waited for), the section's own (Release-stored), or that of a later section,
-//! whose store comes after the release of the one seen (so skipping it is right too).
+//! scan loads a slot's keys with Acquire after loading its odd generation with Acquire: the
+//! claim it read (a release) comes after the previous section's reset to all keys, so each
+//! bound seen is the reset one (a wider range: waited for more often), the section's own
+//! (Release-stored), or a later section's, stored after the release of the section seen, which
+//! has therefore ended (whatever the scan decides about it is right).
 
-use super::{Rcu, ReadDepth, Reclaim, assert_may_wait};
+use super::{Keys, Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use crate::sync::{Backoff, Mutex};
 use crate::thread_index;
@@ -61,9 +64,6 @@ use std::marker::PhantomData;
 /// Reader slots per domain. More threads than this can read at once: a reader whose slot is
 /// taken moves on to the next free one, and waits only if all are taken.
 pub const READER_SLOTS: usize = 128;
-
-/// A slot's key while no keyed section runs in it: every grace period waits for the section.
-const ANY: u64 = u64::MAX;
 
 /// Retirements gathered before a batch is sealed and collection is attempted.
 const BATCH: usize = 16;
@@ -80,8 +80,10 @@ struct Slot {
     owner: AtomicU64,
     /// Guards the holder has beyond the first (nested sections); holder only.
     nested: AtomicU64,
-    /// The key of the section running in the slot, or [`ANY`]: written by the holder only.
-    key: AtomicU64,
+    /// The first and last key of the section running in the slot ([`Keys::ALL`] if none or
+    /// unkeyed): written by the holder only.
+    first_key: AtomicU64,
+    last_key: AtomicU64,
 }
 
 /// Precise RCU over per-thread reader slots. See the module documentation.
@@ -128,6 +130,21 @@ struct Batches {
     sealed: Vec<Sealed>,
 }
 
+impl Retired {
+    /// `ptr`, to be reclaimed with `F`.
+    fn of<T, F: Reclaim<T>>(ptr: *mut T) -> Self {
+        unsafe fn shim<T, F: Reclaim<T>>(ptr: *mut ()) {
+            // SAFETY: `ptr` was a `*mut T` retired with reclaimer `F`, which the retiring
+            // caller made sound to run once.
+            unsafe { F::reclaim(ptr.cast::<T>()) }
+        }
+        Self {
+            ptr: ptr.cast(),
+            reclaim: shim::<T, F>,
+        }
+    }
+}
+
 // SAFETY: the raw pointers in `Retired` are owned by the domain until reclaimed, and `retire`'s
 // contract makes their reclaimers sound to run on any thread.
 unsafe impl Send for Retired {}
@@ -140,7 +157,8 @@ impl Default for SlotRcu {
                     generation: AtomicU64::new(0),
                     owner: AtomicU64::new(0),
                     nested: AtomicU64::new(0),
-                    key: AtomicU64::new(ANY),
+                    first_key: AtomicU64::new(Keys::ALL.first()),
+                    last_key: AtomicU64::new(Keys::ALL.last()),
                 })
                 .collect(),
             claimed: AtomicUsize::new(0),
@@ -167,6 +185,14 @@ fn reader_id() -> u64 {
     })
 }
 
+/// Whether every section recorded in `readers` has ended.
+fn all_ended(slots: &[Slot], readers: &[(usize, u64)]) -> bool {
+    readers
+        .iter()
+        // Acquire pairs with the Release in `SlotGuard::drop`.
+        .all(|&(i, generation)| slots[i].generation.load(Ordering::Acquire) != generation)
+}
+
 /// Orders a reader's slot claim before its loads of shared pointers; pairs with the fence in
 /// [`SlotRcu::running_readers`].
 #[inline(always)]
@@ -185,9 +211,9 @@ impl SlotRcu {
         Self::default()
     }
 
-    /// Tries to start a read-side section with `key` in slot `index` for the reader `me`.
+    /// Tries to start a read-side section with `keys` in slot `index` for the reader `me`.
     #[inline]
-    fn try_claim(&self, index: usize, me: u64, key: u64) -> Option<(&Slot, u64)> {
+    fn try_claim(&self, index: usize, me: u64, keys: Keys) -> Option<(&Slot, u64)> {
         let slot = &self.slots[index];
         let generation = slot.generation.load(Ordering::Relaxed);
         if generation % 2 == 1 {
@@ -206,9 +232,10 @@ impl SlotRcu {
         reader_fence();
         // Relaxed: only this thread compares against its own id (see `Slot::owner`).
         slot.owner.store(me, Ordering::Relaxed);
-        // Release pairs with the Acquire key load of grace-period scans (see the module
-        // documentation); until it is seen, the slot's key reads as ANY.
-        slot.key.store(key, Ordering::Release);
+        // Release pairs with the Acquire key loads of grace-period scans (see the module
+        // documentation); until they are seen, the slot's keys read as all keys.
+        slot.first_key.store(keys.first(), Ordering::Release);
+        slot.last_key.store(keys.last(), Ordering::Release);
         Some((slot, generation + 1))
     }
 
@@ -228,11 +255,11 @@ impl SlotRcu {
     /// of this domain, so a waiting reader holds none either: readers never wait for each
     /// other while holding one.
     #[cold]
-    fn claim_elsewhere(&self, home: usize, me: u64, key: u64) -> (&Slot, u64) {
+    fn claim_elsewhere(&self, home: usize, me: u64, keys: Keys) -> (&Slot, u64) {
         let mut backoff = Backoff::new();
         loop {
             for index in (home + 1..READER_SLOTS).chain(0..=home) {
-                if let Some(claimed) = self.try_claim(index, me, key) {
+                if let Some(claimed) = self.try_claim(index, me, keys) {
                     return claimed;
                 }
             }
@@ -240,11 +267,11 @@ impl SlotRcu {
         }
     }
 
-    /// The sections running now that may reach objects behind the keys for which `matters`
-    /// holds: every odd slot below the high-water mark, but for keyed sections whose key does
-    /// not matter. The fence orders the caller's unlinking stores before these loads (see the
-    /// module documentation).
-    fn running_readers(&self, matters: impl Fn(u64) -> bool) -> SlotSnapshot {
+    /// The sections running now that may reach objects behind keys `matters` accepts: every
+    /// odd slot below the high-water mark, but for keyed sections whose keys it rejects. The
+    /// fence orders the caller's unlinking stores before these loads (see the module
+    /// documentation).
+    fn running_readers(&self, matters: impl Fn(Keys) -> bool) -> SlotSnapshot {
         fence(Ordering::SeqCst);
         let claimed = self.claimed.load(Ordering::Relaxed);
         self.slots[..claimed]
@@ -256,20 +283,13 @@ impl SlotRcu {
                 if generation % 2 == 0 {
                     return None;
                 }
-                // Acquire pairs with the Release key store of a claim (see the module
-                // documentation for why the key seen is safe to judge by).
-                let key = slot.key.load(Ordering::Acquire);
-                (key == ANY || matters(key)).then_some((i, generation))
+                // Acquire pairs with the Release key stores of a claim (see the module
+                // documentation for why the keys seen are safe to judge by).
+                let first = slot.first_key.load(Ordering::Acquire);
+                let last = slot.last_key.load(Ordering::Acquire);
+                matters(Keys::raw(first, last)).then_some((i, generation))
             })
             .collect()
-    }
-
-    /// Whether every recorded section has ended.
-    fn all_ended(&self, readers: &[(usize, u64)]) -> bool {
-        readers
-            .iter()
-            // Acquire pairs with the Release in `SlotGuard::drop`.
-            .all(|&(i, generation)| self.slots[i].generation.load(Ordering::Acquire) != generation)
     }
 
     /// Seals the open batch (if any) and takes out every sealed batch whose readers have ended.
@@ -281,9 +301,14 @@ impl SlotRcu {
                 items,
             });
         }
+        Self::collect(&self.slots, batches)
+    }
+
+    /// Takes out every sealed batch whose readers have ended.
+    fn collect(slots: &[Slot], batches: &mut Batches) -> Vec<Retired> {
         let mut ready = Vec::new();
         batches.sealed.retain_mut(|batch| {
-            let done = self.all_ended(&batch.readers);
+            let done = all_ended(slots, &batch.readers);
             if done {
                 ready.append(&mut batch.items);
             }
@@ -314,11 +339,11 @@ impl Rcu for SlotRcu {
 
     #[inline]
     fn read(&self) -> SlotGuard<'_> {
-        self.read_keyed(ANY)
+        self.read_keyed(Keys::ALL)
     }
 
-    #[inline]
-    fn read_keyed(&self, key: u64) -> SlotGuard<'_> {
+    #[inline(always)]
+    fn read_keyed(&self, keys: Keys) -> SlotGuard<'_> {
         let (depth, nested) = ReadDepth::enter_nested();
         let home = thread_index::current().unwrap_or(0) % READER_SLOTS;
         let me = reader_id();
@@ -338,18 +363,22 @@ impl Rcu for SlotRcu {
                 // Relaxed: holder-only fields (see `Slot`).
                 slot.nested
                     .store(slot.nested.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                let held_key = slot.key.load(Ordering::Relaxed);
-                if held_key != ANY && held_key != key {
+                let held = Keys::raw(
+                    slot.first_key.load(Ordering::Relaxed),
+                    slot.last_key.load(Ordering::Relaxed),
+                );
+                if !held.covers(keys) {
                     // Widen the enclosing keyed section: the fence pairs with the one in
                     // `running_readers` (see the module documentation).
-                    slot.key.store(ANY, Ordering::Relaxed);
+                    slot.first_key.store(Keys::ALL.first(), Ordering::Relaxed);
+                    slot.last_key.store(Keys::ALL.last(), Ordering::Relaxed);
                     fence(Ordering::SeqCst);
                 }
                 (slot, slot.generation.load(Ordering::Relaxed))
             }
             None => self
-                .try_claim(home, me, key)
-                .unwrap_or_else(|| self.claim_elsewhere(home, me, key)),
+                .try_claim(home, me, keys)
+                .unwrap_or_else(|| self.claim_elsewhere(home, me, keys)),
         };
         SlotGuard {
             slot,
@@ -360,21 +389,28 @@ impl Rcu for SlotRcu {
     }
 
     unsafe fn retire<T, F: Reclaim<T>>(&self, ptr: *mut T) {
-        unsafe fn shim<T, F: Reclaim<T>>(ptr: *mut ()) {
-            // SAFETY: `ptr` was a `*mut T` retired with reclaimer `F`, which `retire`'s caller
-            // made sound to run once.
-            unsafe { F::reclaim(ptr.cast::<T>()) }
-        }
         let ready = {
             let mut batches = self.batches();
-            batches.open.push(Retired {
-                ptr: ptr.cast(),
-                reclaim: shim::<T, F>,
-            });
+            batches.open.push(Retired::of::<T, F>(ptr));
             if batches.open.len() < BATCH {
                 return;
             }
             self.seal_and_collect(&mut batches)
+        };
+        Self::reclaim_all(ready);
+    }
+
+    unsafe fn retire_within<T, F: Reclaim<T>>(&self, ptr: *mut T, keys: Keys) {
+        let ready = {
+            let mut batches = self.batches();
+            // Sealed alone, with a snapshot of the sections that may reach it only: the
+            // caller unlinked it before the snapshot's fence.
+            let readers = self.running_readers(|section| section.overlaps(keys));
+            batches.sealed.push(Sealed {
+                readers,
+                items: vec![Retired::of::<T, F>(ptr)],
+            });
+            Self::collect(&self.slots, &mut batches)
         };
         Self::reclaim_all(ready);
     }
@@ -388,12 +424,12 @@ impl Rcu for SlotRcu {
         self.running_readers(|_| true)
     }
 
-    fn start_grace_period_for(&self, matters: impl Fn(u64) -> bool) -> SlotSnapshot {
+    fn start_grace_period_for(&self, matters: impl Fn(Keys) -> bool) -> SlotSnapshot {
         self.running_readers(matters)
     }
 
     fn grace_period_elapsed(&self, readers: &mut SlotSnapshot) -> bool {
-        self.all_ended(readers)
+        all_ended(&self.slots, readers)
     }
 
     fn barrier(&self) {
@@ -425,7 +461,8 @@ impl Drop for SlotGuard<'_> {
         // Cleared before the release, so the next holder's id and key are the only ones
         // written after (the release orders these stores before it).
         slot.owner.store(0, Ordering::Relaxed);
-        slot.key.store(ANY, Ordering::Relaxed);
+        slot.first_key.store(Keys::ALL.first(), Ordering::Relaxed);
+        slot.last_key.store(Keys::ALL.last(), Ordering::Relaxed);
         // Release pairs with the Acquire loads of grace-period polls and batch collection.
         slot.generation.store(self.generation + 1, Ordering::Release);
     }

@@ -2,7 +2,7 @@
 //! (tests/rcu.rs) and under shuttle (tests/rcu_shuttle.rs). Each scenario panics when the
 //! domain breaks its contract.
 
-use maple::rcu::{Rcu, Reclaim};
+use maple::rcu::{Keys, Rcu, Reclaim};
 
 pub use crate::no_grace::NoGrace;
 use maple::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -97,10 +97,12 @@ pub fn synchronize_waits_for_nested_reader<R: Rcu>(hold_yields: usize) {
     synchronize_waits_for_reader::<R>(hold_yields, Section::Nested);
 }
 
-/// The key the keyed scenarios' grace periods care about.
-pub const KEY: u64 = 5;
-/// A key they do not care about.
-pub const OTHER_KEY: u64 = 7;
+/// The keys the keyed scenarios' grace periods and retirements care about.
+pub const KEY: Keys = Keys::one(5);
+/// Keys overlapping [`KEY`].
+pub const AROUND_KEY: Keys = Keys::new(3, 6);
+/// Keys they do not care about.
+pub const OTHER_KEYS: Keys = Keys::new(6, 9);
 
 /// How the reader of [`synchronize_waits_for_keyed_reader`] enters its section.
 #[derive(Debug, Clone, Copy)]
@@ -111,10 +113,107 @@ pub enum Section {
     Nested,
     /// One guard keyed at [`KEY`].
     Keyed,
-    /// A guard keyed at [`OTHER_KEY`] with an unkeyed guard nested in it.
+    /// One guard keyed at [`AROUND_KEY`], with one keyed at [`KEY`] nested in it.
+    KeyedRange,
+    /// A guard keyed at [`OTHER_KEYS`] with an unkeyed guard nested in it.
     WidenedByUnkeyed,
-    /// A guard keyed at [`OTHER_KEY`] with a guard keyed at [`KEY`] nested in it.
+    /// A guard keyed at [`OTHER_KEYS`] with a guard keyed at [`KEY`] nested in it.
     WidenedByOtherKey,
+}
+
+/// Enters a section of `rcu` as `section` says; the guards hold it.
+fn enter<R: Rcu>(rcu: &R, section: Section) -> Vec<R::Guard<'_>> {
+    match section {
+        Section::Plain => vec![rcu.read()],
+        Section::Nested => {
+            let outer = rcu.read();
+            let inner = rcu.read();
+            drop(outer);
+            vec![inner]
+        }
+        Section::Keyed => vec![rcu.read_keyed(KEY)],
+        Section::KeyedRange => {
+            let outer = rcu.read_keyed(AROUND_KEY);
+            vec![outer, rcu.read_keyed(KEY)]
+        }
+        Section::WidenedByUnkeyed => {
+            let outer = rcu.read_keyed(OTHER_KEYS);
+            vec![outer, rcu.read()]
+        }
+        Section::WidenedByOtherKey => {
+            let outer = rcu.read_keyed(OTHER_KEYS);
+            vec![outer, rcu.read_keyed(KEY)]
+        }
+    }
+}
+
+/// An object retired for [`KEY`] only (`retire_within`) is not reclaimed while a section that
+/// may reach it, entered as `section` says, still reads it; it is after a `barrier`.
+pub fn retire_within_waits_for_sections_that_may_reach_it<R: Rcu>(hold_yields: usize, section: Section) {
+    let arena = Arena::new(1);
+    let rcu = Arc::new(R::default());
+    let shared = Arc::new(AtomicPtr::new(arena.ptr(0)));
+    let entered = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (arena, rcu, shared, entered) = (arena.share(), rcu.clone(), shared.clone(), entered.clone());
+        thread::spawn(move || {
+            let guards = enter(&*rcu, section);
+            // Acquire pairs with the writer's Release swap.
+            let probe = shared.load(Ordering::Acquire);
+            entered.store(true, Ordering::Release);
+            if !probe.is_null() {
+                // SAFETY: probes live in `arena`, which this thread keeps alive.
+                let probe = unsafe { &*probe };
+                for _ in 0..=hold_yields {
+                    assert_eq!(
+                        probe.state.load(Ordering::Relaxed),
+                        LIVE,
+                        "reader saw a poisoned (freed) probe"
+                    );
+                    thread::yield_now();
+                }
+            }
+            drop(guards);
+            drop(arena);
+        })
+    };
+    wait_for(&entered);
+    let old = shared.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    // SAFETY: unpublished by the swap; only sections unkeyed or keyed at KEY read it here.
+    unsafe { rcu.retire_within::<Probe, Poison>(old, KEY) };
+    rcu.push_retired();
+    reader
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    rcu.barrier();
+    assert_eq!(arena.poisoned(), 1, "reclaimed after the readers and a barrier");
+}
+
+/// An object retired for [`KEY`] only is reclaimed at once while a section keyed at
+/// [`OTHER_KEYS`] runs (slot domain: a sealed batch nobody may reach is reclaimed on the spot).
+pub fn retire_within_skips_other_keys<R: Rcu>() {
+    let arena = Arena::new(1);
+    let rcu = Arc::new(R::default());
+    let entered = Arc::new(AtomicBool::new(false));
+    let reclaimed = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (rcu, entered, reclaimed) = (rcu.clone(), entered.clone(), reclaimed.clone());
+        thread::spawn(move || {
+            let guard = rcu.read_keyed(OTHER_KEYS);
+            entered.store(true, Ordering::Release);
+            wait_for(&reclaimed);
+            drop(guard);
+        })
+    };
+    wait_for(&entered);
+    // SAFETY: never published; `Poison` only marks arena memory.
+    unsafe { rcu.retire_within::<Probe, Poison>(arena.ptr(0), KEY) };
+    let poisoned = arena.poisoned();
+    reclaimed.store(true, Ordering::Release);
+    reader
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    assert_eq!(poisoned, 1, "nothing that may reach it was running");
 }
 
 /// A grace period for [`KEY`] (`synchronize_timed_for`) does not return while a section that
@@ -130,24 +229,7 @@ fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, section: Section) {
     let reader = {
         let (rcu, entered, synced) = (rcu.clone(), entered.clone(), synced.clone());
         thread::spawn(move || {
-            let guards = match section {
-                Section::Plain => vec![rcu.read()],
-                Section::Nested => {
-                    let outer = rcu.read();
-                    let inner = rcu.read();
-                    drop(outer);
-                    vec![inner]
-                }
-                Section::Keyed => vec![rcu.read_keyed(KEY)],
-                Section::WidenedByUnkeyed => {
-                    let outer = rcu.read_keyed(OTHER_KEY);
-                    vec![outer, rcu.read()]
-                }
-                Section::WidenedByOtherKey => {
-                    let outer = rcu.read_keyed(OTHER_KEY);
-                    vec![outer, rcu.read_keyed(KEY)]
-                }
-            };
+            let guards = enter(&*rcu, section);
             entered.store(true, Ordering::Release);
             for _ in 0..hold_yields {
                 thread::yield_now();
@@ -160,14 +242,14 @@ fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, section: Section) {
         })
     };
     wait_for(&entered);
-    rcu.synchronize_timed_for(|key| key == KEY);
+    rcu.synchronize_timed_for(|keys| keys.overlaps(KEY));
     synced.store(true, Ordering::Release);
     reader
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }
 
-/// A grace period for [`KEY`] does not wait for a section keyed at [`OTHER_KEY`]: the reader
+/// A grace period for [`KEY`] does not wait for a section keyed at [`OTHER_KEYS`]: the reader
 /// keeps its guard until the grace period has returned (a domain that waited would never
 /// return).
 pub fn keyed_grace_period_skips_other_keys<R: Rcu>() {
@@ -177,14 +259,14 @@ pub fn keyed_grace_period_skips_other_keys<R: Rcu>() {
     let reader = {
         let (rcu, entered, synced) = (rcu.clone(), entered.clone(), synced.clone());
         thread::spawn(move || {
-            let guard = rcu.read_keyed(OTHER_KEY);
+            let guard = rcu.read_keyed(OTHER_KEYS);
             entered.store(true, Ordering::Release);
             wait_for(&synced);
             drop(guard);
         })
     };
     wait_for(&entered);
-    rcu.synchronize_timed_for(|key| key == KEY);
+    rcu.synchronize_timed_for(|keys| keys.overlaps(KEY));
     synced.store(true, Ordering::Release);
     reader
         .join()
