@@ -201,15 +201,19 @@ impl Mm {
         // Keyed to the range: writers elsewhere do not wait for this walk.
         let guard = self.space.guard_within(addr, end);
         let mut at = addr;
+        let mut frames = Vec::new();
         for vma in self.space.iter_from(addr, &guard) {
             if vma.start() >= end || vma.start() > at {
                 break;
             }
             let upto = vma.end().min(end);
-            self.memory.clear(at, upto, self.space.rcu());
+            frames.append(&mut self.memory.table().clear(at, upto));
             at = upto;
         }
         drop(guard);
+        // Released after the guard is gone, so that this walk is not among the sections the
+        // frames wait for: with no fault in the range they go back at once.
+        self.memory.release_later(frames, (addr, at), self.space.rcu());
         if at < end {
             return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
         }

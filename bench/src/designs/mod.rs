@@ -257,7 +257,8 @@ fn install_locked(
     if !fault::allows(mapping, access) {
         return Err(FaultError::AccessDenied);
     }
-    let guard = maple::Guard::new(rcu);
+    // Keyed at the page, as maplevm's fault: frames freed elsewhere do not wait for it.
+    let guard = maple::Guard::keyed(rcu, maple::rcu::Keys::one(page));
     match memory.settle(mapping, page, access, &mut None, &guard)? {
         fault::Progress::Done(fault) => Ok(fault),
         fault::Progress::Blocking(pgoff) => {

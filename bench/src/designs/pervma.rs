@@ -238,7 +238,8 @@ impl Design for PerVmaDesign {
 
     fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
         let page = page_in(&self.memory, self.layout, addr)?;
-        let guard = self.tree.guard();
+        // Keyed at the page (the kernel's lock_vma_under_rcu looks up one address too).
+        let guard = self.tree.guard_at(page);
         if let Some(vma) = self.lock_vma_under_rcu(page, &guard) {
             // The read lock keeps writers from flushing the VMA's range; the guard is kept for
             // the page-table walk (and through a blocking read, which delays only reclamation).
