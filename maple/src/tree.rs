@@ -72,7 +72,7 @@ struct WriterState<C> {
     /// Replaced nodes waiting for their grace period, then for reuse.
     replaced: ReclaimQueue<C, RetiredNode>,
     /// Whether some write has cut a value's range short and left the value in the rest (a
-    /// store over the right part of a range). From then on a displaced value's range may be
+    /// store over the left or right part of a range). From then on a displaced value's range may be
     /// smaller than the ranges readers found it in, so reclaiming it waits for every reader,
     /// keyed or not.
     values_trimmed: bool,
@@ -715,8 +715,8 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
     ///
     /// Readers holding a [keyed guard](Guard) whose keys overlap no displaced range are not
     /// waited for (they cannot have found the values), as long as no write of the tree has
-    /// ever left a value in part of its range (a `store_range` or `erase_range` over the right
-    /// part of a range); after such a write, every reader is waited for.
+    /// ever left a value in part of its range (a `store_range` or `erase_range` over part of a
+    /// range); after such a write, every reader is waited for.
     ///
     /// # Panics
     /// If called inside a read-side section.
@@ -1042,6 +1042,8 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
                         value: split(entry.value),
                     }
                 } else {
+                    // Cut on the left: the value stays in the rest of its range.
+                    self.state.values_trimmed |= !entry.value.is_null();
                     Entry {
                         last: e,
                         value: entry.value,

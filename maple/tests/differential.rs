@@ -156,6 +156,15 @@ fn apply(tree: &MapleTree<Box<u64>>, model: &mut Model, op: &Op, value: u64) {
                 .filter(|&(_, l, _)| l >= start)
                 .collect();
             assert_eq!(got, expected, "{op:?}");
+            // Through a guard keyed around `start`: only the ranges overlapping the keys.
+            let (first_key, last_key) = keys_around(start);
+            let keyed = tree.guard_within(first_key, last_key);
+            let got: Vec<_> = tree
+                .iter_from(start, &keyed)
+                .map(|(f, l, v)| (f, l, *v))
+                .collect();
+            let expected: Vec<_> = expected.into_iter().filter(|&(f, _, _)| f <= last_key).collect();
+            assert_eq!(got, expected, "{op:?} keyed {first_key}..={last_key}");
         }
         Op::IterRevFrom(start) => {
             let guard = tree.guard();
@@ -170,8 +179,22 @@ fn apply(tree: &MapleTree<Box<u64>>, model: &mut Model, op: &Op, value: u64) {
                 .filter(|&(f, _, _)| f <= start)
                 .collect();
             assert_eq!(got, expected, "{op:?}");
+            let (first_key, last_key) = keys_around(start);
+            let keyed = tree.guard_within(first_key, last_key);
+            let got: Vec<_> = tree
+                .iter_rev_from(start, &keyed)
+                .map(|(f, l, v)| (f, l, *v))
+                .collect();
+            let expected: Vec<_> = expected.into_iter().filter(|&(_, l, _)| l >= first_key).collect();
+            assert_eq!(got, expected, "{op:?} keyed {first_key}..={last_key}");
         }
     }
+}
+
+/// Keys of a guard around `start` for the keyed iteration checks: from half of it to one and
+/// a half of it.
+fn keys_around(start: u64) -> (u64, u64) {
+    (start / 2, start.saturating_add(start / 2))
 }
 
 fn check_same(tree: &MapleTree<Box<u64>>, model: &Model, step: usize, op: &Op) {

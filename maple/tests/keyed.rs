@@ -113,13 +113,22 @@ fn reclaim_waits_for_readers_keyed_inside() {
 
 #[test]
 fn after_a_value_is_trimmed_reclaim_waits_for_every_reader() {
-    let tree = two_ranges();
-    // The reader keyed at 7 finds the value of [0, 9]; a store over [5, 9] leaves it in
-    // [0, 4], whose replacement then displaces it with a range that no longer holds 7.
-    let finished = reclaim_finishes_under_keyed_reader(&tree, 7, |tree| {
-        drop(tree.store_range(5, 9, Box::new(3)).unwrap());
-        let old = tree.store_range(0, 4, Box::new(4)).unwrap().reclaim();
-        assert_eq!(old.iter().map(|(f, l, _)| (*f, *l)).collect::<Vec<_>>(), [(0, 4)]);
-    });
-    assert!(!finished, "the reader keyed at 7 may hold the trimmed value");
+    // The reader finds the value of [0, 9] at its key; a store over one part leaves the value
+    // in the other, whose replacement then displaces it with a range that no longer holds the
+    // key. Right part first (reader at 7), then left part first (reader at 2).
+    for (key, (cut_first, cut_last), (rest_first, rest_last)) in [(7, (5, 9), (0, 4)), (2, (0, 4), (5, 9))] {
+        let tree = two_ranges();
+        let finished = reclaim_finishes_under_keyed_reader(&tree, key, move |tree| {
+            drop(tree.store_range(cut_first, cut_last, Box::new(3)).unwrap());
+            let old = tree
+                .store_range(rest_first, rest_last, Box::new(4))
+                .unwrap()
+                .reclaim();
+            assert_eq!(
+                old.iter().map(|(f, l, _)| (*f, *l)).collect::<Vec<_>>(),
+                [(rest_first, rest_last)]
+            );
+        });
+        assert!(!finished, "the reader keyed at {key} may hold the trimmed value");
+    }
 }

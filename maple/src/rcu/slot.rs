@@ -35,8 +35,8 @@
 //!   readers have all left are reclaimed by the thread that seals the next one (never blocking).
 //!   A batch sealed while no reader runs is reclaimed at once. `retire_within` seals its object
 //!   alone, with a snapshot of only the sections that may reach it (unkeyed ones and those
-//!   whose keys overlap its keys), so it is not held up by readers elsewhere. `barrier` seals, waits for a
-//!   grace period and reclaims every sealed batch.
+//!   whose keys overlap its keys), so it is not held up by readers elsewhere. `barrier` seals,
+//!   waits for a grace period and reclaims every sealed batch.
 //!
 //! Orderings (the classic store-buffering pair): a reader raises `claimed` if needed (a SeqCst
 //! read-modify-write), then claims its slot (a SeqCst compare-and-swap), then issues a SeqCst
