@@ -247,6 +247,8 @@ pub enum BrokenStep {
     Baby,
     /// The shortcut for unmapping a range that holds nothing: wait for a grace period anyway.
     NoShortcut,
+    /// Step 4 for the displaced ranges only: wait for every read-side section, keyed or not.
+    WaitForEveryone,
 }
 
 /// Counters of what writers had to wait for.
@@ -980,6 +982,10 @@ impl AddressSpace {
             // 4 and 5. A grace period, then free them.
             #[cfg(not(feature = "shuttle"))]
             let (freed, waited) = displaced.reclaim_timed();
+            #[cfg(feature = "shuttle")]
+            if self.skips(BrokenStep::WaitForEveryone) {
+                self.rcu().synchronize();
+            }
             #[cfg(feature = "shuttle")]
             let (freed, waited) = if self.skips(BrokenStep::GracePeriod) {
                 // SAFETY: the values are quarantined below, never freed, so readers that still

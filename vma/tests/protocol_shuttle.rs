@@ -1,5 +1,6 @@
 //! The replacement protocol under shuttle (random and PCT schedulers): guarantees G1, G4, G5,
-//! BABY waits and the no-wait shortcut, each also run against a variant of the protocol that
+//! BABY waits, the no-wait shortcut and writers not waiting for faults elsewhere (keyed
+//! sections), each also run against a variant of the protocol that
 //! skips the step providing it, which must fail. Freed VMAs are poisoned and quarantined under
 //! shuttle, so a use after free is detected. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
@@ -303,5 +304,49 @@ fn empty_munmap_does_not_wait_test() {
 fn empty_munmap_fails_when_it_waits() {
     check_both(20_000, || {
         empty_munmap_does_not_wait(Some(BrokenStep::NoShortcut))
+    });
+}
+
+/// Writers replacing other VMAs do not wait for a fault: a reader keyed at an address of A holds
+/// its guard until munmap of B and mprotect of B have returned (a writer that waited for it
+/// would never return).
+fn writers_elsewhere_do_not_wait(broken: Option<BrokenStep>) {
+    let (space, _) = space(broken);
+    let done = Arc::new(AtomicBool::new(false));
+    let in_guard = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (space, done, in_guard) = (space.clone(), done.clone(), in_guard.clone());
+        thread::spawn(move || {
+            let guard = space.guard_at(A + P);
+            let Lookup::Mapped(vma) = space.lookup(A + P, &guard) else {
+                panic!("A is mapped and usable");
+            };
+            in_guard.store(true, Ordering::SeqCst);
+            while !done.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+            assert_eq!(vma.start(), A, "the VMA found stays intact");
+            drop(guard);
+        })
+    };
+    while !in_guard.load(Ordering::SeqCst) {
+        thread::yield_now();
+    }
+    space.mprotect(B, P, Prot::NONE).unwrap();
+    space.munmap(B, P).unwrap();
+    done.store(true, Ordering::SeqCst);
+    join(reader);
+}
+
+#[test]
+fn writers_elsewhere_do_not_wait_for_a_fault() {
+    check_both(20_000, || writers_elsewhere_do_not_wait(None));
+}
+
+#[test]
+#[should_panic]
+fn writers_elsewhere_fail_when_they_wait_for_everyone() {
+    check_both(20_000, || {
+        writers_elsewhere_do_not_wait(Some(BrokenStep::WaitForEveryone))
     });
 }
