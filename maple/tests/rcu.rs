@@ -101,25 +101,14 @@ macro_rules! contract_tests {
 
             #[test]
             fn keyed_synchronize_waits_for_sections_that_may_reach_the_key() {
-                for section in [
-                    Section::Keyed,
-                    Section::KeyedRange,
-                    Section::WidenedByUnkeyed,
-                    Section::WidenedByOtherKey,
-                ] {
-                    scenarios::synchronize_waits_for_keyed_reader::<$rcu>(20_000, section);
+                for section in KEYED_SECTIONS {
+                    scenarios::synchronize_waits_for_reader::<$rcu>(20_000, section);
                 }
             }
 
             #[test]
             fn retire_within_waits_for_sections_that_may_reach_it() {
-                for section in [
-                    Section::Plain,
-                    Section::Keyed,
-                    Section::KeyedRange,
-                    Section::WidenedByUnkeyed,
-                    Section::WidenedByOtherKey,
-                ] {
+                for section in std::iter::once(Section::Plain).chain(KEYED_SECTIONS) {
                     scenarios::retire_within_waits_for_sections_that_may_reach_it::<$rcu>(20_000, section);
                 }
             }

@@ -9,7 +9,7 @@ mod scenarios;
 
 use maple::rcu::SlotRcu;
 use maple::sync::check_random_and_pct;
-use scenarios::{NoGrace, Section};
+use scenarios::NoGrace;
 
 /// Scheduling points one schedule may take before it counts as a livelock.
 const MAX_STEPS: usize = 100_000;
@@ -30,13 +30,8 @@ fn synchronize_waits_for_nested_reader() {
 
 #[test]
 fn keyed_synchronize_waits_for_sections_that_may_reach_the_key() {
-    for section in [
-        Section::Keyed,
-        Section::KeyedRange,
-        Section::WidenedByUnkeyed,
-        Section::WidenedByOtherKey,
-    ] {
-        check_both(move || scenarios::synchronize_waits_for_keyed_reader::<SlotRcu>(4, section));
+    for section in scenarios::KEYED_SECTIONS {
+        check_both(move || scenarios::synchronize_waits_for_reader::<SlotRcu>(4, section));
     }
 }
 
@@ -47,12 +42,7 @@ fn keyed_synchronize_skips_other_keys() {
 
 #[test]
 fn retire_within_waits_for_sections_that_may_reach_it() {
-    for section in [
-        Section::Keyed,
-        Section::KeyedRange,
-        Section::WidenedByUnkeyed,
-        Section::WidenedByOtherKey,
-    ] {
+    for section in scenarios::KEYED_SECTIONS {
         check_both(move || {
             scenarios::retire_within_waits_for_sections_that_may_reach_it::<SlotRcu>(4, section);
         });

@@ -269,19 +269,26 @@ fn baby_fails_when_born_early() {
     check_both(100_000, || baby_vmas_wait_for_the_flush(Some(BrokenStep::Baby)));
 }
 
-/// munmap of a range holding no VMA does not wait for anyone, even a reader that holds its
-/// guard until munmap has returned.
-fn empty_munmap_does_not_wait(broken: Option<BrokenStep>) {
-    let (space, _) = space(broken);
+/// Runs `change` while another thread holds a guard — keyed at `key` (checking that the VMA it
+/// finds there stays intact), or unkeyed — which it keeps until `change` has returned (so a
+/// `change` that waited for it would never return).
+fn while_guard_held(space: &Arc<AddressSpace>, key: Option<u64>, change: impl FnOnce(&AddressSpace)) {
     let done = Arc::new(AtomicBool::new(false));
     let in_guard = Arc::new(AtomicBool::new(false));
     let reader = {
         let (space, done, in_guard) = (space.clone(), done.clone(), in_guard.clone());
         thread::spawn(move || {
-            let guard = space.guard();
+            let guard = key.map_or_else(|| space.guard(), |key| space.guard_at(key));
+            let found = key.map(|key| match space.lookup(key, &guard) {
+                Lookup::Mapped(vma) => (vma, vma.start()),
+                _ => panic!("{key:#x} is mapped and usable"),
+            });
             in_guard.store(true, Ordering::SeqCst);
             while !done.load(Ordering::SeqCst) {
                 thread::yield_now();
+            }
+            if let Some((vma, start)) = found {
+                assert_eq!(vma.start(), start, "the VMA found stays intact");
             }
             drop(guard);
         })
@@ -289,9 +296,16 @@ fn empty_munmap_does_not_wait(broken: Option<BrokenStep>) {
     while !in_guard.load(Ordering::SeqCst) {
         thread::yield_now();
     }
-    space.munmap(0x38000, 2 * P).unwrap();
+    change(space);
     done.store(true, Ordering::SeqCst);
     join(reader);
+}
+
+/// munmap of a range holding no VMA does not wait for anyone, even a reader that holds its
+/// guard until munmap has returned.
+fn empty_munmap_does_not_wait(broken: Option<BrokenStep>) {
+    let (space, _) = space(broken);
+    while_guard_held(&space, None, |space| space.munmap(0x38000, 2 * P).unwrap());
 }
 
 #[test]
@@ -308,34 +322,13 @@ fn empty_munmap_fails_when_it_waits() {
 }
 
 /// Writers replacing other VMAs do not wait for a fault: a reader keyed at an address of A holds
-/// its guard until munmap of B and mprotect of B have returned (a writer that waited for it
-/// would never return).
+/// its guard until mprotect and munmap of B have returned.
 fn writers_elsewhere_do_not_wait(broken: Option<BrokenStep>) {
     let (space, _) = space(broken);
-    let done = Arc::new(AtomicBool::new(false));
-    let in_guard = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (space, done, in_guard) = (space.clone(), done.clone(), in_guard.clone());
-        thread::spawn(move || {
-            let guard = space.guard_at(A + P);
-            let Lookup::Mapped(vma) = space.lookup(A + P, &guard) else {
-                panic!("A is mapped and usable");
-            };
-            in_guard.store(true, Ordering::SeqCst);
-            while !done.load(Ordering::SeqCst) {
-                thread::yield_now();
-            }
-            assert_eq!(vma.start(), A, "the VMA found stays intact");
-            drop(guard);
-        })
-    };
-    while !in_guard.load(Ordering::SeqCst) {
-        thread::yield_now();
-    }
-    space.mprotect(B, P, Prot::NONE).unwrap();
-    space.munmap(B, P).unwrap();
-    done.store(true, Ordering::SeqCst);
-    join(reader);
+    while_guard_held(&space, Some(A + P), |space| {
+        space.mprotect(B, P, Prot::NONE).unwrap();
+        space.munmap(B, P).unwrap();
+    });
 }
 
 #[test]

@@ -1,7 +1,10 @@
-//! Unit tests: every error path, and Linux's merge rules.
+//! Unit tests: every error path, Linux's merge rules, and that writers do not wait for faults
+//! on other VMAs.
 #![cfg(not(feature = "shuttle"))]
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::Duration;
 use vma::{AddressSpace, Errno, Layout, Lookup, MapFlags, MappedFile, NoFlush, PAGE_SIZE, Prot, RemapFlags};
 
 const P: u64 = PAGE_SIZE;
@@ -494,4 +497,67 @@ fn a_request_checked_against_another_layout_is_refused() {
     let remap = RemapRequest::new(LAYOUT, a, P, P, moving, a + 4 * P).unwrap();
     assert_eq!(s.remap(remap), Ok(a + 4 * P), "a request for this layout works");
     s.validate().unwrap();
+}
+
+/// Two VMAs with a hole between them: `[BASE, BASE + 4P)` and `[BASE + 8P, BASE + 12P)`.
+fn two_vmas() -> AddressSpace {
+    let space = space();
+    anon(&space, BASE, 4, Prot::READ_WRITE);
+    anon(&space, BASE + 8 * P, 4, Prot::READ_WRITE);
+    space
+}
+
+/// Whether `change` returns while another thread holds a guard keyed at `addr` (as a fault
+/// does) with the VMA it found there.
+fn finishes_beside_fault(space: &AddressSpace, addr: u64, change: impl FnOnce(&AddressSpace) + Send) -> bool {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let (done_tx, done) = mpsc::channel();
+    thread::scope(|scope| {
+        scope.spawn(move || {
+            let guard = space.guard_at(addr);
+            let Lookup::Mapped(vma) = space.lookup(addr, &guard) else {
+                panic!("{addr:#x} is mapped");
+            };
+            let start = vma.start();
+            entered_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            assert_eq!(vma.start(), start, "the VMA found stays intact");
+        });
+        entered.recv().unwrap();
+        scope.spawn(move || {
+            change(space);
+            done_tx.send(()).unwrap();
+        });
+        let finished = done.recv_timeout(Duration::from_millis(300)).is_ok();
+        release.send(()).unwrap();
+        if !finished {
+            done.recv().unwrap();
+        }
+        finished
+    })
+}
+
+#[test]
+fn munmap_does_not_wait_for_a_fault_on_another_vma() {
+    let space = two_vmas();
+    assert!(finishes_beside_fault(&space, BASE + P, |space| {
+        space.munmap(BASE + 8 * P, 4 * P).unwrap();
+    }));
+}
+
+#[test]
+fn mprotect_does_not_wait_for_a_fault_on_another_vma() {
+    let space = two_vmas();
+    assert!(finishes_beside_fault(&space, BASE + P, |space| {
+        space.mprotect(BASE + 9 * P, P, Prot::READ).unwrap();
+    }));
+}
+
+#[test]
+fn munmap_waits_for_a_fault_on_its_vma() {
+    let space = two_vmas();
+    assert!(!finishes_beside_fault(&space, BASE + P, |space| {
+        space.munmap(BASE + 3 * P, P).unwrap();
+    }));
 }

@@ -104,7 +104,7 @@ pub const AROUND_KEY: Keys = Keys::new(3, 6);
 /// Keys they do not care about.
 pub const OTHER_KEYS: Keys = Keys::new(6, 9);
 
-/// How the reader of [`synchronize_waits_for_keyed_reader`] enters its section.
+/// How a scenario's reader enters its section.
 #[derive(Debug, Clone, Copy)]
 pub enum Section {
     /// One unkeyed guard.
@@ -120,6 +120,15 @@ pub enum Section {
     /// A guard keyed at [`OTHER_KEYS`] with a guard keyed at [`KEY`] nested in it.
     WidenedByOtherKey,
 }
+
+/// The keyed sections that may reach [`KEY`]: grace periods and retirements for it wait for
+/// each.
+pub const KEYED_SECTIONS: [Section; 4] = [
+    Section::Keyed,
+    Section::KeyedRange,
+    Section::WidenedByUnkeyed,
+    Section::WidenedByOtherKey,
+];
 
 /// Enters a section of `rcu` as `section` says; the guards hold it.
 fn enter<R: Rcu>(rcu: &R, section: Section) -> Vec<R::Guard<'_>> {
@@ -193,36 +202,40 @@ pub fn retire_within_waits_for_sections_that_may_reach_it<R: Rcu>(hold_yields: u
 /// [`OTHER_KEYS`] runs (slot domain: a sealed batch nobody may reach is reclaimed on the spot).
 pub fn retire_within_skips_other_keys<R: Rcu>() {
     let arena = Arena::new(1);
-    let rcu = Arc::new(R::default());
+    let poisoned = while_keyed_elsewhere(&Arc::new(R::default()), |rcu| {
+        // SAFETY: never published; `Poison` only marks arena memory.
+        unsafe { rcu.retire_within::<Probe, Poison>(arena.ptr(0), KEY) };
+        arena.poisoned()
+    });
+    assert_eq!(poisoned, 1, "nothing that may reach it was running");
+}
+
+/// Runs `act` while another thread holds a section keyed at [`OTHER_KEYS`], which it keeps until
+/// `act` has returned (so an `act` that waited for it would never return).
+fn while_keyed_elsewhere<R: Rcu, T>(rcu: &Arc<R>, act: impl FnOnce(&R) -> T) -> T {
     let entered = Arc::new(AtomicBool::new(false));
-    let reclaimed = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (rcu, entered, reclaimed) = (rcu.clone(), entered.clone(), reclaimed.clone());
+        let (rcu, entered, done) = (rcu.clone(), entered.clone(), done.clone());
         thread::spawn(move || {
             let guard = rcu.read_keyed(OTHER_KEYS);
             entered.store(true, Ordering::Release);
-            wait_for(&reclaimed);
+            wait_for(&done);
             drop(guard);
         })
     };
     wait_for(&entered);
-    // SAFETY: never published; `Poison` only marks arena memory.
-    unsafe { rcu.retire_within::<Probe, Poison>(arena.ptr(0), KEY) };
-    let poisoned = arena.poisoned();
-    reclaimed.store(true, Ordering::Release);
+    let result = act(rcu);
+    done.store(true, Ordering::Release);
     reader
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    assert_eq!(poisoned, 1, "nothing that may reach it was running");
+    result
 }
 
 /// A grace period for [`KEY`] (`synchronize_timed_for`) does not return while a section that
 /// may reach it, entered as `section` says, is still running.
-pub fn synchronize_waits_for_keyed_reader<R: Rcu>(hold_yields: usize, section: Section) {
-    synchronize_waits_for_reader::<R>(hold_yields, section);
-}
-
-fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, section: Section) {
+pub fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, section: Section) {
     let rcu = Arc::new(R::default());
     let entered = Arc::new(AtomicBool::new(false));
     let synced = Arc::new(AtomicBool::new(false));
@@ -253,24 +266,9 @@ fn synchronize_waits_for_reader<R: Rcu>(hold_yields: usize, section: Section) {
 /// keeps its guard until the grace period has returned (a domain that waited would never
 /// return).
 pub fn keyed_grace_period_skips_other_keys<R: Rcu>() {
-    let rcu = Arc::new(R::default());
-    let entered = Arc::new(AtomicBool::new(false));
-    let synced = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (rcu, entered, synced) = (rcu.clone(), entered.clone(), synced.clone());
-        thread::spawn(move || {
-            let guard = rcu.read_keyed(OTHER_KEYS);
-            entered.store(true, Ordering::Release);
-            wait_for(&synced);
-            drop(guard);
-        })
-    };
-    wait_for(&entered);
-    rcu.synchronize_timed_for(|keys| keys.overlaps(KEY));
-    synced.store(true, Ordering::Release);
-    reader
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    while_keyed_elsewhere(&Arc::new(R::default()), |rcu| {
+        rcu.synchronize_timed_for(|keys| keys.overlaps(KEY))
+    });
 }
 
 /// One writer replaces a published probe `writes` times, retiring each old one; `readers` threads
