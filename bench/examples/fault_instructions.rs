@@ -1,34 +1,45 @@
 //! Makes COUNT faults on one design, for counting instructions per fault with callgrind (a
-//! repeatable figure where timings on a noisy machine are not): run it with two counts and
-//! divide the difference by the difference of the counts, which cancels the set-up.
+//! repeatable figure where timings on a noisy machine are not). Counting only inside the fault
+//! calls and running it with two counts, the difference divided by the difference of the counts
+//! is the cost of one fault:
 //!
 //! ```sh
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-//!     target/release/examples/fault_instructions rcu new 20000
+//!     --toggle-collect='*Design>::fault' --toggle-collect='*UnsyncEngine::fault' \
+//!     target/release/examples/fault_instructions rcu new 20000 --no-zero-fill
 //! ```
 //!
-//! KIND is `new` (each fault installs a new zero-filled anonymous page) or `mapped` (the page
-//! is already mapped: only the lookup and the design's read-side synchronization).
+//! DESIGN is one of the benchmark's designs or `unsync` (the engine with no synchronization
+//! that `cargo bench --bench fault` sets maplevm's beside). KIND is `new` (each fault installs
+//! a new anonymous page) or `mapped` (the page is already mapped: only the lookup and the
+//! design's read-side synchronization). New pages are zero-filled unless `--no-zero-fill`. The
+//! frame pool is grown to the run's size before the faults (as the benchmarks' recycled frames
+//! are), so that no fault pays for a new chunk.
 
 use bench::designs::{self, DesignConfig};
+use bench::unsync_engine::UnsyncEngine;
 use fault::{Access, FramePool, FramePoolConfig};
 use std::process::ExitCode;
 use std::sync::Arc;
 use vma::{MapFlags, PAGE_SIZE, Prot};
 
+const USAGE: &str = "usage: fault_instructions DESIGN new|mapped COUNT [--no-zero-fill]";
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let zero_fill = match args.iter().position(|arg| arg == "--no-zero-fill") {
+        Some(at) => {
+            args.remove(at);
+            false
+        }
+        None => true,
+    };
     let [design, kind, count] = args.as_slice() else {
-        eprintln!("usage: fault_instructions DESIGN new|mapped COUNT");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
     let Ok(count) = count.parse::<u64>() else {
         eprintln!("COUNT: not a number");
-        return ExitCode::from(2);
-    };
-    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).expect("default pool"));
-    let Some(design) = designs::build(design, DesignConfig::default(), frames) else {
-        eprintln!("unknown design {design}");
         return ExitCode::from(2);
     };
     let pages = match kind.as_str() {
@@ -39,26 +50,40 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let region = design
-        .mmap(
-            0,
-            pages * PAGE_SIZE,
-            Prot::READ_WRITE,
-            MapFlags::PRIVATE_ANONYMOUS,
-            None,
-        )
-        .expect("map the region");
-    if kind == "mapped" {
-        for page in 0..pages {
-            design
-                .fault(region + page * PAGE_SIZE, Access::Write)
-                .expect("fault");
+    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).expect("default pool"));
+    // Grows the pool to the frames the run needs before it starts: a new chunk (2 MiB zeroed)
+    // is set-up, not fault cost, and the difference of two counts would not cancel it.
+    let warm: Vec<_> = (0..pages).map_while(|_| frames.alloc()).collect();
+    // SAFETY: frames just allocated here, never mapped: nothing else uses them.
+    unsafe { frames.put_many(&warm) };
+    let config = DesignConfig {
+        zero_fill,
+        ..DesignConfig::default()
+    };
+    // Faults the region's pages once each if they are to be mapped already, then COUNT times.
+    let run = |fault: &mut dyn FnMut(u64)| {
+        if kind == "mapped" {
+            (0..pages).for_each(|page| fault(page * PAGE_SIZE));
         }
+        (0..count).for_each(|i| fault((i % pages) * PAGE_SIZE));
+    };
+    if design == "unsync" {
+        let mut engine = UnsyncEngine::new(frames, zero_fill);
+        const REGION: u64 = 0x1000_0000;
+        engine.map(REGION, pages * PAGE_SIZE, Prot::READ_WRITE);
+        run(&mut |offset| engine.fault(REGION + offset, Access::Write).expect("fault"));
+        return ExitCode::SUCCESS;
     }
-    for i in 0..count {
-        design
-            .fault(region + (i % pages) * PAGE_SIZE, Access::Write)
-            .expect("fault");
-    }
+    let Some(design) = designs::build(design, config, frames) else {
+        eprintln!("unknown design {design}");
+        return ExitCode::from(2);
+    };
+    let flags = MapFlags::PRIVATE_ANONYMOUS;
+    let region = design
+        .mmap(0, pages * PAGE_SIZE, Prot::READ_WRITE, flags, None)
+        .expect("map the region");
+    run(&mut |offset| {
+        design.fault(region + offset, Access::Write).expect("fault");
+    });
     ExitCode::SUCCESS
 }
