@@ -37,9 +37,7 @@ pub(crate) const COUNTER_SLOTS: usize = 2 * SHARDS;
 pub(crate) fn counter_slot() -> (usize, bool) {
     let number = thread_number().unwrap_or(usize::MAX);
     if number < SHARDS {
-        // Under shuttle every task runs on the test's OS thread, so they share its number:
-        // nobody owns a slot there.
-        (number, cfg!(not(feature = "shuttle")))
+        (number, true)
     } else {
         (SHARDS + number % SHARDS, false)
     }

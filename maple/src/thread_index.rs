@@ -11,8 +11,9 @@
 //! after the thread that held it has finished with it (its thread-local destructor ran), and the
 //! smallest free number is handed out first.
 //!
-//! Always std's thread-locals, even under shuttle: shuttle's tasks all run on the test's OS
-//! thread and so share its number (callers never rely on ownership there).
+//! The facade's thread-locals: under shuttle each task has its own number, handed back when the
+//! task finishes, so code that relies on owning what its number picks (the RCU domain's owned
+//! reader slots, the statistics' owned counters) runs under shuttle as it does on std.
 
 use std::cell::Cell;
 use std::cmp::Reverse;
@@ -28,29 +29,30 @@ static FREE: Mutex<BinaryHeap<Reverse<usize>>> = Mutex::new(BinaryHeap::new());
 /// What [`NUMBER`] holds once the thread has given its number back.
 const TORN_DOWN: usize = usize::MAX;
 
-std::thread_local! {
+crate::sync::thread_local! {
     /// `number + 1` of the calling thread, 0 before it has one, [`TORN_DOWN`] once it gave it
     /// back. A const thread-local without a destructor: reading it is one load; the
     /// registration check of a thread-local with a destructor is paid only by [`GIVE_BACK`],
     /// once per thread.
     static NUMBER: Cell<usize> = const { Cell::new(0) };
-    /// Gives the number back when the thread exits.
-    static GIVE_BACK: GiveBack = const { GiveBack };
+    /// Holds the number too, and gives it back when the thread exits (it keeps its own copy:
+    /// thread-local destructors run in no set order, and under shuttle [`NUMBER`] may be gone
+    /// first).
+    static GIVE_BACK: GiveBack = const { GiveBack(Cell::new(None)) };
 }
 
-struct GiveBack;
+struct GiveBack(Cell<Option<usize>>);
 
 impl Drop for GiveBack {
     fn drop(&mut self) {
-        let Ok(held) = NUMBER.try_with(|number| number.replace(TORN_DOWN)) else {
-            return;
-        };
-        if held != 0 && held != TORN_DOWN {
+        // Later calls of `current` on this thread (other destructors) take no number again.
+        let _ = NUMBER.try_with(|number| number.set(TORN_DOWN));
+        if let Some(number) = self.0.take() {
             // The mutex orders everything this thread did under its number before the next
             // holder's first use of it.
             FREE.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(Reverse(held - 1));
+                .push(Reverse(number));
         }
     }
 }
@@ -59,12 +61,16 @@ impl Drop for GiveBack {
 #[cold]
 fn assign() -> Option<usize> {
     // Registering the destructor fails once the thread is being torn down: then take nothing.
-    GIVE_BACK.try_with(|_| ()).ok()?;
-    let reused = FREE.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    // Relaxed: only uniqueness matters, and the counter's modification order gives it.
-    let number = reused.map_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed), |Reverse(n)| n);
-    NUMBER.try_with(|cell| cell.set(number + 1)).ok()?;
-    Some(number)
+    GIVE_BACK
+        .try_with(|give_back| {
+            let reused = FREE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            // Relaxed: only uniqueness matters, and the counter's modification order gives it.
+            let number = reused.map_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed), |Reverse(n)| n);
+            give_back.0.set(Some(number));
+            number
+        })
+        .ok()
+        .and_then(|number| NUMBER.try_with(|cell| cell.set(number + 1)).ok().map(|()| number))
 }
 
 /// The calling thread's number, or `None` while the thread is being torn down (its number has

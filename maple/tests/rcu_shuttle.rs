@@ -18,32 +18,44 @@ fn check_both(test: impl Fn() + Send + Sync + 'static) {
     check_random_and_pct(MAX_STEPS, test);
 }
 
+/// [`check_both`] twice: with the scenario's first reader task in the one owned slot (under
+/// shuttle only the task numbered 0 owns one, and the test's main task has taken no number
+/// yet), then with every reader in a shared slot (the main task takes number 0 first).
+fn check_owned_and_shared(test: impl Fn() + Clone + Send + Sync + 'static) {
+    assert_eq!(maple::rcu::OWNED_SLOTS, 1);
+    check_both(test.clone());
+    check_both(move || {
+        maple::thread_index::current();
+        test();
+    });
+}
+
 #[test]
 fn synchronize_waits_for_earlier_reader() {
-    check_both(|| scenarios::synchronize_waits_for_earlier_reader::<SlotRcu>(4));
+    check_owned_and_shared(|| scenarios::synchronize_waits_for_earlier_reader::<SlotRcu>(4));
 }
 
 #[test]
 fn synchronize_waits_for_nested_reader() {
-    check_both(|| scenarios::synchronize_waits_for_nested_reader::<SlotRcu>(4));
+    check_owned_and_shared(|| scenarios::synchronize_waits_for_nested_reader::<SlotRcu>(4));
 }
 
 #[test]
 fn keyed_synchronize_waits_for_sections_that_may_reach_the_key() {
     for section in scenarios::KEYED_SECTIONS {
-        check_both(move || scenarios::synchronize_waits_for_reader::<SlotRcu>(4, section));
+        check_owned_and_shared(move || scenarios::synchronize_waits_for_reader::<SlotRcu>(4, section));
     }
 }
 
 #[test]
 fn keyed_synchronize_skips_other_keys() {
-    check_both(scenarios::keyed_grace_period_skips_other_keys::<SlotRcu>);
+    check_owned_and_shared(scenarios::keyed_grace_period_skips_other_keys::<SlotRcu>);
 }
 
 #[test]
 fn retire_within_waits_for_sections_that_may_reach_it() {
     for section in scenarios::KEYED_SECTIONS {
-        check_both(move || {
+        check_owned_and_shared(move || {
             scenarios::retire_within_waits_for_sections_that_may_reach_it::<SlotRcu>(4, section);
         });
     }
@@ -51,7 +63,7 @@ fn retire_within_waits_for_sections_that_may_reach_it() {
 
 #[test]
 fn retire_within_skips_other_keys() {
-    check_both(scenarios::retire_within_skips_other_keys::<SlotRcu>);
+    check_owned_and_shared(scenarios::retire_within_skips_other_keys::<SlotRcu>);
 }
 
 #[test]
@@ -61,7 +73,7 @@ fn new_readers_do_not_starve_synchronize() {
 
 #[test]
 fn retired_never_freed_under_reader() {
-    check_both(|| scenarios::retired_never_freed_under_reader::<SlotRcu>(3, 2, 2, 2));
+    check_owned_and_shared(|| scenarios::retired_never_freed_under_reader::<SlotRcu>(3, 2, 2, 2));
 }
 
 #[test]

@@ -51,7 +51,7 @@ mod slot;
 
 pub use self::epoch::EpochRcu;
 pub use self::seize::{SeizeCookie, SeizeGuard, SeizeRcu};
-pub use self::slot::{READER_SLOTS, SlotGuard, SlotRcu, SlotSnapshot};
+pub use self::slot::{OWNED_SLOTS, READER_SLOTS, SlotGuard, SlotRcu, SlotSnapshot};
 
 use crate::sync::{Backoff, thread_local};
 use std::cell::Cell;

@@ -4,27 +4,35 @@
 //!
 //! Design:
 //! - Each domain has [`READER_SLOTS`] slots, each on its own cache line, holding a generation
-//!   number: even means free, odd means a read-side section runs in it. A reader claims a free
-//!   slot by moving it from `g` (even) to `g + 1` with a compare-and-swap, starting at the slot
-//!   its [thread number](crate::thread_index) picks (so a thread normally finds its own slot free
-//!   and no two threads write the same line); dropping the guard stores `g + 2`. A taken slot
-//!   (another thread with the same number modulo the slot count) sends the reader on to the
-//!   next one.
-//! - Nested sections cost no claim: a slot also records which reader holds it (a per-thread id
-//!   that is never reused, written after the claim and cleared before the release), and a
-//!   reader that finds its own id in its home slot (or, if it is inside some section already,
-//!   in any claimed slot) is already inside a section there: it only counts one more guard on
-//!   the slot, and whichever of the thread's guards drops last
-//!   releases it (guards may drop in any order). Only the holder writes its own id, so seeing
-//!   it means holding the slot; guards cannot leave their thread (they are not `Send`), so the
-//!   count is only ever touched by the holder.
-//! - Keys (see [keyed sections](super#keyed-sections)): a slot also holds the first and last
-//!   key of the section running in it, all keys ([`Keys::ALL`]) for an unkeyed section and
-//!   whenever no section runs. The holder writes its keys after its claim and resets them to
-//!   all keys before its release; a nested section with keys the slot does not cover widens
-//!   them to all keys (followed by a SeqCst fence: the store-buffering pair again, so either the
-//!   writer sees the widening or the nested section sees the writer's unlink). A grace period
-//!   for some keys skips the odd slots whose keys do not matter.
+//!   number: even means free, odd means a read-side section runs in it. Dropping the guard
+//!   stores the next even number.
+//! - **Owned slots.** The first [`OWNED_SLOTS`] slots belong to threads by
+//!   [number](crate::thread_index): slot `n` is written only by the live thread numbered `n`
+//!   (numbers are unique among live threads, and one comes back for reuse only after its
+//!   thread finished, which ends that thread's sections). Such a reader needs no claim: it
+//!   stores its section's first and last key, then moves the generation from `g` (even) to
+//!   `g + 1` with a SeqCst read-modify-write. The keys are in place before the section is
+//!   visible, so a grace period never sees an owned slot running with keys it cannot judge.
+//! - **Shared slots.** Threads numbered [`OWNED_SLOTS`] or more (and threads being torn down,
+//!   which have no number) share the remaining slots: a reader claims a free one by moving it
+//!   from `g` to `g + 1` with a compare-and-swap, starting at the one its number picks, going
+//!   on to the next if it is taken and waiting only if all are. Since another reader may
+//!   claim the same slot, the holder writes its keys only after its claim and resets them to
+//!   all keys before its release: while it does, a grace period sees the slot running with
+//!   all keys and waits for it (a holder preempted there holds up every grace period, the
+//!   reason owned slots exist).
+//! - Nested sections cost no claim: the thread's own slot is already odd (an owned slot), or a
+//!   shared slot records which reader holds it (a per-thread id that is never reused, written
+//!   after the claim and cleared before the release), and a reader inside some section finds
+//!   its id there. It only counts one more guard on the slot, and whichever of the thread's
+//!   guards drops last releases it (guards may drop in any order). Guards cannot leave their
+//!   thread (they are not `Send`), so the count is only ever touched by the holder.
+//! - Keys (see [keyed sections](super#keyed-sections)): a slot holds the first and last key of
+//!   the section running in it, all keys ([`Keys::ALL`]) for an unkeyed section. A nested
+//!   section with keys the slot does not cover widens them to all keys (followed by a SeqCst
+//!   fence: the store-buffering pair again, so either the writer sees the widening or the
+//!   nested section sees the writer's unlink). A grace period for some keys skips the odd
+//!   slots whose keys do not matter.
 //! - `claimed` is a high-water mark: one past the highest slot ever claimed. Writers scan only
 //!   the slots below it, so a grace period with few threads costs a few loads, not one per slot.
 //! - A grace period ([`Rcu::start_grace_period`]) is a snapshot of the odd slots; it has elapsed
@@ -39,21 +47,24 @@
 //!   waits for a grace period and reclaims every sealed batch.
 //!
 //! Orderings (the classic store-buffering pair): a reader raises `claimed` if needed (a SeqCst
-//! read-modify-write), then claims its slot (a SeqCst compare-and-swap), then issues a SeqCst
-//! fence before it loads any shared pointer; a writer unlinks, issues a SeqCst fence, then reads
-//! `claimed` and the slots. Either the writer sees the slot odd (and waits for it), or the
-//! reader's fence comes after the writer's in the single total order, so the reader's loads see
-//! the unlink and cannot find the retired object. The reader's Acquire load of `claimed`, when
-//! it skips the raise, synchronizes with the raise it read, which therefore comes before the
-//! reader's claim in the total order as well. On x86-64 the locked compare-and-swap is itself a
-//! full barrier, so the reader's fence is only a compiler fence there (as crossbeam-epoch's pin
-//! does). Guard drop stores with Release, pairing with the Acquire slot loads of grace-period
-//! polls, so a reader's accesses happen before the reclamation they allowed. A grace period's
-//! scan loads a slot's keys with Acquire after loading its odd generation with Acquire: the
-//! claim it read (a release) comes after the previous section's reset to all keys, so each
-//! bound seen is the reset one (a wider range: waited for more often), the section's own
-//! (Release-stored), or a later section's, stored after the release of the section seen, which
-//! has therefore ended (whatever the scan decides about it is right).
+//! read-modify-write), then enters (a SeqCst read-modify-write of its slot's generation), then
+//! issues a SeqCst fence before it loads any shared pointer; a writer unlinks, issues a SeqCst
+//! fence, then reads `claimed` and the slots. Either the writer sees the slot odd (and waits
+//! for it), or the reader's fence comes after the writer's in the single total order, so the
+//! reader's loads see the unlink and cannot find the retired object. The reader's Acquire load
+//! of `claimed`, when it skips the raise, synchronizes with the raise it read, which therefore
+//! comes before the reader's entry in the total order as well. On x86-64 the locked
+//! read-modify-write is itself a full barrier, so the reader's fence is only a compiler fence
+//! there (as crossbeam-epoch's pin does). Guard drop stores with Release, pairing with the
+//! Acquire slot loads of grace-period polls, so a reader's accesses happen before the
+//! reclamation they allowed. A grace period's scan loads a slot's keys with Acquire after
+//! loading its odd generation with Acquire, and keys are stored with Release. In an owned slot
+//! the section's keys were stored before the entry the scan read, so each bound seen is the
+//! section's own or a later section's, stored after the release of the section seen, which has
+//! therefore ended (whatever the scan decides about it is right). In a shared slot the claim it
+//! read comes after the previous section's reset to all keys, so each bound seen is the reset
+//! one (a wider range: waited for more often), the section's own, or a later section's (as
+//! before).
 
 use super::{Keys, Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
@@ -61,9 +72,13 @@ use crate::sync::{Backoff, Mutex};
 use crate::thread_index;
 use std::marker::PhantomData;
 
-/// Reader slots per domain. More threads than this can read at once: a reader whose slot is
-/// taken moves on to the next free one, and waits only if all are taken.
+/// Reader slots per domain. More threads than this can read at once: a reader whose shared slot
+/// is taken moves on to the next free one, and waits only if all are taken.
 pub const READER_SLOTS: usize = 128;
+
+/// Slots owned by the threads numbered below this (see the module documentation); the rest are
+/// shared. Under shuttle only one (the task numbered 0's), so that scenarios run in both kinds.
+pub const OWNED_SLOTS: usize = if cfg!(feature = "shuttle") { 1 } else { 112 };
 
 /// Retirements gathered before a batch is sealed and collection is attempted.
 const BATCH: usize = 16;
@@ -74,14 +89,14 @@ const BATCH: usize = 16;
 struct Slot {
     /// Even: free; odd: a read-side section runs in it.
     generation: AtomicU64,
-    /// The [`reader_id`] of the thread holding the slot, or 0: written by the holder only
-    /// (after its claim, and back to 0 before its release), so it is read only to recognise
-    /// one's own slot.
+    /// In a shared slot, the [`reader_id`] of the thread holding it, or 0: written by the holder
+    /// only (after its claim, and back to 0 before its release), so it is read only to
+    /// recognise one's own slot. Unused in owned slots.
     owner: AtomicU64,
     /// Guards the holder has beyond the first (nested sections); holder only.
     nested: AtomicU64,
-    /// The first and last key of the section running in the slot ([`Keys::ALL`] if none or
-    /// unkeyed): written by the holder only.
+    /// The first and last key of the section running in the slot ([`Keys::ALL`] if unkeyed):
+    /// written by the holder only (see the module documentation for when).
     first_key: AtomicU64,
     last_key: AtomicU64,
 }
@@ -102,6 +117,8 @@ pub struct SlotGuard<'a> {
     /// thread) and the slot's odd generation.
     slot: &'a Slot,
     generation: u64,
+    /// A shared slot (claimed, to be handed back with its owner and keys cleared).
+    shared: bool,
     _depth: ReadDepth,
     /// A guard stays on the thread whose slot it holds.
     _not_send: PhantomData<*const ()>,
@@ -211,7 +228,35 @@ impl SlotRcu {
         Self::default()
     }
 
-    /// Tries to start a read-side section with `keys` in slot `index` for the reader `me`.
+    /// Raises the high-water mark to cover slot `index` before the reader enters it, so a
+    /// writer that misses the raise also misses nothing the reader loads afterwards.
+    #[inline(always)]
+    fn cover(&self, index: usize) {
+        // Acquire pairs with the SeqCst raise it reads (see the module documentation).
+        if index >= self.claimed.load(Ordering::Acquire) {
+            self.claimed.fetch_max(index + 1, Ordering::SeqCst);
+        }
+    }
+
+    /// Starts a section with `keys` in the owned slot `index` of the calling thread, which
+    /// holds no section there: keys first, then the entry (see the module documentation).
+    #[inline(always)]
+    fn enter_owned(&self, index: usize, keys: Keys) -> (&Slot, u64) {
+        let slot = &self.slots[index];
+        self.cover(index);
+        // Release pairs with the Acquire key loads of grace-period scans; the entry below
+        // publishes them too.
+        slot.first_key.store(keys.first(), Ordering::Release);
+        slot.last_key.store(keys.last(), Ordering::Release);
+        // SeqCst: one half of the store-buffering pair with `running_readers`. Only this thread
+        // writes the slot, so the generation it adds one to is even.
+        let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        reader_fence();
+        (slot, generation)
+    }
+
+    /// Tries to start a read-side section with `keys` in the shared slot `index` for the
+    /// reader `me`.
     #[inline]
     fn try_claim(&self, index: usize, me: u64, keys: Keys) -> Option<(&Slot, u64)> {
         let slot = &self.slots[index];
@@ -219,12 +264,7 @@ impl SlotRcu {
         if generation % 2 == 1 {
             return None;
         }
-        // Acquire pairs with the SeqCst raise it reads (see the module documentation).
-        if index >= self.claimed.load(Ordering::Acquire) {
-            // Raised before the claim, so a writer that misses the raise also misses nothing
-            // the reader loads afterwards.
-            self.claimed.fetch_max(index + 1, Ordering::SeqCst);
-        }
+        self.cover(index);
         // SeqCst: one half of the store-buffering pair with `running_readers`.
         slot.generation
             .compare_exchange(generation, generation + 1, Ordering::SeqCst, Ordering::Relaxed)
@@ -239,32 +279,53 @@ impl SlotRcu {
         Some((slot, generation + 1))
     }
 
-    /// The slot reader `me` holds in this domain, if any (a scan of the claimed slots: only for
-    /// sections that may be nested outside the home slot).
+    /// The shared slot reader `me` holds in this domain, if any.
     #[cold]
     fn held_by(&self, me: u64) -> Option<&Slot> {
-        let claimed = self.claimed.load(Ordering::Relaxed);
         // Relaxed: holder-only field (see `Slot`).
-        self.slots[..claimed]
+        self.slots[OWNED_SLOTS..]
             .iter()
             .find(|slot| slot.owner.load(Ordering::Relaxed) == me)
     }
 
-    /// Claims the first free slot after `home` (whose slot is taken by another thread with the
-    /// same number modulo the slot count), waiting if all are taken. The caller holds no slot
-    /// of this domain, so a waiting reader holds none either: readers never wait for each
-    /// other while holding one.
+    /// Claims a free shared slot, starting at the one `number` picks, waiting if all are
+    /// taken. The caller holds no slot of this domain, so a waiting reader holds none either:
+    /// readers never wait for each other while holding one.
     #[cold]
-    fn claim_elsewhere(&self, home: usize, me: u64, keys: Keys) -> (&Slot, u64) {
+    fn claim_shared(&self, number: Option<usize>, keys: Keys) -> (&Slot, u64) {
+        const SHARED: usize = READER_SLOTS - OWNED_SLOTS;
+        let me = reader_id();
+        let first = number.unwrap_or(0) % SHARED;
         let mut backoff = Backoff::new();
         loop {
-            for index in (home + 1..READER_SLOTS).chain(0..=home) {
-                if let Some(claimed) = self.try_claim(index, me, keys) {
+            for i in (first..SHARED).chain(0..first) {
+                if let Some(claimed) = self.try_claim(OWNED_SLOTS + i, me, keys) {
                     return claimed;
                 }
             }
             backoff.snooze();
         }
+    }
+
+    /// A section nested in one this thread holds in `slot`: one more guard on it, and the
+    /// slot's keys widened to all keys if they do not cover `keys`.
+    #[inline]
+    fn nest(slot: &Slot, keys: Keys) -> (&Slot, u64) {
+        // Relaxed: holder-only fields (see `Slot`).
+        slot.nested
+            .store(slot.nested.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let held = Keys::raw(
+            slot.first_key.load(Ordering::Relaxed),
+            slot.last_key.load(Ordering::Relaxed),
+        );
+        if !held.covers(keys) {
+            // Widen the enclosing keyed section: the fence pairs with the one in
+            // `running_readers` (see the module documentation).
+            slot.first_key.store(Keys::ALL.first(), Ordering::Release);
+            slot.last_key.store(Keys::ALL.last(), Ordering::Release);
+            fence(Ordering::SeqCst);
+        }
+        (slot, slot.generation.load(Ordering::Relaxed))
     }
 
     /// The sections running now that may reach objects behind keys `matters` accepts: every
@@ -345,44 +406,32 @@ impl Rcu for SlotRcu {
     #[inline(always)]
     fn read_keyed(&self, keys: Keys) -> SlotGuard<'_> {
         let (depth, nested) = ReadDepth::enter_nested();
-        let home = thread_index::current().unwrap_or(0) % READER_SLOTS;
-        let me = reader_id();
-        // Relaxed: holder-only field (see `Slot`).
-        let held = if self.slots[home].owner.load(Ordering::Relaxed) == me {
-            Some(&self.slots[home])
-        } else if nested {
-            // Perhaps nested in a section this thread holds elsewhere (its home slot was taken
-            // when it entered): it must not claim a second slot, or threads that each hold one
-            // could all wait for another.
-            self.held_by(me)
-        } else {
-            None
-        };
-        let (slot, generation) = match held {
-            Some(slot) => {
-                // Relaxed: holder-only fields (see `Slot`).
-                slot.nested
-                    .store(slot.nested.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                let held = Keys::raw(
-                    slot.first_key.load(Ordering::Relaxed),
-                    slot.last_key.load(Ordering::Relaxed),
-                );
-                if !held.covers(keys) {
-                    // Widen the enclosing keyed section: the fence pairs with the one in
-                    // `running_readers` (see the module documentation).
-                    slot.first_key.store(Keys::ALL.first(), Ordering::Relaxed);
-                    slot.last_key.store(Keys::ALL.last(), Ordering::Relaxed);
-                    fence(Ordering::SeqCst);
-                }
-                (slot, slot.generation.load(Ordering::Relaxed))
+        let number = thread_index::current();
+        let (slot, generation, shared) = match number {
+            Some(index) if index < OWNED_SLOTS => {
+                let slot = &self.slots[index];
+                // Relaxed: only this thread writes its owned slot.
+                let (slot, generation) = if slot.generation.load(Ordering::Relaxed) % 2 == 1 {
+                    Self::nest(slot, keys)
+                } else {
+                    self.enter_owned(index, keys)
+                };
+                (slot, generation, false)
             }
-            None => self
-                .try_claim(home, me, keys)
-                .unwrap_or_else(|| self.claim_elsewhere(home, me, keys)),
+            _ => {
+                // Nested in a section this thread holds in a shared slot? It must not claim a
+                // second one, or threads that each hold one could all wait for another.
+                let (slot, generation) = match nested.then(|| self.held_by(reader_id())).flatten() {
+                    Some(slot) => Self::nest(slot, keys),
+                    None => self.claim_shared(number, keys),
+                };
+                (slot, generation, true)
+            }
         };
         SlotGuard {
             slot,
             generation,
+            shared,
             _depth: depth,
             _not_send: PhantomData,
         }
@@ -458,11 +507,14 @@ impl Drop for SlotGuard<'_> {
             slot.nested.store(nested - 1, Ordering::Relaxed);
             return;
         }
-        // Cleared before the release, so the next holder's id and key are the only ones
-        // written after (the release orders these stores before it).
-        slot.owner.store(0, Ordering::Relaxed);
-        slot.first_key.store(Keys::ALL.first(), Ordering::Relaxed);
-        slot.last_key.store(Keys::ALL.last(), Ordering::Relaxed);
+        if self.shared {
+            // Cleared before the release, so the next holder's id and key are the only ones
+            // written after (the release orders these stores before it). An owned slot keeps
+            // its keys: its next section stores its own before it enters.
+            slot.owner.store(0, Ordering::Relaxed);
+            slot.first_key.store(Keys::ALL.first(), Ordering::Relaxed);
+            slot.last_key.store(Keys::ALL.last(), Ordering::Relaxed);
+        }
         // Release pairs with the Acquire loads of grace-period polls and batch collection.
         slot.generation.store(self.generation + 1, Ordering::Release);
     }

@@ -119,15 +119,19 @@ pub enum Section {
     WidenedByUnkeyed,
     /// A guard keyed at [`OTHER_KEYS`] with a guard keyed at [`KEY`] nested in it.
     WidenedByOtherKey,
+    /// A guard keyed at [`KEY`], entered after a section keyed at [`OTHER_KEYS`] ended (its
+    /// slot must not keep the earlier section's keys).
+    KeyedAfterOtherKeys,
 }
 
 /// The keyed sections that may reach [`KEY`]: grace periods and retirements for it wait for
 /// each.
-pub const KEYED_SECTIONS: [Section; 4] = [
+pub const KEYED_SECTIONS: [Section; 5] = [
     Section::Keyed,
     Section::KeyedRange,
     Section::WidenedByUnkeyed,
     Section::WidenedByOtherKey,
+    Section::KeyedAfterOtherKeys,
 ];
 
 /// Enters a section of `rcu` as `section` says; the guards hold it.
@@ -152,6 +156,10 @@ fn enter<R: Rcu>(rcu: &R, section: Section) -> Vec<R::Guard<'_>> {
         Section::WidenedByOtherKey => {
             let outer = rcu.read_keyed(OTHER_KEYS);
             vec![outer, rcu.read_keyed(KEY)]
+        }
+        Section::KeyedAfterOtherKeys => {
+            drop(rcu.read_keyed(OTHER_KEYS));
+            vec![rcu.read_keyed(KEY)]
         }
     }
 }
