@@ -49,8 +49,8 @@ pub use imp::*;
 /// reader preempted inside its section) needs this CPU, and `sched_yield` under Linux's EEVDF
 /// scheduler pushes the yielding thread's deadline back by a whole slice, so that a writer
 /// waiting for a grace period gets the CPU back only after every runnable thread has had a
-/// slice: the `fixed-replace` writer made 140–217 replacements in 0.7 s with yields against
-/// 1,800–3,400 with sleeps (docs/results.md, session 6).
+/// slice: beside 4 faulting threads on 2 CPUs the `fixed-replace` writer made 244–339
+/// replacements/s with yields and 3,701–4,185 with sleeps (docs/results.md, *Session 6*).
 #[derive(Debug, Default)]
 pub struct Backoff {
     step: u32,
