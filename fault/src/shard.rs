@@ -30,16 +30,16 @@ pub(crate) fn thread_shard() -> usize {
 /// threads alive at once, or a thread being torn down) share the next `SHARDS`.
 pub(crate) const COUNTER_SLOTS: usize = 2 * SHARDS;
 
-/// The calling thread's counter slot in `0..COUNTER_SLOTS`, and whether the thread owns it (no
-/// other thread ever writes it, so a plain load and store add one; a shared slot needs an
-/// atomic read-modify-write).
+/// The calling thread's counter slot in `0..COUNTER_SLOTS`: its own below `SHARDS` (no other
+/// thread ever writes it, so a plain load and store add one; a shared slot needs an atomic
+/// read-modify-write).
 #[inline]
-pub(crate) fn counter_slot() -> (usize, bool) {
+pub(crate) fn counter_slot() -> usize {
     let number = thread_number().unwrap_or(usize::MAX);
     if number < SHARDS {
-        (number, true)
+        number
     } else {
-        (SHARDS + number % SHARDS, false)
+        SHARDS + number % SHARDS
     }
 }
 
@@ -64,10 +64,10 @@ impl<const N: usize> PerThreadCounters<N> {
     /// the calling thread's slot.
     #[inline]
     pub(crate) fn add(&self, index: usize, delta: u64) {
-        let (slot, owned) = counter_slot();
+        let slot = counter_slot();
         let cell = &self.slots[slot].0[index];
         // Relaxed: counters order nothing; readers sum them for statistics.
-        if owned {
+        if slot < SHARDS {
             // Only this thread writes the slot, so no addition can be lost between the two.
             cell.store(
                 cell.load(Ordering::Relaxed).wrapping_add(delta),

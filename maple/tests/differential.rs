@@ -145,49 +145,40 @@ fn apply(tree: &MapleTree<Box<u64>>, model: &mut Model, op: &Op, value: u64) {
             }
         }
         Op::IterFrom(start) => {
-            let guard = tree.guard();
-            let got: Vec<_> = tree
-                .iter_from(start, &guard)
-                .map(|(f, l, v)| (f, l, *v))
-                .collect();
-            let expected: Vec<_> = model
-                .ranges()
-                .into_iter()
-                .filter(|&(_, l, _)| l >= start)
-                .collect();
-            assert_eq!(got, expected, "{op:?}");
-            // Through a guard keyed around `start`: only the ranges overlapping the keys.
-            let (first_key, last_key) = keys_around(start);
-            let keyed = tree.guard_within(first_key, last_key);
-            let got: Vec<_> = tree
-                .iter_from(start, &keyed)
-                .map(|(f, l, v)| (f, l, *v))
-                .collect();
-            let expected: Vec<_> = expected.into_iter().filter(|&(f, _, _)| f <= last_key).collect();
-            assert_eq!(got, expected, "{op:?} keyed {first_key}..={last_key}");
+            let expected = model.ranges().into_iter().filter(|&(_, l, _)| l >= start);
+            check_iteration(tree, op, start, expected.collect(), false);
         }
         Op::IterRevFrom(start) => {
-            let guard = tree.guard();
-            let got: Vec<_> = tree
-                .iter_rev_from(start, &guard)
-                .map(|(f, l, v)| (f, l, *v))
-                .collect();
-            let expected: Vec<_> = model
-                .ranges()
-                .into_iter()
-                .rev()
-                .filter(|&(f, _, _)| f <= start)
-                .collect();
-            assert_eq!(got, expected, "{op:?}");
-            let (first_key, last_key) = keys_around(start);
-            let keyed = tree.guard_within(first_key, last_key);
-            let got: Vec<_> = tree
-                .iter_rev_from(start, &keyed)
-                .map(|(f, l, v)| (f, l, *v))
-                .collect();
-            let expected: Vec<_> = expected.into_iter().filter(|&(_, l, _)| l >= first_key).collect();
-            assert_eq!(got, expected, "{op:?} keyed {first_key}..={last_key}");
+            let expected = model.ranges().into_iter().rev().filter(|&(f, _, _)| f <= start);
+            check_iteration(tree, op, start, expected.collect(), true);
         }
+    }
+}
+
+/// Checks an iteration from `start` (reverse or not) through an unkeyed guard against
+/// `expected`, then through a guard keyed around `start` against the expected ranges that
+/// overlap its keys.
+fn check_iteration(
+    tree: &MapleTree<Box<u64>>,
+    op: &Op,
+    start: u64,
+    expected: Vec<(u64, u64, u64)>,
+    reverse: bool,
+) {
+    let (first_key, last_key) = keys_around(start);
+    let unkeyed = tree.guard();
+    let keyed = tree.guard_within(first_key, last_key);
+    for (guard, keys) in [(&unkeyed, None), (&keyed, Some((first_key, last_key)))] {
+        let iter = if reverse {
+            tree.iter_rev_from(start, guard)
+        } else {
+            tree.iter_from(start, guard)
+        };
+        let got: Vec<_> = iter.map(|(f, l, v)| (f, l, *v)).collect();
+        let overlapping =
+            |&(f, l, _): &(u64, u64, u64)| keys.is_none_or(|(first, last)| f <= last && l >= first);
+        let expected: Vec<_> = expected.iter().copied().filter(overlapping).collect();
+        assert_eq!(got, expected, "{op:?} keys {keys:?}");
     }
 }
 

@@ -86,6 +86,19 @@ pub fn wait_for(flag: &AtomicBool) {
     }
 }
 
+/// Reads `probe` `hold_yields + 1` times, yielding after each: a reader inside its section
+/// that panics if the probe was reclaimed meanwhile.
+fn hold(probe: &Probe, hold_yields: usize) {
+    for _ in 0..=hold_yields {
+        assert_eq!(
+            probe.state.load(Ordering::Relaxed),
+            LIVE,
+            "reader saw a poisoned (freed) probe"
+        );
+        thread::yield_now();
+    }
+}
+
 /// `synchronize` does not return while a guard that existed before it is still held.
 pub fn synchronize_waits_for_earlier_reader<R: Rcu>(hold_yields: usize) {
     synchronize_waits_for_reader::<R>(hold_yields, Section::Plain);
@@ -180,15 +193,7 @@ pub fn retire_within_waits_for_sections_that_may_reach_it<R: Rcu>(hold_yields: u
             entered.store(true, Ordering::Release);
             if !probe.is_null() {
                 // SAFETY: probes live in `arena`, which this thread keeps alive.
-                let probe = unsafe { &*probe };
-                for _ in 0..=hold_yields {
-                    assert_eq!(
-                        probe.state.load(Ordering::Relaxed),
-                        LIVE,
-                        "reader saw a poisoned (freed) probe"
-                    );
-                    thread::yield_now();
-                }
+                hold(unsafe { &*probe }, hold_yields);
             }
             drop(guards);
             drop(arena);
@@ -302,15 +307,7 @@ pub fn retired_never_freed_under_reader<R: Rcu>(
                     // Acquire pairs with the writer's Release swap.
                     let probe = shared.load(Ordering::Acquire);
                     // SAFETY: probes live in `arena`, which this thread keeps alive.
-                    let probe = unsafe { &*probe };
-                    for _ in 0..=hold_yields {
-                        assert_eq!(
-                            probe.state.load(Ordering::Relaxed),
-                            LIVE,
-                            "reader saw a poisoned (freed) probe"
-                        );
-                        thread::yield_now();
-                    }
+                    hold(unsafe { &*probe }, hold_yields);
                     drop(guard);
                     seen.fetch_add(1, Ordering::Relaxed);
                 }
