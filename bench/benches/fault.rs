@@ -1,11 +1,14 @@
 //! Fault cost per page: maplevm's engine (fast path: anonymous memory with and without
 //! zero-filling, a cached file page; slow path: a file page read with the guard dropped) beside
 //! an engine with no synchronization at all (single thread, plain BTreeMap, same page table and
-//! frame pool); and two threads faulting one large VMA, per fault, to set beside one thread.
+//! frame pool), and beside the same engine executing the two locked instructions a lock-free
+//! fault cannot do without (`ProtocolAtomicsEngine`); and two threads faulting one large VMA,
+//! per fault, to set beside one thread.
 //! Each measurement maps a fresh region, faults its pages (timed), and unmaps it (not timed).
 
-use bench::unsync_engine::UnsyncEngine;
-use criterion::{Criterion, criterion_group, criterion_main};
+use bench::unsync_engine::{ProtocolAtomicsEngine, UnsyncEngine};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use fault::{Access, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -83,6 +86,36 @@ fn slowest<W: Send>(workers: Vec<W>, work: impl Fn(W, &Barrier) -> Duration + Sy
     })
 }
 
+/// Times `engine`'s anonymous faults, as `{name} anonymous, {zeroing}`.
+fn bench_unsync<const PROTOCOL_ATOMICS: bool>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    mut engine: UnsyncEngine<PROTOCOL_ATOMICS>,
+    name: &str,
+    zeroing: &str,
+) {
+    let engine = std::cell::RefCell::new(&mut engine);
+    group.bench_function(format!("{name} anonymous, {zeroing}"), |b| {
+        b.iter_custom(|iters| {
+            per_fault(
+                iters,
+                || {
+                    engine
+                        .borrow_mut()
+                        .map(REGION, PAGES * PAGE_SIZE, Prot::READ_WRITE);
+                    REGION
+                },
+                |&at, page| {
+                    engine
+                        .borrow_mut()
+                        .fault(at + page * PAGE_SIZE, Access::Write)
+                        .unwrap();
+                },
+                |at| engine.borrow_mut().unmap(at),
+            )
+        })
+    });
+}
+
 fn single_thread(c: &mut Criterion) {
     let mut group = c.benchmark_group("fault");
     for zero_fill in [true, false] {
@@ -105,28 +138,18 @@ fn single_thread(c: &mut Criterion) {
                 )
             })
         });
-        let mut unsync = UnsyncEngine::new(pool(), zero_fill);
-        let unsync = std::cell::RefCell::new(&mut unsync);
-        group.bench_function(format!("unsynchronized anonymous, {zeroing}"), |b| {
-            b.iter_custom(|iters| {
-                per_fault(
-                    iters,
-                    || {
-                        unsync
-                            .borrow_mut()
-                            .map(REGION, PAGES * PAGE_SIZE, Prot::READ_WRITE);
-                        REGION
-                    },
-                    |&at, page| {
-                        unsync
-                            .borrow_mut()
-                            .fault(at + page * PAGE_SIZE, Access::Write)
-                            .unwrap();
-                    },
-                    |at| unsync.borrow_mut().unmap(at),
-                )
-            })
-        });
+        bench_unsync(
+            &mut group,
+            UnsyncEngine::<false>::new(pool(), zero_fill),
+            "unsynchronized",
+            zeroing,
+        );
+        bench_unsync(
+            &mut group,
+            ProtocolAtomicsEngine::new(pool(), zero_fill),
+            "unsynchronized + protocol atomics",
+            zeroing,
+        );
     }
 
     let maplevm = mm(true);

@@ -5,19 +5,20 @@
 //!
 //! ```sh
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-//!     --toggle-collect='*Design>::fault' --toggle-collect='*UnsyncEngine::fault' \
+//!     --toggle-collect='*Design>::fault' --toggle-collect='*UnsyncEngine*::fault' \
 //!     target/release/examples/fault_instructions rcu new 20000 --no-zero-fill
 //! ```
 //!
-//! DESIGN is one of the benchmark's designs or `unsync` (the engine with no synchronization
-//! that `cargo bench --bench fault` sets maplevm's beside). KIND is `new` (each fault installs
+//! DESIGN is one of the benchmark's designs, `unsync` (the engine with no synchronization
+//! that `cargo bench --bench fault` sets maplevm's beside) or `unsync-atomics` (the same engine
+//! executing the two locked instructions a lock-free fault needs: `ProtocolAtomicsEngine`). KIND is `new` (each fault installs
 //! a new anonymous page) or `mapped` (the page is already mapped: only the lookup and the
 //! design's read-side synchronization). New pages are zero-filled unless `--no-zero-fill`. The
 //! frame pool is grown to the run's size before the faults (as the benchmarks' recycled frames
 //! are), so that no fault pays for a new chunk.
 
 use bench::designs::{self, DesignConfig};
-use bench::unsync_engine::UnsyncEngine;
+use bench::unsync_engine::{ProtocolAtomicsEngine, UnsyncEngine};
 use fault::{Access, FramePool, FramePoolConfig};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,12 +68,10 @@ fn main() -> ExitCode {
         }
         (0..count).for_each(|i| fault((i % pages) * PAGE_SIZE));
     };
-    if design == "unsync" {
-        let mut engine = UnsyncEngine::new(frames, zero_fill);
-        const REGION: u64 = 0x1000_0000;
-        engine.map(REGION, pages * PAGE_SIZE, Prot::READ_WRITE);
-        run(&mut |offset| engine.fault(REGION + offset, Access::Write).expect("fault"));
-        return ExitCode::SUCCESS;
+    match design.as_str() {
+        "unsync" => return run_unsync(UnsyncEngine::<false>::new(frames, zero_fill), pages, run),
+        "unsync-atomics" => return run_unsync(ProtocolAtomicsEngine::new(frames, zero_fill), pages, run),
+        _ => {}
     }
     let Some(design) = designs::build(design, config, frames) else {
         eprintln!("unknown design {design}");
@@ -85,5 +84,17 @@ fn main() -> ExitCode {
     run(&mut |offset| {
         design.fault(region + offset, Access::Write).expect("fault");
     });
+    ExitCode::SUCCESS
+}
+
+/// Runs the faults on an unsynchronized engine over a region of `pages`.
+fn run_unsync<const PROTOCOL_ATOMICS: bool>(
+    mut engine: UnsyncEngine<PROTOCOL_ATOMICS>,
+    pages: u64,
+    run: impl Fn(&mut dyn FnMut(u64)),
+) -> ExitCode {
+    const REGION: u64 = 0x1000_0000;
+    engine.map(REGION, pages * PAGE_SIZE, Prot::READ_WRITE);
+    run(&mut |offset| engine.fault(REGION + offset, Access::Write).expect("fault"));
     ExitCode::SUCCESS
 }

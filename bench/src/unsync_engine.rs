@@ -2,25 +2,44 @@
 //! VMAs in a plain `BTreeMap`, the same page table and frame pool as maplevm's engine, frames
 //! put back at once on unmap (nobody else can be reading). What maplevm's fast path adds over
 //! this is the price of running the same fault lock-free beside writers.
+//!
+//! [`ProtocolAtomicsEngine`] splits that price: the same engine also executes the two locked
+//! instructions that any fault resolved without a lock beside writers needs — announcing a
+//! read-side section that writers can see before the lookup (a SeqCst read-modify-write of a
+//! line the thread owns; a plain store could pass the lookup's loads) and installing the entry
+//! with a compare-and-swap (two faults race to install one page) — and nothing else of
+//! maplevm's. The distance from that engine to maplevm is what the design adds beyond them.
 
 use fault::pagetable::{PRIVATE, PageTable, Pte, WRITABLE};
 use fault::{Access, FaultError, FramePool};
 use maple::rcu::DefaultRcu;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use vma::{PAGE_SIZE, Prot};
 
-/// A single-threaded anonymous-memory fault engine (see the module documentation).
-pub struct UnsyncEngine {
+/// A single-threaded anonymous-memory fault engine (see the module documentation): with
+/// `PROTOCOL_ATOMICS`, also the two locked instructions of a lock-free fault.
+pub struct UnsyncEngine<const PROTOCOL_ATOMICS: bool = false> {
     /// Start → (end, permissions).
     vmas: BTreeMap<u64, (u64, Prot)>,
     table: PageTable,
     frames: Arc<FramePool>,
     zero_fill: bool,
+    /// The read-side section counter of the protocol atomics (odd while a fault runs).
+    section: Box<SectionLine>,
     rcu: DefaultRcu,
 }
 
-impl UnsyncEngine {
+/// [`UnsyncEngine`] executing the two locked instructions a lock-free fault beside writers
+/// cannot do without (see the module documentation).
+pub type ProtocolAtomicsEngine = UnsyncEngine<true>;
+
+/// A counter alone on its cache line, as a reader slot is.
+#[repr(align(128))]
+struct SectionLine(AtomicU64);
+
+impl<const PROTOCOL_ATOMICS: bool> UnsyncEngine<PROTOCOL_ATOMICS> {
     /// An empty engine taking frames from `frames`, zero-filling them or not.
     pub fn new(frames: Arc<FramePool>, zero_fill: bool) -> Self {
         Self {
@@ -28,6 +47,7 @@ impl UnsyncEngine {
             table: PageTable::new(),
             frames,
             zero_fill,
+            section: Box::new(SectionLine(AtomicU64::new(0))),
             rcu: DefaultRcu::default(),
         }
     }
@@ -51,6 +71,20 @@ impl UnsyncEngine {
 
     /// Resolves a fault at `addr`.
     pub fn fault(&mut self, addr: u64, access: Access) -> Result<(), FaultError> {
+        if !PROTOCOL_ATOMICS {
+            return self.resolve(addr, access);
+        }
+        // SeqCst read-modify-write: the announcement a writer's scan must see before the
+        // lookup's loads (the locked instruction of maplevm's section entry).
+        let generation = self.section.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = self.resolve(addr, access);
+        // Release: the section's end, as a guard's drop stores it.
+        self.section.0.store(generation + 1, Ordering::Release);
+        result
+    }
+
+    #[inline(always)]
+    fn resolve(&mut self, addr: u64, access: Access) -> Result<(), FaultError> {
         let (_, &(end, prot)) = self
             .vmas
             .range(..=addr)
@@ -63,7 +97,8 @@ impl UnsyncEngine {
             return Err(FaultError::AccessDenied);
         }
         let entry = self.table.entry_or_insert(addr & !(PAGE_SIZE - 1));
-        if Pte(entry.load(std::sync::atomic::Ordering::Relaxed)).present() {
+        let current = entry.load(Ordering::Relaxed);
+        if Pte(current).present() {
             return Ok(());
         }
         let frame = if self.zero_fill {
@@ -73,10 +108,15 @@ impl UnsyncEngine {
         }
         .ok_or(FaultError::OutOfMemory)?;
         let writable = if prot.write { WRITABLE } else { 0 };
-        entry.store(
-            Pte::new(frame, PRIVATE | writable).0,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let new = Pte::new(frame, PRIVATE | writable).0;
+        if PROTOCOL_ATOMICS {
+            // AcqRel as maplevm's install (the frame's contents before the translation); with
+            // one thread nothing else can install first.
+            let installed = entry.compare_exchange(current, new, Ordering::AcqRel, Ordering::Relaxed);
+            assert!(installed.is_ok(), "one thread: nothing else installs");
+        } else {
+            entry.store(new, Ordering::Relaxed);
+        }
         Ok(())
     }
 }

@@ -244,6 +244,7 @@ impl Memory {
     /// reference writers wait for, or an RCU guard writers wait for before flushing. Otherwise
     /// a translation of a removed mapping may survive (a logic error, not memory unsafety: the
     /// frame stays referenced).
+    #[inline]
     pub fn settle(
         &self,
         mapping: &Mapping,
@@ -298,6 +299,7 @@ impl Memory {
     }
     /// One decision: what the entry must become, prepared and installed with one
     /// compare-and-swap.
+    #[inline]
     fn attempt(
         &self,
         mapping: &Mapping,

@@ -253,11 +253,13 @@ impl Vma {
     }
 
     /// Whether the VMA is usable, not yet usable (BABY) or replaced (ZOMBIE).
+    #[inline]
     pub fn usable(&self) -> Result<(), Unusable> {
         // Acquire pairs with the writer's Release when it clears BABY.
         Self::check(self.state.load(Ordering::Acquire))
     }
 
+    #[inline]
     fn check(state: u32) -> Result<(), Unusable> {
         #[cfg(feature = "shuttle")]
         assert_ne!(state, FREED, "a VMA was used after it was freed");

@@ -305,6 +305,7 @@ impl ReadDepth {
 }
 
 impl Drop for ReadDepth {
+    #[inline]
     fn drop(&mut self) {
         READ_DEPTH.with(|depth| depth.set(depth.get() - 1));
     }
