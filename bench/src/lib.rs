@@ -18,7 +18,9 @@
 //! - `vma`: address-space operations beside the `rwlock` design's bookkeeping
 //!   ([`vma_spaces`]);
 //! - `fault`: fault cost per page (fast path, slow path, with and without zero-filling)
-//!   beside [`unsync_engine::UnsyncEngine`], and two threads faulting one VMA;
+//!   beside [`unsync_engine::UnsyncEngine`] and [`unsync_engine::ProtocolAtomicsEngine`] (the
+//!   same engine plus the two locked instructions of any lock-free fault), and two threads
+//!   faulting one VMA;
 //! - `designs`: every design's fault and mmap/munmap paths side by side.
 //!
 //! See docs/benchmarks.md.
