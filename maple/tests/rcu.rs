@@ -162,6 +162,45 @@ fn slot_domain_retire_within_skips_other_keys() {
     scenarios::retire_within_skips_other_keys::<SlotRcu>();
 }
 
+// Slot-domain readers fence their entries only while writers scan: a domain starts with readers
+// unfenced (where the kernel offers the heavy barrier), the first scan makes them fence, and a
+// thread's run of quiet fenced sections (between QUIET_SECTIONS and MAX_QUIET_SECTIONS of them,
+// as the domain has judged its heavy barriers) lets them go unfenced again; a scan restarts the
+// run.
+#[test]
+fn slot_readers_fence_only_while_writers_scan() {
+    use maple::rcu::{MAX_QUIET_SECTIONS, QUIET_SECTIONS};
+    let rcu = SlotRcu::new();
+    if rcu.readers_fence() {
+        // No expedited membarrier here: readers always fence, and must go on doing so.
+        rcu.synchronize();
+        (0..=MAX_QUIET_SECTIONS).for_each(|_| drop(rcu.read()));
+        assert!(rcu.readers_fence());
+        return;
+    }
+    let quiet_run = |rcu: &SlotRcu| {
+        rcu.synchronize();
+        assert!(rcu.readers_fence(), "a scan leaves readers unfenced");
+        let mut sections = 0;
+        while rcu.readers_fence() {
+            drop(rcu.read());
+            sections += 1;
+            assert!(sections <= MAX_QUIET_SECTIONS + 1, "readers never went unfenced");
+        }
+        sections
+    };
+    for _ in 0..4 {
+        // The first fenced section starts the run; QUIET_SECTIONS more complete it.
+        assert!(quiet_run(&rcu) > QUIET_SECTIONS);
+    }
+    // A scan in the middle of a run restarts it.
+    rcu.synchronize();
+    (0..QUIET_SECTIONS).for_each(|_| drop(rcu.read()));
+    rcu.synchronize();
+    (0..QUIET_SECTIONS).for_each(|_| drop(rcu.read()));
+    assert!(rcu.readers_fence(), "a scan did not restart the quiet run");
+}
+
 // crossbeam-epoch counts grace periods in global epochs: a guard pinned in the epoch the
 // retirement was sealed in holds `synchronize` up even if it was taken after the call began
 // (see `EpochRcu`). seize and the slot domain wait for exactly the earlier sections.

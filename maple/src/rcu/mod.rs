@@ -46,10 +46,12 @@
 //! for comparison (`cargo bench -p bench --bench rcu`).
 
 mod epoch;
+mod fence_mode;
 mod seize;
 mod slot;
 
 pub use self::epoch::EpochRcu;
+pub use self::fence_mode::{MAX_QUIET_SECTIONS, QUIET_SECTIONS};
 pub use self::seize::{SeizeCookie, SeizeGuard, SeizeRcu};
 pub use self::slot::{OWNED_SLOTS, READER_SLOTS, SlotGuard, SlotRcu, SlotSnapshot};
 

@@ -10,8 +10,8 @@
 //!   [number](crate::thread_index): slot `n` is written only by the live thread numbered `n`
 //!   (numbers are unique among live threads, and one comes back for reuse only after its
 //!   thread finished, which ends that thread's sections). Such a reader needs no claim: it
-//!   stores its section's first and last key, then moves the generation from `g` (even) to
-//!   `g + 1` with a SeqCst read-modify-write. The keys are in place before the section is
+//!   stores its section's first and last key, then stores `g + 1` over its even generation `g`
+//!   (Release), and fences only while writers scan (see [`super::fence_mode`]). The keys are in place before the section is
 //!   visible, so a grace period never sees an owned slot running with keys it cannot judge.
 //! - **Shared slots.** Threads numbered [`OWNED_SLOTS`] or more (and threads being torn down,
 //!   which have no number) share the remaining slots: a reader claims a free one by moving it
@@ -47,15 +47,18 @@
 //!   waits for a grace period and reclaims every sealed batch.
 //!
 //! Orderings (the classic store-buffering pair): a reader raises `claimed` if needed (a SeqCst
-//! read-modify-write), then enters (a SeqCst read-modify-write of its slot's generation), then
-//! issues a SeqCst fence before it loads any shared pointer; a writer unlinks, issues a SeqCst
-//! fence, then reads `claimed` and the slots. Either the writer sees the slot odd (and waits
-//! for it), or the reader's fence comes after the writer's in the single total order, so the
-//! reader's loads see the unlink and cannot find the retired object. The reader's Acquire load
-//! of `claimed`, when it skips the raise, synchronizes with the raise it read, which therefore
-//! comes before the reader's entry in the total order as well. On x86-64 the locked
-//! read-modify-write is itself a full barrier, so the reader's fence is only a compiler fence
-//! there (as crossbeam-epoch's pin does). Guard drop stores with Release, pairing with the
+//! read-modify-write), then enters (a Release store of its owned slot's generation, or a SeqCst
+//! compare-and-swap claiming a shared one), then issues a SeqCst fence before it loads any
+//! shared pointer; a writer unlinks, issues a SeqCst fence, then reads `claimed` and the slots.
+//! Either the writer sees the slot odd (and waits for it), or the reader's fence comes after
+//! the writer's in the single total order, so the reader's loads see the unlink and cannot find
+//! the retired object. The reader's Acquire load of `claimed`, when it skips the raise,
+//! synchronizes with the raise it read, which therefore comes before the reader's entry in the
+//! total order as well. On x86-64 a shared slot's locked claim is itself a full barrier, so
+//! its reader's fence is only a compiler fence there (as crossbeam-epoch's pin does). An owned
+//! slot's reader skips its fence while its domain's fence mode is FAST: the writers' scans
+//! then start with a heavy barrier that fences every running reader instead (see
+//! [`super::fence_mode`], which states why that is enough). Guard drop stores with Release, pairing with the
 //! Acquire slot loads of grace-period polls, so a reader's accesses happen before the
 //! reclamation they allowed. A grace period's scan loads a slot's keys with Acquire after
 //! loading its odd generation with Acquire, and keys are stored with Release. In an owned slot
@@ -66,6 +69,7 @@
 //! one (a wider range: waited for more often), the section's own, or a later section's (as
 //! before).
 
+use super::fence_mode::{FenceMode, QuietCount};
 use super::{Keys, Rcu, ReadDepth, Reclaim, assert_may_wait};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use crate::sync::{Backoff, Mutex};
@@ -99,6 +103,9 @@ struct Slot {
     /// written by the holder only (see the module documentation for when).
     first_key: AtomicU64,
     last_key: AtomicU64,
+    /// In an owned slot, what its thread keeps to tell when writers went quiet (see
+    /// [`super::fence_mode`]); holder only. Unused in shared slots.
+    quiet: QuietCount,
 }
 
 /// Precise RCU over per-thread reader slots. See the module documentation.
@@ -107,6 +114,8 @@ pub struct SlotRcu {
     slots: Box<[Slot]>,
     /// One past the highest slot index ever claimed (only grows).
     claimed: AtomicUsize,
+    /// Whether owned-slot readers fence their entries now (see [`super::fence_mode`]).
+    fence_mode: FenceMode,
     batches: Mutex<Batches>,
 }
 
@@ -176,9 +185,11 @@ impl Default for SlotRcu {
                     nested: AtomicU64::new(0),
                     first_key: AtomicU64::new(Keys::ALL.first()),
                     last_key: AtomicU64::new(Keys::ALL.last()),
+                    quiet: QuietCount::default(),
                 })
                 .collect(),
             claimed: AtomicUsize::new(0),
+            fence_mode: FenceMode::default(),
             batches: Mutex::new(Batches::default()),
         }
     }
@@ -228,6 +239,13 @@ impl SlotRcu {
         Self::default()
     }
 
+    /// Whether readers in owned slots fence their entries now, or leave that to the next
+    /// writer's heavy barrier (see [`QUIET_SECTIONS`](super::QUIET_SECTIONS) for when they
+    /// switch back).
+    pub fn readers_fence(&self) -> bool {
+        self.fence_mode.readers_fence()
+    }
+
     /// Raises the high-water mark to cover slot `index` before the reader enters it, so a
     /// writer that misses the raise also misses nothing the reader loads afterwards.
     #[inline(always)]
@@ -248,10 +266,13 @@ impl SlotRcu {
         // publishes them too.
         slot.first_key.store(keys.first(), Ordering::Release);
         slot.last_key.store(keys.last(), Ordering::Release);
-        // SeqCst: one half of the store-buffering pair with `running_readers`. Only this thread
-        // writes the slot, so the generation it adds one to is even.
-        let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        reader_fence();
+        // Only this thread writes the slot, so the generation it adds one to is even. Release
+        // publishes the keys to scans that load this entry with Acquire; `after_entry` orders
+        // it before the section's loads (one half of the store-buffering pair with
+        // `running_readers`).
+        let generation = slot.generation.load(Ordering::Relaxed) + 1;
+        slot.generation.store(generation, Ordering::Release);
+        self.fence_mode.after_entry(&slot.quiet);
         (slot, generation)
     }
 
@@ -334,6 +355,8 @@ impl SlotRcu {
     /// documentation).
     fn running_readers(&self, matters: impl Fn(Keys) -> bool) -> SlotSnapshot {
         fence(Ordering::SeqCst);
+        // Owned-slot readers may not have fenced their entries: make them visible.
+        self.fence_mode.before_scan();
         let claimed = self.claimed.load(Ordering::Relaxed);
         self.slots[..claimed]
             .iter()
