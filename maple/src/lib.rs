@@ -43,6 +43,7 @@
 //! same code runs under the shuttle model checker with `--features shuttle`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod cache_aligned;
 mod error;
 mod node;
 mod pointer;

@@ -15,6 +15,7 @@
 //!   reference); a displaced value goes back to the writer's caller ([`Displaced`]) and is freed
 //!   only after a grace period.
 
+use crate::cache_aligned::CacheAligned;
 use crate::error::{MapleError, check_range};
 use crate::node::{
     Child, Entry, Header, INTERNAL_MIN, INTERNAL_SLOTS, Internal, LEAF_MIN, LEAF_SLOTS, Leaf, NodePool,
@@ -50,17 +51,6 @@ pub struct MapleTree<P: ValuePointer, R: Rcu = DefaultRcu> {
     retired: Mutex<ReclaimQueue<R::Cookie>>,
     rcu: R,
     _values: PhantomData<P>,
-}
-
-/// Keeps a value on cache lines of its own (two lines: adjacent-line prefetchers pair them).
-#[repr(align(128))]
-struct CacheAligned<T>(T);
-
-impl<T> std::ops::Deref for CacheAligned<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 /// What only the writer uses.

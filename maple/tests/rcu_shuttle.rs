@@ -7,7 +7,7 @@ mod no_grace;
 #[path = "support/rcu_scenarios.rs"]
 mod scenarios;
 
-use maple::rcu::SlotRcu;
+use maple::rcu::{Rcu, SlotRcu};
 use maple::sync::check_random_and_pct;
 use scenarios::NoGrace;
 
@@ -91,4 +91,52 @@ fn broken_synchronize_is_caught() {
 #[should_panic(expected = "poisoned")]
 fn broken_retire_is_caught() {
     check_both(|| scenarios::retired_never_freed_under_reader::<NoGrace<SlotRcu>>(3, 2, 2, 2));
+}
+
+/// A reader runs quiet runs of sections (so that its domain's readers go unfenced between the
+/// writer's grace periods) and, after each, one section the writer may overlap; the writer's
+/// `synchronize` must outlast every section that had begun when it was called, whether that
+/// section was entered fenced or unfenced, before or during the writer's switch of the mode.
+fn unfenced_sections_hold_up_grace_periods<R: Rcu>() {
+    use maple::rcu::QUIET_SECTIONS;
+    use maple::sync::atomic::{AtomicUsize, Ordering};
+    use maple::sync::{Arc, thread};
+    const ROUNDS: usize = 3;
+    let rcu = Arc::new(R::default());
+    // Sections entered and left, counted inside them.
+    let entered = Arc::new(AtomicUsize::new(0));
+    let left = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (rcu, entered, left) = (rcu.clone(), entered.clone(), left.clone());
+        thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                (0..=QUIET_SECTIONS).for_each(|_| drop(rcu.read()));
+                let guard = rcu.read();
+                entered.fetch_add(1, Ordering::SeqCst);
+                thread::yield_now();
+                left.fetch_add(1, Ordering::SeqCst);
+                drop(guard);
+            }
+        })
+    };
+    for _ in 0..ROUNDS {
+        let before = entered.load(Ordering::SeqCst);
+        rcu.synchronize();
+        assert!(
+            left.load(Ordering::SeqCst) >= before,
+            "synchronize returned while an earlier guard was held"
+        );
+    }
+    reader.join().unwrap();
+}
+
+#[test]
+fn unfenced_sections_hold_up_writers_switching_the_mode() {
+    check_owned_and_shared(unfenced_sections_hold_up_grace_periods::<SlotRcu>);
+}
+
+#[test]
+#[should_panic(expected = "synchronize returned while an earlier guard was held")]
+fn broken_synchronize_beside_unfenced_sections_is_caught() {
+    check_both(unfenced_sections_hold_up_grace_periods::<NoGrace<SlotRcu>>);
 }

@@ -54,6 +54,7 @@
 //! sequentially consistent, the heavy barrier is a SeqCst fence and [`QUIET_SECTIONS`] is small,
 //! so the mode changes often enough for the checker to interleave them with grace periods.
 
+use crate::cache_aligned::CacheAligned;
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use std::time::Instant;
 
@@ -81,9 +82,9 @@ const FENCED: usize = 2;
 pub(super) struct FenceMode {
     /// FAST, SWITCHING or FENCED: loaded by every reader entry, stored only at mode changes,
     /// so its line stays shared in every reader's cache while the mode holds.
-    mode: Line<AtomicUsize>,
+    mode: CacheAligned<AtomicUsize>,
     /// When to go FAST: on a line of its own, written on every scan, read by fenced readers.
-    policy: Line<Policy>,
+    policy: CacheAligned<Policy>,
     created: Instant,
     /// Whether the heavy barrier is available, so that readers may ever move the mode to FAST.
     may_relax: bool,
@@ -100,11 +101,6 @@ struct Policy {
     relaxed_at: AtomicU64,
 }
 
-/// A value alone on its cache line (and the adjacent-line prefetch's pair).
-#[repr(align(128))]
-#[derive(Debug)]
-struct Line<T>(T);
-
 /// What a reader keeps between its fenced sections to tell when writers went quiet: holder-only
 /// fields of its slot.
 #[derive(Debug, Default)]
@@ -119,8 +115,8 @@ impl Default for FenceMode {
     fn default() -> Self {
         let may_relax = heavy_barrier::available();
         Self {
-            mode: Line(AtomicUsize::new(if may_relax { FAST } else { FENCED })),
-            policy: Line(Policy {
+            mode: CacheAligned(AtomicUsize::new(if may_relax { FAST } else { FENCED })),
+            policy: CacheAligned(Policy {
                 scans: AtomicU64::new(0),
                 quiet_sections: AtomicU64::new(QUIET_SECTIONS),
                 relaxed_at: AtomicU64::new(0),
@@ -142,7 +138,7 @@ impl FenceMode {
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
         // Acquire pairs with the Release store of FENCED after a heavy barrier, and orders the
         // section's loads after this one.
-        if self.mode.0.load(Ordering::Acquire) == FAST {
+        if self.mode.load(Ordering::Acquire) == FAST {
             return;
         }
         // SeqCst: the reader's half of the store-buffering pair with the fence in
@@ -155,8 +151,11 @@ impl FenceMode {
     /// row with no scan in between.
     #[inline(always)]
     fn count_quiet(&self, quiet: &QuietCount) {
+        if !self.may_relax {
+            return;
+        }
         // Relaxed: a heuristic; which scans a reader counts has no bearing on safety.
-        let scans = self.policy.0.scans.load(Ordering::Relaxed);
+        let scans = self.policy.scans.load(Ordering::Relaxed);
         // Relaxed: holder-only fields.
         if quiet.scans_seen.load(Ordering::Relaxed) != scans {
             quiet.scans_seen.store(scans, Ordering::Relaxed);
@@ -165,7 +164,7 @@ impl FenceMode {
         }
         let sections = quiet.sections.load(Ordering::Relaxed) + 1;
         // Relaxed: a heuristic, like `scans`.
-        if sections < self.policy.0.quiet_sections.load(Ordering::Relaxed) || !self.may_relax {
+        if sections < self.policy.quiet_sections.load(Ordering::Relaxed) {
             quiet.sections.store(sections, Ordering::Relaxed);
             return;
         }
@@ -180,13 +179,11 @@ impl FenceMode {
         // FENCED that preceded it (the second case in the module documentation).
         if self
             .mode
-            .0
             .compare_exchange(FENCED, FAST, Ordering::SeqCst, Ordering::Relaxed)
             .is_ok()
         {
             // Relaxed: a heuristic; a writer that reads an older time misjudges one period.
             self.policy
-                .0
                 .relaxed_at
                 .store(self.elapsed_nanos(), Ordering::Relaxed);
         }
@@ -201,17 +198,16 @@ impl FenceMode {
     #[inline]
     pub(super) fn before_scan(&self) {
         // Relaxed: readers only compare counts (see `count_quiet`).
-        self.policy.0.scans.fetch_add(1, Ordering::Relaxed);
+        self.policy.scans.fetch_add(1, Ordering::Relaxed);
         // Acquire pairs with the Release store of FENCED below (made by this writer or another),
         // which followed a heavy barrier.
-        let mut mode = self.mode.0.load(Ordering::Acquire);
+        let mut mode = self.mode.load(Ordering::Acquire);
         let mut switched = false;
         while mode == FAST {
             // SeqCst: the heavy barrier below orders this store before every running reader's
             // later mode loads (the first case in the module documentation).
             match self
                 .mode
-                .0
                 .compare_exchange(FAST, SWITCHING, Ordering::SeqCst, Ordering::Acquire)
             {
                 Ok(_) => (mode, switched) = (SWITCHING, true),
@@ -233,7 +229,6 @@ impl FenceMode {
         // a reader may since have relaxed it): nothing to do then.
         let _ = self
             .mode
-            .0
             .compare_exchange(SWITCHING, FENCED, Ordering::Release, Ordering::Relaxed);
     }
 
@@ -250,20 +245,20 @@ impl FenceMode {
         }
         let cost = self.elapsed_nanos().saturating_sub(started);
         // Relaxed: heuristics (see `relax`).
-        let fast_for = started.saturating_sub(self.policy.0.relaxed_at.load(Ordering::Relaxed));
-        let quiet = self.policy.0.quiet_sections.load(Ordering::Relaxed);
+        let fast_for = started.saturating_sub(self.policy.relaxed_at.load(Ordering::Relaxed));
+        let quiet = self.policy.quiet_sections.load(Ordering::Relaxed);
         let quiet = if fast_for >= cost.saturating_mul(PAYOFF_FACTOR.into()) {
             (quiet / 2).max(QUIET_SECTIONS)
         } else {
             (quiet * 2).min(MAX_QUIET_SECTIONS)
         };
-        self.policy.0.quiet_sections.store(quiet, Ordering::Relaxed);
+        self.policy.quiet_sections.store(quiet, Ordering::Relaxed);
     }
 
     /// Whether readers currently fence their entries (for tests and statistics).
     pub(super) fn readers_fence(&self) -> bool {
         // Relaxed: a snapshot.
-        self.mode.0.load(Ordering::Relaxed) != FAST
+        self.mode.load(Ordering::Relaxed) != FAST
     }
 }
 
