@@ -1,38 +1,24 @@
 //! Fault cost per page: maplevm's engine (fast path: anonymous memory with and without
 //! zero-filling, a cached file page; slow path: a file page read with the guard dropped) beside
 //! an engine with no synchronization at all (single thread, plain BTreeMap, same page table and
-//! frame pool), and beside the same engine executing the two locked instructions a lock-free
-//! fault cannot do without (`ProtocolAtomicsEngine`); and two threads faulting one large VMA,
-//! per fault, to set beside one thread.
-//! Each measurement maps a fresh region, faults its pages (timed), and unmaps it (not timed).
+//! frame pool), and beside the same engine with the read-side section and compare-and-swap
+//! install of a lock-free fault (`ProtocolAtomicsEngine`); and two threads faulting one large
+//! VMA, per fault, to set beside one thread.
+//! Each measurement maps a fresh region, faults its pages (timed), and unmaps it (not timed):
+//! see `bench::fault_cost`, whose paired rounds (`bench fault-cost`) give the ratios between
+//! these engines that this machine's phases do not move.
 
+use bench::fault_cost::{FaultTarget, Maplevm, PAGES, REGION, frame_pool, time_region};
 use bench::unsync_engine::{ProtocolAtomicsEngine, UnsyncEngine};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
-use fault::{Access, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
-use std::sync::{Arc, Barrier};
+use fault::{Access, Mm};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 use vma::{MapFlags, PAGE_SIZE, Prot};
 
-const PAGES: u64 = 512;
-const REGION: u64 = 0x1000_0000;
-
-fn pool() -> Arc<FramePool> {
-    Arc::new(FramePool::new(FramePoolConfig::default()).unwrap())
-}
-
-fn mm(zero_fill: bool) -> Mm {
-    let config = MmConfig {
-        zero_fill,
-        ..MmConfig::default()
-    };
-    Mm::new(config, pool()).unwrap()
-}
-
-/// Unmaps a region and waits until its frames are back in the pool, so that frame release
-/// (which munmap defers by a grace period) is charged to the untimed teardown, as the
-/// unsynchronized engine's unmap is, and not to the next timed fault that happens to run the
-/// deferred work.
+/// Unmaps a region and waits until its frames are back in the pool (see
+/// `FaultTarget::unmap`).
 fn release(mm: &Mm, at: u64, pages: u64) {
     mm.munmap(at, pages * PAGE_SIZE).unwrap();
     mm.barrier();
@@ -48,26 +34,6 @@ fn in_batches(iters: u64, size: u64, mut batch: impl FnMut(u64) -> Duration) -> 
         left -= count;
     }
     total
-}
-
-/// Times `iters` faults, `PAGES` per region: `setup` maps a region and returns its address,
-/// `fault` faults one page, `teardown` unmaps it.
-fn per_fault<S>(
-    iters: u64,
-    mut setup: impl FnMut() -> S,
-    mut fault: impl FnMut(&S, u64),
-    mut teardown: impl FnMut(S),
-) -> Duration {
-    in_batches(iters, PAGES, |pages| {
-        let region = setup();
-        let started = Instant::now();
-        for page in 0..pages {
-            fault(&region, page);
-        }
-        let elapsed = started.elapsed();
-        teardown(region);
-        elapsed
-    })
 }
 
 /// Runs `work` on one thread per worker; each waits at the barrier it is given before it
@@ -86,33 +52,10 @@ fn slowest<W: Send>(workers: Vec<W>, work: impl Fn(W, &Barrier) -> Duration + Sy
     })
 }
 
-/// Times `engine`'s anonymous faults, as `{name} anonymous, {zeroing}`.
-fn bench_unsync<const PROTOCOL_ATOMICS: bool>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    mut engine: UnsyncEngine<PROTOCOL_ATOMICS>,
-    name: &str,
-    zeroing: &str,
-) {
-    let engine = std::cell::RefCell::new(&mut engine);
-    group.bench_function(format!("{name} anonymous, {zeroing}"), |b| {
-        b.iter_custom(|iters| {
-            per_fault(
-                iters,
-                || {
-                    engine
-                        .borrow_mut()
-                        .map(REGION, PAGES * PAGE_SIZE, Prot::READ_WRITE);
-                    REGION
-                },
-                |&at, page| {
-                    engine
-                        .borrow_mut()
-                        .fault(at + page * PAGE_SIZE, Access::Write)
-                        .unwrap();
-                },
-                |at| engine.borrow_mut().unmap(at),
-            )
-        })
+/// Times `iters` faults of `target`, a region of up to `PAGES` at a time.
+fn bench_target(group: &mut BenchmarkGroup<'_, WallTime>, name: String, mut target: impl FaultTarget) {
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| in_batches(iters, PAGES, |pages| time_region(&mut target, pages)))
     });
 }
 
@@ -120,85 +63,21 @@ fn single_thread(c: &mut Criterion) {
     let mut group = c.benchmark_group("fault");
     for zero_fill in [true, false] {
         let zeroing = if zero_fill { "zero-fill" } else { "no zero-fill" };
-        let maplevm = mm(zero_fill);
-        group.bench_function(format!("maplevm fast path anonymous, {zeroing}"), |b| {
-            b.iter_custom(|iters| {
-                per_fault(
-                    iters,
-                    || {
-                        let flags = MapFlags::PRIVATE_ANONYMOUS.fixed();
-                        maplevm
-                            .mmap(REGION, PAGES * PAGE_SIZE, Prot::READ_WRITE, flags, None)
-                            .unwrap()
-                    },
-                    |&at, page| {
-                        maplevm.fault(at + page * PAGE_SIZE, Access::Write).unwrap();
-                    },
-                    |at| release(&maplevm, at, PAGES),
-                )
-            })
-        });
-        bench_unsync(
+        let name = |engine: &str| format!("{engine} anonymous, {zeroing}");
+        bench_target(
             &mut group,
-            UnsyncEngine::<false>::new(pool(), zero_fill),
-            "unsynchronized",
-            zeroing,
+            name("maplevm fast path"),
+            Maplevm::anonymous(zero_fill),
         );
-        bench_unsync(
-            &mut group,
-            ProtocolAtomicsEngine::new(pool(), zero_fill),
-            "unsynchronized + protocol atomics",
-            zeroing,
-        );
+        let unsync = UnsyncEngine::<false>::new(frame_pool(), zero_fill);
+        bench_target(&mut group, name("unsynchronized"), unsync);
+        let atomics = ProtocolAtomicsEngine::new(frame_pool(), zero_fill);
+        bench_target(&mut group, name("unsynchronized + protocol atomics"), atomics);
     }
-
-    let maplevm = mm(true);
-    let cached = Arc::new(MemBacking::zeroed(
-        "/cached",
-        maplevm.frames(),
-        (PAGES * PAGE_SIZE) as usize,
-    ));
-    let cached_file = File::new(cached.clone());
-    for page in 0..PAGES {
-        let frame = fault::Backing::read_page(&*cached, page).unwrap();
-        // SAFETY: the reference read_page handed us; the page cache keeps its own.
-        unsafe { maplevm.frames().put(frame) };
-    }
-    let map_file = |file: &Arc<File>| {
-        let flags = MapFlags::PRIVATE.fixed();
-        maplevm
-            .mmap(REGION, PAGES * PAGE_SIZE, Prot::READ, flags, Some((file, 0)))
-            .unwrap()
-    };
-    group.bench_function("maplevm fast path cached file page", |b| {
-        b.iter_custom(|iters| {
-            per_fault(
-                iters,
-                || map_file(&cached_file),
-                |&at, page| {
-                    maplevm.fault(at + page * PAGE_SIZE, Access::Read).unwrap();
-                },
-                |at| release(&maplevm, at, PAGES),
-            )
-        })
-    });
-    group.bench_function("maplevm slow path file page read", |b| {
-        b.iter_custom(|iters| {
-            per_fault(
-                iters,
-                || {
-                    // A fresh file each time: nothing cached, every fault reads.
-                    let backing = MemBacking::zeroed("/cold", maplevm.frames(), (PAGES * PAGE_SIZE) as usize);
-                    let file = File::new(Arc::new(backing));
-                    (map_file(&file), file)
-                },
-                |(at, _), page| {
-                    maplevm.fault(at + page * PAGE_SIZE, Access::Read).unwrap();
-                },
-                |(at, _)| release(&maplevm, at, PAGES),
-            )
-        })
-    });
+    let cached = Maplevm::cached_file();
+    bench_target(&mut group, "maplevm fast path cached file page".into(), cached);
+    let cold = Maplevm::cold_file();
+    bench_target(&mut group, "maplevm slow path file page read".into(), cold);
     group.finish();
 }
 
@@ -209,7 +88,8 @@ fn two_threads_one_vma(c: &mut Criterion) {
     const PER_THREAD: u64 = 2048;
     let mut group = c.benchmark_group("fault");
     for (zero_fill, threads) in [(true, 1u64), (true, 2), (false, 1), (false, 2)] {
-        let maplevm = mm(zero_fill);
+        let target = Maplevm::anonymous(zero_fill);
+        let maplevm = target.mm();
         let zeroing = if zero_fill { "zero-fill" } else { "no zero-fill" };
         let name = format!("maplevm one VMA, {zeroing}, {threads} thread(s), per fault");
         group.bench_function(name, |b| {
@@ -227,7 +107,7 @@ fn two_threads_one_vma(c: &mut Criterion) {
                         }
                         started.elapsed()
                     });
-                    release(&maplevm, at, threads * PER_THREAD);
+                    release(maplevm, at, threads * PER_THREAD);
                     elapsed
                 })
             })
@@ -254,9 +134,9 @@ fn two_threads_nothing_shared(c: &mut Criterion) {
     ];
     for (zero_fill, threads, shared_pool) in cases {
         let zeroing = if zero_fill { "zero-fill" } else { "no zero-fill" };
-        let shared = shared_pool.then(pool);
+        let shared = shared_pool.then(frame_pool);
         let mut engines: Vec<UnsyncEngine> = (0..threads)
-            .map(|_| UnsyncEngine::new(shared.clone().unwrap_or_else(pool), zero_fill))
+            .map(|_| UnsyncEngine::new(shared.clone().unwrap_or_else(frame_pool), zero_fill))
             .collect();
         let engines_are = if shared_pool {
             "engines sharing one pool"

@@ -11,9 +11,10 @@
 //!
 //! DESIGN is one of the benchmark's designs, `unsync` (the engine with no synchronization
 //! that `cargo bench --bench fault` sets maplevm's beside) or `unsync-atomics` (the same engine
-//! executing the two locked instructions a lock-free fault needs: `ProtocolAtomicsEngine`). KIND is `new` (each fault installs
-//! a new anonymous page) or `mapped` (the page is already mapped: only the lookup and the
-//! design's read-side synchronization). New pages are zero-filled unless `--no-zero-fill`. The
+//! with the read-side section and compare-and-swap install a lock-free fault needs:
+//! `ProtocolAtomicsEngine`). KIND is `new` (each fault installs a new anonymous page) or
+//! `mapped` (the page is already mapped: only the lookup and the design's read-side
+//! synchronization). New pages are zero-filled unless `--no-zero-fill`. The
 //! frame pool is grown to the run's size before the faults (as the benchmarks' recycled frames
 //! are), so that no fault pays for a new chunk.
 

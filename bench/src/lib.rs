@@ -9,8 +9,11 @@
 //!   `fixed-replace`, `shared-file`), each run measuring faults/s, a fault latency histogram,
 //!   writer ops/s, fault waits and peak memory;
 //! - [`report`]: tables, JSON and SVG charts;
-//! - the binary: `bench compare` (README's main command) and `bench replay FILE` (a trace of
-//!   address-space operations, see `vma::trace`).
+//! - [`fault_cost`]: single-thread fault cost per page, and the paired rounds that compare it
+//!   across engines on a noisy machine (`bench fault-cost`);
+//! - the binary: `bench compare` (README's main command), `bench fault-cost` (see
+//!   [`fault_cost`]) and `bench replay FILE` (a trace of address-space operations, see
+//!   `vma::trace`).
 //!
 //! The criterion micro-benchmarks live in `benches/`:
 //! - `rcu`: read-side guard enter/exit, retire and synchronize for each [`maple::rcu`] domain;
@@ -19,13 +22,14 @@
 //!   ([`vma_spaces`]);
 //! - `fault`: fault cost per page (fast path, slow path, with and without zero-filling)
 //!   beside [`unsync_engine::UnsyncEngine`] and [`unsync_engine::ProtocolAtomicsEngine`] (the
-//!   same engine plus the two locked instructions of any lock-free fault), and two threads
-//!   faulting one VMA;
+//!   same engine plus the read-side section and compare-and-swap install of any lock-free
+//!   fault), and two threads faulting one VMA;
 //! - `designs`: every design's fault and mmap/munmap paths side by side.
 //!
 //! See docs/benchmarks.md.
 
 pub mod designs;
+pub mod fault_cost;
 pub mod report;
 pub mod unsync_engine;
 pub mod vma_spaces;

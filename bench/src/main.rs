@@ -2,6 +2,8 @@
 //! - `bench compare [OPTIONS]` runs every workload on every design and prints a table per
 //!   workload (see `bench compare --help`); each run is a child process (`bench run-one`), so
 //!   that its peak memory is its own and no run inherits another's threads or garbage;
+//! - `bench fault-cost [--rounds N]` times single-thread faults of maplevm's fast path beside the
+//!   unsynchronized engines in paired rounds (see `bench::fault_cost`);
 //! - `bench replay FILE` replays a trace of address-space operations (see `vma::trace`) on an
 //!   x86-64 layout and prints the resulting maps.
 
@@ -16,6 +18,9 @@ use vma::{AddressSpace, Layout, NoFlush};
 
 const USAGE: &str = "\
 usage: bench compare [OPTIONS]   run the workloads on the designs and print the comparison
+       bench fault-cost [--rounds N]
+                                 one thread's fault cost beside the unsynchronized engines, in
+                                 paired rounds (default 2000): median times and per-round ratios
        bench replay FILE         replay a trace of mmap/munmap/mprotect/mremap/brk, print the maps
 
 compare options:
@@ -209,6 +214,20 @@ fn compare(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
+/// `bench fault-cost [--rounds N]`.
+fn fault_cost(args: &[String]) -> Result<(), String> {
+    let rounds = match args {
+        [] => 2000,
+        [flag, value] if flag == "--rounds" => number(value, "--rounds")?,
+        _ => return Err("fault-cost [--rounds N]".into()),
+    };
+    if rounds == 0 {
+        return Err("--rounds: at least 1".into());
+    }
+    print!("{}", bench::fault_cost::compare_engines(rounds));
+    Ok(())
+}
+
 fn replay(path: &str) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
     let trace = Trace::parse(&text).map_err(|e| format!("{path}: {e}"))?;
@@ -229,6 +248,7 @@ fn main() -> ExitCode {
         }
         Some("compare") => parse(&args[1..]).and_then(|options| compare(&options)),
         Some("run-one") => run_one(&args[1..]),
+        Some("fault-cost") => fault_cost(&args[1..]),
         Some("replay") if args.len() == 2 => replay(&args[1]).map(|maps| print!("{maps}")),
         _ => {
             eprintln!("{USAGE}");

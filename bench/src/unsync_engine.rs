@@ -3,41 +3,44 @@
 //! put back at once on unmap (nobody else can be reading). What maplevm's fast path adds over
 //! this is the price of running the same fault lock-free beside writers.
 //!
-//! [`ProtocolAtomicsEngine`] splits that price: the same engine also executes the two locked
-//! instructions that any fault resolved without a lock beside writers needs — announcing a
-//! read-side section that writers can see before the lookup (a SeqCst read-modify-write of a
-//! line the thread owns; a plain store could pass the lookup's loads) and installing the entry
-//! with a compare-and-swap (two faults race to install one page) — and nothing else of
-//! maplevm's. The distance from that engine to maplevm is what the design adds beyond them.
+//! [`ProtocolAtomicsEngine`] splits that price: the same engine also does what any fault
+//! resolved without a lock beside writers cannot do without, and nothing else of maplevm's —
+//! it runs inside a read-side section that writers can see before they free what it reads
+//! (maplevm's own: a guard of the RCU domain, keyed at the page, as `Mm::fault` enters it), and
+//! it installs the entry with a compare-and-swap (two faults race to install one page). The
+//! distance from that engine to maplevm is what the design adds beyond them: the VMA tree's
+//! walk, the VMA's lifecycle and permission checks, and the statistics.
+//!
+//! (Until session 9 the section was announced with a SeqCst `lock xadd` on a line of its own,
+//! as maplevm's entry did before its readers fenced only while writers scan; the two measure
+//! within 2% of each other: see docs/results.md.)
 
 use fault::pagetable::{PRIVATE, PageTable, Pte, WRITABLE};
 use fault::{Access, FaultError, FramePool};
-use maple::rcu::DefaultRcu;
+use maple::Guard;
+use maple::rcu::{DefaultRcu, Keys};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use vma::{PAGE_SIZE, Prot};
 
 /// A single-threaded anonymous-memory fault engine (see the module documentation): with
-/// `PROTOCOL_ATOMICS`, also the two locked instructions of a lock-free fault.
+/// `PROTOCOL_ATOMICS`, also the read-side section and the compare-and-swap install of a
+/// lock-free fault.
 pub struct UnsyncEngine<const PROTOCOL_ATOMICS: bool = false> {
     /// Start → (end, permissions).
     vmas: BTreeMap<u64, (u64, Prot)>,
     table: PageTable,
     frames: Arc<FramePool>,
     zero_fill: bool,
-    /// The read-side section counter of the protocol atomics (odd while a fault runs).
-    section: Box<SectionLine>,
+    /// Page tables emptied by unmap are retired here; with `PROTOCOL_ATOMICS`, faults run
+    /// under its guards.
     rcu: DefaultRcu,
 }
 
-/// [`UnsyncEngine`] executing the two locked instructions a lock-free fault beside writers
-/// cannot do without (see the module documentation).
+/// [`UnsyncEngine`] with what a lock-free fault beside writers cannot do without: a read-side
+/// section and a compare-and-swap install (see the module documentation).
 pub type ProtocolAtomicsEngine = UnsyncEngine<true>;
-
-/// A counter alone on its cache line, as a reader slot is.
-#[repr(align(128))]
-struct SectionLine(AtomicU64);
 
 impl<const PROTOCOL_ATOMICS: bool> UnsyncEngine<PROTOCOL_ATOMICS> {
     /// An empty engine taking frames from `frames`, zero-filling them or not.
@@ -47,7 +50,6 @@ impl<const PROTOCOL_ATOMICS: bool> UnsyncEngine<PROTOCOL_ATOMICS> {
             table: PageTable::new(),
             frames,
             zero_fill,
-            section: Box::new(SectionLine(AtomicU64::new(0))),
             rcu: DefaultRcu::default(),
         }
     }
@@ -74,17 +76,13 @@ impl<const PROTOCOL_ATOMICS: bool> UnsyncEngine<PROTOCOL_ATOMICS> {
         if !PROTOCOL_ATOMICS {
             return self.resolve(addr, access);
         }
-        // SeqCst read-modify-write: the announcement a writer's scan must see before the
-        // lookup's loads (the locked instruction of maplevm's section entry).
-        let generation = self.section.0.fetch_add(1, Ordering::SeqCst) + 1;
-        let result = self.resolve(addr, access);
-        // Release: the section's end, as a guard's drop stores it.
-        self.section.0.store(generation + 1, Ordering::Release);
-        result
+        // The section maplevm's fault runs in, keyed at the page as `Mm::fault` keys it.
+        let _section = Guard::keyed(&self.rcu, Keys::one(addr & !(PAGE_SIZE - 1)));
+        self.resolve(addr, access)
     }
 
     #[inline(always)]
-    fn resolve(&mut self, addr: u64, access: Access) -> Result<(), FaultError> {
+    fn resolve(&self, addr: u64, access: Access) -> Result<(), FaultError> {
         let (_, &(end, prot)) = self
             .vmas
             .range(..=addr)

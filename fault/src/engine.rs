@@ -122,6 +122,14 @@ enum Attempt {
     Blocking(u64),
 }
 
+/// What [`Memory::file_frame`] found for a missing entry of a file mapping.
+enum FilePage {
+    /// The frame to map, with one reference for the entry, and the entry's flags.
+    Frame(Frame, u64),
+    /// The page at this page offset must be read first.
+    Blocking(u64),
+}
+
 /// How far [`Memory::settle`] got without blocking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -298,7 +306,9 @@ impl Memory {
         }
     }
     /// One decision: what the entry must become, prepared and installed with one
-    /// compare-and-swap.
+    /// compare-and-swap. The new anonymous page is the straight line; changing a present entry
+    /// and finding a file page are out of line, so that the common fault carries none of their
+    /// work.
     #[inline]
     fn attempt(
         &self,
@@ -308,7 +318,6 @@ impl Memory {
         entry: &AtomicU64,
         read: &mut Option<Frame>,
     ) -> Result<Attempt, FaultError> {
-        let frames = &self.frames;
         // Acquire pairs with the Release of the CAS that installed the entry: the frame's
         // contents are visible.
         let current = Pte(entry.load(Ordering::Acquire));
@@ -317,65 +326,24 @@ impl Memory {
             return Ok(Attempt::Done(Fault::AlreadyMapped));
         }
         if current.present() {
-            let updated = if !current.readable() {
-                // The mapping allows access again (mprotect back from PROT_NONE).
-                current.with(0, NO_ACCESS)
-            } else if mapping.shared || current.private() {
-                // A write to a page that is already this mapping's: allow it.
-                current.with(WRITABLE | DIRTY, 0)
-            } else {
-                // Copy-on-write of a file page in a private mapping.
-                let copy = self.copy_of(current.frame())?;
-                let new = Pte::new(copy, PRIVATE | WRITABLE | DIRTY | ACCESSED);
-                return Ok(if self.install(entry, current, new, copy) {
-                    // SAFETY: the old entry's reference; the file's page cache still holds the
-                    // frame (the mapping, alive under our guard or reference, holds the file).
-                    unsafe { frames.put(current.frame()) };
-                    Attempt::Done(Fault::Installed)
-                } else {
-                    Attempt::Again
-                });
-            };
-            // Release pairs with the Acquire of readers of the entry.
-            return Ok(
-                match entry.compare_exchange(current.0, updated.0, Ordering::AcqRel, Ordering::Relaxed) {
-                    Ok(_) if updated.readable() && (!write || updated.writable()) => {
-                        Attempt::Done(Fault::Installed)
-                    }
-                    _ => Attempt::Again,
-                },
-            );
+            return self.change_present(mapping, write, entry, current);
         }
         let writable = if mapping.prot.write { WRITABLE } else { 0 };
         let dirty = if write { DIRTY | ACCESSED } else { ACCESSED };
         let (frame, flags) = match &mapping.backing {
             VmaBacking::Anonymous => {
                 let frame = if self.zero_fill {
-                    frames.alloc_zeroed()
+                    self.frames.alloc_zeroed()
                 } else {
-                    frames.alloc()
+                    self.frames.alloc()
                 };
                 (frame.ok_or(FaultError::OutOfMemory)?, PRIVATE | writable | dirty)
             }
             VmaBacking::File(object) => {
-                let backing = backing_of(object);
-                let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
-                if pgoff >= backing.pages() {
-                    return Err(FaultError::BusError);
-                }
-                let Some(cached) = read.take().or_else(|| backing.page_if_cached(pgoff)) else {
-                    return Ok(Attempt::Blocking(pgoff));
-                };
-                if mapping.shared {
-                    (cached, writable | dirty)
-                } else if write {
-                    let copy = self.copy_of(cached);
-                    // SAFETY: our reference on the cached page, no longer used; the page cache
-                    // holds its own.
-                    unsafe { frames.put(cached) };
-                    (copy?, PRIVATE | writable | dirty)
-                } else {
-                    (cached, dirty)
+                let allowed = writable | dirty;
+                match self.file_frame(mapping, page, write, allowed, backing_of(object), read)? {
+                    FilePage::Frame(frame, flags) => (frame, flags),
+                    FilePage::Blocking(pgoff) => return Ok(Attempt::Blocking(pgoff)),
                 }
             }
         };
@@ -383,6 +351,79 @@ impl Memory {
             Attempt::Done(Fault::Installed)
         } else {
             Attempt::Again
+        })
+    }
+
+    /// An access that a present entry does not allow but `mapping` does: restore access (after
+    /// mprotect back from PROT_NONE), allow a write to a page that is already the mapping's, or
+    /// copy a file page on write in a private mapping.
+    #[inline(never)]
+    fn change_present(
+        &self,
+        mapping: &Mapping,
+        write: bool,
+        entry: &AtomicU64,
+        current: Pte,
+    ) -> Result<Attempt, FaultError> {
+        let updated = if !current.readable() {
+            current.with(0, NO_ACCESS)
+        } else if mapping.shared || current.private() {
+            current.with(WRITABLE | DIRTY, 0)
+        } else {
+            let copy = self.copy_of(current.frame())?;
+            let new = Pte::new(copy, PRIVATE | WRITABLE | DIRTY | ACCESSED);
+            return Ok(if self.install(entry, current, new, copy) {
+                // SAFETY: the old entry's reference; the file's page cache still holds the
+                // frame (the mapping, alive under our guard or reference, holds the file).
+                unsafe { self.frames.put(current.frame()) };
+                Attempt::Done(Fault::Installed)
+            } else {
+                Attempt::Again
+            });
+        };
+        // Release pairs with the Acquire of readers of the entry.
+        Ok(
+            match entry.compare_exchange(current.0, updated.0, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) if updated.readable() && (!write || updated.writable()) => {
+                    Attempt::Done(Fault::Installed)
+                }
+                _ => Attempt::Again,
+            },
+        )
+    }
+
+    /// The frame a missing entry of a file mapping gets and the entry's flags: the backing's
+    /// cached page (`read`, or the page cache's) with the flags the access `allowed` (a shared
+    /// mapping), read-only (a read through a private mapping, copied when written later), or a
+    /// private copy (a write through a private mapping); or the page to read first when it is
+    /// not cached.
+    #[inline(never)]
+    fn file_frame(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        write: bool,
+        allowed: u64,
+        backing: &dyn crate::Backing,
+        read: &mut Option<Frame>,
+    ) -> Result<FilePage, FaultError> {
+        let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
+        if pgoff >= backing.pages() {
+            return Err(FaultError::BusError);
+        }
+        let Some(cached) = read.take().or_else(|| backing.page_if_cached(pgoff)) else {
+            return Ok(FilePage::Blocking(pgoff));
+        };
+        Ok(if mapping.shared {
+            FilePage::Frame(cached, allowed)
+        } else if write {
+            let copy = self.copy_of(cached);
+            // SAFETY: our reference on the cached page, no longer used; the page cache holds
+            // its own.
+            unsafe { self.frames.put(cached) };
+            FilePage::Frame(copy?, PRIVATE | allowed)
+        } else {
+            FilePage::Frame(cached, allowed & !WRITABLE)
         })
     }
 
