@@ -251,7 +251,8 @@ pub fn compare_engines(rounds: usize) -> String {
     out
 }
 
-#[cfg(test)]
+// Real threads and timings: not run under shuttle (its primitives need its scheduler).
+#[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use super::*;
 

@@ -305,6 +305,7 @@ impl Memory {
             }
         }
     }
+
     /// One decision: what the entry must become, prepared and installed with one
     /// compare-and-swap. The new anonymous page is the straight line; changing a present entry
     /// and finding a file page are out of line, so that the common fault carries none of their
@@ -366,10 +367,13 @@ impl Memory {
         current: Pte,
     ) -> Result<Attempt, FaultError> {
         let updated = if !current.readable() {
+            // The mapping allows access again (mprotect back from PROT_NONE).
             current.with(0, NO_ACCESS)
         } else if mapping.shared || current.private() {
+            // A write to a page that is already this mapping's: allow it.
             current.with(WRITABLE | DIRTY, 0)
         } else {
+            // Copy-on-write of a file page in a private mapping.
             let copy = self.copy_of(current.frame())?;
             let new = Pte::new(copy, PRIVATE | WRITABLE | DIRTY | ACCESSED);
             return Ok(if self.install(entry, current, new, copy) {
