@@ -8,21 +8,14 @@
 //! see `bench::fault_cost`, whose paired rounds (`bench fault-cost`) give the ratios between
 //! these engines that this machine's phases do not move.
 
-use bench::fault_cost::{FaultTarget, Maplevm, PAGES, REGION, frame_pool, time_region};
+use bench::fault_cost::{FaultTarget, Maplevm, PAGES, REGION, frame_pool, release, time_region};
 use bench::unsync_engine::{ProtocolAtomicsEngine, UnsyncEngine};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
-use fault::{Access, Mm};
+use fault::Access;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 use vma::{MapFlags, PAGE_SIZE, Prot};
-
-/// Unmaps a region and waits until its frames are back in the pool (see
-/// `FaultTarget::unmap`).
-fn release(mm: &Mm, at: u64, pages: u64) {
-    mm.munmap(at, pages * PAGE_SIZE).unwrap();
-    mm.barrier();
-}
 
 /// Splits `iters` into batches of at most `size` and sums what `batch(count)` measures.
 fn in_batches(iters: u64, size: u64, mut batch: impl FnMut(u64) -> Duration) -> Duration {

@@ -19,10 +19,10 @@
 //! are), so that no fault pays for a new chunk.
 
 use bench::designs::{self, DesignConfig};
+use bench::fault_cost::{REGION, frame_pool};
 use bench::unsync_engine::{ProtocolAtomicsEngine, UnsyncEngine};
-use fault::{Access, FramePool, FramePoolConfig};
+use fault::Access;
 use std::process::ExitCode;
-use std::sync::Arc;
 use vma::{MapFlags, PAGE_SIZE, Prot};
 
 const USAGE: &str = "usage: fault_instructions DESIGN new|mapped COUNT [--no-zero-fill]";
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).expect("default pool"));
+    let frames = frame_pool();
     // Grows the pool to the frames the run needs before it starts: a new chunk (2 MiB zeroed)
     // is set-up, not fault cost, and the difference of two counts would not cancel it.
     let warm: Vec<_> = (0..pages).map_while(|_| frames.alloc()).collect();
@@ -94,7 +94,6 @@ fn run_unsync<const PROTOCOL_ATOMICS: bool>(
     pages: u64,
     run: impl Fn(&mut dyn FnMut(u64)),
 ) -> ExitCode {
-    const REGION: u64 = 0x1000_0000;
     engine.map(REGION, pages * PAGE_SIZE, Prot::READ_WRITE);
     run(&mut |offset| engine.fault(REGION + offset, Access::Write).expect("fault"));
     ExitCode::SUCCESS

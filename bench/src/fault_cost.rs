@@ -43,6 +43,15 @@ pub fn time_region<T: FaultTarget>(target: &mut T, pages: u64) -> Duration {
     elapsed
 }
 
+/// Unmaps `pages` pages at `start` from `mm` and waits until their frames are back in the
+/// pool: munmap puts them back a grace period later, and waiting here (untimed), as the
+/// unsynchronized engine puts them back at once, keeps the deferred work out of the next timed
+/// fault.
+pub fn release(mm: &Mm, start: u64, pages: u64) {
+    mm.munmap(start, pages * PAGE_SIZE).expect("munmap");
+    mm.barrier();
+}
+
 /// A new frame pool with the default settings.
 pub fn frame_pool() -> Arc<FramePool> {
     Arc::new(FramePool::new(FramePoolConfig::default()).expect("default frame pool"))
@@ -140,11 +149,7 @@ impl FaultTarget for Maplevm {
     }
 
     fn unmap(&mut self, start: u64) {
-        self.mm.munmap(start, PAGES * PAGE_SIZE).expect("munmap");
-        // The frames come back after a grace period: wait for it here, untimed, as the
-        // unsynchronized engine puts them back at once, rather than let the next timed fault
-        // run the deferred work.
-        self.mm.barrier();
+        release(&self.mm, start, PAGES);
     }
 }
 

@@ -11,8 +11,9 @@
 //!   (numbers are unique among live threads, and one comes back for reuse only after its
 //!   thread finished, which ends that thread's sections). Such a reader needs no claim: it
 //!   stores its section's first and last key, then stores `g + 1` over its even generation `g`
-//!   (Release), and fences only while writers scan (see [`super::fence_mode`]). The keys are in place before the section is
-//!   visible, so a grace period never sees an owned slot running with keys it cannot judge.
+//!   (Release), and fences only while writers scan (see [`super::fence_mode`]). The keys are
+//!   in place before the section is visible, so a grace period never sees an owned slot
+//!   running with keys it cannot judge.
 //! - **Shared slots.** Threads numbered [`OWNED_SLOTS`] or more (and threads being torn down,
 //!   which have no number) share the remaining slots: a reader claims a free one by moving it
 //!   from `g` to `g + 1` with a compare-and-swap, starting at the one its number picks, going
@@ -58,9 +59,9 @@
 //! its reader's fence is only a compiler fence there (as crossbeam-epoch's pin does). An owned
 //! slot's reader skips its fence while its domain's fence mode is FAST: the writers' scans
 //! then start with a heavy barrier that fences every running reader instead (see
-//! [`super::fence_mode`], which states why that is enough). Guard drop stores with Release, pairing with the
-//! Acquire slot loads of grace-period polls, so a reader's accesses happen before the
-//! reclamation they allowed. A grace period's scan loads a slot's keys with Acquire after
+//! [`super::fence_mode`], which states why that is enough). Guard drop stores with Release,
+//! pairing with the Acquire slot loads of grace-period polls, so a reader's accesses happen
+//! before the reclamation they allowed. A grace period's scan loads a slot's keys with Acquire after
 //! loading its odd generation with Acquire, and keys are stored with Release. In an owned slot
 //! the section's keys were stored before the entry the scan read, so each bound seen is the
 //! section's own or a later section's, stored after the release of the section seen, which has
