@@ -93,8 +93,8 @@ impl Maplevm {
     /// Reads a private mapping of a file whose pages are all in its cache.
     pub fn cached_file() -> Self {
         Self::new(true, |mm| {
-            let len = (PAGES * PAGE_SIZE) as usize;
-            let backing = Arc::new(MemBacking::zeroed("/cached", mm.frames(), len));
+            let backing = MemBacking::zeroed("/cached", mm.frames(), PAGES * PAGE_SIZE);
+            let backing = Arc::new(backing.expect("a small object"));
             for page in 0..PAGES {
                 let frame = fault::Backing::read_page(&*backing, page).expect("read a page");
                 // SAFETY: the reference read_page handed us; the page cache keeps its own.
@@ -129,7 +129,7 @@ impl FaultTarget for Maplevm {
             }
             Mapping::CachedFile(file) => file,
             Mapping::ColdFile => {
-                let backing = MemBacking::zeroed("/cold", self.mm.frames(), len as usize);
+                let backing = MemBacking::zeroed("/cold", self.mm.frames(), len).expect("a small object");
                 cold = File::new(Arc::new(backing));
                 &cold
             }

@@ -348,7 +348,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             regions.extend((0..threads as u64).map(|t| start + t * len));
         }
         Workload::SharedFile => {
-            let backing = MemBacking::zeroed("shared-file", &frames, len as usize);
+            let backing = MemBacking::zeroed("shared-file", &frames, len).map_err(|e| e.to_string())?;
             file = Some(File::new(Arc::new(backing)));
         }
         Workload::PrivateChurn => {}

@@ -9,8 +9,10 @@
 //! backing is dropped, so a frame lives as long as the cache or a translation needs it.
 
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
+use crate::pagetable::{ADDRESS_LIMIT, PageTable, Pte};
 use maple::sync::Mutex;
-use maple::sync::atomic::{AtomicU64, Ordering};
+use maple::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,16 +48,26 @@ pub trait Backing: Send + Sync + fmt::Debug + 'static {
 }
 
 /// An object in memory: its contents live in a byte store until a page is read into the page
-/// cache, after which the cached frame is the page (shared mappings write there).
+/// cache, after which the cached frame is the page (shared mappings write there). Both are
+/// sparse: pages never written cost nothing (they read as zeros), so a zero-filled object of
+/// any size up to [`MemBacking::MAX_LEN`] is created at once, as Linux creates shared
+/// anonymous memory.
 pub struct MemBacking {
     name: String,
     frames: Arc<FramePool>,
-    /// The contents of pages not cached yet.
-    store: Mutex<Vec<u8>>,
-    /// Per page: 0 when not cached, else frame number + 1. Set once, with a compare-and-swap
-    /// (Release, pairing with the Acquire of `page_if_cached`: the frame's contents are
-    /// visible before its number is); cleared only when the backing is dropped.
-    cache: Box<[AtomicU64]>,
+    /// The object's size in pages.
+    pages: u64,
+    /// The contents of pages that hold data and are not cached yet (a page absent from both
+    /// is zeros).
+    store: Mutex<BTreeMap<u64, Box<[u8]>>>,
+    /// Page offset → cached frame: the entry at address `pgoff * FRAME_SIZE` of a radix tree
+    /// laid out as the page table (lookups without locks; tables allocated on first use, so
+    /// the index costs only what is cached). A present entry holds the cache's reference on
+    /// its frame. Set once, with a compare-and-swap (Release, pairing with the Acquire of
+    /// `cached`: the frame's contents are visible before its number is); cleared only when the
+    /// backing is dropped. Tables are never unlinked before then, so walks need no guard.
+    cache: PageTable,
+    cached_pages: AtomicUsize,
     delay: Duration,
     reads: AtomicU64,
 }
@@ -71,25 +83,59 @@ impl fmt::Debug for MemBacking {
 }
 
 impl MemBacking {
+    /// The longest object: 256 TiB (the page cache's index translates 48 bits).
+    pub const MAX_LEN: u64 = ADDRESS_LIMIT;
+
     /// An object named `name` holding `contents` (its size rounded up to pages, zero-padded),
     /// caching pages in `frames`.
     pub fn new(name: impl Into<String>, frames: &Arc<FramePool>, contents: &[u8]) -> Self {
-        let pages = contents.len().div_ceil(FRAME_SIZE);
-        let mut store = contents.to_vec();
-        store.resize(pages * FRAME_SIZE, 0);
+        let store = contents
+            .chunks(FRAME_SIZE)
+            .enumerate()
+            .filter(|(_, chunk)| chunk.iter().any(|&byte| byte != 0))
+            .map(|(pgoff, chunk)| {
+                let mut page = vec![0; FRAME_SIZE].into_boxed_slice();
+                page[..chunk.len()].copy_from_slice(chunk);
+                (pgoff as u64, page)
+            })
+            .collect();
+        Self::with_store(
+            name.into(),
+            frames,
+            contents.len().div_ceil(FRAME_SIZE) as u64,
+            store,
+        )
+    }
+
+    /// A zero-filled object of `len` bytes (rounded up to pages); nothing is allocated until
+    /// pages are written or read. ENOMEM beyond [`MemBacking::MAX_LEN`].
+    pub fn zeroed(name: impl Into<String>, frames: &Arc<FramePool>, len: u64) -> vma::Result<Self> {
+        if len > Self::MAX_LEN {
+            return Err(vma::Error::new(
+                vma::Errno::ENOMEM,
+                "longer than an in-memory object can be",
+            ));
+        }
+        let pages = len.div_ceil(FRAME_SIZE as u64);
+        Ok(Self::with_store(name.into(), frames, pages, BTreeMap::new()))
+    }
+
+    fn with_store(
+        name: String,
+        frames: &Arc<FramePool>,
+        pages: u64,
+        store: BTreeMap<u64, Box<[u8]>>,
+    ) -> Self {
         Self {
-            name: name.into(),
+            name,
             frames: frames.clone(),
+            pages,
             store: Mutex::new(store),
-            cache: (0..pages).map(|_| AtomicU64::new(0)).collect(),
+            cache: PageTable::new(),
+            cached_pages: AtomicUsize::new(0),
             delay: Duration::ZERO,
             reads: AtomicU64::new(0),
         }
-    }
-
-    /// A zero-filled object of `len` bytes (rounded up to pages).
-    pub fn zeroed(name: impl Into<String>, frames: &Arc<FramePool>, len: usize) -> Self {
-        Self::new(name, frames, &vec![0; len])
     }
 
     /// The same object, with every read into the page cache taking `delay` (standing for I/O).
@@ -105,32 +151,36 @@ impl MemBacking {
 
     /// Pages in the page cache.
     pub fn cached_pages(&self) -> usize {
-        self.cache
-            .iter()
-            .filter(|slot| slot.load(Ordering::Relaxed) != 0)
-            .count()
+        self.cached_pages.load(Ordering::Relaxed)
+    }
+
+    /// The cache entry of page `pgoff` if its table exists (`pgoff` is inside the object).
+    fn slot(&self, pgoff: u64) -> Option<&AtomicU64> {
+        self.cache.entry(pgoff * FRAME_SIZE as u64)
     }
 
     fn cached(&self, pgoff: u64) -> Option<Frame> {
-        let slot = self.cache.get(usize::try_from(pgoff).ok()?)?;
-        // Acquire pairs with the Release of the CAS in `read_page`.
-        match slot.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(Frame(n - 1)),
+        if pgoff >= self.pages {
+            return None;
         }
+        // Acquire pairs with the Release of the CAS in `read_page`.
+        let entry = Pte(self.slot(pgoff)?.load(Ordering::Acquire));
+        entry.present().then(|| entry.frame())
     }
 
     /// The object's bytes at `offset` (as `pread`: from the page cache where a page is there);
     /// `OutsideObject` if the range leaves the object.
-    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), BackingError> {
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackingError> {
         self.each_page(offset, buf.len(), |pgoff, in_page, at, len| {
             let out = &mut buf[at..at + len];
             match self.cached(pgoff) {
                 Some(frame) => self.frames.read(frame, in_page, out),
                 None => {
                     let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-                    let from = pgoff as usize * FRAME_SIZE + in_page;
-                    out.copy_from_slice(&store[from..from + len]);
+                    match store.get(&pgoff) {
+                        Some(page) => out.copy_from_slice(&page[in_page..in_page + len]),
+                        None => out.fill(0),
+                    }
                 }
             }
         })
@@ -138,7 +188,7 @@ impl MemBacking {
 
     /// Writes `data` into the object at `offset` (as `pwrite`); `OutsideObject` if the range
     /// leaves the object.
-    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), BackingError> {
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), BackingError> {
         self.each_page(offset, data.len(), |pgoff, in_page, at, len| {
             let data = &data[at..at + len];
             // The store lock orders this with a read into the cache copying the same page.
@@ -146,8 +196,10 @@ impl MemBacking {
             match self.cached(pgoff) {
                 Some(frame) => self.frames.write(frame, in_page, data),
                 None => {
-                    let from = pgoff as usize * FRAME_SIZE + in_page;
-                    store[from..from + len].copy_from_slice(data);
+                    let page = store
+                        .entry(pgoff)
+                        .or_insert_with(|| vec![0; FRAME_SIZE].into_boxed_slice());
+                    page[in_page..in_page + len].copy_from_slice(data);
                 }
             }
         })
@@ -157,20 +209,21 @@ impl MemBacking {
     /// length)`; `OutsideObject` (and no call) if the range leaves the object.
     fn each_page(
         &self,
-        offset: usize,
+        offset: u64,
         len: usize,
         mut f: impl FnMut(u64, usize, usize, usize),
     ) -> Result<(), BackingError> {
+        let size = self.pages * FRAME_SIZE as u64;
         let end = offset
-            .checked_add(len)
-            .filter(|&end| end <= self.cache.len() * FRAME_SIZE)
+            .checked_add(len as u64)
+            .filter(|&end| end <= size)
             .ok_or(BackingError::OutsideObject)?;
         let mut at = offset;
         while at < end {
-            let in_page = at % FRAME_SIZE;
-            let chunk = (FRAME_SIZE - in_page).min(end - at);
-            f((at / FRAME_SIZE) as u64, in_page, at - offset, chunk);
-            at += chunk;
+            let in_page = (at % FRAME_SIZE as u64) as usize;
+            let chunk = (FRAME_SIZE - in_page).min((end - at) as usize);
+            f(at / FRAME_SIZE as u64, in_page, (at - offset) as usize, chunk);
+            at += chunk as u64;
         }
         Ok(())
     }
@@ -182,7 +235,7 @@ impl Backing for MemBacking {
     }
 
     fn pages(&self) -> u64 {
-        self.cache.len() as u64
+        self.pages
     }
 
     fn page_if_cached(&self, pgoff: u64) -> Option<Frame> {
@@ -194,10 +247,9 @@ impl Backing for MemBacking {
     }
 
     fn read_page(&self, pgoff: u64) -> Result<Frame, BackingError> {
-        let slot = usize::try_from(pgoff)
-            .ok()
-            .and_then(|i| self.cache.get(i))
-            .ok_or(BackingError::OutsideObject)?;
+        if pgoff >= self.pages {
+            return Err(BackingError::OutsideObject);
+        }
         if let Some(frame) = self.page_if_cached(pgoff) {
             return Ok(frame);
         }
@@ -206,21 +258,29 @@ impl Backing for MemBacking {
         }
         let frame = self.frames.alloc().ok_or(BackingError::OutOfMemory)?;
         {
-            let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            let from = pgoff as usize * FRAME_SIZE;
-            self.frames.write(frame, 0, &store[from..from + FRAME_SIZE]);
+            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            match store.get(&pgoff) {
+                Some(page) => self.frames.write(frame, 0, page),
+                None => self.frames.write(frame, 0, &[0; FRAME_SIZE]),
+            }
             // Published under the store lock, so `write_at` writes either the store before the
             // copy or the frame after it.
             // Release pairs with the Acquire in `cached`; AcqRel on success keeps the order.
-            if let Err(winner) = slot.compare_exchange(0, frame.0 + 1, Ordering::AcqRel, Ordering::Acquire) {
+            let slot = self.cache.entry_or_insert(pgoff * FRAME_SIZE as u64);
+            if let Err(winner) =
+                slot.compare_exchange(0, Pte::new(frame, 0).0, Ordering::AcqRel, Ordering::Acquire)
+            {
                 drop(store);
                 // SAFETY: the frame was never published; this is its only reference.
                 unsafe { self.frames.put(frame) };
-                let winner = Frame(winner - 1);
+                let winner = Pte(winner).frame();
                 self.frames.get(winner);
                 return Ok(winner);
             }
+            // The cached frame is the page from now on.
+            store.remove(&pgoff);
         }
+        self.cached_pages.fetch_add(1, Ordering::Relaxed);
         self.reads.fetch_add(1, Ordering::Relaxed);
         // One reference for the cache (from alloc), one for the caller.
         self.frames.get(frame);
@@ -234,13 +294,9 @@ impl Backing for MemBacking {
 
 impl Drop for MemBacking {
     fn drop(&mut self) {
-        for slot in self.cache.iter() {
-            let n = slot.load(Ordering::Acquire);
-            if n != 0 {
-                // SAFETY: the cache's reference; the cache is gone, translations hold their own.
-                unsafe { self.frames.put(Frame(n - 1)) };
-            }
-        }
+        let frames = self.cache.clear(0, ADDRESS_LIMIT);
+        // SAFETY: the cache's references; the cache is gone, translations hold their own.
+        unsafe { self.frames.put_many(&frames) };
     }
 }
 

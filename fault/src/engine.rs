@@ -524,7 +524,10 @@ impl Memory {
                     && (access == Access::Read || pte.writable())
                 {
                     // The guard keeps the frame: a removed translation's reference is put only
-                    // after a grace period.
+                    // after a grace period. A writer revoking the translation waits for this
+                    // guard before it returns (step 8 of the protocol), however long the copy
+                    // takes (under shuttle, it may be preempted here).
+                    maple::sync::preemption_point();
                     copy(pte.frame(), offset, done, chunk);
                     break;
                 }

@@ -101,10 +101,16 @@ impl fmt::Debug for FramePool {
 }
 
 impl FramePool {
-    /// An empty pool; chunks are allocated as frames are needed.
+    /// An empty pool; chunks are allocated as frames are needed, the reference counts (4 bytes
+    /// a frame) now. A configuration that is empty, needs more than 1,024 chunks or more frames
+    /// than a page-table entry can name (2^52), or whose counts cannot be allocated, is an
+    /// error.
     pub fn new(config: FramePoolConfig) -> Result<Self, BadPoolConfig> {
         if config.chunk_frames == 0 || config.max_frames == 0 {
             return Err(BadPoolConfig("zero frames"));
+        }
+        if config.max_frames as u64 > 1 << 52 {
+            return Err(BadPoolConfig("more frames than a page-table entry can name"));
         }
         if config.max_frames.div_ceil(config.chunk_frames) > MAX_CHUNKS {
             return Err(BadPoolConfig("more than 1024 chunks"));
@@ -116,12 +122,19 @@ impl FramePool {
         {
             return Err(BadPoolConfig("chunk too large"));
         }
+        // A reference count per frame, allocated now: a size the machine cannot hold is an
+        // error, not an abort.
+        let mut counts = Vec::new();
+        counts
+            .try_reserve_exact(config.max_frames)
+            .map_err(|_| BadPoolConfig("cannot allocate a reference count per frame"))?;
+        counts.extend((0..config.max_frames).map(|_| AtomicU32::new(0)));
         Ok(Self {
             config,
             chunks: (0..MAX_CHUNKS)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
-            counts: (0..config.max_frames).map(|_| AtomicU32::new(0)).collect(),
+            counts: counts.into_boxed_slice(),
             shards: (0..SHARDS)
                 .map(|_| Shard {
                     free: Mutex::new(Vec::new()),

@@ -12,7 +12,7 @@
 //!   guard finishes first. Emptied page tables are retired to the same domain.
 
 use crate::backing::{File, MemBacking};
-use crate::frames::{Frame, FramePool};
+use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{ADDRESS_LIMIT, PageTable};
 use crate::stats::{Counters, WaitClock, Waits};
 use maple::rcu::{DefaultRcu, DropBox, Keys, Rcu};
@@ -115,55 +115,68 @@ impl Memory {
     /// Removes the translations of `[start, end)` and releases their frames after a grace
     /// period; frees page tables lying wholly inside `free_tables` (see
     /// [`vma::FlushHook::zap`]). The caller makes sure no fault installs into the range
-    /// meanwhile.
-    pub fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) {
+    /// meanwhile. Returns whether a translation was removed (revoked: see [`vma::Revoked`]).
+    pub fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) -> bool {
         let frames = self.table.zap(start, end, free_tables, rcu);
+        let revoked = !frames.is_empty();
         self.release_later(frames, (start, end), rcu);
+        revoked
     }
 
-    /// Makes the translations of `[start, end)` allow no more than `prot`.
-    pub fn protect(&self, start: u64, end: u64, prot: Prot) {
-        self.table.protect(start, end, readable(prot), prot.write);
+    /// Makes the translations of `[start, end)` allow no more than `prot`; returns whether one
+    /// lost a permission.
+    pub fn protect(&self, start: u64, end: u64, prot: Prot) -> bool {
+        self.table.protect(start, end, readable(prot), prot.write)
     }
 
-    /// Moves the translations of `[from, from + len)` to `[to, to + len)`.
-    pub fn relocate(&self, from: u64, to: u64, len: u64) {
-        self.table.relocate(from, to, len);
+    /// Moves the translations of `[from, from + len)` to `[to, to + len)`; returns whether one
+    /// moved (and so was revoked at its old address).
+    pub fn relocate(&self, from: u64, to: u64, len: u64) -> bool {
+        self.table.relocate(from, to, len)
     }
 
     /// Drops the pages of `[start, end)` (MADV_DONTNEED), releasing their frames after a grace
-    /// period. Faults may run meanwhile: they install again.
-    pub fn clear(&self, start: u64, end: u64, rcu: &DefaultRcu) {
+    /// period. Faults may run meanwhile: they install again. Returns whether a translation was
+    /// removed.
+    pub fn clear(&self, start: u64, end: u64, rcu: &DefaultRcu) -> bool {
         let frames = self.table.clear(start, end);
+        let revoked = !frames.is_empty();
         self.release_later(frames, (start, end), rcu);
+        revoked
     }
 
     /// What an mmap with `flags` maps, for [`vma::request::MmapRequest`]: MAP_SHARED |
     /// MAP_ANONYMOUS gets a new zero-filled object of `len` bytes caching its pages in this
-    /// memory's pool (returned with the flags turned into a file mapping's); a file must cache
-    /// its pages in this pool (EINVAL otherwise).
+    /// memory's pool, created lazily (returned with the flags turned into a file mapping's); an
+    /// object longer than the pool is ENOMEM, as Linux's default overcommit heuristic refuses
+    /// one larger than memory. Anonymous mappings need an aligned offset, then ignore it and
+    /// the file (EINVAL otherwise); a file must cache its pages in this pool (EINVAL otherwise).
     pub fn mapped_object(
         &self,
         len: u64,
         flags: MapFlags,
         file: Option<(&Arc<File>, u64)>,
-        high: u64,
     ) -> vma::Result<(MapFlags, MappedObject)> {
-        if flags.anonymous && flags.shared {
-            let len = usize::try_from(len)
-                .ok()
-                .filter(|&len| len > 0 && len as u64 <= high)
-                .ok_or(einval("bad length"))?;
-            let shmem = MemBacking::zeroed("/dev/zero (deleted)", &self.frames, len);
+        if flags.anonymous {
+            // Linux checks the offset, then ignores it (and the file).
+            if file.is_some_and(|(_, offset)| offset % FRAME_SIZE as u64 != 0) {
+                return Err(einval("offset not page aligned"));
+            }
+            if !flags.shared {
+                return Ok((flags, None));
+            }
+            // Linux's default overcommit heuristic refuses an object larger than memory.
+            let memory = self.frames.config().max_frames as u64 * FRAME_SIZE as u64;
+            if len > memory {
+                return Err(Error::new(Errno::ENOMEM, "longer than the frame pool"));
+            }
+            let shmem = MemBacking::zeroed("/dev/zero (deleted)", &self.frames, len)?;
             let flags = MapFlags {
                 anonymous: false,
                 ..flags
             };
             let object: Arc<dyn MappedFile> = File::new(Arc::new(shmem));
             return Ok((flags, Some((object, 0))));
-        }
-        if flags.anonymous {
-            return Ok((flags, None));
         }
         let object = match file {
             Some((file, offset)) => {
@@ -182,8 +195,8 @@ impl Memory {
 impl Drop for Memory {
     fn drop(&mut self) {
         // Nobody else can walk the table now: put the frames of the remaining translations.
-        // No table is freed here (nothing is retired): the page table frees them when dropped.
-        let frames = self.table.zap(0, ADDRESS_LIMIT, (0, 0), &DefaultRcu::default());
+        // The tables stay linked: the page table frees them when dropped.
+        let frames = self.table.clear(0, ADDRESS_LIMIT);
         // SAFETY: each is a removed translation's reference, and no reader is left.
         unsafe { self.frames.put_many(&frames) };
     }

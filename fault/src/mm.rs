@@ -17,7 +17,7 @@ use crate::stats::FaultStats;
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::Arc;
 use vma::request::advise_range;
-use vma::{AddressSpace, Errno, Error, FlushHook, Layout, MapFlags, Prot, RemapFlags};
+use vma::{AddressSpace, Errno, Error, FlushHook, Layout, MapFlags, Prot, RemapFlags, Revoked};
 
 /// How an [`Mm`] is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,16 +47,16 @@ impl Default for MmConfig {
 struct Hook(Arc<Memory>);
 
 impl FlushHook for Hook {
-    fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) {
-        self.0.zap(start, end, free_tables, rcu);
+    fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) -> bool {
+        self.0.zap(start, end, free_tables, rcu)
     }
 
-    fn protect(&self, start: u64, end: u64, prot: Prot, _rcu: &DefaultRcu) {
-        self.0.protect(start, end, prot);
+    fn protect(&self, start: u64, end: u64, prot: Prot, _rcu: &DefaultRcu) -> bool {
+        self.0.protect(start, end, prot)
     }
 
-    fn relocate(&self, from: u64, to: u64, len: u64, _rcu: &DefaultRcu) {
-        self.0.relocate(from, to, len);
+    fn relocate(&self, from: u64, to: u64, len: u64, _rcu: &DefaultRcu) -> bool {
+        self.0.relocate(from, to, len)
     }
 }
 
@@ -151,24 +151,25 @@ impl Mm {
         flags: MapFlags,
         file: Option<(&Arc<File>, u64)>,
     ) -> vma::Result<u64> {
-        let (flags, object) = self
-            .memory
-            .mapped_object(len, flags, file, self.space.layout().high)?;
+        let (flags, object) = self.memory.mapped_object(len, flags, file)?;
         self.space.mmap(addr, len, prot, flags, object)
     }
 
-    /// Unmaps `[addr, addr + len)`; its translations are gone when this returns.
+    /// Unmaps `[addr, addr + len)`; when this returns its translations are gone and no access
+    /// that went through one is still in progress (no store lands after it returns).
     pub fn munmap(&self, addr: u64, len: u64) -> vma::Result<()> {
         self.space.munmap(addr, len)
     }
 
     /// Changes permissions; removing write permission write-protects the translations, removing
-    /// all access hides them (the contents stay).
+    /// all access hides them (the contents stay). When this returns, no access that the old
+    /// permissions allowed and the new ones do not is still in progress.
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> vma::Result<()> {
         self.space.mprotect(addr, len, prot)
     }
 
-    /// Resizes or moves a mapping; moved contents move with it.
+    /// Resizes or moves a mapping (see [`AddressSpace::mremap`]); moved contents move with it,
+    /// and no access through an old address is still in progress when this returns.
     pub fn mremap(
         &self,
         old: u64,
@@ -192,29 +193,35 @@ impl Mm {
 
     /// MADV_DONTNEED: drops the pages of `[addr, addr + len)`; anonymous memory reads zero
     /// afterwards, private file mappings show the file again. As Linux: EINVAL for an unaligned
-    /// address or a range beyond the space, ENOMEM (after dropping the mapped part) when part
-    /// of the range is unmapped; a zero length does nothing.
+    /// address or a range that wraps around, ENOMEM (after dropping every mapped part) when part
+    /// of the range is unmapped, beyond the space included; a zero length does nothing. When it
+    /// returns, no access that began before it still goes through a dropped translation.
     pub fn madvise_dontneed(&self, addr: u64, len: u64) -> vma::Result<()> {
-        let Some((addr, end)) = advise_range(self.space.layout(), addr, len)? else {
+        let Some((addr, end)) = advise_range(addr, len)? else {
             return Ok(());
         };
         // Keyed to the range: writers elsewhere do not wait for this walk.
         let guard = self.space.guard_within(addr, end);
-        let mut at = addr;
+        let mut mapped = 0;
         let mut frames = Vec::new();
+        let mut revoked = Revoked::new();
         for vma in self.space.iter_from(addr, &guard) {
-            if vma.start() >= end || vma.start() > at {
+            if vma.start() >= end {
                 break;
             }
-            let upto = vma.end().min(end);
-            frames.append(&mut self.memory.table().clear(at, upto));
-            at = upto;
+            let (from, to) = (vma.start().max(addr), vma.end().min(end));
+            let cleared = self.memory.table().clear(from, to);
+            revoked.record(!cleared.is_empty(), from, to);
+            frames.extend(cleared);
+            mapped += to - from;
         }
         drop(guard);
         // Released after the guard is gone, so that this walk is not among the sections the
         // frames wait for: with no fault in the range they go back at once.
-        self.memory.release_later(frames, (addr, at), self.space.rcu());
-        if at < end {
+        self.memory
+            .release_later(frames, (addr, end.min(ADDRESS_LIMIT)), self.space.rcu());
+        self.space.await_revoked(&revoked);
+        if mapped < end - addr {
             return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
         }
         Ok(())

@@ -303,33 +303,41 @@ impl PageTable {
 
     /// Makes every translation in `[start, end)` allow no more than `read` / `write`: clears
     /// the writable bit, and without read sets [`NO_ACCESS`] (the frames stay: the contents
-    /// survive until permissions come back). Faults restore what the mapping allows.
-    pub fn protect(&self, start: u64, end: u64, read: bool, write: bool) {
+    /// survive until permissions come back). Faults restore what the mapping allows. Returns
+    /// whether a translation lost a permission.
+    pub fn protect(&self, start: u64, end: u64, read: bool, write: bool) -> bool {
         let (set, clear) = match (read, write) {
-            (_, true) => return,
+            (_, true) => return false,
             (true, false) => (0, WRITABLE),
             (false, false) => (NO_ACCESS, WRITABLE),
         };
+        let mut reduced = false;
         self.for_each_entry(start, end, |_, entry| {
             // AcqRel: orders with faults that CAS the entry.
-            let _ = entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
-                (old & PRESENT != 0).then(|| Pte(old).with(set, clear).0)
+            let changed = entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                let new = Pte(old).with(set, clear).0;
+                (old & PRESENT != 0 && new != old).then_some(new)
             });
+            reduced |= changed.is_ok();
         });
+        reduced
     }
 
     /// Moves the translations of `[from, from + len)` to `[to, to + len)` (mremap), allocating
     /// the destination's tables; the destination holds none. The caller guarantees that nobody
     /// installs translations in either range meanwhile, and zaps the source afterwards to free
-    /// its tables.
-    pub fn relocate(&self, from: u64, to: u64, len: u64) {
+    /// its tables. Returns whether a translation moved.
+    pub fn relocate(&self, from: u64, to: u64, len: u64) -> bool {
+        let mut moved = false;
         self.for_each_entry(from, from.saturating_add(len), |addr, entry| {
             let old = entry.swap(0, Ordering::AcqRel);
             if old & PRESENT != 0 {
                 let previous = self.entry_or_insert(addr - from + to).swap(old, Ordering::AcqRel);
                 debug_assert_eq!(previous, 0, "relocate into a range with translations");
+                moved = true;
             }
         });
+        moved
     }
 }
 

@@ -111,6 +111,11 @@ pub struct FaultStats {
     pub reference_wait_ns: u64,
     /// Nanoseconds writers waited for grace periods.
     pub grace_period_ns: u64,
+    /// Writer operations and MADV_DONTNEEDs that revoked translations, and so waited for the
+    /// accesses through them before returning.
+    pub revocations: u64,
+    /// Nanoseconds those waits took.
+    pub revocation_wait_ns: u64,
 }
 
 impl FaultStats {
@@ -132,6 +137,8 @@ impl FaultStats {
             reference_waits: load(&space.reference_waits),
             reference_wait_ns: load(&space.reference_wait_ns),
             grace_period_ns: load(&space.grace_period_ns),
+            revocations: load(&space.revocations),
+            revocation_wait_ns: load(&space.revocation_wait_ns),
         }
     }
 
@@ -172,11 +179,14 @@ impl fmt::Display for FaultStats {
         )?;
         write!(
             f,
-            "writers: {} replacements, {} waited for references ({:.3} ms), {:.3} ms in grace periods",
+            "writers: {} replacements, {} waited for references ({:.3} ms), {:.3} ms in grace periods; \
+             {} revoked translations ({:.3} ms waiting for accesses through them)",
             self.replacements,
             self.reference_waits,
             self.reference_wait_ns as f64 / 1e6,
-            self.grace_period_ns as f64 / 1e6
+            self.grace_period_ns as f64 / 1e6,
+            self.revocations,
+            self.revocation_wait_ns as f64 / 1e6
         )
     }
 }

@@ -10,7 +10,7 @@
 use fault::{Access, Fault, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
 use maple::sync::atomic::{AtomicBool, Ordering};
 use maple::sync::{Arc, check_random_and_pct as check_both, thread};
-use vma::{BrokenStep, Layout, MapFlags, PAGE_SIZE, Prot};
+use vma::{BrokenStep, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
 
 const P: u64 = PAGE_SIZE;
 const LAYOUT: Layout = Layout {
@@ -319,4 +319,96 @@ fn racing_faults_install_one_frame() {
 #[test]
 fn racing_faults_install_one_frame_only() {
     check_both(STEPS, racing_faults_install_one_frame);
+}
+
+/// A call that revokes the translation of a page.
+#[derive(Clone, Copy, Debug)]
+enum Revocation {
+    Munmap,
+    ReadOnly,
+    NoAccess,
+    MapFixed,
+    DontNeed,
+    MremapMove,
+}
+
+impl Revocation {
+    const ALL: [Revocation; 6] = [
+        Self::Munmap,
+        Self::ReadOnly,
+        Self::NoAccess,
+        Self::MapFixed,
+        Self::DontNeed,
+        Self::MremapMove,
+    ];
+
+    fn run(self, mm: &Mm) {
+        match self {
+            Self::Munmap => mm.munmap(A, P).unwrap(),
+            Self::ReadOnly => mm.mprotect(A, P, Prot::READ).unwrap(),
+            Self::NoAccess => mm.mprotect(A, P, Prot::NONE).unwrap(),
+            Self::MapFixed => anon(mm, A, Prot::READ_WRITE),
+            Self::DontNeed => mm.madvise_dontneed(A, P).unwrap(),
+            Self::MremapMove => {
+                let flags = RemapFlags {
+                    maymove: true,
+                    fixed: true,
+                };
+                assert_eq!(mm.mremap(A, P, P, flags, B), Ok(B));
+            }
+        }
+    }
+}
+
+/// Once a call revoking a translation returns, no store that went through it lands: a store
+/// racing the call lands before it returns or not at all. The page is a shared file page, so
+/// a late store would show in the file; the store never faults, so it can only go through the
+/// translation it found (under shuttle it may be preempted between reading the translation
+/// and copying, as a CPU's store through a stale TLB entry).
+fn store_racing_revocation(broken: Option<BrokenStep>, revocation: Revocation) {
+    let mm = Arc::new(mm(broken));
+    let backing = std::sync::Arc::new(MemBacking::new("/shared", mm.frames(), &[0; P as usize]));
+    let file = File::new(backing.clone());
+    mm.mmap(A, P, Prot::READ_WRITE, MapFlags::SHARED.fixed(), Some((&file, 0)))
+        .unwrap();
+    mm.write(A, &[0]).unwrap();
+    let storing = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let never_fault = |_, _| Err(FaultError::NotMapped);
+            let _ = mm.memory().write(A, &[1], mm.space().rcu(), never_fault);
+        })
+    };
+    revocation.run(&mm);
+    let file_byte = || {
+        let mut byte = [0];
+        backing.read_at(0, &mut byte).unwrap();
+        byte[0]
+    };
+    let when_returned = file_byte();
+    join(storing);
+    assert_eq!(
+        file_byte(),
+        when_returned,
+        "violated: a store landed after {revocation:?} returned"
+    );
+    drop(file);
+    assert_nothing_leaked(&mm, backing.cached_pages());
+}
+
+#[test]
+fn no_store_lands_after_a_revoking_call_returns() {
+    for revocation in Revocation::ALL {
+        check_both(STEPS, move || store_racing_revocation(None, revocation));
+    }
+}
+
+#[test]
+fn stores_land_late_without_the_revocation_wait() {
+    for revocation in Revocation::ALL {
+        must_fail(
+            move || store_racing_revocation(Some(BrokenStep::RevocationWait), revocation),
+            &["a store landed after"],
+        );
+    }
 }

@@ -124,7 +124,7 @@ fn private_file_writes_stay_private() {
     assert_eq!(read(&mm, one + P, 3), b"XYb");
     assert_eq!(read(&mm, two + P, 3), b"bbb", "another mapping sees the file");
     let mut on_file = [0; 2];
-    backing.read_at(P as usize, &mut on_file).unwrap();
+    backing.read_at(P, &mut on_file).unwrap();
     assert_eq!(&on_file, b"bb", "the file is unchanged");
     // A write fault on a page never read copies straight from the file.
     mm.write(one, b"Z").unwrap();
@@ -149,17 +149,17 @@ fn shared_file_writes_reach_the_file_and_other_mappings() {
     mm.write(one + P + 10, b"shared!").unwrap();
     assert_eq!(read(&mm, two + 10, 7), b"shared!");
     let mut on_file = [0; 7];
-    backing.read_at(P as usize + 10, &mut on_file).unwrap();
+    backing.read_at(P + 10, &mut on_file).unwrap();
     assert_eq!(&on_file, b"shared!");
     // A write to the file shows through both mappings.
-    backing.write_at(2 * P as usize, b"pwrite").unwrap();
+    backing.write_at(2 * P, b"pwrite").unwrap();
     assert_eq!(
-        backing.write_at(3 * P as usize - 1, b"xy"),
+        backing.write_at(3 * P - 1, b"xy"),
         Err(fault::BackingError::OutsideObject),
         "a write past the end is refused"
     );
     assert_eq!(
-        backing.read_at(usize::MAX, &mut [0]),
+        backing.read_at(u64::MAX, &mut [0]),
         Err(fault::BackingError::OutsideObject)
     );
     assert_eq!(read(&mm, one + 2 * P, 6), b"pwrite");
@@ -384,4 +384,110 @@ fn dropping_a_manager_returns_its_frames() {
     assert_eq!(frames.in_use(), 8);
     drop(mm);
     assert_eq!(frames.in_use(), 0);
+}
+
+#[test]
+fn madvise_dontneed_drops_every_mapped_part_around_a_hole() {
+    let mm = mm();
+    let a = anon(&mm, 3, Prot::READ_WRITE);
+    mm.write(a, &[7; 3 * P as usize]).unwrap();
+    mm.munmap(a + P, P).unwrap();
+    assert_eq!(
+        mm.madvise_dontneed(a, 3 * P).unwrap_err().errno,
+        Errno::ENOMEM,
+        "part of the range is unmapped"
+    );
+    assert_eq!(read(&mm, a, 1), [0], "the part before the hole is dropped");
+    assert_eq!(read(&mm, a + 2 * P, 1), [0], "the part after the hole is dropped");
+    // Starting in the hole: the mapped part after it is dropped too.
+    mm.write(a + 2 * P, &[7]).unwrap();
+    assert_eq!(
+        mm.madvise_dontneed(a + P, 2 * P).unwrap_err().errno,
+        Errno::ENOMEM
+    );
+    assert_eq!(read(&mm, a + 2 * P, 1), [0]);
+    // Beyond the top of the space nothing is mapped: ENOMEM, not EINVAL (as Linux).
+    let top = vma::Layout::X86_64.high;
+    assert_eq!(mm.madvise_dontneed(top, P).unwrap_err().errno, Errno::ENOMEM);
+    assert_eq!(mm.madvise_dontneed(1 << 60, P).unwrap_err().errno, Errno::ENOMEM);
+    assert_eq!(
+        mm.madvise_dontneed(1 << 60, u64::MAX - (1 << 59))
+            .unwrap_err()
+            .errno,
+        Errno::EINVAL,
+        "wraps around"
+    );
+    assert_nothing_leaked(&mm, 0);
+}
+
+#[test]
+fn shared_anonymous_memory_is_created_lazily() {
+    // A 64 GiB pool (in 64 MiB chunks): mapping all of it as shared anonymous memory
+    // allocates nothing until a page is touched.
+    let frames = FramePool::new(FramePoolConfig {
+        chunk_frames: 1 << 14,
+        max_frames: 1 << 24,
+    })
+    .unwrap();
+    let mm = Mm::new(MmConfig::default(), Arc::new(frames)).unwrap();
+    let shared_anon = MapFlags {
+        anonymous: true,
+        ..MapFlags::SHARED
+    };
+    let len = (1 << 24) * P;
+    let a = mm.mmap(0, len, Prot::READ_WRITE, shared_anon, None).unwrap();
+    mm.write(a + len / 2, b"far").unwrap();
+    assert_eq!(read(&mm, a + len / 2, 3), b"far");
+    assert_eq!(read(&mm, a, 1), [0]);
+    assert_eq!(mm.frames().in_use(), 2, "two pages touched, two frames");
+    mm.munmap(a, len).unwrap();
+    // Longer than memory (as Linux's overcommit heuristic), than the space, than any length:
+    // ENOMEM, as Linux answers.
+    for len in [len + P, 1 << 46, 1 << 47, u64::MAX - 100] {
+        assert_eq!(
+            mm.mmap(0, len, Prot::READ_WRITE, shared_anon, None)
+                .unwrap_err()
+                .errno,
+            Errno::ENOMEM,
+            "{len:#x}"
+        );
+    }
+    assert_nothing_leaked(&mm, 0);
+}
+
+#[test]
+fn anonymous_mappings_refuse_an_unaligned_offset() {
+    let mm = mm();
+    let (_, f) = file(&mm, "/ignored", 1, 0);
+    for flags in [
+        MapFlags::PRIVATE_ANONYMOUS,
+        MapFlags {
+            anonymous: true,
+            ..MapFlags::SHARED
+        },
+    ] {
+        assert_eq!(
+            mm.mmap(0, P, Prot::READ, flags, Some((&f, 100)))
+                .unwrap_err()
+                .errno,
+            Errno::EINVAL,
+            "{flags:?}"
+        );
+        // An aligned offset is ignored, as the file is.
+        let a = mm.mmap(0, P, Prot::READ, flags, Some((&f, P))).unwrap();
+        assert_eq!(read(&mm, a, 1), [0]);
+        mm.munmap(a, P).unwrap();
+    }
+    assert_nothing_leaked(&mm, 0);
+}
+
+#[test]
+fn a_pool_that_cannot_be_allocated_is_an_error() {
+    for max_frames in [usize::MAX / 2, 1 << 53, 1 << 45] {
+        let config = FramePoolConfig {
+            chunk_frames: 1 << 40,
+            max_frames,
+        };
+        assert!(FramePool::new(config).is_err(), "{max_frames:#x}");
+    }
 }

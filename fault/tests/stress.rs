@@ -161,3 +161,56 @@ fn faults_and_writers_on_overlapping_regions() {
     drop(backing);
     assert_eq!(frames.in_use(), 0, "frames leaked");
 }
+
+/// Once munmap or mprotect returns, no store through the translation it revoked lands: a
+/// thread writes whole pages of a shared file mapping in a loop while this one revokes the
+/// mapping's translations (alternately mprotect to read-only and munmap), reads the file, waits
+/// for the storing thread to stop, and reads the file again: it must not have changed.
+#[test]
+fn no_store_lands_after_munmap_or_mprotect_returns() {
+    const A: u64 = 0x3000_0000;
+    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
+    let mm = Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
+    let backing = Arc::new(MemBacking::new("/revoked", &frames, &[0; P as usize]));
+    let file = File::new(backing.clone());
+    let contents = || {
+        let mut page = vec![0; P as usize];
+        backing.read_at(0, &mut page).unwrap();
+        page
+    };
+    for round in 0..200 * scale() {
+        mm.mmap(A, P, Prot::READ_WRITE, MapFlags::SHARED.fixed(), Some((&file, 0)))
+            .unwrap();
+        let stores = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let storing = {
+            let (mm, stores) = (mm.clone(), stores.clone());
+            std::thread::spawn(move || {
+                for value in 1u8.. {
+                    if mm.write(A, &[value; P as usize]).is_err() {
+                        break;
+                    }
+                    stores.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        while stores.load(Ordering::Relaxed) < 3 {
+            std::thread::yield_now();
+        }
+        if round % 2 == 0 {
+            mm.mprotect(A, P, Prot::READ).unwrap();
+        } else {
+            mm.munmap(A, P).unwrap();
+        }
+        let when_returned = contents();
+        storing.join().unwrap();
+        assert!(
+            contents() == when_returned,
+            "round {round}: a store landed after {} returned",
+            if round % 2 == 0 { "mprotect" } else { "munmap" }
+        );
+    }
+    mm.munmap(A, P).unwrap();
+    drop(file);
+    mm.barrier();
+    assert_eq!(frames.in_use(), backing.cached_pages());
+}

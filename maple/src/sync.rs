@@ -21,6 +21,12 @@ mod imp {
     pub fn spin_loop() {
         std::hint::spin_loop();
     }
+
+    /// Where a thread may be preempted in the middle of work that takes time but touches no
+    /// atomic (a copy through a translation, as a CPU's store through a TLB entry may land
+    /// long after the entry was read). Nothing on std.
+    #[inline(always)]
+    pub fn preemption_point() {}
 }
 
 #[cfg(feature = "shuttle")]
@@ -35,6 +41,14 @@ mod imp {
     #[inline]
     pub fn spin_loop() {
         shuttle::hint::spin_loop();
+    }
+
+    /// Where a thread may be preempted in the middle of work that takes time but touches no
+    /// atomic (a copy through a translation, as a CPU's store through a TLB entry may land
+    /// long after the entry was read): a scheduling point under shuttle.
+    #[inline]
+    pub fn preemption_point() {
+        shuttle::thread::yield_now();
     }
 }
 

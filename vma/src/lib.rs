@@ -39,7 +39,8 @@ pub use error::{Errno, Error, Result};
 #[cfg(feature = "shuttle")]
 pub use space::BrokenStep;
 pub use space::{
-    AddressSpace, FlushHook, Layout, Lookup, MapFlags, NoFlush, RemapFlags, SharedAnonymous, SpaceStats,
+    AddressSpace, FlushHook, Layout, Lookup, MapFlags, NoFlush, RemapFlags, Revoked, SharedAnonymous,
+    SpaceStats,
 };
 pub use vma::{Backing, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
 

@@ -1,6 +1,8 @@
-//! Argument checking for mmap, munmap and mprotect, shared by [`AddressSpace`] and by anyone
-//! who implements the same calls another way (the benchmark's baseline designs): the same
-//! input gets the same errno everywhere.
+//! Argument checking for mmap, munmap, mprotect, mremap and madvise, shared by
+//! [`AddressSpace`] and by anyone who implements the same calls another way (the benchmark's
+//! baseline designs): the same input gets the same errno everywhere, Linux's (6.18, checked
+//! against the running kernel by `fault/tests/kernel_oracle.rs`). Requests are built only by
+//! their checking constructors, so an unchecked one cannot reach the address space.
 //!
 //! [`AddressSpace`]: crate::AddressSpace
 
@@ -42,13 +44,21 @@ pub enum Placement {
     FixedNoReplace(u64),
 }
 
-/// A checked mmap call: where it may go, how long it is, and what it maps.
+/// A checked mmap call: where it may go, how long it is, and what it maps. Only
+/// [`MmapRequest::new`] makes one, so every request is valid for the layout it was checked
+/// against (and [`crate::AddressSpace::map`] takes only requests checked against its own):
+///
+/// ```compile_fail
+/// use vma::{Layout, MapFlags, Prot, request::MmapRequest};
+/// let flags = MapFlags::PRIVATE_ANONYMOUS;
+/// let mut request = MmapRequest::new(Layout::X86_64, 0, 4096, Prot::READ, flags, None).unwrap();
+/// request.len = 0; // the fields are private: a checked request stays as checked
+/// ```
 #[derive(Debug, Clone)]
 pub struct MmapRequest {
-    /// Where the mapping may go (fixed addresses are checked against the layout).
-    pub placement: Placement,
-    /// Length in bytes, whole pages.
-    pub len: u64,
+    layout: Layout,
+    placement: Placement,
+    len: u64,
     prot: Prot,
     shared: bool,
     backing: Backing,
@@ -58,11 +68,13 @@ pub struct MmapRequest {
 }
 
 impl MmapRequest {
-    /// Checks an mmap call as Linux does: EINVAL for an unaligned file offset or fixed address,
-    /// a zero length, or a bad flag combination; EBADF for a file mapping without a file;
-    /// ENOMEM for a fixed range above the space or a length overflowing when rounded; EPERM for
-    /// a fixed address below the lowest usable one. `file` is the object and byte offset of a
-    /// file mapping (ignored with `anonymous`, as Linux ignores the fd).
+    /// Checks an mmap call as Linux (x86-64) does: EINVAL for an unaligned offset (anonymous
+    /// mappings included) or fixed address, a zero length, or a bad flag combination; EBADF
+    /// for a file mapping without a file; ENOMEM for a fixed range above the space or a length
+    /// overflowing when rounded (a length longer than the space fails with ENOMEM when it is
+    /// placed); EPERM for a fixed address below the lowest usable one. `file` is the object
+    /// and byte offset of a file mapping (the object is ignored with `anonymous`, as Linux
+    /// ignores the fd).
     pub fn new(
         layout: Layout,
         addr: u64,
@@ -71,14 +83,14 @@ impl MmapRequest {
         flags: MapFlags,
         file: Option<(Arc<dyn MappedFile>, u64)>,
     ) -> Result<Self> {
+        if file.as_ref().is_some_and(|&(_, offset)| !aligned(offset)) {
+            return Err(einval("offset not page aligned"));
+        }
         let offset = if flags.anonymous {
             0
         } else {
             file.as_ref().map_or(0, |(_, offset)| *offset)
         };
-        if !aligned(offset) {
-            return Err(einval("file offset not page aligned"));
-        }
         if flags.shared == flags.private {
             return Err(einval("exactly one of MAP_SHARED and MAP_PRIVATE"));
         }
@@ -116,6 +128,7 @@ impl MmapRequest {
         // 64-bit byte offsets and lengths in pages cannot overflow a page offset (Linux's
         // EOVERFLOW check never fires on 64-bit).
         Ok(Self {
+            layout,
             placement,
             len,
             prot,
@@ -124,6 +137,21 @@ impl MmapRequest {
             file_pgoff: offset >> PAGE_SHIFT,
             growsdown: flags.growsdown,
         })
+    }
+
+    /// The layout the request was checked against.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Where the mapping may go (fixed ranges lie inside the layout).
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// Length in bytes, whole pages (not zero).
+    pub fn length(&self) -> u64 {
+        self.len
     }
 
     /// The mapping this request makes when placed at `start`.
@@ -146,17 +174,21 @@ impl MmapRequest {
     }
 }
 
-/// Checks a munmap call: `[start, end)` with the length rounded up to pages; EINVAL for an
-/// unaligned address, a zero length or a range beyond the space.
+/// Checks a munmap call as Linux does: `[start, end)` with the length rounded up to pages;
+/// EINVAL for an unaligned address, a zero length, or a range beyond the space (checked before
+/// rounding, so a length within a page of `u64::MAX` is EINVAL too).
 pub fn unmap_range(layout: Layout, addr: u64, len: u64) -> Result<(u64, u64)> {
     if !aligned(addr) {
         return Err(einval("address not page aligned"));
     }
-    let len = page_len(len)?;
     if addr > layout.high || len > layout.high - addr {
-        return Err(einval("range above the address space"));
+        return Err(einval("range beyond the address space"));
     }
-    Ok((addr, addr + len))
+    if len == 0 {
+        return Err(einval("zero length"));
+    }
+    // Cannot overflow: the layout's bounds are page aligned.
+    Ok((addr, addr + len.next_multiple_of(PAGE_SIZE)))
 }
 
 /// Checks an mprotect call: `[start, end)` with the length rounded up to pages, or `None` for a
@@ -178,9 +210,11 @@ pub fn protect_range(layout: Layout, addr: u64, len: u64) -> Result<Option<(u64,
 }
 
 /// Checks an madvise call (MADV_DONTNEED): `[start, end)` with the length rounded up to pages,
-/// or `None` for a zero length (which does nothing); EINVAL for an unaligned address or a range
-/// beyond the space (Linux's madvise answers EINVAL where mprotect answers ENOMEM).
-pub fn advise_range(layout: Layout, addr: u64, len: u64) -> Result<Option<(u64, u64)>> {
+/// or `None` for a zero length (which does nothing); EINVAL for an unaligned address, or a
+/// length that overflows when rounded or added to the address. As Linux, a range beyond the
+/// space is not an error here: nothing is mapped there, so the call answers ENOMEM after
+/// dropping what is mapped.
+pub fn advise_range(addr: u64, len: u64) -> Result<Option<(u64, u64)>> {
     if !aligned(addr) {
         return Err(einval("address not page aligned"));
     }
@@ -190,33 +224,36 @@ pub fn advise_range(layout: Layout, addr: u64, len: u64) -> Result<Option<(u64, 
     let end = len
         .checked_next_multiple_of(PAGE_SIZE)
         .and_then(|len| addr.checked_add(len))
-        .filter(|&end| end <= layout.high)
-        .ok_or(einval("range beyond the address space"))?;
+        .ok_or(einval("range wraps around the top of the address range"))?;
     Ok(Some((addr, end)))
 }
 
-/// A checked mremap call: the old range, the new length, and where a move must go.
+/// A checked mremap call: the old range, the new length, and where a move must go. Only
+/// [`RemapRequest::new`] makes one; the checks that depend on what is mapped are
+/// [`RemapRequest::check_source`]'s. A move onto its own source, a zero length or a range that
+/// wraps around cannot reach [`crate::AddressSpace::remap`]:
+///
+/// ```compile_fail
+/// // No request without its checks: the fields are private.
+/// let request = vma::request::RemapRequest {
+///     old: 0x10000, old_len: 0, new_len: 0, maymove: true, fixed: Some(0x10000),
+/// };
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemapRequest {
-    /// Start of the old range.
-    pub old: u64,
-    /// Length of the old range, whole pages.
-    pub old_len: u64,
-    /// New length, whole pages.
-    pub new_len: u64,
-    /// MREMAP_MAYMOVE.
-    pub maymove: bool,
-    /// MREMAP_FIXED: the new address (checked: aligned, inside the space, not overlapping the
-    /// old range).
-    pub fixed: Option<u64>,
+    layout: Layout,
+    old: u64,
+    old_len: u64,
+    new_len: u64,
+    maymove: bool,
+    fixed: Option<u64>,
 }
 
 impl RemapRequest {
-    /// Checks an mremap call as Linux does: EINVAL for MREMAP_FIXED without MREMAP_MAYMOVE, an
-    /// unaligned address, a zero old length (duplicating shared mappings is not supported), a
-    /// zero new length, or a fixed range that is unaligned, outside the space or overlapping
-    /// the old one; EFAULT for an old range above the space; ENOMEM for a length overflowing
-    /// when rounded.
+    /// Checks an mremap call's arguments as Linux (6.18) does before it looks at the mappings:
+    /// EINVAL for MREMAP_FIXED without MREMAP_MAYMOVE, an unaligned address, a length that
+    /// overflows when rounded, a zero new length or one longer than the space, or a fixed
+    /// range that is unaligned, outside the space or overlapping the old one.
     pub fn new(
         layout: Layout,
         old: u64,
@@ -231,24 +268,26 @@ impl RemapRequest {
         if !aligned(old) {
             return Err(einval("old address not page aligned"));
         }
-        if old_len == 0 {
-            return Err(einval(
-                "old length 0 (duplicating shared mappings is not supported)",
-            ));
+        let rounded = |len: u64| {
+            len.checked_next_multiple_of(PAGE_SIZE)
+                .ok_or(einval("length overflows when rounded to pages"))
+        };
+        let old_len = rounded(old_len)?;
+        let new_len = rounded(new_len)?;
+        if new_len == 0 {
+            return Err(einval("zero new length"));
         }
-        let old_len = page_len(old_len)?;
-        let new_len = page_len(new_len)?;
-        if old.checked_add(old_len).is_none_or(|end| end > layout.high) {
-            return Err(Error::new(Errno::EFAULT, "old range above the address space"));
+        if new_len > layout.high {
+            return Err(einval("new length longer than the address space"));
         }
         let fixed = if flags.fixed {
             if !aligned(new_addr) {
                 return Err(einval("new address not page aligned"));
             }
-            if new_addr < layout.low || new_addr.checked_add(new_len).is_none_or(|end| end > layout.high) {
+            if new_addr < layout.low || new_addr > layout.high - new_len {
                 return Err(einval("new range outside the address space"));
             }
-            if new_addr < old + old_len && old < new_addr + new_len {
+            if new_addr < old.saturating_add(old_len) && old < new_addr + new_len {
                 return Err(einval("old and new ranges overlap"));
             }
             Some(new_addr)
@@ -256,11 +295,104 @@ impl RemapRequest {
             None
         };
         Ok(Self {
+            layout,
             old,
             old_len,
             new_len,
             maymove: flags.maymove,
             fixed,
         })
+    }
+
+    /// The layout the request was checked against.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Start of the old range.
+    pub fn old(&self) -> u64 {
+        self.old
+    }
+
+    /// Length of the old range, whole pages.
+    pub fn old_len(&self) -> u64 {
+        self.old_len
+    }
+
+    /// New length, whole pages (not zero).
+    pub fn new_len(&self) -> u64 {
+        self.new_len
+    }
+
+    /// The length of the part that stays mapped (and moves, in a move).
+    pub fn kept(&self) -> u64 {
+        self.old_len.min(self.new_len)
+    }
+
+    /// MREMAP_MAYMOVE.
+    pub fn maymove(&self) -> bool {
+        self.maymove
+    }
+
+    /// MREMAP_FIXED's new address.
+    pub fn fixed(&self) -> Option<u64> {
+        self.fixed
+    }
+
+    /// The checks Linux makes once it has looked up the old address, given `at_old`, the
+    /// mapping covering it: EFAULT if there is none; EINVAL for a zero old length (duplicating
+    /// shared mappings is not supported) or an old range beyond the space; EFAULT if the part
+    /// that must lie in one mapping does not. That part is the whole old range when growing,
+    /// the part kept in a fixed move that changes the size, and nothing more than `old` when
+    /// shrinking or keeping the size in place, or in a fixed move of the same size (which may
+    /// span several mappings and holes).
+    pub fn check_source(&self, at_old: Option<&Mapping>) -> Result<()> {
+        let at_old = at_old.ok_or(Error::new(Errno::EFAULT, "nothing is mapped at the old address"))?;
+        if self.old_len == 0 {
+            return Err(einval(
+                "old length 0 (duplicating shared mappings is not supported)",
+            ));
+        }
+        if self.old > self.layout.high || self.old_len > self.layout.high - self.old {
+            return Err(einval("old range beyond the address space"));
+        }
+        let in_one_mapping = match self.fixed {
+            Some(_) if self.new_len == self.old_len => 0,
+            Some(_) => self.kept(),
+            None if self.new_len > self.old_len => self.old_len,
+            None => 0,
+        };
+        if self.old + in_one_mapping > at_old.end {
+            return Err(Error::new(
+                Errno::EFAULT,
+                "the old range is not inside one mapping",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The mappings a move to `target` makes of `sources`, the mappings intersecting the part
+    /// kept (in order): each piece at the same offset from `target` as from `old`, with its
+    /// page offset; growing (one source) extends the last to the new length.
+    pub fn moved(&self, sources: &[Mapping], target: u64) -> Vec<Mapping> {
+        let kept_end = self.old + self.kept();
+        let mut moved: Vec<Mapping> = sources
+            .iter()
+            .filter(|source| source.start < kept_end && self.old < source.end)
+            .map(|source| {
+                let piece = source.slice(source.start.max(self.old), source.end.min(kept_end));
+                Mapping {
+                    start: piece.start - self.old + target,
+                    end: piece.end - self.old + target,
+                    ..piece
+                }
+            })
+            .collect();
+        if let Some(last) = moved.last_mut()
+            && self.new_len > self.old_len
+        {
+            last.end = target + self.new_len;
+        }
+        moved
     }
 }

@@ -15,10 +15,15 @@
 //! 6. the flush hook removes every translation in the changed ranges (the fault layer's page
 //!    table): no fault can install one from an old VMA any more (steps 3–4), and none from a new
 //!    VMA yet (they are BABY);
-//! 7. BABY is cleared on the new VMAs and the faults waiting for them are woken.
+//! 7. BABY is cleared on the new VMAs and the faults waiting for them are woken;
+//! 8. where the flush revoked translations (removed them, or took permissions away), the writer
+//!    waits for a grace period keyed to those ranges: an access that read an old translation
+//!    before the flush (a `write` copying through it, like a store through a stale TLB entry)
+//!    has completed before the call returns, as a TLB shootdown guarantees on Linux. Sections
+//!    keyed elsewhere are not waited for.
 //!
-//! A change that displaces nothing (mapping into free space without merging) skips steps 3–6:
-//! nobody can be using what did not exist. Invariant between operations: no two adjacent VMAs
+//! A change that displaces nothing (mapping into free space without merging) skips steps 3–6
+//! and 8: nobody can be using what did not exist. Invariant between operations: no two adjacent VMAs
 //! could be merged (every operation merges what it makes adjacent), VMAs are page aligned and
 //! inside the space's bounds.
 
@@ -28,9 +33,7 @@ use crate::request::{
 };
 use crate::vma::{Backing, Events, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
-use maple::rcu::DefaultRcu;
-#[cfg(feature = "shuttle")]
-use maple::rcu::Rcu as _;
+use maple::rcu::{DefaultRcu, Keys, Rcu as _};
 use maple::sync::Mutex;
 use maple::sync::atomic::{AtomicU64, Ordering};
 use maple::{Displaced, Guard, MapleTree, Writer};
@@ -44,32 +47,89 @@ use std::time::Instant;
 /// range are gone (no fault can install a translation from them any more) and before the new
 /// ones are usable (none can install one from them yet). `rcu` is the space's domain: memory
 /// that lock-free walkers may still be reading is retired to it.
+///
+/// Each method returns whether it *revoked* a translation: removed one, or took a permission
+/// away from one. Accesses that read such a translation before the flush may still be copying
+/// through it; the protocol waits for them (step 8) before the call returns.
 pub trait FlushHook: Send + Sync {
     /// Removes every translation in `[start, end)` (munmap, MAP_FIXED over old mappings, brk
     /// and mremap shrinking). Page tables lying wholly inside `free_tables` (the range plus the
     /// free space around it, where no VMA is) may be freed: no translation exists there
     /// outside `[start, end)`, and none can appear until the hook returns.
-    fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu);
+    fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) -> bool;
 
     /// `[start, end)` now has permissions `prot` (mprotect): no translation may allow more
     /// (translations may keep allowing less; faults upgrade them).
-    fn protect(&self, start: u64, end: u64, prot: Prot, rcu: &DefaultRcu);
+    fn protect(&self, start: u64, end: u64, prot: Prot, rcu: &DefaultRcu) -> bool;
 
     /// `[from, from + len)` moved to `[to, to + len)` (mremap): the translations move with it,
-    /// keeping the contents. The destination holds none.
-    fn relocate(&self, from: u64, to: u64, len: u64, rcu: &DefaultRcu);
+    /// keeping the contents. The destination holds none. Moving a translation revokes it at
+    /// its old address.
+    fn relocate(&self, from: u64, to: u64, len: u64, rcu: &DefaultRcu) -> bool;
 }
 
-/// A flush hook for address spaces without page tables (tests, pure VMA bookkeeping).
+/// A flush hook for address spaces without page tables (tests, pure VMA bookkeeping): there is
+/// never a translation to revoke.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoFlush;
 
 impl FlushHook for NoFlush {
-    fn zap(&self, _start: u64, _end: u64, _free_tables: (u64, u64), _rcu: &DefaultRcu) {}
+    fn zap(&self, _start: u64, _end: u64, _free_tables: (u64, u64), _rcu: &DefaultRcu) -> bool {
+        false
+    }
 
-    fn protect(&self, _start: u64, _end: u64, _prot: Prot, _rcu: &DefaultRcu) {}
+    fn protect(&self, _start: u64, _end: u64, _prot: Prot, _rcu: &DefaultRcu) -> bool {
+        false
+    }
 
-    fn relocate(&self, _from: u64, _to: u64, _len: u64, _rcu: &DefaultRcu) {}
+    fn relocate(&self, _from: u64, _to: u64, _len: u64, _rcu: &DefaultRcu) -> bool {
+        false
+    }
+}
+
+/// Address ranges whose translations a change revoked, and the wait for the accesses that may
+/// still be going through them (step 8 of the protocol; also MADV_DONTNEED's, and the
+/// benchmark's baseline designs').
+#[derive(Debug, Default, Clone)]
+pub struct Revoked {
+    ranges: SmallVec<[(u64, u64); 2]>,
+}
+
+impl Revoked {
+    /// Nothing revoked yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that translations in `[start, end)` were revoked, if `revoked` (what a flush
+    /// returned).
+    pub fn record(&mut self, revoked: bool, start: u64, end: u64) {
+        if revoked && start < end {
+            self.ranges.push((start, end));
+        }
+    }
+
+    /// Whether anything was revoked.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Waits until every read-side section of `rcu` that may have read a revoked translation
+    /// has ended: the sections running now, except those keyed to addresses outside the
+    /// ranges. Returns how long it waited (zero at once when nothing was revoked).
+    ///
+    /// # Panics
+    /// If called inside a read-side section.
+    pub fn wait(&self, rcu: &DefaultRcu) -> std::time::Duration {
+        if self.is_empty() {
+            return std::time::Duration::ZERO;
+        }
+        rcu.synchronize_timed_for(|keys| {
+            self.ranges
+                .iter()
+                .any(|&(start, end)| keys.overlaps(Keys::new(start, end - 1)))
+        })
+    }
 }
 
 /// One call of the flush hook, recorded by an operation and made in step 6.
@@ -249,6 +309,8 @@ pub enum BrokenStep {
     NoShortcut,
     /// Step 4 for the displaced ranges only: wait for every read-side section, keyed or not.
     WaitForEveryone,
+    /// Step 8: return without waiting for the accesses through revoked translations.
+    RevocationWait,
 }
 
 /// Counters of what writers had to wait for.
@@ -262,6 +324,11 @@ pub struct SpaceStats {
     pub reference_wait_ns: AtomicU64,
     /// Nanoseconds writers spent waiting for grace periods (step 4).
     pub grace_period_ns: AtomicU64,
+    /// Operations (and MADV_DONTNEEDs) that revoked translations and so waited for the
+    /// accesses through them (step 8).
+    pub revocations: AtomicU64,
+    /// Nanoseconds those waits took.
+    pub revocation_wait_ns: AtomicU64,
 }
 
 /// A process address space: VMAs in an RCU-safe maple tree, faults find them without locks,
@@ -514,16 +581,15 @@ impl AddressSpace {
         self.map(MmapRequest::new(self.layout, addr, len, prot, flags, file)?)
     }
 
-    /// Maps a checked request (see [`AddressSpace::mmap`]; build it with the space's layout).
+    /// Maps a checked request (see [`AddressSpace::mmap`]); EINVAL if it was checked against
+    /// another layout.
     pub fn map(&self, request: MmapRequest) -> Result<u64> {
-        let len = request.len;
-        if let Placement::Fixed(addr) | Placement::FixedNoReplace(addr) = request.placement
-            && (addr < self.layout.low || addr + len > self.layout.high)
-        {
+        if request.layout() != self.layout {
             return Err(einval("the request was checked against another layout"));
         }
+        let len = request.length();
         let mut writer = self.tree.lock();
-        let start = match request.placement {
+        let start = match request.placement() {
             Placement::FixedNoReplace(addr) if self.first_in(&writer, addr, addr + len).is_some() => {
                 return Err(Error::new(Errno::EEXIST, "MAP_FIXED_NOREPLACE range is occupied"));
             }
@@ -611,9 +677,14 @@ impl AddressSpace {
     }
 
     /// Resizes or moves the mapping at `[old, old + old_len)` to `new_len` bytes, with Linux's
-    /// rules: shrinking unmaps the tail; growing extends in place when the pages after are free;
-    /// otherwise `maymove` moves it (to `new_addr` with `fixed`); the moved VMA keeps its page
-    /// offset. Returns the (new) address.
+    /// rules (6.18): `old` must be mapped (EFAULT). Shrinking unmaps the tail, whatever it
+    /// holds, and the same size in place changes nothing. Growing needs the old range inside
+    /// one mapping (EFAULT) and extends it in place when the pages after are free; otherwise
+    /// `maymove` moves it. With `fixed` the mapping moves to `new_addr` (what was there is
+    /// unmapped): the part kept (the first `min(old_len, new_len)` bytes) must lie in one
+    /// mapping, except that a move of the same size may span several mappings and holes, each
+    /// mapping moving to the same offset. A moved VMA keeps its page offset. Returns the (new)
+    /// address.
     pub fn mremap(
         &self,
         old: u64,
@@ -632,35 +703,35 @@ impl AddressSpace {
         )?)
     }
 
-    /// Remaps a checked request (see [`AddressSpace::mremap`]; build it with the space's
-    /// layout).
+    /// Remaps a checked request (see [`AddressSpace::mremap`]); EINVAL if it was checked
+    /// against another layout.
     pub fn remap(&self, request: RemapRequest) -> Result<u64> {
-        let RemapRequest {
-            old,
-            old_len,
-            new_len,
-            maymove,
-            fixed,
-        } = request;
-        let high = self.layout.high;
-        if old + old_len > high
-            || fixed.is_some_and(|new_addr| new_addr < self.layout.low || new_addr + new_len > high)
-        {
+        if request.layout() != self.layout {
             return Err(einval("the request was checked against another layout"));
         }
+        let (old, old_len, new_len) = (request.old(), request.old_len(), request.new_len());
         let mut writer = self.tree.lock();
-        let source = self.remap_source(&writer, old, old_len)?;
-        if let Some(new_addr) = fixed {
+        let at_old = writer.load_range(old).map(|(_, _, vma)| vma.mapping().clone());
+        request.check_source(at_old.as_ref())?;
+        let source = at_old.expect("checked");
+        if let Some(new_addr) = request.fixed() {
+            let sources: Mappings = self
+                .vmas_in(&writer, old, old + request.kept())
+                .iter()
+                .map(|vma| vma.mapping().clone())
+                .collect();
             self.unmap_locked(&mut writer, new_addr, new_addr + new_len);
-            return Ok(self.move_locked(&mut writer, &source, old, old_len, new_len, new_addr));
+            return Ok(self.move_locked(&mut writer, &request, &sources, new_addr));
         }
         if new_len <= old_len {
-            self.unmap_locked(&mut writer, old + new_len, old + old_len);
+            if new_len < old_len {
+                self.unmap_locked(&mut writer, old + new_len, old + old_len);
+            }
             return Ok(old);
         }
-        let grow_end = old.checked_add(new_len).filter(|&end| end <= high);
+        let high = self.layout.high;
         if old + old_len == source.end
-            && let Some(grow_end) = grow_end
+            && let Some(grow_end) = old.checked_add(new_len).filter(|&end| end <= high)
             && self.first_in(&writer, source.end, grow_end).is_none()
         {
             let grown = Mapping {
@@ -675,49 +746,31 @@ impl AddressSpace {
             self.settle(&mut writer, change, &[]);
             return Ok(old);
         }
-        if !maymove {
+        if !request.maymove() {
             return Err(enomem("cannot grow in place and may not move"));
         }
         let target = self.place(&writer, 0, new_len)?;
-        Ok(self.move_locked(&mut writer, &source, old, old_len, new_len, target))
+        Ok(self.move_locked(&mut writer, &request, &[source], target))
     }
 
-    /// The mapping holding all of `[old, old + len)`, or EFAULT.
-    fn remap_source(&self, writer: &Writer<'_, Box<Vma>, DefaultRcu>, old: u64, len: u64) -> Result<Mapping> {
-        match writer.load_range(old) {
-            Some((_, _, vma)) if old + len <= vma.end() => Ok(vma.mapping().clone()),
-            _ => Err(Error::new(
-                Errno::EFAULT,
-                "the old range is not inside one mapping",
-            )),
-        }
-    }
-
-    /// Moves `[old, old + old_len)` of `source` to `target`, resized to `new_len`, in one run
-    /// of the protocol: the old range is unmapped and the moved mapping (same object, same page
-    /// offset) mapped at `target`, merging with its new neighbours; the translations of the
+    /// Moves the part kept of `request`'s old range, whose mappings are `sources`, to `target`
+    /// (see [`RemapRequest::moved`]) in one run of the protocol: the old range is unmapped and
+    /// the moved mappings mapped, merging with their new neighbours; the translations of the
     /// part kept move with it.
     fn move_locked(
         &self,
         writer: &mut Writer<'_, Box<Vma>, DefaultRcu>,
-        source: &Mapping,
-        old: u64,
-        old_len: u64,
-        new_len: u64,
+        request: &RemapRequest,
+        sources: &[Mapping],
         target: u64,
     ) -> u64 {
-        let kept = source.slice(old, old + old_len.min(new_len));
-        let moved = Mapping {
-            start: target,
-            end: target + new_len,
-            ..kept
-        };
+        let (old, old_len, kept) = (request.old(), request.old_len(), request.kept());
+        let moved = request.moved(sources, target).into_iter().collect();
         let mut run = Run::new();
         let unmap = self.carve(writer, old, old + old_len, Mappings::new());
         self.stage(writer, unmap, true, &mut run);
-        let insert = self.carve(writer, target, target + new_len, smallvec![moved]);
+        let insert = self.carve(writer, target, target + request.new_len(), moved);
         self.stage(writer, insert, true, &mut run);
-        let kept = old_len.min(new_len);
         let flush = [
             Flush::Relocate {
                 from: old,
@@ -962,6 +1015,7 @@ impl AddressSpace {
     /// in the changed ranges, so nobody can be using them and no translation exists there.
     fn finish(&self, writer: &Writer<'_, Box<Vma>, DefaultRcu>, run: Run<'_>, flush: &[Flush]) {
         let Run { displaced, born } = run;
+        let mut revoked = Revoked::new();
         if let Some(displaced) = displaced {
             // 3. No new references; wait for the held ones.
             let mut referenced = false;
@@ -1010,10 +1064,15 @@ impl AddressSpace {
             for &op in flush {
                 match op {
                     Flush::Zap(start, end) => {
-                        self.flush.zap(start, end, free_around(writer, start, end), rcu);
+                        let zapped = self.flush.zap(start, end, free_around(writer, start, end), rcu);
+                        revoked.record(zapped, start, end);
                     }
-                    Flush::Protect(start, end, prot) => self.flush.protect(start, end, prot, rcu),
-                    Flush::Relocate { from, to, len } => self.flush.relocate(from, to, len, rcu),
+                    Flush::Protect(start, end, prot) => {
+                        revoked.record(self.flush.protect(start, end, prot, rcu), start, end);
+                    }
+                    Flush::Relocate { from, to, len } => {
+                        revoked.record(self.flush.relocate(from, to, len, rcu), from, from + len);
+                    }
                 }
             }
         }
@@ -1022,6 +1081,25 @@ impl AddressSpace {
             born.into_iter().for_each(birth_published);
             self.events.notify();
         }
+        // 8. Wait for the accesses through revoked translations.
+        self.await_revoked(&revoked);
+    }
+
+    /// Waits for the read-side sections that may still be accessing memory through the
+    /// translations `revoked` names (step 8 of the protocol, and MADV_DONTNEED's after it clears
+    /// translations), and counts the wait. Call it with no guard held.
+    pub fn await_revoked(&self, revoked: &Revoked) {
+        if revoked.is_empty() {
+            return;
+        }
+        #[cfg(feature = "shuttle")]
+        if self.skips(BrokenStep::RevocationWait) {
+            return;
+        }
+        let waited = revoked.wait(self.rcu());
+        self.stats.revocations.fetch_add(1, Ordering::Relaxed);
+        let waited = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.stats.revocation_wait_ns.fetch_add(waited, Ordering::Relaxed);
     }
 }
 

@@ -24,16 +24,19 @@ const B: u64 = 0x30000;
 struct Flushes(Arc<AtomicU64>);
 
 impl FlushHook for Flushes {
-    fn zap(&self, _start: u64, _end: u64, _free_tables: (u64, u64), _rcu: &DefaultRcu) {
+    fn zap(&self, _start: u64, _end: u64, _free_tables: (u64, u64), _rcu: &DefaultRcu) -> bool {
         self.0.fetch_add(1, Ordering::SeqCst);
+        false
     }
 
-    fn protect(&self, _start: u64, _end: u64, _prot: Prot, _rcu: &DefaultRcu) {
+    fn protect(&self, _start: u64, _end: u64, _prot: Prot, _rcu: &DefaultRcu) -> bool {
         self.0.fetch_add(1, Ordering::SeqCst);
+        false
     }
 
-    fn relocate(&self, _from: u64, _to: u64, _len: u64, _rcu: &DefaultRcu) {
+    fn relocate(&self, _from: u64, _to: u64, _len: u64, _rcu: &DefaultRcu) -> bool {
         self.0.fetch_add(1, Ordering::SeqCst);
+        false
     }
 }
 

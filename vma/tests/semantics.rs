@@ -178,7 +178,12 @@ fn munmap_errors_and_empty_ranges() {
     assert_eq!(errno(s.munmap(BASE + 1, P)), Errno::EINVAL);
     assert_eq!(errno(s.munmap(BASE, 0)), Errno::EINVAL);
     assert_eq!(errno(s.munmap(LAYOUT.high, P)), Errno::EINVAL);
-    assert_eq!(errno(s.munmap(BASE, u64::MAX)), Errno::ENOMEM);
+    assert_eq!(errno(s.munmap(BASE, u64::MAX)), Errno::EINVAL);
+    assert_eq!(
+        errno(s.munmap(BASE, u64::MAX - P + 2)),
+        Errno::EINVAL,
+        "within a page of the top"
+    );
     s.munmap(BASE, 4 * P).unwrap();
     assert_eq!(
         s.stats().replacements.load(std::sync::atomic::Ordering::Relaxed),

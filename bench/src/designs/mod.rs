@@ -29,7 +29,7 @@ use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::Arc;
 use std::time::Instant;
 use vma::request::{MmapRequest, RemapRequest, advise_range, protect_range, unmap_range};
-use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
+use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags, Revoked};
 use vma_map::{Flush, Op, VmaMap};
 
 /// Every design's name, in the order reports list them.
@@ -86,8 +86,8 @@ pub trait Design: Send + Sync {
     /// Applies a checked change; returns the mapped address for [`Op::Map`].
     fn change(&self, op: Op) -> vma::Result<u64>;
 
-    /// MADV_DONTNEED of `[start, end)` (page aligned): drops the pages mapped without a hole
-    /// from `start`, then ENOMEM if that is not the whole range (as Linux).
+    /// MADV_DONTNEED of `[start, end)` (page aligned, perhaps reaching beyond the space): drops
+    /// the pages of every mapped part, then ENOMEM if part of the range is unmapped (as Linux).
     fn discard(&self, start: u64, end: u64) -> vma::Result<()>;
 
     /// Resolves a fault at `addr`.
@@ -111,7 +111,7 @@ pub trait Design: Send + Sync {
         file: Option<(&Arc<File>, u64)>,
     ) -> vma::Result<u64> {
         let layout = self.layout();
-        let (flags, object) = self.memory().mapped_object(len, flags, file, layout.high)?;
+        let (flags, object) = self.memory().mapped_object(len, flags, file)?;
         self.change(Op::Map(MmapRequest::new(layout, addr, len, prot, flags, object)?))
     }
 
@@ -144,7 +144,7 @@ pub trait Design: Send + Sync {
 
     /// MADV_DONTNEED of `[addr, addr + len)`.
     fn madvise_dontneed(&self, addr: u64, len: u64) -> vma::Result<()> {
-        match advise_range(self.layout(), addr, len)? {
+        match advise_range(addr, len)? {
             Some((start, end)) => self.discard(start, end),
             None => Ok(()),
         }
@@ -205,26 +205,33 @@ fn bounded(map: &VmaMap, flushes: &[Flush]) -> Vec<(Flush, (u64, u64))> {
         .collect()
 }
 
-/// Step 6 for the baselines: the page table's side of a plan (see [`bounded`]). The caller
-/// keeps faults out of the flushed ranges meanwhile (its lock).
+/// Steps 6 and 8 for the baselines: the page table's side of a plan (see [`bounded`]), then
+/// the wait for accesses through the translations it revoked, as maplevm's writers wait. The
+/// caller keeps faults out of the flushed ranges meanwhile (its lock).
 fn flush(memory: &Memory, flushes: &[(Flush, (u64, u64))], rcu: &DefaultRcu) {
+    let mut revoked = Revoked::new();
     for &(flush, free_tables) in flushes {
         match flush {
-            Flush::Zap(start, end) => memory.zap(start, end, free_tables, rcu),
-            Flush::Protect(start, end, prot) => memory.protect(start, end, prot),
-            Flush::Relocate { from, to, len } => memory.relocate(from, to, len),
+            Flush::Zap(start, end) => revoked.record(memory.zap(start, end, free_tables, rcu), start, end),
+            Flush::Protect(start, end, prot) => revoked.record(memory.protect(start, end, prot), start, end),
+            Flush::Relocate { from, to, len } => {
+                revoked.record(memory.relocate(from, to, len), from, from + len)
+            }
         }
     }
+    revoked.wait(rcu);
 }
 
-/// MADV_DONTNEED for the baselines: clears the hole-free prefix of `[start, end)` in `map`,
-/// which the caller keeps from changing.
+/// MADV_DONTNEED for the baselines: clears every mapped part of `[start, end)` in `map`, which
+/// the caller keeps from changing, and waits for accesses through what it cleared.
 fn discard_in(memory: &Memory, map: &VmaMap, start: u64, end: u64, rcu: &DefaultRcu) -> vma::Result<()> {
-    let mapped = map.mapped_prefix(start, end);
-    if mapped > start {
-        memory.clear(start, mapped, rcu);
+    let parts = map.mapped_parts(start, end);
+    let mut revoked = Revoked::new();
+    for &(from, to) in &parts {
+        revoked.record(memory.clear(from, to, rcu), from, to);
     }
-    if mapped < end {
+    revoked.wait(rcu);
+    if parts.iter().map(|(from, to)| to - from).sum::<u64>() < end - start {
         return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
     }
     Ok(())

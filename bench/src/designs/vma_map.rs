@@ -133,16 +133,13 @@ impl VmaMap {
             .filter(|m| addr < m.end)
     }
 
-    /// How far `[start, end)` is mapped without a hole from its start (`start` if it starts in
-    /// one, `end` if it has none).
-    pub fn mapped_prefix(&self, start: u64, end: u64) -> u64 {
-        let mut at = start;
-        while at < end
-            && let Some(m) = self.lookup(at)
-        {
-            at = m.end;
-        }
-        at.min(end)
+    /// The parts of `[start, end)` that are mapped, in order, one per mapping (clipped to the
+    /// range).
+    pub fn mapped_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.overlapping(start, end)
+            .iter()
+            .map(|m| (m.start.max(start), m.end.min(end)))
+            .collect()
     }
 
     /// The mappings intersecting `[start, end)`, in order.
@@ -202,8 +199,8 @@ impl VmaMap {
         let mut planned = Planned::new(Ok(0));
         match op {
             Op::Map(request) => {
-                let len = request.len;
-                let start = match request.placement {
+                let len = request.length();
+                let start = match request.placement() {
                     Placement::FixedNoReplace(addr) if !self.free(addr, addr + len) => {
                         return Err(Error::new(Errno::EEXIST, "MAP_FIXED_NOREPLACE range is occupied"));
                     }
@@ -258,32 +255,21 @@ impl VmaMap {
         Ok(planned)
     }
 
-    /// mremap with `vma::AddressSpace::mremap`'s rules: the old range must lie in one mapping
-    /// (EFAULT); MREMAP_FIXED unmaps the target and moves there; shrinking unmaps the tail;
-    /// growing extends in place when the pages after are free; otherwise a move (with
-    /// MREMAP_MAYMOVE; ENOMEM without) to a placed range. A move keeps the page offset and
-    /// relocates the translations of the part kept.
+    /// mremap with `vma::AddressSpace::mremap`'s rules (the checks of
+    /// [`RemapRequest::check_source`]; shrinking unmaps the tail; growing extends in place when
+    /// the pages after are free; otherwise a move, with MREMAP_MAYMOVE (ENOMEM without), to a
+    /// placed range or, with MREMAP_FIXED, to the target, unmapped first). A move keeps the page
+    /// offsets and relocates the translations of the part kept.
     fn plan_remap(&self, request: &RemapRequest) -> vma::Result<Planned> {
-        let &RemapRequest {
-            old,
-            old_len,
-            new_len,
-            maymove,
-            fixed,
-        } = request;
-        let source = self
-            .lookup(old)
-            .filter(|m| old + old_len <= m.end)
-            .cloned()
-            .ok_or(Error::new(
-                Errno::EFAULT,
-                "the old range is not inside one mapping",
-            ))?;
-        if fixed.is_none() {
+        let (old, old_len, new_len) = (request.old(), request.old_len(), request.new_len());
+        let source = self.lookup(old).cloned();
+        request.check_source(source.as_ref())?;
+        let source = source.expect("checked");
+        if request.fixed().is_none() {
             let mut planned = Planned::new(Ok(old));
             if new_len <= old_len {
                 // Shrink: unmap the tail.
-                if new_len < old_len {
+                if new_len < old_len && !self.free(old + new_len, old + old_len) {
                     planned
                         .changes
                         .push(self.replace(old + new_len, old + old_len, Vec::new()));
@@ -306,7 +292,7 @@ impl VmaMap {
                     .push(self.replace(source.start, grow_end, vec![grown]));
                 return Ok(planned);
             }
-            if !maymove {
+            if !request.maymove() {
                 return Err(Error::new(Errno::ENOMEM, "cannot grow in place and may not move"));
             }
         }
@@ -314,7 +300,7 @@ impl VmaMap {
         let mut scratch = self.clone();
         let mut changes = Vec::with_capacity(3);
         let mut flushes = Vec::with_capacity(3);
-        let target = match fixed {
+        let target = match request.fixed() {
             Some(target) => {
                 if !scratch.free(target, target + new_len) {
                     let unmap = scratch.replace(target, target + new_len, Vec::new());
@@ -326,16 +312,12 @@ impl VmaMap {
             }
             None => self.place(0, new_len)?,
         };
-        let kept = old_len.min(new_len);
-        let moved = Mapping {
-            start: target,
-            end: target + new_len,
-            ..source.slice(old, old + kept)
-        };
+        let kept = request.kept();
+        let moved = request.moved(&self.overlapping(old, old + kept), target);
         let unmap = scratch.replace(old, old + old_len, Vec::new());
         scratch.apply(&unmap);
         changes.push(unmap);
-        changes.push(scratch.replace(target, target + new_len, vec![moved]));
+        changes.push(scratch.replace(target, target + new_len, moved));
         // The kept translations move before the old range is zapped.
         flushes.push(Flush::Relocate {
             from: old,

@@ -161,14 +161,11 @@ impl Model {
         flags: MapFlags,
         file: Option<(Arc<dyn MappedFile>, u64)>,
     ) -> Res<u64> {
-        let offset = if flags.anonymous {
-            0
-        } else {
-            file.as_ref().map_or(0, |f| f.1)
-        };
+        let offset = file.as_ref().map_or(0, |f| f.1);
         if offset % PAGE_SIZE != 0 || flags.shared == flags.private || (flags.growsdown && flags.shared) {
             return Err(Errno::EINVAL);
         }
+        let offset = if flags.anonymous { 0 } else { offset };
         let object = match (flags.anonymous, &file) {
             (true, _) if flags.shared => {
                 self.names.push("/dev/zero (deleted)".to_string());
@@ -218,13 +215,10 @@ impl Model {
     }
 
     pub fn munmap(&mut self, addr: u64, len: u64) -> Res<()> {
-        if addr % PAGE_SIZE != 0 {
+        if addr % PAGE_SIZE != 0 || addr > self.layout.high || len > self.layout.high - addr || len == 0 {
             return Err(Errno::EINVAL);
         }
-        let len = page_len(len)?;
-        if addr > self.layout.high || len > self.layout.high - addr {
-            return Err(Errno::EINVAL);
-        }
+        let len = len.next_multiple_of(PAGE_SIZE);
         let doomed: Vec<u64> = self.pages.range(addr..addr + len).map(|(&a, _)| a).collect();
         for a in doomed {
             self.pages.remove(&a);
@@ -278,26 +272,44 @@ impl Model {
         if flags.fixed && !flags.maymove {
             return Err(Errno::EINVAL);
         }
-        if old % PAGE_SIZE != 0 || old_len == 0 {
+        if old % PAGE_SIZE != 0 {
             return Err(Errno::EINVAL);
         }
-        let old_len = page_len(old_len)?;
-        let new_len = page_len(new_len)?;
+        let (Some(old_len), Some(new_len)) = (
+            old_len.checked_next_multiple_of(PAGE_SIZE),
+            new_len.checked_next_multiple_of(PAGE_SIZE),
+        ) else {
+            return Err(Errno::EINVAL);
+        };
         let high = self.layout.high;
-        if old.checked_add(old_len).is_none_or(|e| e > high) {
-            return Err(Errno::EFAULT);
+        if new_len == 0 || new_len > high {
+            return Err(Errno::EINVAL);
         }
         if flags.fixed
             && (new_addr % PAGE_SIZE != 0
                 || new_addr < self.layout.low
                 || new_addr.checked_add(new_len).is_none_or(|e| e > high)
-                || (new_addr < old + old_len && old < new_addr + new_len))
+                || (new_addr < old.saturating_add(old_len) && old < new_addr + new_len))
         {
             return Err(Errno::EINVAL);
         }
-        let Some((_, vma_end)) = self.vma_at(old).filter(|&(_, e)| old + old_len <= e) else {
+        let Some((_, vma_end)) = self.vma_at(old) else {
             return Err(Errno::EFAULT);
         };
+        if old_len == 0 || old.checked_add(old_len).is_none_or(|e| e > high) {
+            return Err(Errno::EINVAL);
+        }
+        let kept = old_len.min(new_len);
+        // What must lie in one VMA: the old range to grow, the part kept to move and resize.
+        let in_one_vma = match (flags.fixed, new_len.cmp(&old_len)) {
+            (true, std::cmp::Ordering::Equal) => 0,
+            (true, _) => kept,
+            (false, std::cmp::Ordering::Greater) => old_len,
+            (false, _) => 0,
+        };
+        if old + in_one_vma > vma_end {
+            return Err(Errno::EFAULT);
+        }
         if flags.fixed {
             self.munmap(new_addr, new_len).unwrap();
             return Ok(self.move_pages(old, old_len, new_len, new_addr));
@@ -312,16 +324,7 @@ impl Model {
             && let Some(grow_end) = old.checked_add(new_len).filter(|&e| e <= high)
             && self.free(vma_end, grow_end)
         {
-            let last = self.pages[&(vma_end - PAGE_SIZE)].clone();
-            for (i, a) in (vma_end..grow_end).step_by(PAGE_SIZE as usize).enumerate() {
-                self.pages.insert(
-                    a,
-                    Page {
-                        pgoff: last.pgoff + 1 + i as u64,
-                        ..last.clone()
-                    },
-                );
-            }
+            self.extend_last(old, vma_end, grow_end);
             return Ok(old);
         }
         if !flags.maymove {
@@ -331,20 +334,36 @@ impl Model {
         Ok(self.move_pages(old, old_len, new_len, target))
     }
 
-    fn move_pages(&mut self, old: u64, old_len: u64, new_len: u64, target: u64) -> u64 {
-        let first = self.pages[&old].clone();
-        let mut moved = Vec::new();
-        for i in 0..new_len / PAGE_SIZE {
-            moved.push((
-                target + i * PAGE_SIZE,
+    /// Maps `[end, grow_end)` as the continuation of the page before `end`, which the run from
+    /// `start` ends with.
+    fn extend_last(&mut self, start: u64, end: u64, grow_end: u64) {
+        debug_assert!(start < end);
+        let last = self.pages[&(end - PAGE_SIZE)].clone();
+        for (i, a) in (end..grow_end).step_by(PAGE_SIZE as usize).enumerate() {
+            self.pages.insert(
+                a,
                 Page {
-                    pgoff: first.pgoff + i,
-                    ..first.clone()
+                    pgoff: last.pgoff + 1 + i as u64,
+                    ..last.clone()
                 },
-            ));
+            );
         }
+    }
+
+    /// Moves the pages of the part kept (holes stay holes) to the same offsets from `target`;
+    /// growing continues the last page.
+    fn move_pages(&mut self, old: u64, old_len: u64, new_len: u64, target: u64) -> u64 {
+        let kept = old_len.min(new_len);
+        let moved: Vec<(u64, Page)> = self
+            .pages
+            .range(old..old + kept)
+            .map(|(&a, page)| (a - old + target, page.clone()))
+            .collect();
         self.munmap(old, old_len).unwrap();
         self.pages.extend(moved);
+        if new_len > kept {
+            self.extend_last(target, target + kept, target + new_len);
+        }
         target
     }
 

@@ -1,0 +1,469 @@
+//! maplevm against the running kernel. Each case lays out the same mappings in a scratch range
+//! of a forked child process (raw syscalls) and in an `Mm` with x86-64 bounds, makes the same
+//! call in both (munmap, mprotect, mremap, MADV_DONTNEED, mmap), and requires the same result
+//! (address or errno) and the same mappings in the scratch range afterwards. The child makes
+//! only raw system calls and writes what it saw to a pipe, so a call the kernel takes in a way
+//! that would wreck a process (an unmap reaching past the scratch range) wrecks only the child.
+//! The expectations were read off Linux 6.18; on other systems the test says why it skips.
+#![cfg(not(feature = "shuttle"))]
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod oracle {
+    use fault::{File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+    use std::sync::Arc;
+    use vma::{Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
+
+    const P: u64 = PAGE_SIZE;
+    /// Pages in the scratch range.
+    const PAGES: u64 = 64;
+    /// The top of x86-64 user space (TASK_SIZE), Layout::X86_64's `high`.
+    const TOP: u64 = Layout::X86_64.high;
+
+    /// An address: a page of the scratch range, or an absolute one (beyond the space, say).
+    #[derive(Debug, Clone, Copy)]
+    enum At {
+        Page(u64),
+        Abs(u64),
+    }
+
+    impl At {
+        fn addr(self, base: u64) -> u64 {
+            match self {
+                At::Page(page) => base + page * P,
+                At::Abs(addr) => addr,
+            }
+        }
+    }
+
+    /// A call, lengths in bytes.
+    #[derive(Debug, Clone, Copy)]
+    enum Call {
+        Munmap(At, u64),
+        Mprotect(At, u64, Prot),
+        Mremap {
+            old: At,
+            old_len: u64,
+            new_len: u64,
+            flags: RemapFlags,
+            new_addr: At,
+        },
+        DontNeed(At, u64),
+        /// Anonymous, not fixed: (length, shared, offset).
+        MmapAnon(u64, bool, u64),
+    }
+
+    /// Result: the address returned (0 for calls returning nothing) or the errno.
+    type Outcome = Result<u64, i32>;
+
+    fn prot_bits(prot: Prot) -> i32 {
+        let mut bits = 0;
+        if prot.read {
+            bits |= libc::PROT_READ;
+        }
+        if prot.write {
+            bits |= libc::PROT_WRITE;
+        }
+        if prot.exec {
+            bits |= libc::PROT_EXEC;
+        }
+        bits
+    }
+
+    /// The pages of a layout: 'w' read-write, 'r' read-only (private anonymous), '.' a hole;
+    /// runs of one letter are one VMA.
+    fn runs(layout: &str) -> Vec<(u64, u64, Prot)> {
+        let mut runs: Vec<(u64, u64, Prot)> = Vec::new();
+        for (page, c) in layout.bytes().enumerate() {
+            let prot = match c {
+                b'w' => Prot::READ_WRITE,
+                b'r' => Prot::READ,
+                _ => continue,
+            };
+            match runs.last_mut() {
+                Some((_, end, p)) if *end == page as u64 && *p == prot => *end += 1,
+                _ => runs.push((page as u64, page as u64 + 1, prot)),
+            }
+        }
+        runs
+    }
+
+    /// The kernel's answer: in a forked child, lays out `layout` at `base`, makes the call and
+    /// sends back the result and /proc/self/maps.
+    fn kernel(base: u64, layout: &str, call: Call) -> (Outcome, String) {
+        let runs = runs(layout);
+        let mut fds = [0; 2];
+        // SAFETY: a plain pipe(2) into a two-element array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child makes only raw system calls (async-signal-safe) and leaves with
+        // _exit; it allocates nothing and takes no lock.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: raw syscalls on the scratch range this process reserved, a pipe it owns,
+            // and a buffer on the stack.
+            unsafe { child(base, &runs, call, fds[1]) }
+        }
+        // SAFETY: the parent's copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            // SAFETY: reading into a stack buffer of that size.
+            let n = unsafe { libc::read(fds[0], chunk.as_mut_ptr().cast(), chunk.len()) };
+            if n <= 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n as usize]);
+        }
+        let mut status = 0;
+        // SAFETY: the read end, and waiting for our own child.
+        unsafe {
+            libc::close(fds[0]);
+            libc::waitpid(pid, &mut status, 0);
+        }
+        assert!(
+            bytes.len() >= 8,
+            "the child died before reporting (status {status:#x})"
+        );
+        let ret = i64::from_ne_bytes(bytes[..8].try_into().unwrap());
+        let outcome = if ret < 0 { Err(-ret as i32) } else { Ok(ret as u64) };
+        (outcome, String::from_utf8_lossy(&bytes[8..]).into_owned())
+    }
+
+    /// The child's side of [`kernel`].
+    ///
+    /// # Safety
+    /// Only in a child just forked from the process that reserved `[base, base + PAGES * P)`.
+    unsafe fn child(base: u64, runs: &[(u64, u64, Prot)], call: Call, out: i32) -> ! {
+        use libc::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, syscall};
+        // SAFETY: (whole function) raw syscalls on our own scratch range and descriptors.
+        unsafe {
+            syscall(libc::SYS_munmap, base, PAGES * P);
+            for &(start, end, prot) in runs {
+                let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+                syscall(
+                    libc::SYS_mmap,
+                    base + start * P,
+                    (end - start) * P,
+                    prot_bits(prot),
+                    flags,
+                    -1,
+                    0,
+                );
+            }
+            let ret = match call {
+                Call::Munmap(at, len) => syscall(libc::SYS_munmap, at.addr(base), len),
+                Call::Mprotect(at, len, prot) => {
+                    syscall(libc::SYS_mprotect, at.addr(base), len, prot_bits(prot))
+                }
+                Call::Mremap {
+                    old,
+                    old_len,
+                    new_len,
+                    flags,
+                    new_addr,
+                } => {
+                    let mut bits = 0;
+                    if flags.maymove {
+                        bits |= libc::MREMAP_MAYMOVE;
+                    }
+                    if flags.fixed {
+                        bits |= libc::MREMAP_FIXED;
+                    }
+                    syscall(
+                        libc::SYS_mremap,
+                        old.addr(base),
+                        old_len,
+                        new_len,
+                        bits,
+                        new_addr.addr(base),
+                    )
+                }
+                Call::DontNeed(at, len) => {
+                    syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_DONTNEED)
+                }
+                Call::MmapAnon(len, shared, offset) => {
+                    let sharing = if shared { MAP_SHARED } else { MAP_PRIVATE };
+                    let prot = libc::PROT_READ | libc::PROT_WRITE;
+                    syscall(libc::SYS_mmap, 0, len, prot, sharing | MAP_ANONYMOUS, -1, offset)
+                }
+            };
+            let ret: i64 = if ret == -1 {
+                -(*libc::__errno_location() as i64)
+            } else {
+                ret
+            };
+            libc::write(out, (&ret as *const i64).cast(), 8);
+            let maps = libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY);
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = libc::read(maps, buf.as_mut_ptr().cast(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                libc::write(out, buf.as_ptr().cast(), n as usize);
+            }
+            libc::_exit(0)
+        }
+    }
+
+    /// The mappings of `maps` (in /proc/PID/maps form) inside the scratch range at `base`:
+    /// `first-last page perms`, pages relative to `base`.
+    fn scratch_lines(maps: &str, base: u64) -> Vec<String> {
+        maps.lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let (start, end) = fields.next()?.split_once('-')?;
+                let (start, end) = (
+                    u64::from_str_radix(start, 16).ok()?,
+                    u64::from_str_radix(end, 16).ok()?,
+                );
+                let perms = fields.next()?;
+                (start >= base && end <= base + PAGES * P)
+                    .then(|| format!("{}-{} {perms}", (start - base) / P, (end - base) / P))
+            })
+            .collect()
+    }
+
+    /// maplevm's answer for the same layout and call.
+    fn maplevm(base: u64, layout: &str, call: Call) -> (Outcome, String) {
+        let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
+        let mm = Mm::new(MmConfig::default(), frames.clone()).unwrap();
+        for (start, end, prot) in runs(layout) {
+            let flags = MapFlags::PRIVATE_ANONYMOUS.fixed();
+            mm.mmap(base + start * P, (end - start) * P, prot, flags, None)
+                .unwrap();
+        }
+        let anonymous_file = File::new(Arc::new(MemBacking::new("/ignored", &frames, &[])));
+        let result = match call {
+            Call::Munmap(at, len) => mm.munmap(at.addr(base), len).map(|()| 0),
+            Call::Mprotect(at, len, prot) => mm.mprotect(at.addr(base), len, prot).map(|()| 0),
+            Call::Mremap {
+                old,
+                old_len,
+                new_len,
+                flags,
+                new_addr,
+            } => mm.mremap(old.addr(base), old_len, new_len, flags, new_addr.addr(base)),
+            Call::DontNeed(at, len) => mm.madvise_dontneed(at.addr(base), len).map(|()| 0),
+            Call::MmapAnon(len, shared, offset) => {
+                let flags = MapFlags {
+                    shared,
+                    private: !shared,
+                    ..MapFlags::PRIVATE_ANONYMOUS
+                };
+                mm.mmap(0, len, Prot::READ_WRITE, flags, Some((&anonymous_file, offset)))
+            }
+        };
+        (result.map_err(|e| e.errno.code()), mm.space().maps())
+    }
+
+    pub fn run() {
+        let none = RemapFlags::default();
+        let maymove = RemapFlags {
+            maymove: true,
+            fixed: false,
+        };
+        let fixed = RemapFlags {
+            maymove: true,
+            fixed: true,
+        };
+        let remap = |old_len: u64, new_len: u64, flags: RemapFlags, target: u64| Call::Mremap {
+            old: At::Page(0),
+            old_len,
+            new_len,
+            flags,
+            new_addr: At::Page(target),
+        };
+        let cases: Vec<(&str, &str, Call)> = vec![
+            // mremap over several VMAs and holes: shrinking unmaps the tail whatever it holds;
+            // growing needs one VMA; a fixed move needs its kept part in one VMA unless it keeps
+            // the size.
+            ("shrink over two VMAs", "wr", remap(2 * P, P, none, 0)),
+            ("shrink over a hole", "w.w", remap(3 * P, P, none, 0)),
+            ("shrink keeping a hole", "w.w", remap(3 * P, 2 * P, none, 0)),
+            ("shrink from a hole", ".ww", remap(3 * P, P, none, 0)),
+            ("same size over two VMAs", "wr", remap(2 * P, 2 * P, none, 0)),
+            ("same size over a hole", "w.", remap(2 * P, 2 * P, maymove, 0)),
+            ("grow over two VMAs", "wr", remap(2 * P, 3 * P, maymove, 0)),
+            ("shrink and move over two VMAs", "wr", remap(2 * P, P, fixed, 16)),
+            ("shrink and move over a hole", "w.w", remap(3 * P, P, fixed, 16)),
+            (
+                "shrink and move keeping a hole",
+                "w.w",
+                remap(3 * P, 2 * P, fixed, 16),
+            ),
+            ("move two VMAs", "wr", remap(2 * P, 2 * P, fixed, 16)),
+            ("move across a hole", "w.w", remap(3 * P, 3 * P, fixed, 16)),
+            ("move from a hole", ".ww", remap(3 * P, 3 * P, fixed, 16)),
+            ("move ending in holes", "w..", remap(3 * P, 3 * P, fixed, 16)),
+            (
+                "grow and move over two VMAs",
+                "wr",
+                remap(2 * P, 3 * P, fixed, 16),
+            ),
+            (
+                "a failed move touches nothing",
+                "w.w.......ww",
+                remap(3 * P, 2 * P, fixed, 10),
+            ),
+            // mremap errnos.
+            ("old length overflows", "ww", remap(u64::MAX - 100, P, none, 0)),
+            ("new length overflows", "ww", remap(P, u64::MAX - 100, maymove, 0)),
+            ("new length beyond the space", "ww", remap(P, TOP + 1, maymove, 0)),
+            ("old range beyond the space", "w", remap(TOP, P, none, 0)),
+            ("old length zero, private", "w", remap(0, P, maymove, 0)),
+            ("old address unmapped", ".w", remap(P, P, none, 0)),
+            ("fixed target overlapping", "ww", remap(2 * P, 2 * P, fixed, 1)),
+            (
+                "fixed target beyond the space",
+                "w",
+                Call::Mremap {
+                    old: At::Page(0),
+                    old_len: P,
+                    new_len: P,
+                    flags: fixed,
+                    new_addr: At::Abs(!(P - 1)),
+                },
+            ),
+            (
+                "old range at the top, unmapped",
+                "",
+                Call::Mremap {
+                    old: At::Abs(TOP - P),
+                    old_len: 2 * P,
+                    new_len: P,
+                    flags: none,
+                    new_addr: At::Page(0),
+                },
+            ),
+            // munmap.
+            ("munmap over a hole", "w.w", Call::Munmap(At::Page(0), 3 * P)),
+            ("munmap length u64::MAX", "w", Call::Munmap(At::Page(0), u64::MAX)),
+            (
+                "munmap length within a page of the top",
+                "w",
+                Call::Munmap(At::Page(0), u64::MAX - P + 2),
+            ),
+            ("munmap length zero", "w", Call::Munmap(At::Page(0), 0)),
+            ("munmap unaligned", "w", Call::Munmap(At::Abs(0x10001), P)),
+            ("munmap at the top", "", Call::Munmap(At::Abs(TOP), P)),
+            // mprotect.
+            (
+                "mprotect over a hole",
+                "w.w",
+                Call::Mprotect(At::Page(0), 3 * P, Prot::READ),
+            ),
+            (
+                "mprotect from a hole",
+                ".w",
+                Call::Mprotect(At::Page(0), 2 * P, Prot::READ),
+            ),
+            (
+                "mprotect length overflows",
+                "w",
+                Call::Mprotect(At::Page(0), u64::MAX - 100, Prot::READ),
+            ),
+            (
+                "mprotect beyond the space",
+                "",
+                Call::Mprotect(At::Abs(TOP), P, Prot::READ),
+            ),
+            // MADV_DONTNEED.
+            ("dontneed over a hole", "w.w", Call::DontNeed(At::Page(0), 3 * P)),
+            ("dontneed from a hole", ".w", Call::DontNeed(At::Page(0), 2 * P)),
+            ("dontneed mapped", "ww", Call::DontNeed(At::Page(0), 2 * P)),
+            (
+                "dontneed beyond the space",
+                "",
+                Call::DontNeed(At::Abs(1 << 47), P),
+            ),
+            (
+                "dontneed far beyond the space",
+                "",
+                Call::DontNeed(At::Abs(1 << 60), P),
+            ),
+            (
+                "dontneed length overflows",
+                "w",
+                Call::DontNeed(At::Page(0), u64::MAX - 100),
+            ),
+            (
+                "dontneed wraps",
+                "",
+                Call::DontNeed(At::Abs(1 << 60), u64::MAX - (1 << 59)),
+            ),
+            ("dontneed unaligned", "", Call::DontNeed(At::Abs(0x10001), P)),
+            // mmap of anonymous memory.
+            ("shared anonymous, 64 TiB", "", Call::MmapAnon(1 << 46, true, 0)),
+            (
+                "shared anonymous, beyond the space",
+                "",
+                Call::MmapAnon(1 << 47, true, 0),
+            ),
+            (
+                "shared anonymous, length overflows",
+                "",
+                Call::MmapAnon(u64::MAX - 100, true, 0),
+            ),
+            (
+                "private anonymous, length overflows",
+                "",
+                Call::MmapAnon(u64::MAX - 100, false, 0),
+            ),
+            ("shared anonymous, zero length", "", Call::MmapAnon(0, true, 0)),
+            ("anonymous, unaligned offset", "", Call::MmapAnon(P, false, 100)),
+            (
+                "shared anonymous, unaligned offset",
+                "",
+                Call::MmapAnon(P, true, 100),
+            ),
+        ];
+        // The scratch range: reserved (PROT_NONE) so nothing else lands in it; each child
+        // replaces it with its layout.
+        // SAFETY: an anonymous PROT_NONE reservation of our own, never accessed.
+        let reserved = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                (2 * PAGES * P) as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(reserved, libc::MAP_FAILED);
+        let base = (reserved as u64).next_multiple_of(PAGES * P);
+        let mut differences = Vec::new();
+        for (name, layout, call) in cases {
+            let (kernel_outcome, kernel_maps) = kernel(base, layout, call);
+            let (ours, our_maps) = maplevm(base, layout, call);
+            let (kernel_maps, our_maps) = (scratch_lines(&kernel_maps, base), scratch_lines(&our_maps, base));
+            // A successful non-fixed mmap lands wherever each chooses: compare that it succeeded.
+            let same_outcome = match (kernel_outcome, ours) {
+                (Ok(_), Ok(_)) if matches!(call, Call::MmapAnon(..)) => true,
+                (kernel, ours) => kernel == ours,
+            };
+            if !same_outcome || kernel_maps != our_maps {
+                differences.push(format!(
+                    "{name} ({layout:?}, {call:?}):\n  Linux:   {kernel_outcome:?} {kernel_maps:?}\n  maplevm: {ours:?} {our_maps:?}"
+                ));
+            }
+        }
+        // SAFETY: our own reservation (what the children did to it happened in their copies).
+        unsafe { libc::munmap(reserved, (2 * PAGES * P) as usize) };
+        assert!(
+            differences.is_empty(),
+            "maplevm differs from Linux:\n{}",
+            differences.join("\n")
+        );
+    }
+}
+
+#[test]
+fn calls_answer_as_the_running_kernel_does() {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    oracle::run();
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    eprintln!("skipped: the kernel oracle needs Linux on x86-64");
+}
