@@ -1,115 +1,140 @@
-//! The bench command line:
-//! - `bench compare [OPTIONS]` runs every workload on every design and prints a table per
-//!   workload (see `bench compare --help`); each run is a child process (`bench run-one`), so
-//!   that its peak memory is its own and no run inherits another's threads or garbage;
-//! - `bench fault-cost [--rounds N]` times single-thread faults of maplevm's fast path beside the
+//! The bench command line (`bench --help`):
+//! - `bench compare` runs every workload on every design and prints a table per workload; each
+//!   run is a child process (`bench run-one`), so that its peak memory is its own and no run
+//!   inherits another's threads or garbage;
+//! - `bench fault-cost` times single-thread faults of maplevm's fast path beside the
 //!   unsynchronized engines in paired rounds (see `bench::fault_cost`);
 //! - `bench replay FILE` replays a trace of address-space operations (see `vma::trace`) on an
 //!   x86-64 layout and prints the resulting maps.
+//!
+//! Usage errors are one line on stderr with exit status 2; failures of a command, exit status 1.
 
 use bench::designs::NAMES;
 use bench::report;
 use bench::workload::{self, MAX_PAGES, MAX_THREADS, RunConfig, Summary, WORKLOADS};
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 use vma::trace::Trace;
 use vma::{AddressSpace, Layout, NoFlush};
 
-const USAGE: &str = "\
-usage: bench compare [OPTIONS]   run the workloads on the designs and print the comparison
-       bench fault-cost [--rounds N]
-                                 one thread's fault cost beside the unsynchronized engines, in
-                                 paired rounds (default 2000): median times and per-round ratios
-       bench replay FILE         replay a trace of mmap/munmap/mprotect/mremap/brk, print the maps
+/// maplevm's benchmarks: the address-space designs compared under the same workloads, one
+/// thread's fault cost, and trace replay.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Subcommands,
+}
 
-compare options:
-  --designs LIST      comma-separated, from rcu,rcu-refonly,rwlock,rangelock,pervma,snapshot (default: all)
-  --workloads LIST    comma-separated, from private-churn,faults-under-churn,giant-vma,fixed-replace,shared-file (default: all)
-  --threads LIST      faulting thread counts (default: 1,2,4)
-  --duration-ms N     how long each run lasts (default: 700)
-  --pages N           pages in each thread's region (default: 256)
-  --quick             2 threads, 100 ms, 64 pages: under 30 seconds in all
-  --json FILE         also write the measurements as JSON
-  --svg-dir DIR       write one SVG chart per workload there (default: target/compare)";
+#[derive(Debug, Subcommand)]
+enum Subcommands {
+    /// Run the workloads on the designs and print the comparison: a table per workload on
+    /// stdout (with a legend), one SVG chart per workload (faults/s against threads).
+    Compare(CompareArgs),
+    /// One thread's fault cost on maplevm's fast path beside the unsynchronized engines, in
+    /// paired rounds: median times and per-round ratios.
+    FaultCost {
+        /// Paired rounds (each times one region on every engine).
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
+    },
+    /// Replay a trace of mmap/munmap/mprotect/mremap/brk (format: `vma::trace`) on an x86-64
+    /// layout and print the maps it leaves, as /proc/PID/maps shows them.
+    Replay {
+        /// The trace file.
+        file: PathBuf,
+    },
+    /// One run of the comparison, its summary on stdout (what `compare` runs in a child).
+    #[command(hide = true)]
+    RunOne {
+        workload: String,
+        design: String,
+        threads: usize,
+        duration_ms: u64,
+        pages: u64,
+    },
+}
 
-struct Options {
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Designs to run, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(NAMES), default_values = NAMES)]
+    designs: Vec<String>,
+    /// Workloads to run, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(WORKLOADS), default_values = WORKLOADS)]
+    workloads: Vec<String>,
+    /// Faulting thread counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4],
+          value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS as u64))]
+    threads: Vec<u64>,
+    /// How long each run lasts, in milliseconds.
+    #[arg(long, default_value_t = 700, value_parser = clap::value_parser!(u64).range(1..))]
+    duration_ms: u64,
+    /// Pages in each faulting thread's region.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGES))]
+    pages: u64,
+    /// A short run: 2 threads, 100 ms, 64 pages (about 4 seconds in all); its charts go to
+    /// the `quick` folder inside the chart folder, so they do not replace a full run's.
+    #[arg(long, conflicts_with_all = ["threads", "duration_ms", "pages"])]
+    quick: bool,
+    /// Also write the measurements as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the SVG charts go [default: `compare` in the target folder this program was
+    /// built in, e.g. target/compare].
+    #[arg(long)]
+    svg_dir: Option<PathBuf>,
+}
+
+/// What `compare` runs, its arguments resolved.
+struct Plan {
     designs: Vec<String>,
     workloads: Vec<String>,
     threads: Vec<usize>,
     duration: Duration,
     pages: u64,
-    json: Option<String>,
-    svg_dir: String,
+    json: Option<PathBuf>,
+    svg_dir: PathBuf,
 }
 
-fn list(value: &str, known: &[&str], what: &str) -> Result<Vec<String>, String> {
-    value
-        .split(',')
-        .map(|item| {
-            known
-                .contains(&item)
-                .then(|| item.to_string())
-                .ok_or_else(|| format!("unknown {what} {item:?} (known: {})", known.join(", ")))
+impl CompareArgs {
+    fn plan(self) -> Result<Plan, String> {
+        let (threads, duration_ms, pages) = if self.quick {
+            (vec![2], 100, 64)
+        } else {
+            (self.threads, self.duration_ms, self.pages)
+        };
+        let svg_dir = match self.svg_dir {
+            Some(dir) => dir,
+            None => {
+                let charts = target_dir()?.join("compare");
+                if self.quick { charts.join("quick") } else { charts }
+            }
+        };
+        Ok(Plan {
+            designs: self.designs,
+            workloads: self.workloads,
+            threads: threads.into_iter().map(|n| n as usize).collect(),
+            duration: Duration::from_millis(duration_ms),
+            pages,
+            json: self.json,
+            svg_dir,
         })
-        .collect()
-}
-
-fn number<T: std::str::FromStr>(value: &str, what: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{what}: not a number: {value:?}"))
-}
-
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        designs: NAMES.iter().map(|s| s.to_string()).collect(),
-        workloads: WORKLOADS.iter().map(|s| s.to_string()).collect(),
-        threads: vec![1, 2, 4],
-        duration: Duration::from_millis(700),
-        pages: 256,
-        json: None,
-        svg_dir: "target/compare".into(),
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        if arg == "--quick" {
-            options.threads = vec![2];
-            options.duration = Duration::from_millis(100);
-            options.pages = 64;
-            continue;
-        }
-        let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
-        match arg.as_str() {
-            "--designs" => options.designs = list(value, &NAMES, "design")?,
-            "--workloads" => options.workloads = list(value, &WORKLOADS, "workload")?,
-            "--threads" => {
-                options.threads = value
-                    .split(',')
-                    .map(|n| number(n, "--threads"))
-                    .collect::<Result<_, _>>()?;
-                if options.threads.iter().any(|&n| !(1..=MAX_THREADS).contains(&n)) {
-                    return Err(format!("--threads: counts from 1 to {MAX_THREADS}"));
-                }
-            }
-            "--duration-ms" => {
-                options.duration = Duration::from_millis(number(value, "--duration-ms")?);
-                if options.duration.is_zero() {
-                    return Err("--duration-ms: at least 1".into());
-                }
-            }
-            "--pages" => {
-                options.pages = number(value, "--pages")?;
-                if !(1..=MAX_PAGES).contains(&options.pages) {
-                    return Err(format!("--pages: from 1 to {MAX_PAGES}"));
-                }
-            }
-            "--json" => options.json = Some(value.clone()),
-            "--svg-dir" => options.svg_dir = value.clone(),
-            _ => return Err(format!("unknown option {arg}")),
-        }
     }
-    Ok(options)
+}
+
+/// The target folder this program was built in (it runs from `target/PROFILE/bench`), so that
+/// the charts land in the same place whatever the current folder is.
+fn target_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{}: not inside a target folder; pass --svg-dir", exe.display()))
 }
 
 /// Runs one measurement in a child process (`bench run-one`).
@@ -132,47 +157,31 @@ fn run_child(workload: &str, design: &str, config: RunConfig) -> Result<Summary,
     Summary::from_line(String::from_utf8_lossy(&output.stdout).trim())
 }
 
-/// `bench run-one WORKLOAD DESIGN THREADS DURATION_MS PAGES`: one run, its summary on stdout.
-fn run_one(args: &[String]) -> Result<(), String> {
-    let [workload, design, threads, duration, pages] = args else {
-        return Err("run-one WORKLOAD DESIGN THREADS DURATION_MS PAGES".into());
-    };
-    let config = RunConfig {
-        threads: number(threads, "threads")?,
-        duration: Duration::from_millis(number(duration, "duration")?),
-        pages: number(pages, "pages")?,
-    };
-    println!("{}", workload::run(workload, design, config)?.summary().to_line());
-    Ok(())
-}
-
-fn compare(options: &Options) -> Result<(), String> {
+fn compare(plan: &Plan) -> Result<(), String> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "# maplevm compare: {} designs x {} workloads x threads {:?}, {} ms each, {} pages per thread, {cpus} CPUs",
-        options.designs.len(),
-        options.workloads.len(),
-        options.threads,
-        options.duration.as_millis(),
-        options.pages
+        plan.designs.len(),
+        plan.workloads.len(),
+        plan.threads,
+        plan.duration.as_millis(),
+        plan.pages
     );
     // Output folders first: a bad path fails now, not after the runs.
-    std::fs::create_dir_all(&options.svg_dir).map_err(|e| format!("{}: {e}", options.svg_dir))?;
-    if let Some(parent) = options
-        .json
-        .as_deref()
-        .and_then(|path| std::path::Path::new(path).parent())
+    let svg_dir = &plan.svg_dir;
+    std::fs::create_dir_all(svg_dir).map_err(|e| format!("{}: {e}", svg_dir.display()))?;
+    if let Some(parent) = plan.json.as_deref().and_then(Path::parent)
         && !parent.as_os_str().is_empty()
     {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    let total = options.designs.len() * options.workloads.len() * options.threads.len();
+    let total = plan.designs.len() * plan.workloads.len() * plan.threads.len();
     let mut results = Vec::with_capacity(total);
     let began = Instant::now();
     let terminal = std::io::stderr().is_terminal();
-    for workload in &options.workloads {
-        for &threads in &options.threads {
-            for design in &options.designs {
+    for workload in &plan.workloads {
+        for &threads in &plan.threads {
+            for design in &plan.designs {
                 let progress = format!(
                     "[{}/{total}] {workload} / {design} / {threads} thread{} ({:.0?} so far)",
                     results.len() + 1,
@@ -187,13 +196,14 @@ fn compare(options: &Options) -> Result<(), String> {
                 }
                 let config = RunConfig {
                     threads,
-                    duration: options.duration,
-                    pages: options.pages,
+                    duration: plan.duration,
+                    pages: plan.pages,
                 };
-                results.push(
-                    run_child(workload, design, config)
-                        .map_err(|e| format!("{workload} on {design}: {e}"))?,
-                );
+                let result = run_child(workload, design, config);
+                if terminal && result.is_err() {
+                    eprintln!();
+                }
+                results.push(result.map_err(|e| format!("{workload} on {design}: {e}"))?);
             }
         }
     }
@@ -201,64 +211,95 @@ fn compare(options: &Options) -> Result<(), String> {
         eprint!("\r\x1b[K");
     }
     eprintln!("{total} runs in {:.1?}", began.elapsed());
+    print!("{}", report::legend(&results));
     print!("{}", report::tables(&results));
-    if let Some(path) = &options.json {
-        std::fs::write(path, report::json(&results)).map_err(|e| format!("{path}: {e}"))?;
-        println!("\nJSON: {path}");
+    if let Some(path) = &plan.json {
+        std::fs::write(path, report::json(&results)).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("\nJSON: {}", path.display());
     }
-    for workload in &options.workloads {
-        let path = format!("{}/{workload}.svg", options.svg_dir);
-        std::fs::write(&path, report::svg(&results, workload)).map_err(|e| format!("{path}: {e}"))?;
+    for workload in &plan.workloads {
+        let path = svg_dir.join(format!("{workload}.svg"));
+        std::fs::write(&path, report::svg(&results, workload))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    println!("SVG charts: {}/", options.svg_dir);
+    println!("SVG charts: {}/", svg_dir.display());
     Ok(())
 }
 
-/// `bench fault-cost [--rounds N]`.
-fn fault_cost(args: &[String]) -> Result<(), String> {
-    let rounds = match args {
-        [] => 2000,
-        [flag, value] if flag == "--rounds" => number(value, "--rounds")?,
-        _ => return Err("fault-cost [--rounds N]".into()),
-    };
-    if rounds == 0 {
-        return Err("--rounds: at least 1".into());
-    }
-    print!("{}", bench::fault_cost::compare_engines(rounds));
-    Ok(())
-}
-
-fn replay(path: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let trace = Trace::parse(&text).map_err(|e| format!("{path}: {e}"))?;
+fn replay(path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let trace = Trace::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
     for warning in &trace.warnings {
-        eprintln!("{path}: warning: {warning}");
+        eprintln!("{shown}: warning: {warning}");
     }
     let space = AddressSpace::new(Layout::X86_64, NoFlush).map_err(|e| e.to_string())?;
-    trace.replay(&space).map_err(|e| format!("{path}: {e}"))?;
+    trace.replay(&space).map_err(|e| format!("{shown}: {e}"))?;
     Ok(space.maps())
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("compare") if args.iter().any(|a| a == "--help" || a == "-h") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+fn run(command: Subcommands) -> Result<(), String> {
+    match command {
+        Subcommands::Compare(args) => compare(&args.plan()?),
+        Subcommands::FaultCost { rounds } => {
+            print!("{}", bench::fault_cost::compare_engines(rounds as usize));
+            Ok(())
         }
-        Some("compare") => parse(&args[1..]).and_then(|options| compare(&options)),
-        Some("run-one") => run_one(&args[1..]),
-        Some("fault-cost") => fault_cost(&args[1..]),
-        Some("replay") if args.len() == 2 => replay(&args[1]).map(|maps| print!("{maps}")),
-        _ => {
-            eprintln!("{USAGE}");
+        Subcommands::Replay { file } => replay(&file).map(|maps| print!("{maps}")),
+        Subcommands::RunOne {
+            workload,
+            design,
+            threads,
+            duration_ms,
+            pages,
+        } => {
+            let config = RunConfig {
+                threads,
+                duration: Duration::from_millis(duration_ms),
+                pages,
+            };
+            println!(
+                "{}",
+                workload::run(&workload, &design, config)?.summary().to_line()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and no arguments at all: clap's own output and status (usage on
+        // stderr with status 2 for no arguments).
+        Err(error)
+            if !error.use_stderr()
+                || error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            error.exit()
+        }
+        Err(error) => {
+            // One line: clap's message up to its usage, without its "error: " prefix, styling
+            // and line breaks.
+            let rendered = error.render().to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+                .collect();
+            let message = message.join(" ");
+            eprintln!(
+                "bench: {} (see bench --help)",
+                message.trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };
-    match result {
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("\nbench: {message}");
+            eprintln!("bench: {message}");
             ExitCode::FAILURE
         }
     }

@@ -36,6 +36,28 @@ fn writer_ops_per_sec(m: &Summary) -> f64 {
     m.writer_ops_per_sec
 }
 
+/// What the tables mean: the designs and workloads that ran, and the columns.
+pub fn legend(all: &[Summary]) -> String {
+    let mut out = String::from("\n## Legend\n\nDesigns:\n");
+    let mut designs: Vec<&str> = all.iter().map(|m| m.design.as_str()).collect();
+    designs.sort_by_key(|d| crate::designs::NAMES.iter().position(|n| n == d));
+    designs.dedup();
+    for design in designs {
+        let what = crate::designs::describe(design).unwrap_or("");
+        let _ = writeln!(out, "- `{design}`: {what}");
+    }
+    out.push_str(&format!(
+        "\nColumns: faults/s by all faulting threads, and as a ratio to `{BASELINE}` at the same \
+         thread count; fault latency percentiles and the slowest fault; writer calls/s \
+         (mmap, munmap, mprotect; `-` without a writer) and its ratio to `{BASELINE}`; faults \
+         that waited for another thread (a writer's lock or a VMA being set up), their total and \
+         longest wait; the run's peak resident memory. \"oversubscribed\": more threads \
+         (faulting threads plus the writer) than CPUs, so the scheduler, not the design, decides \
+         much of the row.\n"
+    ));
+    out
+}
+
 /// One table per workload, rows by thread count then design.
 pub fn tables(all: &[Summary]) -> String {
     let mut out = String::new();
@@ -43,18 +65,29 @@ pub fn tables(all: &[Summary]) -> String {
     workloads.dedup();
     for workload in workloads {
         let _ = writeln!(out, "\n## {workload}\n");
+        if let Some(what) = crate::workload::describe(workload) {
+            let _ = writeln!(out, "{what}.\n");
+        }
         let _ = writeln!(
             out,
-            "| threads | design | faults/s | vs {BASELINE} | p50 | p99 | p99.9 | max | writer ops/s | vs {BASELINE} | fault waits (total, max) | peak RSS |"
+            "| threads | design | faults/s | vs {BASELINE} | p50 | p99 | p99.9 | max | writer calls/s | vs {BASELINE} | fault waits | wait total | longest wait | peak RSS |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut rows: Vec<&Summary> = all.iter().filter(|m| m.workload == workload).collect();
         rows.sort_by_key(|m| m.threads);
         for m in rows {
             let base = baseline(all, m);
+            let (writer, writer_ratio) = if m.writer_ops_per_sec > 0.0 {
+                (
+                    format!("{:.0}", m.writer_ops_per_sec),
+                    ratio(m.writer_ops_per_sec, base.map(writer_ops_per_sec)),
+                )
+            } else {
+                ("-".into(), "-".into())
+            };
             let _ = writeln!(
                 out,
-                "| {}{} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} | {} ({}, {}) | {:.1} MiB |",
+                "| {}{} | {} | {:.0} | {} | {} | {} | {} | {} | {writer} | {writer_ratio} | {} | {} | {} | {:.1} MiB |",
                 m.threads,
                 if m.oversubscribed { " (oversubscribed)" } else { "" },
                 m.design,
@@ -64,8 +97,6 @@ pub fn tables(all: &[Summary]) -> String {
                 micros(m.fault_p99_ns),
                 micros(m.fault_p999_ns),
                 micros(m.fault_max_ns),
-                m.writer_ops_per_sec,
-                ratio(m.writer_ops_per_sec, base.map(writer_ops_per_sec)),
                 m.waits.count,
                 micros(m.waits.total_ns),
                 micros(m.waits.max_ns),

@@ -11,9 +11,8 @@
 //! distance from that engine to maplevm is what the design adds beyond them: the VMA tree's
 //! walk, the VMA's lifecycle and permission checks, and the statistics.
 //!
-//! (Until session 9 the section was announced with a SeqCst `lock xadd` on a line of its own,
-//! as maplevm's entry did before its readers fenced only while writers scan; the two measure
-//! within 2% of each other: see docs/results.md.)
+//! (Announcing the section with a SeqCst `lock xadd` on a line of its own, as maplevm's readers
+//! did before they fenced only while writers scan, measures within 2% of this.)
 
 use fault::pagetable::{PRIVATE, PageTable, Pte, WRITABLE};
 use fault::{Access, FaultError, FramePool};

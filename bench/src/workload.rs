@@ -66,6 +66,26 @@ impl Workload {
     }
 }
 
+/// What the workload called `name` does, for the comparison's legend: who faults, who writes.
+pub fn describe(name: &str) -> Option<&'static str> {
+    let workload = Workload::ALL.into_iter().find(|w| w.name() == name)?;
+    Some(match workload {
+        Workload::PrivateChurn => {
+            "Each thread maps, faults and unmaps its own region: the faulting threads are the writers, so the two `vs rwlock` columns match"
+        }
+        Workload::FaultsUnderChurn => {
+            "Threads fault their own stable VMAs; a writer thread maps, protects and unmaps 16 pages elsewhere"
+        }
+        Workload::GiantVma => "Threads fault their slices of one VMA; no writer",
+        Workload::FixedReplace => {
+            "Threads fault their slices of one VMA; a writer thread replaces it with MAP_FIXED every 50 µs"
+        }
+        Workload::SharedFile => {
+            "Each thread maps, faults and unmaps the same shared file: the faulting threads are the writers, so the two `vs rwlock` columns match"
+        }
+    })
+}
+
 /// Every workload's name, in the order reports list them.
 pub const WORKLOADS: [&str; 5] = {
     let mut names = [""; 5];

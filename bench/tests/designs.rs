@@ -261,14 +261,20 @@ fn bad_requests_are_errors() {
         assert_eq!(errno(d.madvise_dontneed(a + 1, P)), Errno::EINVAL);
         assert_eq!(errno(d.madvise_dontneed(a, u64::MAX)), Errno::EINVAL);
         assert_eq!(d.madvise_dontneed(a, 0), Ok(()));
-        let bad = MapFlags {
-            private: true,
+        let neither = MapFlags {
+            shared: false,
             ..MapFlags::SHARED
         };
-        assert_eq!(
-            d.mmap(0, P, Prot::READ, bad, None).unwrap_err().errno,
-            Errno::EINVAL
-        );
+        let validate_anonymous = MapFlags {
+            private: true,
+            ..MapFlags::SHARED_ANONYMOUS
+        };
+        for bad in [neither, validate_anonymous] {
+            assert_eq!(
+                d.mmap(0, P, Prot::READ, bad, None).unwrap_err().errno,
+                Errno::EINVAL
+            );
+        }
         assert_eq!(
             d.mmap(0, P, Prot::READ, MapFlags::PRIVATE, None)
                 .unwrap_err()

@@ -17,6 +17,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a page never written holds (static, not on the stack: shuttle runs tasks on small
+/// stacks).
+static ZERO_PAGE: [u8; FRAME_SIZE] = [0; FRAME_SIZE];
+
 /// Why a backing could not supply a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackingError {
@@ -261,7 +265,7 @@ impl Backing for MemBacking {
             let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
             match store.get(&pgoff) {
                 Some(page) => self.frames.write(frame, 0, page),
-                None => self.frames.write(frame, 0, &[0; FRAME_SIZE]),
+                None => self.frames.write(frame, 0, &ZERO_PAGE),
             }
             // Published under the store lock, so `write_at` writes either the store before the
             // copy or the frame after it.

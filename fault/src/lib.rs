@@ -15,9 +15,8 @@
 //!   statistics.
 //!
 //! ```
-//! use fault::{Access, FaultError, FramePool, FramePoolConfig, Mm, MmConfig};
+//! use fault::{Access, FaultError, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig, Prot};
 //! use std::sync::Arc;
-//! use vma::{MapFlags, Prot};
 //!
 //! let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
 //! let mm = Mm::new(MmConfig::default(), frames).unwrap();
@@ -50,3 +49,6 @@ pub use frames::{Frame, FramePool, FramePoolConfig};
 pub use memory::Memory;
 pub use mm::{Mm, MmConfig};
 pub use stats::{FaultStats, Waits};
+// What an `Mm` user needs from the VMA layer, so that a program embedding `Mm` depends on this
+// crate alone.
+pub use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};

@@ -12,12 +12,15 @@
 //!   guard finishes first. Emptied page tables are retired to the same domain.
 
 use crate::backing::{File, MemBacking};
+use crate::engine::{Access, AccessError, Fault, FaultError, Progress};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
-use crate::pagetable::{ADDRESS_LIMIT, PageTable};
-use crate::stats::{Counters, WaitClock, Waits};
+use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, WRITABLE};
+use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
+use maple::Guard;
 use maple::rcu::{DefaultRcu, DropBox, Keys, Rcu};
+use maple::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use vma::{Errno, Error, MapFlags, MappedFile, Prot};
+use vma::{Backing as VmaBacking, Errno, Error, MapFlags, MappedFile, Mapping, PAGE_SIZE, Prot};
 
 /// What a file mapping maps: the object and the byte offset in it (`None` for anonymous
 /// memory), as [`vma::AddressSpace::mmap`] takes it.
@@ -25,11 +28,11 @@ pub type MappedObject = Option<(Arc<dyn MappedFile>, u64)>;
 
 /// A page table and the frames behind it (see the module documentation).
 pub struct Memory {
-    pub(crate) table: PageTable,
-    pub(crate) frames: Arc<FramePool>,
-    pub(crate) zero_fill: bool,
-    pub(crate) counters: Counters,
-    pub(crate) waits: WaitClock,
+    table: PageTable,
+    frames: Arc<FramePool>,
+    zero_fill: bool,
+    counters: Counters,
+    waits: WaitClock,
 }
 
 impl std::fmt::Debug for Memory {
@@ -55,6 +58,24 @@ impl Drop for Released {
         // retired; the grace period has passed, so no reader still copies through it.
         unsafe { self.frames.put_many(&self.list) };
     }
+}
+
+/// One decision about a page's entry.
+enum Attempt {
+    /// The fault is resolved.
+    Done(Fault),
+    /// The entry changed under us (or we changed it and must look again): decide again.
+    Again,
+    /// The file page must be read first (blocking).
+    Blocking(u64),
+}
+
+/// What [`Memory::file_frame`] found for a missing entry of a file mapping.
+enum FilePage {
+    /// The frame to map, with one reference for the entry, and the entry's flags.
+    Frame(Frame, u64),
+    /// The page at this page offset must be read first.
+    Blocking(u64),
 }
 
 impl Memory {
@@ -157,12 +178,13 @@ impl Memory {
         flags: MapFlags,
         file: Option<(&Arc<File>, u64)>,
     ) -> vma::Result<(MapFlags, MappedObject)> {
+        let shared = flags.check()?;
         if flags.anonymous {
             // Linux checks the offset, then ignores it (and the file).
             if file.is_some_and(|(_, offset)| offset % FRAME_SIZE as u64 != 0) {
                 return Err(einval("offset not page aligned"));
             }
-            if !flags.shared {
+            if !shared {
                 return Ok((flags, None));
             }
             // Linux's default overcommit heuristic refuses an object larger than memory.
@@ -189,6 +211,329 @@ impl Memory {
             None => None,
         };
         Ok((flags, object))
+    }
+}
+
+/// The fault side: what a page's entry must become and its install, and the CPU-like copies.
+impl Memory {
+    /// Counts one event of the fault path.
+    pub(crate) fn bump(&self, counter: Counter) {
+        self.counters.bump(counter);
+    }
+
+    /// The statistics so far, with the address space's writer counters.
+    pub(crate) fn stats(&self, space: &vma::SpaceStats) -> FaultStats {
+        FaultStats::collect(&self.counters, &self.waits, space)
+    }
+
+    /// Counts a fault's outcome in the statistics.
+    pub fn count(&self, result: Result<Fault, FaultError>) {
+        self.counters.bump(match result {
+            Ok(Fault::Installed) => Counter::Installed,
+            Ok(Fault::AlreadyMapped) => Counter::AlreadyMapped,
+            Err(FaultError::NotMapped) => Counter::NotMapped,
+            Err(FaultError::AccessDenied) => Counter::AccessDenied,
+            Err(FaultError::OutOfMemory) => Counter::OutOfMemory,
+            Err(FaultError::BusError) => Counter::BusError,
+        });
+    }
+
+    /// Decides what the entry of `page` must become for an `access` through `mapping` and
+    /// installs it, until the page is resolved or its file page must be read (blocking: see
+    /// [`Memory::read_in`]). `read` is a file page already read (taken when used).
+    ///
+    /// The caller holds `guard` (the page-table walk may meet tables being freed) and makes
+    /// sure that `mapping` covers `page` and permits `access` (see [`allows`](crate::allows)), and that no
+    /// writer flushes `page` (zap, protect) until this returns, or at least not before a grace
+    /// period of the domain `guard` belongs to: it holds the lock that writers take, a
+    /// reference writers wait for, or an RCU guard writers wait for before flushing. Otherwise
+    /// a translation of a removed mapping may survive (a logic error, not memory unsafety: the
+    /// frame stays referenced).
+    #[inline]
+    pub fn settle(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        access: Access,
+        read: &mut Option<Frame>,
+        _guard: &Guard<'_, DefaultRcu>,
+    ) -> Result<Progress, FaultError> {
+        debug_assert!(page < ADDRESS_LIMIT && page % PAGE_SIZE == 0);
+        debug_assert!(mapping.start <= page && page < mapping.end);
+        let entry = self.table.entry_or_insert(page);
+        loop {
+            match self.attempt(mapping, page, access, entry, read)? {
+                Attempt::Done(fault) => return Ok(Progress::Done(fault)),
+                Attempt::Blocking(pgoff) => return Ok(Progress::Blocking(pgoff)),
+                Attempt::Again => self.counters.bump(Counter::Retries),
+            }
+        }
+    }
+
+    /// The slow path after [`Memory::settle`] answered [`Progress::Blocking`]: reads the file
+    /// page with no guard held (it may block), then settles under a guard of `rcu`, reading again
+    /// if the backing dropped the page meanwhile. The caller keeps `mapping` valid throughout as
+    /// for `settle` (a VMA reference, or a lock held across the read).
+    pub fn read_in(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        access: Access,
+        mut pgoff: u64,
+        rcu: &DefaultRcu,
+    ) -> Result<Fault, FaultError> {
+        let VmaBacking::File(object) = &mapping.backing else {
+            unreachable!("only file pages block");
+        };
+        let backing = backing_of(object);
+        loop {
+            let mut read = Some(backing.read_page(pgoff)?);
+            let guard = Guard::new(rcu);
+            let progress = self.settle(mapping, page, access, &mut read, &guard);
+            drop(guard);
+            if let Some(frame) = read {
+                // SAFETY: the reference read_page gave us, not used by any translation.
+                unsafe { self.frames.put(frame) };
+            }
+            match progress? {
+                Progress::Done(fault) => return Ok(fault),
+                // The backing dropped the page again before we installed it: read again.
+                Progress::Blocking(again) => pgoff = again,
+            }
+        }
+    }
+
+    /// One decision: what the entry must become, prepared and installed with one
+    /// compare-and-swap. The new anonymous page is the straight line; changing a present entry
+    /// and finding a file page are out of line, so that the common fault carries none of their
+    /// work.
+    #[inline]
+    fn attempt(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        access: Access,
+        entry: &AtomicU64,
+        read: &mut Option<Frame>,
+    ) -> Result<Attempt, FaultError> {
+        // Acquire pairs with the Release of the CAS that installed the entry: the frame's
+        // contents are visible.
+        let current = Pte(entry.load(Ordering::Acquire));
+        let write = access == Access::Write;
+        if current.readable() && (!write || current.writable()) {
+            return Ok(Attempt::Done(Fault::AlreadyMapped));
+        }
+        if current.present() {
+            return self.change_present(mapping, write, entry, current);
+        }
+        let writable = if mapping.prot.write { WRITABLE } else { 0 };
+        let dirty = if write { DIRTY | ACCESSED } else { ACCESSED };
+        let (frame, flags) = match &mapping.backing {
+            VmaBacking::Anonymous => {
+                let frame = if self.zero_fill {
+                    self.frames.alloc_zeroed()
+                } else {
+                    self.frames.alloc()
+                };
+                (frame.ok_or(FaultError::OutOfMemory)?, PRIVATE | writable | dirty)
+            }
+            VmaBacking::File(object) => {
+                let allowed = writable | dirty;
+                match self.file_frame(mapping, page, write, allowed, backing_of(object), read)? {
+                    FilePage::Frame(frame, flags) => (frame, flags),
+                    FilePage::Blocking(pgoff) => return Ok(Attempt::Blocking(pgoff)),
+                }
+            }
+        };
+        Ok(if self.install(entry, current, Pte::new(frame, flags), frame) {
+            Attempt::Done(Fault::Installed)
+        } else {
+            Attempt::Again
+        })
+    }
+
+    /// An access that a present entry does not allow but `mapping` does: restore access (after
+    /// mprotect back from PROT_NONE), allow a write to a page that is already the mapping's, or
+    /// copy a file page on write in a private mapping.
+    #[inline(never)]
+    fn change_present(
+        &self,
+        mapping: &Mapping,
+        write: bool,
+        entry: &AtomicU64,
+        current: Pte,
+    ) -> Result<Attempt, FaultError> {
+        let updated = if !current.readable() {
+            // The mapping allows access again (mprotect back from PROT_NONE).
+            current.with(0, NO_ACCESS)
+        } else if mapping.shared || current.private() {
+            // A write to a page that is already this mapping's: allow it.
+            current.with(WRITABLE | DIRTY, 0)
+        } else {
+            // Copy-on-write of a file page in a private mapping.
+            let copy = self.copy_of(current.frame())?;
+            let new = Pte::new(copy, PRIVATE | WRITABLE | DIRTY | ACCESSED);
+            return Ok(if self.install(entry, current, new, copy) {
+                // SAFETY: the old entry's reference; the file's page cache still holds the
+                // frame (the mapping, alive under our guard or reference, holds the file).
+                unsafe { self.frames.put(current.frame()) };
+                Attempt::Done(Fault::Installed)
+            } else {
+                Attempt::Again
+            });
+        };
+        // Release pairs with the Acquire of readers of the entry.
+        Ok(
+            match entry.compare_exchange(current.0, updated.0, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) if updated.readable() && (!write || updated.writable()) => {
+                    Attempt::Done(Fault::Installed)
+                }
+                _ => Attempt::Again,
+            },
+        )
+    }
+
+    /// The frame a missing entry of a file mapping gets and the entry's flags: the backing's
+    /// cached page (`read`, or the page cache's) with the flags the access `allowed` (a shared
+    /// mapping), read-only (a read through a private mapping, copied when written later), or a
+    /// private copy (a write through a private mapping); or the page to read first when it is
+    /// not cached.
+    #[inline(never)]
+    fn file_frame(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        write: bool,
+        allowed: u64,
+        backing: &dyn crate::Backing,
+        read: &mut Option<Frame>,
+    ) -> Result<FilePage, FaultError> {
+        let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
+        if pgoff >= backing.pages() {
+            return Err(FaultError::BusError);
+        }
+        let Some(cached) = read.take().or_else(|| backing.page_if_cached(pgoff)) else {
+            return Ok(FilePage::Blocking(pgoff));
+        };
+        Ok(if mapping.shared {
+            FilePage::Frame(cached, allowed)
+        } else if write {
+            let copy = self.copy_of(cached);
+            // SAFETY: our reference on the cached page, no longer used; the page cache holds
+            // its own.
+            unsafe { self.frames.put(cached) };
+            FilePage::Frame(copy?, PRIVATE | allowed)
+        } else {
+            FilePage::Frame(cached, allowed & !WRITABLE)
+        })
+    }
+
+    /// A new frame holding a copy of `page` (copy-on-write), with one reference for the caller.
+    fn copy_of(&self, page: Frame) -> Result<Frame, FaultError> {
+        let frames = &self.frames;
+        let copy = frames.alloc().ok_or(FaultError::OutOfMemory)?;
+        frames.copy(page, copy);
+        Ok(copy)
+    }
+
+    /// Replaces `current` with `new`, which carries a reference on `frame`; on failure gives
+    /// the reference back.
+    fn install(&self, entry: &AtomicU64, current: Pte, new: Pte, frame: Frame) -> bool {
+        // Release pairs with the Acquire of readers of the entry: the frame's contents (zeroed
+        // or copied) are visible before the translation is.
+        if entry
+            .compare_exchange(current.0, new.0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+        // SAFETY: the reference was for the entry, which was never published.
+        unsafe { self.frames.put(frame) };
+        false
+    }
+
+    /// Copies `buf.len()` bytes from `addr` as a CPU would: through the translations under a
+    /// guard of `rcu`, calling `fault` where a page is missing or does not allow the access.
+    pub fn read(
+        &self,
+        addr: u64,
+        buf: &mut [u8],
+        rcu: &DefaultRcu,
+        fault: impl FnMut(u64, Access) -> Result<Fault, FaultError>,
+    ) -> Result<(), AccessError> {
+        self.access(
+            addr,
+            buf.len(),
+            Access::Read,
+            rcu,
+            fault,
+            |frame, offset, at, len| {
+                self.frames.read(frame, offset, &mut buf[at..at + len]);
+            },
+        )
+    }
+
+    /// Copies `data` to `addr` as a CPU would (see [`Memory::read`]).
+    pub fn write(
+        &self,
+        addr: u64,
+        data: &[u8],
+        rcu: &DefaultRcu,
+        fault: impl FnMut(u64, Access) -> Result<Fault, FaultError>,
+    ) -> Result<(), AccessError> {
+        self.access(
+            addr,
+            data.len(),
+            Access::Write,
+            rcu,
+            fault,
+            |frame, offset, at, len| {
+                self.frames.write(frame, offset, &data[at..at + len]);
+            },
+        )
+    }
+
+    /// Walks `[addr, addr + len)` page by page: translate under a guard and `copy(frame, offset
+    /// in frame, offset in buffer, length)`, or fault and try again.
+    fn access(
+        &self,
+        addr: u64,
+        len: usize,
+        access: Access,
+        rcu: &DefaultRcu,
+        mut fault: impl FnMut(u64, Access) -> Result<Fault, FaultError>,
+        mut copy: impl FnMut(Frame, usize, usize, usize),
+    ) -> Result<(), AccessError> {
+        let mut done = 0;
+        while done < len {
+            let at = addr.checked_add(done as u64).ok_or(AccessError {
+                addr: u64::MAX,
+                error: FaultError::NotMapped,
+            })?;
+            let offset = (at % PAGE_SIZE) as usize;
+            let chunk = (FRAME_SIZE - offset).min(len - done);
+            loop {
+                // Keyed at the address: only the translation of `at` is read.
+                let guard = Guard::keyed(rcu, Keys::one(at));
+                if at < ADDRESS_LIMIT
+                    && let Some(pte) = self.table.translate(at)
+                    && pte.readable()
+                    && (access == Access::Read || pte.writable())
+                {
+                    // The guard keeps the frame: a removed translation's reference is put only
+                    // after a grace period. A writer revoking the translation waits for this
+                    // guard before it returns (step 8 of the protocol), however long the copy
+                    // takes (under shuttle, it may be preempted here).
+                    maple::sync::preemption_point();
+                    copy(pte.frame(), offset, done, chunk);
+                    break;
+                }
+                drop(guard);
+                fault(at, access).map_err(|error| AccessError { addr: at, error })?;
+            }
+            done += chunk;
+        }
+        Ok(())
     }
 }
 

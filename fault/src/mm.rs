@@ -1,4 +1,5 @@
-//! The embeddable memory manager: an address space, its [`Memory`] and the fault engine.
+//! The embeddable memory manager: an address space, its [`Memory`], and the fault entry
+//! ([`Mm::fault`]: the VMA lookup and the paths described in the `engine` module).
 //!
 //! Invariants:
 //! - The page table changes in only two ways: faults install or upgrade entries (under an RCU
@@ -10,14 +11,18 @@
 //!   (see [`Memory`]).
 
 use crate::backing::File;
+use crate::engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 use crate::frames::FramePool;
 use crate::memory::{Memory, einval};
 use crate::pagetable::{ADDRESS_LIMIT, Pte};
-use crate::stats::FaultStats;
+use crate::stats::{Counter, FaultStats};
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::Arc;
 use vma::request::advise_range;
-use vma::{AddressSpace, Errno, Error, FlushHook, Layout, MapFlags, Prot, RemapFlags, Revoked};
+use vma::{
+    AddressSpace, Errno, Error, FlushHook, Layout, Lookup, MapFlags, PAGE_SIZE, Prot, RemapFlags, Revoked,
+    VmaRef,
+};
 
 /// How an [`Mm`] is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +70,9 @@ impl FlushHook for Hook {
 /// and brk go through the VMA layer's replacement protocol, whose flush step zaps, protects or
 /// moves this manager's translations.
 pub struct Mm {
-    pub(crate) space: AddressSpace,
-    pub(crate) memory: Arc<Memory>,
-    pub(crate) fast_path: bool,
+    space: AddressSpace,
+    memory: Arc<Memory>,
+    fast_path: bool,
 }
 
 impl std::fmt::Debug for Mm {
@@ -101,6 +106,11 @@ impl Mm {
         self.space.break_protocol(step);
     }
 
+    /// The mappings in the format of `/proc/PID/maps` (see [`AddressSpace::maps`]).
+    pub fn maps(&self) -> String {
+        self.space.maps()
+    }
+
     /// The address space (VMAs, `maps()`, lookups).
     pub fn space(&self) -> &AddressSpace {
         &self.space
@@ -132,7 +142,7 @@ impl Mm {
 
     /// Statistics so far.
     pub fn stats(&self) -> FaultStats {
-        FaultStats::collect(&self.memory.counters, &self.memory.waits, self.space.stats())
+        self.memory.stats(self.space.stats())
     }
 
     /// Waits until frames and page tables released so far are back in the pool (they go back
@@ -225,5 +235,94 @@ impl Mm {
             return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
         }
         Ok(())
+    }
+}
+
+impl Mm {
+    /// Resolves a fault at `addr` as a CPU's page-fault handler would (see the module
+    /// documentation for the paths). Never takes an address-space lock; waits only for a VMA
+    /// that a writer is setting up (BABY) and for file reads.
+    pub fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
+        let result = self.resolve(addr, access);
+        self.memory.count(result);
+        result
+    }
+
+    fn resolve(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
+        if addr >= ADDRESS_LIMIT {
+            return Err(FaultError::NotMapped);
+        }
+        let page = addr & !(PAGE_SIZE - 1);
+        loop {
+            // Keyed: writers replacing other VMAs do not wait for this fault.
+            let guard = self.space.guard_at(page);
+            let vma = match self.space.lookup(page, &guard) {
+                Lookup::Unmapped => return Err(FaultError::NotMapped),
+                Lookup::Baby => {
+                    drop(guard);
+                    let since = std::time::Instant::now();
+                    self.space.wait_for_birth(page);
+                    self.memory.record_wait(since.elapsed());
+                    continue;
+                }
+                Lookup::Mapped(vma) => vma,
+            };
+            if !allows(vma.mapping(), access) {
+                return Err(FaultError::AccessDenied);
+            }
+            // Without the fast path, every fault holds a reference (rcu-refonly).
+            let Ok(reference) = (!self.fast_path).then(|| self.space.try_get(vma)).transpose() else {
+                // Replaced or reborn since the lookup: look again.
+                self.memory.bump(Counter::Retries);
+                continue;
+            };
+            match self
+                .memory
+                .settle(vma.mapping(), page, access, &mut None, &guard)?
+            {
+                Progress::Done(fault) => return Ok(fault),
+                Progress::Blocking(pgoff) => {
+                    // The slow path holds a reference across the read.
+                    let Ok(reference) = reference.map_or_else(|| self.space.try_get(vma), Ok) else {
+                        self.memory.bump(Counter::Retries);
+                        continue;
+                    };
+                    drop(guard);
+                    return self.slow_path(&reference, page, access, pgoff);
+                }
+            }
+        }
+    }
+
+    /// Reads the file page with no guard held, then installs against the referenced VMA.
+    #[cold]
+    fn slow_path(
+        &self,
+        vma: &VmaRef<'_>,
+        page: u64,
+        access: Access,
+        pgoff: u64,
+    ) -> Result<Fault, FaultError> {
+        let result = self
+            .memory
+            .read_in(vma.mapping(), page, access, pgoff, self.space.rcu());
+        if result.is_ok() {
+            self.memory.bump(Counter::SlowPath);
+        }
+        result
+    }
+
+    /// Copies `buf.len()` bytes from `addr`, faulting pages in as a CPU would.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.memory.read(addr, buf, self.space.rcu(), |addr, access| {
+            self.fault(addr, access)
+        })
+    }
+
+    /// Copies `data` to `addr`, faulting pages in as a CPU would.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
+        self.memory.write(addr, data, self.space.rcu(), |addr, access| {
+            self.fault(addr, access)
+        })
     }
 }

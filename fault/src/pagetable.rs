@@ -46,10 +46,19 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    /// An empty table, built in place on the heap: a 512-entry array built on the stack first
+    /// would not fit a shuttle task's small stack (its atomics are larger than a `u64`).
     fn new() -> Box<Self> {
-        Box::new(Self {
-            entries: std::array::from_fn(|_| AtomicU64::new(0)),
-        })
+        let mut table = Box::<Self>::new_uninit();
+        // SAFETY: the pointer is to the table's own uninitialized memory; no reference to it
+        // is made before every entry is written.
+        let entries = unsafe { &raw mut (*table.as_mut_ptr()).entries }.cast::<AtomicU64>();
+        for i in 0..ENTRIES {
+            // SAFETY: `i` is inside the array, whose memory the box owns.
+            unsafe { entries.add(i).write(AtomicU64::new(0)) };
+        }
+        // SAFETY: its one field, the array, is written whole above.
+        unsafe { table.assume_init() }
     }
 }
 

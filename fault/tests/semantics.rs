@@ -491,3 +491,49 @@ fn a_pool_that_cannot_be_allocated_is_an_error() {
         assert!(FramePool::new(config).is_err(), "{max_frames:#x}");
     }
 }
+
+#[test]
+fn exec_faults_need_an_executable_mapping() {
+    let mm = mm();
+    let code = anon(&mm, 1, Prot::READ_EXEC);
+    let data = anon(&mm, 1, Prot::READ_WRITE);
+    assert_eq!(mm.fault(code, Access::Exec), Ok(Fault::Installed));
+    assert_eq!(mm.fault(code, Access::Exec), Ok(Fault::AlreadyMapped));
+    assert_eq!(mm.fault(data, Access::Exec), Err(FaultError::AccessDenied));
+    mm.mprotect(code, P, Prot::READ).unwrap();
+    assert_eq!(mm.fault(code, Access::Exec), Err(FaultError::AccessDenied));
+    assert_nothing_leaked(&mm, 0);
+}
+
+#[test]
+fn shared_and_private_together_are_map_shared_validate() {
+    let mm = mm();
+    let (backing, f) = file(&mm, "/validated", 1, 0);
+    let both = MapFlags {
+        shared: true,
+        private: true,
+        ..MapFlags::SHARED
+    };
+    let a = mm.mmap(0, P, Prot::READ_WRITE, both, Some((&f, 0))).unwrap();
+    mm.write(a, b"shared").unwrap();
+    let mut on_file = [0; 6];
+    backing.read_at(0, &mut on_file).unwrap();
+    assert_eq!(&on_file, b"shared", "a file mapped with both flags is shared");
+    assert!(mm.maps().contains("rw-s"), "{}", mm.maps());
+    let anonymous = MapFlags {
+        private: true,
+        ..MapFlags::SHARED_ANONYMOUS
+    };
+    let err = mm.mmap(0, P, Prot::READ, anonymous, None).unwrap_err();
+    assert_eq!(
+        err.errno,
+        Errno::EINVAL,
+        "as Linux: MAP_SHARED_VALIDATE of anonymous memory"
+    );
+    assert_eq!(
+        err.to_string(),
+        "EINVAL: MAP_SHARED_VALIDATE does not map anonymous memory"
+    );
+    drop(f);
+    assert_nothing_leaked(&mm, backing.cached_pages());
+}

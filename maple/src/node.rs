@@ -12,7 +12,8 @@
 //!   child pointer (when a leaf is replaced by one with the same interval) and in its recorded
 //!   gaps; pivots never change. Readers may still walk a dead node; it stays allocated until a
 //!   grace period has passed.
-//! - Leaf slots hold a value pointer (a `Box<T>` owned by the tree) or null, a gap. Internal slots
+//! - Leaf slots hold a value pointer (a `ValuePointer`, such as a `Box<T>` or an `Arc<T>`,
+//!   owned by the tree) or null, a gap. Internal slots
 //!   hold child pointers, and `gaps[i]` is the size of the largest gap under child `i`.
 //!
 //! Orderings: a child pointer stored in place is a Release store, and every child pointer load

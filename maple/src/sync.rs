@@ -64,7 +64,7 @@ pub use imp::*;
 /// scheduler pushes the yielding thread's deadline back by a whole slice, so that a writer
 /// waiting for a grace period gets the CPU back only after every runnable thread has had a
 /// slice: beside 4 faulting threads on 2 CPUs the `fixed-replace` writer made 244–339
-/// replacements/s with yields and 3,701–4,185 with sleeps (docs/results.md, *Session 6*).
+/// replacements/s with yields and 3,701–4,185 with sleeps.
 #[derive(Debug, Default)]
 pub struct Backoff {
     step: u32,

@@ -741,12 +741,11 @@ impl<'t, P: ValuePointer, R: Rcu> Displaced<'t, P, R> {
 }
 
 impl<P: ValuePointer, R: Rcu> Displaced<'_, P, R> {
-    /// Returns the values at once, without waiting for a grace period (shuttle builds only:
-    /// the tests that show a missing grace period is caught).
+    /// Returns the values at once, without waiting for a grace period: only for the broken
+    /// test variants that show a missing grace period is caught.
     ///
     /// # Safety
     /// Readers may still be reading the values: the caller must keep them allocated.
-    #[cfg(feature = "shuttle")]
     #[doc(hidden)]
     pub unsafe fn reclaim_without_grace_period(mut self) -> Vec<(u64, u64, P)> {
         std::mem::take(&mut self.values)

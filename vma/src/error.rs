@@ -46,6 +46,13 @@ impl Errno {
     }
 }
 
+impl fmt::Display for Errno {
+    /// The errno's name, as `strerrorname_np` gives it (`ENOMEM`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
 /// Why an address-space operation failed; nothing changed unless the operation says otherwise
 /// (mprotect, like Linux, keeps the changes made before the hole it stopped at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +72,7 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.errno, self.reason)
+        write!(f, "{}: {}", self.errno, self.reason)
     }
 }
 

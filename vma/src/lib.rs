@@ -30,19 +30,19 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+mod protocol;
 pub mod request;
 mod space;
 pub mod trace;
 mod vma;
 
 pub use error::{Errno, Error, Result};
-#[cfg(feature = "shuttle")]
-pub use space::BrokenStep;
-pub use space::{
-    AddressSpace, FlushHook, Layout, Lookup, MapFlags, NoFlush, RemapFlags, Revoked, SharedAnonymous,
-    SpaceStats,
-};
-pub use vma::{Backing, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
+#[doc(hidden)]
+pub use protocol::BrokenStep;
+pub use protocol::{FlushHook, NoFlush, Revoked, SpaceStats};
+pub use request::{Layout, MapFlags, RemapFlags};
+pub use space::{AddressSpace, Lookup};
+pub use vma::{Backing, MappedFile, Mapping, Prot, SharedAnonymous, Unusable, Vma, VmaRef};
 
 /// Page size: 4 KiB.
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;

@@ -7,10 +7,121 @@
 //! [`AddressSpace`]: crate::AddressSpace
 
 use crate::error::{Errno, Error, Result};
-use crate::space::{Layout, MapFlags, RemapFlags, SharedAnonymous};
-use crate::vma::{Backing, MappedFile, Mapping, Prot};
+use crate::vma::{Backing, MappedFile, Mapping, Prot, SharedAnonymous};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use std::sync::Arc;
+
+/// The bounds of an address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Lowest usable address (Linux's `mmap_min_addr`).
+    pub low: u64,
+    /// One past the highest usable address (Linux's `TASK_SIZE`).
+    pub high: u64,
+    /// Top-down placement searches below this address first.
+    pub mmap_base: u64,
+}
+
+impl Default for Layout {
+    /// [`Layout::X86_64`].
+    fn default() -> Self {
+        Self::X86_64
+    }
+}
+
+impl Layout {
+    /// x86-64 user space with 4-level page tables: `[0x10000, 0x7ffffffff000)`, mmap base at
+    /// 0x7f0000000000.
+    pub const X86_64: Layout = Layout {
+        low: 0x1_0000,
+        high: 0x7fff_ffff_f000,
+        mmap_base: 0x7f00_0000_0000,
+    };
+}
+
+/// mmap flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MapFlags {
+    /// MAP_SHARED.
+    pub shared: bool,
+    /// MAP_PRIVATE.
+    pub private: bool,
+    /// MAP_ANONYMOUS.
+    pub anonymous: bool,
+    /// MAP_FIXED: replace whatever is there.
+    pub fixed: bool,
+    /// MAP_FIXED_NOREPLACE: fail with EEXIST if anything is there.
+    pub fixed_noreplace: bool,
+    /// MAP_GROWSDOWN.
+    pub growsdown: bool,
+}
+
+impl MapFlags {
+    /// MAP_PRIVATE | MAP_ANONYMOUS.
+    pub const PRIVATE_ANONYMOUS: MapFlags = MapFlags {
+        shared: false,
+        private: true,
+        anonymous: true,
+        fixed: false,
+        fixed_noreplace: false,
+        growsdown: false,
+    };
+    /// MAP_PRIVATE (a file mapping).
+    pub const PRIVATE: MapFlags = MapFlags {
+        anonymous: false,
+        ..Self::PRIVATE_ANONYMOUS
+    };
+    /// MAP_SHARED (a file mapping).
+    pub const SHARED: MapFlags = MapFlags {
+        shared: true,
+        private: false,
+        ..Self::PRIVATE
+    };
+    /// MAP_SHARED | MAP_ANONYMOUS: memory shared with the mappings this one is moved or
+    /// (later) forked to, zero-filled.
+    pub const SHARED_ANONYMOUS: MapFlags = MapFlags {
+        anonymous: true,
+        ..Self::SHARED
+    };
+
+    /// Checks the combination as Linux's mmap does: EINVAL unless exactly one of MAP_SHARED
+    /// and MAP_PRIVATE is set, except that both together are MAP_SHARED_VALIDATE, which maps
+    /// a file shared (every flag here is known, so validating them passes) and is EINVAL for
+    /// anonymous memory; EINVAL for MAP_GROWSDOWN with MAP_SHARED. Returns whether the mapping
+    /// is shared.
+    pub fn check(self) -> Result<bool> {
+        match (self.shared, self.private) {
+            (false, false) => Err(einval("one of MAP_SHARED and MAP_PRIVATE is needed")),
+            (true, true) if self.anonymous => {
+                Err(einval("MAP_SHARED_VALIDATE does not map anonymous memory"))
+            }
+            _ if self.growsdown && self.shared => Err(einval("MAP_GROWSDOWN cannot be shared")),
+            (shared, _) => Ok(shared),
+        }
+    }
+
+    /// The same flags with MAP_FIXED.
+    pub const fn fixed(self) -> Self {
+        Self { fixed: true, ..self }
+    }
+
+    /// The same flags with MAP_FIXED_NOREPLACE.
+    pub const fn fixed_noreplace(self) -> Self {
+        Self {
+            fixed_noreplace: true,
+            ..self
+        }
+    }
+}
+
+/// mremap flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RemapFlags {
+    /// MREMAP_MAYMOVE.
+    pub maymove: bool,
+    /// MREMAP_FIXED (requires `maymove`).
+    pub fixed: bool,
+}
 
 pub(crate) fn einval(reason: &'static str) -> Error {
     Error::new(Errno::EINVAL, reason)
@@ -91,14 +202,9 @@ impl MmapRequest {
         } else {
             file.as_ref().map_or(0, |(_, offset)| *offset)
         };
-        if flags.shared == flags.private {
-            return Err(einval("exactly one of MAP_SHARED and MAP_PRIVATE"));
-        }
-        if flags.growsdown && flags.shared {
-            return Err(einval("MAP_GROWSDOWN cannot be shared"));
-        }
+        let shared = flags.check()?;
         let backing = match (flags.anonymous, file) {
-            (true, _) if flags.shared => Backing::File(Arc::new(SharedAnonymous)),
+            (true, _) if shared => Backing::File(Arc::new(SharedAnonymous)),
             (true, _) => Backing::Anonymous,
             (false, Some((file, _))) => Backing::File(file),
             (false, None) => return Err(Error::new(Errno::EBADF, "a file mapping needs a file")),
@@ -132,7 +238,7 @@ impl MmapRequest {
             placement,
             len,
             prot,
-            shared: flags.shared,
+            shared,
             backing,
             file_pgoff: offset >> PAGE_SHIFT,
             growsdown: flags.growsdown,

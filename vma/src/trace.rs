@@ -19,7 +19,8 @@
 //! such as `-ENOMEM`, which the replay must reproduce.
 
 use crate::Errno;
-use crate::space::{AddressSpace, MapFlags, RemapFlags};
+use crate::request::{MapFlags, RemapFlags};
+use crate::space::AddressSpace;
 use crate::vma::{MappedFile, Prot};
 use std::collections::HashMap;
 use std::fmt;

@@ -314,12 +314,17 @@ impl Vma {
         self.state.load(Ordering::Acquire) & COUNT == 0
     }
 
-    /// Under shuttle, "frees" a VMA by poisoning it and keeping its memory (see `FREED`), so a
-    /// reader that still uses it (a protocol-breaking test variant) is caught.
-    #[cfg(feature = "shuttle")]
-    pub(crate) fn quarantine(self: Box<Self>) {
-        self.state.store(FREED, Ordering::Release);
-        Box::leak(self);
+    /// Frees a displaced VMA (step 5). Under shuttle it is "freed" by poisoning it and keeping
+    /// its memory (see `FREED`), so that a reader that still uses it (a protocol-breaking test
+    /// variant) is caught.
+    pub(crate) fn free(self: Box<Self>) {
+        #[cfg(feature = "shuttle")]
+        {
+            self.state.store(FREED, Ordering::Release);
+            Box::leak(self);
+        }
+        #[cfg(not(feature = "shuttle"))]
+        drop(self);
     }
 
     /// Makes a BABY VMA usable.
@@ -414,5 +419,16 @@ impl Drop for VmaRef<'_> {
 impl fmt::Debug for VmaRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("VmaRef").field(&**self).finish()
+    }
+}
+
+/// The anonymous object behind a MAP_SHARED | MAP_ANONYMOUS mapping (Linux: shmem, shown as
+/// `/dev/zero (deleted)`); each such mmap makes a new one.
+#[derive(Debug)]
+pub struct SharedAnonymous;
+
+impl MappedFile for SharedAnonymous {
+    fn name(&self) -> &str {
+        "/dev/zero (deleted)"
     }
 }

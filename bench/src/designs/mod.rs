@@ -35,6 +35,26 @@ use vma_map::{Flush, Op, VmaMap};
 /// Every design's name, in the order reports list them.
 pub const NAMES: [&str; 6] = ["rcu", "rcu-refonly", "rwlock", "rangelock", "pervma", "snapshot"];
 
+/// How the design called `name` finds a fault's VMA and what its writers hold, for the
+/// comparison's legend (the module documentation's table).
+pub fn describe(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "rcu" => {
+            "maplevm: RCU walk of the maple tree, no VMA reference (fast path); writers run the replacement protocol"
+        }
+        "rcu-refonly" => "maplevm with every fault taking a VMA reference (what the fast path buys)",
+        "rwlock" => "one reader-writer lock over a BTreeMap (mmap_sem): faults read-lock, writers write-lock",
+        "rangelock" => "faults read-lock their page's range; writers write-lock the range they change",
+        "pervma" => {
+            "Linux 6.15: RCU walk plus a per-VMA read lock, the mmap lock as fallback; writers lock each changed VMA"
+        }
+        "snapshot" => {
+            "a copy-on-write map behind arc-swap: faults load it wait-free; writers copy and publish it"
+        }
+        _ => return None,
+    })
+}
+
 /// How a design is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DesignConfig {

@@ -162,12 +162,18 @@ impl Model {
         file: Option<(Arc<dyn MappedFile>, u64)>,
     ) -> Res<u64> {
         let offset = file.as_ref().map_or(0, |f| f.1);
-        if offset % PAGE_SIZE != 0 || flags.shared == flags.private || (flags.growsdown && flags.shared) {
+        // Both sharing flags are MAP_SHARED_VALIDATE: a shared file mapping, EINVAL anonymous.
+        let shared = match (flags.shared, flags.private) {
+            (false, false) => return Err(Errno::EINVAL),
+            (true, true) if flags.anonymous => return Err(Errno::EINVAL),
+            (shared, _) => shared,
+        };
+        if offset % PAGE_SIZE != 0 || (flags.growsdown && shared) {
             return Err(Errno::EINVAL);
         }
         let offset = if flags.anonymous { 0 } else { offset };
         let object = match (flags.anonymous, &file) {
-            (true, _) if flags.shared => {
+            (true, _) if shared => {
                 self.names.push("/dev/zero (deleted)".to_string());
                 self.files.push(Arc::new(vma::SharedAnonymous));
                 self.names.len() - 1
@@ -203,11 +209,11 @@ impl Model {
         for i in 0..len / PAGE_SIZE {
             let page = Page {
                 prot,
-                shared: flags.shared,
+                shared,
                 object,
                 pgoff: first_pgoff + i,
                 growsdown: flags.growsdown,
-                accounted: !flags.shared && prot.write,
+                accounted: !shared && prot.write,
             };
             self.pages.insert(start + i * PAGE_SIZE, page);
         }
