@@ -7,6 +7,7 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use crossbeam_skiplist::SkipMap;
 use maple::MapleTree;
+use maple::testing::Rng;
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::ops::Bound;
@@ -18,19 +19,6 @@ use std::time::{Duration, Instant};
 const SIZES: [u64; 3] = [1_000, 100_000, 1_000_000];
 const RANGE_STRIDE: u64 = 16;
 const RANGE_LEN: u64 = 8;
-
-/// xorshift64: cheap, seeded, the same sequence for every map.
-struct Rng(u64);
-
-impl Rng {
-    #[inline]
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 fn maple_tree(n: u64) -> MapleTree<Box<u64>> {
     let tree = MapleTree::new();
@@ -69,7 +57,7 @@ fn lookups(c: &mut Criterion) {
         let universe = n * RANGE_STRIDE;
         let tree = maple_tree(n);
         group.bench_function(BenchmarkId::new("maple (guard per lookup)", n), |b| {
-            let mut rng = Rng(1);
+            let mut rng = Rng::new(1);
             b.iter(|| {
                 let guard = tree.guard();
                 black_box(tree.load(rng.below(universe), &guard).copied())
@@ -77,11 +65,11 @@ fn lookups(c: &mut Criterion) {
         });
         let guard = tree.guard();
         group.bench_function(BenchmarkId::new("maple (guard held)", n), |b| {
-            let mut rng = Rng(1);
+            let mut rng = Rng::new(1);
             b.iter(|| black_box(tree.load(rng.below(universe), &guard).copied()))
         });
         group.bench_function(BenchmarkId::new("maple range bounds (guard held)", n), |b| {
-            let mut rng = Rng(1);
+            let mut rng = Rng::new(1);
             b.iter(|| {
                 black_box(
                     tree.load_range(rng.below(universe), &guard)
@@ -94,11 +82,11 @@ fn lookups(c: &mut Criterion) {
 
         let map = btree(n);
         group.bench_function(BenchmarkId::new("std BTreeMap", n), |b| {
-            let mut rng = Rng(1);
+            let mut rng = Rng::new(1);
             b.iter(|| black_box(btree_lookup(&map, rng.below(universe))))
         });
         group.bench_function(BenchmarkId::new("std BTreeMap range bounds", n), |b| {
-            let mut rng = Rng(1);
+            let mut rng = Rng::new(1);
             b.iter(|| black_box(btree_range(&map, rng.below(universe))))
         });
         drop(map);
@@ -110,7 +98,7 @@ fn lookups(c: &mut Criterion) {
                 .unwrap();
         }
         group.bench_function(BenchmarkId::new("scc TreeIndex", n), |b| {
-            let mut rng = Rng(1);
+            let mut rng = Rng::new(1);
             b.iter(|| {
                 let key = rng.below(universe);
                 let guard = scc::Guard::new();
@@ -125,7 +113,7 @@ fn lookups(c: &mut Criterion) {
             skip.insert(i * RANGE_STRIDE, (i * RANGE_STRIDE + RANGE_LEN - 1, i));
         }
         group.bench_function(BenchmarkId::new("crossbeam SkipMap", n), |b| {
-            let mut rng = Rng(1);
+            let mut rng = Rng::new(1);
             b.iter(|| {
                 let key = rng.below(universe);
                 let found = skip.upper_bound(Bound::Included(&key));
@@ -145,7 +133,7 @@ fn writes(c: &mut Criterion) {
     for n in [1_000u64, 100_000] {
         let tree = maple_tree(n);
         group.bench_function(BenchmarkId::new("maple store_range (replace)", n), |b| {
-            let mut rng = Rng(2);
+            let mut rng = Rng::new(2);
             b.iter(|| {
                 let first = rng.below(n) * RANGE_STRIDE;
                 drop(
@@ -155,7 +143,7 @@ fn writes(c: &mut Criterion) {
             })
         });
         group.bench_function(BenchmarkId::new("maple erase + insert_range", n), |b| {
-            let mut rng = Rng(3);
+            let mut rng = Rng::new(3);
             b.iter(|| {
                 let first = rng.below(n) * RANGE_STRIDE;
                 drop(tree.erase(first));
@@ -166,14 +154,14 @@ fn writes(c: &mut Criterion) {
         drop(tree);
         let map = RwLock::new(btree(n));
         group.bench_function(BenchmarkId::new("RwLock<BTreeMap> insert (replace)", n), |b| {
-            let mut rng = Rng(2);
+            let mut rng = Rng::new(2);
             b.iter(|| {
                 let first = rng.below(n) * RANGE_STRIDE;
                 black_box(map.write().unwrap().insert(first, (first + RANGE_LEN - 1, first)));
             })
         });
         group.bench_function(BenchmarkId::new("RwLock<BTreeMap> remove + insert", n), |b| {
-            let mut rng = Rng(3);
+            let mut rng = Rng::new(3);
             b.iter(|| {
                 let first = rng.below(n) * RANGE_STRIDE;
                 black_box(map.write().unwrap().remove(&first));
@@ -192,7 +180,7 @@ fn gaps(c: &mut Criterion) {
         let universe = n * RANGE_STRIDE;
         let tree = maple_tree(n);
         group.bench_function(BenchmarkId::new("maple", n), |b| {
-            let mut rng = Rng(4);
+            let mut rng = Rng::new(4);
             b.iter(|| black_box(tree.find_gap_rev(0, rng.below(universe), RANGE_LEN).unwrap()))
         });
         // A request no gap satisfies: the tree answers from the recorded gaps alone.
@@ -201,7 +189,7 @@ fn gaps(c: &mut Criterion) {
         });
         let map = btree(n);
         group.bench_function(BenchmarkId::new("BTreeMap scan", n), |b| {
-            let mut rng = Rng(4);
+            let mut rng = Rng::new(4);
             b.iter(|| {
                 let limit = rng.below(universe);
                 // Walk ranges downwards from the limit until a hole of RANGE_LEN fits.
@@ -267,7 +255,7 @@ fn readers_under_writer(c: &mut Criterion) {
                     );
                 };
                 with_background(background, &tree, write, || {
-                    let mut rng = Rng(5);
+                    let mut rng = Rng::new(5);
                     let start = Instant::now();
                     for _ in 0..iters {
                         let guard = tree.guard();
@@ -288,7 +276,7 @@ fn readers_under_writer(c: &mut Criterion) {
                     map.write().unwrap().insert(first, (first + RANGE_LEN - 1, first));
                 };
                 with_background(background, &map, write, || {
-                    let mut rng = Rng(5);
+                    let mut rng = Rng::new(5);
                     let start = Instant::now();
                     for _ in 0..iters {
                         black_box(btree_range(&map.read().unwrap(), rng.below(universe)));
@@ -315,7 +303,7 @@ fn with_background<S: Send + Sync + 'static>(
         Background::Busy => {
             let stop = stop.clone();
             Some(thread::spawn(move || {
-                let mut rng = Rng(6);
+                let mut rng = Rng::new(6);
                 while !stop.load(Ordering::Relaxed) {
                     black_box(rng.below(1_000));
                 }
@@ -324,7 +312,7 @@ fn with_background<S: Send + Sync + 'static>(
         Background::Writer => {
             let (shared, stop) = (shared.clone(), stop.clone());
             Some(thread::spawn(move || {
-                let mut rng = Rng(6);
+                let mut rng = Rng::new(6);
                 while !stop.load(Ordering::Relaxed) {
                     write(&shared, &mut rng);
                 }

@@ -77,7 +77,7 @@ struct CompareArgs {
     /// Pages in each faulting thread's region.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGES))]
     pages: u64,
-    /// A short run: 2 threads, 100 ms, 64 pages (about 4 seconds in all); its charts go to
+    /// A short run: 2 threads, 100 ms, 64 pages (about 3 seconds in all); its charts go to
     /// the `quick` folder inside the chart folder, so they do not replace a full run's.
     #[arg(long, conflicts_with_all = ["threads", "duration_ms", "pages"])]
     quick: bool,

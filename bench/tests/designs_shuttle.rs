@@ -7,7 +7,8 @@
 
 use bench::designs::{self, Design, DesignConfig, NAMES, PerVmaDesign};
 use fault::{Access, Fault, FaultError, FramePool, FramePoolConfig, Memory};
-use maple::sync::{Arc, check_random_and_pct as check_both, thread};
+use maple::sync::{Arc, thread};
+use maple::testing::check_random_and_pct as check_both;
 use vma::{Layout, MapFlags, PAGE_SIZE, Prot};
 
 const P: u64 = PAGE_SIZE;

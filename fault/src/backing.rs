@@ -1,6 +1,6 @@
 //! File-like objects that mappings map: the [`Backing`] trait the fault engine asks for pages,
 //! [`MemBacking`] (an in-memory object with an optional delay per read, standing for I/O), and
-//! [`File`], the object an [`crate::Mm`] maps.
+//! [`File`], the object an [`Mm`](crate::Mm) maps.
 //!
 //! A backing keeps the pages it has read in frames of the memory manager's pool (its page
 //! cache): `page_if_cached` hands one out without blocking (the fault fast path),
@@ -9,9 +9,9 @@
 //! backing is dropped, so a frame lives as long as the cache or a translation needs it.
 
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
-use crate::pagetable::{ADDRESS_LIMIT, PageTable, Pte};
+use crate::page_cache::{MAX_PAGES, PageCache};
 use maple::sync::Mutex;
-use maple::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use maple::sync::atomic::{AtomicU64, Ordering};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -30,7 +30,20 @@ pub enum BackingError {
     OutOfMemory,
 }
 
-/// A file-like object's pages, as the fault engine asks for them.
+/// A file-like object's pages, as the fault engine asks for them. Build its page cache on
+/// [`PageCache`], which counts the references (see its example). The
+/// contract:
+/// - every frame returned carries one reference for the caller, who gives it to a translation
+///   or back to the pool;
+/// - while a page is cached, both methods return the same frame for it: shared mappings write
+///   into that frame, and every mapping and `read`/`write` of the object must see those
+///   writes (a backing that evicts a page may do so only when no translation maps it: maplevm
+///   does not ask);
+/// - the backing fills every byte of a frame it returns: the part of the last page beyond the
+///   object's end reads as zeros, never as what the frame held before;
+/// - `pages()` may change (an object that grows or shrinks): a fault at or beyond it is a bus
+///   error; translations already installed beyond a new end are not removed by the fault
+///   engine.
 pub trait Backing: Send + Sync + fmt::Debug + 'static {
     /// The name `maps()` shows.
     fn name(&self) -> &str;
@@ -55,23 +68,16 @@ pub trait Backing: Send + Sync + fmt::Debug + 'static {
 /// cache, after which the cached frame is the page (shared mappings write there). Both are
 /// sparse: pages never written cost nothing (they read as zeros), so a zero-filled object of
 /// any size up to [`MemBacking::MAX_LEN`] is created at once, as Linux creates shared
-/// anonymous memory.
+/// anonymous memory. Pages stay cached until the backing is dropped.
 pub struct MemBacking {
     name: String,
-    frames: Arc<FramePool>,
     /// The object's size in pages.
     pages: u64,
     /// The contents of pages that hold data and are not cached yet (a page absent from both
-    /// is zeros).
+    /// is zeros). Its lock also orders `write_at` with a read into the cache copying the same
+    /// page.
     store: Mutex<BTreeMap<u64, Box<[u8]>>>,
-    /// Page offset → cached frame: the entry at address `pgoff * FRAME_SIZE` of a radix tree
-    /// laid out as the page table (lookups without locks; tables allocated on first use, so
-    /// the index costs only what is cached). A present entry holds the cache's reference on
-    /// its frame. Set once, with a compare-and-swap (Release, pairing with the Acquire of
-    /// `cached`: the frame's contents are visible before its number is); cleared only when the
-    /// backing is dropped. Tables are never unlinked before then, so walks need no guard.
-    cache: PageTable,
-    cached_pages: AtomicUsize,
+    cache: PageCache,
     delay: Duration,
     reads: AtomicU64,
 }
@@ -87,8 +93,8 @@ impl fmt::Debug for MemBacking {
 }
 
 impl MemBacking {
-    /// The longest object: 256 TiB (the page cache's index translates 48 bits).
-    pub const MAX_LEN: u64 = ADDRESS_LIMIT;
+    /// The longest object: 256 TiB (what a [`PageCache`] can index).
+    pub const MAX_LEN: u64 = MAX_PAGES * FRAME_SIZE as u64;
 
     /// An object named `name` holding `contents` (its size rounded up to pages, zero-padded),
     /// caching pages in `frames`.
@@ -132,11 +138,9 @@ impl MemBacking {
     ) -> Self {
         Self {
             name,
-            frames: frames.clone(),
             pages,
             store: Mutex::new(store),
-            cache: PageTable::new(),
-            cached_pages: AtomicUsize::new(0),
+            cache: PageCache::new(frames),
             delay: Duration::ZERO,
             reads: AtomicU64::new(0),
         }
@@ -155,21 +159,7 @@ impl MemBacking {
 
     /// Pages in the page cache.
     pub fn cached_pages(&self) -> usize {
-        self.cached_pages.load(Ordering::Relaxed)
-    }
-
-    /// The cache entry of page `pgoff` if its table exists (`pgoff` is inside the object).
-    fn slot(&self, pgoff: u64) -> Option<&AtomicU64> {
-        self.cache.entry(pgoff * FRAME_SIZE as u64)
-    }
-
-    fn cached(&self, pgoff: u64) -> Option<Frame> {
-        if pgoff >= self.pages {
-            return None;
-        }
-        // Acquire pairs with the Release of the CAS in `read_page`.
-        let entry = Pte(self.slot(pgoff)?.load(Ordering::Acquire));
-        entry.present().then(|| entry.frame())
+        self.cache.cached_pages()
     }
 
     /// The object's bytes at `offset` (as `pread`: from the page cache where a page is there);
@@ -177,8 +167,8 @@ impl MemBacking {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackingError> {
         self.each_page(offset, buf.len(), |pgoff, in_page, at, len| {
             let out = &mut buf[at..at + len];
-            match self.cached(pgoff) {
-                Some(frame) => self.frames.read(frame, in_page, out),
+            match self.cache.peek(pgoff) {
+                Some(frame) => self.cache.frames().read(frame, in_page, out),
                 None => {
                     let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
                     match store.get(&pgoff) {
@@ -195,10 +185,9 @@ impl MemBacking {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), BackingError> {
         self.each_page(offset, data.len(), |pgoff, in_page, at, len| {
             let data = &data[at..at + len];
-            // The store lock orders this with a read into the cache copying the same page.
             let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            match self.cached(pgoff) {
-                Some(frame) => self.frames.write(frame, in_page, data),
+            match self.cache.peek(pgoff) {
+                Some(frame) => self.cache.frames().write(frame, in_page, data),
                 None => {
                     let page = store
                         .entry(pgoff)
@@ -243,68 +232,39 @@ impl Backing for MemBacking {
     }
 
     fn page_if_cached(&self, pgoff: u64) -> Option<Frame> {
-        let frame = self.cached(pgoff)?;
-        // The cache's reference keeps the frame until the backing is dropped, and the caller
-        // holds the backing.
-        self.frames.get(frame);
-        Some(frame)
+        self.cache.get(pgoff)
     }
 
     fn read_page(&self, pgoff: u64) -> Result<Frame, BackingError> {
         if pgoff >= self.pages {
             return Err(BackingError::OutsideObject);
         }
-        if let Some(frame) = self.page_if_cached(pgoff) {
+        if let Some(frame) = self.cache.get(pgoff) {
             return Ok(frame);
         }
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
-        let frame = self.frames.alloc().ok_or(BackingError::OutOfMemory)?;
-        {
-            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            match store.get(&pgoff) {
-                Some(page) => self.frames.write(frame, 0, page),
-                None => self.frames.write(frame, 0, &ZERO_PAGE),
-            }
-            // Published under the store lock, so `write_at` writes either the store before the
-            // copy or the frame after it.
-            // Release pairs with the Acquire in `cached`; AcqRel on success keeps the order.
-            let slot = self.cache.entry_or_insert(pgoff * FRAME_SIZE as u64);
-            if let Err(winner) =
-                slot.compare_exchange(0, Pte::new(frame, 0).0, Ordering::AcqRel, Ordering::Acquire)
-            {
-                drop(store);
-                // SAFETY: the frame was never published; this is its only reference.
-                unsafe { self.frames.put(frame) };
-                let winner = Pte(winner).frame();
-                self.frames.get(winner);
-                return Ok(winner);
-            }
-            // The cached frame is the page from now on.
-            store.remove(&pgoff);
-        }
-        self.cached_pages.fetch_add(1, Ordering::Relaxed);
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        // One reference for the cache (from alloc), one for the caller.
-        self.frames.get(frame);
+        // Filled and published under the store lock, so `write_at` writes either the store
+        // before the copy or the frame after it.
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let frames = self.cache.frames();
+        let frame = self.cache.get_or_fill(pgoff, |frame| {
+            let page = store.get(&pgoff).map_or(&ZERO_PAGE[..], |page| &page[..]);
+            frames.write(frame, 0, page);
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        })?;
+        // The cached frame is the page from now on.
+        store.remove(&pgoff);
         Ok(frame)
     }
 
     fn frames(&self) -> &Arc<FramePool> {
-        &self.frames
+        self.cache.frames()
     }
 }
 
-impl Drop for MemBacking {
-    fn drop(&mut self) {
-        let frames = self.cache.clear(0, ADDRESS_LIMIT);
-        // SAFETY: the cache's references; the cache is gone, translations hold their own.
-        unsafe { self.frames.put_many(&frames) };
-    }
-}
-
-/// An object an [`crate::Mm`] can map: a [`Backing`] with the identity the VMA layer needs
+/// An object an [`Mm`](crate::Mm) can map: a [`Backing`] with the identity the VMA layer needs
 /// (two mappings map the same object when they hold the same `Arc<File>`).
 #[derive(Debug)]
 pub struct File {

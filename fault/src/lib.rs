@@ -7,6 +7,7 @@
 //! - [`frames`]: the frame pool (4 KiB frames with reference counts, per-thread free lists);
 //! - [`pagetable`]: a lock-free 4-level page table;
 //! - [`backing`]: file-like objects (the [`Backing`] trait, [`MemBacking`], [`File`]);
+//! - [`page_cache`]: [`PageCache`], the safe building block of a backing's page cache;
 //! - [`Memory`]: a page table and its frames, with the fault-side install (`settle`,
 //!   `read_in`) and the writer-side flushes, for any design that finds VMAs its own way;
 //! - the engine ([`Mm::fault`]): an RCU-only fast path and a slow path that holds a VMA
@@ -39,6 +40,7 @@ mod engine;
 pub mod frames;
 mod memory;
 mod mm;
+pub mod page_cache;
 pub mod pagetable;
 mod shard;
 mod stats;
@@ -48,6 +50,7 @@ pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 pub use frames::{Frame, FramePool, FramePoolConfig};
 pub use memory::Memory;
 pub use mm::{Mm, MmConfig};
+pub use page_cache::PageCache;
 pub use stats::{FaultStats, Waits};
 // What an `Mm` user needs from the VMA layer, so that a program embedding `Mm` depends on this
 // crate alone.

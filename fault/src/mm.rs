@@ -153,6 +153,26 @@ impl Mm {
 
     /// Maps memory (see [`AddressSpace::mmap`]). `file` is the object and byte offset of a
     /// file mapping; MAP_SHARED | MAP_ANONYMOUS gets a new zero-filled shared object.
+    ///
+    /// # Examples
+    /// ```
+    /// use fault::{File, FramePool, MapFlags, MemBacking, Mm, MmConfig, Prot};
+    /// use std::sync::Arc;
+    ///
+    /// let frames = Arc::new(FramePool::new(Default::default()).unwrap());
+    /// let mm = Mm::new(MmConfig::default(), frames.clone()).unwrap();
+    /// let backing = Arc::new(MemBacking::new("/etc/motd", &frames, b"hello"));
+    /// let file = File::new(backing.clone());
+    /// // Shared: writes reach the file; private: writes stay in the mapping.
+    /// let shared = mm.mmap(0, 4096, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0))).unwrap();
+    /// let private = mm.mmap(0, 4096, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0))).unwrap();
+    /// mm.write(shared, b"J").unwrap();
+    /// mm.write(private + 1, b"E").unwrap();
+    /// let (mut on_file, mut seen) = ([0; 5], [0; 5]);
+    /// backing.read_at(0, &mut on_file).unwrap();
+    /// mm.read(private, &mut seen).unwrap();
+    /// assert_eq!((&on_file, &seen), (b"Jello", b"JEllo"));
+    /// ```
     pub fn mmap(
         &self,
         addr: u64,
@@ -242,6 +262,19 @@ impl Mm {
     /// Resolves a fault at `addr` as a CPU's page-fault handler would (see the module
     /// documentation for the paths). Never takes an address-space lock; waits only for a VMA
     /// that a writer is setting up (BABY) and for file reads.
+    ///
+    /// # Examples
+    /// ```
+    /// use fault::{Access, Fault, FaultError, FramePool, MapFlags, Mm, MmConfig, Prot};
+    /// use std::sync::Arc;
+    ///
+    /// let mm = Mm::new(MmConfig::default(), Arc::new(FramePool::new(Default::default()).unwrap())).unwrap();
+    /// let a = mm.mmap(0, 4096, Prot::READ, MapFlags::PRIVATE_ANONYMOUS, None).unwrap();
+    /// assert_eq!(mm.fault(a, Access::Read), Ok(Fault::Installed));
+    /// assert_eq!(mm.fault(a, Access::Read), Ok(Fault::AlreadyMapped));
+    /// assert_eq!(mm.fault(a, Access::Write), Err(FaultError::AccessDenied));
+    /// assert_eq!(mm.fault(a + 4096, Access::Read), Err(FaultError::NotMapped));
+    /// ```
     pub fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
         let result = self.resolve(addr, access);
         self.memory.count(result);

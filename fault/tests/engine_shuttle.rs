@@ -9,7 +9,8 @@
 
 use fault::{Access, Fault, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
 use maple::sync::atomic::{AtomicBool, Ordering};
-use maple::sync::{Arc, check_random_and_pct as check_both, thread};
+use maple::sync::{Arc, thread};
+use maple::testing::check_random_and_pct as check_both;
 use vma::{BrokenStep, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
 
 const P: u64 = PAGE_SIZE;

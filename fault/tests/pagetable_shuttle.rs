@@ -10,7 +10,8 @@ mod scenarios;
 use fault::pagetable::{PageTable, Pte};
 use maple::rcu::{DefaultRcu, Rcu};
 use maple::sync::atomic::Ordering;
-use maple::sync::{Arc, check_random_and_pct, thread};
+use maple::sync::{Arc, thread};
+use maple::testing::check_random_and_pct;
 
 fn check_both(test: impl Fn() + Send + Sync + 'static) {
     check_random_and_pct(100_000, test);

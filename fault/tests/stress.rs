@@ -6,6 +6,7 @@
 #![cfg(not(feature = "shuttle"))]
 
 use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+use maple::testing::Rng;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use vma::{MapFlags, PAGE_SIZE, Prot};
@@ -22,18 +23,6 @@ fn scale() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
-}
-
-/// A small deterministic generator (xorshift), one per thread.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 #[test]
@@ -64,7 +53,7 @@ fn faults_and_writers_on_overlapping_regions() {
         .map(|t| {
             let (mm, stop) = (mm.clone(), stop.clone());
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9e37_79b9 + t);
+                let mut rng = Rng::new(0x9e37_79b9 + t);
                 let mine = STABLE + t * PAGES_PER_FAULTER * P;
                 let mut round = 0u8;
                 let mut faults = 0u64;
@@ -108,7 +97,7 @@ fn faults_and_writers_on_overlapping_regions() {
     let writer = {
         let (mm, file) = (mm.clone(), file.clone());
         std::thread::spawn(move || {
-            let mut rng = Rng(0x1234_5678);
+            let mut rng = Rng::new(0x1234_5678);
             for _ in 0..writer_ops {
                 let start = CHURN + rng.below(CHURN_PAGES) * P;
                 let pages = 1 + rng.below(CHURN_PAGES - (start - CHURN) / P);

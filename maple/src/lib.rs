@@ -39,8 +39,16 @@
 //! tree.validate().unwrap();
 //! ```
 //!
-//! The [`sync`] module is the facade every atomic, lock and thread of maplevm goes through, so the
-//! same code runs under the shuttle model checker with `--features shuttle`.
+//! The crate has two parts with one seam between them:
+//! - the **runtime** every layer of maplevm uses: [`sync`], the facade every atomic, lock,
+//!   thread and wait goes through, so the same code runs under the shuttle model checker with
+//!   `--features shuttle`; [`rcu`], the read-copy-update domains (with keyed read-side
+//!   sections); [`thread_index`], small per-thread numbers for per-thread slots;
+//! - the **tree** built on it: [`MapleTree`] and its guards, writer and displaced values.
+//!
+//! The layers above import the runtime directly (`maple::sync`, `maple::rcu`) and the tree by
+//! its types; the tree uses nothing of theirs. `testing` holds what the tests of every crate
+//! share (a seeded generator, the shuttle runner).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cache_aligned;
@@ -50,6 +58,8 @@ mod pointer;
 pub mod rcu;
 mod reclaim;
 pub mod sync;
+#[doc(hidden)]
+pub mod testing;
 pub mod thread_index;
 mod tree;
 mod validate;

@@ -96,25 +96,3 @@ impl Backoff {
         }
     }
 }
-
-/// Runs `test` under shuttle's random scheduler and its PCT scheduler (bug depth 3),
-/// `SHUTTLE_ITERATIONS` times each (default 1,000). A schedule longer than `max_steps`
-/// scheduling points fails the test: it catches livelocks, such as a waiter spinning on a
-/// condition that never comes true. The one runner every shuttle suite of maplevm uses.
-#[cfg(feature = "shuttle")]
-pub fn check_random_and_pct(max_steps: usize, test: impl Fn() + Send + Sync + 'static) {
-    use shuttle::scheduler::{PctScheduler, RandomScheduler};
-    let iterations = std::env::var("SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000);
-    let config = || {
-        let mut config = shuttle::Config::new();
-        config.max_steps = shuttle::MaxSteps::FailAfter(max_steps);
-        config
-    };
-    let test = std::sync::Arc::new(test);
-    let random = test.clone();
-    shuttle::Runner::new(RandomScheduler::new(iterations), config()).run(move || random());
-    shuttle::Runner::new(PctScheduler::new(3, iterations), config()).run(move || test());
-}

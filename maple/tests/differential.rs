@@ -5,6 +5,7 @@
 #[path = "support/model.rs"]
 mod model;
 
+use maple::testing::Rng;
 use maple::{MapleError, MapleTree};
 use model::Model;
 use proptest::prelude::*;
@@ -198,22 +199,14 @@ fn check_same(tree: &MapleTree<Box<u64>>, model: &Model, step: usize, op: &Op) {
     assert_eq!(tree.len(), model.map.len());
 }
 
-/// splitmix64: a small seeded generator, so failures replay from the seed.
-struct Rng(u64);
+/// What the tests draw from the shared seeded generator.
+trait Draws {
+    fn index(&mut self, universe: u64) -> u64;
+    fn range(&mut self, universe: u64) -> (u64, u64);
+    fn op(&mut self, universe: u64, churn: u64) -> Op;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
+impl Draws for Rng {
     /// An index: mostly in a small universe (so ranges collide), sometimes at the edges of u64.
     fn index(&mut self, universe: u64) -> u64 {
         match self.below(20) {
@@ -264,7 +257,7 @@ impl Rng {
 }
 
 fn run_seeded(seed: u64, steps: usize, universe: u64, churn: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let tree = MapleTree::<Box<u64>>::new();
     let mut model = Model::default();
     for step in 0..steps {
@@ -293,7 +286,7 @@ fn seeded_sequences_match_the_model() {
 fn grow_then_shrink_matches_the_model() {
     let tree = MapleTree::<Box<u64>>::new();
     let mut model = Model::default();
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut firsts = Vec::new();
     for i in 0..5_000u64 {
         let first = i * 10;

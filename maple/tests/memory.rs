@@ -7,6 +7,7 @@
 
 use maple::MapleTree;
 use maple::rcu::{Rcu, SeizeRcu, SlotRcu};
+use maple::testing::Rng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
@@ -55,17 +56,6 @@ impl Drop for Counted {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Builds and churns a tree, then drops it: every value is dropped once and every allocation
 /// (nodes, values, retired nodes in the domain) is returned.
 fn drop_frees_everything<R: Rcu>() {
@@ -74,7 +64,7 @@ fn drop_frees_everything<R: Rcu>() {
     let mut created = 0;
     {
         let tree = MapleTree::<Box<Counted>, R>::new();
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for i in 0..20_000u64 {
             let first = rng.below(1_000_000);
             let last = first + rng.below(200);
@@ -132,7 +122,7 @@ fn memory() {
         tree.insert_range(first, first + 7, Box::new(first)).unwrap();
     }
     let full = tree.stats();
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     for _ in 0..90_000 {
         let pick = rng.below(firsts.len() as u64) as usize;
         let first = firsts.swap_remove(pick);

@@ -8,7 +8,7 @@ mod no_grace;
 mod scenarios;
 
 use maple::rcu::{Rcu, SlotRcu};
-use maple::sync::check_random_and_pct;
+use maple::testing::check_random_and_pct;
 use scenarios::NoGrace;
 
 /// Scheduling points one schedule may take before it counts as a livelock.

@@ -39,7 +39,7 @@ fn tasks_hold_distinct_numbers_and_hand_them_back() {
     use maple::sync::atomic::{AtomicUsize, Ordering};
     use maple::sync::{Arc, thread};
     const TASKS: usize = 3;
-    maple::sync::check_random_and_pct(10_000, || {
+    maple::testing::check_random_and_pct(10_000, || {
         let main = current().unwrap();
         let arrived = Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..TASKS)

@@ -270,6 +270,22 @@ impl AddressSpace {
     /// (then above it); a free hint → there; `fixed` → exactly there, replacing what was there;
     /// `fixed_noreplace` → exactly there or EEXIST. `file` is the object and byte offset of a
     /// file mapping (ignored with `anonymous`, as Linux ignores the fd).
+    ///
+    /// # Examples
+    /// ```
+    /// use vma::{AddressSpace, Errno, Layout, MapFlags, NoFlush, Prot};
+    ///
+    /// let space = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
+    /// let anon = MapFlags::PRIVATE_ANONYMOUS;
+    /// let a = space.mmap(0, 8192, Prot::READ_WRITE, anon, None).unwrap();
+    /// assert_eq!(a, Layout::X86_64.mmap_base - 8192, "top-down below the mmap base");
+    /// let err = space.mmap(a, 4096, Prot::READ, anon.fixed_noreplace(), None).unwrap_err();
+    /// assert_eq!(err.errno, Errno::EEXIST);
+    /// // MAP_FIXED replaces the first page: two VMAs now.
+    /// space.mmap(a, 4096, Prot::READ, anon.fixed(), None).unwrap();
+    /// assert_eq!(space.vma_count(), 2);
+    /// assert_eq!(space.munmap(a + 1, 4096).unwrap_err().errno, Errno::EINVAL);
+    /// ```
     pub fn mmap(
         &self,
         addr: u64,

@@ -5,6 +5,7 @@
 #[path = "support/model.rs"]
 mod model;
 
+use maple::testing::Rng;
 use model::Model;
 use std::sync::Arc;
 use vma::{AddressSpace, Layout, MapFlags, MappedFile, NoFlush, PAGE_SIZE, Prot, RemapFlags};
@@ -25,22 +26,14 @@ const LAYOUT: Layout = Layout {
     mmap_base: 0x10_0000 + 96 * PAGE_SIZE,
 };
 
-struct Rng(u64);
+/// What the tests draw from the shared seeded generator.
+trait Draws {
+    fn addr(&mut self) -> u64;
+    fn len(&mut self) -> u64;
+    fn prot(&mut self) -> Prot;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
+impl Draws for Rng {
     fn addr(&mut self) -> u64 {
         let page = LAYOUT.low - 2 * PAGE_SIZE + self.below(132) * PAGE_SIZE;
         if self.chance(3) {
@@ -68,7 +61,7 @@ impl Rng {
 }
 
 fn run(seed: u64, steps: usize) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let files: [Arc<dyn MappedFile>; 2] = [Arc::new(File("/lib/libfoo.so")), Arc::new(File("/data/blob"))];
     let space = AddressSpace::new(LAYOUT, NoFlush).unwrap();
     let mut model = Model::new(LAYOUT);

@@ -7,7 +7,8 @@
 
 use maple::rcu::DefaultRcu;
 use maple::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use maple::sync::{Arc, check_random_and_pct as check_both, thread};
+use maple::sync::{Arc, thread};
+use maple::testing::check_random_and_pct as check_both;
 use vma::{AddressSpace, BrokenStep, FlushHook, Layout, Lookup, MapFlags, PAGE_SIZE, Prot, Unusable};
 
 const P: u64 = PAGE_SIZE;

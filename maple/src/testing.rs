@@ -1,0 +1,58 @@
+//! Test support shared by every crate's tests and benchmarks: a seeded generator, and (with
+//! `--features shuttle`) the one runner the shuttle suites use. Kept out of the runtime
+//! modules ([`crate::sync`], [`crate::rcu`]), which production code uses; nothing in maplevm's
+//! own code calls it.
+
+/// A small deterministic generator (splitmix64): seeded, the same sequence on every machine,
+/// a few instructions a number. For tests and benchmarks, not for anything that needs
+/// randomness.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator whose sequence `seed` decides.
+    pub const fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n` (not zero).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Runs `test` under shuttle's random scheduler and its PCT scheduler (bug depth 3),
+/// `SHUTTLE_ITERATIONS` times each (default 1,000). A schedule longer than `max_steps`
+/// scheduling points fails the test: it catches livelocks, such as a waiter spinning on a
+/// condition that never comes true. The one runner every shuttle suite of maplevm uses.
+#[cfg(feature = "shuttle")]
+pub fn check_random_and_pct(max_steps: usize, test: impl Fn() + Send + Sync + 'static) {
+    use shuttle::scheduler::{PctScheduler, RandomScheduler};
+    let iterations = std::env::var("SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let config = || {
+        let mut config = shuttle::Config::new();
+        config.max_steps = shuttle::MaxSteps::FailAfter(max_steps);
+        config
+    };
+    let test = std::sync::Arc::new(test);
+    let random = test.clone();
+    shuttle::Runner::new(RandomScheduler::new(iterations), config()).run(move || random());
+    shuttle::Runner::new(PctScheduler::new(3, iterations), config()).run(move || test());
+}
