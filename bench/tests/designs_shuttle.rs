@@ -9,16 +9,11 @@ use bench::designs::{self, Design, DesignConfig, NAMES, PerVmaDesign};
 use fault::{Access, Fault, FaultError, FramePool, FramePoolConfig, Memory};
 use maple::sync::{Arc, thread};
 use maple::testing::check_random_and_pct as check_both;
-use vma::{Layout, MapFlags, PAGE_SIZE, Prot};
+use vma::{MapFlags, Prot};
 
-const P: u64 = PAGE_SIZE;
-const LAYOUT: Layout = Layout {
-    low: 0x10000,
-    high: 0x10000 + 64 * P,
-    mmap_base: 0x10000 + 48 * P,
-};
-const A: u64 = 0x20000;
-const STEPS: usize = 200_000;
+#[path = "../../vma/tests/support/shuttle_space.rs"]
+mod shuttle_space;
+use shuttle_space::{A, LAYOUT, P, STEPS};
 
 fn pool() -> std::sync::Arc<FramePool> {
     std::sync::Arc::new(

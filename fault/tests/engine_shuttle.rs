@@ -11,17 +11,11 @@ use fault::{Access, Fault, FaultError, File, FramePool, FramePoolConfig, MemBack
 use maple::sync::atomic::{AtomicBool, Ordering};
 use maple::sync::{Arc, thread};
 use maple::testing::check_random_and_pct as check_both;
-use vma::{BrokenStep, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
+use vma::{BrokenStep, MapFlags, Prot, RemapFlags};
 
-const P: u64 = PAGE_SIZE;
-const LAYOUT: Layout = Layout {
-    low: 0x10000,
-    high: 0x10000 + 64 * P,
-    mmap_base: 0x10000 + 48 * P,
-};
-const A: u64 = 0x20000;
-const B: u64 = 0x30000;
-const STEPS: usize = 200_000;
+#[path = "../../vma/tests/support/shuttle_space.rs"]
+mod shuttle_space;
+use shuttle_space::{A, B, LAYOUT, P, STEPS};
 
 fn mm(broken: Option<BrokenStep>) -> Mm {
     mm_with(broken, true)

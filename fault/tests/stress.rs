@@ -174,7 +174,7 @@ fn no_store_lands_after_munmap_or_mprotect_returns() {
         let storing = {
             let (mm, stores) = (mm.clone(), stores.clone());
             std::thread::spawn(move || {
-                for value in 1u8.. {
+                for value in (1..=u8::MAX).cycle() {
                     if mm.write(A, &[value; P as usize]).is_err() {
                         break;
                     }

@@ -3,6 +3,41 @@
 //! modules ([`crate::sync`], [`crate::rcu`]), which production code uses; nothing in maplevm's
 //! own code calls it.
 
+/// Whether `write` finishes while a reader is parked inside its read-side section: `read` runs
+/// on a thread of its own, enters its section and calls the `park` it is given from inside it;
+/// `write` starts once the reader is parked and is given 300 ms. The reader is then released
+/// and both are joined, so `read` can check afterwards that what it held stayed intact. For
+/// the std-thread tests of keyed sections (writers must not wait for readers keyed
+/// elsewhere, and must wait for those keyed on what they free).
+pub fn finishes_beside_parked_reader<'s>(
+    read: impl FnOnce(&dyn Fn()) + Send + 's,
+    write: impl FnOnce() + Send + 's,
+) -> bool {
+    use std::sync::mpsc;
+    let (parked_tx, parked) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let (done_tx, done) = mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            read(&|| {
+                parked_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            });
+        });
+        parked.recv().unwrap();
+        scope.spawn(move || {
+            write();
+            done_tx.send(()).unwrap();
+        });
+        let finished = done.recv_timeout(std::time::Duration::from_millis(300)).is_ok();
+        release.send(()).unwrap();
+        if !finished {
+            done.recv().unwrap();
+        }
+        finished
+    })
+}
+
 /// A small deterministic generator (splitmix64): seeded, the same sequence on every machine,
 /// a few instructions a number. For tests and benchmarks, not for anything that needs
 /// randomness.

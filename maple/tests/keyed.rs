@@ -4,10 +4,8 @@
 
 use maple::MapleTree;
 use maple::rcu::Keys;
+use maple::testing::finishes_beside_parked_reader;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
 
 /// `[0, 9]` → 1, `[10, 19]` → 2.
 fn two_ranges() -> MapleTree<Box<u64>> {
@@ -62,31 +60,17 @@ fn reclaim_finishes_under_keyed_reader(
     key: u64,
     write: impl FnOnce(&MapleTree<Box<u64>>) + Send,
 ) -> bool {
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let (done_tx, done) = mpsc::channel();
-    thread::scope(|scope| {
-        scope.spawn(move || {
+    finishes_beside_parked_reader(
+        |park| {
             let guard = tree.guard_at(key);
             let value = tree.load(key, &guard).expect("a value at the key");
             let seen = *value;
-            entered_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
+            park();
             // The value the reader holds is still intact (ASan reports a use after free).
             assert_eq!(*value, seen);
-        });
-        entered.recv().unwrap();
-        scope.spawn(move || {
-            write(tree);
-            done_tx.send(()).unwrap();
-        });
-        let finished = done.recv_timeout(Duration::from_millis(300)).is_ok();
-        release.send(()).unwrap();
-        if !finished {
-            done.recv().unwrap();
-        }
-        finished
-    })
+        },
+        || write(tree),
+    )
 }
 
 #[test]

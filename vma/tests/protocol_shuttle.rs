@@ -9,16 +9,11 @@ use maple::rcu::DefaultRcu;
 use maple::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use maple::sync::{Arc, thread};
 use maple::testing::check_random_and_pct as check_both;
-use vma::{AddressSpace, BrokenStep, FlushHook, Layout, Lookup, MapFlags, PAGE_SIZE, Prot, Unusable};
+use vma::{AddressSpace, BrokenStep, FlushHook, Lookup, MapFlags, Prot, Unusable};
 
-const P: u64 = PAGE_SIZE;
-const LAYOUT: Layout = Layout {
-    low: 0x10000,
-    high: 0x10000 + 64 * P,
-    mmap_base: 0x10000 + 48 * P,
-};
-const A: u64 = 0x20000;
-const B: u64 = 0x30000;
+#[path = "support/shuttle_space.rs"]
+mod shuttle_space;
+use shuttle_space::{A, B, LAYOUT, P};
 
 /// Counts flushes.
 #[derive(Clone, Default)]

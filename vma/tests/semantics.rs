@@ -2,9 +2,8 @@
 //! on other VMAs.
 #![cfg(not(feature = "shuttle"))]
 
-use std::sync::{Arc, mpsc};
-use std::thread;
-use std::time::Duration;
+use maple::testing::finishes_beside_parked_reader;
+use std::sync::Arc;
 use vma::{AddressSpace, Errno, Layout, Lookup, MapFlags, MappedFile, NoFlush, PAGE_SIZE, Prot, RemapFlags};
 
 const P: u64 = PAGE_SIZE;
@@ -515,32 +514,18 @@ fn two_vmas() -> AddressSpace {
 /// Whether `change` returns while another thread holds a guard keyed at `addr` (as a fault
 /// does) with the VMA it found there.
 fn finishes_beside_fault(space: &AddressSpace, addr: u64, change: impl FnOnce(&AddressSpace) + Send) -> bool {
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let (done_tx, done) = mpsc::channel();
-    thread::scope(|scope| {
-        scope.spawn(move || {
+    finishes_beside_parked_reader(
+        |park| {
             let guard = space.guard_at(addr);
             let Lookup::Mapped(vma) = space.lookup(addr, &guard) else {
                 panic!("{addr:#x} is mapped");
             };
             let start = vma.start();
-            entered_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
+            park();
             assert_eq!(vma.start(), start, "the VMA found stays intact");
-        });
-        entered.recv().unwrap();
-        scope.spawn(move || {
-            change(space);
-            done_tx.send(()).unwrap();
-        });
-        let finished = done.recv_timeout(Duration::from_millis(300)).is_ok();
-        release.send(()).unwrap();
-        if !finished {
-            done.recv().unwrap();
-        }
-        finished
-    })
+        },
+        || change(space),
+    )
 }
 
 #[test]

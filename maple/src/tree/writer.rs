@@ -176,16 +176,49 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
     /// gap), and returns what was displaced; see [`Writer::write`]. Without a split function no
     /// range may stick out of the written interval: that is [`MapleError::CutsRange`], found
     /// before anything changes, and the values in `new` are dropped.
+    ///
+    /// A write is classified once its leaf run is merged ([`Store::of`], the kernel's
+    /// `mas_wr_store_type`), and each kind has one function: an in-place store of one leaf
+    /// into its parent's slot, or a rebuild of the run and its ancestors up to a new root.
     pub(super) fn write_entries(
         &mut self,
-        mut first: u64,
+        first: u64,
         mut new: NewEntries<P::Target>,
         split: Option<SplitFn<P>>,
     ) -> Result<Displaced<'t, P, R>, MapleError> {
-        let root = self.root();
-        let height = self.state.height;
+        let (first, last) = self.widen_to_maximal_gaps(first, &mut new);
+        let leaves = level_nodes(self.root(), self.state.height - 1, first, last);
+        if split.is_none()
+            && let Some(cut) = range_sticking_out(&leaves, first, last)
+        {
+            for entry in new {
+                if !entry.value.is_null() {
+                    // SAFETY: the caller made these values with `into_raw` and handed them
+                    // over; none was published.
+                    drop(unsafe { P::from_raw(entry.value) });
+                }
+            }
+            return Err(cut);
+        }
+        let merged = self.merge_into_run(&leaves, (first, last), new, split);
+        let len = self.tree.len.load(Ordering::Relaxed) + merged.added - merged.displaced.len();
+        self.tree.len.store(len, Ordering::Relaxed);
+        let displaced = Displaced::new(self.tree, merged.displaced, !self.state.values_trimmed);
+        let (lo, hi) = (leaves[0].1, leaves[leaves.len() - 1].2);
+        match Store::of(self.state.height, leaves.len(), merged.entries.len()) {
+            Store::InPlace => {
+                let (leaf, gap) = Leaf::build(lo, &merged.entries, &mut self.state.pool);
+                self.replace_leaf(leaves[0].0, lo, leaf, gap);
+            }
+            Store::Rebuild => self.rebuild(&leaves, (lo, hi), merged.entries.into_vec()),
+        }
+        Ok(displaced)
+    }
+
+    /// Keeps gaps maximal: a new gap at either end of `new` absorbs the gap next to it.
+    /// Returns the interval written, `[first, last]`, widened accordingly.
+    fn widen_to_maximal_gaps(&self, mut first: u64, new: &mut NewEntries<P::Target>) -> (u64, u64) {
         let mut last = new[new.len() - 1].last;
-        // Keep gaps maximal: a new gap at either end absorbs the gap next to it.
         if new[0].value.is_null()
             && let Some(before) = first.checked_sub(1).map(|i| self.slot_at(i))
             && before.value.is_null()
@@ -199,28 +232,25 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             last = after.last;
             new.last_mut().expect("not empty").last = last;
         }
-        let leaf_level = height - 1;
-        let leaves = level_nodes(root, leaf_level, first, last);
-        let (mut lo, mut hi) = (leaves[0].1, leaves[leaves.len() - 1].2);
-        if split.is_none()
-            && let Some(cut) = range_sticking_out(&leaves, first, last)
-        {
-            for entry in new {
-                if !entry.value.is_null() {
-                    // SAFETY: the caller made these values with `into_raw` and handed them
-                    // over; none was published.
-                    drop(unsafe { P::from_raw(entry.value) });
-                }
-            }
-            return Err(cut);
-        }
+        (first, last)
+    }
 
-        let mut entries: SmallVec<[Entry<P::Target>; 2 * LEAF_SLOTS + 2]> =
-            SmallVec::with_capacity(LEAF_SLOTS * leaves.len() + 2);
+    /// The entries of the leaf run `leaves` with `[first, last]` replaced by `new`: ranges
+    /// before and after are kept, a range cut at the left keeps its value in the part before
+    /// `first`, one cut at the right keeps it (or, cut at both ends, a copy made by `split`) in
+    /// the part after `last`; values wholly inside are displaced.
+    fn merge_into_run(
+        &mut self,
+        leaves: &LevelNodes<P::Target>,
+        (first, last): (u64, u64),
+        new: NewEntries<P::Target>,
+        split: Option<SplitFn<P>>,
+    ) -> MergedRun<P::Target> {
+        let mut entries = SmallVec::with_capacity(LEAF_SLOTS * leaves.len() + 2);
         let mut added = new.iter().filter(|entry| !entry.value.is_null()).count();
         let mut new_entry = Some(new);
         let mut displaced = Vec::new();
-        for &(leaf, min, max) in &leaves {
+        for &(leaf, min, max) in leaves {
             let mut start = min;
             for entry in leaf_of(leaf).entries(max) {
                 let (s, e) = (start, entry.last);
@@ -270,27 +300,26 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             entries.append(&mut new);
         }
         entries.dedup_by(absorb_gap);
-        let len = self.tree.len.load(Ordering::Relaxed) + added - displaced.len();
-        self.tree.len.store(len, Ordering::Relaxed);
-        let displaced = Displaced::new(self.tree, displaced, !self.state.values_trimmed);
-
-        // The common case: one leaf becomes one leaf with the same interval. Only the leaf is
-        // new; it is stored into its parent's slot in place (the kernel's slot store).
-        let fits = if height == 1 {
-            1..=LEAF_SLOTS
-        } else {
-            LEAF_MIN..=LEAF_SLOTS
-        };
-        if leaves.len() == 1 && fits.contains(&entries.len()) {
-            let (leaf, gap) = Leaf::build(lo, &entries, &mut self.state.pool);
-            self.replace_leaf(leaves[0].0, lo, leaf, gap);
-            return Ok(displaced);
+        MergedRun {
+            entries,
+            displaced,
+            added,
         }
-        let mut replaced: Vec<NodePtr<P::Target>> = leaves.iter().map(|&(leaf, _, _)| leaf).collect();
-        // Beyond the one-leaf case the run may grow past the inline capacity.
-        let mut entries = entries.into_vec();
+    }
 
-        // Rebalance: an under-full run takes in a neighbouring leaf.
+    /// [`Store::Rebuild`]: the leaf run `leaves` (covering `[lo, hi]`) becomes `entries`. An
+    /// under-full run takes in a neighbouring leaf; then, level by level, the parents of the
+    /// replaced nodes are rebuilt around the new nodes up to a new root, published with one
+    /// store, and the replaced nodes are retired.
+    fn rebuild(
+        &mut self,
+        leaves: &LevelNodes<P::Target>,
+        (mut lo, mut hi): (u64, u64),
+        mut entries: Vec<Entry<P::Target>>,
+    ) {
+        let root = self.root();
+        let leaf_level = self.state.height - 1;
+        let mut replaced: Vec<NodePtr<P::Target>> = leaves.iter().map(|&(leaf, _, _)| leaf).collect();
         (lo, hi) = absorb_neighbours(
             root,
             leaf_level,
@@ -335,7 +364,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             (lo, hi) = (plo, phi);
         }
 
-        let mut height = height;
+        let mut height = self.state.height;
         while items.len() > 1 {
             items = build_internals(&items, true, &mut self.state.pool);
             height += 1;
@@ -357,7 +386,6 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         // complete before any reader can reach them.
         self.tree.root.store(new_root.as_raw(), Ordering::Release);
         self.retire(&replaced);
-        Ok(displaced)
     }
 
     /// Replaces `old`, the leaf covering the interval that starts at `first`, with `new`, which
@@ -418,6 +446,45 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         for RetiredNode(node) in ready {
             // SAFETY: the node's grace period has passed: no reader can reach it.
             unsafe { state.pool.recycle(NodePtr::<P::Target>::from_raw(node)) };
+        }
+    }
+}
+
+/// A leaf run with a write merged into it ([`Writer::merge_into_run`]).
+struct MergedRun<T> {
+    /// The run's new entries, in order.
+    entries: SmallVec<[Entry<T>; 2 * LEAF_SLOTS + 2]>,
+    /// The values the write took out, with their ranges.
+    displaced: Vec<(u64, u64, *mut T)>,
+    /// Values the write added (new ones, and copies made by splitting a range).
+    added: usize,
+}
+
+/// How a write puts its merged leaf run into the tree (the kernel's `mas_wr_store_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// One leaf becomes one leaf with the same interval: only the leaf is new, stored into its
+    /// parent's slot in place (the kernel's slot store); the ancestors' recorded gaps follow.
+    InPlace,
+    /// Anything else (the run spans leaves, or overflows or underflows one): the run and its
+    /// ancestors are rebuilt up to a new root.
+    Rebuild,
+}
+
+impl Store {
+    /// The kind of store for a run of `leaves` leaves merged into `entries` entries, in a tree
+    /// of `height` levels (a root leaf may hold from one entry up; other leaves need
+    /// `LEAF_MIN`).
+    fn of(height: usize, leaves: usize, entries: usize) -> Self {
+        let fits = if height == 1 {
+            1..=LEAF_SLOTS
+        } else {
+            LEAF_MIN..=LEAF_SLOTS
+        };
+        if leaves == 1 && fits.contains(&entries) {
+            Store::InPlace
+        } else {
+            Store::Rebuild
         }
     }
 }
