@@ -9,7 +9,7 @@
 //! backing is dropped, so a frame lives as long as the cache or a translation needs it.
 
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
-use crate::page_cache::{MAX_PAGES, PageCache};
+use crate::page_cache::{BackingError, MAX_PAGES, PageCache};
 use maple::sync::Mutex;
 use maple::sync::atomic::{AtomicU64, Ordering};
 use std::collections::BTreeMap;
@@ -20,15 +20,6 @@ use std::time::Duration;
 /// What a page never written holds (static, not on the stack: shuttle runs tasks on small
 /// stacks).
 static ZERO_PAGE: [u8; FRAME_SIZE] = [0; FRAME_SIZE];
-
-/// Why a backing could not supply a page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackingError {
-    /// The page lies beyond the end of the object (a fault there is a bus error).
-    OutsideObject,
-    /// No frame was free to hold it.
-    OutOfMemory,
-}
 
 /// A file-like object's pages, as the fault engine asks for them. Build its page cache on
 /// [`PageCache`], which counts the references (see its example). The

@@ -32,10 +32,9 @@
 //! backing's cached frames, mapped read-only in private mappings until a write copies them
 //! (copy-on-write) and writable in shared writable mappings (writes reach the file's page).
 
-use crate::backing::BackingError;
-use crate::memory::readable;
+use crate::page_cache::BackingError;
 use std::fmt;
-use vma::Mapping;
+use vma::{Mapping, Prot};
 
 /// The kind of access that faulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,4 +126,9 @@ pub fn allows(mapping: &Mapping, access: Access) -> bool {
         Access::Write => mapping.prot.write,
         Access::Exec => mapping.prot.exec,
     }
+}
+
+/// Whether `prot` lets a CPU read (x86: write and execute imply read).
+pub(crate) fn readable(prot: Prot) -> bool {
+    prot != Prot::NONE
 }

@@ -45,12 +45,12 @@ pub mod pagetable;
 mod shard;
 mod stats;
 
-pub use backing::{Backing, BackingError, File, MemBacking};
+pub use backing::{Backing, File, MemBacking};
 pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 pub use frames::{Frame, FramePool, FramePoolConfig};
 pub use memory::Memory;
 pub use mm::{Mm, MmConfig};
-pub use page_cache::PageCache;
+pub use page_cache::{BackingError, PageCache};
 pub use stats::{FaultStats, Waits};
 // What an `Mm` user needs from the VMA layer, so that a program embedding `Mm` depends on this
 // crate alone.

@@ -12,7 +12,7 @@
 //!   guard finishes first. Emptied page tables are retired to the same domain.
 
 use crate::backing::{File, MemBacking};
-use crate::engine::{Access, AccessError, Fault, FaultError, Progress};
+use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, WRITABLE};
 use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
@@ -26,7 +26,10 @@ use vma::{Backing as VmaBacking, Errno, Error, MapFlags, MappedFile, Mapping, PA
 /// memory), as [`vma::AddressSpace::mmap`] takes it.
 pub type MappedObject = Option<(Arc<dyn MappedFile>, u64)>;
 
-/// A page table and the frames behind it (see the module documentation).
+/// A page table and the frames behind it: faults decide and install entries
+/// ([`Memory::settle`], [`Memory::read_in`]), writers zap, protect and relocate them; every
+/// present entry holds one reference on its frame, and a frame removed from an entry goes
+/// back a grace period later (docs/fault.md).
 pub struct Memory {
     table: PageTable,
     frames: Arc<FramePool>,
@@ -558,9 +561,4 @@ pub(crate) fn backing_of(object: &Arc<dyn MappedFile>) -> &dyn crate::Backing {
 
 pub(crate) fn einval(reason: &'static str) -> Error {
     Error::new(Errno::EINVAL, reason)
-}
-
-/// Whether `prot` lets a CPU read (x86: write and execute imply read).
-pub(crate) fn readable(prot: Prot) -> bool {
-    prot != Prot::NONE
 }

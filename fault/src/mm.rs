@@ -259,8 +259,8 @@ impl Mm {
 }
 
 impl Mm {
-    /// Resolves a fault at `addr` as a CPU's page-fault handler would (see the module
-    /// documentation for the paths). Never takes an address-space lock; waits only for a VMA
+    /// Resolves a fault at `addr` as a CPU's page-fault handler would (the fast and slow paths:
+    /// docs/fault.md). Never takes an address-space lock; waits only for a VMA
     /// that a writer is setting up (BABY) and for file reads.
     ///
     /// # Examples

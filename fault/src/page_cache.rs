@@ -13,11 +13,19 @@
 //!   allocated on first use, so it costs only what is cached); its tables are never unlinked
 //!   before the cache is dropped, so lookups need no guard.
 
-use crate::backing::BackingError;
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{ADDRESS_LIMIT, PageTable, Pte};
 use maple::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Why a backing (or its page cache) could not supply a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackingError {
+    /// The page lies beyond the end of the object (a fault there is a bus error).
+    OutsideObject,
+    /// No frame was free to hold it.
+    OutOfMemory,
+}
 
 /// The most pages a cache can index: 2^36 (256 TiB of 4 KiB pages).
 pub const MAX_PAGES: u64 = ADDRESS_LIMIT / FRAME_SIZE as u64;

@@ -41,7 +41,8 @@ struct Heap {
 }
 
 /// A process address space: VMAs in an RCU-safe maple tree, faults find them without locks,
-/// and mmap/munmap/mprotect/mremap/brk change them through one protocol (see the module docs).
+/// and mmap/munmap/mprotect/mremap/brk change them through one protocol (see the
+/// [crate documentation](crate) and docs/vma.md).
 pub struct AddressSpace {
     protocol: Protocol,
     layout: Layout,

@@ -87,21 +87,47 @@ pub fn build(name: &str, config: DesignConfig, frames: Arc<FramePool>) -> Option
     })
 }
 
+/// What every design stands on: its name, the address space's bounds, the page table and frames
+/// it shares with the other designs' code, and the RCU domain translations' frames are released
+/// to (readers copy under its guards).
+#[derive(Clone, Copy)]
+pub struct Parts<'a> {
+    /// One of [`NAMES`].
+    pub name: &'static str,
+    /// The address space's bounds.
+    pub layout: Layout,
+    /// The page table and frames.
+    pub memory: &'a Memory,
+    /// The RCU domain of the translations.
+    pub rcu: &'a DefaultRcu,
+}
+
 /// An address-space design: mmap / munmap / mprotect / mremap / MADV_DONTNEED and faults, with
 /// Linux's semantics and errors (arguments are checked by the provided methods with
 /// `vma::request`, the same checks `vma::AddressSpace` makes).
 pub trait Design: Send + Sync {
+    /// What the design stands on (see [`Parts`]).
+    fn parts(&self) -> Parts<'_>;
+
     /// The design's name (one of [`NAMES`]).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.parts().name
+    }
 
     /// The address space's bounds.
-    fn layout(&self) -> Layout;
+    fn layout(&self) -> Layout {
+        self.parts().layout
+    }
 
     /// The page table and frames.
-    fn memory(&self) -> &Memory;
+    fn memory(&self) -> &Memory {
+        self.parts().memory
+    }
 
     /// The RCU domain translations' frames are released to (readers copy under its guards).
-    fn rcu(&self) -> &DefaultRcu;
+    fn rcu(&self) -> &DefaultRcu {
+        self.parts().rcu
+    }
 
     /// Applies a checked change; returns the mapped address for [`Op::Map`].
     fn change(&self, op: Op) -> vma::Result<u64>;

@@ -22,7 +22,7 @@
 //! releasing the mmap lock. Faults on VMAs no writer touches never wait.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
+use super::{Design, Parts, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -171,20 +171,13 @@ impl PerVmaDesign {
 }
 
 impl Design for PerVmaDesign {
-    fn name(&self) -> &'static str {
-        "pervma"
-    }
-
-    fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    fn memory(&self) -> &Memory {
-        &self.memory
-    }
-
-    fn rcu(&self) -> &DefaultRcu {
-        self.tree.rcu()
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            name: "pervma",
+            layout: self.layout,
+            memory: &self.memory,
+            rcu: self.tree.rcu(),
+        }
     }
 
     fn change(&self, op: Op) -> vma::Result<u64> {

@@ -18,7 +18,7 @@
 //! writer.
 
 use super::vma_map::{Flush, Op, Planned, VmaMap};
-use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
+use super::{Design, Parts, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::{Condvar, Mutex, MutexGuard};
@@ -181,20 +181,13 @@ impl RangeLockDesign {
 }
 
 impl Design for RangeLockDesign {
-    fn name(&self) -> &'static str {
-        "rangelock"
-    }
-
-    fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    fn memory(&self) -> &Memory {
-        &self.memory
-    }
-
-    fn rcu(&self) -> &DefaultRcu {
-        &self.rcu
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            name: "rangelock",
+            layout: self.layout,
+            memory: &self.memory,
+            rcu: &self.rcu,
+        }
     }
 
     fn change(&self, op: Op) -> vma::Result<u64> {

@@ -2,11 +2,10 @@
 //! on (`rcu`) or off (`rcu-refonly`: every fault takes a VMA reference).
 
 use super::vma_map::Op;
-use super::{Design, DesignConfig};
-use fault::{Access, Fault, FaultError, FramePool, Memory, Mm, MmConfig};
-use maple::rcu::DefaultRcu;
+use super::{Design, DesignConfig, Parts};
+use fault::{Access, Fault, FaultError, FramePool, Mm, MmConfig};
 use std::sync::Arc;
-use vma::{Layout, Prot};
+use vma::Prot;
 
 /// See the module documentation.
 pub struct RcuDesign {
@@ -35,20 +34,13 @@ impl RcuDesign {
 }
 
 impl Design for RcuDesign {
-    fn name(&self) -> &'static str {
-        if self.fast_path { "rcu" } else { "rcu-refonly" }
-    }
-
-    fn layout(&self) -> Layout {
-        self.mm.space().layout()
-    }
-
-    fn memory(&self) -> &Memory {
-        self.mm.memory()
-    }
-
-    fn rcu(&self) -> &DefaultRcu {
-        self.mm.space().rcu()
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            name: if self.fast_path { "rcu" } else { "rcu-refonly" },
+            layout: self.mm.space().layout(),
+            memory: self.mm.memory(),
+            rcu: self.mm.space().rcu(),
+        }
     }
 
     fn change(&self, op: Op) -> vma::Result<u64> {

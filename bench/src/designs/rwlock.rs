@@ -4,7 +4,7 @@
 //! not model); writers hold it for writing while they change the map and flush.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, bounded, discard_in, fault_locked, flush, page_in, timed};
+use super::{Design, Parts, bounded, discard_in, fault_locked, flush, page_in, timed};
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::{RwLock, RwLockReadGuard};
@@ -39,20 +39,13 @@ impl RwLockDesign {
 }
 
 impl Design for RwLockDesign {
-    fn name(&self) -> &'static str {
-        "rwlock"
-    }
-
-    fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    fn memory(&self) -> &Memory {
-        &self.memory
-    }
-
-    fn rcu(&self) -> &DefaultRcu {
-        &self.rcu
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            name: "rwlock",
+            layout: self.layout,
+            memory: &self.memory,
+            rcu: &self.rcu,
+        }
     }
 
     fn change(&self, op: Op) -> vma::Result<u64> {

@@ -12,7 +12,7 @@
 //! there and read old contents through it.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, bounded, discard_in, fault_locked, flush, page_in};
+use super::{Design, Parts, bounded, discard_in, fault_locked, flush, page_in};
 use arc_swap::ArcSwap;
 use fault::{Access, Fault, FaultError, Memory};
 use maple::rcu::DefaultRcu;
@@ -79,20 +79,13 @@ impl SnapshotDesign {
 }
 
 impl Design for SnapshotDesign {
-    fn name(&self) -> &'static str {
-        "snapshot"
-    }
-
-    fn layout(&self) -> Layout {
-        self.layout
-    }
-
-    fn memory(&self) -> &Memory {
-        &self.memory
-    }
-
-    fn rcu(&self) -> &DefaultRcu {
-        &self.rcu
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            name: "snapshot",
+            layout: self.layout,
+            memory: &self.memory,
+            rcu: &self.rcu,
+        }
     }
 
     fn change(&self, op: Op) -> vma::Result<u64> {

@@ -60,7 +60,7 @@ use std::time::Instant;
 
 /// Fenced sections a reader runs in a row, with no grace period started meanwhile, before it moves
 /// its domain back to FAST, at first and at least: about one heavy barrier's cost in reader
-/// fences (64 × 12–15 ns against 0.2–3 µs; see the module documentation). The domain doubles it
+/// fences (64 × 12–15 ns against 0.2–3 µs; docs/design.md, *Biased reader fences*). The domain doubles it
 /// each time a FAST period turns out too short for its heavy barrier to have paid off, and halves
 /// it back each time one was long enough, up to [`MAX_QUIET_SECTIONS`].
 pub const QUIET_SECTIONS: u64 = if cfg!(feature = "shuttle") { 2 } else { 64 };

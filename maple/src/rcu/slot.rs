@@ -81,7 +81,7 @@ use std::marker::PhantomData;
 /// is taken moves on to the next free one, and waits only if all are taken.
 pub const READER_SLOTS: usize = 128;
 
-/// Slots owned by the threads numbered below this (see the module documentation); the rest are
+/// Slots owned by the threads numbered below this (docs/design.md, *RCU*); the rest are
 /// shared. Under shuttle only one (the task numbered 0's), so that scenarios run in both kinds.
 pub const OWNED_SLOTS: usize = if cfg!(feature = "shuttle") { 1 } else { 112 };
 
@@ -109,7 +109,9 @@ struct Slot {
     quiet: QuietCount,
 }
 
-/// Precise RCU over per-thread reader slots. See the module documentation.
+/// Precise RCU over per-thread reader slots: owned slots for threads numbered below
+/// [`OWNED_SLOTS`], shared ones above, grace periods that wait for exactly the sections running
+/// at their start (docs/design.md, *RCU*, describes the algorithm and its orderings).
 #[derive(Debug)]
 pub struct SlotRcu {
     slots: Box<[Slot]>,
