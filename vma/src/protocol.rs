@@ -34,7 +34,7 @@ use maple::rcu::{DefaultRcu, Keys, Rcu as _};
 use maple::sync::atomic::{AtomicU64, Ordering};
 use maple::{Displaced, MapleTree, Writer};
 use smallvec::SmallVec;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the fault layer must do to its translations when mappings change (step 6 of the
 /// protocol). Called by writers, with the tree's writer lock held, after the old VMAs of the
@@ -114,9 +114,9 @@ impl Revoked {
     ///
     /// # Panics
     /// If called inside a read-side section.
-    pub fn wait(&self, rcu: &DefaultRcu) -> std::time::Duration {
+    pub fn wait(&self, rcu: &DefaultRcu) -> Duration {
         if self.is_empty() {
-            return std::time::Duration::ZERO;
+            return Duration::ZERO;
         }
         rcu.synchronize_timed_for(|keys| {
             self.ranges
@@ -429,8 +429,7 @@ impl Protocol {
                 self.stats.reference_waits.fetch_add(1, Ordering::Relaxed);
                 self.events
                     .wait_until(|| displaced.iter().all(|(_, _, vma)| vma.drained()));
-                let waited = started.elapsed().as_nanos() as u64;
-                self.stats.reference_wait_ns.fetch_add(waited, Ordering::Relaxed);
+                add_wait(&self.stats.reference_wait_ns, started.elapsed());
             }
             // 4 and 5. A grace period, then free them.
             if self.skips(BrokenStep::WaitForEveryone) {
@@ -448,10 +447,7 @@ impl Protocol {
                 displaced.reclaim_timed()
             };
             freed.into_iter().for_each(|(_, _, vma)| vma.free());
-            if !waited.is_zero() {
-                let waited = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-                self.stats.grace_period_ns.fetch_add(waited, Ordering::Relaxed);
-            }
+            add_wait(&self.stats.grace_period_ns, waited);
             // 6. Flush the changed ranges.
             let rcu = self.rcu();
             for &op in flush {
@@ -481,14 +477,23 @@ impl Protocol {
     /// Waits for the read-side sections that may still be accessing memory through the
     /// translations `revoked` names (step 8 of the protocol, and MADV_DONTNEED's after it clears
     /// translations), and counts the wait. Call it with no guard held.
-    pub fn await_revoked(&self, revoked: &Revoked) {
+    pub(crate) fn await_revoked(&self, revoked: &Revoked) {
         if revoked.is_empty() || self.skips(BrokenStep::RevocationWait) {
             return;
         }
         let waited = revoked.wait(self.rcu());
         self.stats.revocations.fetch_add(1, Ordering::Relaxed);
-        let waited = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-        self.stats.revocation_wait_ns.fetch_add(waited, Ordering::Relaxed);
+        add_wait(&self.stats.revocation_wait_ns, waited);
+    }
+}
+
+/// Adds a writer's wait to one of the statistics' nanosecond counters (a zero wait, the common
+/// case, touches nothing).
+fn add_wait(counter: &AtomicU64, waited: Duration) {
+    if !waited.is_zero() {
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: a statistic, read on its own.
+        counter.fetch_add(nanos, Ordering::Relaxed);
     }
 }
 
