@@ -10,7 +10,7 @@
 use fault::{Access, Fault, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
 use maple::sync::atomic::{AtomicBool, Ordering};
 use maple::sync::{Arc, thread};
-use maple::testing::check_random_and_pct as check_both;
+use maple::testing::{assert_broken_variant_fails, check_random_and_pct as check_both};
 use vma::{BrokenStep, MapFlags, Prot, RemapFlags};
 
 #[path = "../../vma/tests/support/shuttle_space.rs"]
@@ -75,23 +75,12 @@ fn assert_nothing_leaked(mm: &Mm, cached: usize) {
 /// Runs a broken variant, which must fail with a panic whose message contains one of
 /// `expected` (or the VMA layer's use-after-free detection).
 fn must_fail(test: impl Fn() + Send + Sync + 'static, expected: &[&str]) {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_both(STEPS, test)));
-    let Err(panic) = outcome else {
-        panic!("the broken variant passed");
-    };
-    let message = panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
-    eprintln!("the broken variant failed as it must: {message}");
-    assert!(
-        expected
-            .iter()
-            .chain(&["used after it was freed"])
-            .any(|e| message.contains(e)),
-        "unexpected failure: {message}"
-    );
+    let expected: Vec<&str> = expected
+        .iter()
+        .copied()
+        .chain(["used after it was freed"])
+        .collect();
+    assert_broken_variant_fails(STEPS, &expected, test);
 }
 
 /// What the page that races munmap is.

@@ -71,11 +71,61 @@ impl Rng {
 }
 
 /// Runs `test` under shuttle's random scheduler and its PCT scheduler (bug depth 3),
-/// `SHUTTLE_ITERATIONS` times each (default 1,000). A schedule longer than `max_steps`
-/// scheduling points fails the test: it catches livelocks, such as a waiter spinning on a
-/// condition that never comes true. The one runner every shuttle suite of maplevm uses.
+/// `SHUTTLE_ITERATIONS` times each (default 1,000), from fresh random seeds: every run
+/// explores schedules earlier runs did not, and a failure prints the schedule to pass to
+/// `shuttle::replay`. A schedule longer than `max_steps` scheduling points fails the test: it
+/// catches livelocks, such as a waiter spinning on a condition that never comes true. The one
+/// runner every shuttle suite of maplevm uses for the correct protocol.
 #[cfg(feature = "shuttle")]
 pub fn check_random_and_pct(max_steps: usize, test: impl Fn() + Send + Sync + 'static) {
+    run_both(max_steps, None, std::sync::Arc::new(test));
+}
+
+/// How many seeded rounds [`assert_broken_variant_fails`] tries before it calls a broken
+/// variant undetected.
+#[cfg(feature = "shuttle")]
+pub const BROKEN_VARIANT_ROUNDS: u64 = 8;
+
+/// Proves a test can fail: runs `test` (a deliberately broken variant of a protocol) under
+/// both schedulers from fixed seeds, round after round (at most [`BROKEN_VARIANT_ROUNDS`]),
+/// until it fails, and requires the failure's message to contain one of `expected`. The
+/// seeds are fixed so that whether the broken variant is caught does not depend on luck: the
+/// outcome is the same on every run of the same code, and a change that hides the bug from
+/// every round shows at once instead of as a rare flake.
+///
+/// # Panics
+/// If no round fails, or one fails for a reason none of `expected` names.
+#[cfg(feature = "shuttle")]
+pub fn assert_broken_variant_fails(
+    max_steps: usize,
+    expected: &[&str],
+    test: impl Fn() + Send + Sync + 'static,
+) {
+    let test = std::sync::Arc::new(test);
+    for round in 0..BROKEN_VARIANT_ROUNDS {
+        let test = test.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_both(max_steps, Some(round), test)
+        }));
+        let Err(panic) = outcome else { continue };
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        eprintln!("the broken variant failed as it must (round {round}): {message}");
+        assert!(
+            expected.iter().any(|e| message.contains(e)),
+            "the broken variant failed for another reason: {message}"
+        );
+        return;
+    }
+    panic!("the broken variant passed {BROKEN_VARIANT_ROUNDS} seeded rounds");
+}
+
+/// One random-scheduler run and one PCT run of `test`, from `seed` or from fresh random seeds.
+#[cfg(feature = "shuttle")]
+fn run_both(max_steps: usize, seed: Option<u64>, test: std::sync::Arc<dyn Fn() + Send + Sync>) {
     use shuttle::scheduler::{PctScheduler, RandomScheduler};
     let iterations = std::env::var("SHUTTLE_ITERATIONS")
         .ok()
@@ -86,8 +136,14 @@ pub fn check_random_and_pct(max_steps: usize, test: impl Fn() + Send + Sync + 's
         config.max_steps = shuttle::MaxSteps::FailAfter(max_steps);
         config
     };
-    let test = std::sync::Arc::new(test);
-    let random = test.clone();
-    shuttle::Runner::new(RandomScheduler::new(iterations), config()).run(move || random());
-    shuttle::Runner::new(PctScheduler::new(3, iterations), config()).run(move || test());
+    let (random, pct) = match seed {
+        Some(seed) => (
+            RandomScheduler::new_from_seed(seed, iterations),
+            PctScheduler::new_from_seed(seed, 3, iterations),
+        ),
+        None => (RandomScheduler::new(iterations), PctScheduler::new(3, iterations)),
+    };
+    let random_test = test.clone();
+    shuttle::Runner::new(random, config()).run(move || random_test());
+    shuttle::Runner::new(pct, config()).run(move || test());
 }

@@ -8,7 +8,7 @@ mod no_grace;
 mod scenarios;
 
 use maple::rcu::{Rcu, SlotRcu};
-use maple::testing::check_random_and_pct;
+use maple::testing::{assert_broken_variant_fails, check_random_and_pct};
 use scenarios::NoGrace;
 
 /// Scheduling points one schedule may take before it counts as a livelock.
@@ -82,15 +82,19 @@ fn retired_freed_after_last_guard() {
 }
 
 #[test]
-#[should_panic(expected = "synchronize returned while an earlier guard was held")]
 fn broken_synchronize_is_caught() {
-    check_both(|| scenarios::synchronize_waits_for_earlier_reader::<NoGrace<SlotRcu>>(4));
+    assert_broken_variant_fails(
+        MAX_STEPS,
+        &["synchronize returned while an earlier guard was held"],
+        || scenarios::synchronize_waits_for_earlier_reader::<NoGrace<SlotRcu>>(4),
+    );
 }
 
 #[test]
-#[should_panic(expected = "poisoned")]
 fn broken_retire_is_caught() {
-    check_both(|| scenarios::retired_never_freed_under_reader::<NoGrace<SlotRcu>>(3, 2, 2, 2));
+    assert_broken_variant_fails(MAX_STEPS, &["poisoned"], || {
+        scenarios::retired_never_freed_under_reader::<NoGrace<SlotRcu>>(3, 2, 2, 2)
+    });
 }
 
 /// A reader runs quiet runs of sections (so that its domain's readers go unfenced between the
@@ -136,7 +140,10 @@ fn unfenced_sections_hold_up_writers_switching_the_mode() {
 }
 
 #[test]
-#[should_panic(expected = "synchronize returned while an earlier guard was held")]
 fn broken_synchronize_beside_unfenced_sections_is_caught() {
-    check_both(unfenced_sections_hold_up_grace_periods::<NoGrace<SlotRcu>>);
+    assert_broken_variant_fails(
+        MAX_STEPS,
+        &["synchronize returned while an earlier guard was held"],
+        unfenced_sections_hold_up_grace_periods::<NoGrace<SlotRcu>>,
+    );
 }
