@@ -10,7 +10,7 @@
 //! median of the rounds' ratios is the figure to quote (`bench fault-cost`).
 
 use crate::unsync_engine::UnsyncEngine;
-use fault::{Access, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+use fault::{Access, File, FramePool, FramePoolConfig, Mm, MmConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vma::{MapFlags, PAGE_SIZE, Prot};
@@ -93,14 +93,13 @@ impl Maplevm {
     /// Reads a private mapping of a file whose pages are all in its cache.
     pub fn cached_file() -> Self {
         Self::new(true, |mm| {
-            let backing = MemBacking::zeroed("/cached", mm.frames(), PAGES * PAGE_SIZE);
-            let backing = Arc::new(backing.expect("a small object"));
-            for page in 0..PAGES {
-                let frame = fault::Backing::read_page(&*backing, page).expect("read a page");
-                // SAFETY: the reference read_page handed us; the page cache keeps its own.
-                unsafe { mm.frames().put(frame) };
+            let file = File::zeroed("/cached", mm.frames(), PAGES * PAGE_SIZE).expect("a small file");
+            // Reading every page brings it into the page cache.
+            let mut page = vec![0; PAGE_SIZE as usize];
+            for pgoff in 0..PAGES {
+                file.read_at(pgoff * PAGE_SIZE, &mut page).expect("read a page");
             }
-            Mapping::CachedFile(File::new(backing))
+            Mapping::CachedFile(file)
         })
     }
 
@@ -129,8 +128,7 @@ impl FaultTarget for Maplevm {
             }
             Mapping::CachedFile(file) => file,
             Mapping::ColdFile => {
-                let backing = MemBacking::zeroed("/cold", self.mm.frames(), len).expect("a small object");
-                cold = File::new(Arc::new(backing));
+                cold = File::zeroed("/cold", self.mm.frames(), len).expect("a small file");
                 &cold
             }
         };

@@ -7,7 +7,7 @@
 //! that fails is a workload error (none should).
 
 use crate::designs::{self, Design, DesignConfig};
-use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Waits};
+use fault::{Access, FaultError, File, FramePool, FramePoolConfig, Waits};
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -368,8 +368,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             regions.extend((0..threads as u64).map(|t| start + t * len));
         }
         Workload::SharedFile => {
-            let backing = MemBacking::zeroed("shared-file", &frames, len).map_err(|e| e.to_string())?;
-            file = Some(File::new(Arc::new(backing)));
+            file = Some(File::zeroed("shared-file", &frames, len).map_err(|e| e.to_string())?);
         }
         Workload::PrivateChurn => {}
     }

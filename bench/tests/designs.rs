@@ -4,7 +4,7 @@
 #![cfg(not(feature = "shuttle"))]
 
 use bench::designs::{self, Design, DesignConfig, NAMES, PerVmaDesign};
-use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Memory};
+use fault::{Access, FaultError, File, FramePool, FramePoolConfig, Memory};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use vma::{Errno, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
@@ -47,12 +47,11 @@ fn read(design: &dyn Design, addr: u64, len: usize) -> Vec<u8> {
 }
 
 /// A file of `pages` pages, page `i` filled with byte `fill + i`.
-fn file(design: &dyn Design, pages: usize, fill: u8) -> (Arc<MemBacking>, Arc<File>) {
+fn file(design: &dyn Design, pages: usize, fill: u8) -> Arc<File> {
     let contents: Vec<u8> = (0..pages)
         .flat_map(|i| std::iter::repeat_n(fill.wrapping_add(i as u8), P as usize))
         .collect();
-    let backing = Arc::new(MemBacking::new("file", design.memory().frames(), &contents));
-    (backing.clone(), File::new(backing))
+    File::new("file", design.memory().frames(), &contents)
 }
 
 /// Unmaps everything and checks that every frame and table went back.
@@ -117,7 +116,7 @@ fn read_only_refuses_writes_and_keeps_data() {
 #[test]
 fn private_file_writes_stay_private_shared_ones_reach_the_file() {
     for_each_design(|d| {
-        let (backing, file) = file(d, 2, 10);
+        let file = file(d, 2, 10);
         let private = d
             .mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0)))
             .unwrap();
@@ -134,18 +133,18 @@ fn private_file_writes_stay_private_shared_ones_reach_the_file() {
         d.write(shared + P, b"s").unwrap();
         assert_eq!(read(d, other, 1), b"s", "shared writes reach other mappings");
         let mut byte = [0];
-        backing.read_at(P, &mut byte).unwrap();
+        file.read_at(P, &mut byte).unwrap();
         assert_eq!(&byte, b"s", "and the file");
         assert_eq!(read(d, private + P, 1), b"p");
         drop(file);
-        assert_nothing_leaked(d, backing.cached_pages());
+        assert_nothing_leaked(d, 0);
     });
 }
 
 #[test]
 fn map_fixed_shows_the_new_mapping_never_the_old() {
     for_each_design(|d| {
-        let (backing, file) = file(d, 1, 42);
+        let file = file(d, 1, 42);
         let a = anon(d, 2, Prot::READ_WRITE);
         d.write(a, &[9; 2 * P as usize]).unwrap();
         d.mmap(a, P, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS.fixed(), None)
@@ -165,7 +164,7 @@ fn map_fixed_shows_the_new_mapping_never_the_old() {
             .unwrap_err();
         assert_eq!(err.errno, Errno::EEXIST);
         drop(file);
-        assert_nothing_leaked(d, backing.cached_pages());
+        assert_nothing_leaked(d, 0);
     });
 }
 
@@ -395,8 +394,7 @@ fn every_design_agrees_with_the_address_space() {
         .iter()
         .map(|name| designs::build(name, DesignConfig::default(), frames.clone()).unwrap())
         .collect();
-    let backing = Arc::new(MemBacking::zeroed("f", &frames, 64 * P).unwrap());
-    let file = File::new(backing);
+    let file = File::zeroed("f", &frames, 64 * P).unwrap();
     let base = Layout::X86_64.mmap_base - 48 * P;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move |n: u64| {

@@ -6,8 +6,11 @@
 //!
 //! - [`frames`]: the frame pool (4 KiB frames with reference counts, per-thread free lists);
 //! - [`pagetable`]: a lock-free 4-level page table;
-//! - [`backing`]: file-like objects (the [`Backing`] trait, [`MemBacking`], [`File`]);
-//! - [`page_cache`]: [`PageCache`], the safe building block of a backing's page cache;
+//! - [`File`]: an object any number of address spaces map — its page cache, size and reverse
+//!   map, and the file-side calls (`read_at`, `write_at`, `set_len`, `punch_hole`): see
+//!   docs/files.md;
+//! - [`backing`]: the storage under a file's page cache (the [`Backing`] trait,
+//!   [`MemBacking`]);
 //! - [`Memory`]: a page table and its frames, with the fault-side install (`settle`,
 //!   `read_in`) and the writer-side flushes, for any design that finds VMAs its own way;
 //! - the engine ([`Mm::fault`]): an RCU-only fast path and a slow path that holds a VMA
@@ -37,20 +40,22 @@
 
 pub mod backing;
 mod engine;
+mod file;
 pub mod frames;
 mod memory;
 mod mm;
-pub mod page_cache;
+mod page_cache;
 pub mod pagetable;
 mod shard;
 mod stats;
 
-pub use backing::{Backing, File, MemBacking};
+pub use backing::{Backing, MemBacking};
 pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows};
+pub use file::{File, MAX_FILE_LEN, Mapper};
 pub use frames::{Frame, FramePool, FramePoolConfig};
 pub use memory::Memory;
 pub use mm::{Mm, MmConfig};
-pub use page_cache::{BackingError, PageCache};
+pub use page_cache::BackingError;
 pub use stats::{FaultStats, Waits};
 // What an `Mm` user needs from the VMA layer, so that a program embedding `Mm` depends on this
 // crate alone.

@@ -11,16 +11,17 @@
 //!   ([`Memory::release_later`]): a `read`/`write` copying through the old translation under a
 //!   guard finishes first. Emptied page tables are retired to the same domain.
 
-use crate::backing::{File, MemBacking};
+use crate::file::{File, Lookup};
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, WRITABLE};
 use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
 use maple::Guard;
 use maple::rcu::{DefaultRcu, DropBox, Keys, Rcu};
+use maple::sync::Mutex;
 use maple::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use vma::{Backing as VmaBacking, Errno, Error, MapFlags, MappedFile, Mapping, PAGE_SIZE, Prot};
+use vma::{Backing as VmaBacking, Errno, Error, MapFlags, MappedFile, Mapping, PAGE_SIZE, Prot, Revoked};
 
 /// What a file mapping maps: the object and the byte offset in it (`None` for anonymous
 /// memory), as [`vma::AddressSpace::mmap`] takes it.
@@ -36,6 +37,9 @@ pub struct Memory {
     zero_fill: bool,
     counters: Counters,
     waits: WaitClock,
+    /// Held while translations move between addresses (mremap), and by a file's invalidation
+    /// while it removes this table's translations of the file: it never misses one in flight.
+    relocation: Mutex<()>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -73,14 +77,6 @@ enum Attempt {
     Blocking(u64),
 }
 
-/// What [`Memory::file_frame`] found for a missing entry of a file mapping.
-enum FilePage {
-    /// The frame to map, with one reference for the entry, and the entry's flags.
-    Frame(Frame, u64),
-    /// The page at this page offset must be read first.
-    Blocking(u64),
-}
-
 impl Memory {
     /// An empty page table over `frames`; anonymous frames are zero-filled when `zero_fill`
     /// (off only to measure what zeroing costs: anonymous memory then shows stale bytes).
@@ -91,6 +87,7 @@ impl Memory {
             zero_fill,
             counters: Counters::new(),
             waits: WaitClock::default(),
+            relocation: Mutex::new(()),
         }
     }
 
@@ -156,7 +153,36 @@ impl Memory {
     /// Moves the translations of `[from, from + len)` to `[to, to + len)`; returns whether one
     /// moved (and so was revoked at its old address).
     pub fn relocate(&self, from: u64, to: u64, len: u64) -> bool {
+        let _relocation = self.relocation.lock().unwrap_or_else(|e| e.into_inner());
         self.table.relocate(from, to, len)
+    }
+
+    /// Removes the translations of `file`'s pages `[first, end)` that `mapper` (this memory's
+    /// owner, whose VMAs find pages in this table) installed: all of them when `even_cows`,
+    /// else those mapping the file's frames. Holds the relocation lock, so none moves away
+    /// meanwhile; walks the table inside sections of `rcu` (the owner's domain, where emptied
+    /// tables are retired) and releases the frames a grace period later. Returns what was
+    /// revoked; the caller waits for it ([`Revoked::wait`]) with no lock held.
+    pub fn unmap_file_pages(
+        &self,
+        mapper: &dyn crate::Mapper,
+        file: &File,
+        (first, end): (u64, u64),
+        even_cows: bool,
+        rcu: &DefaultRcu,
+    ) -> Revoked {
+        let mut revoked = Revoked::new();
+        let _relocation = self.relocation.lock().unwrap_or_else(|e| e.into_inner());
+        for (start, stop) in file.mapped_ranges(mapper, first, end) {
+            let guard = Guard::keyed(rcu, Keys::new(start, stop - 1));
+            let frames = self
+                .table
+                .clear_if(start, stop, |pte| even_cows || !pte.private());
+            drop(guard);
+            revoked.record(!frames.is_empty(), start, stop);
+            self.release_later(frames, (start, stop), rcu);
+        }
+        revoked
     }
 
     /// Drops the pages of `[start, end)` (MADV_DONTNEED), releasing their frames after a grace
@@ -195,17 +221,18 @@ impl Memory {
             if len > memory {
                 return Err(Error::new(Errno::ENOMEM, "longer than the frame pool"));
             }
-            let shmem = MemBacking::zeroed("/dev/zero (deleted)", &self.frames, len)?;
+            let shmem = File::zeroed("/dev/zero (deleted)", &self.frames, len)
+                .map_err(|_| Error::new(Errno::ENOMEM, "longer than a shared object can be"))?;
             let flags = MapFlags {
                 anonymous: false,
                 ..flags
             };
-            let object: Arc<dyn MappedFile> = File::new(Arc::new(shmem));
+            let object: Arc<dyn MappedFile> = shmem;
             return Ok((flags, Some((object, 0))));
         }
         let object = match file {
             Some((file, offset)) => {
-                if !Arc::ptr_eq(file.backing().frames(), &self.frames) {
+                if !Arc::ptr_eq(file.frames(), &self.frames) {
                     return Err(einval("the file caches its pages in another frame pool"));
                 }
                 let object: Arc<dyn MappedFile> = file.clone();
@@ -242,8 +269,8 @@ impl Memory {
     }
 
     /// Decides what the entry of `page` must become for an `access` through `mapping` and
-    /// installs it, until the page is resolved or its file page must be read (blocking: see
-    /// [`Memory::read_in`]). `read` is a file page already read (taken when used).
+    /// installs it, until the page is resolved or its file page must be read in (blocking: see
+    /// [`Memory::read_in`]).
     ///
     /// The caller holds `guard` (the page-table walk may meet tables being freed) and makes
     /// sure that `mapping` covers `page` and permits `access` (see [`allows`](crate::allows)), and that no
@@ -258,14 +285,13 @@ impl Memory {
         mapping: &Mapping,
         page: u64,
         access: Access,
-        read: &mut Option<Frame>,
         _guard: &Guard<'_, DefaultRcu>,
     ) -> Result<Progress, FaultError> {
         debug_assert!(page < ADDRESS_LIMIT && page % PAGE_SIZE == 0);
         debug_assert!(mapping.start <= page && page < mapping.end);
         let entry = self.table.entry_or_insert(page);
         loop {
-            match self.attempt(mapping, page, access, entry, read)? {
+            match self.attempt(mapping, page, access, entry)? {
                 Attempt::Done(fault) => return Ok(Progress::Done(fault)),
                 Attempt::Blocking(pgoff) => return Ok(Progress::Blocking(pgoff)),
                 Attempt::Again => self.counters.bump(Counter::Retries),
@@ -273,10 +299,11 @@ impl Memory {
         }
     }
 
-    /// The slow path after [`Memory::settle`] answered [`Progress::Blocking`]: reads the file
-    /// page with no guard held (it may block), then settles under a guard of `rcu`, reading again
-    /// if the backing dropped the page meanwhile. The caller keeps `mapping` valid throughout as
-    /// for `settle` (a VMA reference, or a lock held across the read).
+    /// The slow path after [`Memory::settle`] answered [`Progress::Blocking`]: brings the file
+    /// page into the file's page cache with no guard held (it may block, and waits while a
+    /// truncate or hole punch covers the page), then settles under a guard of `rcu`, reading
+    /// again if the page left the cache meanwhile. The caller keeps `mapping` valid throughout
+    /// as for `settle` (a VMA reference, or a lock held across the read).
     pub fn read_in(
         &self,
         mapping: &Mapping,
@@ -288,19 +315,15 @@ impl Memory {
         let VmaBacking::File(object) = &mapping.backing else {
             unreachable!("only file pages block");
         };
-        let backing = backing_of(object);
+        let file = file_of(object);
         loop {
-            let mut read = Some(backing.read_page(pgoff)?);
+            file.read_in(pgoff)?;
             let guard = Guard::new(rcu);
-            let progress = self.settle(mapping, page, access, &mut read, &guard);
+            let progress = self.settle(mapping, page, access, &guard);
             drop(guard);
-            if let Some(frame) = read {
-                // SAFETY: the reference read_page gave us, not used by any translation.
-                unsafe { self.frames.put(frame) };
-            }
             match progress? {
                 Progress::Done(fault) => return Ok(fault),
-                // The backing dropped the page again before we installed it: read again.
+                // The page left the cache before we installed it: read it in again.
                 Progress::Blocking(again) => pgoff = again,
             }
         }
@@ -308,17 +331,10 @@ impl Memory {
 
     /// One decision: what the entry must become, prepared and installed with one
     /// compare-and-swap. The new anonymous page is the straight line; changing a present entry
-    /// and finding a file page are out of line, so that the common fault carries none of their
+    /// and mapping a file page are out of line, so that the common fault carries none of their
     /// work.
     #[inline]
-    fn attempt(
-        &self,
-        mapping: &Mapping,
-        page: u64,
-        access: Access,
-        entry: &AtomicU64,
-        read: &mut Option<Frame>,
-    ) -> Result<Attempt, FaultError> {
+    fn attempt(&self, mapping: &Mapping, page: u64, access: Access, entry: &AtomicU64) -> Result<Attempt, FaultError> {
         // Acquire pairs with the Release of the CAS that installed the entry: the frame's
         // contents are visible.
         let current = Pte(entry.load(Ordering::Acquire));
@@ -331,24 +347,20 @@ impl Memory {
         }
         let writable = if mapping.prot.write { WRITABLE } else { 0 };
         let dirty = if write { DIRTY | ACCESSED } else { ACCESSED };
-        let (frame, flags) = match &mapping.backing {
+        let frame = match &mapping.backing {
             VmaBacking::Anonymous => {
                 let frame = if self.zero_fill {
                     self.frames.alloc_zeroed()
                 } else {
                     self.frames.alloc()
                 };
-                (frame.ok_or(FaultError::OutOfMemory)?, PRIVATE | writable | dirty)
+                frame.ok_or(FaultError::OutOfMemory)?
             }
             VmaBacking::File(object) => {
-                let allowed = writable | dirty;
-                match self.file_frame(mapping, page, write, allowed, backing_of(object), read)? {
-                    FilePage::Frame(frame, flags) => (frame, flags),
-                    FilePage::Blocking(pgoff) => return Ok(Attempt::Blocking(pgoff)),
-                }
+                return self.map_file_page(mapping, page, write, writable | dirty, file_of(object), entry, current);
             }
         };
-        Ok(if self.install(entry, current, Pte::new(frame, flags), frame) {
+        Ok(if self.install(entry, current, Pte::new(frame, PRIVATE | writable | dirty), frame) {
             Attempt::Done(Fault::Installed)
         } else {
             Attempt::Again
@@ -396,38 +408,48 @@ impl Memory {
         )
     }
 
-    /// The frame a missing entry of a file mapping gets and the entry's flags: the backing's
-    /// cached page (`read`, or the page cache's) with the flags the access `allowed` (a shared
+    /// Installs a missing entry of a file mapping, inside a read-side section of the file keyed
+    /// to the page (so that a truncate or hole punch of the page either waits for the install
+    /// or is seen by it): the file's cached page with the flags the access `allowed` (a shared
     /// mapping), read-only (a read through a private mapping, copied when written later), or a
-    /// private copy (a write through a private mapping); or the page to read first when it is
-    /// not cached.
+    /// private copy (a write through a private mapping). A bus error at or beyond the end of
+    /// the file; the page to read in first when it is not cached.
     #[inline(never)]
-    fn file_frame(
+    #[allow(clippy::too_many_arguments)]
+    fn map_file_page(
         &self,
         mapping: &Mapping,
         page: u64,
         write: bool,
         allowed: u64,
-        backing: &dyn crate::Backing,
-        read: &mut Option<Frame>,
-    ) -> Result<FilePage, FaultError> {
+        file: &File,
+        entry: &AtomicU64,
+        current: Pte,
+    ) -> Result<Attempt, FaultError> {
         let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
-        if pgoff >= backing.pages() {
-            return Err(FaultError::BusError);
-        }
-        let Some(cached) = read.take().or_else(|| backing.page_if_cached(pgoff)) else {
-            return Ok(FilePage::Blocking(pgoff));
+        let guard = file.guard_at(pgoff);
+        let cached = match file.lookup(pgoff, &guard) {
+            Lookup::Cached(frame) => frame,
+            Lookup::Missing => return Ok(Attempt::Blocking(pgoff)),
+            Lookup::Beyond => return Err(FaultError::BusError),
         };
-        Ok(if mapping.shared {
-            FilePage::Frame(cached, allowed)
+        let (frame, flags) = if mapping.shared {
+            (cached, allowed)
         } else if write {
             let copy = self.copy_of(cached);
             // SAFETY: our reference on the cached page, no longer used; the page cache holds
             // its own.
             unsafe { self.frames.put(cached) };
-            FilePage::Frame(copy?, PRIVATE | allowed)
+            (copy?, PRIVATE | allowed)
         } else {
-            FilePage::Frame(cached, allowed & !WRITABLE)
+            (cached, allowed & !WRITABLE)
+        };
+        let installed = self.install(entry, current, Pte::new(frame, flags), frame);
+        drop(guard);
+        Ok(if installed {
+            Attempt::Done(Fault::Installed)
+        } else {
+            Attempt::Again
         })
     }
 
@@ -550,13 +572,12 @@ impl Drop for Memory {
     }
 }
 
-/// The backing of a file mapping made through a [`Memory`] (it maps only [`File`]s, see
+/// The file a file mapping made through a [`Memory`] maps (it maps only [`File`]s, see
 /// [`Memory::mapped_object`]).
-pub(crate) fn backing_of(object: &Arc<dyn MappedFile>) -> &dyn crate::Backing {
+pub(crate) fn file_of(object: &Arc<dyn MappedFile>) -> &File {
     let any: &dyn std::any::Any = &**object;
     any.downcast_ref::<File>()
         .expect("a Memory maps only fault::File objects")
-        .backing()
 }
 
 pub(crate) fn einval(reason: &'static str) -> Error {

@@ -10,18 +10,18 @@
 //! - Frames removed from entries are released a grace period of the space's RCU domain later
 //!   (see [`Memory`]).
 
-use crate::backing::File;
+use crate::file::{File, Mapper};
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 use crate::frames::FramePool;
-use crate::memory::{Memory, einval};
+use crate::memory::{Memory, einval, file_of};
 use crate::pagetable::{ADDRESS_LIMIT, Pte};
 use crate::stats::{Counter, FaultStats};
 use maple::rcu::{DefaultRcu, Rcu};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use vma::request::advise_range;
 use vma::{
-    AddressSpace, Errno, Error, FlushHook, Layout, Lookup, MapFlags, PAGE_SIZE, Prot, RemapFlags, Revoked,
-    VmaRef,
+    AddressSpace, Backing as VmaBacking, Errno, Error, FlushHook, Layout, Lookup, MapFlags, Mapping, PAGE_SIZE,
+    Prot, RemapFlags, Revoked, VmaRef,
 };
 
 /// How an [`Mm`] is set up.
@@ -48,20 +48,52 @@ impl Default for MmConfig {
     }
 }
 
-/// The page table's side of the replacement protocol.
-struct Hook(Arc<Memory>);
+/// The page table's side of the replacement protocol, and the reverse maps' upkeep.
+struct Hook {
+    memory: Arc<Memory>,
+    /// The address space this hook belongs to, as the files' reverse maps name it.
+    mapper: Weak<dyn Mapper>,
+}
 
 impl FlushHook for Hook {
     fn zap(&self, start: u64, end: u64, free_tables: (u64, u64), rcu: &DefaultRcu) -> bool {
-        self.0.zap(start, end, free_tables, rcu)
+        self.memory.zap(start, end, free_tables, rcu)
     }
 
     fn protect(&self, start: u64, end: u64, prot: Prot, _rcu: &DefaultRcu) -> bool {
-        self.0.protect(start, end, prot)
+        self.memory.protect(start, end, prot)
     }
 
     fn relocate(&self, from: u64, to: u64, len: u64, _rcu: &DefaultRcu) -> bool {
-        self.0.relocate(from, to, len)
+        self.memory.relocate(from, to, len)
+    }
+
+    fn mapped(&self, mapping: &Mapping) {
+        if let VmaBacking::File(object) = &mapping.backing {
+            file_of(object).link(&self.mapper, mapping.start, mapping.end, mapping.pgoff);
+        }
+    }
+
+    fn unmapped(&self, mapping: &Mapping) {
+        if let VmaBacking::File(object) = &mapping.backing {
+            file_of(object).unlink(&self.mapper, mapping.start, mapping.end, mapping.pgoff);
+        }
+    }
+}
+
+/// What an [`Mm`] is, shared with the reverse maps of the files it maps.
+struct Shared {
+    space: AddressSpace,
+    memory: Arc<Memory>,
+    fast_path: bool,
+}
+
+impl Mapper for Shared {
+    fn unmap_file_pages(&self, file: &File, first: u64, end: u64, even_cows: bool) {
+        let revoked = self
+            .memory
+            .unmap_file_pages(self, file, (first, end), even_cows, self.space.rcu());
+        self.space.await_revoked(&revoked);
     }
 }
 
@@ -70,16 +102,14 @@ impl FlushHook for Hook {
 /// and brk go through the VMA layer's replacement protocol, whose flush step zaps, protects or
 /// moves this manager's translations.
 pub struct Mm {
-    space: AddressSpace,
-    memory: Arc<Memory>,
-    fast_path: bool,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Mm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mm")
-            .field("space", &self.space)
-            .field("memory", &self.memory)
+            .field("space", &self.shared.space)
+            .field("memory", &self.shared.memory)
             .finish_non_exhaustive()
     }
 }
@@ -87,48 +117,63 @@ impl std::fmt::Debug for Mm {
 impl Mm {
     /// An empty memory manager whose frames come from `frames`.
     pub fn new(config: MmConfig, frames: Arc<FramePool>) -> vma::Result<Self> {
+        Self::build(config, frames, |_| {})
+    }
+
+    /// An `Mm` whose VMA layer skips `step` of its protocol (shuttle builds only; for tests
+    /// that must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn with_broken_protocol(config: MmConfig, frames: Arc<FramePool>, step: vma::BrokenStep) -> vma::Result<Self> {
+        Self::build(config, frames, |space| space.break_protocol(step))
+    }
+
+    fn build(config: MmConfig, frames: Arc<FramePool>, prepare: impl FnOnce(&mut AddressSpace)) -> vma::Result<Self> {
+        config.layout.check()?;
         if config.layout.high > ADDRESS_LIMIT {
             return Err(einval("the layout exceeds the 48-bit page table"));
         }
         let memory = Arc::new(Memory::new(frames, config.zero_fill));
-        Ok(Self {
-            space: AddressSpace::new(config.layout, Hook(memory.clone()))?,
-            memory,
-            fast_path: config.fast_path,
-        })
-    }
-
-    /// Breaks the VMA layer's protocol by skipping `step` (shuttle builds only; for tests that
-    /// must fail).
-    #[cfg(feature = "shuttle")]
-    #[doc(hidden)]
-    pub fn break_protocol(&mut self, step: vma::BrokenStep) {
-        self.space.break_protocol(step);
+        let shared = Arc::new_cyclic(|mapper: &Weak<Shared>| {
+            let mapper: Weak<dyn Mapper> = mapper.clone();
+            let hook = Hook {
+                memory: memory.clone(),
+                mapper,
+            };
+            let mut space = AddressSpace::new(config.layout, hook).expect("the layout was checked");
+            prepare(&mut space);
+            Shared {
+                space,
+                memory,
+                fast_path: config.fast_path,
+            }
+        });
+        Ok(Self { shared })
     }
 
     /// The mappings in the format of `/proc/PID/maps` (see [`AddressSpace::maps`]).
     pub fn maps(&self) -> String {
-        self.space.maps()
+        self.shared.space.maps()
     }
 
     /// The address space (VMAs, `maps()`, lookups).
     pub fn space(&self) -> &AddressSpace {
-        &self.space
+        &self.shared.space
     }
 
     /// The page table and its frames.
     pub fn memory(&self) -> &Memory {
-        &self.memory
+        &self.shared.memory
     }
 
     /// The pool frames come from (create file backings with it).
     pub fn frames(&self) -> &Arc<FramePool> {
-        self.memory.frames()
+        self.shared.memory.frames()
     }
 
     /// Page-table pages below the root.
     pub fn page_tables(&self) -> usize {
-        self.memory.table().tables()
+        self.shared.memory.table().tables()
     }
 
     /// The translation of `addr`, if one is present.
@@ -136,19 +181,19 @@ impl Mm {
         if addr >= ADDRESS_LIMIT {
             return None;
         }
-        let _guard = self.space.guard_at(addr);
-        self.memory.table().translate(addr)
+        let _guard = self.shared.space.guard_at(addr);
+        self.shared.memory.table().translate(addr)
     }
 
     /// Statistics so far.
     pub fn stats(&self) -> FaultStats {
-        self.memory.stats(self.space.stats())
+        self.shared.memory.stats(self.shared.space.stats())
     }
 
     /// Waits until frames and page tables released so far are back in the pool (they go back
     /// a grace period after they were removed). For tests and teardown.
     pub fn barrier(&self) {
-        self.space.rcu().barrier();
+        self.shared.space.rcu().barrier();
     }
 
     /// Maps memory (see [`AddressSpace::mmap`]). `file` is the object and byte offset of a
@@ -156,20 +201,19 @@ impl Mm {
     ///
     /// # Examples
     /// ```
-    /// use fault::{File, FramePool, MapFlags, MemBacking, Mm, MmConfig, Prot};
+    /// use fault::{File, FramePool, MapFlags, Mm, MmConfig, Prot};
     /// use std::sync::Arc;
     ///
     /// let frames = Arc::new(FramePool::new(Default::default()).unwrap());
     /// let mm = Mm::new(MmConfig::default(), frames.clone()).unwrap();
-    /// let backing = Arc::new(MemBacking::new("/etc/motd", &frames, b"hello"));
-    /// let file = File::new(backing.clone());
+    /// let file = File::new("/etc/motd", &frames, b"hello");
     /// // Shared: writes reach the file; private: writes stay in the mapping.
     /// let shared = mm.mmap(0, 4096, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0))).unwrap();
     /// let private = mm.mmap(0, 4096, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0))).unwrap();
     /// mm.write(shared, b"J").unwrap();
     /// mm.write(private + 1, b"E").unwrap();
     /// let (mut on_file, mut seen) = ([0; 5], [0; 5]);
-    /// backing.read_at(0, &mut on_file).unwrap();
+    /// file.read_at(0, &mut on_file).unwrap();
     /// mm.read(private, &mut seen).unwrap();
     /// assert_eq!((&on_file, &seen), (b"Jello", b"JEllo"));
     /// ```
@@ -181,21 +225,21 @@ impl Mm {
         flags: MapFlags,
         file: Option<(&Arc<File>, u64)>,
     ) -> vma::Result<u64> {
-        let (flags, object) = self.memory.mapped_object(len, flags, file)?;
-        self.space.mmap(addr, len, prot, flags, object)
+        let (flags, object) = self.shared.memory.mapped_object(len, flags, file)?;
+        self.shared.space.mmap(addr, len, prot, flags, object)
     }
 
     /// Unmaps `[addr, addr + len)`; when this returns its translations are gone and no access
     /// that went through one is still in progress (no store lands after it returns).
     pub fn munmap(&self, addr: u64, len: u64) -> vma::Result<()> {
-        self.space.munmap(addr, len)
+        self.shared.space.munmap(addr, len)
     }
 
     /// Changes permissions; removing write permission write-protects the translations, removing
     /// all access hides them (the contents stay). When this returns, no access that the old
     /// permissions allowed and the new ones do not is still in progress.
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> vma::Result<()> {
-        self.space.mprotect(addr, len, prot)
+        self.shared.space.mprotect(addr, len, prot)
     }
 
     /// Resizes or moves a mapping (see [`AddressSpace::mremap`]); moved contents move with it,
@@ -208,17 +252,17 @@ impl Mm {
         flags: RemapFlags,
         new_addr: u64,
     ) -> vma::Result<u64> {
-        self.space.mremap(old, old_len, new_len, flags, new_addr)
+        self.shared.space.mremap(old, old_len, new_len, flags, new_addr)
     }
 
     /// Moves the program break (see [`AddressSpace::brk`]).
     pub fn brk(&self, addr: u64) -> u64 {
-        self.space.brk(addr)
+        self.shared.space.brk(addr)
     }
 
     /// Sets where the heap starts (see [`AddressSpace::set_heap_start`]).
     pub fn set_heap_start(&self, start: u64) -> vma::Result<()> {
-        self.space.set_heap_start(start)
+        self.shared.space.set_heap_start(start)
     }
 
     /// MADV_DONTNEED: drops the pages of `[addr, addr + len)`; anonymous memory reads zero
@@ -231,16 +275,16 @@ impl Mm {
             return Ok(());
         };
         // Keyed to the range: writers elsewhere do not wait for this walk.
-        let guard = self.space.guard_within(addr, end);
+        let guard = self.shared.space.guard_within(addr, end);
         let mut mapped = 0;
         let mut frames = Vec::new();
         let mut revoked = Revoked::new();
-        for vma in self.space.iter_from(addr, &guard) {
+        for vma in self.shared.space.iter_from(addr, &guard) {
             if vma.start() >= end {
                 break;
             }
             let (from, to) = (vma.start().max(addr), vma.end().min(end));
-            let cleared = self.memory.table().clear(from, to);
+            let cleared = self.shared.memory.table().clear(from, to);
             revoked.record(!cleared.is_empty(), from, to);
             frames.extend(cleared);
             mapped += to - from;
@@ -248,9 +292,9 @@ impl Mm {
         drop(guard);
         // Released after the guard is gone, so that this walk is not among the sections the
         // frames wait for: with no fault in the range they go back at once.
-        self.memory
-            .release_later(frames, (addr, end.min(ADDRESS_LIMIT)), self.space.rcu());
-        self.space.await_revoked(&revoked);
+        self.shared.memory
+            .release_later(frames, (addr, end.min(ADDRESS_LIMIT)), self.shared.space.rcu());
+        self.shared.space.await_revoked(&revoked);
         if mapped < end - addr {
             return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
         }
@@ -277,7 +321,7 @@ impl Mm {
     /// ```
     pub fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
         let result = self.resolve(addr, access);
-        self.memory.count(result);
+        self.shared.memory.count(result);
         result
     }
 
@@ -288,14 +332,14 @@ impl Mm {
         let page = addr & !(PAGE_SIZE - 1);
         loop {
             // Keyed: writers replacing other VMAs do not wait for this fault.
-            let guard = self.space.guard_at(page);
-            let vma = match self.space.lookup(page, &guard) {
+            let guard = self.shared.space.guard_at(page);
+            let vma = match self.shared.space.lookup(page, &guard) {
                 Lookup::Unmapped => return Err(FaultError::NotMapped),
                 Lookup::Baby => {
                     drop(guard);
                     let since = std::time::Instant::now();
-                    self.space.wait_for_birth(page);
-                    self.memory.record_wait(since.elapsed());
+                    self.shared.space.wait_for_birth(page);
+                    self.shared.memory.record_wait(since.elapsed());
                     continue;
                 }
                 Lookup::Mapped(vma) => vma,
@@ -304,20 +348,21 @@ impl Mm {
                 return Err(FaultError::AccessDenied);
             }
             // Without the fast path, every fault holds a reference (rcu-refonly).
-            let Ok(reference) = (!self.fast_path).then(|| self.space.try_get(vma)).transpose() else {
+            let Ok(reference) = (!self.shared.fast_path).then(|| self.shared.space.try_get(vma)).transpose() else {
                 // Replaced or reborn since the lookup: look again.
-                self.memory.bump(Counter::Retries);
+                self.shared.memory.bump(Counter::Retries);
                 continue;
             };
             match self
+                .shared
                 .memory
-                .settle(vma.mapping(), page, access, &mut None, &guard)?
+                .settle(vma.mapping(), page, access, &guard)?
             {
                 Progress::Done(fault) => return Ok(fault),
                 Progress::Blocking(pgoff) => {
                     // The slow path holds a reference across the read.
-                    let Ok(reference) = reference.map_or_else(|| self.space.try_get(vma), Ok) else {
-                        self.memory.bump(Counter::Retries);
+                    let Ok(reference) = reference.map_or_else(|| self.shared.space.try_get(vma), Ok) else {
+                        self.shared.memory.bump(Counter::Retries);
                         continue;
                     };
                     drop(guard);
@@ -337,24 +382,25 @@ impl Mm {
         pgoff: u64,
     ) -> Result<Fault, FaultError> {
         let result = self
+            .shared
             .memory
-            .read_in(vma.mapping(), page, access, pgoff, self.space.rcu());
+            .read_in(vma.mapping(), page, access, pgoff, self.shared.space.rcu());
         if result.is_ok() {
-            self.memory.bump(Counter::SlowPath);
+            self.shared.memory.bump(Counter::SlowPath);
         }
         result
     }
 
     /// Copies `buf.len()` bytes from `addr`, faulting pages in as a CPU would.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
-        self.memory.read(addr, buf, self.space.rcu(), |addr, access| {
+        self.shared.memory.read(addr, buf, self.shared.space.rcu(), |addr, access| {
             self.fault(addr, access)
         })
     }
 
     /// Copies `data` to `addr`, faulting pages in as a CPU would.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
-        self.memory.write(addr, data, self.space.rcu(), |addr, access| {
+        self.shared.memory.write(addr, data, self.shared.space.rcu(), |addr, access| {
             self.fault(addr, access)
         })
     }

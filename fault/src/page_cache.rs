@@ -1,17 +1,17 @@
-//! [`PageCache`]: the safe building block of a [`Backing`](crate::Backing)'s page cache — a
-//! sparse index from page offset to a frame of the pool, holding one reference per cached frame
-//! and giving them back when dropped, so that an implementer never counts references by hand.
+//! [`PageCache`]: a file's page cache — a sparse index from page offset to a frame of the
+//! pool, holding one reference per cached frame.
 //!
 //! Invariants:
-//! - A page's entry is set once, with a compare-and-swap (Release, pairing with the Acquire of
-//!   lookups: the frame's contents are visible before its number is), and cleared only when the
-//!   cache is dropped: while cached, a page is always the same frame (shared mappings write
-//!   there, and every mapping sees those writes).
+//! - A page's entry is set with a compare-and-swap (Release, pairing with the Acquire of
+//!   lookups: the frame's contents are visible before its number is) and cleared only by
+//!   [`PageCache::remove`], whose caller (the file's truncate and hole punch) first makes sure
+//!   no lookup of those pages is running or can start (docs/files.md): while cached, a page is
+//!   always the same frame (shared mappings write there, and every mapping sees those writes).
 //! - Each present entry holds one reference on its frame; every frame handed out carries one
 //!   more, for the caller.
 //! - The index is a radix tree laid out as the page table (lookups without locks, tables
 //!   allocated on first use, so it costs only what is cached); its tables are never unlinked
-//!   before the cache is dropped, so lookups need no guard.
+//!   before the cache is dropped, so walking them needs no guard.
 
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{ADDRESS_LIMIT, PageTable, Pte};
@@ -32,51 +32,6 @@ pub const MAX_PAGES: u64 = ADDRESS_LIMIT / FRAME_SIZE as u64;
 
 /// A page cache: page offset → frame, one reference held per cached page (see the module
 /// documentation).
-///
-/// A backing of pages that read as their number, with no `unsafe` and no reference counting:
-///
-/// ```
-/// use fault::{Backing, BackingError, Frame, FramePool, FramePoolConfig, PageCache};
-/// use fault::{Access, File, MapFlags, Mm, MmConfig, PAGE_SIZE, Prot};
-/// use std::sync::Arc;
-///
-/// #[derive(Debug)]
-/// struct Numbers {
-///     cache: PageCache,
-/// }
-///
-/// impl Backing for Numbers {
-///     fn name(&self) -> &str {
-///         "/numbers"
-///     }
-///     fn pages(&self) -> u64 {
-///         16
-///     }
-///     fn page_if_cached(&self, pgoff: u64) -> Option<Frame> {
-///         self.cache.get(pgoff)
-///     }
-///     fn read_page(&self, pgoff: u64) -> Result<Frame, BackingError> {
-///         let frames = self.cache.frames();
-///         // Every byte of the page is written: nothing stale shows.
-///         self.cache.get_or_fill(pgoff, |frame| frames.write(frame, 0, &[pgoff as u8; 4096]))
-///     }
-///     fn frames(&self) -> &Arc<FramePool> {
-///         self.cache.frames()
-///     }
-/// }
-///
-/// let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
-/// let mm = Mm::new(MmConfig::default(), frames.clone()).unwrap();
-/// let file = File::new(Arc::new(Numbers { cache: PageCache::new(&frames) }));
-/// let a = mm.mmap(0, 16 * PAGE_SIZE, Prot::READ, MapFlags::PRIVATE, Some((&file, 0))).unwrap();
-/// let mut byte = [0];
-/// mm.read(a + 5 * PAGE_SIZE, &mut byte).unwrap();
-/// assert_eq!(byte, [5]);
-/// mm.munmap(a, 16 * PAGE_SIZE).unwrap();
-/// drop(file);
-/// mm.barrier();
-/// assert_eq!(frames.in_use(), 0, "the cache gave its frames back when dropped");
-/// ```
 pub struct PageCache {
     frames: Arc<FramePool>,
     index: PageTable,
@@ -125,8 +80,8 @@ impl PageCache {
         entry.present().then(|| entry.frame())
     }
 
-    /// The frame of page `pgoff` if it is cached, with one reference for the caller (give it
-    /// to a translation, or return it from a [`Backing`](crate::Backing) method). Never blocks.
+    /// The frame of page `pgoff` if it is cached, with one reference for the caller. Never
+    /// blocks.
     pub fn get(&self, pgoff: u64) -> Option<Frame> {
         let frame = self.peek(pgoff)?;
         // The cache's own reference keeps the frame while the cache lives, and the caller
@@ -135,36 +90,36 @@ impl PageCache {
         Some(frame)
     }
 
-    /// The frame of page `pgoff`, cached now if it was not: a new frame is filled by `fill`
-    /// and published, unless another thread published one first (then that one is returned
-    /// and the new one goes back). With one reference for the caller. `OutsideObject` beyond
-    /// [`MAX_PAGES`], `OutOfMemory` when the pool is exhausted.
-    pub fn get_or_fill(&self, pgoff: u64, fill: impl FnOnce(Frame)) -> Result<Frame, BackingError> {
-        if pgoff >= MAX_PAGES {
-            return Err(BackingError::OutsideObject);
-        }
-        if let Some(frame) = self.get(pgoff) {
-            return Ok(frame);
-        }
-        let frame = self.frames.alloc().ok_or(BackingError::OutOfMemory)?;
-        fill(frame);
+    /// Caches `frame` (whose reference the cache takes) as page `pgoff`, unless another
+    /// thread cached one first (then `frame` goes back to the pool). Returns the cached frame
+    /// with one reference for the caller. `pgoff` must be below [`MAX_PAGES`].
+    pub fn insert(&self, pgoff: u64, frame: Frame) -> Frame {
         let entry = self.index.entry_or_insert(pgoff * FRAME_SIZE as u64);
         // Release pairs with the Acquire in `peek`; AcqRel on success keeps the order.
         match entry.compare_exchange(0, Pte::new(frame, 0).0, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 self.cached.fetch_add(1, Ordering::Relaxed);
-                // One reference for the cache (from alloc), one for the caller.
+                // One reference for the cache (the caller's), one for the caller.
                 self.frames.get(frame);
-                Ok(frame)
+                frame
             }
             Err(winner) => {
                 // SAFETY: the frame was never published; this is its only reference.
                 unsafe { self.frames.put(frame) };
                 let winner = Pte(winner).frame();
                 self.frames.get(winner);
-                Ok(winner)
+                winner
             }
         }
+    }
+
+    /// Takes the pages of `[first, end)` out of the cache and returns their frames, each with
+    /// the cache's reference (put it once no lookup can still be using the frame).
+    pub fn remove(&self, first: u64, end: u64) -> Vec<Frame> {
+        let to_address = |pgoff: u64| pgoff.min(MAX_PAGES) * FRAME_SIZE as u64;
+        let frames = self.index.clear(to_address(first), to_address(end));
+        self.cached.fetch_sub(frames.len(), Ordering::Relaxed);
+        frames
     }
 }
 

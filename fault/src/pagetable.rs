@@ -238,6 +238,28 @@ impl PageTable {
         self.take_entries(start, end, &mut |_, _, _, _| {})
     }
 
+    /// Removes the translations in `[start, end)` for which `matches` holds (a hole punch
+    /// removes those mapping a file's frames and keeps private copies), keeping the tables, and
+    /// returns the frames they held. Safe against faults changing entries meanwhile; call it
+    /// inside a read-side section.
+    pub fn clear_if(&self, start: u64, end: u64, matches: impl Fn(Pte) -> bool) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        self.for_each_entry(start, end, |_, entry| {
+            let mut current = entry.load(Ordering::Acquire);
+            // AcqRel as in `take_entries`; a failed exchange retries with what a fault stored.
+            while current & PRESENT != 0 && matches(Pte(current)) {
+                match entry.compare_exchange(current, 0, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        frames.push(Pte(current).frame());
+                        break;
+                    }
+                    Err(now) => current = now,
+                }
+            }
+        });
+        frames
+    }
+
     /// Swaps every leaf entry in `[start, end)` to empty and returns the frames the present ones
     /// held; `table_done` is called as in [`PageTable::visit`].
     fn take_entries(&self, start: u64, end: u64, table_done: TableDone<'_>) -> Vec<Frame> {

@@ -1,7 +1,7 @@
 //! A program embedding `fault::Mm` needs this crate alone: everything below comes from `fault`.
 #![cfg(not(feature = "shuttle"))]
 
-use fault::{Access, Errno, File, FramePool, MapFlags, MemBacking, Mm, MmConfig, PAGE_SIZE, Prot};
+use fault::{Access, Errno, File, FramePool, MapFlags, Mm, MmConfig, PAGE_SIZE, Prot};
 use std::sync::Arc;
 
 #[test]
@@ -18,8 +18,7 @@ fn anonymous_and_file_mappings_with_fault_alone() {
         )
         .unwrap();
     mm.write(a, b"anonymous").unwrap();
-    let backing = Arc::new(MemBacking::new("/data", &frames, b"file contents"));
-    let file = File::new(backing.clone());
+    let file = File::new("/data", &frames, b"file contents");
     let f = mm
         .mmap(0, PAGE_SIZE, Prot::READ, MapFlags::PRIVATE, Some((&file, 0)))
         .unwrap();

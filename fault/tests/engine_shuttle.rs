@@ -7,7 +7,7 @@
 //! `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
-use fault::{Access, Fault, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+use fault::{Access, Fault, FaultError, File, FramePool, FramePoolConfig, Mm, MmConfig};
 use maple::sync::atomic::{AtomicBool, Ordering};
 use maple::sync::{Arc, thread};
 use maple::testing::{assert_broken_variant_fails, check_random_and_pct as check_both};
@@ -27,19 +27,17 @@ fn mm_with(broken: Option<BrokenStep>, fast_path: bool) -> Mm {
         max_frames: 32,
     })
     .unwrap();
-    let mut mm = Mm::new(
-        MmConfig {
-            layout: LAYOUT,
-            zero_fill: true,
-            fast_path,
-        },
-        std::sync::Arc::new(frames),
-    )
-    .unwrap();
-    if let Some(step) = broken {
-        mm.break_protocol(step);
+    let config = MmConfig {
+        layout: LAYOUT,
+        zero_fill: true,
+        fast_path,
+    };
+    let frames = std::sync::Arc::new(frames);
+    match broken {
+        Some(step) => Mm::with_broken_protocol(config, frames, step),
+        None => Mm::new(config, frames),
     }
-    mm
+    .unwrap()
 }
 
 fn anon(mm: &Mm, addr: u64, prot: Prot) {
@@ -48,12 +46,11 @@ fn anon(mm: &Mm, addr: u64, prot: Prot) {
 }
 
 /// A one-page file filled with 0xaa, mapped private at `addr`.
-fn file_at(mm: &Mm, addr: u64) -> (std::sync::Arc<MemBacking>, std::sync::Arc<File>) {
-    let backing = std::sync::Arc::new(MemBacking::new("/old", mm.frames(), &[0xaa; P as usize]));
-    let file = File::new(backing.clone());
+fn file_at(mm: &Mm, addr: u64) -> std::sync::Arc<File> {
+    let file = File::new("/old", mm.frames(), &[0xaa; P as usize]);
     mm.mmap(addr, P, Prot::READ, MapFlags::PRIVATE.fixed(), Some((&file, 0)))
         .unwrap();
-    (backing, file)
+    file
 }
 
 fn join<T>(handle: thread::JoinHandle<T>) -> T {
@@ -127,10 +124,8 @@ fn fault_racing_munmap(broken: Option<BrokenStep>, racing: Racing) {
         None,
         "a translation appeared after munmap returned"
     );
-    let cached = file.map_or(0, |(backing, file)| {
-        drop(file);
-        backing.cached_pages()
-    });
+    // Under shuttle freed VMAs are quarantined, and the files they map with them.
+    let cached = file.map_or(0, |file| file.cached_pages());
     assert_nothing_leaked(&mm, cached);
 }
 
@@ -168,7 +163,7 @@ fn g2_slow_path_fails_without_reference_wait() {
 /// G3: a fault racing MAP_FIXED never shows the old mapping's contents through the new one.
 fn fault_racing_map_fixed(broken: Option<BrokenStep>) {
     let mm = Arc::new(mm(broken));
-    let (backing, file) = file_at(&mm, A);
+    let file = file_at(&mm, A);
     // Cache the file page, then drop the translation: the race below is a fast-path fault.
     mm.read(A, &mut [0]).unwrap();
     mm.madvise_dontneed(A, P).unwrap();
@@ -187,8 +182,9 @@ fn fault_racing_map_fixed(broken: Option<BrokenStep>) {
     join(faulting);
     mm.read(A, &mut byte).unwrap();
     assert_eq!(byte[0], 0, "old contents through the new mapping");
+    let cached = file.cached_pages();
     drop(file);
-    assert_nothing_leaked(&mm, backing.cached_pages());
+    assert_nothing_leaked(&mm, cached);
 }
 
 #[test]
@@ -351,8 +347,7 @@ impl Revocation {
 /// and copying, as a CPU's store through a stale TLB entry).
 fn store_racing_revocation(broken: Option<BrokenStep>, revocation: Revocation) {
     let mm = Arc::new(mm(broken));
-    let backing = std::sync::Arc::new(MemBacking::new("/shared", mm.frames(), &[0; P as usize]));
-    let file = File::new(backing.clone());
+    let file = File::new("/shared", mm.frames(), &[0; P as usize]);
     mm.mmap(A, P, Prot::READ_WRITE, MapFlags::SHARED.fixed(), Some((&file, 0)))
         .unwrap();
     mm.write(A, &[0]).unwrap();
@@ -366,7 +361,7 @@ fn store_racing_revocation(broken: Option<BrokenStep>, revocation: Revocation) {
     revocation.run(&mm);
     let file_byte = || {
         let mut byte = [0];
-        backing.read_at(0, &mut byte).unwrap();
+        file.read_at(0, &mut byte).unwrap();
         byte[0]
     };
     let when_returned = file_byte();
@@ -376,8 +371,9 @@ fn store_racing_revocation(broken: Option<BrokenStep>, revocation: Revocation) {
         when_returned,
         "violated: a store landed after {revocation:?} returned"
     );
+    let cached = file.cached_pages();
     drop(file);
-    assert_nothing_leaked(&mm, backing.cached_pages());
+    assert_nothing_leaked(&mm, cached);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod oracle {
-    use fault::{File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+    use fault::{File, FramePool, FramePoolConfig, Mm, MmConfig};
     use std::sync::Arc;
     use vma::{Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
 
@@ -234,7 +234,7 @@ mod oracle {
             mm.mmap(base + start * P, (end - start) * P, prot, flags, None)
                 .unwrap();
         }
-        let anonymous_file = File::new(Arc::new(MemBacking::new("/ignored", &frames, &[])));
+        let anonymous_file = File::new("/ignored", &frames, &[]);
         let result = match call {
             Call::Munmap(at, len) => mm.munmap(at.addr(base), len).map(|()| 0),
             Call::Mprotect(at, len, prot) => mm.mprotect(at.addr(base), len, prot).map(|()| 0),

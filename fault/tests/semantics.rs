@@ -35,12 +35,11 @@ fn read(mm: &Mm, addr: u64, len: usize) -> Vec<u8> {
 }
 
 /// A file of `pages` pages, page `i` filled with byte `fill + i`.
-fn file(mm: &Mm, name: &str, pages: usize, fill: u8) -> (Arc<MemBacking>, Arc<File>) {
+fn file(mm: &Mm, name: &str, pages: usize, fill: u8) -> Arc<File> {
     let contents: Vec<u8> = (0..pages)
         .flat_map(|i| std::iter::repeat_n(fill.wrapping_add(i as u8), P as usize))
         .collect();
-    let backing = Arc::new(MemBacking::new(name, mm.frames(), &contents));
-    (backing.clone(), File::new(backing))
+    File::new(name, mm.frames(), &contents)
 }
 
 /// Unmaps everything and checks that every frame and table went back.
@@ -107,7 +106,7 @@ fn read_only_refuses_writes_and_keeps_data() {
 #[test]
 fn private_file_writes_stay_private() {
     let mm = mm();
-    let (backing, f) = file(&mm, "/lib/data", 2, b'a');
+    let f = file(&mm, "/lib/data", 2, b'a');
     let flags = MapFlags::PRIVATE;
     let one = mm.mmap(0, 2 * P, Prot::READ_WRITE, flags, Some((&f, 0))).unwrap();
     let two = mm.mmap(0, 2 * P, Prot::READ, flags, Some((&f, 0))).unwrap();
@@ -124,7 +123,7 @@ fn private_file_writes_stay_private() {
     assert_eq!(read(&mm, one + P, 3), b"XYb");
     assert_eq!(read(&mm, two + P, 3), b"bbb", "another mapping sees the file");
     let mut on_file = [0; 2];
-    backing.read_at(P, &mut on_file).unwrap();
+    f.read_at(P, &mut on_file).unwrap();
     assert_eq!(&on_file, b"bb", "the file is unchanged");
     // A write fault on a page never read copies straight from the file.
     mm.write(one, b"Z").unwrap();
@@ -133,15 +132,14 @@ fn private_file_writes_stay_private() {
     mm.madvise_dontneed(one, 2 * P).unwrap();
     assert_eq!(read(&mm, one + P, 2), b"bb");
     drop(f);
-    assert_nothing_leaked(&mm, backing.cached_pages());
-    drop(backing);
-    assert_eq!(mm.frames().in_use(), 0, "the page cache went with the file");
+    assert_nothing_leaked(&mm, 0);
+        assert_eq!(mm.frames().in_use(), 0, "the page cache went with the file");
 }
 
 #[test]
 fn shared_file_writes_reach_the_file_and_other_mappings() {
     let mm = mm();
-    let (backing, f) = file(&mm, "/data/shared", 3, b'0');
+    let f = file(&mm, "/data/shared", 3, b'0');
     let flags = MapFlags::SHARED;
     let one = mm.mmap(0, 3 * P, Prot::READ_WRITE, flags, Some((&f, 0))).unwrap();
     // The second mapping starts one page into the file.
@@ -149,19 +147,11 @@ fn shared_file_writes_reach_the_file_and_other_mappings() {
     mm.write(one + P + 10, b"shared!").unwrap();
     assert_eq!(read(&mm, two + 10, 7), b"shared!");
     let mut on_file = [0; 7];
-    backing.read_at(P + 10, &mut on_file).unwrap();
+    f.read_at(P + 10, &mut on_file).unwrap();
     assert_eq!(&on_file, b"shared!");
     // A write to the file shows through both mappings.
-    backing.write_at(2 * P, b"pwrite").unwrap();
-    assert_eq!(
-        backing.write_at(3 * P - 1, b"xy"),
-        Err(fault::BackingError::OutsideObject),
-        "a write past the end is refused"
-    );
-    assert_eq!(
-        backing.read_at(u64::MAX, &mut [0]),
-        Err(fault::BackingError::OutsideObject)
-    );
+    f.write_at(2 * P, b"pwrite").unwrap();
+    assert_eq!(f.read_at(u64::MAX, &mut [0]), Ok(0), "nothing to read beyond the end");
     assert_eq!(read(&mm, one + 2 * P, 6), b"pwrite");
     assert_eq!(read(&mm, two + P, 6), b"pwrite");
     // Beyond the end of the file: a bus error.
@@ -169,7 +159,7 @@ fn shared_file_writes_reach_the_file_and_other_mappings() {
     assert_eq!(mm.fault(past + 3 * P, Access::Read), Err(FaultError::BusError));
     assert_eq!(mm.stats().bus_errors, 1);
     drop(f);
-    assert_nothing_leaked(&mm, backing.cached_pages());
+    assert_nothing_leaked(&mm, 0);
 }
 
 #[test]
@@ -266,7 +256,7 @@ fn mremap_moves_contents() {
 #[test]
 fn map_fixed_shows_the_new_mapping_never_the_old() {
     let mm = mm();
-    let (backing, f) = file(&mm, "/lib/new", 1, b'n');
+    let f = file(&mm, "/lib/new", 1, b'n');
     let a = anon(&mm, 3, Prot::READ_WRITE);
     mm.write(a, &vec![0xee; 3 * P as usize]).unwrap();
     // Anonymous over anonymous: zeroes.
@@ -283,16 +273,14 @@ fn map_fixed_shows_the_new_mapping_never_the_old() {
         "outside the fixed range nothing changed"
     );
     drop(f);
-    assert_nothing_leaked(&mm, backing.cached_pages());
+    assert_nothing_leaked(&mm, 0);
 }
 
 #[test]
 fn slow_path_reads_files_without_the_guard() {
     let mm = mm();
-    let backing = Arc::new(
-        MemBacking::new("/slow", mm.frames(), &[5; 2 * P as usize]).with_delay(Duration::from_millis(1)),
-    );
-    let f = File::new(backing.clone());
+    let backing = Arc::new(MemBacking::new(&[5; 2 * P as usize]).with_delay(Duration::from_millis(1)));
+    let f = File::with_backing("/slow", mm.frames(), 2 * P, backing.clone()).unwrap();
     let a = mm
         .mmap(0, 2 * P, Prot::READ, MapFlags::PRIVATE, Some((&f, 0)))
         .unwrap();
@@ -306,7 +294,7 @@ fn slow_path_reads_files_without_the_guard() {
     assert_eq!(read(&mm, b, 1), [5]);
     assert_eq!((mm.stats().slow_path, backing.reads()), (1, 1));
     drop(f);
-    assert_nothing_leaked(&mm, backing.cached_pages());
+    assert_nothing_leaked(&mm, 0);
 }
 
 #[test]
@@ -341,7 +329,7 @@ fn brk_heap_holds_data() {
 fn bad_requests_are_errors() {
     let mm = mm();
     let other_pool = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
-    let foreign = File::new(Arc::new(MemBacking::new("/foreign", &other_pool, &[0; 4096])));
+    let foreign = File::new("/foreign", &other_pool, &[0; 4096]);
     let err = mm
         .mmap(0, P, Prot::READ, MapFlags::PRIVATE, Some((&foreign, 0)))
         .unwrap_err();
@@ -458,7 +446,7 @@ fn shared_anonymous_memory_is_created_lazily() {
 #[test]
 fn anonymous_mappings_refuse_an_unaligned_offset() {
     let mm = mm();
-    let (_, f) = file(&mm, "/ignored", 1, 0);
+    let f = file(&mm, "/ignored", 1, 0);
     for flags in [
         MapFlags::PRIVATE_ANONYMOUS,
         MapFlags {
@@ -508,7 +496,7 @@ fn exec_faults_need_an_executable_mapping() {
 #[test]
 fn shared_and_private_together_are_map_shared_validate() {
     let mm = mm();
-    let (backing, f) = file(&mm, "/validated", 1, 0);
+    let f = file(&mm, "/validated", 1, 0);
     let both = MapFlags {
         shared: true,
         private: true,
@@ -517,7 +505,7 @@ fn shared_and_private_together_are_map_shared_validate() {
     let a = mm.mmap(0, P, Prot::READ_WRITE, both, Some((&f, 0))).unwrap();
     mm.write(a, b"shared").unwrap();
     let mut on_file = [0; 6];
-    backing.read_at(0, &mut on_file).unwrap();
+    f.read_at(0, &mut on_file).unwrap();
     assert_eq!(&on_file, b"shared", "a file mapped with both flags is shared");
     assert!(mm.maps().contains("rw-s"), "{}", mm.maps());
     let anonymous = MapFlags {
@@ -535,5 +523,5 @@ fn shared_and_private_together_are_map_shared_validate() {
         "EINVAL: MAP_SHARED_VALIDATE does not map anonymous memory"
     );
     drop(f);
-    assert_nothing_leaked(&mm, backing.cached_pages());
+    assert_nothing_leaked(&mm, 0);
 }

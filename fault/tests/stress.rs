@@ -5,7 +5,7 @@
 //! times longer. CI also runs it under AddressSanitizer.
 #![cfg(not(feature = "shuttle"))]
 
-use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Mm, MmConfig};
+use fault::{Access, FaultError, File, FramePool, FramePoolConfig, Mm, MmConfig};
 use maple::testing::Rng;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,8 +44,7 @@ fn faults_and_writers_on_overlapping_regions() {
         None,
     )
     .unwrap();
-    let backing = Arc::new(MemBacking::new("/stress", &frames, &[0x5a; 8 * P as usize]));
-    let file = File::new(backing.clone());
+    let file = File::new("/stress", &frames, &[0x5a; 8 * P as usize]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer_ops = 2_000 * scale();
 
@@ -133,7 +132,7 @@ fn faults_and_writers_on_overlapping_regions() {
 
     // The file holds its contents or bytes written through a shared mapping made writable.
     let mut contents = vec![0; 8 * P as usize];
-    backing.read_at(0, &mut contents).unwrap();
+    file.read_at(0, &mut contents).unwrap();
     assert!(
         contents.iter().all(|&b| b == 0x5a || b == 0xc3),
         "the file was corrupted"
@@ -145,9 +144,6 @@ fn faults_and_writers_on_overlapping_regions() {
     mm.barrier();
     assert_eq!(mm.page_tables(), 0, "page tables leaked");
     drop(file);
-    assert_eq!(frames.in_use(), backing.cached_pages(), "frames leaked");
-    drop(mm);
-    drop(backing);
     assert_eq!(frames.in_use(), 0, "frames leaked");
 }
 
@@ -160,11 +156,10 @@ fn no_store_lands_after_munmap_or_mprotect_returns() {
     const A: u64 = 0x3000_0000;
     let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
     let mm = Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
-    let backing = Arc::new(MemBacking::new("/revoked", &frames, &[0; P as usize]));
-    let file = File::new(backing.clone());
+    let file = File::new("/revoked", &frames, &[0; P as usize]);
     let contents = || {
         let mut page = vec![0; P as usize];
-        backing.read_at(0, &mut page).unwrap();
+        file.read_at(0, &mut page).unwrap();
         page
     };
     for round in 0..200 * scale() {
@@ -201,5 +196,5 @@ fn no_store_lands_after_munmap_or_mprotect_returns() {
     mm.munmap(A, P).unwrap();
     drop(file);
     mm.barrier();
-    assert_eq!(frames.in_use(), backing.cached_pages());
+    assert_eq!(frames.in_use(), 0, "frames leaked");
 }

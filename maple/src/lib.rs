@@ -44,7 +44,9 @@
 //!   thread and wait goes through, so the same code runs under the shuttle model checker with
 //!   `--features shuttle`; [`rcu`], the read-copy-update domains (with keyed read-side
 //!   sections); [`thread_index`], small per-thread numbers for per-thread slots;
-//! - the **tree** built on it: [`MapleTree`] and its guards, writer and displaced values.
+//! - the **tree** built on it: [`MapleTree`] and its guards, writer and displaced values;
+//!   [`intervals::IntervalTree`], overlapping intervals kept in a maple tree (a file's
+//!   reverse map).
 //!
 //! The layers above import the runtime directly (`maple::sync`, `maple::rcu`) and the tree by
 //! its types; the tree uses nothing of theirs. `testing` holds what the tests of every crate
@@ -53,6 +55,7 @@
 
 mod cache_aligned;
 mod error;
+pub mod intervals;
 mod node;
 mod pointer;
 pub mod rcu;

@@ -17,6 +17,8 @@ pub enum Errno {
     EFAULT,
     /// A file mapping without a file.
     EBADF,
+    /// A file size or offset beyond the largest file.
+    EFBIG,
 }
 
 impl Errno {
@@ -29,6 +31,7 @@ impl Errno {
             Self::EFAULT => 14,
             Self::EEXIST => 17,
             Self::EINVAL => 22,
+            Self::EFBIG => 27,
         }
     }
 
@@ -41,6 +44,7 @@ impl Errno {
             "EPERM" => Self::EPERM,
             "EFAULT" => Self::EFAULT,
             "EBADF" => Self::EBADF,
+            "EFBIG" => Self::EFBIG,
             _ => return None,
         })
     }

@@ -4,7 +4,8 @@
 //!
 //! 1. the new VMAs are built BABY;
 //! 2. they are stored into the tree (`replace_exact`, one publication per changed range):
-//!    lookups now find them, and the displaced VMAs stay valid for readers that found them;
+//!    lookups now find them, and the displaced VMAs stay valid for readers that found them.
+//!    New file VMAs enter their files' reverse maps just before ([`FlushHook::mapped`]);
 //! 3. the displaced VMAs are marked ZOMBIE (no new references) and the writer waits until their
 //!    reference counts drain;
 //! 4. it waits for a grace period: faults that found an old VMA under an RCU guard, without a
@@ -12,7 +13,8 @@
 //! 5. the displaced VMAs are freed;
 //! 6. the flush hook removes every translation in the changed ranges (the fault layer's page
 //!    table): no fault can install one from an old VMA any more (steps 3–4), and none from a new
-//!    VMA yet (they are BABY);
+//!    VMA yet (they are BABY). The displaced file VMAs then leave the reverse maps ([`FlushHook::unmapped`]): a
+//!    reverse-map walk finds every VMA through which a translation of the file may exist;
 //! 7. BABY is cleared on the new VMAs and the faults waiting for them are woken;
 //! 8. where the flush revoked translations (removed them, or took permissions away), the writer
 //!    waits for a grace period keyed to those ranges: an access that read an old translation
@@ -60,6 +62,21 @@ pub trait FlushHook: Send + Sync {
     /// keeping the contents. The destination holds none. Moving a translation revokes it at
     /// its old address.
     fn relocate(&self, from: u64, to: u64, len: u64, rcu: &DefaultRcu) -> bool;
+
+    /// A VMA mapping a file is about to be published (step 2): a layer keeping the file's
+    /// reverse map adds it there. Called before the VMA can be found, so a reverse-map walk
+    /// finds every VMA through which a translation of the file can be installed.
+    fn mapped(&self, mapping: &Mapping) {
+        let _ = mapping;
+    }
+
+    /// A VMA mapping a file is gone, and so are its translations (after step 6, or when the
+    /// space is dropped): a layer keeping the file's reverse map removes it there. Until then
+    /// the old VMA stays in the reverse map beside the new ones that replace it, so a walk
+    /// never misses a page that stays mapped across the change.
+    fn unmapped(&self, mapping: &Mapping) {
+        let _ = mapping;
+    }
 }
 
 /// A flush hook for address spaces without page tables (tests, pure VMA bookkeeping): there is
@@ -185,6 +202,9 @@ pub enum BrokenStep {
     WaitForEveryone,
     /// Step 8: return without waiting for the accesses through revoked translations.
     RevocationWait,
+    /// Step 2 for the files' reverse maps: the displaced VMAs leave them before the new ones
+    /// enter, so a walk may find neither.
+    ReverseMapOrder,
 }
 
 /// Counters of what writers had to wait for.
@@ -377,7 +397,16 @@ impl Protocol {
                 (vma.start(), vma.end() - 1, vma)
             })
             .collect();
-        // 2. Publish.
+        // 2. Publish: the new file VMAs enter their files' reverse maps first (the displaced ones
+        // leave after their translations are gone, in `finish`).
+        if self.skips(BrokenStep::ReverseMapOrder) {
+            for vma in self.vmas_in(writer, change.lo, change.hi) {
+                self.unlink(vma.mapping());
+            }
+        }
+        for (_, _, vma) in &values {
+            self.link(vma.mapping());
+        }
         let erased = self.skips(BrokenStep::OnePublication).then(|| {
             writer
                 .replace_exact(change.lo, change.hi - 1, Vec::new())
@@ -446,6 +475,12 @@ impl Protocol {
             } else {
                 displaced.reclaim_timed()
             };
+            // The file VMAs among them leave their files' reverse maps after step 6.
+            let unlinked: SmallVec<[Mapping; 2]> = freed
+                .iter()
+                .filter(|(_, _, vma)| vma.mapping().backing.file().is_some())
+                .map(|(_, _, vma)| vma.mapping().clone())
+                .collect();
             freed.into_iter().for_each(|(_, _, vma)| vma.free());
             add_wait(&self.stats.grace_period_ns, waited);
             // 6. Flush the changed ranges.
@@ -464,6 +499,9 @@ impl Protocol {
                     }
                 }
             }
+            if !self.skips(BrokenStep::ReverseMapOrder) {
+                unlinked.iter().for_each(|mapping| self.unlink(mapping));
+            }
         }
         // 7. Bring the new VMAs to life and wake the faults waiting for them.
         if !born.is_empty() {
@@ -472,6 +510,20 @@ impl Protocol {
         }
         // 8. Wait for the accesses through revoked translations.
         self.await_revoked(&revoked);
+    }
+
+    /// Adds a file VMA to its file's reverse map (through the hook); anonymous ones have none.
+    fn link(&self, mapping: &Mapping) {
+        if mapping.backing.file().is_some() {
+            self.flush.mapped(mapping);
+        }
+    }
+
+    /// Removes a file VMA from its file's reverse map.
+    fn unlink(&self, mapping: &Mapping) {
+        if mapping.backing.file().is_some() {
+            self.flush.unmapped(mapping);
+        }
     }
 
     /// Waits for the read-side sections that may still be accessing memory through the
@@ -484,6 +536,22 @@ impl Protocol {
         let waited = revoked.wait(self.rcu());
         self.stats.revocations.fetch_add(1, Ordering::Relaxed);
         add_wait(&self.stats.revocation_wait_ns, waited);
+    }
+}
+
+impl Drop for Protocol {
+    fn drop(&mut self) {
+        // The space goes away with its VMAs (the layer above drops its translations with it):
+        // the file VMAs leave their files' reverse maps.
+        let writer = self.tree.lock();
+        let mut at = 0;
+        while let Some((_, last, vma)) = writer.range_from(at) {
+            self.unlink(vma.mapping());
+            match last.checked_add(1) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
     }
 }
 

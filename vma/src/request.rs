@@ -30,6 +30,22 @@ impl Default for Layout {
 }
 
 impl Layout {
+    /// EINVAL unless the bounds are page aligned with `low < high` and `low <= mmap_base <=
+    /// high` (what [`AddressSpace::new`](crate::AddressSpace::new) requires).
+    pub fn check(self) -> Result<()> {
+        let Layout { low, high, mmap_base } = self;
+        if [low, high, mmap_base].iter().any(|bound| bound % PAGE_SIZE != 0) {
+            return Err(Error::new(Errno::EINVAL, "layout bounds must be page aligned"));
+        }
+        if !(low < high && low <= mmap_base && mmap_base <= high) {
+            return Err(Error::new(
+                Errno::EINVAL,
+                "layout needs low < high and low <= mmap_base <= high",
+            ));
+        }
+        Ok(())
+    }
+
     /// x86-64 user space with 4-level page tables: `[0x10000, 0x7ffffffff000)`, mmap base at
     /// 0x7f0000000000.
     pub const X86_64: Layout = Layout {

@@ -61,13 +61,8 @@ impl std::fmt::Debug for AddressSpace {
 impl AddressSpace {
     /// An empty address space with `layout`, calling `flush` whenever translations must go.
     pub fn new(layout: Layout, flush: impl FlushHook + 'static) -> Result<Self> {
-        let Layout { low, high, mmap_base } = layout;
-        if !aligned(low) || !aligned(high) || !aligned(mmap_base) {
-            return Err(einval("layout bounds must be page aligned"));
-        }
-        if !(low < high && low <= mmap_base && mmap_base <= high) {
-            return Err(einval("layout needs low < high and low <= mmap_base <= high"));
-        }
+        layout.check()?;
+        let Layout { low, .. } = layout;
         Ok(Self {
             protocol: Protocol::new(flush),
             layout,

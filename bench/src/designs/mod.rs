@@ -312,7 +312,7 @@ fn install_locked(
     }
     // Keyed at the page, as maplevm's fault: frames freed elsewhere do not wait for it.
     let guard = maple::Guard::keyed(rcu, maple::rcu::Keys::one(page));
-    match memory.settle(mapping, page, access, &mut None, &guard)? {
+    match memory.settle(mapping, page, access, &guard)? {
         fault::Progress::Done(fault) => Ok(fault),
         fault::Progress::Blocking(pgoff) => {
             drop(guard);

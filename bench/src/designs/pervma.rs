@@ -180,6 +180,13 @@ impl Design for PerVmaDesign {
         }
     }
 
+    fn barrier(&self) {
+        // Detached VMAs wait in the tree's queue for writers to free them in batches: free them
+        // now, so that the files they map are dropped too.
+        self.tree.flush_retired();
+        maple::rcu::Rcu::barrier(self.tree.rcu());
+    }
+
     fn change(&self, op: Op) -> vma::Result<u64> {
         let mut map = self.mmap_lock.write().unwrap();
         let planned = map.plan(&op)?;

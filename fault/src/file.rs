@@ -1,0 +1,602 @@
+//! [`File`]: an object any number of address spaces map (Linux's inode and `address_space`):
+//! its page cache, its size, its reverse map, and the file-side calls (`read_at`, `write_at`,
+//! `set_len`, `punch_hole`).
+//!
+//! Invariants (docs/files.md proves each):
+//! - **One RCU domain per file**, the reverse map's. Page-cache lookups run in read-side
+//!   sections keyed to the page offset (a fault from looking the page up to installing its
+//!   translation; `read_at`, `write_at`); reverse-map walks run unkeyed.
+//! - **Invalidation.** Truncate and hole punch are serialized (`resize`) and each runs one
+//!   invalidation of a range of page offsets: the range is published (`Invalidation::begin`),
+//!   then a grace period keyed to the range passes, then the range's pages leave the cache,
+//!   every translation of them is removed through the reverse map, the backing forgets them,
+//!   and the range is cleared. A fault or lookup that finds its page inside a published range
+//!   waits for it to end; one that began before it was published ended within the grace period,
+//!   so its translation was installed before the reverse-map walk removes it. Faults on pages
+//!   outside the range neither wait nor are waited for.
+//! - **Fills.** A page read in from the backing is cached only if no invalidation covering it
+//!   began since the read started (the invalidation's generation is checked inside the read-side
+//!   section that inserts it), so a page read before a hole punch never re-enters the cache
+//!   after it.
+//! - **Reverse map.** Every VMA of every address space that maps the file is in the reverse
+//!   map from before it can be found until its translations are gone (the VMA protocol's
+//!   `mapped` / `unmapped` hooks). Translations move between addresses only under the mapper's
+//!   relocation lock, which the invalidation's removal also takes, so a walk never misses a
+//!   translation in flight.
+//! - Cached frames hold one reference each; a removed page's reference goes back once no lookup
+//!   can reach it (after the grace period), and each translation's once its address space's
+//!   readers are done with it.
+
+use crate::backing::{Backing, MemBacking};
+use crate::engine::FaultError;
+use crate::frames::{FRAME_SIZE, Frame, FramePool};
+use crate::page_cache::{MAX_PAGES, PageCache};
+use maple::Guard;
+use maple::intervals::IntervalTree;
+use maple::rcu::{DefaultRcu, Keys, Rcu};
+use maple::sync::atomic::{AtomicU64, Ordering};
+use maple::sync::{Backoff, Mutex};
+use std::fmt;
+use std::sync::{Arc, Weak};
+use vma::{Errno, Error, MappedFile, PAGE_SIZE};
+
+/// An address space (or any user of a page table) that maps files: what an invalidation of a
+/// file asks of each one its reverse map names.
+pub trait Mapper: Send + Sync {
+    /// Removes this mapper's translations of `file`'s pages `[first, end)` — every one when
+    /// `even_cows` (truncate), else only those mapping the file's own frames (hole punch keeps
+    /// private copies) — and returns once no access through a removed translation is still in
+    /// progress. Find the addresses with [`File::mapped_ranges`] while holding the lock under
+    /// which this mapper moves translations (mremap), so that none is missed in flight.
+    fn unmap_file_pages(&self, file: &File, first: u64, end: u64, even_cows: bool);
+}
+
+/// One VMA in a file's reverse map: where it maps the file, and who maps it.
+struct ReverseMapping {
+    /// First address of the VMA (its first page maps the interval's first page offset).
+    start: u64,
+    mapper: Weak<dyn Mapper>,
+}
+
+impl ReverseMapping {
+    fn mapper_id(&self) -> *const () {
+        self.mapper.as_ptr() as *const ()
+    }
+}
+
+/// Invalidations, for lookups: a generation (odd while one runs), and the range of the latest
+/// one with the generation it began at. Lookups read the generation alone unless one runs.
+struct Invalidation {
+    generation: AtomicU64,
+    /// `(generation it began at, first, end)`, updated with the generation under this lock.
+    latest: Mutex<(u64, u64, u64)>,
+}
+
+impl Invalidation {
+    /// Whether `pgoff` is inside an invalidation running now.
+    fn running_over(&self, pgoff: u64) -> bool {
+        // SeqCst, with the writer's SeqCst increment and the grace period after it: a lookup
+        // either sees the invalidation or has ended before the pages are removed.
+        if self.generation.load(Ordering::SeqCst) % 2 == 0 {
+            return false;
+        }
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::SeqCst);
+        generation % 2 == 1 && latest.1 <= pgoff && pgoff < latest.2
+    }
+
+    /// Whether an invalidation covering `pgoff` began after generation `since` (read before a
+    /// fill started reading the backing; when it was odd, the invalidation then running did
+    /// not cover `pgoff`).
+    fn began_over(&self, pgoff: u64, since: u64) -> bool {
+        if self.generation.load(Ordering::SeqCst) == since {
+            return false;
+        }
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.generation.load(Ordering::SeqCst);
+        // Invalidations begin at odd generations: those in (since, now] began after `since`.
+        let begun = now.div_ceil(2) - since.div_ceil(2);
+        match begun {
+            0 => false,
+            // Only the latest one: its range is known.
+            1 => latest.1 <= pgoff && pgoff < latest.2,
+            // More than one: their ranges are not kept; read again.
+            _ => true,
+        }
+    }
+
+    /// Publishes `[first, end)` as being invalidated (the caller holds the file's `resize`).
+    fn begin(&self, first: u64, end: u64) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        *latest = (generation, first, end);
+        self.generation.store(generation, Ordering::SeqCst);
+    }
+
+    /// Ends the running invalidation.
+    fn end(&self) {
+        let _latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A file: a page cache over a [`Backing`], a size, and the reverse map of the VMAs that map
+/// it in any number of address spaces (see the module documentation). Map it with
+/// [`Mm::mmap`](crate::Mm::mmap); read and change it with the file-side calls.
+///
+/// ```
+/// use fault::{File, FramePool, MapFlags, Mm, MmConfig, Prot};
+/// use std::sync::Arc;
+///
+/// let frames = Arc::new(FramePool::new(Default::default()).unwrap());
+/// let (a, b) = (Mm::new(MmConfig::default(), frames.clone()).unwrap(), Mm::new(MmConfig::default(), frames.clone()).unwrap());
+/// let file = File::new("/data", &frames, &[7; 8192]);
+/// let in_a = a.mmap(0, 8192, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0))).unwrap();
+/// let in_b = b.mmap(0, 8192, Prot::READ, MapFlags::SHARED, Some((&file, 0))).unwrap();
+/// a.write(in_a + 4096, b"x").unwrap();
+/// let mut byte = [0];
+/// b.read(in_b + 4096, &mut byte).unwrap();
+/// assert_eq!(byte, *b"x", "shared mappings see each other's writes");
+/// file.set_len(4096).unwrap();
+/// assert!(b.read(in_b + 4096, &mut byte).is_err(), "beyond the end: a bus error");
+/// ```
+pub struct File {
+    name: String,
+    backing: Arc<dyn Backing>,
+    cache: PageCache,
+    /// Bytes. Changed under `resize`; read by faults inside their read-side section.
+    size: AtomicU64,
+    reverse_map: IntervalTree<ReverseMapping>,
+    invalidation: Invalidation,
+    /// Serializes truncate, hole punch and `write_at` (which may extend the file).
+    resize: Mutex<()>,
+    #[cfg(feature = "shuttle")]
+    broken: maple::sync::atomic::AtomicBool,
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("File")
+            .field("name", &self.name)
+            .field("len", &self.len())
+            .field("cached_pages", &self.cached_pages())
+            .field("mappings", &self.reverse_map.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest file: 256 TiB (what a page cache can index).
+pub const MAX_FILE_LEN: u64 = MAX_PAGES * FRAME_SIZE as u64;
+
+fn efbig() -> Error {
+    Error::new(Errno::EFBIG, "beyond the largest file size")
+}
+
+/// What a page-cache lookup found for a fault.
+pub(crate) enum Lookup {
+    /// The cached frame, with one reference for the caller.
+    Cached(Frame),
+    /// Not cached (or being invalidated): read it in first, with no guard held.
+    Missing,
+    /// At or beyond the end of the file: a bus error.
+    Beyond,
+}
+
+impl File {
+    /// A file named `name` holding `contents`, in memory, caching its pages in `frames`.
+    ///
+    /// # Panics
+    /// If `contents` is longer than [`MAX_FILE_LEN`].
+    pub fn new(name: impl Into<String>, frames: &Arc<FramePool>, contents: &[u8]) -> Arc<Self> {
+        Self::with_backing(name, frames, contents.len() as u64, Arc::new(MemBacking::new(contents)))
+            .expect("contents in memory are shorter than the largest file")
+    }
+
+    /// A zero-filled file of `len` bytes; nothing is allocated until pages are touched. EFBIG
+    /// beyond [`MAX_FILE_LEN`].
+    pub fn zeroed(name: impl Into<String>, frames: &Arc<FramePool>, len: u64) -> vma::Result<Arc<Self>> {
+        Self::with_backing(name, frames, len, Arc::new(MemBacking::new(&[])))
+    }
+
+    /// A file of `len` bytes stored in `backing`. EFBIG beyond [`MAX_FILE_LEN`].
+    pub fn with_backing(
+        name: impl Into<String>,
+        frames: &Arc<FramePool>,
+        len: u64,
+        backing: Arc<dyn Backing>,
+    ) -> vma::Result<Arc<Self>> {
+        if len > MAX_FILE_LEN {
+            return Err(efbig());
+        }
+        Ok(Arc::new(Self {
+            name: name.into(),
+            backing,
+            cache: PageCache::new(frames),
+            size: AtomicU64::new(len),
+            reverse_map: IntervalTree::new(),
+            invalidation: Invalidation {
+                generation: AtomicU64::new(0),
+                latest: Mutex::new((0, 0, 0)),
+            },
+            resize: Mutex::new(()),
+            #[cfg(feature = "shuttle")]
+            broken: maple::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// Breaks the invalidation protocol: truncate and hole punch skip publishing their range
+    /// and the grace period (shuttle builds only; for the test that must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn break_invalidation(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+    }
+
+    fn invalidation_broken(&self) -> bool {
+        #[cfg(feature = "shuttle")]
+        return self.broken.load(Ordering::SeqCst);
+        #[cfg(not(feature = "shuttle"))]
+        false
+    }
+
+    /// The name `maps()` shows.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The size in bytes.
+    pub fn len(&self) -> u64 {
+        self.size.load(Ordering::SeqCst)
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The size in pages (the last one partial).
+    pub fn pages(&self) -> u64 {
+        self.len().div_ceil(PAGE_SIZE)
+    }
+
+    /// The pool the page cache's frames come from; address spaces mapping the file must use
+    /// the same one.
+    pub fn frames(&self) -> &Arc<FramePool> {
+        self.cache.frames()
+    }
+
+    /// The storage under the page cache.
+    pub fn backing(&self) -> &Arc<dyn Backing> {
+        &self.backing
+    }
+
+    /// Pages in the page cache.
+    pub fn cached_pages(&self) -> usize {
+        self.cache.cached_pages()
+    }
+
+    /// VMAs mapping the file now, in every address space.
+    pub fn mappings(&self) -> usize {
+        self.reverse_map.len()
+    }
+
+    /// Enters a read-side section of the file's domain for page `pgoff` (a fault's lookup and
+    /// install).
+    pub(crate) fn guard_at(&self, pgoff: u64) -> Guard<'_, DefaultRcu> {
+        Guard::keyed(self.reverse_map.rcu(), Keys::one(pgoff))
+    }
+
+    /// What a fault at page `pgoff` finds, inside `_guard` (from [`File::guard_at`]).
+    pub(crate) fn lookup(&self, pgoff: u64, _guard: &Guard<'_, DefaultRcu>) -> Lookup {
+        if self.invalidation.running_over(pgoff) {
+            return Lookup::Missing;
+        }
+        if pgoff >= self.pages() {
+            return Lookup::Beyond;
+        }
+        self.cache.get(pgoff).map_or(Lookup::Missing, Lookup::Cached)
+    }
+
+    /// Brings page `pgoff` into the cache (the fault's slow path): waits while an invalidation
+    /// covers it, reads it from the backing with no guard held, and caches it unless an
+    /// invalidation covering it began meanwhile (then reads again). `BusError` at or beyond the
+    /// end of the file.
+    pub(crate) fn read_in(&self, pgoff: u64) -> Result<(), FaultError> {
+        let frames = self.cache.frames();
+        let mut backoff = Backoff::new();
+        loop {
+            let since = self.invalidation.generation.load(Ordering::SeqCst);
+            if self.invalidation.running_over(pgoff) {
+                backoff.snooze();
+                continue;
+            }
+            {
+                let guard = self.guard_at(pgoff);
+                match self.lookup(pgoff, &guard) {
+                    Lookup::Beyond => return Err(FaultError::BusError),
+                    Lookup::Cached(frame) => {
+                        // SAFETY: the reference `get` gave us, not used.
+                        unsafe { frames.put(frame) };
+                        return Ok(());
+                    }
+                    Lookup::Missing => {}
+                }
+            }
+            let frame = frames.alloc().ok_or(FaultError::OutOfMemory)?;
+            let mut page = vec![0; FRAME_SIZE];
+            let read = self.backing.read(pgoff, &mut page);
+            if let Err(error) = read {
+                // SAFETY: the frame was never published; this is its only reference.
+                unsafe { frames.put(frame) };
+                return Err(error.into());
+            }
+            frames.write(frame, 0, &page);
+            let guard = self.guard_at(pgoff);
+            if self.invalidation.began_over(pgoff, since) || pgoff >= self.pages() {
+                drop(guard);
+                // SAFETY: as above.
+                unsafe { frames.put(frame) };
+                continue;
+            }
+            let cached = self.cache.insert(pgoff, frame);
+            drop(guard);
+            // SAFETY: the caller's reference `insert` returned, not used.
+            unsafe { frames.put(cached) };
+            return Ok(());
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (as pread): fewer at the end of the file, none
+    /// beyond it. Returns how many were read.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> vma::Result<usize> {
+        let len = self.len();
+        if offset >= len {
+            return Ok(0);
+        }
+        let count = (buf.len() as u64).min(len - offset) as usize;
+        let frames = self.cache.frames();
+        self.each_page(offset, count, |pgoff, in_page, at, chunk| {
+            let out = &mut buf[at..at + chunk];
+            loop {
+                let guard = self.guard_at(pgoff);
+                if let Lookup::Cached(frame) = self.lookup(pgoff, &guard) {
+                    frames.read(frame, in_page, out);
+                    // SAFETY: the reference `lookup` gave us.
+                    unsafe { frames.put(frame) };
+                    return Ok(());
+                }
+                drop(guard);
+                match self.read_in(pgoff) {
+                    Ok(()) => {}
+                    // Truncated meanwhile: what is gone reads as nothing.
+                    Err(FaultError::BusError) => {
+                        out.fill(0);
+                        return Ok(());
+                    }
+                    Err(_) => return Err(Error::new(Errno::ENOMEM, "no frame to read the page into")),
+                }
+            }
+        })?;
+        Ok(count)
+    }
+
+    /// Writes `data` at `offset` (as pwrite), extending the file if it ends beyond it. The
+    /// pages are brought into the page cache and written there, where every shared mapping
+    /// sees them at once. EFBIG beyond [`MAX_FILE_LEN`], ENOMEM when no frame is free.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> vma::Result<()> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&end| end <= MAX_FILE_LEN)
+            .ok_or_else(efbig)?;
+        let _resize = self.resize.lock().unwrap_or_else(|e| e.into_inner());
+        if end > self.len() {
+            self.size.store(end, Ordering::SeqCst);
+        }
+        let frames = self.cache.frames();
+        self.each_page(offset, data.len(), |pgoff, in_page, at, chunk| {
+            let data = &data[at..at + chunk];
+            loop {
+                let guard = self.guard_at(pgoff);
+                if let Lookup::Cached(frame) = self.lookup(pgoff, &guard) {
+                    frames.write(frame, in_page, data);
+                    // SAFETY: the reference `lookup` gave us.
+                    unsafe { frames.put(frame) };
+                    return Ok(());
+                }
+                drop(guard);
+                // Holding `resize`, no invalidation runs: only memory can be missing.
+                self.read_in(pgoff)
+                    .map_err(|_| Error::new(Errno::ENOMEM, "no frame to write the page into"))?;
+            }
+        })
+    }
+
+    /// Sets the size to `len` (as ftruncate). Shrinking removes the pages beyond the new end from
+    /// the cache, from every address space's translations (private copies included) and from
+    /// the backing, and zeroes the rest of the last partial page: when this returns, no address
+    /// space holds a translation beyond the end and none can appear (a fault there is a bus
+    /// error). Growing adds zeros. EFBIG beyond [`MAX_FILE_LEN`].
+    pub fn set_len(&self, len: u64) -> vma::Result<()> {
+        if len > MAX_FILE_LEN {
+            return Err(efbig());
+        }
+        let _resize = self.resize.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.len();
+        if len >= old {
+            self.size.store(len, Ordering::SeqCst);
+            return Ok(());
+        }
+        let (first, end) = (len.div_ceil(PAGE_SIZE), old.div_ceil(PAGE_SIZE));
+        self.zero_partial(len, len.next_multiple_of(PAGE_SIZE).min(old));
+        self.invalidate(first, end, true, || self.size.store(len, Ordering::SeqCst));
+        Ok(())
+    }
+
+    /// Deallocates `[offset, offset + len)` (as fallocate(FALLOC_FL_PUNCH_HOLE |
+    /// FALLOC_FL_KEEP_SIZE)): whole pages inside leave the cache, the shared translations of
+    /// every address space and the backing, and read as zeros; private copies stay (as Linux);
+    /// partial pages at the ends are zeroed in place. The size does not change. EINVAL for a
+    /// zero length, EFBIG when the range ends beyond [`MAX_FILE_LEN`].
+    pub fn punch_hole(&self, offset: u64, len: u64) -> vma::Result<()> {
+        if len == 0 {
+            return Err(Error::new(Errno::EINVAL, "zero length"));
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= MAX_FILE_LEN)
+            .ok_or_else(efbig)?;
+        let _resize = self.resize.lock().unwrap_or_else(|e| e.into_inner());
+        let size = self.len();
+        let end = end.min(size);
+        if offset >= end {
+            return Ok(());
+        }
+        let (first, last) = (offset.div_ceil(PAGE_SIZE), end / PAGE_SIZE);
+        if first >= last {
+            // Inside one page: zeroed in place.
+            self.zero_partial(offset, end);
+            return Ok(());
+        }
+        self.zero_partial(offset, first * PAGE_SIZE);
+        if end < size {
+            self.zero_partial(last * PAGE_SIZE, end);
+        }
+        self.invalidate(first, last, false, || {});
+        Ok(())
+    }
+
+    /// Zeroes the bytes `[from, to)` (inside one page) in the cache, reading the page in first;
+    /// nothing when the range is empty. The caller holds `resize`.
+    fn zero_partial(&self, from: u64, to: u64) {
+        if from >= to {
+            return;
+        }
+        let zeros = vec![0; (to - from) as usize];
+        let pgoff = from / PAGE_SIZE;
+        let frames = self.cache.frames();
+        loop {
+            let guard = self.guard_at(pgoff);
+            if let Lookup::Cached(frame) = self.lookup(pgoff, &guard) {
+                frames.write(frame, (from % PAGE_SIZE) as usize, &zeros);
+                // SAFETY: the reference `lookup` gave us.
+                unsafe { frames.put(frame) };
+                return;
+            }
+            drop(guard);
+            if self.read_in(pgoff).is_err() {
+                // No frame: zero it in the backing instead (the page is not cached).
+                // Pages are whole in the backing; a partial page not cached is read in above,
+                // so only memory exhaustion gets here, and then the bytes are left: report
+                // nothing worse than Linux's ENOMEM would.
+                return;
+            }
+        }
+    }
+
+    /// One invalidation of pages `[first, end)`: publish the range, `resized` (the new size
+    /// of a truncate), a grace period for the lookups that did not see it, take the pages out
+    /// of the cache, remove their translations everywhere, forget them in the backing, end.
+    /// The caller holds `resize`.
+    fn invalidate(&self, first: u64, end: u64, even_cows: bool, resized: impl FnOnce()) {
+        let broken = self.invalidation_broken();
+        if !broken {
+            self.invalidation.begin(first, end);
+        }
+        resized();
+        let rcu = self.reverse_map.rcu();
+        if !broken {
+            rcu.synchronize_timed_for(|keys| keys.overlaps(Keys::new(first, end - 1)));
+        }
+        let removed = self.cache.remove(first, end);
+        for mapper in self.mappers(first, end) {
+            mapper.unmap_file_pages(self, first, end, even_cows);
+        }
+        self.backing.discard(first, end);
+        // SAFETY: the cache's references. No lookup can reach the frames: those that began
+        // before the range was published ended within the grace period, later ones see the
+        // range and keep off; translations held their own references, now released.
+        unsafe { self.cache.frames().put_many(&removed) };
+        if !broken {
+            self.invalidation.end();
+        }
+    }
+
+    /// The address spaces with a VMA mapping pages of `[first, end)`, each once.
+    fn mappers(&self, first: u64, end: u64) -> Vec<Arc<dyn Mapper>> {
+        let guard = self.reverse_map.guard();
+        let mut found: Vec<Arc<dyn Mapper>> = Vec::new();
+        for interval in self.reverse_map.overlapping(first, end, &guard) {
+            let mapping = &interval.value;
+            if found.iter().any(|m| Arc::as_ptr(m) as *const () == mapping.mapper_id()) {
+                continue;
+            }
+            // A mapper being dropped takes its translations with it.
+            if let Some(mapper) = mapping.mapper.upgrade() {
+                found.push(mapper);
+            }
+        }
+        found
+    }
+
+    /// The address ranges where `mapper` maps pages of `[first, end)` (for
+    /// [`Mapper::unmap_file_pages`]; call it under the mapper's relocation lock).
+    pub fn mapped_ranges(&self, mapper: &dyn Mapper, first: u64, end: u64) -> Vec<(u64, u64)> {
+        let id = mapper as *const dyn Mapper as *const ();
+        let guard = self.reverse_map.guard();
+        self.reverse_map
+            .overlapping(first, end, &guard)
+            .filter(|interval| interval.value.mapper_id() == id)
+            .map(|interval| {
+                let address = |pgoff: u64| interval.value.start + (pgoff - interval.start) * PAGE_SIZE;
+                (address(first.max(interval.start)), address(end.min(interval.end)))
+            })
+            .collect()
+    }
+
+    /// Adds a VMA of `mapper` to the reverse map: `[start, end)` maps pages from `pgoff`.
+    pub fn link(&self, mapper: &Weak<dyn Mapper>, start: u64, end: u64, pgoff: u64) {
+        let pages = (end - start) / PAGE_SIZE;
+        let entry = ReverseMapping {
+            start,
+            mapper: mapper.clone(),
+        };
+        self.reverse_map
+            .insert(pgoff, pgoff + pages, entry)
+            .expect("a VMA's page offsets lie inside the largest file");
+    }
+
+    /// Removes a VMA of `mapper` linked with the same arguments.
+    pub fn unlink(&self, mapper: &Weak<dyn Mapper>, start: u64, end: u64, pgoff: u64) {
+        let id = mapper.as_ptr() as *const ();
+        let pages = (end - start) / PAGE_SIZE;
+        let removed = self.reverse_map.remove(pgoff, |interval| {
+            interval.value.mapper_id() == id && interval.value.start == start && interval.end == pgoff + pages
+        });
+        debug_assert!(removed, "unlinking a VMA that was never linked");
+    }
+
+    /// Splits `[offset, offset + len)` by page: `f(pgoff, offset in page, offset in buffer,
+    /// length)`, stopping at the first error.
+    fn each_page(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(u64, usize, usize, usize) -> vma::Result<()>,
+    ) -> vma::Result<()> {
+        let end = offset + len as u64;
+        let mut at = offset;
+        while at < end {
+            let in_page = (at % PAGE_SIZE) as usize;
+            let chunk = (FRAME_SIZE - in_page).min((end - at) as usize);
+            f(at / PAGE_SIZE, in_page, (at - offset) as usize, chunk)?;
+            at += chunk as u64;
+        }
+        Ok(())
+    }
+}
+
+impl MappedFile for File {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
