@@ -428,7 +428,12 @@ impl File {
         }
         let (first, end) = (len.div_ceil(PAGE_SIZE), old.div_ceil(PAGE_SIZE));
         self.zero_partial(len, len.next_multiple_of(PAGE_SIZE).min(old));
-        self.invalidate(first, end, true, || self.size.store(len, Ordering::SeqCst));
+        if first < end {
+            self.invalidate(first, end, true, || self.size.store(len, Ordering::SeqCst));
+        } else {
+            // The last page stays: only its tail was cut (and zeroed).
+            self.size.store(len, Ordering::SeqCst);
+        }
         Ok(())
     }
 
@@ -451,17 +456,14 @@ impl File {
         if offset >= end {
             return Ok(());
         }
+        // Whole pages leave; the partial pages at either end are zeroed in place.
         let (first, last) = (offset.div_ceil(PAGE_SIZE), end / PAGE_SIZE);
-        if first >= last {
-            // Inside one page: zeroed in place.
-            self.zero_partial(offset, end);
-            return Ok(());
+        let head_end = (first * PAGE_SIZE).min(end);
+        self.zero_partial(offset, head_end);
+        if first < last {
+            self.invalidate(first, last, false, || {});
         }
-        self.zero_partial(offset, first * PAGE_SIZE);
-        if end < size {
-            self.zero_partial(last * PAGE_SIZE, end);
-        }
-        self.invalidate(first, last, false, || {});
+        self.zero_partial((last * PAGE_SIZE).max(head_end), end);
         Ok(())
     }
 
@@ -493,11 +495,12 @@ impl File {
         }
     }
 
-    /// One invalidation of pages `[first, end)`: publish the range, `resized` (the new size
+    /// One invalidation of pages `[first, end)` (not empty): publish the range, `resized` (the new size
     /// of a truncate), a grace period for the lookups that did not see it, take the pages out
     /// of the cache, remove their translations everywhere, forget them in the backing, end.
     /// The caller holds `resize`.
     fn invalidate(&self, first: u64, end: u64, even_cows: bool, resized: impl FnOnce()) {
+        debug_assert!(first < end);
         let broken = self.invalidation_broken();
         if !broken {
             self.invalidation.begin(first, end);

@@ -161,6 +161,24 @@ impl Mm {
         &self.shared.space
     }
 
+    /// The file mapped at `addr` and the byte offset there in it (the object MAP_SHARED |
+    /// MAP_ANONYMOUS created, to hand on to another `Mm` as a file descriptor would be), or
+    /// `None` where no file mapping is.
+    pub fn file_at(&self, addr: u64) -> Option<(Arc<File>, u64)> {
+        let page = addr & !(PAGE_SIZE - 1);
+        let guard = self.shared.space.guard_at(page);
+        let Lookup::Mapped(vma) = self.shared.space.lookup(page, &guard) else {
+            return None;
+        };
+        let mapping = vma.mapping();
+        let VmaBacking::File(object) = &mapping.backing else {
+            return None;
+        };
+        let any: Arc<dyn std::any::Any + Send + Sync> = object.clone();
+        let file = any.downcast::<File>().ok()?;
+        Some((file, (mapping.pgoff << vma::PAGE_SHIFT) + (page - mapping.start)))
+    }
+
     /// The page table and its frames.
     pub fn memory(&self) -> &Memory {
         &self.shared.memory

@@ -1,0 +1,292 @@
+//! Files shared by several address spaces, against a sequential model of Linux's semantics:
+//! shared mappings and `write_at` see each other's writes in every `Mm`; a private mapping sees
+//! the file until it writes a page (its copy), and keeps its copies after; truncate makes
+//! faults beyond the end bus errors and removes private copies there too; a hole punch reads
+//! zeros and keeps private copies; partial pages are zeroed. Checked after every step through
+//! every mapping of every address space, and `read_at`. Then bad input, and no leaks.
+
+#![cfg(not(feature = "shuttle"))]
+
+use fault::{Access, AccessError, Errno, FaultError, File, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig, PAGE_SIZE, Prot};
+use maple::testing::Rng;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const P: u64 = PAGE_SIZE;
+/// The model's file never grows beyond this many pages.
+const MAX_PAGES: u64 = 12;
+
+fn pool() -> Arc<FramePool> {
+    Arc::new(
+        FramePool::new(FramePoolConfig {
+            chunk_frames: 64,
+            max_frames: 4096,
+        })
+        .unwrap(),
+    )
+}
+
+fn mm(frames: &Arc<FramePool>) -> Mm {
+    Mm::new(MmConfig::default(), frames.clone()).unwrap()
+}
+
+/// One mapping in the model: where, which file pages, and (private) the pages it copied.
+struct Mapped {
+    mm: usize,
+    addr: u64,
+    pgoff: u64,
+    pages: u64,
+    shared: bool,
+    copies: BTreeMap<u64, Vec<u8>>,
+}
+
+struct Model {
+    file: Vec<u8>,
+    mappings: Vec<Mapped>,
+}
+
+impl Model {
+    /// What reading page `index` of mapping `m` gives: its bytes, or a bus error beyond the
+    /// end of the file.
+    fn page(&self, m: &Mapped, index: u64) -> Result<Vec<u8>, FaultError> {
+        if let Some(copy) = m.copies.get(&index) {
+            return Ok(copy.clone());
+        }
+        let pgoff = m.pgoff + index;
+        let len = self.file.len() as u64;
+        if pgoff * P >= len {
+            return Err(FaultError::BusError);
+        }
+        let mut page = vec![0; P as usize];
+        let end = ((pgoff + 1) * P).min(len);
+        page[..(end - pgoff * P) as usize].copy_from_slice(&self.file[(pgoff * P) as usize..end as usize]);
+        Ok(page)
+    }
+}
+
+fn check(model: &Model, mms: &[Mm], file: &File) {
+    assert_eq!(file.len(), model.file.len() as u64);
+    let mut contents = vec![0; model.file.len()];
+    assert_eq!(file.read_at(0, &mut contents).unwrap(), model.file.len());
+    assert!(contents == model.file, "read_at differs from the model");
+    for m in &model.mappings {
+        for index in 0..m.pages {
+            let mut page = vec![0; P as usize];
+            let got = mms[m.mm].read(m.addr + index * P, &mut page).map(|()| page);
+            let expected = model.page(m, index);
+            match (got, expected) {
+                (Ok(got), Ok(expected)) => assert!(
+                    got == expected,
+                    "mm {} {} mapping at pgoff {} page {index} differs",
+                    m.mm,
+                    if m.shared { "shared" } else { "private" },
+                    m.pgoff
+                ),
+                (Err(AccessError { error, .. }), Err(expected)) => assert_eq!(error, expected),
+                (got, expected) => panic!(
+                    "mm {} page {index} of the mapping at pgoff {}: got {:?}, expected {:?}",
+                    m.mm,
+                    m.pgoff,
+                    got.map(|_| ()),
+                    expected.map(|_| ())
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn many_address_spaces_see_one_file_as_linux_does() {
+    for seed in 0..6 {
+        let frames = pool();
+        let mms = [mm(&frames), mm(&frames), mm(&frames)];
+        let initial: Vec<u8> = (0..8 * P).map(|i| (i / P) as u8 + 1).collect();
+        let file = File::new("/shared/data", &frames, &initial);
+        let mut model = Model {
+            file: initial,
+            mappings: Vec::new(),
+        };
+        let mut rng = Rng::new(seed);
+        for step in 0..300 {
+            match rng.below(10) {
+                0 | 1 if model.mappings.len() < 8 => {
+                    let (m, pages) = (rng.below(3) as usize, 1 + rng.below(6));
+                    let pgoff = rng.below(MAX_PAGES - pages);
+                    let shared = rng.chance(50);
+                    let flags = if shared { MapFlags::SHARED } else { MapFlags::PRIVATE };
+                    let addr = mms[m]
+                        .mmap(0, pages * P, Prot::READ_WRITE, flags, Some((&file, pgoff * P)))
+                        .unwrap();
+                    model.mappings.push(Mapped {
+                        mm: m,
+                        addr,
+                        pgoff,
+                        pages,
+                        shared,
+                        copies: BTreeMap::new(),
+                    });
+                }
+                0 | 1 => {
+                    let gone = model.mappings.swap_remove(rng.below(model.mappings.len() as u64) as usize);
+                    mms[gone.mm].munmap(gone.addr, gone.pages * P).unwrap();
+                }
+                2 | 3 if !model.mappings.is_empty() => {
+                    // A store through a mapping, inside the file.
+                    let at = rng.below(model.mappings.len() as u64) as usize;
+                    let (index, offset) = (rng.below(model.mappings[at].pages), rng.below(P - 8));
+                    let m = &model.mappings[at];
+                    let position = (m.pgoff + index) * P + offset;
+                    if position + 8 > model.file.len() as u64 && !m.copies.contains_key(&index) {
+                        continue;
+                    }
+                    let data = [step as u8; 8];
+                    mms[m.mm].write(m.addr + index * P + offset, &data).unwrap();
+                    if m.shared {
+                        model.file[position as usize..position as usize + 8].copy_from_slice(&data);
+                    } else {
+                        let mut page = model.page(m, index).unwrap();
+                        page[offset as usize..offset as usize + 8].copy_from_slice(&data);
+                        model.mappings[at].copies.insert(index, page);
+                    }
+                }
+                4 | 5 => {
+                    let offset = rng.below(MAX_PAGES * P - 100);
+                    let data = vec![0x80 | step as u8; 1 + rng.below(100) as usize];
+                    file.write_at(offset, &data).unwrap();
+                    let end = offset as usize + data.len();
+                    if end > model.file.len() {
+                        model.file.resize(end, 0);
+                    }
+                    model.file[offset as usize..end].copy_from_slice(&data);
+                }
+                6 | 7 => {
+                    let len = rng.below(MAX_PAGES * P);
+                    file.set_len(len).unwrap();
+                    let old = model.file.len() as u64;
+                    model.file.resize(len as usize, 0);
+                    if len < old {
+                        // Private copies of whole pages beyond the new end go too.
+                        let first = len.div_ceil(P);
+                        for m in &mut model.mappings {
+                            m.copies.retain(|&index, _| m.pgoff + index < first);
+                        }
+                    }
+                }
+                _ => {
+                    let offset = rng.below(MAX_PAGES * P);
+                    let len = 1 + rng.below(4 * P);
+                    file.punch_hole(offset, len).unwrap();
+                    let end = (offset + len).min(model.file.len() as u64);
+                    if offset < end {
+                        model.file[offset as usize..end as usize].fill(0);
+                    }
+                }
+            }
+            check(&model, &mms, &file);
+        }
+        for m in model.mappings.drain(..) {
+            mms[m.mm].munmap(m.addr, m.pages * P).unwrap();
+        }
+        assert_eq!(file.mappings(), 0, "the reverse map is empty when nothing maps the file");
+        drop(file);
+        for mm in &mms {
+            mm.barrier();
+            assert_eq!(mm.page_tables(), 0);
+        }
+        assert_eq!(frames.in_use(), 0, "frames leaked");
+    }
+}
+
+#[test]
+fn truncate_and_punch_reach_every_address_space() {
+    let frames = pool();
+    let (a, b) = (mm(&frames), mm(&frames));
+    let file = File::new("/t", &frames, &[9; 4 * P as usize]);
+    let in_a = a.mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0))).unwrap();
+    let in_b = b.mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0))).unwrap();
+    for page in 0..4 {
+        a.fault(in_a + page * P, Access::Write).unwrap();
+        b.fault(in_b + page * P, Access::Read).unwrap();
+    }
+    b.write(in_b + 3 * P, b"mine").unwrap();
+    assert_eq!(file.mappings(), 2);
+    file.punch_hole(P, P).unwrap();
+    assert!(a.translation(in_a + P).is_none() && b.translation(in_b + P).is_none());
+    let mut byte = [1];
+    b.read(in_b + P, &mut byte).unwrap();
+    assert_eq!(byte, [0], "a hole reads zeros");
+    file.set_len(2 * P + 1).unwrap();
+    for (mm, at) in [(&a, in_a), (&b, in_b)] {
+        assert!(mm.translation(at + 3 * P).is_none(), "no translation beyond the end");
+        assert_eq!(mm.fault(at + 3 * P, Access::Read), Err(FaultError::BusError));
+        let mut tail = [1; 2];
+        mm.read(at + 2 * P, &mut tail).unwrap();
+        assert_eq!(tail, [9, 0], "the rest of the last page is zeroed");
+    }
+    assert_eq!(a.stats().bus_errors, 1);
+    drop((a, b));
+    assert_eq!(file.mappings(), 0, "dropping an address space unlinks its VMAs");
+    drop(file);
+    assert_eq!(frames.in_use(), 0);
+}
+
+#[test]
+fn shared_anonymous_memory_can_be_handed_to_another_address_space() {
+    let frames = pool();
+    let (a, b) = (mm(&frames), mm(&frames));
+    let shm = File::zeroed("/dev/zero (deleted)", &frames, 4 * P).unwrap();
+    let in_a = a.mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&shm, 0))).unwrap();
+    let in_b = b.mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&shm, 2 * P))).unwrap();
+    a.write(in_a + 2 * P + 5, b"hello").unwrap();
+    let mut seen = [0; 5];
+    b.read(in_b + 5, &mut seen).unwrap();
+    assert_eq!(&seen, b"hello");
+    // MAP_SHARED | MAP_ANONYMOUS makes such an object; `file_at` hands it on.
+    let anon = a
+        .mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::SHARED_ANONYMOUS, None)
+        .unwrap();
+    a.write(anon + P, b"shm").unwrap();
+    let (object, offset) = a.file_at(anon + P).unwrap();
+    assert_eq!(offset, P);
+    let in_b2 = b
+        .mmap(0, 2 * P, Prot::READ, MapFlags::SHARED, Some((&object, 0)))
+        .unwrap();
+    let mut seen = [0; 3];
+    b.read(in_b2 + P, &mut seen).unwrap();
+    assert_eq!(&seen, b"shm");
+    drop((a, b, shm, object));
+    assert_eq!(frames.in_use(), 0);
+}
+
+#[test]
+fn bad_file_requests_are_errors() {
+    let frames = pool();
+    let file = File::new("/bad", &frames, b"abc");
+    let max = fault::MAX_FILE_LEN;
+    assert_eq!(file.set_len(max + 1).unwrap_err().errno, Errno::EFBIG);
+    assert_eq!(file.write_at(u64::MAX, b"x").unwrap_err().errno, Errno::EFBIG);
+    assert_eq!(file.write_at(max, b"x").unwrap_err().errno, Errno::EFBIG);
+    assert_eq!(file.punch_hole(0, 0).unwrap_err().errno, Errno::EINVAL);
+    assert_eq!(file.punch_hole(u64::MAX, 2).unwrap_err().errno, Errno::EFBIG);
+    assert!(File::zeroed("/big", &frames, max + 1).is_err());
+    // Beyond the end: nothing to read, nothing to punch.
+    assert_eq!(file.read_at(10, &mut [0; 4]).unwrap(), 0);
+    assert_eq!(file.read_at(1, &mut [0; 4]).unwrap(), 2, "a short read at the end");
+    file.punch_hole(100, 5).unwrap();
+    // An unaligned punch zeroes the bytes inside.
+    file.punch_hole(1, 1).unwrap();
+    let mut all = [9; 3];
+    file.read_at(0, &mut all).unwrap();
+    assert_eq!(&all, b"a\0c");
+    // A mapping whose offset lies beyond a new, smaller size faults with a bus error.
+    let mm = mm(&frames);
+    let big = File::new("/big", &frames, &[1; 3 * P as usize]);
+    let at = mm.mmap(0, P, Prot::READ, MapFlags::SHARED, Some((&big, 2 * P))).unwrap();
+    big.set_len(P).unwrap();
+    assert_eq!(mm.fault(at, Access::Read), Err(FaultError::BusError));
+    big.set_len(0).unwrap();
+    big.set_len(3 * P).unwrap();
+    let mut byte = [1];
+    mm.read(at, &mut byte).unwrap();
+    assert_eq!(byte, [0], "grown again: zeros");
+}
