@@ -64,6 +64,18 @@ impl ReverseMapping {
     }
 }
 
+/// A VMA found by [`File::walk_reverse_map`]: it maps the file's pages `[first, end)` from
+/// `address` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappedRange {
+    /// First page offset mapped.
+    pub first: u64,
+    /// One past the last page offset mapped.
+    pub end: u64,
+    /// The address where page `first` is mapped.
+    pub address: u64,
+}
+
 /// Invalidations, for lookups: a generation (odd while one runs), and the range of the latest
 /// one with the generation it began at. Lookups read the generation alone unless one runs.
 struct Invalidation {
@@ -188,8 +200,13 @@ impl File {
     /// # Panics
     /// If `contents` is longer than [`MAX_FILE_LEN`].
     pub fn new(name: impl Into<String>, frames: &Arc<FramePool>, contents: &[u8]) -> Arc<Self> {
-        Self::with_backing(name, frames, contents.len() as u64, Arc::new(MemBacking::new(contents)))
-            .expect("contents in memory are shorter than the largest file")
+        Self::with_backing(
+            name,
+            frames,
+            contents.len() as u64,
+            Arc::new(MemBacking::new(contents)),
+        )
+        .expect("contents in memory are shorter than the largest file")
     }
 
     /// A zero-filled file of `len` bytes; nothing is allocated until pages are touched. EFBIG
@@ -530,7 +547,10 @@ impl File {
         let mut found: Vec<Arc<dyn Mapper>> = Vec::new();
         for interval in self.reverse_map.overlapping(first, end, &guard) {
             let mapping = &interval.value;
-            if found.iter().any(|m| Arc::as_ptr(m) as *const () == mapping.mapper_id()) {
+            if found
+                .iter()
+                .any(|m| Arc::as_ptr(m) as *const () == mapping.mapper_id())
+            {
                 continue;
             }
             // A mapper being dropped takes its translations with it.
@@ -552,6 +572,22 @@ impl File {
             .map(|interval| {
                 let address = |pgoff: u64| interval.value.start + (pgoff - interval.start) * PAGE_SIZE;
                 (address(first.max(interval.start)), address(end.min(interval.end)))
+            })
+            .collect()
+    }
+
+    /// Walks the reverse map (as Linux's `rmap_walk`): every VMA, in any address space, mapping
+    /// pages of `[first, end)`, as the pages it maps and its first address — without a lock:
+    /// mmap, munmap and mprotect of any mapping go on meanwhile. Each VMA is seen whole, and a
+    /// page that stays mapped while its VMA is split, merged or replaced is covered throughout.
+    pub fn walk_reverse_map(&self, first: u64, end: u64) -> Vec<MappedRange> {
+        let guard = self.reverse_map.guard();
+        self.reverse_map
+            .overlapping(first, end, &guard)
+            .map(|interval| MappedRange {
+                first: interval.start,
+                end: interval.end,
+                address: interval.value.start,
             })
             .collect()
     }

@@ -11,8 +11,8 @@
 //!   ([`Memory::release_later`]): a `read`/`write` copying through the old translation under a
 //!   guard finishes first. Emptied page tables are retired to the same domain.
 
-use crate::file::{File, Lookup};
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
+use crate::file::{File, Lookup};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, WRITABLE};
 use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
@@ -334,7 +334,13 @@ impl Memory {
     /// and mapping a file page are out of line, so that the common fault carries none of their
     /// work.
     #[inline]
-    fn attempt(&self, mapping: &Mapping, page: u64, access: Access, entry: &AtomicU64) -> Result<Attempt, FaultError> {
+    fn attempt(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        access: Access,
+        entry: &AtomicU64,
+    ) -> Result<Attempt, FaultError> {
         // Acquire pairs with the Release of the CAS that installed the entry: the frame's
         // contents are visible.
         let current = Pte(entry.load(Ordering::Acquire));
@@ -357,14 +363,24 @@ impl Memory {
                 frame.ok_or(FaultError::OutOfMemory)?
             }
             VmaBacking::File(object) => {
-                return self.map_file_page(mapping, page, write, writable | dirty, file_of(object), entry, current);
+                return self.map_file_page(
+                    mapping,
+                    page,
+                    write,
+                    writable | dirty,
+                    file_of(object),
+                    entry,
+                    current,
+                );
             }
         };
-        Ok(if self.install(entry, current, Pte::new(frame, PRIVATE | writable | dirty), frame) {
-            Attempt::Done(Fault::Installed)
-        } else {
-            Attempt::Again
-        })
+        Ok(
+            if self.install(entry, current, Pte::new(frame, PRIVATE | writable | dirty), frame) {
+                Attempt::Done(Fault::Installed)
+            } else {
+                Attempt::Again
+            },
+        )
     }
 
     /// An access that a present entry does not allow but `mapping` does: restore access (after

@@ -10,8 +10,8 @@
 //! - Frames removed from entries are released a grace period of the space's RCU domain later
 //!   (see [`Memory`]).
 
-use crate::file::{File, Mapper};
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, allows};
+use crate::file::{File, Mapper};
 use crate::frames::FramePool;
 use crate::memory::{Memory, einval, file_of};
 use crate::pagetable::{ADDRESS_LIMIT, Pte};
@@ -20,8 +20,8 @@ use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::{Arc, Weak};
 use vma::request::advise_range;
 use vma::{
-    AddressSpace, Backing as VmaBacking, Errno, Error, FlushHook, Layout, Lookup, MapFlags, Mapping, PAGE_SIZE,
-    Prot, RemapFlags, Revoked, VmaRef,
+    AddressSpace, Backing as VmaBacking, Errno, Error, FlushHook, Layout, Lookup, MapFlags, Mapping,
+    PAGE_SIZE, Prot, RemapFlags, Revoked, VmaRef,
 };
 
 /// How an [`Mm`] is set up.
@@ -124,11 +124,19 @@ impl Mm {
     /// that must fail).
     #[cfg(feature = "shuttle")]
     #[doc(hidden)]
-    pub fn with_broken_protocol(config: MmConfig, frames: Arc<FramePool>, step: vma::BrokenStep) -> vma::Result<Self> {
+    pub fn with_broken_protocol(
+        config: MmConfig,
+        frames: Arc<FramePool>,
+        step: vma::BrokenStep,
+    ) -> vma::Result<Self> {
         Self::build(config, frames, |space| space.break_protocol(step))
     }
 
-    fn build(config: MmConfig, frames: Arc<FramePool>, prepare: impl FnOnce(&mut AddressSpace)) -> vma::Result<Self> {
+    fn build(
+        config: MmConfig,
+        frames: Arc<FramePool>,
+        prepare: impl FnOnce(&mut AddressSpace),
+    ) -> vma::Result<Self> {
         config.layout.check()?;
         if config.layout.high > ADDRESS_LIMIT {
             return Err(einval("the layout exceeds the 48-bit page table"));
@@ -310,7 +318,8 @@ impl Mm {
         drop(guard);
         // Released after the guard is gone, so that this walk is not among the sections the
         // frames wait for: with no fault in the range they go back at once.
-        self.shared.memory
+        self.shared
+            .memory
             .release_later(frames, (addr, end.min(ADDRESS_LIMIT)), self.shared.space.rcu());
         self.shared.space.await_revoked(&revoked);
         if mapped < end - addr {
@@ -366,16 +375,15 @@ impl Mm {
                 return Err(FaultError::AccessDenied);
             }
             // Without the fast path, every fault holds a reference (rcu-refonly).
-            let Ok(reference) = (!self.shared.fast_path).then(|| self.shared.space.try_get(vma)).transpose() else {
+            let Ok(reference) = (!self.shared.fast_path)
+                .then(|| self.shared.space.try_get(vma))
+                .transpose()
+            else {
                 // Replaced or reborn since the lookup: look again.
                 self.shared.memory.bump(Counter::Retries);
                 continue;
             };
-            match self
-                .shared
-                .memory
-                .settle(vma.mapping(), page, access, &guard)?
-            {
+            match self.shared.memory.settle(vma.mapping(), page, access, &guard)? {
                 Progress::Done(fault) => return Ok(fault),
                 Progress::Blocking(pgoff) => {
                     // The slow path holds a reference across the read.
@@ -411,15 +419,19 @@ impl Mm {
 
     /// Copies `buf.len()` bytes from `addr`, faulting pages in as a CPU would.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), AccessError> {
-        self.shared.memory.read(addr, buf, self.shared.space.rcu(), |addr, access| {
-            self.fault(addr, access)
-        })
+        self.shared
+            .memory
+            .read(addr, buf, self.shared.space.rcu(), |addr, access| {
+                self.fault(addr, access)
+            })
     }
 
     /// Copies `data` to `addr`, faulting pages in as a CPU would.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), AccessError> {
-        self.shared.memory.write(addr, data, self.shared.space.rcu(), |addr, access| {
-            self.fault(addr, access)
-        })
+        self.shared
+            .memory
+            .write(addr, data, self.shared.space.rcu(), |addr, access| {
+                self.fault(addr, access)
+            })
     }
 }

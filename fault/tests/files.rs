@@ -7,7 +7,10 @@
 
 #![cfg(not(feature = "shuttle"))]
 
-use fault::{Access, AccessError, Errno, FaultError, File, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig, PAGE_SIZE, Prot};
+use fault::{
+    Access, AccessError, Errno, FaultError, File, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig,
+    PAGE_SIZE, Prot,
+};
 use maple::testing::Rng;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -113,7 +116,11 @@ fn many_address_spaces_see_one_file_as_linux_does() {
                     let (m, pages) = (rng.below(3) as usize, 1 + rng.below(6));
                     let pgoff = rng.below(MAX_PAGES - pages);
                     let shared = rng.chance(50);
-                    let flags = if shared { MapFlags::SHARED } else { MapFlags::PRIVATE };
+                    let flags = if shared {
+                        MapFlags::SHARED
+                    } else {
+                        MapFlags::PRIVATE
+                    };
                     let addr = mms[m]
                         .mmap(0, pages * P, Prot::READ_WRITE, flags, Some((&file, pgoff * P)))
                         .unwrap();
@@ -127,7 +134,9 @@ fn many_address_spaces_see_one_file_as_linux_does() {
                     });
                 }
                 0 | 1 => {
-                    let gone = model.mappings.swap_remove(rng.below(model.mappings.len() as u64) as usize);
+                    let gone = model
+                        .mappings
+                        .swap_remove(rng.below(model.mappings.len() as u64) as usize);
                     mms[gone.mm].munmap(gone.addr, gone.pages * P).unwrap();
                 }
                 2 | 3 if !model.mappings.is_empty() => {
@@ -187,7 +196,11 @@ fn many_address_spaces_see_one_file_as_linux_does() {
         for m in model.mappings.drain(..) {
             mms[m.mm].munmap(m.addr, m.pages * P).unwrap();
         }
-        assert_eq!(file.mappings(), 0, "the reverse map is empty when nothing maps the file");
+        assert_eq!(
+            file.mappings(),
+            0,
+            "the reverse map is empty when nothing maps the file"
+        );
         drop(file);
         for mm in &mms {
             mm.barrier();
@@ -202,8 +215,12 @@ fn truncate_and_punch_reach_every_address_space() {
     let frames = pool();
     let (a, b) = (mm(&frames), mm(&frames));
     let file = File::new("/t", &frames, &[9; 4 * P as usize]);
-    let in_a = a.mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0))).unwrap();
-    let in_b = b.mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0))).unwrap();
+    let in_a = a
+        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0)))
+        .unwrap();
+    let in_b = b
+        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0)))
+        .unwrap();
     for page in 0..4 {
         a.fault(in_a + page * P, Access::Write).unwrap();
         b.fault(in_b + page * P, Access::Read).unwrap();
@@ -217,7 +234,10 @@ fn truncate_and_punch_reach_every_address_space() {
     assert_eq!(byte, [0], "a hole reads zeros");
     file.set_len(2 * P + 1).unwrap();
     for (mm, at) in [(&a, in_a), (&b, in_b)] {
-        assert!(mm.translation(at + 3 * P).is_none(), "no translation beyond the end");
+        assert!(
+            mm.translation(at + 3 * P).is_none(),
+            "no translation beyond the end"
+        );
         assert_eq!(mm.fault(at + 3 * P, Access::Read), Err(FaultError::BusError));
         let mut tail = [1; 2];
         mm.read(at + 2 * P, &mut tail).unwrap();
@@ -235,8 +255,12 @@ fn shared_anonymous_memory_can_be_handed_to_another_address_space() {
     let frames = pool();
     let (a, b) = (mm(&frames), mm(&frames));
     let shm = File::zeroed("/dev/zero (deleted)", &frames, 4 * P).unwrap();
-    let in_a = a.mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&shm, 0))).unwrap();
-    let in_b = b.mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&shm, 2 * P))).unwrap();
+    let in_a = a
+        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&shm, 0)))
+        .unwrap();
+    let in_b = b
+        .mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&shm, 2 * P)))
+        .unwrap();
     a.write(in_a + 2 * P + 5, b"hello").unwrap();
     let mut seen = [0; 5];
     b.read(in_b + 5, &mut seen).unwrap();
@@ -271,7 +295,11 @@ fn bad_file_requests_are_errors() {
     assert!(File::zeroed("/big", &frames, max + 1).is_err());
     // Beyond the end: nothing to read, nothing to punch.
     assert_eq!(file.read_at(10, &mut [0; 4]).unwrap(), 0);
-    assert_eq!(file.read_at(1, &mut [0; 4]).unwrap(), 2, "a short read at the end");
+    assert_eq!(
+        file.read_at(1, &mut [0; 4]).unwrap(),
+        2,
+        "a short read at the end"
+    );
     file.punch_hole(100, 5).unwrap();
     // An unaligned punch zeroes the bytes inside.
     file.punch_hole(1, 1).unwrap();
@@ -281,7 +309,9 @@ fn bad_file_requests_are_errors() {
     // A mapping whose offset lies beyond a new, smaller size faults with a bus error.
     let mm = mm(&frames);
     let big = File::new("/big", &frames, &[1; 3 * P as usize]);
-    let at = mm.mmap(0, P, Prot::READ, MapFlags::SHARED, Some((&big, 2 * P))).unwrap();
+    let at = mm
+        .mmap(0, P, Prot::READ, MapFlags::SHARED, Some((&big, 2 * P)))
+        .unwrap();
     big.set_len(P).unwrap();
     assert_eq!(mm.fault(at, Access::Read), Err(FaultError::BusError));
     big.set_len(0).unwrap();

@@ -133,7 +133,7 @@ fn private_file_writes_stay_private() {
     assert_eq!(read(&mm, one + P, 2), b"bb");
     drop(f);
     assert_nothing_leaked(&mm, 0);
-        assert_eq!(mm.frames().in_use(), 0, "the page cache went with the file");
+    assert_eq!(mm.frames().in_use(), 0, "the page cache went with the file");
 }
 
 #[test]
@@ -151,7 +151,11 @@ fn shared_file_writes_reach_the_file_and_other_mappings() {
     assert_eq!(&on_file, b"shared!");
     // A write to the file shows through both mappings.
     f.write_at(2 * P, b"pwrite").unwrap();
-    assert_eq!(f.read_at(u64::MAX, &mut [0]), Ok(0), "nothing to read beyond the end");
+    assert_eq!(
+        f.read_at(u64::MAX, &mut [0]),
+        Ok(0),
+        "nothing to read beyond the end"
+    );
     assert_eq!(read(&mm, one + 2 * P, 6), b"pwrite");
     assert_eq!(read(&mm, two + P, 6), b"pwrite");
     // Beyond the end of the file: a bus error.

@@ -13,7 +13,9 @@
 //!   as it was inserted, never half-changed.
 //! - The key of an interval holds its start: `key >> SLOT_BITS == start`. A walk for `[first,
 //!   end)` stops at the first key whose start is `end` or more.
-//! - Readers never lock; writers are serialized by the tree's writer lock.
+//! - Readers never lock; writers are serialized by the tree's writer lock. A walk reads one
+//!   version of the tree (the root it loaded first), so a writer that inserts the new
+//!   intervals of a change before removing the old ones is never seen half-way.
 //!
 //! A walk costs O(log n + the intervals starting before the walk's end): the tree keeps no
 //! maximum end per subtree, so intervals that start before the range are visited even when
@@ -169,7 +171,8 @@ impl<T: Send + Sync + 'static, R: Rcu> IntervalTree<T, R> {
     }
 
     /// The intervals sharing an index with `[first, end)`, in order of their starts, as they
-    /// are while the walk passes them: each whole, as inserted.
+    /// were when the walk began (one version of the tree: a change made of an insert then a
+    /// removal is seen before, between or after them, never the removal alone), each whole.
     pub fn overlapping<'g>(
         &'g self,
         first: u64,
@@ -177,7 +180,7 @@ impl<T: Send + Sync + 'static, R: Rcu> IntervalTree<T, R> {
         guard: &'g Guard<'_, R>,
     ) -> impl Iterator<Item = &'g Interval<T>> + 'g {
         self.tree
-            .iter(guard)
+            .iter_snapshot(guard)
             .map(|(_, _, interval)| interval)
             .take_while(move |interval| interval.start < end)
             .filter(move |interval| interval.overlaps(first, end))

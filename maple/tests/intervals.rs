@@ -50,7 +50,10 @@ fn bad_intervals_are_refused() {
     let tree: IntervalTree<()> = IntervalTree::new();
     assert_eq!(tree.insert(5, 5, ()), Err(IntervalError::Invalid));
     assert_eq!(tree.insert(6, 5, ()), Err(IntervalError::Invalid));
-    assert_eq!(tree.insert(MAX_START + 1, u64::MAX, ()), Err(IntervalError::Invalid));
+    assert_eq!(
+        tree.insert(MAX_START + 1, u64::MAX, ()),
+        Err(IntervalError::Invalid)
+    );
     tree.insert(MAX_START, u64::MAX, ()).unwrap();
     assert!(!tree.remove(MAX_START + 1, |_| true));
     assert!(!tree.remove(4, |_| true));

@@ -14,6 +14,9 @@ pub struct Iter<'g, P: ValuePointer, R: Rcu> {
     pub(super) forward: bool,
     /// The guard's keys: ranges beyond them end the iteration.
     pub(super) keys: Keys,
+    /// The root of the one version a snapshot iteration walks (see
+    /// [`MapleTree::iter_snapshot`]); `None` to follow the current version.
+    pub(super) snapshot: Option<NodePtr<P::Target>>,
 }
 
 impl<'g, P: ValuePointer, R: Rcu> Iterator for Iter<'g, P, R> {
@@ -21,16 +24,20 @@ impl<'g, P: ValuePointer, R: Rcu> Iterator for Iter<'g, P, R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while let Some(index) = self.next {
+            let snapshot = self.snapshot;
             let reusable = |&(leaf, min, max): &(NodePtr<P::Target>, u64, u64)| {
                 // SAFETY: the iterator's guard keeps the cached leaf allocated. A dead leaf
-                // belongs to an old version, so the walk restarts from the current root.
-                min <= index && index <= max && !unsafe { leaf.is_dead() }
+                // belongs to an old version, so the walk restarts from the current root
+                // (unless the iteration keeps to that old version).
+                min <= index && index <= max && (snapshot.is_some() || !unsafe { leaf.is_dead() })
             };
             let (leaf, min, max) = match self.leaf.filter(reusable) {
                 Some(cached) => cached,
                 None => {
-                    // SAFETY: the guard keeps the loaded version allocated.
-                    let found = unsafe { walk(self.tree.current_root(), index) };
+                    // SAFETY: the guard keeps the loaded version allocated (a snapshot's too: it
+                    // was loaded under the same guard).
+                    let root = snapshot.unwrap_or_else(|| self.tree.current_root());
+                    let found = unsafe { walk(root, index) };
                     (found.leaf, found.leaf_min, found.leaf_max)
                 }
             };

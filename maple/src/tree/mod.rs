@@ -277,6 +277,27 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
             bound: None,
             forward: true,
             keys: guard.keys,
+            snapshot: None,
+        }
+    }
+
+    /// Every range of one version of the tree, in ascending order: the tree as it was when the
+    /// iteration began, whatever writers do meanwhile (the guard keeps that version's nodes
+    /// and values allocated). A sequence of writes is seen entirely before or entirely after
+    /// each of them, never a later write without an earlier one.
+    ///
+    /// # Panics
+    /// If `guard` belongs to another tree's domain.
+    pub fn iter_snapshot<'g>(&'g self, guard: &'g Guard<'_, R>) -> Iter<'g, P, R> {
+        self.check_guard(guard);
+        Iter {
+            tree: self,
+            next: Some(guard.keys.first()),
+            leaf: None,
+            bound: None,
+            forward: true,
+            keys: guard.keys,
+            snapshot: Some(self.current_root()),
         }
     }
 
@@ -296,6 +317,7 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
             bound: None,
             forward: false,
             keys: guard.keys,
+            snapshot: None,
         }
     }
 

@@ -1,0 +1,248 @@
+//! Files shared by address spaces under shuttle (random and PCT schedulers): a fault racing a
+//! truncate never leaves a translation beyond the end (seed 001's race: the fault looked the
+//! page up before the truncate and installs after it), on the fast path (page cached) and the
+//! slow path (read in from the backing), in two address spaces at once; a fault racing a hole
+//! punch never shows the punched contents afterwards; a reverse-map walk racing splits, merges
+//! and replacements sees every VMA whole and never misses a page that stays mapped. Each has a
+//! broken variant that must fail. Run with `--features shuttle`.
+#![cfg(feature = "shuttle")]
+
+use fault::{Access, File, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig, Prot};
+use maple::sync::atomic::{AtomicBool, Ordering};
+use maple::sync::{Arc, thread};
+use maple::testing::{assert_broken_variant_fails, check_random_and_pct as check_both};
+use vma::BrokenStep;
+
+#[path = "../../vma/tests/support/shuttle_space.rs"]
+mod shuttle_space;
+use shuttle_space::{A, LAYOUT, P, STEPS};
+
+fn pool() -> Arc<FramePool> {
+    Arc::new(
+        FramePool::new(FramePoolConfig {
+            chunk_frames: 8,
+            max_frames: 64,
+        })
+        .unwrap(),
+    )
+}
+
+fn mm(frames: &Arc<FramePool>, broken: Option<BrokenStep>) -> Arc<Mm> {
+    let config = MmConfig {
+        layout: LAYOUT,
+        ..MmConfig::default()
+    };
+    Arc::new(
+        match broken {
+            Some(step) => Mm::with_broken_protocol(config, frames.clone(), step),
+            None => Mm::new(config, frames.clone()),
+        }
+        .unwrap(),
+    )
+}
+
+fn join<T>(handle: thread::JoinHandle<T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// How the racing fault finds its page.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// Cached: the fault installs it under the file's guard.
+    Fast,
+    /// Not cached: the fault reads it in from the backing first.
+    Slow,
+}
+
+/// A two-page file mapped shared in two address spaces; each faults page 1 while the file is
+/// truncated to one page. When `set_len` returns, and after the faults are done, no address
+/// space has a translation of page 1.
+fn fault_racing_truncate(broken: bool, path: Path) {
+    let frames = pool();
+    let file = File::new("/truncated", &frames, &[0x11; 2 * P as usize]);
+    if broken {
+        file.break_invalidation();
+    }
+    if let Path::Fast = path {
+        file.read_at(P, &mut [0]).unwrap();
+    }
+    let spaces = [mm(&frames, None), mm(&frames, None)];
+    for mm in &spaces {
+        mm.mmap(A, 2 * P, Prot::READ, MapFlags::SHARED.fixed(), Some((&file, 0)))
+            .unwrap();
+    }
+    let faulting: Vec<_> = spaces
+        .iter()
+        .map(|mm| {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                // A bus error once the truncate is seen; a page before.
+                let _ = mm.fault(A + P, Access::Read);
+            })
+        })
+        .collect();
+    file.set_len(P).unwrap();
+    for mm in &spaces {
+        assert!(
+            mm.translation(A + P).is_none(),
+            "violated: a translation beyond the end when set_len returned"
+        );
+    }
+    faulting.into_iter().for_each(join);
+    for mm in &spaces {
+        assert!(
+            mm.translation(A + P).is_none(),
+            "violated: a translation beyond the end appeared after set_len returned"
+        );
+        mm.munmap(A, 2 * P).unwrap();
+        mm.barrier();
+    }
+    assert_eq!(
+        file.cached_pages(),
+        0,
+        "violated: a page beyond the end stayed cached"
+    );
+}
+
+#[test]
+fn fault_racing_truncate_fast_path() {
+    check_both(STEPS, || fault_racing_truncate(false, Path::Fast));
+}
+
+#[test]
+fn fault_racing_truncate_slow_path() {
+    check_both(STEPS, || fault_racing_truncate(false, Path::Slow));
+}
+
+#[test]
+fn truncate_without_invalidation_leaves_stale_translations() {
+    for path in [Path::Fast, Path::Slow] {
+        assert_broken_variant_fails(STEPS, &["violated"], move || fault_racing_truncate(true, path));
+    }
+}
+
+/// A page of a shared file faulted (and written through a private mapping, whose copy must
+/// survive) while a hole is punched over it: afterwards the shared mapping reads zeros, and
+/// the private copy keeps its bytes.
+fn fault_racing_punch(broken: bool, path: Path) {
+    let frames = pool();
+    let file = File::new("/punched", &frames, &[0x22; P as usize]);
+    if broken {
+        file.break_invalidation();
+    }
+    if let Path::Fast = path {
+        file.read_at(0, &mut [0]).unwrap();
+    }
+    let mm = mm(&frames, None);
+    mm.mmap(A, P, Prot::READ, MapFlags::SHARED.fixed(), Some((&file, 0)))
+        .unwrap();
+    let private = A + 4 * P;
+    mm.mmap(
+        private,
+        P,
+        Prot::READ_WRITE,
+        MapFlags::PRIVATE.fixed(),
+        Some((&file, 0)),
+    )
+    .unwrap();
+    mm.write(private + 1, b"c").unwrap();
+    let faulting = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let mut byte = [0];
+            mm.read(A, &mut byte).unwrap();
+            assert!(byte[0] == 0x22 || byte[0] == 0, "{byte:?}");
+        })
+    };
+    file.punch_hole(0, P).unwrap();
+    join(faulting);
+    let mut byte = [0];
+    mm.read(A, &mut byte).unwrap();
+    assert_eq!(
+        byte,
+        [0],
+        "violated: the punched contents show after punch_hole returned"
+    );
+    let mut copy = [0; 2];
+    mm.read(private, &mut copy).unwrap();
+    assert_eq!(copy, [0x22, b'c'], "the private copy survives a hole punch");
+    mm.munmap(A, 8 * P).unwrap();
+    mm.barrier();
+}
+
+#[test]
+fn fault_racing_punch_hole() {
+    for path in [Path::Fast, Path::Slow] {
+        check_both(STEPS, move || fault_racing_punch(false, path));
+    }
+}
+
+#[test]
+fn punch_without_invalidation_shows_stale_contents() {
+    for path in [Path::Fast, Path::Slow] {
+        assert_broken_variant_fails(STEPS, &["violated"], move || fault_racing_punch(true, path));
+    }
+}
+
+/// G5 for the reverse map: while one address space splits its mapping of a four-page file
+/// (mprotect of the middle), merges it back, and replaces one page with a fresh mapping of
+/// the same page, a walker finds every page covered, by VMAs each whole (their address
+/// consistent with their page offsets).
+fn reverse_map_walk_sees_every_vma_whole(broken: Option<BrokenStep>) {
+    let frames = pool();
+    let file = File::new("/walked", &frames, &[0; 4 * P as usize]);
+    let mm = mm(&frames, broken);
+    mm.mmap(A, 4 * P, Prot::READ, MapFlags::SHARED.fixed(), Some((&file, 0)))
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let walker = {
+        let (file, done) = (file.clone(), done.clone());
+        thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let found = file.walk_reverse_map(0, 4);
+                for range in &found {
+                    assert_eq!(
+                        range.address,
+                        A + range.first * P,
+                        "violated: a VMA seen half-changed: {range:?}"
+                    );
+                }
+                for pgoff in 0..4 {
+                    assert!(
+                        found.iter().any(|r| r.first <= pgoff && pgoff < r.end),
+                        "violated: page {pgoff} mapped throughout, missing from the walk: {found:?}"
+                    );
+                }
+                thread::yield_now();
+            }
+        })
+    };
+    mm.mprotect(A + P, P, Prot::READ_WRITE).unwrap();
+    mm.mprotect(A + P, P, Prot::READ).unwrap();
+    mm.mmap(
+        A + 2 * P,
+        P,
+        Prot::READ,
+        MapFlags::SHARED.fixed(),
+        Some((&file, 2 * P)),
+    )
+    .unwrap();
+    done.store(true, Ordering::SeqCst);
+    join(walker);
+    mm.munmap(A, 4 * P).unwrap();
+    assert_eq!(file.mappings(), 0);
+}
+
+#[test]
+fn reverse_map_walk_sees_every_vma_whole_test() {
+    check_both(STEPS, || reverse_map_walk_sees_every_vma_whole(None));
+}
+
+#[test]
+fn reverse_map_walk_misses_pages_when_old_vmas_leave_first() {
+    assert_broken_variant_fails(STEPS, &["violated"], || {
+        reverse_map_walk_sees_every_vma_whole(Some(BrokenStep::ReverseMapOrder))
+    });
+}
