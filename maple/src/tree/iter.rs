@@ -34,9 +34,9 @@ impl<'g, P: ValuePointer, R: Rcu> Iterator for Iter<'g, P, R> {
             let (leaf, min, max) = match self.leaf.filter(reusable) {
                 Some(cached) => cached,
                 None => {
+                    let root = snapshot.unwrap_or_else(|| self.tree.current_root());
                     // SAFETY: the guard keeps the loaded version allocated (a snapshot's too: it
                     // was loaded under the same guard).
-                    let root = snapshot.unwrap_or_else(|| self.tree.current_root());
                     let found = unsafe { walk(root, index) };
                     (found.leaf, found.leaf_min, found.leaf_max)
                 }
