@@ -198,3 +198,98 @@ fn no_store_lands_after_munmap_or_mprotect_returns() {
     mm.barrier();
     assert_eq!(frames.in_use(), 0, "frames leaked");
 }
+
+/// Several address spaces map one file (shared and private, remapping it now and then) and
+/// fault it, reading and writing, while a thread shrinks it, grows it back and punches holes
+/// in a loop. After every shrink no address space holds a translation beyond the end; faults
+/// beyond it are bus errors, never a panic or a stale page; at the end every frame is back.
+#[test]
+fn address_spaces_fault_a_file_while_it_is_truncated_and_punched() {
+    const SPACES: usize = 3;
+    const PAGES: u64 = 16;
+    let frames = Arc::new(
+        FramePool::new(FramePoolConfig {
+            chunk_frames: 64,
+            max_frames: 4096,
+        })
+        .unwrap(),
+    );
+    let file = File::new("/truncated", &frames, &[0x77; (PAGES * P) as usize]);
+    let spaces: Vec<Arc<Mm>> = (0..SPACES)
+        .map(|_| Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap()))
+        .collect();
+    let at: Vec<u64> = spaces
+        .iter()
+        .enumerate()
+        .map(|(i, mm)| {
+            let flags = if i % 2 == 0 { MapFlags::SHARED } else { MapFlags::PRIVATE };
+            mm.mmap(0, PAGES * P, Prot::READ_WRITE, flags, Some((&file, 0)))
+                .unwrap()
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    let accesses = std::sync::atomic::AtomicU64::new(0);
+    let (rounds, enough) = (300 * scale(), 30_000 * scale());
+    std::thread::scope(|scope| {
+        for (i, mm) in spaces.iter().enumerate() {
+            let (stop, accesses) = (&stop, &accesses);
+            let (mm, mut addr, file) = (mm.clone(), at[i], file.clone());
+            scope.spawn(move || {
+                let mut rng = Rng::new(i as u64);
+                let flags = if i % 2 == 0 { MapFlags::SHARED } else { MapFlags::PRIVATE };
+                while !stop.load(Ordering::Relaxed) {
+                    let page = rng.below(PAGES);
+                    let target = addr + page * P + rng.below(P - 1);
+                    let result = if rng.chance(50) {
+                        mm.write(target, &[i as u8])
+                    } else {
+                        mm.read(target, &mut [0]).map(|_| ())
+                    };
+                    match result {
+                        Ok(()) => {}
+                        Err(e) => assert_eq!(e.error, FaultError::BusError, "{e:?}"),
+                    }
+                    accesses.fetch_add(1, Ordering::Relaxed);
+                    if rng.chance(2) {
+                        // Remap: the reverse map changes under the truncating thread.
+                        mm.munmap(addr, PAGES * P).unwrap();
+                        addr = mm
+                            .mmap(0, PAGES * P, Prot::READ_WRITE, flags, Some((&file, 0)))
+                            .unwrap();
+                    }
+                }
+                mm.munmap(addr, PAGES * P).unwrap();
+            });
+        }
+        let mut rng = Rng::new(99);
+        let mut round = 0;
+        while round < rounds || accesses.load(Ordering::Relaxed) < enough {
+            round += 1;
+            let len = rng.below(PAGES * P);
+            file.set_len(len).unwrap();
+            let first = len.div_ceil(P);
+            for (mm, &addr) in spaces.iter().zip(&at) {
+                // The initial mappings may have been remapped elsewhere; their old range then
+                // holds nothing of the file, and a translation there would be a leak.
+                for page in first..PAGES {
+                    let pte = mm.translation(addr + page * P);
+                    assert!(
+                        pte.is_none() || mm.file_at(addr + page * P).is_none_or(|(_, off)| off / P < first),
+                        "a translation beyond the end survived set_len"
+                    );
+                }
+            }
+            let offset = rng.below(PAGES * P);
+            file.punch_hole(offset, 1 + rng.below(3 * P)).unwrap();
+            file.set_len(PAGES * P).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(file.mappings(), 0);
+    drop(file);
+    for mm in &spaces {
+        mm.barrier();
+        assert_eq!(mm.page_tables(), 0, "page tables leaked");
+    }
+    assert_eq!(frames.in_use(), 0, "frames leaked");
+}
