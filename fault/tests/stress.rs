@@ -222,7 +222,11 @@ fn address_spaces_fault_a_file_while_it_is_truncated_and_punched() {
         .iter()
         .enumerate()
         .map(|(i, mm)| {
-            let flags = if i % 2 == 0 { MapFlags::SHARED } else { MapFlags::PRIVATE };
+            let flags = if i % 2 == 0 {
+                MapFlags::SHARED
+            } else {
+                MapFlags::PRIVATE
+            };
             mm.mmap(0, PAGES * P, Prot::READ_WRITE, flags, Some((&file, 0)))
                 .unwrap()
         })
@@ -236,7 +240,11 @@ fn address_spaces_fault_a_file_while_it_is_truncated_and_punched() {
             let (mm, mut addr, file) = (mm.clone(), at[i], file.clone());
             scope.spawn(move || {
                 let mut rng = Rng::new(i as u64);
-                let flags = if i % 2 == 0 { MapFlags::SHARED } else { MapFlags::PRIVATE };
+                let flags = if i % 2 == 0 {
+                    MapFlags::SHARED
+                } else {
+                    MapFlags::PRIVATE
+                };
                 while !stop.load(Ordering::Relaxed) {
                     let page = rng.below(PAGES);
                     let target = addr + page * P + rng.below(P - 1);
