@@ -35,20 +35,42 @@ use maple::Guard;
 use maple::intervals::IntervalTree;
 use maple::rcu::{DefaultRcu, Keys, Rcu};
 use maple::sync::atomic::{AtomicU64, Ordering};
-use maple::sync::{Backoff, Mutex};
+use maple::sync::{Backoff, Mutex, RwLock, RwLockReadGuard};
 use std::fmt;
 use std::sync::{Arc, Weak};
-use vma::{Errno, Error, MappedFile, PAGE_SIZE};
+use vma::{Errno, Error, MappedFile, PAGE_SIZE, Revoked};
 
 /// An address space (or any user of a page table) that maps files: what an invalidation of a
 /// file asks of each one its reverse map names.
 pub trait Mapper: Send + Sync {
     /// Removes this mapper's translations of `file`'s pages `[first, end)` — every one when
     /// `even_cows` (truncate), else only those mapping the file's own frames (hole punch keeps
-    /// private copies) — and returns once no access through a removed translation is still in
-    /// progress. Find the addresses with [`File::mapped_ranges`] while holding the lock under
-    /// which this mapper moves translations (mremap), so that none is missed in flight.
-    fn unmap_file_pages(&self, file: &File, first: u64, end: u64, even_cows: bool);
+    /// private copies) — and returns what it revoked. Find the addresses with
+    /// [`File::mapped_ranges`] while holding the lock under which this mapper moves
+    /// translations (mremap), so that none is missed in flight ([`Memory::unmap_file_pages`]
+    /// does all of it). Must not wait for this mapper's faults: a fault may be waiting for the
+    /// file meanwhile.
+    ///
+    /// [`Memory::unmap_file_pages`]: crate::Memory::unmap_file_pages
+    fn unmap_file_pages(&self, file: &File, first: u64, end: u64, even_cows: bool) -> Revoked;
+
+    /// Waits until no access through the translations `revoked` names is still in progress
+    /// (called once the file no longer holds up this mapper's faults).
+    fn await_revoked(&self, revoked: &Revoked);
+}
+
+/// How a file's reverse map and page lookups are protected against truncate and hole punch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileSync {
+    /// maplevm's: RCU keyed by page offset (see the module documentation); nothing a fault
+    /// or an mmap does waits for a walk, and a truncate waits only for faults on its pages.
+    #[default]
+    Rcu,
+    /// Linux's `i_mmap_rwsem`, for the benchmark's baselines: a reader-writer lock that faults
+    /// hold shared from looking a page up to installing it (as hugetlb faults did, the
+    /// synchronization seed 001 settled on), that mmap and munmap take exclusive to change the
+    /// reverse map, and that truncate and hole punch hold exclusive throughout.
+    RwSem,
 }
 
 /// One VMA in a file's reverse map: where it maps the file, and who maps it.
@@ -162,6 +184,8 @@ pub struct File {
     invalidation: Invalidation,
     /// Serializes truncate, hole punch and `write_at` (which may extend the file).
     resize: Mutex<()>,
+    /// [`FileSync::RwSem`]'s lock (`None` for [`FileSync::Rcu`]).
+    i_mmap_rwsem: Option<RwLock<()>>,
     #[cfg(feature = "shuttle")]
     broken: maple::sync::atomic::AtomicBool,
 }
@@ -222,6 +246,18 @@ impl File {
         len: u64,
         backing: Arc<dyn Backing>,
     ) -> vma::Result<Arc<Self>> {
+        Self::with_sync(name, frames, len, backing, FileSync::Rcu)
+    }
+
+    /// A file of `len` bytes stored in `backing`, protected as `sync` says. EFBIG beyond
+    /// [`MAX_FILE_LEN`].
+    pub fn with_sync(
+        name: impl Into<String>,
+        frames: &Arc<FramePool>,
+        len: u64,
+        backing: Arc<dyn Backing>,
+        sync: FileSync,
+    ) -> vma::Result<Arc<Self>> {
         if len > MAX_FILE_LEN {
             return Err(efbig());
         }
@@ -236,6 +272,7 @@ impl File {
                 latest: Mutex::new((0, 0, 0)),
             },
             resize: Mutex::new(()),
+            i_mmap_rwsem: (sync == FileSync::RwSem).then(|| RwLock::new(())),
             #[cfg(feature = "shuttle")]
             broken: maple::sync::atomic::AtomicBool::new(false),
         }))
@@ -303,6 +340,22 @@ impl File {
         Guard::keyed(self.reverse_map.rcu(), Keys::one(pgoff))
     }
 
+    /// Under [`FileSync::RwSem`], takes the lock shared for a fault's lookup and install,
+    /// calling `waited` with how long it blocked when it had to.
+    pub(crate) fn lock_for_fault(
+        &self,
+        waited: impl FnOnce(std::time::Duration),
+    ) -> Option<RwLockReadGuard<'_, ()>> {
+        let rwsem = self.i_mmap_rwsem.as_ref()?;
+        if let Ok(shared) = rwsem.try_read() {
+            return Some(shared);
+        }
+        let since = std::time::Instant::now();
+        let shared = rwsem.read().unwrap_or_else(|e| e.into_inner());
+        waited(since.elapsed());
+        Some(shared)
+    }
+
     /// What a fault at page `pgoff` finds, inside `_guard` (from [`File::guard_at`]).
     pub(crate) fn lookup(&self, pgoff: u64, _guard: &Guard<'_, DefaultRcu>) -> Lookup {
         if self.invalidation.running_over(pgoff) {
@@ -348,6 +401,9 @@ impl File {
                 return Err(error.into());
             }
             frames.write(frame, 0, &page);
+            // Under FileSync::RwSem the lock, not the grace period, keeps an invalidation from
+            // running between the check and the insert.
+            let shared = self.lock_for_fault(|_| {});
             let guard = self.guard_at(pgoff);
             if self.invalidation.began_over(pgoff, since) || pgoff >= self.pages() {
                 drop(guard);
@@ -357,6 +413,7 @@ impl File {
             }
             let cached = self.cache.insert(pgoff, frame);
             drop(guard);
+            drop(shared);
             // SAFETY: the caller's reference `insert` returned, not used.
             unsafe { frames.put(cached) };
             return Ok(());
@@ -519,25 +576,42 @@ impl File {
     fn invalidate(&self, first: u64, end: u64, even_cows: bool, resized: impl FnOnce()) {
         debug_assert!(first < end);
         let broken = self.invalidation_broken();
+        // Under FileSync::RwSem the exclusive lock keeps every fault out instead of the grace
+        // period; the waits for accesses through removed translations come after it is
+        // released (a fault holding its address space's guard may be waiting for the lock).
+        let exclusive = self
+            .i_mmap_rwsem
+            .as_ref()
+            .map(|rwsem| rwsem.write().unwrap_or_else(|e| e.into_inner()));
         if !broken {
             self.invalidation.begin(first, end);
         }
         resized();
-        let rcu = self.reverse_map.rcu();
-        if !broken {
+        if !broken && exclusive.is_none() {
+            let rcu = self.reverse_map.rcu();
             rcu.synchronize_timed_for(|keys| keys.overlaps(Keys::new(first, end - 1)));
         }
         let removed = self.cache.remove(first, end);
-        for mapper in self.mappers(first, end) {
-            mapper.unmap_file_pages(self, first, end, even_cows);
-        }
+        let revoked: Vec<(Arc<dyn Mapper>, Revoked)> = self
+            .mappers(first, end)
+            .into_iter()
+            .map(|mapper| {
+                let revoked = mapper.unmap_file_pages(self, first, end, even_cows);
+                (mapper, revoked)
+            })
+            .collect();
         self.backing.discard(first, end);
         // SAFETY: the cache's references. No lookup can reach the frames: those that began
-        // before the range was published ended within the grace period, later ones see the
-        // range and keep off; translations held their own references, now released.
+        // before the range was published ended within the grace period (or before the lock
+        // was taken), later ones see the range and keep off; translations held their own
+        // references, released a grace period after their removal.
         unsafe { self.cache.frames().put_many(&removed) };
         if !broken {
             self.invalidation.end();
+        }
+        drop(exclusive);
+        for (mapper, revoked) in &revoked {
+            mapper.await_revoked(revoked);
         }
     }
 
@@ -599,6 +673,7 @@ impl File {
             start,
             mapper: mapper.clone(),
         };
+        let _exclusive = self.exclusive();
         self.reverse_map
             .insert(pgoff, pgoff + pages, entry)
             .expect("a VMA's page offsets lie inside the largest file");
@@ -608,10 +683,18 @@ impl File {
     pub fn unlink(&self, mapper: &Weak<dyn Mapper>, start: u64, end: u64, pgoff: u64) {
         let id = mapper.as_ptr() as *const ();
         let pages = (end - start) / PAGE_SIZE;
+        let _exclusive = self.exclusive();
         let removed = self.reverse_map.remove(pgoff, |interval| {
             interval.value.mapper_id() == id && interval.value.start == start && interval.end == pgoff + pages
         });
         debug_assert!(removed, "unlinking a VMA that was never linked");
+    }
+
+    /// Under [`FileSync::RwSem`], the lock taken exclusive (to change the reverse map).
+    fn exclusive(&self) -> Option<maple::sync::RwLockWriteGuard<'_, ()>> {
+        self.i_mmap_rwsem
+            .as_ref()
+            .map(|rwsem| rwsem.write().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Splits `[offset, offset + len)` by page: `f(pgoff, offset in page, offset in buffer,

@@ -162,7 +162,7 @@ impl Memory {
     /// else those mapping the file's frames. Holds the relocation lock, so none moves away
     /// meanwhile; walks the table inside sections of `rcu` (the owner's domain, where emptied
     /// tables are retired) and releases the frames a grace period later. Returns what was
-    /// revoked; the caller waits for it ([`Revoked::wait`]) with no lock held.
+    /// revoked: the caller waits for it ([`Revoked::wait`]) once the file lets faults go on.
     pub fn unmap_file_pages(
         &self,
         mapper: &dyn crate::Mapper,
@@ -443,6 +443,7 @@ impl Memory {
         current: Pte,
     ) -> Result<Attempt, FaultError> {
         let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
+        let shared = file.lock_for_fault(|waited| self.record_wait(waited));
         let guard = file.guard_at(pgoff);
         let cached = match file.lookup(pgoff, &guard) {
             Lookup::Cached(frame) => frame,
@@ -462,6 +463,7 @@ impl Memory {
         };
         let installed = self.install(entry, current, Pte::new(frame, flags), frame);
         drop(guard);
+        drop(shared);
         Ok(if installed {
             Attempt::Done(Fault::Installed)
         } else {

@@ -89,11 +89,13 @@ struct Shared {
 }
 
 impl Mapper for Shared {
-    fn unmap_file_pages(&self, file: &File, first: u64, end: u64, even_cows: bool) {
-        let revoked = self
-            .memory
-            .unmap_file_pages(self, file, (first, end), even_cows, self.space.rcu());
-        self.space.await_revoked(&revoked);
+    fn unmap_file_pages(&self, file: &File, first: u64, end: u64, even_cows: bool) -> Revoked {
+        self.memory
+            .unmap_file_pages(self, file, (first, end), even_cows, self.space.rcu())
+    }
+
+    fn await_revoked(&self, revoked: &Revoked) {
+        self.space.await_revoked(revoked);
     }
 }
 

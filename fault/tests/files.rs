@@ -8,8 +8,8 @@
 #![cfg(not(feature = "shuttle"))]
 
 use fault::{
-    Access, AccessError, Errno, FaultError, File, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig,
-    PAGE_SIZE, Prot,
+    Access, AccessError, Errno, FaultError, File, FileSync, FramePool, FramePoolConfig, MapFlags, MemBacking,
+    Mm, MmConfig, PAGE_SIZE, Prot,
 };
 use maple::testing::Rng;
 use std::collections::BTreeMap;
@@ -98,13 +98,16 @@ fn check(model: &Model, mms: &[Mm], file: &File) {
     }
 }
 
+/// Both ways of protecting a file (maplevm's RCU and the baselines' `i_mmap_rwsem`) give the
+/// same semantics.
 #[test]
 fn many_address_spaces_see_one_file_as_linux_does() {
-    for seed in 0..6 {
+    for (seed, sync) in (0..6).flat_map(|seed| [(seed, FileSync::Rcu), (seed, FileSync::RwSem)]) {
         let frames = pool();
         let mms = [mm(&frames), mm(&frames), mm(&frames)];
         let initial: Vec<u8> = (0..8 * P).map(|i| (i / P) as u8 + 1).collect();
-        let file = File::new("/shared/data", &frames, &initial);
+        let backing = Arc::new(MemBacking::new(&initial));
+        let file = File::with_sync("/shared/data", &frames, initial.len() as u64, backing, sync).unwrap();
         let mut model = Model {
             file: initial,
             mappings: Vec::new(),

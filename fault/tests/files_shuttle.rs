@@ -7,7 +7,7 @@
 //! broken variant that must fail. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
-use fault::{Access, File, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig, Prot};
+use fault::{Access, File, FileSync, FramePool, FramePoolConfig, MapFlags, MemBacking, Mm, MmConfig, Prot};
 use maple::sync::atomic::{AtomicBool, Ordering};
 use maple::sync::{Arc, thread};
 use maple::testing::{assert_broken_variant_fails, check_random_and_pct as check_both};
@@ -59,9 +59,10 @@ enum Path {
 /// A two-page file mapped shared in two address spaces; each faults page 1 while the file is
 /// truncated to one page. When `set_len` returns, and after the faults are done, no address
 /// space has a translation of page 1.
-fn fault_racing_truncate(broken: bool, path: Path) {
+fn fault_racing_truncate(broken: bool, path: Path, sync: FileSync) {
     let frames = pool();
-    let file = File::new("/truncated", &frames, &[0x11; 2 * P as usize]);
+    let backing = Arc::new(MemBacking::new(&[0x11; 2 * P as usize]));
+    let file = File::with_sync("/truncated", &frames, 2 * P, backing, sync).unwrap();
     if broken {
         file.break_invalidation();
     }
@@ -108,18 +109,28 @@ fn fault_racing_truncate(broken: bool, path: Path) {
 
 #[test]
 fn fault_racing_truncate_fast_path() {
-    check_both(STEPS, || fault_racing_truncate(false, Path::Fast));
+    check_both(STEPS, || fault_racing_truncate(false, Path::Fast, FileSync::Rcu));
 }
 
 #[test]
 fn fault_racing_truncate_slow_path() {
-    check_both(STEPS, || fault_racing_truncate(false, Path::Slow));
+    check_both(STEPS, || fault_racing_truncate(false, Path::Slow, FileSync::Rcu));
+}
+
+/// The baselines' protection (`i_mmap_rwsem`) closes the race too.
+#[test]
+fn fault_racing_truncate_under_i_mmap_rwsem() {
+    for path in [Path::Fast, Path::Slow] {
+        check_both(STEPS, move || fault_racing_truncate(false, path, FileSync::RwSem));
+    }
 }
 
 #[test]
 fn truncate_without_invalidation_leaves_stale_translations() {
     for path in [Path::Fast, Path::Slow] {
-        assert_broken_variant_fails(STEPS, &["violated"], move || fault_racing_truncate(true, path));
+        assert_broken_variant_fails(STEPS, &["violated"], move || {
+            fault_racing_truncate(true, path, FileSync::Rcu)
+        });
     }
 }
 
