@@ -208,6 +208,10 @@ fn efbig() -> Error {
     Error::new(Errno::EFBIG, "beyond the largest file size")
 }
 
+fn no_frame() -> Error {
+    Error::new(Errno::ENOMEM, "no frame to hold the page")
+}
+
 /// What a page-cache lookup found for a fault.
 pub(crate) enum Lookup {
     /// The cached frame, with one reference for the caller.
@@ -319,11 +323,6 @@ impl File {
         self.cache.frames()
     }
 
-    /// The storage under the page cache.
-    pub fn backing(&self) -> &Arc<dyn Backing> {
-        &self.backing
-    }
-
     /// Pages in the page cache.
     pub fn cached_pages(&self) -> usize {
         self.cache.cached_pages()
@@ -431,24 +430,14 @@ impl File {
         let frames = self.cache.frames();
         self.each_page(offset, count, |pgoff, in_page, at, chunk| {
             let out = &mut buf[at..at + chunk];
-            loop {
-                let guard = self.guard_at(pgoff);
-                if let Lookup::Cached(frame) = self.lookup(pgoff, &guard) {
-                    frames.read(frame, in_page, out);
-                    // SAFETY: the reference `lookup` gave us.
-                    unsafe { frames.put(frame) };
-                    return Ok(());
+            match self.with_page(pgoff, |frame| frames.read(frame, in_page, out)) {
+                Ok(()) => Ok(()),
+                // Truncated meanwhile: what is gone reads as nothing.
+                Err(FaultError::BusError) => {
+                    out.fill(0);
+                    Ok(())
                 }
-                drop(guard);
-                match self.read_in(pgoff) {
-                    Ok(()) => {}
-                    // Truncated meanwhile: what is gone reads as nothing.
-                    Err(FaultError::BusError) => {
-                        out.fill(0);
-                        return Ok(());
-                    }
-                    Err(_) => return Err(Error::new(Errno::ENOMEM, "no frame to read the page into")),
-                }
+                Err(_) => Err(no_frame()),
             }
         })?;
         Ok(count)
@@ -469,19 +458,10 @@ impl File {
         let frames = self.cache.frames();
         self.each_page(offset, data.len(), |pgoff, in_page, at, chunk| {
             let data = &data[at..at + chunk];
-            loop {
-                let guard = self.guard_at(pgoff);
-                if let Lookup::Cached(frame) = self.lookup(pgoff, &guard) {
-                    frames.write(frame, in_page, data);
-                    // SAFETY: the reference `lookup` gave us.
-                    unsafe { frames.put(frame) };
-                    return Ok(());
-                }
-                drop(guard);
-                // Holding `resize`, no invalidation runs: only memory can be missing.
-                self.read_in(pgoff)
-                    .map_err(|_| Error::new(Errno::ENOMEM, "no frame to write the page into"))?;
-            }
+            // Holding `resize` (no invalidation runs) inside the new size: only memory can be
+            // missing.
+            self.with_page(pgoff, |frame| frames.write(frame, in_page, data))
+                .map_err(|_| no_frame())
         })
     }
 
@@ -489,7 +469,8 @@ impl File {
     /// the cache, from every address space's translations (private copies included) and from
     /// the backing, and zeroes the rest of the last partial page: when this returns, no address
     /// space holds a translation beyond the end and none can appear (a fault there is a bus
-    /// error). Growing adds zeros. EFBIG beyond [`MAX_FILE_LEN`].
+    /// error). Growing adds zeros. EFBIG beyond [`MAX_FILE_LEN`]; ENOMEM, with nothing changed,
+    /// when no frame is free to zero the last partial page in.
     pub fn set_len(&self, len: u64) -> vma::Result<()> {
         if len > MAX_FILE_LEN {
             return Err(efbig());
@@ -501,7 +482,7 @@ impl File {
             return Ok(());
         }
         let (first, end) = (len.div_ceil(PAGE_SIZE), old.div_ceil(PAGE_SIZE));
-        self.zero_partial(len, len.next_multiple_of(PAGE_SIZE).min(old));
+        self.zero_partial(len, len.next_multiple_of(PAGE_SIZE).min(old))?;
         if first < end {
             self.invalidate(first, end, true, || self.size.store(len, Ordering::SeqCst));
         } else {
@@ -515,7 +496,8 @@ impl File {
     /// FALLOC_FL_KEEP_SIZE)): whole pages inside leave the cache, the shared translations of
     /// every address space and the backing, and read as zeros; private copies stay (as Linux);
     /// partial pages at the ends are zeroed in place. The size does not change. EINVAL for a
-    /// zero length, EFBIG when the range ends beyond [`MAX_FILE_LEN`].
+    /// zero length, EFBIG when the range ends beyond [`MAX_FILE_LEN`], ENOMEM, with no page
+    /// removed, when no frame is free to zero a partial page in.
     pub fn punch_hole(&self, offset: u64, len: u64) -> vma::Result<()> {
         if len == 0 {
             return Err(Error::new(Errno::EINVAL, "zero length"));
@@ -533,39 +515,43 @@ impl File {
         // Whole pages leave; the partial pages at either end are zeroed in place.
         let (first, last) = (offset.div_ceil(PAGE_SIZE), end / PAGE_SIZE);
         let head_end = (first * PAGE_SIZE).min(end);
-        self.zero_partial(offset, head_end);
+        self.zero_partial(offset, head_end)?;
+        self.zero_partial((last * PAGE_SIZE).max(head_end), end)?;
         if first < last {
             self.invalidate(first, last, false, || {});
         }
-        self.zero_partial((last * PAGE_SIZE).max(head_end), end);
         Ok(())
     }
 
     /// Zeroes the bytes `[from, to)` (inside one page) in the cache, reading the page in first;
-    /// nothing when the range is empty. The caller holds `resize`.
-    fn zero_partial(&self, from: u64, to: u64) {
+    /// nothing when the range is empty. ENOMEM (nothing changed) when no frame is free. The
+    /// caller holds `resize`, inside the file.
+    fn zero_partial(&self, from: u64, to: u64) -> vma::Result<()> {
         if from >= to {
-            return;
+            return Ok(());
         }
         let zeros = vec![0; (to - from) as usize];
-        let pgoff = from / PAGE_SIZE;
         let frames = self.cache.frames();
+        self.with_page(from / PAGE_SIZE, |frame| {
+            frames.write(frame, (from % PAGE_SIZE) as usize, &zeros)
+        })
+        .map_err(|_| no_frame())
+    }
+
+    /// Calls `use_frame` with the cached frame of page `pgoff`, inside a read-side section
+    /// keyed to the page, reading the page in first when it is not cached (`read_in`'s errors:
+    /// a bus error beyond the end, out of memory).
+    fn with_page(&self, pgoff: u64, use_frame: impl FnOnce(Frame)) -> Result<(), FaultError> {
         loop {
             let guard = self.guard_at(pgoff);
             if let Lookup::Cached(frame) = self.lookup(pgoff, &guard) {
-                frames.write(frame, (from % PAGE_SIZE) as usize, &zeros);
+                use_frame(frame);
                 // SAFETY: the reference `lookup` gave us.
-                unsafe { frames.put(frame) };
-                return;
+                unsafe { self.cache.frames().put(frame) };
+                return Ok(());
             }
             drop(guard);
-            if self.read_in(pgoff).is_err() {
-                // No frame: zero it in the backing instead (the page is not cached).
-                // Pages are whole in the backing; a partial page not cached is read in above,
-                // so only memory exhaustion gets here, and then the bytes are left: report
-                // nothing worse than Linux's ENOMEM would.
-                return;
-            }
+            self.read_in(pgoff)?;
         }
     }
 

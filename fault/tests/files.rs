@@ -323,3 +323,24 @@ fn bad_file_requests_are_errors() {
     mm.read(at, &mut byte).unwrap();
     assert_eq!(byte, [0], "grown again: zeros");
 }
+
+#[test]
+fn a_partial_page_with_no_frame_to_zero_it_in_is_enomem() {
+    let frames = Arc::new(
+        FramePool::new(FramePoolConfig {
+            chunk_frames: 2,
+            max_frames: 2,
+        })
+        .unwrap(),
+    );
+    let file = File::new("/full", &frames, &[5; 4 * P as usize]);
+    // The pool's two frames hold pages 2 and 3; page 1 cannot be read in.
+    file.read_at(2 * P, &mut [0; 2 * P as usize]).unwrap();
+    assert_eq!(file.set_len(P + 1).unwrap_err().errno, Errno::ENOMEM);
+    assert_eq!(file.len(), 4 * P, "nothing changed");
+    assert_eq!(file.punch_hole(P + 1, 2 * P).unwrap_err().errno, Errno::ENOMEM);
+    let mut page = [0; 2];
+    file.read_at(2 * P, &mut page).unwrap();
+    assert_eq!(page, [5, 5], "no page removed");
+    assert_eq!(file.write_at(P, b"x").unwrap_err().errno, Errno::ENOMEM);
+}
