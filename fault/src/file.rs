@@ -178,7 +178,9 @@ pub struct File {
     name: String,
     backing: Arc<dyn Backing>,
     cache: PageCache,
-    /// Bytes. Changed under `resize`; read by faults inside their read-side section.
+    /// Bytes. Changed under `resize`; read by faults inside their read-side section. SeqCst
+    /// on both sides: a truncate stores the new size before its grace period (or before
+    /// releasing `i_mmap_rwsem`), so a lookup that begins after either sees it.
     size: AtomicU64,
     reverse_map: IntervalTree<ReverseMapping>,
     invalidation: Invalidation,
