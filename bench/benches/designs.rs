@@ -13,7 +13,7 @@ use vma::{MapFlags, PAGE_SIZE, Prot};
 
 const PAGES: u64 = 512;
 
-fn design(name: &str) -> Box<dyn Design> {
+fn design(name: &str) -> Arc<dyn Design> {
     let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
     let design = designs::build(name, DesignConfig::default(), frames).unwrap();
     // 100 VMAs around (alternating permissions, so they stay apart).

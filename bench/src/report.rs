@@ -49,9 +49,12 @@ pub fn legend(all: &[Summary]) -> String {
     out.push_str(&format!(
         "\nColumns: faults/s by all faulting threads, and as a ratio to `{BASELINE}` at the same \
          thread count; fault latency percentiles and the slowest fault; writer calls/s \
-         (mmap, munmap, mprotect; `-` without a writer) and its ratio to `{BASELINE}`; faults \
-         that waited for another thread (a writer's lock or a VMA being set up), their total and \
-         longest wait; the run's peak resident memory. \"oversubscribed\": more threads \
+         (mmap, munmap, mprotect; set_len and punch_hole where a file is truncated; `-` without \
+         a writer) and its ratio to `{BASELINE}`; faults that waited for another thread (a \
+         writer's lock, a VMA being set up, a truncate of the page), their total and longest \
+         wait; the run's peak resident memory; where a file is truncated, faults beyond its end \
+         (bus errors) and translations beyond its end found after a truncate returned (stale, \
+         must be 0). \"oversubscribed\": more threads \
          (faulting threads plus the writer) than CPUs, so the scheduler, not the design, decides \
          much of the row.\n"
     ));
@@ -68,11 +71,17 @@ pub fn tables(all: &[Summary]) -> String {
         if let Some(what) = crate::workload::describe(workload) {
             let _ = writeln!(out, "{what}.\n");
         }
+        let truncates = crate::workload::truncates(workload);
         let _ = writeln!(
             out,
-            "| threads | design | faults/s | vs {BASELINE} | p50 | p99 | p99.9 | max | writer calls/s | vs {BASELINE} | fault waits | wait total | longest wait | peak RSS |"
+            "| threads | design | faults/s | vs {BASELINE} | p50 | p99 | p99.9 | max | writer calls/s | vs {BASELINE} | fault waits | wait total | longest wait | peak RSS |{}",
+            if truncates { " bus errors | stale |" } else { "" }
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{}",
+            if truncates { "---|---|" } else { "" }
+        );
         let mut rows: Vec<&Summary> = all.iter().filter(|m| m.workload == workload).collect();
         rows.sort_by_key(|m| m.threads);
         for m in rows {
@@ -85,9 +94,14 @@ pub fn tables(all: &[Summary]) -> String {
             } else {
                 ("-".into(), "-".into())
             };
+            let checks = if truncates {
+                format!(" {} | {} |", m.bus_errors, m.stale_translations)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "| {}{} | {} | {:.0} | {} | {} | {} | {} | {} | {writer} | {writer_ratio} | {} | {} | {} | {:.1} MiB |",
+                "| {}{} | {} | {:.0} | {} | {} | {} | {} | {} | {writer} | {writer_ratio} | {} | {} | {} | {:.1} MiB |{checks}",
                 m.threads,
                 if m.oversubscribed { " (oversubscribed)" } else { "" },
                 m.design,
@@ -117,7 +131,7 @@ pub fn json(all: &[Summary]) -> String {
                  \"faults_per_sec\": {:.1}, \"fault_p50_ns\": {}, \"fault_p99_ns\": {}, \
                  \"fault_p999_ns\": {}, \"fault_max_ns\": {}, \"writer_ops_per_sec\": {:.1}, \
                  \"peak_rss_bytes\": {}, \"fault_waits\": {}, \"fault_wait_total_ns\": {}, \
-                 \"fault_wait_max_ns\": {}}}",
+                 \"fault_wait_max_ns\": {}, \"bus_errors\": {}, \"stale_translations\": {}}}",
                 m.design,
                 m.workload,
                 m.threads,
@@ -132,6 +146,8 @@ pub fn json(all: &[Summary]) -> String {
                 m.waits.count,
                 m.waits.total_ns,
                 m.waits.max_ns,
+                m.bus_errors,
+                m.stale_translations,
             )
         })
         .collect();
@@ -244,6 +260,8 @@ mod tests {
             writer_ops_per_sec: 0.0,
             peak_rss_bytes: 1 << 20,
             waits: Waits::default(),
+            bus_errors: 0,
+            stale_translations: 0,
         }
     }
 

@@ -7,7 +7,7 @@
 //! that fails is a workload error (none should).
 
 use crate::designs::{self, Design, DesignConfig};
-use fault::{Access, FaultError, File, FramePool, FramePoolConfig, Waits};
+use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Waits};
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +27,11 @@ enum Workload {
     FixedReplace,
     /// Each thread maps, faults and unmaps the same shared file.
     SharedFile,
+    /// As `SharedFile`, but each thread in its own address space.
+    MultiProcess,
+    /// Threads, each in its own address space, fault a shared file while a writer shrinks,
+    /// regrows and punches holes in it.
+    SharedTruncate,
 }
 
 /// What a workload's extra writer thread does.
@@ -36,15 +41,20 @@ enum Writer {
     ReplaceAll,
     /// Map, protect and unmap 16 pages far from the faulting threads, in a loop.
     MapElsewhere,
+    /// Shrink the file to half, check that no address space kept a translation beyond the
+    /// end, regrow it, punch a hole of a quarter of it, in a loop.
+    TruncateFile,
 }
 
 impl Workload {
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 7] = [
         Workload::PrivateChurn,
         Workload::FaultsUnderChurn,
         Workload::GiantVma,
         Workload::FixedReplace,
         Workload::SharedFile,
+        Workload::MultiProcess,
+        Workload::SharedTruncate,
     ];
 
     const fn name(self) -> &'static str {
@@ -54,14 +64,24 @@ impl Workload {
             Workload::GiantVma => "giant-vma",
             Workload::FixedReplace => "fixed-replace",
             Workload::SharedFile => "shared-file",
+            Workload::MultiProcess => "multi-process",
+            Workload::SharedTruncate => "shared-truncate",
         }
+    }
+
+    /// Whether each faulting thread has an address space of its own (else all share one).
+    fn space_per_thread(self) -> bool {
+        matches!(self, Workload::MultiProcess | Workload::SharedTruncate)
     }
 
     fn writer(self) -> Option<Writer> {
         match self {
             Workload::FaultsUnderChurn => Some(Writer::MapElsewhere),
             Workload::FixedReplace => Some(Writer::ReplaceAll),
-            Workload::PrivateChurn | Workload::GiantVma | Workload::SharedFile => None,
+            Workload::SharedTruncate => Some(Writer::TruncateFile),
+            Workload::PrivateChurn | Workload::GiantVma | Workload::SharedFile | Workload::MultiProcess => {
+                None
+            }
         }
     }
 }
@@ -83,12 +103,24 @@ pub fn describe(name: &str) -> Option<&'static str> {
         Workload::SharedFile => {
             "Each thread maps, faults and unmaps the same shared file: the faulting threads are the writers, so the two `vs rwlock` columns match"
         }
+        Workload::MultiProcess => {
+            "Each thread, in an address space of its own, maps, faults and unmaps the same shared file (Kravetz's loop): every mmap and munmap writes the file's reverse map; the faulting threads are the writers"
+        }
+        Workload::SharedTruncate => {
+            "Threads, each in an address space of its own, fault a shared file mapped whole; a writer thread shrinks it to half, regrows it and punches a hole in a loop (writer calls: set_len and punch_hole). Faults beyond the end are bus errors; after every shrink no address space may keep a translation beyond the end (stale translations)"
+        }
     })
 }
 
+/// Whether the workload called `name` truncates a mapped file (its reports show bus errors
+/// and stale translations).
+pub fn truncates(name: &str) -> bool {
+    name == Workload::SharedTruncate.name()
+}
+
 /// Every workload's name, in the order reports list them.
-pub const WORKLOADS: [&str; 5] = {
-    let mut names = [""; 5];
+pub const WORKLOADS: [&str; 7] = {
+    let mut names = [""; 7];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();
@@ -136,6 +168,10 @@ pub struct Measurement {
     pub waits: Waits,
     /// The process's peak resident memory during the run (Linux's VmHWM, reset before it).
     pub peak_rss_bytes: u64,
+    /// Faults beyond the end of a file (`shared-truncate`).
+    pub bus_errors: u64,
+    /// Translations beyond the end of a file found after a truncate returned (must be 0).
+    pub stale_translations: u64,
 }
 
 impl Measurement {
@@ -156,6 +192,8 @@ impl Measurement {
             writer_ops_per_sec: self.writer_ops as f64 / seconds,
             peak_rss_bytes: self.peak_rss_bytes,
             waits: self.waits,
+            bus_errors: self.bus_errors,
+            stale_translations: self.stale_translations,
         }
     }
 }
@@ -188,6 +226,10 @@ pub struct Summary {
     pub peak_rss_bytes: u64,
     /// Faults that waited for another thread.
     pub waits: Waits,
+    /// Faults beyond the end of a file.
+    pub bus_errors: u64,
+    /// Translations beyond the end of a file found after a truncate returned.
+    pub stale_translations: u64,
 }
 
 impl Summary {
@@ -196,7 +238,7 @@ impl Summary {
         format!(
             "design={} workload={} threads={} oversubscribed={} faults_per_sec={} fault_p50_ns={} \
              fault_p99_ns={} fault_p999_ns={} fault_max_ns={} writer_ops_per_sec={} peak_rss_bytes={} \
-             waits={} wait_total_ns={} wait_max_ns={}",
+             waits={} wait_total_ns={} wait_max_ns={} bus_errors={} stale_translations={}",
             self.design,
             self.workload,
             self.threads,
@@ -210,7 +252,9 @@ impl Summary {
             self.peak_rss_bytes,
             self.waits.count,
             self.waits.total_ns,
-            self.waits.max_ns
+            self.waits.max_ns,
+            self.bus_errors,
+            self.stale_translations
         )
     }
 
@@ -248,6 +292,8 @@ impl Summary {
                 total_ns: get("wait_total_ns")?,
                 max_ns: get("wait_max_ns")?,
             },
+            bus_errors: get("bus_errors")?,
+            stale_translations: get("stale_translations")?,
         })
     }
 }
@@ -257,6 +303,8 @@ struct Tally {
     faults: u64,
     writer_ops: u64,
     latency: Histogram<u64>,
+    bus_errors: u64,
+    stale_translations: u64,
 }
 
 impl Tally {
@@ -265,16 +313,19 @@ impl Tally {
             faults: 0,
             writer_ops: 0,
             latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            bus_errors: 0,
+            stale_translations: 0,
         }
     }
 
     /// Write-faults every page of `[start, start + pages)`, timing each; stops early (and says
-    /// so) when `stop` is set.
+    /// so) when `stop` is set. A bus error is counted where the file may be truncated
+    /// (`bus_ok`), a failure elsewhere.
     fn fault_all(
         &mut self,
         design: &dyn Design,
-        start: u64,
-        pages: u64,
+        (start, pages): (u64, u64),
+        bus_ok: bool,
         stop: &AtomicBool,
     ) -> Result<bool, String> {
         for page in 0..pages {
@@ -286,7 +337,12 @@ impl Tally {
             let result = design.fault(addr, Access::Write);
             self.latency.saturating_record(since.elapsed().as_nanos() as u64);
             self.faults += 1;
-            result.map_err(|e: FaultError| format!("fault at {addr:#x}: {e}"))?;
+            match result {
+                Err(FaultError::BusError) if bus_ok => self.bus_errors += 1,
+                result => {
+                    result.map_err(|e: FaultError| format!("fault at {addr:#x}: {e}"))?;
+                }
+            }
         }
         Ok(true)
     }
@@ -322,16 +378,23 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Runs `workload` on a fresh instance of `design` (both by name).
+/// Translations of `[start, end)` in `design`'s page table (read in a section of its domain).
+fn translations(design: &dyn Design, start: u64, end: u64) -> u64 {
+    let _guard = maple::Guard::new(design.rcu());
+    let table = design.memory().table();
+    (start..end)
+        .step_by(PAGE_SIZE as usize)
+        .filter(|&addr| table.translate(addr).is_some())
+        .count() as u64
+}
+
+/// Runs `workload` on fresh instances of `design` (both by name): one address space, or one
+/// per faulting thread.
 pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measurement, String> {
     let kind = Workload::ALL
         .into_iter()
         .find(|w| w.name() == workload)
         .ok_or_else(|| format!("unknown workload {workload}"))?;
-    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).map_err(|e| e.to_string())?);
-    let design = designs::build(design, DesignConfig::default(), frames.clone())
-        .ok_or_else(|| format!("unknown design {design}"))?;
-    let design = &*design;
     let RunConfig {
         threads,
         duration,
@@ -346,10 +409,18 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
     if duration.is_zero() {
         return Err("duration: at least 1 ms".into());
     }
-    let layout = design.layout();
+    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).map_err(|e| e.to_string())?);
+    let spaces = if kind.space_per_thread() { threads } else { 1 };
+    let spaces: Vec<Arc<dyn Design>> = (0..spaces)
+        .map(|_| designs::build(design, DesignConfig::default(), frames.clone()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("unknown design {design}"))?;
+    let first = &*spaces[0];
+    let layout = first.layout();
     let len = pages * PAGE_SIZE;
     let rw = Prot::READ_WRITE;
     let anon = MapFlags::PRIVATE_ANONYMOUS;
+    let error = |e: vma::Error| e.to_string();
 
     // Set-up before the clock starts.
     let mut regions = Vec::new();
@@ -359,21 +430,30 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             for t in 0..threads {
                 let at = region(layout, t, pages);
                 let fixed = anon.fixed_noreplace();
-                regions.push(design.mmap(at, len, rw, fixed, None).map_err(|e| e.to_string())?);
+                regions.push(first.mmap(at, len, rw, fixed, None).map_err(error)?);
             }
         }
         Workload::GiantVma | Workload::FixedReplace => {
             let total = threads as u64 * len;
-            let start = design.mmap(0, total, rw, anon, None).map_err(|e| e.to_string())?;
+            let start = first.mmap(0, total, rw, anon, None).map_err(error)?;
             regions.extend((0..threads as u64).map(|t| start + t * len));
         }
-        Workload::SharedFile => {
-            file = Some(File::zeroed("shared-file", &frames, len).map_err(|e| e.to_string())?);
+        Workload::SharedFile | Workload::MultiProcess | Workload::SharedTruncate => {
+            let backing = Arc::new(MemBacking::new(&[]));
+            let sync = first.file_sync();
+            let shared = File::with_sync(workload, &frames, len, backing, sync).map_err(error)?;
+            if kind == Workload::SharedTruncate {
+                for space in &spaces {
+                    let at = space.mmap(0, len, rw, MapFlags::SHARED, Some((&shared, 0)));
+                    regions.push(at.map_err(error)?);
+                }
+            }
+            file = Some(shared);
         }
         Workload::PrivateChurn => {}
     }
     let writer = kind.writer();
-    let (file, regions) = (&file, &regions);
+    let (file, regions, spaces) = (&file, &regions, &spaces);
 
     reset_peak_rss();
     let stop = AtomicBool::new(false);
@@ -383,25 +463,30 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         let mut handles = Vec::new();
         for t in 0..threads {
             let own = regions.get(t).copied();
+            let design = &*spaces[t % spaces.len()];
             handles.push(s.spawn(move || -> Result<Tally, String> {
                 let mut tally = Tally::new();
                 while !stop.load(Ordering::Relaxed) {
                     match kind {
                         Workload::PrivateChurn => {
                             let a = tally.op(design.mmap(0, len, rw, anon, None))?;
-                            tally.fault_all(design, a, pages, stop)?;
+                            tally.fault_all(design, (a, pages), false, stop)?;
                             tally.op(design.munmap(a, len))?;
                         }
-                        Workload::SharedFile => {
+                        Workload::SharedFile | Workload::MultiProcess => {
                             let file = file.as_ref().expect("set up");
                             let a = tally.op(design.mmap(0, len, rw, MapFlags::SHARED, Some((file, 0))))?;
-                            tally.fault_all(design, a, pages, stop)?;
+                            tally.fault_all(design, (a, pages), false, stop)?;
                             tally.op(design.munmap(a, len))?;
                         }
-                        Workload::FaultsUnderChurn | Workload::GiantVma | Workload::FixedReplace => {
+                        Workload::FaultsUnderChurn
+                        | Workload::GiantVma
+                        | Workload::FixedReplace
+                        | Workload::SharedTruncate => {
                             let a = own.expect("set up");
-                            if tally.fault_all(design, a, pages, stop)? {
-                                design.madvise_dontneed(a, len).map_err(|e| e.to_string())?;
+                            let bus_ok = kind == Workload::SharedTruncate;
+                            if tally.fault_all(design, (a, pages), bus_ok, stop)? {
+                                design.madvise_dontneed(a, len).map_err(error)?;
                             }
                         }
                     }
@@ -417,13 +502,24 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                     match writer {
                         Writer::ReplaceAll => {
                             let total = threads as u64 * len;
-                            tally.op(design.mmap(regions[0], total, rw, anon.fixed(), None))?;
+                            tally.op(first.mmap(regions[0], total, rw, anon.fixed(), None))?;
                             std::thread::sleep(Duration::from_micros(50));
                         }
                         Writer::MapElsewhere => {
-                            let a = tally.op(design.mmap(churn_hint, 16 * PAGE_SIZE, rw, anon, None))?;
-                            tally.op(design.mprotect(a, 16 * PAGE_SIZE, Prot::READ))?;
-                            tally.op(design.munmap(a, 16 * PAGE_SIZE))?;
+                            let a = tally.op(first.mmap(churn_hint, 16 * PAGE_SIZE, rw, anon, None))?;
+                            tally.op(first.mprotect(a, 16 * PAGE_SIZE, Prot::READ))?;
+                            tally.op(first.munmap(a, 16 * PAGE_SIZE))?;
+                        }
+                        Writer::TruncateFile => {
+                            let file = file.as_ref().expect("set up");
+                            let half = (pages / 2) * PAGE_SIZE;
+                            tally.op(file.set_len(half))?;
+                            for (space, &at) in spaces.iter().zip(regions) {
+                                tally.stale_translations += translations(&**space, at + half, at + len);
+                            }
+                            tally.op(file.set_len(len))?;
+                            let quarter = (pages / 4).max(1) * PAGE_SIZE;
+                            tally.op(file.punch_hole(quarter, quarter))?;
                         }
                     }
                 }
@@ -444,11 +540,16 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         let tally = tally?;
         total.faults += tally.faults;
         total.writer_ops += tally.writer_ops;
+        total.bus_errors += tally.bus_errors;
+        total.stale_translations += tally.stale_translations;
         total.latency.add(&tally.latency).expect("same bounds");
     }
+    let waits = spaces
+        .iter()
+        .fold(Waits::default(), |sum, space| sum.plus(space.waits()));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(Measurement {
-        design: design.name(),
+        design: first.name(),
         workload: kind.name(),
         threads,
         oversubscribed: threads + usize::from(writer.is_some()) > cpus,
@@ -456,8 +557,10 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         writer_ops: total.writer_ops,
         elapsed,
         latency: total.latency,
-        waits: design.waits(),
+        waits,
         peak_rss_bytes,
+        bus_errors: total.bus_errors,
+        stale_translations: total.stale_translations,
     })
 }
 
@@ -484,6 +587,8 @@ mod tests {
                 total_ns: 9_000,
                 max_ns: 5_000,
             },
+            bus_errors: 3,
+            stale_translations: 0,
         };
         assert_eq!(Summary::from_line(&summary.to_line()), Ok(summary));
         assert!(Summary::from_line("design=rcu").is_err());
@@ -500,6 +605,16 @@ mod tests {
             for design in crate::designs::NAMES {
                 let m = run(workload, design, config).unwrap();
                 assert!(m.faults > 0, "{workload} on {design} made no fault");
+                assert_eq!(
+                    m.stale_translations, 0,
+                    "{workload} on {design}: a translation beyond the end"
+                );
+                if truncates(workload) {
+                    assert!(
+                        m.writer_ops > 0,
+                        "{workload} on {design}: the file was never truncated"
+                    );
+                }
                 assert_eq!((m.workload, m.design, m.threads), (workload, design, 2));
             }
         }

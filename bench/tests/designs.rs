@@ -4,7 +4,7 @@
 #![cfg(not(feature = "shuttle"))]
 
 use bench::designs::{self, Design, DesignConfig, NAMES, PerVmaDesign};
-use fault::{Access, FaultError, File, FramePool, FramePoolConfig, Memory};
+use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Memory};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use vma::{Errno, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
@@ -46,12 +46,15 @@ fn read(design: &dyn Design, addr: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// A file of `pages` pages, page `i` filled with byte `fill + i`.
+/// A file of `pages` pages, page `i` filled with byte `fill + i`, protected as `design`'s
+/// files are.
 fn file(design: &dyn Design, pages: usize, fill: u8) -> Arc<File> {
     let contents: Vec<u8> = (0..pages)
         .flat_map(|i| std::iter::repeat_n(fill.wrapping_add(i as u8), P as usize))
         .collect();
-    File::new("file", design.memory().frames(), &contents)
+    let backing = Arc::new(MemBacking::new(&contents));
+    let len = contents.len() as u64;
+    File::with_sync("file", design.memory().frames(), len, backing, design.file_sync()).unwrap()
 }
 
 /// Unmaps everything and checks that every frame and table went back.
@@ -166,6 +169,67 @@ fn map_fixed_shows_the_new_mapping_never_the_old() {
         drop(file);
         assert_nothing_leaked(d, 0);
     });
+}
+
+/// Every design is in the reverse map of the files it maps, in each mapping's current shape
+/// (split by mprotect, moved by mremap): a hole punch removes its shared translations and
+/// keeps its private copies, a truncate removes both; munmap unlinks, and so does dropping
+/// the design.
+#[test]
+fn truncate_and_hole_punch_reach_every_design() {
+    let bus = |d: &dyn Design, addr: u64| d.read(addr, &mut [0]).map_err(|e| e.error);
+    for name in NAMES {
+        let design = designs::build(name, DesignConfig::default(), pool()).unwrap();
+        let d = &*design;
+        let f = file(d, 8, 1);
+        let rw = Prot::READ_WRITE;
+        let shared = d.mmap(0, 8 * P, rw, MapFlags::SHARED, Some((&f, 0))).unwrap();
+        let private = d.mmap(0, 8 * P, rw, MapFlags::PRIVATE, Some((&f, 0))).unwrap();
+        for page in 0..8 {
+            assert_eq!(read(d, shared + page * P, 1), [1 + page as u8], "{name}");
+            d.write(private + page * P, b"copy").unwrap();
+        }
+        d.mprotect(shared + 2 * P, P, Prot::READ).unwrap();
+        assert_eq!(
+            f.mappings(),
+            4,
+            "{name}: three pieces of the shared mapping and the private one"
+        );
+        f.punch_hole(3 * P, P).unwrap();
+        assert_eq!(read(d, shared + 3 * P, 1), [0], "{name}: the hole reads zeros");
+        assert_eq!(
+            read(d, private + 3 * P, 4),
+            b"copy",
+            "{name}: private copies survive a hole punch"
+        );
+        let target = shared + 64 * P;
+        let fixed = RemapFlags {
+            maymove: true,
+            fixed: true,
+        };
+        let moved = d.mremap(shared, 8 * P, 8 * P, fixed, target).unwrap();
+        assert_eq!(read(d, moved + 5 * P, 1), [6], "{name}");
+        f.set_len(4 * P).unwrap();
+        assert_eq!(
+            bus(d, moved + 5 * P),
+            Err(FaultError::BusError),
+            "{name}: moved, then truncated"
+        );
+        assert_eq!(
+            bus(d, private + 5 * P),
+            Err(FaultError::BusError),
+            "{name}: truncate takes private copies"
+        );
+        assert_eq!(
+            read(d, private + 2 * P, 4),
+            b"copy",
+            "{name}: inside the file the copy stays"
+        );
+        d.munmap(private, 8 * P).unwrap();
+        assert_eq!(f.mappings(), 3, "{name}: munmap unlinks");
+        drop(design);
+        assert_eq!(f.mappings(), 0, "{name}: dropping the design unlinks the rest");
+    }
 }
 
 #[test]
@@ -376,7 +440,7 @@ fn a_design_whose_writers_skip_the_reader_drain_fails_the_suite() {
     let design = PerVmaDesign::with_broken_write_lock(Layout::X86_64, Memory::new(pool(), true));
     let mut violations = 0;
     for _ in 0..20 {
-        violations += race_writer_and_faults(&design, 2000);
+        violations += race_writer_and_faults(&*design, 2000);
         if violations > 0 {
             break;
         }
@@ -390,7 +454,7 @@ fn a_design_whose_writers_skip_the_reader_drain_fails_the_suite() {
 #[test]
 fn every_design_agrees_with_the_address_space() {
     let frames = pool();
-    let all: Vec<Box<dyn Design>> = NAMES
+    let all: Vec<Arc<dyn Design>> = NAMES
         .iter()
         .map(|name| designs::build(name, DesignConfig::default(), frames.clone()).unwrap())
         .collect();

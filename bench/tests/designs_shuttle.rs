@@ -25,12 +25,12 @@ fn pool() -> std::sync::Arc<FramePool> {
     )
 }
 
-fn design(name: &str) -> Arc<Box<dyn Design>> {
+fn design(name: &str) -> Arc<dyn Design> {
     let config = DesignConfig {
         layout: LAYOUT,
         zero_fill: true,
     };
-    Arc::new(designs::build(name, config, pool()).unwrap())
+    designs::build(name, config, pool()).unwrap()
 }
 
 fn writable_anon(design: &dyn Design) {
@@ -58,7 +58,7 @@ fn join<T>(handle: thread::JoinHandle<T>) -> T {
 
 /// A thread making a write fault at `A`, which must install the page or, having lost the race
 /// to the writer, fail with `lost`.
-fn racing_write_fault(design: &Arc<Box<dyn Design>>, lost: FaultError) -> thread::JoinHandle<()> {
+fn racing_write_fault(design: &Arc<dyn Design>, lost: FaultError) -> thread::JoinHandle<()> {
     let design = design.clone();
     thread::spawn(move || {
         let result = design.fault(A, Access::Write);
@@ -70,8 +70,8 @@ fn racing_write_fault(design: &Arc<Box<dyn Design>>, lost: FaultError) -> thread
 }
 
 /// G2 for `design`: a fault racing munmap.
-fn fault_racing_munmap(design: Arc<Box<dyn Design>>) {
-    writable_anon(&**design);
+fn fault_racing_munmap(design: Arc<dyn Design>) {
+    writable_anon(&*design);
     let faulting = racing_write_fault(&design, FaultError::NotMapped);
     design.munmap(A, P).unwrap();
     let table = design.memory().table();
@@ -84,12 +84,12 @@ fn fault_racing_munmap(design: Arc<Box<dyn Design>>) {
         table.translate(A).is_none(),
         "violated: a translation appeared after munmap"
     );
-    assert_nothing_leaked(&**design);
+    assert_nothing_leaked(&*design);
 }
 
 /// A write fault racing mprotect to read-only never leaves a writable translation.
-fn write_fault_racing_mprotect(design: Arc<Box<dyn Design>>) {
-    writable_anon(&**design);
+fn write_fault_racing_mprotect(design: Arc<dyn Design>) {
+    writable_anon(&*design);
     let faulting = racing_write_fault(&design, FaultError::AccessDenied);
     design.mprotect(A, P, Prot::READ).unwrap();
     let writable = || {
@@ -102,7 +102,7 @@ fn write_fault_racing_mprotect(design: Arc<Box<dyn Design>>) {
     assert!(!writable(), "violated: writable after mprotect returned");
     join(faulting);
     assert!(!writable(), "violated: writable after mprotect returned");
-    assert_nothing_leaked(&**design);
+    assert_nothing_leaked(&*design);
 }
 
 #[test]
@@ -123,8 +123,7 @@ fn write_fault_racing_mprotect_in_every_design() {
 fn a_design_whose_writers_skip_the_reader_drain_fails() {
     let broken = || {
         let memory = Memory::new(pool(), true);
-        let design: Box<dyn Design> = Box::new(PerVmaDesign::with_broken_write_lock(LAYOUT, memory));
-        fault_racing_munmap(Arc::new(design));
+        fault_racing_munmap(PerVmaDesign::with_broken_write_lock(LAYOUT, memory));
     };
     assert_broken_variant_fails(STEPS, &["violated"], broken);
 }

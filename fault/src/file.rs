@@ -38,7 +38,7 @@ use maple::sync::atomic::{AtomicU64, Ordering};
 use maple::sync::{Backoff, Mutex, RwLock, RwLockReadGuard};
 use std::fmt;
 use std::sync::{Arc, Weak};
-use vma::{Errno, Error, MappedFile, PAGE_SIZE, Revoked};
+use vma::{Backing as VmaBacking, Errno, Error, MappedFile, Mapping, PAGE_SIZE, Revoked};
 
 /// An address space (or any user of a page table) that maps files: what an invalidation of a
 /// file asks of each one its reverse map names.
@@ -371,14 +371,18 @@ impl File {
     /// Brings page `pgoff` into the cache (the fault's slow path): waits while an invalidation
     /// covers it, reads it from the backing with no guard held, and caches it unless an
     /// invalidation covering it began meanwhile (then reads again). `BusError` at or beyond the
-    /// end of the file.
-    pub(crate) fn read_in(&self, pgoff: u64) -> Result<(), FaultError> {
+    /// end of the file. Calls `waited` with how long it waited for an invalidation, if it did.
+    pub(crate) fn read_in(&self, pgoff: u64, waited: impl Fn(std::time::Duration)) -> Result<(), FaultError> {
         let frames = self.cache.frames();
-        let mut backoff = Backoff::new();
         loop {
             let since = self.invalidation.generation.load(Ordering::SeqCst);
             if self.invalidation.running_over(pgoff) {
-                backoff.snooze();
+                let began = std::time::Instant::now();
+                let mut backoff = Backoff::new();
+                while self.invalidation.running_over(pgoff) {
+                    backoff.snooze();
+                }
+                waited(began.elapsed());
                 continue;
             }
             {
@@ -553,7 +557,7 @@ impl File {
                 return Ok(());
             }
             drop(guard);
-            self.read_in(pgoff)?;
+            self.read_in(pgoff, |_| {})?;
         }
     }
 
@@ -654,26 +658,34 @@ impl File {
             .collect()
     }
 
-    /// Adds a VMA of `mapper` to the reverse map: `[start, end)` maps pages from `pgoff`.
-    pub fn link(&self, mapper: &Weak<dyn Mapper>, start: u64, end: u64, pgoff: u64) {
-        let pages = (end - start) / PAGE_SIZE;
+    /// Adds `mapping`, a VMA of `mapper`, to the reverse map of the file it maps (nothing for
+    /// an anonymous mapping). Call it before a fault can find the VMA, and before translations
+    /// move into it (see [`Mapper`]).
+    pub fn link(mapper: &Weak<dyn Mapper>, mapping: &Mapping) {
+        let Some(file) = mapped_file(mapping) else {
+            return;
+        };
         let entry = ReverseMapping {
-            start,
+            start: mapping.start,
             mapper: mapper.clone(),
         };
-        let _exclusive = self.exclusive();
-        self.reverse_map
-            .insert(pgoff, pgoff + pages, entry)
+        let _exclusive = file.exclusive();
+        file.reverse_map
+            .insert(mapping.pgoff, mapping.pgoff + mapping.pages(), entry)
             .expect("a VMA's page offsets lie inside the largest file");
     }
 
-    /// Removes a VMA of `mapper` linked with the same arguments.
-    pub fn unlink(&self, mapper: &Weak<dyn Mapper>, start: u64, end: u64, pgoff: u64) {
+    /// Removes `mapping`, a VMA of `mapper` that [`File::link`] added, from its file's reverse
+    /// map (nothing for an anonymous mapping). Call it once the VMA's translations are gone.
+    pub fn unlink(mapper: &Weak<dyn Mapper>, mapping: &Mapping) {
+        let Some(file) = mapped_file(mapping) else {
+            return;
+        };
         let id = mapper.as_ptr() as *const ();
-        let pages = (end - start) / PAGE_SIZE;
-        let _exclusive = self.exclusive();
-        let removed = self.reverse_map.remove(pgoff, |interval| {
-            interval.value.mapper_id() == id && interval.value.start == start && interval.end == pgoff + pages
+        let end = mapping.pgoff + mapping.pages();
+        let _exclusive = file.exclusive();
+        let removed = file.reverse_map.remove(mapping.pgoff, |interval| {
+            interval.value.mapper_id() == id && interval.value.start == mapping.start && interval.end == end
         });
         debug_assert!(removed, "unlinking a VMA that was never linked");
     }
@@ -703,6 +715,22 @@ impl File {
         }
         Ok(())
     }
+}
+
+/// The [`File`] a mapping maps, if it maps one (a mapping made through a [`crate::Memory`]
+/// maps only files; see [`crate::Memory::mapped_object`]).
+pub(crate) fn mapped_file(mapping: &Mapping) -> Option<&File> {
+    match &mapping.backing {
+        VmaBacking::File(object) => Some(file_of(object)),
+        VmaBacking::Anonymous => None,
+    }
+}
+
+/// The file a file mapping made through a [`crate::Memory`] maps.
+pub(crate) fn file_of(object: &Arc<dyn MappedFile>) -> &File {
+    let any: &dyn std::any::Any = &**object;
+    any.downcast_ref::<File>()
+        .expect("a Memory maps only fault::File objects")
 }
 
 impl MappedFile for File {

@@ -12,7 +12,7 @@
 //!   guard finishes first. Emptied page tables are retired to the same domain.
 
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
-use crate::file::{File, Lookup};
+use crate::file::{File, Lookup, file_of};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, WRITABLE};
 use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
@@ -317,7 +317,7 @@ impl Memory {
         };
         let file = file_of(object);
         loop {
-            file.read_in(pgoff)?;
+            file.read_in(pgoff, |waited| self.record_wait(waited))?;
             let guard = Guard::new(rcu);
             let progress = self.settle(mapping, page, access, &guard);
             drop(guard);
@@ -588,14 +588,6 @@ impl Drop for Memory {
         // SAFETY: each is a removed translation's reference, and no reader is left.
         unsafe { self.frames.put_many(&frames) };
     }
-}
-
-/// The file a file mapping made through a [`Memory`] maps (it maps only [`File`]s, see
-/// [`Memory::mapped_object`]).
-pub(crate) fn file_of(object: &Arc<dyn MappedFile>) -> &File {
-    let any: &dyn std::any::Any = &**object;
-    any.downcast_ref::<File>()
-        .expect("a Memory maps only fault::File objects")
 }
 
 pub(crate) fn einval(reason: &'static str) -> Error {

@@ -13,7 +13,7 @@
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 use crate::file::{File, Mapper};
 use crate::frames::FramePool;
-use crate::memory::{Memory, einval, file_of};
+use crate::memory::{Memory, einval};
 use crate::pagetable::{ADDRESS_LIMIT, Pte};
 use crate::stats::{Counter, FaultStats};
 use maple::rcu::{DefaultRcu, Rcu};
@@ -69,15 +69,11 @@ impl FlushHook for Hook {
     }
 
     fn mapped(&self, mapping: &Mapping) {
-        if let VmaBacking::File(object) = &mapping.backing {
-            file_of(object).link(&self.mapper, mapping.start, mapping.end, mapping.pgoff);
-        }
+        File::link(&self.mapper, mapping);
     }
 
     fn unmapped(&self, mapping: &Mapping) {
-        if let VmaBacking::File(object) = &mapping.backing {
-            file_of(object).unlink(&self.mapper, mapping.start, mapping.end, mapping.pgoff);
-        }
+        File::unlink(&self.mapper, mapping);
     }
 }
 

@@ -79,6 +79,17 @@ pub struct Waits {
     pub max_ns: u64,
 }
 
+impl Waits {
+    /// These waits and `other`'s together (the faults of several address spaces).
+    pub fn plus(self, other: Waits) -> Waits {
+        Waits {
+            count: self.count + other.count,
+            total_ns: self.total_ns + other.total_ns,
+            max_ns: self.max_ns.max(other.max_ns),
+        }
+    }
+}
+
 /// A snapshot of a memory manager's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultStats {

@@ -24,13 +24,13 @@ pub use rcu::RcuDesign;
 pub use rwlock::RwLockDesign;
 pub use snapshot::SnapshotDesign;
 
-use fault::{Access, AccessError, Fault, FaultError, File, FramePool, Memory, Waits};
+use fault::{Access, AccessError, Fault, FaultError, File, FileSync, FramePool, Mapper, Memory, Waits};
 use maple::rcu::{DefaultRcu, Rcu};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 use vma::request::{MmapRequest, RemapRequest, advise_range, protect_range, unmap_range};
 use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags, Revoked};
-use vma_map::{Flush, Op, VmaMap};
+use vma_map::{Change, Flush, Op, VmaMap};
 
 /// Every design's name, in the order reports list them.
 pub const NAMES: [&str; 6] = ["rcu", "rcu-refonly", "rwlock", "rangelock", "pervma", "snapshot"];
@@ -74,17 +74,76 @@ impl Default for DesignConfig {
 }
 
 /// Builds the design called `name` (one of [`NAMES`]) over `frames`.
-pub fn build(name: &str, config: DesignConfig, frames: Arc<FramePool>) -> Option<Box<dyn Design>> {
+pub fn build(name: &str, config: DesignConfig, frames: Arc<FramePool>) -> Option<Arc<dyn Design>> {
     let memory = || Memory::new(frames.clone(), config.zero_fill);
     Some(match name {
-        "rcu" => Box::new(RcuDesign::new(config, frames.clone(), true)),
-        "rcu-refonly" => Box::new(RcuDesign::new(config, frames.clone(), false)),
-        "rwlock" => Box::new(RwLockDesign::new(config.layout, memory())),
-        "rangelock" => Box::new(RangeLockDesign::new(config.layout, memory())),
-        "pervma" => Box::new(PerVmaDesign::new(config.layout, memory())),
-        "snapshot" => Box::new(SnapshotDesign::new(config.layout, memory())),
+        "rcu" => Arc::new(RcuDesign::new(config, frames.clone(), true)),
+        "rcu-refonly" => Arc::new(RcuDesign::new(config, frames.clone(), false)),
+        "rwlock" => baseline(|mapper| RwLockDesign::new(config.layout, memory(), mapper)),
+        "rangelock" => baseline(|mapper| RangeLockDesign::new(config.layout, memory(), mapper)),
+        "pervma" => baseline(|mapper| PerVmaDesign::new(config.layout, memory(), mapper)),
+        "snapshot" => baseline(|mapper| SnapshotDesign::new(config.layout, memory(), mapper)),
         _ => return None,
     })
+}
+
+/// A baseline, built by `new` with the name files' reverse maps know it by (itself).
+fn baseline<D: Design + Mapper + 'static>(new: impl FnOnce(Weak<dyn Mapper>) -> D) -> Arc<dyn Design> {
+    Arc::new_cyclic(|this: &Weak<D>| {
+        let mapper: Weak<dyn Mapper> = this.clone();
+        new(mapper)
+    })
+}
+
+/// Makes a baseline a [`Mapper`] of the files it maps: a truncate or hole punch removes the
+/// file's pages from its page table (under the table's relocation lock, walking in its RCU
+/// domain) and waits for accesses through them in that domain.
+macro_rules! maps_files {
+    ($design:ty) => {
+        impl fault::Mapper for $design {
+            fn unmap_file_pages(
+                &self,
+                file: &fault::File,
+                first: u64,
+                end: u64,
+                even_cows: bool,
+            ) -> vma::Revoked {
+                let parts = $crate::designs::Design::parts(self);
+                parts
+                    .memory
+                    .unmap_file_pages(self, file, (first, end), even_cows, parts.rcu)
+            }
+
+            fn await_revoked(&self, revoked: &vma::Revoked) {
+                revoked.wait($crate::designs::Design::rcu(self));
+            }
+        }
+    };
+}
+use maps_files;
+
+/// Links the file mappings that `changes` add into their files' reverse maps: before a fault
+/// can find them and before translations move into them.
+fn link_added(mapper: &Weak<dyn Mapper>, changes: &[Change]) {
+    for mapping in changes.iter().flat_map(|change| &change.added) {
+        File::link(mapper, mapping);
+    }
+}
+
+/// Unlinks the file mappings that `changes` remove from their files' reverse maps: once the
+/// flush has removed their translations. (A mapping that one change adds and a later one
+/// removes is linked, then unlinked.)
+fn unlink_removed(mapper: &Weak<dyn Mapper>, changes: &[Change]) {
+    for mapping in changes.iter().flat_map(|change| &change.removed) {
+        File::unlink(mapper, mapping);
+    }
+}
+
+/// Unlinks every file mapping of `map` (a baseline being dropped).
+fn unlink_all(mapper: &Weak<dyn Mapper>, map: &VmaMap) {
+    for mapping in map.mappings() {
+        File::unlink(mapper, mapping);
+    }
 }
 
 /// What every design stands on: its name, the address space's bounds, the page table and frames
@@ -127,6 +186,13 @@ pub trait Design: Send + Sync {
     /// The RCU domain translations' frames are released to (readers copy under its guards).
     fn rcu(&self) -> &DefaultRcu {
         self.parts().rcu
+    }
+
+    /// How the files this design maps protect their reverse maps and page lookups: Linux's
+    /// `i_mmap_rwsem` for the baselines, maplevm's RCU for `rcu` and `rcu-refonly`. Create the
+    /// files it maps with it ([`File::with_sync`]).
+    fn file_sync(&self) -> FileSync {
+        FileSync::RwSem
     }
 
     /// Applies a checked change; returns the mapped address for [`Op::Map`].

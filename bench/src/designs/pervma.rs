@@ -22,13 +22,16 @@
 //! releasing the mmap lock. Faults on VMAs no writer touches never wait.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, Parts, bounded, discard_in, fault_locked, flush, page_in, timed};
-use fault::{Access, Fault, FaultError, Memory};
+use super::{
+    Design, Parts, baseline, bounded, discard_in, fault_locked, flush, link_added, maps_files, page_in,
+    timed, unlink_all, unlink_removed,
+};
+use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use maple::sync::{Backoff, RwLock};
 use maple::{Guard, MapleTree};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use vma::{Layout, Mapping, Prot};
 
 const ATTACHED: u32 = 1;
@@ -136,11 +139,14 @@ pub struct PerVmaDesign {
     memory: Memory,
     /// Writers wait for readers when they write-lock a VMA (false only in the broken variant).
     drain_readers: bool,
+    /// This design, as the reverse maps of the files it maps know it.
+    mapper: Weak<dyn Mapper>,
 }
 
 impl PerVmaDesign {
-    /// An empty address space over `memory`.
-    pub fn new(layout: Layout, memory: Memory) -> Self {
+    /// An empty address space over `memory`, known to files' reverse maps as `mapper` (itself:
+    /// see `designs::build`).
+    pub fn new(layout: Layout, memory: Memory, mapper: Weak<dyn Mapper>) -> Self {
         Self {
             layout,
             mmap_lock: RwLock::new(VmaMap::new(layout)),
@@ -148,6 +154,7 @@ impl PerVmaDesign {
             mm_lock_seq: AtomicU64::new(0),
             memory,
             drain_readers: true,
+            mapper,
         }
     }
 
@@ -155,11 +162,12 @@ impl PerVmaDesign {
     /// they write-lock: faults may install translations after the flush. For the test that
     /// shows the correctness suite catches a wrong design.
     #[doc(hidden)]
-    pub fn with_broken_write_lock(layout: Layout, memory: Memory) -> Self {
-        Self {
-            drain_readers: false,
-            ..Self::new(layout, memory)
-        }
+    pub fn with_broken_write_lock(layout: Layout, memory: Memory) -> Arc<dyn Design> {
+        baseline(|mapper| {
+            let mut design = Self::new(layout, memory, mapper);
+            design.drain_readers = false;
+            design
+        })
     }
 
     /// `lock_vma_under_rcu`: the VMA covering `page`, read-locked, if that works without
@@ -194,6 +202,7 @@ impl Design for PerVmaDesign {
             return planned.result;
         }
         let seq = self.mm_lock_seq.load(Ordering::Relaxed);
+        link_added(&self.mapper, &planned.changes);
         let mut displaced = Vec::new();
         for change in &planned.changes {
             // Lock what this change replaces (an earlier change may have added it).
@@ -216,6 +225,7 @@ impl Design for PerVmaDesign {
             map.apply(change);
         }
         flush(&self.memory, &bounded(&map, &planned.flushes), self.tree.rcu());
+        unlink_removed(&self.mapper, &planned.changes);
         for (_, _, vma) in displaced.iter().flat_map(|d| d.iter()) {
             vma.detach();
         }
@@ -317,5 +327,13 @@ mod tests {
             !v.start_read(&mm_lock_seq),
             "a detached VMA cannot be read-locked"
         );
+    }
+}
+
+maps_files!(PerVmaDesign);
+
+impl Drop for PerVmaDesign {
+    fn drop(&mut self) {
+        unlink_all(&self.mapper, &self.mmap_lock.read().unwrap());
     }
 }

@@ -18,10 +18,14 @@
 //! writer.
 
 use super::vma_map::{Flush, Op, Planned, VmaMap};
-use super::{Design, Parts, bounded, discard_in, fault_locked, flush, page_in, timed};
-use fault::{Access, Fault, FaultError, Memory};
+use super::{
+    Design, Parts, bounded, discard_in, fault_locked, flush, link_added, maps_files, page_in, timed,
+    unlink_all, unlink_removed,
+};
+use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::Weak;
 use std::time::Instant;
 use vma::{Layout, PAGE_SIZE, Prot};
 
@@ -146,17 +150,21 @@ pub struct RangeLockDesign {
     map: Mutex<VmaMap>,
     memory: Memory,
     rcu: DefaultRcu,
+    /// This design, as the reverse maps of the files it maps know it.
+    mapper: Weak<dyn Mapper>,
 }
 
 impl RangeLockDesign {
-    /// An empty address space over `memory`.
-    pub fn new(layout: Layout, memory: Memory) -> Self {
+    /// An empty address space over `memory`, known to files' reverse maps as `mapper` (itself:
+    /// see `designs::build`).
+    pub fn new(layout: Layout, memory: Memory, mapper: Weak<dyn Mapper>) -> Self {
         Self {
             layout,
             ranges: RangeLock::new(),
             map: Mutex::new(VmaMap::new(layout)),
             memory,
             rcu: DefaultRcu::default(),
+            mapper,
         }
     }
 
@@ -209,7 +217,9 @@ impl Design for RangeLockDesign {
             let flushes = bounded(&map, &planned.flushes);
             drop(map);
             // Faults and writers are held off the span by the range lock; the map is free.
+            link_added(&self.mapper, &planned.changes);
             flush(&self.memory, &flushes, &self.rcu);
+            unlink_removed(&self.mapper, &planned.changes);
             return planned.result;
         }
     }
@@ -284,5 +294,13 @@ mod tests {
             assert!(later.join().unwrap(), "the later reader waited");
         });
         assert!(lock.requests.lock().unwrap().queue.is_empty());
+    }
+}
+
+maps_files!(RangeLockDesign);
+
+impl Drop for RangeLockDesign {
+    fn drop(&mut self) {
+        unlink_all(&self.mapper, &self.map.lock().unwrap());
     }
 }

@@ -69,6 +69,10 @@ impl Design for RcuDesign {
             .collect()
     }
 
+    fn file_sync(&self) -> fault::FileSync {
+        fault::FileSync::Rcu
+    }
+
     fn waits(&self) -> fault::Waits {
         self.mm.stats().baby_waits
     }

@@ -4,10 +4,14 @@
 //! not model); writers hold it for writing while they change the map and flush.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, Parts, bounded, discard_in, fault_locked, flush, page_in, timed};
-use fault::{Access, Fault, FaultError, Memory};
+use super::{
+    Design, Parts, bounded, discard_in, fault_locked, flush, link_added, maps_files, page_in, timed,
+    unlink_all, unlink_removed,
+};
+use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::{RwLock, RwLockReadGuard};
+use std::sync::Weak;
 use vma::{Layout, Prot};
 
 /// See the module documentation.
@@ -16,16 +20,20 @@ pub struct RwLockDesign {
     map: RwLock<VmaMap>,
     memory: Memory,
     rcu: DefaultRcu,
+    /// This design, as the reverse maps of the files it maps know it.
+    mapper: Weak<dyn Mapper>,
 }
 
 impl RwLockDesign {
-    /// An empty address space over `memory`.
-    pub fn new(layout: Layout, memory: Memory) -> Self {
+    /// An empty address space over `memory`, known to files' reverse maps as `mapper` (itself:
+    /// see `designs::build`).
+    pub fn new(layout: Layout, memory: Memory, mapper: Weak<dyn Mapper>) -> Self {
         Self {
             layout,
             map: RwLock::new(VmaMap::new(layout)),
             memory,
             rcu: DefaultRcu::default(),
+            mapper,
         }
     }
 
@@ -51,7 +59,9 @@ impl Design for RwLockDesign {
     fn change(&self, op: Op) -> vma::Result<u64> {
         let mut map = self.map.write().unwrap();
         let planned = map.commit(&op)?;
+        link_added(&self.mapper, &planned.changes);
         flush(&self.memory, &bounded(&map, &planned.flushes), &self.rcu);
+        unlink_removed(&self.mapper, &planned.changes);
         planned.result
     }
 
@@ -67,5 +77,13 @@ impl Design for RwLockDesign {
 
     fn vmas(&self) -> Vec<(u64, u64, Prot)> {
         self.map.read().unwrap().ranges()
+    }
+}
+
+maps_files!(RwLockDesign);
+
+impl Drop for RwLockDesign {
+    fn drop(&mut self) {
+        unlink_all(&self.mapper, &self.map.read().unwrap());
     }
 }

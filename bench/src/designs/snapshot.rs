@@ -12,12 +12,15 @@
 //! there and read old contents through it.
 
 use super::vma_map::{Op, VmaMap};
-use super::{Design, Parts, bounded, discard_in, fault_locked, flush, page_in};
+use super::{
+    Design, Parts, bounded, discard_in, fault_locked, flush, link_added, maps_files, page_in, unlink_all,
+    unlink_removed,
+};
 use arc_swap::ArcSwap;
-use fault::{Access, Fault, FaultError, Memory};
+use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::{Mutex, thread};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 use vma::{Layout, Prot};
 
@@ -41,11 +44,14 @@ pub struct SnapshotDesign {
     writer: Mutex<()>,
     memory: Memory,
     rcu: DefaultRcu,
+    /// This design, as the reverse maps of the files it maps know it.
+    mapper: Weak<dyn Mapper>,
 }
 
 impl SnapshotDesign {
-    /// An empty address space over `memory`.
-    pub fn new(layout: Layout, memory: Memory) -> Self {
+    /// An empty address space over `memory`, known to files' reverse maps as `mapper` (itself:
+    /// see `designs::build`).
+    pub fn new(layout: Layout, memory: Memory, mapper: Weak<dyn Mapper>) -> Self {
         Self {
             layout,
             current: ArcSwap::from_pointee(Snapshot {
@@ -55,6 +61,7 @@ impl SnapshotDesign {
             writer: Mutex::new(()),
             memory,
             rcu: DefaultRcu::default(),
+            mapper,
         }
     }
 
@@ -101,9 +108,11 @@ impl Design for SnapshotDesign {
             map.apply(change);
         }
         let map = Arc::new(map);
+        link_added(&self.mapper, &planned.changes);
         if planned.flushes.is_empty() {
             // Nothing mapped changes meaning (mremap growing in place): publish at once.
             self.current.store(Arc::new(Snapshot { map, settling: None }));
+            unlink_removed(&self.mapper, &planned.changes);
             return planned.result;
         }
         let old = self.current.swap(Arc::new(Snapshot {
@@ -117,6 +126,7 @@ impl Design for SnapshotDesign {
         }
         drop(old);
         flush(&self.memory, &bounded(&map, &planned.flushes), &self.rcu);
+        unlink_removed(&self.mapper, &planned.changes);
         self.current.store(Arc::new(Snapshot { map, settling: None }));
         planned.result
     }
@@ -134,5 +144,13 @@ impl Design for SnapshotDesign {
 
     fn vmas(&self) -> Vec<(u64, u64, Prot)> {
         self.current.load().map.ranges()
+    }
+}
+
+maps_files!(SnapshotDesign);
+
+impl Drop for SnapshotDesign {
+    fn drop(&mut self) {
+        unlink_all(&self.mapper, &self.current.load().map);
     }
 }

@@ -410,6 +410,11 @@ impl VmaMap {
         (floor, ceiling)
     }
 
+    /// The mappings, in address order.
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.vmas.values()
+    }
+
     /// Each mapping's start, end and permissions, in address order.
     pub fn ranges(&self) -> Vec<(u64, u64, Prot)> {
         self.vmas.values().map(|m| (m.start, m.end, m.prot)).collect()
