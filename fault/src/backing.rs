@@ -4,8 +4,10 @@
 //!
 //! A [`File`](crate::File) owns the page cache, the size and the reverse map; it asks its
 //! backing for a page the first time the page is needed and keeps it cached from then on
-//! (writes through shared mappings and `write_at` go to the cached page). A backing therefore
-//! counts no references and sees no frames: it fills byte buffers.
+//! (writes through shared mappings and `write_at` go to the cached page) until memory runs low
+//! or `sync` is called: then dirty pages are written back to it, and clean ones may be
+//! dropped and read again later. A backing therefore counts no references and sees no frames:
+//! it fills and stores byte buffers.
 
 use crate::frames::FRAME_SIZE;
 use crate::page_cache::BackingError;
@@ -20,12 +22,18 @@ use std::time::Duration;
 ///   was stored (beyond the data, in holes), never what the buffer held before;
 /// - `read` may block (I/O); the file calls it with no lock and no read-side section held, and
 ///   may call it for the same page from several threads at once (one result is kept);
+/// - after `write(pgoff, page)` returns, `read` of that page gives `page` (writeback: the file
+///   calls it for a dirty cached page, with no lock held that faults take; never for a page
+///   being read in at the same time);
 /// - after `discard(first, end)` returns, pages in `[first, end)` read as zeros (the file
 ///   calls it for truncate and hole punch, when no page of the range is cached or being read
 ///   in).
 pub trait Backing: Send + Sync + fmt::Debug + 'static {
     /// Fills `page` (one page long) with the stored contents of page `pgoff`.
     fn read(&self, pgoff: u64, page: &mut [u8]) -> Result<(), BackingError>;
+
+    /// Stores `page` (one page long) as page `pgoff`'s contents.
+    fn write(&self, pgoff: u64, page: &[u8]) -> Result<(), BackingError>;
 
     /// Forgets the pages of `[first, end)`: they read as zeros from now on.
     fn discard(&self, first: u64, end: u64);
@@ -37,6 +45,7 @@ pub struct MemBacking {
     store: Mutex<BTreeMap<u64, Box<[u8]>>>,
     delay: Duration,
     reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl fmt::Debug for MemBacking {
@@ -44,6 +53,7 @@ impl fmt::Debug for MemBacking {
         f.debug_struct("MemBacking")
             .field("delay", &self.delay)
             .field("reads", &self.reads())
+            .field("writes", &self.writes())
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +75,7 @@ impl MemBacking {
             store: Mutex::new(store),
             delay: Duration::ZERO,
             reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -77,6 +88,11 @@ impl MemBacking {
     /// Reads so far (page-cache misses).
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Pages written back so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 }
 
@@ -91,6 +107,17 @@ impl Backing for MemBacking {
             None => page.fill(0),
         }
         self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write(&self, pgoff: u64, page: &[u8]) -> Result<(), BackingError> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if page.iter().all(|&byte| byte == 0) {
+            store.remove(&pgoff);
+        } else {
+            store.insert(pgoff, page.into());
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -23,13 +23,20 @@
 //!   `mapped` / `unmapped` hooks). Translations move between addresses only under the mapper's
 //!   relocation lock, which the invalidation's removal also takes, so a walk never misses a
 //!   translation in flight.
+//! - **Reclaim.** The file is a [`Shrinker`] of its frame pool. Eviction of a page is an
+//!   invalidation of that one page that removes it only if it is clean once no lookup can
+//!   reach it (the page cache's compare-and-swap), keeping the backing's copy; a dirty page is
+//!   written back first: its shared translations are write-protected (a write then faults and
+//!   marks it dirty again before it lands), the accesses through the old writable ones are
+//!   waited for, then the frame is copied out. Truncate, hole punch, writeback and eviction
+//!   are serialized by `resize`, which a shrinker only tries to take.
 //! - Cached frames hold one reference each; a removed page's reference goes back once no lookup
 //!   can reach it (after the grace period), and each translation's once its address space's
 //!   readers are done with it.
 
 use crate::backing::{Backing, MemBacking};
 use crate::engine::FaultError;
-use crate::frames::{FRAME_SIZE, Frame, FramePool};
+use crate::frames::{FRAME_SIZE, Frame, FramePool, Shrinker};
 use crate::page_cache::{MAX_PAGES, PageCache};
 use maple::Guard;
 use maple::intervals::IntervalTree;
@@ -53,6 +60,14 @@ pub trait Mapper: Send + Sync {
     ///
     /// [`Memory::unmap_file_pages`]: crate::Memory::unmap_file_pages
     fn unmap_file_pages(&self, file: &File, first: u64, end: u64, even_cows: bool) -> Revoked;
+
+    /// Write-protects this mapper's translations of the file's own frames of pages `[first,
+    /// end)` (private copies keep theirs), so that a write faults first, and returns what it
+    /// revoked (writeback's `page_mkclean`; [`Memory::write_protect_file_pages`] does all of
+    /// it). The same rules as for `unmap_file_pages`.
+    ///
+    /// [`Memory::write_protect_file_pages`]: crate::Memory::write_protect_file_pages
+    fn write_protect_file_pages(&self, file: &File, first: u64, end: u64) -> Revoked;
 
     /// Waits until no access through the translations `revoked` names is still in progress
     /// (called once the file no longer holds up this mapper's faults).
@@ -188,6 +203,8 @@ pub struct File {
     resize: Mutex<()>,
     /// [`FileSync::RwSem`]'s lock (`None` for [`FileSync::Rcu`]).
     i_mmap_rwsem: Option<RwLock<()>>,
+    /// Where the next shrink looks for pages to evict (a clock hand over page offsets).
+    clock: AtomicU64,
     #[cfg(feature = "shuttle")]
     broken: maple::sync::atomic::AtomicBool,
 }
@@ -212,6 +229,19 @@ fn efbig() -> Error {
 
 fn no_frame() -> Error {
     Error::new(Errno::ENOMEM, "no frame to hold the page")
+}
+
+/// What an invalidation does with the pages of its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// Truncate: every page and every translation, private copies included; the backing
+    /// forgets the pages.
+    Truncate,
+    /// Hole punch: the pages and the translations of their frames; the backing forgets them.
+    Punch,
+    /// Eviction of one page: only if it is clean once no lookup can reach it; the translations
+    /// of its frame go, the backing keeps the page.
+    Evict,
 }
 
 /// What a page-cache lookup found for a fault.
@@ -267,7 +297,7 @@ impl File {
         if len > MAX_FILE_LEN {
             return Err(efbig());
         }
-        Ok(Arc::new(Self {
+        let file = Arc::new(Self {
             name: name.into(),
             backing,
             cache: PageCache::new(frames),
@@ -279,9 +309,13 @@ impl File {
             },
             resize: Mutex::new(()),
             i_mmap_rwsem: (sync == FileSync::RwSem).then(|| RwLock::new(())),
+            clock: AtomicU64::new(0),
             #[cfg(feature = "shuttle")]
             broken: maple::sync::atomic::AtomicBool::new(false),
-        }))
+        });
+        let shrinker: Weak<dyn Shrinker> = Arc::downgrade(&file) as Weak<File>;
+        frames.register_shrinker(shrinker);
+        Ok(file)
     }
 
     /// Breaks the invalidation protocol: truncate and hole punch skip publishing their range
@@ -397,7 +431,7 @@ impl File {
                     Lookup::Missing => {}
                 }
             }
-            let frame = frames.alloc().ok_or(FaultError::OutOfMemory)?;
+            let frame = frames.alloc_or_reclaim().ok_or(FaultError::OutOfMemory)?;
             let mut page = vec![0; FRAME_SIZE];
             let read = self.backing.read(pgoff, &mut page);
             if let Err(error) = read {
@@ -436,7 +470,7 @@ impl File {
         let frames = self.cache.frames();
         self.each_page(offset, count, |pgoff, in_page, at, chunk| {
             let out = &mut buf[at..at + chunk];
-            match self.with_page(pgoff, |frame| frames.read(frame, in_page, out)) {
+            match self.with_page(pgoff, false, |frame| frames.read(frame, in_page, out)) {
                 Ok(()) => Ok(()),
                 // Truncated meanwhile: what is gone reads as nothing.
                 Err(FaultError::BusError) => {
@@ -466,7 +500,7 @@ impl File {
             let data = &data[at..at + chunk];
             // Holding `resize` (no invalidation runs) inside the new size: only memory can be
             // missing.
-            self.with_page(pgoff, |frame| frames.write(frame, in_page, data))
+            self.with_page(pgoff, true, |frame| frames.write(frame, in_page, data))
                 .map_err(|_| no_frame())
         })
     }
@@ -490,7 +524,9 @@ impl File {
         let (first, end) = (len.div_ceil(PAGE_SIZE), old.div_ceil(PAGE_SIZE));
         self.zero_partial(len, len.next_multiple_of(PAGE_SIZE).min(old))?;
         if first < end {
-            self.invalidate(first, end, true, || self.size.store(len, Ordering::SeqCst));
+            self.invalidate(first, end, Removal::Truncate, || {
+                self.size.store(len, Ordering::SeqCst)
+            });
         } else {
             // The last page stays: only its tail was cut (and zeroed).
             self.size.store(len, Ordering::SeqCst);
@@ -524,7 +560,7 @@ impl File {
         self.zero_partial(offset, head_end)?;
         self.zero_partial((last * PAGE_SIZE).max(head_end), end)?;
         if first < last {
-            self.invalidate(first, last, false, || {});
+            self.invalidate(first, last, Removal::Punch, || {});
         }
         Ok(())
     }
@@ -538,7 +574,7 @@ impl File {
         }
         let zeros = vec![0; (to - from) as usize];
         let frames = self.cache.frames();
-        self.with_page(from / PAGE_SIZE, |frame| {
+        self.with_page(from / PAGE_SIZE, true, |frame| {
             frames.write(frame, (from % PAGE_SIZE) as usize, &zeros)
         })
         .map_err(|_| no_frame())
@@ -546,15 +582,19 @@ impl File {
 
     /// Calls `use_frame` with the cached frame of page `pgoff`, inside a read-side section
     /// keyed to the page, reading the page in first when it is not cached (`read_in`'s errors:
-    /// a bus error beyond the end, out of memory).
-    fn with_page(&self, pgoff: u64, use_frame: impl FnOnce(Frame)) -> Result<(), FaultError> {
+    /// a bus error beyond the end, out of memory); marks the page dirty first when `write`s.
+    fn with_page(&self, pgoff: u64, write: bool, use_frame: impl FnOnce(Frame)) -> Result<(), FaultError> {
         loop {
             let guard = self.guard_at(pgoff);
             if let Lookup::Cached(frame) = self.lookup(pgoff, &guard) {
-                use_frame(frame);
-                // SAFETY: the reference `lookup` gave us.
+                if !write || self.mark_dirty(pgoff, frame, &guard) {
+                    use_frame(frame);
+                    // SAFETY: the reference `lookup` gave us.
+                    unsafe { self.cache.frames().put(frame) };
+                    return Ok(());
+                }
+                // SAFETY: as above; the page is leaving the cache.
                 unsafe { self.cache.frames().put(frame) };
-                return Ok(());
             }
             drop(guard);
             self.read_in(pgoff, |_| {})?;
@@ -563,9 +603,10 @@ impl File {
 
     /// One invalidation of pages `[first, end)` (not empty): publish the range, `resized` (the new size
     /// of a truncate), a grace period for the lookups that did not see it, take the pages out
-    /// of the cache, remove their translations everywhere, forget them in the backing, end.
-    /// The caller holds `resize`.
-    fn invalidate(&self, first: u64, end: u64, even_cows: bool, resized: impl FnOnce()) {
+    /// of the cache, remove their translations everywhere, forget them in the backing (as
+    /// `removal` says), end. Returns whether pages were removed (an eviction finds its page
+    /// dirty or gone and removes nothing). The caller holds `resize`.
+    fn invalidate(&self, first: u64, end: u64, removal: Removal, resized: impl FnOnce()) -> bool {
         debug_assert!(first < end);
         let broken = self.invalidation_broken();
         // Under FileSync::RwSem the exclusive lock keeps every fault out instead of the grace
@@ -583,7 +624,20 @@ impl File {
             let rcu = self.reverse_map.rcu();
             rcu.synchronize_timed_for(|keys| keys.overlaps(Keys::new(first, end - 1)));
         }
-        let removed = self.cache.remove(first, end);
+        let removed = match removal {
+            Removal::Truncate | Removal::Punch => self.cache.remove(first, end),
+            Removal::Evict => {
+                debug_assert_eq!(end, first + 1, "one page at a time");
+                self.cache.remove_clean(first).into_iter().collect()
+            }
+        };
+        if removed.is_empty() && removal == Removal::Evict {
+            if !broken {
+                self.invalidation.end();
+            }
+            return false;
+        }
+        let even_cows = removal == Removal::Truncate;
         let revoked: Vec<(Arc<dyn Mapper>, Revoked)> = self
             .mappers(first, end)
             .into_iter()
@@ -592,7 +646,9 @@ impl File {
                 (mapper, revoked)
             })
             .collect();
-        self.backing.discard(first, end);
+        if removal != Removal::Evict {
+            self.backing.discard(first, end);
+        }
         // SAFETY: the cache's references. No lookup can reach the frames: those that began
         // before the range was published ended within the grace period (or before the lock
         // was taken), later ones see the range and keep off; translations held their own
@@ -605,6 +661,84 @@ impl File {
         for (mapper, revoked) in &revoked {
             mapper.await_revoked(revoked);
         }
+        true
+    }
+
+    /// Marks page `pgoff` dirty before a write to `frame`, its cached frame found inside
+    /// `_guard` (from [`File::guard_at`]); false when it has left the cache meanwhile.
+    pub(crate) fn mark_dirty(&self, pgoff: u64, frame: Frame, _guard: &Guard<'_, DefaultRcu>) -> bool {
+        self.cache.mark_dirty(pgoff, frame)
+    }
+
+    /// Writes page `pgoff` back if it is dirty: write-protects its shared translations in
+    /// every address space, waits for the accesses through the old writable ones, then copies
+    /// the frame to the backing. Returns whether it wrote. The caller holds `resize` (the
+    /// page stays cached).
+    fn write_back(&self, pgoff: u64) -> vma::Result<bool> {
+        let Some(frame) = self.cache.take_dirty(pgoff) else {
+            return Ok(false);
+        };
+        let revoked: Vec<(Arc<dyn Mapper>, Revoked)> = self
+            .mappers(pgoff, pgoff + 1)
+            .into_iter()
+            .map(|mapper| {
+                let revoked = mapper.write_protect_file_pages(self, pgoff, pgoff + 1);
+                (mapper, revoked)
+            })
+            .collect();
+        for (mapper, revoked) in &revoked {
+            mapper.await_revoked(revoked);
+        }
+        let mut page = vec![0; FRAME_SIZE];
+        self.cache.frames().read(frame, 0, &mut page);
+        if self.backing.write(pgoff, &page).is_err() {
+            self.cache.mark_dirty(pgoff, frame);
+            return Err(Error::new(Errno::EIO, "the backing refused the page"));
+        }
+        Ok(true)
+    }
+
+    /// Writes back every dirty page of `[offset, offset + len)` (as msync(MS_SYNC) of a shared
+    /// mapping of it, or fsync when it covers the file); the pages stay cached. Returns how many
+    /// pages were written. EIO when the backing refuses one (it stays dirty).
+    pub fn sync_range(&self, offset: u64, len: u64) -> vma::Result<usize> {
+        let first = offset / PAGE_SIZE;
+        let end = offset.saturating_add(len).div_ceil(PAGE_SIZE);
+        let _resize = self.resize.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = 0;
+        for (pgoff, dirty) in self.cache.cached_in(first, end) {
+            if dirty && self.write_back(pgoff)? {
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes back every dirty page (fsync); see [`File::sync_range`].
+    pub fn sync(&self) -> vma::Result<usize> {
+        self.sync_range(0, MAX_FILE_LEN)
+    }
+
+    /// Evicts up to `want` pages, from the clock hand on, writing dirty ones back first (see
+    /// the module documentation); `resize` is held. Returns how many left the cache.
+    fn evict(&self, want: usize) -> usize {
+        let hand = self.clock.load(Ordering::Relaxed);
+        let cached = self.cache.cached_in(hand, MAX_PAGES);
+        let wrapped = self.cache.cached_in(0, hand);
+        let mut evicted = 0;
+        for (pgoff, dirty) in cached.into_iter().chain(wrapped) {
+            if evicted == want {
+                break;
+            }
+            self.clock.store(pgoff + 1, Ordering::Relaxed);
+            if dirty && self.write_back(pgoff).is_err() {
+                continue;
+            }
+            if self.invalidate(pgoff, pgoff + 1, Removal::Evict, || {}) {
+                evicted += 1;
+            }
+        }
+        evicted
     }
 
     /// The address spaces with a VMA mapping pages of `[first, end)`, each once.
@@ -731,6 +865,17 @@ pub(crate) fn file_of(object: &Arc<dyn MappedFile>) -> &File {
     let any: &dyn std::any::Any = &**object;
     any.downcast_ref::<File>()
         .expect("a Memory maps only fault::File objects")
+}
+
+impl Shrinker for File {
+    /// Evicts up to `want` pages (writing dirty ones back first) unless a truncate, hole punch,
+    /// `write_at`, sync or another shrink is running on the file.
+    fn shrink(&self, want: usize) -> usize {
+        match self.resize.try_lock() {
+            Ok(_resize) => self.evict(want),
+            Err(_) => 0,
+        }
+    }
 }
 
 impl MappedFile for File {

@@ -13,6 +13,9 @@
 //! - Frame contents are only accessed through [`FramePool::read`], [`FramePool::write`] and
 //!   [`FramePool::copy`] (byte-wise relaxed atomics: threads may race on a page as CPUs do), or
 //!   by the sole holder of a frame no translation maps yet (zero-filling).
+//! - Caches that can give frames back register as [`Shrinker`]s; an allocation that finds the
+//!   pool at its size and may wait ([`FramePool::alloc_or_reclaim`]) asks them to shrink, and
+//!   fails only when none gave anything back.
 //! - Free lists are sharded by thread, so threads allocating at once rarely share a lock; a
 //!   thread whose shard is empty takes frames from another shard, and only when every shard is
 //!   empty adds a chunk (the pool reuses freed frames before it grows).
@@ -34,6 +37,15 @@ const MAX_CHUNKS: usize = 1024;
 /// A physical frame, by number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frame(pub u64);
+
+/// Something holding frames that it can give back under memory pressure (a file's page cache:
+/// Linux's shrinkers). Registered with [`FramePool::register_shrinker`].
+pub trait Shrinker: Send + Sync {
+    /// Lets go of up to `want` of the frames it holds, without waiting for locks that its own
+    /// users may hold while they allocate; returns how many it let go of (they may come back to
+    /// the pool only after a grace period).
+    fn shrink(&self, want: usize) -> usize;
+}
 
 /// How big a pool may grow, and in what steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +101,8 @@ pub struct FramePool {
     held: PerThreadCounters<1>,
     /// Chunks allocated so far; held while adding one.
     grow: Mutex<usize>,
+    /// The caches to shrink when the pool is at its size (dropped ones are pruned).
+    shrinkers: Mutex<Vec<std::sync::Weak<dyn Shrinker>>>,
 }
 
 impl fmt::Debug for FramePool {
@@ -143,11 +157,51 @@ impl FramePool {
                 .collect(),
             held: PerThreadCounters::new(),
             grow: Mutex::new(0),
+            shrinkers: Mutex::new(Vec::new()),
         })
     }
 
     fn chunk_layout(&self) -> Layout {
         Layout::from_size_align(self.config.chunk_frames * FRAME_SIZE, FRAME_SIZE).expect("checked in new")
+    }
+
+    /// Asks `shrinker` to give frames back whenever the pool is at its size (see
+    /// [`FramePool::alloc_or_reclaim`]); it is forgotten once dropped.
+    pub fn register_shrinker(&self, shrinker: std::sync::Weak<dyn Shrinker>) {
+        let mut shrinkers = self.shrinkers.lock().unwrap_or_else(|e| e.into_inner());
+        shrinkers.retain(|s| s.strong_count() > 0);
+        shrinkers.push(shrinker);
+    }
+
+    /// [`FramePool::alloc`], but when the pool is at its size, asks the registered shrinkers
+    /// to give frames back and tries again, until a frame comes or a round of every shrinker
+    /// gives nothing back (then `None`). May block: call it holding no lock a shrinker takes
+    /// and no read-side section a shrinker's grace period waits for.
+    pub fn alloc_or_reclaim(&self) -> Option<Frame> {
+        /// Frames asked of each shrinker per round.
+        const BATCH: usize = 32;
+        let mut backoff = maple::sync::Backoff::new();
+        loop {
+            if let Some(frame) = self.alloc() {
+                return Some(frame);
+            }
+            let shrinkers: Vec<_> = {
+                let shrinkers = self.shrinkers.lock().unwrap_or_else(|e| e.into_inner());
+                shrinkers.iter().filter_map(std::sync::Weak::upgrade).collect()
+            };
+            let released: usize = shrinkers.iter().map(|s| s.shrink(BATCH)).sum();
+            drop(shrinkers);
+            if released == 0 {
+                return self.alloc();
+            }
+            // What was let go comes back after the mappers' grace periods.
+            for _ in 0..64 {
+                if let Some(frame) = self.alloc() {
+                    return Some(frame);
+                }
+                backoff.snooze();
+            }
+        }
     }
 
     /// A frame with one reference for the caller (its contents are whatever the last user

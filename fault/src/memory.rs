@@ -12,7 +12,7 @@
 //!   guard finishes first. Emptied page tables are retired to the same domain.
 
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
-use crate::file::{File, Lookup, file_of};
+use crate::file::{File, Lookup, file_of, mapped_file};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, WRITABLE};
 use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
@@ -167,19 +167,55 @@ impl Memory {
         &self,
         mapper: &dyn crate::Mapper,
         file: &File,
-        (first, end): (u64, u64),
+        range: (u64, u64),
         even_cows: bool,
         rcu: &DefaultRcu,
+    ) -> Revoked {
+        self.each_file_range(mapper, file, range, rcu, |start, stop| {
+            let frames = self
+                .table
+                .clear_if(start, stop, |pte| even_cows || !pte.private());
+            (!frames.is_empty(), frames)
+        })
+    }
+
+    /// Write-protects the translations of `file`'s own frames of pages `[first, end)` that
+    /// `mapper` installed (private copies keep their permissions), as
+    /// [`Memory::unmap_file_pages`] walks them; a write through them faults from now on.
+    /// Returns what was revoked.
+    pub fn write_protect_file_pages(
+        &self,
+        mapper: &dyn crate::Mapper,
+        file: &File,
+        range: (u64, u64),
+        rcu: &DefaultRcu,
+    ) -> Revoked {
+        self.each_file_range(mapper, file, range, rcu, |start, stop| {
+            let reduced = self
+                .table
+                .protect_if(start, stop, true, false, |pte| !pte.private());
+            (reduced, Vec::new())
+        })
+    }
+
+    /// Calls `change` on each address range where `mapper` maps `file`'s pages `range`, under
+    /// the relocation lock and inside a section of `rcu` keyed to it; `change` says whether it
+    /// revoked a translation and which frames to release a grace period later.
+    fn each_file_range(
+        &self,
+        mapper: &dyn crate::Mapper,
+        file: &File,
+        (first, end): (u64, u64),
+        rcu: &DefaultRcu,
+        mut change: impl FnMut(u64, u64) -> (bool, Vec<Frame>),
     ) -> Revoked {
         let mut revoked = Revoked::new();
         let _relocation = self.relocation.lock().unwrap_or_else(|e| e.into_inner());
         for (start, stop) in file.mapped_ranges(mapper, first, end) {
             let guard = Guard::keyed(rcu, Keys::new(start, stop - 1));
-            let frames = self
-                .table
-                .clear_if(start, stop, |pte| even_cows || !pte.private());
+            let (any, frames) = change(start, stop);
             drop(guard);
-            revoked.record(!frames.is_empty(), start, stop);
+            revoked.record(any, start, stop);
             self.release_later(frames, (start, stop), rcu);
         }
         revoked
@@ -349,7 +385,7 @@ impl Memory {
             return Ok(Attempt::Done(Fault::AlreadyMapped));
         }
         if current.present() {
-            return self.change_present(mapping, write, entry, current);
+            return self.change_present(mapping, page, write, entry, current);
         }
         let writable = if mapping.prot.write { WRITABLE } else { 0 };
         let dirty = if write { DIRTY | ACCESSED } else { ACCESSED };
@@ -390,6 +426,7 @@ impl Memory {
     fn change_present(
         &self,
         mapping: &Mapping,
+        page: u64,
         write: bool,
         entry: &AtomicU64,
         current: Pte,
@@ -397,8 +434,20 @@ impl Memory {
         let updated = if !current.readable() {
             // The mapping allows access again (mprotect back from PROT_NONE).
             current.with(0, NO_ACCESS)
-        } else if mapping.shared || current.private() {
+        } else if current.private() {
             // A write to a page that is already this mapping's: allow it.
+            current.with(WRITABLE | DIRTY, 0)
+        } else if mapping.shared {
+            // A write to a shared file page mapped read-only (write-notify): the page cache
+            // marks it dirty before the write can land, while it still caches this frame.
+            let file = mapped_file(mapping).expect("shared mappings map files");
+            let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
+            let guard = file.guard_at(pgoff);
+            if !file.mark_dirty(pgoff, current.frame(), &guard) {
+                // Leaving the cache: its invalidation removes this entry; wait for it to end
+                // (on the slow path, with no guard held) and map the page again.
+                return Ok(Attempt::Blocking(pgoff));
+            }
             current.with(WRITABLE | DIRTY, 0)
         } else {
             // Copy-on-write of a file page in a private mapping.
@@ -450,8 +499,17 @@ impl Memory {
             Lookup::Missing => return Ok(Attempt::Blocking(pgoff)),
             Lookup::Beyond => return Err(FaultError::BusError),
         };
-        let (frame, flags) = if mapping.shared {
+        let (frame, flags) = if mapping.shared && write {
+            if !file.mark_dirty(pgoff, cached, &guard) {
+                // SAFETY: our reference on the cached page, not installed.
+                unsafe { self.frames.put(cached) };
+                // Leaving the cache: wait for its invalidation on the slow path.
+                return Ok(Attempt::Blocking(pgoff));
+            }
             (cached, allowed)
+        } else if mapping.shared {
+            // Read-only until the first write, which marks the page dirty (write-notify).
+            (cached, allowed & !WRITABLE)
         } else if write {
             let copy = self.copy_of(cached);
             // SAFETY: our reference on the cached page, no longer used; the page cache holds

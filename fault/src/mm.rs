@@ -90,6 +90,11 @@ impl Mapper for Shared {
             .unmap_file_pages(self, file, (first, end), even_cows, self.space.rcu())
     }
 
+    fn write_protect_file_pages(&self, file: &File, first: u64, end: u64) -> Revoked {
+        self.memory
+            .write_protect_file_pages(self, file, (first, end), self.space.rcu())
+    }
+
     fn await_revoked(&self, revoked: &Revoked) {
         self.space.await_revoked(revoked);
     }
@@ -177,11 +182,7 @@ impl Mm {
             return None;
         };
         let mapping = vma.mapping();
-        let VmaBacking::File(object) = &mapping.backing else {
-            return None;
-        };
-        let any: Arc<dyn std::any::Any + Send + Sync> = object.clone();
-        let file = any.downcast::<File>().ok()?;
+        let file = shared_file(mapping)?;
         Some((file, (mapping.pgoff << vma::PAGE_SHIFT) + (page - mapping.start)))
     }
 
@@ -325,6 +326,58 @@ impl Mm {
         }
         Ok(())
     }
+
+    /// msync(MS_SYNC): writes the dirty pages that the shared file mappings of `[addr, addr +
+    /// len)` map back to their files' storage (see [`File::sync_range`]). As Linux 6.18 (checked
+    /// with raw syscalls): EINVAL for an unaligned address, ENOMEM for a range that wraps
+    /// around and (after writing what is mapped) for one with unmapped parts; a length that
+    /// rounds up to zero (0, or within a page of 2^64) does nothing. EIO when a backing fails.
+    pub fn msync(&self, addr: u64, len: u64) -> vma::Result<()> {
+        if addr % PAGE_SIZE != 0 {
+            return Err(einval("address not page aligned"));
+        }
+        // Linux rounds the length up modulo 2^64 (a length within a page of the top is 0).
+        let end = addr.wrapping_add(len.wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1));
+        if end < addr {
+            return Err(Error::new(Errno::ENOMEM, "the range wraps around"));
+        }
+        if end == addr {
+            return Ok(());
+        }
+        let mut mapped = 0;
+        let mut files = Vec::new();
+        {
+            let guard = self.shared.space.guard_within(addr, end);
+            for vma in self.shared.space.iter_from(addr, &guard) {
+                if vma.start() >= end {
+                    break;
+                }
+                let (from, to) = (vma.start().max(addr), vma.end().min(end));
+                mapped += to - from;
+                let mapping = vma.mapping();
+                if let (true, Some(file)) = (mapping.shared, shared_file(mapping)) {
+                    let offset = (mapping.pgoff << vma::PAGE_SHIFT) + (from - mapping.start);
+                    files.push((file, offset, to - from));
+                }
+            }
+        }
+        for (file, offset, len) in files {
+            file.sync_range(offset, len)?;
+        }
+        if mapped < end - addr {
+            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+        }
+        Ok(())
+    }
+}
+
+/// The file `mapping` maps, to keep beyond a read-side section.
+fn shared_file(mapping: &Mapping) -> Option<Arc<File>> {
+    let VmaBacking::File(object) = &mapping.backing else {
+        return None;
+    };
+    let any: Arc<dyn std::any::Any + Send + Sync> = object.clone();
+    any.downcast::<File>().ok()
 }
 
 impl Mm {

@@ -9,12 +9,18 @@
 //!   always the same frame (shared mappings write there, and every mapping sees those writes).
 //! - Each present entry holds one reference on its frame; every frame handed out carries one
 //!   more, for the caller.
+//! - An entry's [`DIRTY`] bit says the frame may hold data its backing lacks. It is set (by
+//!   compare-and-swap, on the entry still naming the frame) before any write reaches the
+//!   frame — `write_at`, or a fault making a shared translation writable — and cleared only
+//!   by writeback, before it copies the frame out, after write-protecting every shared
+//!   translation of it. So a clean entry's frame equals the backing's page, and
+//!   [`PageCache::remove_clean`] (a compare-and-swap from the clean entry) never drops data.
 //! - The index is a radix tree laid out as the page table (lookups without locks, tables
 //!   allocated on first use, so it costs only what is cached); its tables are never unlinked
 //!   before the cache is dropped, so walking them needs no guard.
 
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
-use crate::pagetable::{ADDRESS_LIMIT, PageTable, Pte};
+use crate::pagetable::{ADDRESS_LIMIT, DIRTY, PageTable, Pte};
 use maple::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -111,6 +117,62 @@ impl PageCache {
                 winner
             }
         }
+    }
+
+    /// The entry of page `pgoff`, if its table exists.
+    fn slot(&self, pgoff: u64) -> Option<&maple::sync::atomic::AtomicU64> {
+        (pgoff < MAX_PAGES).then(|| self.index.entry(pgoff * FRAME_SIZE as u64))?
+    }
+
+    /// Marks page `pgoff` dirty, before a write to it, if the cache still holds `frame` there;
+    /// false when the page has left the cache (or holds another frame).
+    pub fn mark_dirty(&self, pgoff: u64, frame: Frame) -> bool {
+        let Some(slot) = self.slot(pgoff) else {
+            return false;
+        };
+        // AcqRel: ordered with writeback's clearing and eviction's removal of the entry.
+        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+            let entry = Pte(old);
+            (entry.present() && entry.frame() == frame).then_some(old | DIRTY)
+        })
+        .is_ok()
+    }
+
+    /// Clears page `pgoff`'s dirty mark (writeback begins) and returns its frame if it was
+    /// dirty.
+    pub fn take_dirty(&self, pgoff: u64) -> Option<Frame> {
+        let slot = self.slot(pgoff)?;
+        // AcqRel as in `mark_dirty`.
+        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+            let entry = Pte(old);
+            (entry.present() && old & DIRTY != 0).then_some(old & !DIRTY)
+        })
+        .ok()
+        .map(|old| Pte(old).frame())
+    }
+
+    /// Takes page `pgoff` out of the cache if it is cached and clean, returning its frame with
+    /// the cache's reference (put it once no lookup can still be using the frame).
+    pub fn remove_clean(&self, pgoff: u64) -> Option<Frame> {
+        let slot = self.slot(pgoff)?;
+        // AcqRel as in `mark_dirty`: a page dirtied first stays.
+        let old = slot
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                (Pte(old).present() && old & DIRTY == 0).then_some(0)
+            })
+            .ok()?;
+        self.cached.fetch_sub(1, Ordering::Relaxed);
+        Some(Pte(old).frame())
+    }
+
+    /// The cached pages of `[first, end)`, in order, each with whether it is dirty.
+    pub fn cached_in(&self, first: u64, end: u64) -> Vec<(u64, bool)> {
+        let to_address = |pgoff: u64| pgoff.min(MAX_PAGES) * FRAME_SIZE as u64;
+        self.index
+            .present(to_address(first), to_address(end))
+            .into_iter()
+            .map(|(addr, entry)| (addr / FRAME_SIZE as u64, entry.0 & DIRTY != 0))
+            .collect()
     }
 
     /// Takes the pages of `[first, end)` out of the cache and returns their frames, each with

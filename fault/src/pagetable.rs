@@ -260,6 +260,19 @@ impl PageTable {
         frames
     }
 
+    /// The present entries of `[start, end)`, with their addresses, in address order. Call it
+    /// inside a read-side section.
+    pub fn present(&self, start: u64, end: u64) -> Vec<(u64, Pte)> {
+        let mut found = Vec::new();
+        self.for_each_entry(start, end, |addr, entry| {
+            let pte = Pte(entry.load(Ordering::Acquire));
+            if pte.present() {
+                found.push((addr, pte));
+            }
+        });
+        found
+    }
+
     /// Swaps every leaf entry in `[start, end)` to empty and returns the frames the present ones
     /// held; `table_done` is called as in [`PageTable::visit`].
     fn take_entries(&self, start: u64, end: u64, table_done: TableDone<'_>) -> Vec<Frame> {
@@ -337,6 +350,19 @@ impl PageTable {
     /// survive until permissions come back). Faults restore what the mapping allows. Returns
     /// whether a translation lost a permission.
     pub fn protect(&self, start: u64, end: u64, read: bool, write: bool) -> bool {
+        self.protect_if(start, end, read, write, |_| true)
+    }
+
+    /// [`PageTable::protect`] for the translations for which `matches` holds (writeback
+    /// write-protects those mapping a file's frames and keeps private copies writable).
+    pub fn protect_if(
+        &self,
+        start: u64,
+        end: u64,
+        read: bool,
+        write: bool,
+        matches: impl Fn(Pte) -> bool,
+    ) -> bool {
         let (set, clear) = match (read, write) {
             (_, true) => return false,
             (true, false) => (0, WRITABLE),
@@ -347,7 +373,7 @@ impl PageTable {
             // AcqRel: orders with faults that CAS the entry.
             let changed = entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
                 let new = Pte(old).with(set, clear).0;
-                (old & PRESENT != 0 && new != old).then_some(new)
+                (old & PRESENT != 0 && new != old && matches(Pte(old))).then_some(new)
             });
             reduced |= changed.is_ok();
         });

@@ -2,14 +2,15 @@
 //! shared mappings and `write_at` see each other's writes in every `Mm`; a private mapping sees
 //! the file until it writes a page (its copy), and keeps its copies after; truncate makes
 //! faults beyond the end bus errors and removes private copies there too; a hole punch reads
-//! zeros and keeps private copies; partial pages are zeroed. Checked after every step through
+//! zeros and keeps private copies; partial pages are zeroed; evicting pages under memory
+//! pressure and writing them back change nothing anyone sees. Checked after every step through
 //! every mapping of every address space, and `read_at`. Then bad input, and no leaks.
 
 #![cfg(not(feature = "shuttle"))]
 
 use fault::{
     Access, AccessError, Errno, FaultError, File, FileSync, FramePool, FramePoolConfig, MapFlags, MemBacking,
-    Mm, MmConfig, PAGE_SIZE, Prot,
+    Mm, MmConfig, PAGE_SIZE, Prot, Shrinker,
 };
 use maple::testing::Rng;
 use std::collections::BTreeMap;
@@ -114,7 +115,7 @@ fn many_address_spaces_see_one_file_as_linux_does() {
         };
         let mut rng = Rng::new(seed);
         for step in 0..300 {
-            match rng.below(10) {
+            match rng.below(12) {
                 0 | 1 if model.mappings.len() < 8 => {
                     let (m, pages) = (rng.below(3) as usize, 1 + rng.below(6));
                     let pgoff = rng.below(MAX_PAGES - pages);
@@ -183,6 +184,18 @@ fn many_address_spaces_see_one_file_as_linux_does() {
                             m.copies.retain(|&index, _| m.pgoff + index < first);
                         }
                     }
+                }
+                10 => {
+                    // Memory pressure: pages leave the cache (dirty ones written back first);
+                    // nothing anyone sees changes.
+                    file.shrink(1 + rng.below(8) as usize);
+                }
+                11 if !model.mappings.is_empty() => {
+                    let m = &model.mappings[rng.below(model.mappings.len() as u64) as usize];
+                    mms[m.mm].msync(m.addr, m.pages * P).unwrap();
+                }
+                11 => {
+                    file.sync().unwrap();
                 }
                 _ => {
                     let offset = rng.below(MAX_PAGES * P);
@@ -343,4 +356,92 @@ fn a_partial_page_with_no_frame_to_zero_it_in_is_enomem() {
     file.read_at(2 * P, &mut page).unwrap();
     assert_eq!(page, [5, 5], "no page removed");
     assert_eq!(file.write_at(P, b"x").unwrap_err().errno, Errno::ENOMEM);
+}
+
+/// A file four times larger than the frame pool, mapped shared in two address spaces, reads
+/// end to end through a mapping and `read_at`; writes to every page through the other mapping
+/// survive their pages' eviction (written back first); nothing leaks.
+#[test]
+fn a_file_larger_than_the_pool_maps_reads_and_writes_end_to_end() {
+    let frames = Arc::new(
+        FramePool::new(FramePoolConfig {
+            chunk_frames: 16,
+            max_frames: 64,
+        })
+        .unwrap(),
+    );
+    let pages = 256;
+    let contents: Vec<u8> = (0..pages * P).map(|i| (i / P) as u8).collect();
+    let backing = Arc::new(MemBacking::new(&contents));
+    for sync in [FileSync::Rcu, FileSync::RwSem] {
+        let file = File::with_sync("/big", &frames, pages * P, backing.clone(), sync).unwrap();
+        let (reader, writer) = (mm(&frames), mm(&frames));
+        let flags = MapFlags::SHARED;
+        let seen = reader
+            .mmap(0, pages * P, Prot::READ, flags, Some((&file, 0)))
+            .unwrap();
+        let written = writer
+            .mmap(0, pages * P, Prot::READ_WRITE, flags, Some((&file, 0)))
+            .unwrap();
+        let mut byte = [0];
+        for page in 0..pages {
+            reader.read(seen + page * P + 7, &mut byte).unwrap();
+            assert_eq!(byte[0], page as u8, "page {page} through the mapping");
+            writer.write(written + page * P + 9, &[!(page as u8)]).unwrap();
+        }
+        assert!(frames.in_use() <= 64);
+        for page in 0..pages {
+            let mut two = [0; 2];
+            file.read_at(page * P + 8, &mut two).unwrap();
+            assert_eq!(two, [page as u8, !(page as u8)], "page {page} through read_at");
+            reader.read(seen + page * P + 9, &mut byte).unwrap();
+            assert_eq!(byte[0], !(page as u8), "page {page}: the write survived eviction");
+        }
+        assert!(backing.writes() >= pages - 64, "dirty pages were written back");
+        reader.munmap(seen, pages * P).unwrap();
+        writer.munmap(written, pages * P).unwrap();
+        drop(file);
+        reader.barrier();
+        writer.barrier();
+    }
+    assert_eq!(frames.in_use(), 0, "frames leaked");
+}
+
+/// msync writes the pages written through a shared mapping back to the storage, and again
+/// after they are written again (the first write after writeback faults and marks the page
+/// dirty); clean pages are not written. Its errors are Linux's.
+#[test]
+fn msync_writes_back_what_shared_mappings_wrote() {
+    let frames = pool();
+    let backing = Arc::new(MemBacking::new(&[1; 4 * P as usize]));
+    let file = File::with_backing("/synced", &frames, 4 * P, backing.clone()).unwrap();
+    let mm = mm(&frames);
+    let at = mm
+        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0)))
+        .unwrap();
+    mm.read(at, &mut [0]).unwrap();
+    mm.write(at + P, b"first").unwrap();
+    mm.msync(at, 4 * P).unwrap();
+    assert_eq!(backing.writes(), 1, "only the written page");
+    let stored = |pgoff: u64| {
+        let mut page = vec![0; P as usize];
+        fault::Backing::read(&*backing, pgoff, &mut page).unwrap();
+        page
+    };
+    assert_eq!(&stored(1)[..5], b"first");
+    mm.write(at + P, b"again").unwrap();
+    mm.msync(at + P, 1).unwrap();
+    assert_eq!(backing.writes(), 2);
+    assert_eq!(&stored(1)[..5], b"again");
+    mm.msync(at, 4 * P).unwrap();
+    assert_eq!(backing.writes(), 2, "nothing dirty");
+    assert_eq!(mm.msync(at + 1, P).unwrap_err().errno, Errno::EINVAL);
+    assert_eq!(mm.msync(at, 8 * P).unwrap_err().errno, Errno::ENOMEM);
+    assert_eq!(
+        mm.msync(u64::MAX - P + 1, 2 * P).unwrap_err().errno,
+        Errno::ENOMEM
+    );
+    // Linux rounds the length up modulo 2^64: within a page of the top it is zero.
+    mm.msync(at, u64::MAX).unwrap();
+    mm.msync(at, 0).unwrap();
 }

@@ -3,11 +3,14 @@
 //! page up before the truncate and installs after it), on the fast path (page cached) and the
 //! slow path (read in from the backing), in two address spaces at once; a fault racing a hole
 //! punch never shows the punched contents afterwards; a reverse-map walk racing splits, merges
-//! and replacements sees every VMA whole and never misses a page that stays mapped. Each has a
-//! broken variant that must fail. Run with `--features shuttle`.
+//! and replacements sees every VMA whole and never misses a page that stays mapped; a fault
+//! (read or write) racing the eviction of its page never keeps a translation to a frame that
+//! left the cache, and no write is lost. Each has a broken variant that must fail. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
-use fault::{Access, File, FileSync, FramePool, FramePoolConfig, MapFlags, MemBacking, Mm, MmConfig, Prot};
+use fault::{
+    Access, File, FileSync, FramePool, FramePoolConfig, MapFlags, MemBacking, Mm, MmConfig, Prot, Shrinker,
+};
 use maple::sync::atomic::{AtomicBool, Ordering};
 use maple::sync::{Arc, thread};
 use maple::testing::{assert_broken_variant_fails, check_random_and_pct as check_both};
@@ -255,5 +258,92 @@ fn reverse_map_walk_sees_every_vma_whole_test() {
 fn reverse_map_walk_misses_pages_when_old_vmas_leave_first() {
     assert_broken_variant_fails(STEPS, &["violated"], || {
         reverse_map_walk_sees_every_vma_whole(Some(BrokenStep::ReverseMapOrder))
+    });
+}
+
+/// What the thread racing an eviction does through its shared mapping.
+#[derive(Clone, Copy, Debug)]
+enum Racer {
+    /// Reads a byte (a read fault: the page mapped read-only).
+    Read,
+    /// Writes a byte (a write fault that marks the page dirty).
+    Write,
+    /// Reads, then writes (the write faults again to mark the page dirty).
+    ReadThenWrite,
+}
+
+/// A cached one-page file mapped shared; one thread reads or writes a byte through the mapping
+/// while the page is evicted under memory pressure. Afterwards the mapping still sees the file
+/// (a write to the file shows through it: a translation that survived maps the cached frame),
+/// the byte written is in the file (written back before eviction, or still cached), and no
+/// frame is held but the cache's.
+fn fault_racing_eviction(broken: bool, racer: Racer, sync: FileSync) {
+    let frames = pool();
+    let backing = Arc::new(MemBacking::new(&[0x33; P as usize]));
+    let file = File::with_sync("/evicted", &frames, P, backing, sync).unwrap();
+    if broken {
+        file.break_invalidation();
+    }
+    file.read_at(0, &mut [0]).unwrap();
+    let mm = mm(&frames, None);
+    mm.mmap(A, P, Prot::READ_WRITE, MapFlags::SHARED.fixed(), Some((&file, 0)))
+        .unwrap();
+    let thread = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            if let Racer::Read | Racer::ReadThenWrite = racer {
+                mm.read(A + 2, &mut [0]).unwrap();
+            }
+            if let Racer::Write | Racer::ReadThenWrite = racer {
+                mm.write(A + 1, b"w").unwrap();
+            }
+        })
+    };
+    file.shrink(1);
+    join(thread);
+    file.write_at(0, b"f").unwrap();
+    let mut seen = [0; 2];
+    mm.read(A, &mut seen).unwrap();
+    assert_eq!(
+        seen[0], b'f',
+        "violated: the mapping kept a frame that left the cache"
+    );
+    let mut stored = [0];
+    file.read_at(1, &mut stored).unwrap();
+    let expected = if let Racer::Read = racer { 0x33 } else { b'w' };
+    assert_eq!(
+        stored,
+        [expected],
+        "violated: a write through the mapping was lost"
+    );
+    mm.munmap(A, P).unwrap();
+    mm.barrier();
+    assert_eq!(
+        frames.in_use(),
+        file.cached_pages(),
+        "violated: a frame held beyond the page cache"
+    );
+}
+
+#[test]
+fn fault_racing_eviction_keeps_translations_and_writes() {
+    for racer in [Racer::Read, Racer::Write, Racer::ReadThenWrite] {
+        check_both(STEPS, move || fault_racing_eviction(false, racer, FileSync::Rcu));
+    }
+}
+
+#[test]
+fn fault_racing_eviction_under_i_mmap_rwsem() {
+    for racer in [Racer::Read, Racer::Write] {
+        check_both(STEPS, move || {
+            fault_racing_eviction(false, racer, FileSync::RwSem)
+        });
+    }
+}
+
+#[test]
+fn eviction_without_invalidation_leaves_stale_translations() {
+    assert_broken_variant_fails(STEPS, &["violated"], || {
+        fault_racing_eviction(true, Racer::Read, FileSync::Rcu)
     });
 }

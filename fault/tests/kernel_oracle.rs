@@ -48,6 +48,8 @@ mod oracle {
             new_addr: At,
         },
         DontNeed(At, u64),
+        /// msync(MS_SYNC).
+        Msync(At, u64),
         /// Anonymous, not fixed: (length, shared, offset).
         MmapAnon(u64, bool, u64),
     }
@@ -182,6 +184,7 @@ mod oracle {
                 Call::DontNeed(at, len) => {
                     syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_DONTNEED)
                 }
+                Call::Msync(at, len) => syscall(libc::SYS_msync, at.addr(base), len, libc::MS_SYNC),
                 Call::MmapAnon(len, shared, offset) => {
                     let sharing = if shared { MAP_SHARED } else { MAP_PRIVATE };
                     let prot = libc::PROT_READ | libc::PROT_WRITE;
@@ -246,6 +249,7 @@ mod oracle {
                 new_addr,
             } => mm.mremap(old.addr(base), old_len, new_len, flags, new_addr.addr(base)),
             Call::DontNeed(at, len) => mm.madvise_dontneed(at.addr(base), len).map(|()| 0),
+            Call::Msync(at, len) => mm.msync(at.addr(base), len).map(|()| 0),
             Call::MmapAnon(len, shared, offset) => {
                 let flags = MapFlags {
                     shared,
@@ -276,6 +280,21 @@ mod oracle {
             new_addr: At::Page(target),
         };
         let cases: Vec<(&str, &str, Call)> = vec![
+            // msync's argument checks and holes.
+            ("msync of mapped pages", "ww", Call::Msync(At::Page(0), 2 * P)),
+            ("msync over a hole", "w.w", Call::Msync(At::Page(0), 3 * P)),
+            ("msync unaligned", "w", Call::Msync(At::Abs(1), P)),
+            ("msync of zero bytes", "w", Call::Msync(At::Page(0), 0)),
+            (
+                "msync length rounding to zero",
+                "w",
+                Call::Msync(At::Page(0), u64::MAX),
+            ),
+            (
+                "msync wrapping around",
+                "w",
+                Call::Msync(At::Abs(!(P - 1)), 2 * P),
+            ),
             // mremap over several VMAs and holes: shrinking unmaps the tail whatever it holds;
             // growing needs one VMA; a fixed move needs its kept part in one VMA unless it keeps
             // the size.

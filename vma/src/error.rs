@@ -19,6 +19,8 @@ pub enum Errno {
     EBADF,
     /// A file size or offset beyond the largest file.
     EFBIG,
+    /// The storage below a file failed (writeback).
+    EIO,
 }
 
 impl Errno {
@@ -26,6 +28,7 @@ impl Errno {
     pub fn code(self) -> i32 {
         match self {
             Self::EPERM => 1,
+            Self::EIO => 5,
             Self::EBADF => 9,
             Self::ENOMEM => 12,
             Self::EFAULT => 14,
@@ -45,6 +48,7 @@ impl Errno {
             "EFAULT" => Self::EFAULT,
             "EBADF" => Self::EBADF,
             "EFBIG" => Self::EFBIG,
+            "EIO" => Self::EIO,
             _ => return None,
         })
     }

@@ -95,9 +95,10 @@ fn baseline<D: Design + Mapper + 'static>(new: impl FnOnce(Weak<dyn Mapper>) -> 
     })
 }
 
-/// Makes a baseline a [`Mapper`] of the files it maps: a truncate or hole punch removes the
-/// file's pages from its page table (under the table's relocation lock, walking in its RCU
-/// domain) and waits for accesses through them in that domain.
+/// Makes a baseline a [`Mapper`] of the files it maps: a truncate, hole punch or eviction
+/// removes the file's pages from its page table, writeback write-protects them (under the
+/// table's relocation lock, walking in its RCU domain), and each waits for accesses through
+/// what it revoked in that domain.
 macro_rules! maps_files {
     ($design:ty) => {
         impl fault::Mapper for $design {
@@ -112,6 +113,13 @@ macro_rules! maps_files {
                 parts
                     .memory
                     .unmap_file_pages(self, file, (first, end), even_cows, parts.rcu)
+            }
+
+            fn write_protect_file_pages(&self, file: &fault::File, first: u64, end: u64) -> vma::Revoked {
+                let parts = $crate::designs::Design::parts(self);
+                parts
+                    .memory
+                    .write_protect_file_pages(self, file, (first, end), parts.rcu)
             }
 
             fn await_revoked(&self, revoked: &vma::Revoked) {
