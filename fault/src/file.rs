@@ -638,14 +638,9 @@ impl File {
             return false;
         }
         let even_cows = removal == Removal::Truncate;
-        let revoked: Vec<(Arc<dyn Mapper>, Revoked)> = self
-            .mappers(first, end)
-            .into_iter()
-            .map(|mapper| {
-                let revoked = mapper.unmap_file_pages(self, first, end, even_cows);
-                (mapper, revoked)
-            })
-            .collect();
+        let revoked = self.revoke_everywhere(first, end, |mapper| {
+            mapper.unmap_file_pages(self, first, end, even_cows)
+        });
         if removal != Removal::Evict {
             self.backing.discard(first, end);
         }
@@ -658,10 +653,25 @@ impl File {
             self.invalidation.end();
         }
         drop(exclusive);
-        for (mapper, revoked) in &revoked {
-            mapper.await_revoked(revoked);
-        }
+        await_revoked(&revoked);
         true
+    }
+
+    /// Calls `revoke` on every address space mapping pages of `[first, end)`, returning what
+    /// each revoked (wait for it with [`await_revoked`] once faults may go on).
+    fn revoke_everywhere(
+        &self,
+        first: u64,
+        end: u64,
+        revoke: impl Fn(&dyn Mapper) -> Revoked,
+    ) -> Vec<(Arc<dyn Mapper>, Revoked)> {
+        self.mappers(first, end)
+            .into_iter()
+            .map(|mapper| {
+                let revoked = revoke(&*mapper);
+                (mapper, revoked)
+            })
+            .collect()
     }
 
     /// Marks page `pgoff` dirty before a write to `frame`, its cached frame found inside
@@ -678,17 +688,10 @@ impl File {
         let Some(frame) = self.cache.take_dirty(pgoff) else {
             return Ok(false);
         };
-        let revoked: Vec<(Arc<dyn Mapper>, Revoked)> = self
-            .mappers(pgoff, pgoff + 1)
-            .into_iter()
-            .map(|mapper| {
-                let revoked = mapper.write_protect_file_pages(self, pgoff, pgoff + 1);
-                (mapper, revoked)
-            })
-            .collect();
-        for (mapper, revoked) in &revoked {
-            mapper.await_revoked(revoked);
-        }
+        let revoked = self.revoke_everywhere(pgoff, pgoff + 1, |mapper| {
+            mapper.write_protect_file_pages(self, pgoff, pgoff + 1)
+        });
+        await_revoked(&revoked);
         let mut page = vec![0; FRAME_SIZE];
         self.cache.frames().read(frame, 0, &mut page);
         if self.backing.write(pgoff, &page).is_err() {
@@ -848,6 +851,14 @@ impl File {
             at += chunk as u64;
         }
         Ok(())
+    }
+}
+
+/// Waits, in each address space, for the accesses through what [`File::revoke_everywhere`]
+/// revoked there.
+fn await_revoked(revoked: &[(Arc<dyn Mapper>, Revoked)]) {
+    for (mapper, revoked) in revoked {
+        mapper.await_revoked(revoked);
     }
 }
 
