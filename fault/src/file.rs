@@ -13,7 +13,10 @@
 //!   and the range is cleared. A fault or lookup that finds its page inside a published range
 //!   waits for it to end; one that began before it was published ended within the grace period,
 //!   so its translation was installed before the reverse-map walk removes it. Faults on pages
-//!   outside the range neither wait nor are waited for.
+//!   outside the range neither wait nor are waited for. Waiting is fair: a fault that waited
+//!   for an invalidation is owed a turn, and the next invalidation (other than an eviction,
+//!   which gives way) begins only once every turn owed is done, so a truncate in a loop
+//!   cannot starve the faults it holds up.
 //! - **Fills.** A page read in from the backing is cached only if no invalidation covering it
 //!   began since the read started (the invalidation's generation is checked inside the read-side
 //!   section that inserts it), so a page read before a hole punch never re-enters the cache
@@ -42,7 +45,7 @@ use maple::Guard;
 use maple::intervals::IntervalTree;
 use maple::rcu::{DefaultRcu, Keys, Rcu};
 use maple::sync::atomic::{AtomicU64, Ordering};
-use maple::sync::{Backoff, Mutex, RwLock, RwLockReadGuard};
+use maple::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, spin_until};
 use std::fmt;
 use std::sync::{Arc, Weak};
 use vma::{Backing as VmaBacking, Errno, Error, MappedFile, Mapping, PAGE_SIZE, Revoked};
@@ -113,15 +116,93 @@ pub struct MappedRange {
     pub address: u64,
 }
 
-/// Invalidations, for lookups: a generation (odd while one runs), and the range of the latest
-/// one with the generation it began at. Lookups read the generation alone unless one runs.
+/// Invalidations, for lookups: a generation (odd while one runs), and under a lock the range
+/// of the latest one and the faults that wait for it. Lookups read the generation alone unless
+/// one runs.
+///
+/// Waiting is fair: a fault that found its page inside a running invalidation waits until it
+/// ends ([`Invalidation::wait_out`]) and is then owed a turn: the next invalidation of the file
+/// begins only once every such fault has finished its retry ([`Turn`] dropped), so a truncate
+/// in a loop cannot starve the faults it holds up (Linux's `invalidate_lock` is a fair rwsem
+/// for the same reason). Eviction never waits for turns ([`Invalidation::try_begin`]): a
+/// fault holding a turn may be the one reclaiming memory. Both sides spin briefly before they
+/// sleep on a condition variable, which is signalled only when someone sleeps on it.
 struct Invalidation {
     generation: AtomicU64,
-    /// `(generation it began at, first, end)`, updated with the generation under this lock.
-    latest: Mutex<(u64, u64, u64)>,
+    state: Mutex<InvalidationState>,
+    /// Signalled when an invalidation that faults sleep on ends.
+    ended: Condvar,
+    /// Signalled when the last turn owed is done and the invalidation waiting for it sleeps.
+    turns_done: Condvar,
+    /// Invalidations begin without waiting for the turns owed (shuttle builds only; for the
+    /// test that must fail).
+    #[cfg(feature = "shuttle")]
+    unfair: maple::sync::atomic::AtomicBool,
+}
+
+/// How long a fault waiting for an invalidation, or an invalidation waiting for turns, spins
+/// before it sleeps: about what a sleeping thread takes to wake up, longer than most waits.
+const SPIN_BEFORE_SLEEPING: std::time::Duration = std::time::Duration::from_micros(20);
+
+#[derive(Default)]
+struct InvalidationState {
+    /// The latest invalidation's range.
+    first: u64,
+    end: u64,
+    /// Faults waiting until the running invalidation ends, and how many of them sleep.
+    waiting: usize,
+    sleeping: usize,
+    /// Turns owed: faults that waited for the last invalidation and have not finished their
+    /// retry.
+    owed: usize,
+    /// Whether an invalidation sleeps until the turns owed are done.
+    begin_sleeps: bool,
+}
+
+impl InvalidationState {
+    fn covers(&self, generation: u64, pgoff: u64) -> bool {
+        generation % 2 == 1 && self.first <= pgoff && pgoff < self.end
+    }
+}
+
+/// A fault's turn after waiting out an invalidation: no invalidation of the file begins until
+/// it is dropped (hold it until the page is installed).
+pub(crate) struct Turn<'a>(&'a Invalidation);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.owed -= 1;
+        if state.owed == 0 && state.begin_sleeps {
+            self.0.turns_done.notify_one();
+        }
+    }
 }
 
 impl Invalidation {
+    fn new() -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            state: Mutex::new(InvalidationState::default()),
+            ended: Condvar::new(),
+            turns_done: Condvar::new(),
+            #[cfg(feature = "shuttle")]
+            unfair: maple::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether invalidations wait for the turns owed (always, but in the broken variant).
+    fn fair(&self) -> bool {
+        #[cfg(feature = "shuttle")]
+        return !self.unfair.load(Ordering::SeqCst);
+        #[cfg(not(feature = "shuttle"))]
+        true
+    }
+
+    fn lock(&self) -> MutexGuard<'_, InvalidationState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether `pgoff` is inside an invalidation running now.
     fn running_over(&self, pgoff: u64) -> bool {
         // SeqCst, with the writer's SeqCst increment and the grace period after it: a lookup
@@ -129,9 +210,37 @@ impl Invalidation {
         if self.generation.load(Ordering::SeqCst) % 2 == 0 {
             return false;
         }
-        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = self.generation.load(Ordering::SeqCst);
-        generation % 2 == 1 && latest.1 <= pgoff && pgoff < latest.2
+        let state = self.lock();
+        state.covers(self.generation.load(Ordering::SeqCst), pgoff)
+    }
+
+    /// Waits while an invalidation covering `pgoff` runs; returns the turn owed once it has
+    /// ended, and how long it waited, or `None` at once when none covers `pgoff`.
+    fn wait_out(&self, pgoff: u64) -> Option<(Turn<'_>, std::time::Duration)> {
+        if self.generation.load(Ordering::SeqCst) % 2 == 0 {
+            return None;
+        }
+        let mut state = self.lock();
+        // The generation changes only under the lock: stable while it is held.
+        let running = self.generation.load(Ordering::SeqCst);
+        if !state.covers(running, pgoff) {
+            return None;
+        }
+        let since = std::time::Instant::now();
+        state.waiting += 1;
+        drop(state);
+        let ended = || self.generation.load(Ordering::SeqCst) != running;
+        if !spin_until(SPIN_BEFORE_SLEEPING, ended) {
+            let mut state = self.lock();
+            if !ended() {
+                state.sleeping += 1;
+                while !ended() {
+                    state = self.ended.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+        // `end` counted this fault among the turns owed.
+        Some((Turn(self), since.elapsed()))
     }
 
     /// Whether an invalidation covering `pgoff` began after generation `since` (read before a
@@ -141,31 +250,59 @@ impl Invalidation {
         if self.generation.load(Ordering::SeqCst) == since {
             return false;
         }
-        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.lock();
         let now = self.generation.load(Ordering::SeqCst);
         // Invalidations begin at odd generations: those in (since, now] began after `since`.
         let begun = now.div_ceil(2) - since.div_ceil(2);
         match begun {
             0 => false,
             // Only the latest one: its range is known.
-            1 => latest.1 <= pgoff && pgoff < latest.2,
+            1 => state.first <= pgoff && pgoff < state.end,
             // More than one: their ranges are not kept; read again.
             _ => true,
         }
     }
 
-    /// Publishes `[first, end)` as being invalidated (the caller holds the file's `resize`).
+    /// Publishes `[first, end)` as being invalidated once every turn owed is done (the caller
+    /// holds the file's `resize`, and nothing a fault with a turn may wait for).
     fn begin(&self, first: u64, end: u64) {
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let owed = |state: &InvalidationState| state.owed > 0 && self.fair();
+        spin_until(SPIN_BEFORE_SLEEPING, || !owed(&self.lock()));
+        let mut state = self.lock();
+        if owed(&state) {
+            state.begin_sleeps = true;
+            while owed(&state) {
+                state = self.turns_done.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            state.begin_sleeps = false;
+        }
+        self.publish(&mut state, first, end);
+    }
+
+    /// [`Invalidation::begin`] if no turn is owed now; false (nothing published) otherwise.
+    fn try_begin(&self, first: u64, end: u64) -> bool {
+        let mut state = self.lock();
+        if state.owed > 0 {
+            return false;
+        }
+        self.publish(&mut state, first, end);
+        true
+    }
+
+    fn publish(&self, state: &mut InvalidationState, first: u64, end: u64) {
         let generation = self.generation.load(Ordering::SeqCst) + 1;
-        *latest = (generation, first, end);
+        (state.first, state.end) = (first, end);
         self.generation.store(generation, Ordering::SeqCst);
     }
 
-    /// Ends the running invalidation.
+    /// Ends the running invalidation; the faults asleep on it are owed their turns.
     fn end(&self) {
-        let _latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         self.generation.fetch_add(1, Ordering::SeqCst);
+        state.owed += std::mem::take(&mut state.waiting);
+        if std::mem::take(&mut state.sleeping) > 0 {
+            self.ended.notify_all();
+        }
     }
 }
 
@@ -303,10 +440,7 @@ impl File {
             cache: PageCache::new(frames),
             size: AtomicU64::new(len),
             reverse_map: IntervalTree::new(),
-            invalidation: Invalidation {
-                generation: AtomicU64::new(0),
-                latest: Mutex::new((0, 0, 0)),
-            },
+            invalidation: Invalidation::new(),
             resize: Mutex::new(()),
             i_mmap_rwsem: (sync == FileSync::RwSem).then(|| RwLock::new(())),
             clock: AtomicU64::new(0),
@@ -324,6 +458,14 @@ impl File {
     #[doc(hidden)]
     pub fn break_invalidation(&self) {
         self.broken.store(true, Ordering::SeqCst);
+    }
+
+    /// Breaks the fairness of invalidations: they begin without waiting for the faults owed a
+    /// turn (shuttle builds only; for the test that must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn break_fairness(&self) {
+        self.invalidation.unfair.store(true, Ordering::SeqCst);
     }
 
     fn invalidation_broken(&self) -> bool {
@@ -405,18 +547,21 @@ impl File {
     /// Brings page `pgoff` into the cache (the fault's slow path): waits while an invalidation
     /// covers it, reads it from the backing with no guard held, and caches it unless an
     /// invalidation covering it began meanwhile (then reads again). `BusError` at or beyond the
-    /// end of the file. Calls `waited` with how long it waited for an invalidation, if it did.
-    pub(crate) fn read_in(&self, pgoff: u64, waited: impl Fn(std::time::Duration)) -> Result<(), FaultError> {
+    /// end of the file. Calls `waited` with how long it waited for an invalidation, if it did;
+    /// then returns the turn it is owed: hold it until the page is used (installed), so that
+    /// the next invalidation does not take the page away first.
+    pub(crate) fn read_in(
+        &self,
+        pgoff: u64,
+        waited: impl Fn(std::time::Duration),
+    ) -> Result<Option<Turn<'_>>, FaultError> {
         let frames = self.cache.frames();
+        let mut turn = None;
         loop {
             let since = self.invalidation.generation.load(Ordering::SeqCst);
-            if self.invalidation.running_over(pgoff) {
-                let began = std::time::Instant::now();
-                let mut backoff = Backoff::new();
-                while self.invalidation.running_over(pgoff) {
-                    backoff.snooze();
-                }
-                waited(began.elapsed());
+            if let Some((owed, slept)) = self.invalidation.wait_out(pgoff) {
+                waited(slept);
+                turn = Some(owed);
                 continue;
             }
             {
@@ -426,7 +571,7 @@ impl File {
                     Lookup::Cached(frame) => {
                         // SAFETY: the reference `get` gave us, not used.
                         unsafe { frames.put(frame) };
-                        return Ok(());
+                        return Ok(turn);
                     }
                     Lookup::Missing => {}
                 }
@@ -455,7 +600,7 @@ impl File {
             drop(shared);
             // SAFETY: the caller's reference `insert` returned, not used.
             unsafe { frames.put(cached) };
-            return Ok(());
+            return Ok(turn);
         }
     }
 
@@ -584,6 +729,9 @@ impl File {
     /// keyed to the page, reading the page in first when it is not cached (`read_in`'s errors:
     /// a bus error beyond the end, out of memory); marks the page dirty first when `write`s.
     fn with_page(&self, pgoff: u64, write: bool, use_frame: impl FnOnce(Frame)) -> Result<(), FaultError> {
+        // Held until the page is used: no invalidation takes it away once this call has waited
+        // one out.
+        let mut _turn = None;
         loop {
             let guard = self.guard_at(pgoff);
             if let Lookup::Cached(frame) = self.lookup(pgoff, &guard) {
@@ -597,7 +745,7 @@ impl File {
                 unsafe { self.cache.frames().put(frame) };
             }
             drop(guard);
-            self.read_in(pgoff, |_| {})?;
+            _turn = self.read_in(pgoff, |_| {})?;
         }
     }
 
@@ -609,16 +757,24 @@ impl File {
     fn invalidate(&self, first: u64, end: u64, removal: Removal, resized: impl FnOnce()) -> bool {
         debug_assert!(first < end);
         let broken = self.invalidation_broken();
+        if !broken {
+            if removal == Removal::Evict {
+                // Reclaim may run inside a fault that holds a turn: it gives way instead.
+                if !self.invalidation.try_begin(first, end) {
+                    return false;
+                }
+            } else {
+                self.invalidation.begin(first, end);
+            }
+        }
         // Under FileSync::RwSem the exclusive lock keeps every fault out instead of the grace
-        // period; the waits for accesses through removed translations come after it is
-        // released (a fault holding its address space's guard may be waiting for the lock).
+        // period (taken after `begin`, which may wait for faults that take it shared); the
+        // waits for accesses through removed translations come after it is released (a fault
+        // holding its address space's guard may be waiting for the lock).
         let exclusive = self
             .i_mmap_rwsem
             .as_ref()
             .map(|rwsem| rwsem.write().unwrap_or_else(|e| e.into_inner()));
-        if !broken {
-            self.invalidation.begin(first, end);
-        }
         resized();
         if !broken && exclusive.is_none() {
             let rcu = self.reverse_map.rcu();

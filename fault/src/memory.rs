@@ -353,10 +353,13 @@ impl Memory {
         };
         let file = file_of(object);
         loop {
-            file.read_in(pgoff, |waited| self.record_wait(waited))?;
+            // The turn keeps the next invalidation from taking the page away before it is
+            // installed.
+            let turn = file.read_in(pgoff, |waited| self.record_wait(waited))?;
             let guard = Guard::new(rcu);
             let progress = self.settle(mapping, page, access, &guard);
             drop(guard);
+            drop(turn);
             match progress? {
                 Progress::Done(fault) => return Ok(fault),
                 // The page left the cache before we installed it: read it in again.

@@ -112,8 +112,9 @@ pub struct FaultStats {
     pub slow_path: u64,
     /// Attempts repeated because a racing fault or writer changed what was found.
     pub retries: u64,
-    /// Faults that found their VMA being set up (BABY) and waited for it, and for how long.
-    pub baby_waits: Waits,
+    /// Faults that waited for another thread — a VMA being set up (BABY), a truncate, hole
+    /// punch or eviction of their file page — and for how long.
+    pub waits: Waits,
     /// Writer operations that replaced or removed VMAs.
     pub replacements: u64,
     /// Of those, how many waited for VMA references to drain.
@@ -143,7 +144,7 @@ impl FaultStats {
                 .saturating_sub(counters.sum(Counter::SlowPath)),
             slow_path: counters.sum(Counter::SlowPath),
             retries: counters.sum(Counter::Retries),
-            baby_waits: waits.snapshot(),
+            waits: waits.snapshot(),
             replacements: load(&space.replacements),
             reference_waits: load(&space.reference_waits),
             reference_wait_ns: load(&space.reference_wait_ns),
@@ -180,13 +181,13 @@ impl fmt::Display for FaultStats {
         )?;
         writeln!(
             f,
-            "paths: fast {}, slow {}; retries {}; waits on BABY {} ({:.3} ms, longest {:.3} ms)",
+            "paths: fast {}, slow {}; retries {}; waits {} ({:.3} ms, longest {:.3} ms)",
             self.fast_path,
             self.slow_path,
             self.retries,
-            self.baby_waits.count,
-            self.baby_waits.total_ns as f64 / 1e6,
-            self.baby_waits.max_ns as f64 / 1e6
+            self.waits.count,
+            self.waits.total_ns as f64 / 1e6,
+            self.waits.max_ns as f64 / 1e6
         )?;
         write!(
             f,

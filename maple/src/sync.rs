@@ -96,3 +96,30 @@ impl Backoff {
         }
     }
 }
+
+/// Spins until `done()` is true or `limit` has passed, and returns whether it is done: for a
+/// wait that is usually shorter than a sleeping thread takes to wake up, before blocking on a
+/// condition variable. Under shuttle it yields a few times instead (each a scheduling point).
+pub fn spin_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    if cfg!(feature = "shuttle") {
+        for _ in 0..Backoff::SPIN_LIMIT {
+            if done() {
+                return true;
+            }
+            thread::yield_now();
+        }
+        return done();
+    }
+    let start = std::time::Instant::now();
+    loop {
+        for _ in 0..64 {
+            if done() {
+                return true;
+            }
+            spin_loop();
+        }
+        if start.elapsed() >= limit {
+            return done();
+        }
+    }
+}

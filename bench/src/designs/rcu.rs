@@ -74,6 +74,6 @@ impl Design for RcuDesign {
     }
 
     fn waits(&self) -> fault::Waits {
-        self.mm.stats().baby_waits
+        self.mm.stats().waits
     }
 }
