@@ -45,7 +45,7 @@ use maple::Guard;
 use maple::intervals::IntervalTree;
 use maple::rcu::{DefaultRcu, Keys, Rcu};
 use maple::sync::atomic::{AtomicU64, Ordering};
-use maple::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, spin_until};
+use maple::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, spin_until};
 use std::fmt;
 use std::sync::{Arc, Weak};
 use vma::{Backing as VmaBacking, Errno, Error, MappedFile, Mapping, PAGE_SIZE, Revoked};
@@ -87,7 +87,9 @@ pub enum FileSync {
     /// Linux's `i_mmap_rwsem`, for the benchmark's baselines: a reader-writer lock that faults
     /// hold shared from looking a page up to installing it (as hugetlb faults did, the
     /// synchronization seed 001 settled on), that mmap and munmap take exclusive to change the
-    /// reverse map, and that truncate and hole punch hold exclusive throughout.
+    /// reverse map ([`File::write_reverse_map`], which a writer may hold across its zap, as
+    /// hugetlb's munmap did), and that truncate and hole punch hold exclusive once their range
+    /// is published.
     RwSem,
 }
 
@@ -771,10 +773,7 @@ impl File {
         // period (taken after `begin`, which may wait for faults that take it shared); the
         // waits for accesses through removed translations come after it is released (a fault
         // holding its address space's guard may be waiting for the lock).
-        let exclusive = self
-            .i_mmap_rwsem
-            .as_ref()
-            .map(|rwsem| rwsem.write().unwrap_or_else(|e| e.into_inner()));
+        let exclusive = self.exclusive();
         resized();
         if !broken && exclusive.is_none() {
             let rcu = self.reverse_map.rcu();
@@ -955,36 +954,38 @@ impl File {
     /// an anonymous mapping). Call it before a fault can find the VMA, and before translations
     /// move into it (see [`Mapper`]).
     pub fn link(mapper: &Weak<dyn Mapper>, mapping: &Mapping) {
-        let Some(file) = mapped_file(mapping) else {
-            return;
-        };
-        let entry = ReverseMapping {
-            start: mapping.start,
-            mapper: mapper.clone(),
-        };
-        let _exclusive = file.exclusive();
-        file.reverse_map
-            .insert(mapping.pgoff, mapping.pgoff + mapping.pages(), entry)
-            .expect("a VMA's page offsets lie inside the largest file");
+        if let Some(file) = mapped_file(mapping) {
+            file.write_reverse_map().link(mapper, mapping);
+        }
     }
 
     /// Removes `mapping`, a VMA of `mapper` that [`File::link`] added, from its file's reverse
     /// map (nothing for an anonymous mapping). Call it once the VMA's translations are gone.
     pub fn unlink(mapper: &Weak<dyn Mapper>, mapping: &Mapping) {
-        let Some(file) = mapped_file(mapping) else {
-            return;
-        };
-        let id = mapper.as_ptr() as *const ();
-        let end = mapping.pgoff + mapping.pages();
-        let _exclusive = file.exclusive();
-        let removed = file.reverse_map.remove(mapping.pgoff, |interval| {
-            interval.value.mapper_id() == id && interval.value.start == mapping.start && interval.end == end
-        });
-        debug_assert!(removed, "unlinking a VMA that was never linked");
+        if let Some(file) = mapped_file(mapping) {
+            file.write_reverse_map().unlink(mapper, mapping);
+        }
     }
 
-    /// Under [`FileSync::RwSem`], the lock taken exclusive (to change the reverse map).
-    fn exclusive(&self) -> Option<maple::sync::RwLockWriteGuard<'_, ()>> {
+    /// The file `mapping` maps, if it maps one made with [`File`] (`None` for an anonymous
+    /// mapping).
+    pub fn of(mapping: &Mapping) -> Option<&File> {
+        mapped_file(mapping)
+    }
+
+    /// The reverse map, held for changing (Linux's `i_mmap_lock_write`): under
+    /// [`FileSync::RwSem`] its lock is held exclusive, keeping faults on the file out, until
+    /// the writer is dropped (so that a writer may zap translations under it, as hugetlb's
+    /// munmap did); under [`FileSync::Rcu`] nothing is held.
+    pub fn write_reverse_map(&self) -> ReverseMapWriter<'_> {
+        ReverseMapWriter {
+            file: self,
+            _exclusive: self.exclusive(),
+        }
+    }
+
+    /// Under [`FileSync::RwSem`], its lock taken exclusive.
+    fn exclusive(&self) -> Option<RwLockWriteGuard<'_, ()>> {
         self.i_mmap_rwsem
             .as_ref()
             .map(|rwsem| rwsem.write().unwrap_or_else(|e| e.into_inner()))
@@ -1007,6 +1008,38 @@ impl File {
             at += chunk as u64;
         }
         Ok(())
+    }
+}
+
+/// A file's reverse map held for changing: see [`File::write_reverse_map`].
+pub struct ReverseMapWriter<'a> {
+    file: &'a File,
+    _exclusive: Option<RwLockWriteGuard<'a, ()>>,
+}
+
+impl ReverseMapWriter<'_> {
+    /// Adds `mapping`, a VMA of `mapper` mapping this file (see [`File::link`]).
+    pub fn link(&self, mapper: &Weak<dyn Mapper>, mapping: &Mapping) {
+        debug_assert!(File::of(mapping).is_some_and(|file| std::ptr::eq(file, self.file)));
+        let entry = ReverseMapping {
+            start: mapping.start,
+            mapper: mapper.clone(),
+        };
+        self.file
+            .reverse_map
+            .insert(mapping.pgoff, mapping.pgoff + mapping.pages(), entry)
+            .expect("a VMA's page offsets lie inside the largest file");
+    }
+
+    /// Removes `mapping`, a VMA of `mapper` that was added (see [`File::unlink`]).
+    pub fn unlink(&self, mapper: &Weak<dyn Mapper>, mapping: &Mapping) {
+        debug_assert!(File::of(mapping).is_some_and(|file| std::ptr::eq(file, self.file)));
+        let id = mapper.as_ptr() as *const ();
+        let end = mapping.pgoff + mapping.pages();
+        let removed = self.file.reverse_map.remove(mapping.pgoff, |interval| {
+            interval.value.mapper_id() == id && interval.value.start == mapping.start && interval.end == end
+        });
+        debug_assert!(removed, "unlinking a VMA that was never linked");
     }
 }
 

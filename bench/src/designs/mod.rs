@@ -24,7 +24,10 @@ pub use rcu::RcuDesign;
 pub use rwlock::RwLockDesign;
 pub use snapshot::SnapshotDesign;
 
-use fault::{Access, AccessError, Fault, FaultError, File, FileSync, FramePool, Mapper, Memory, Waits};
+use fault::{
+    Access, AccessError, Fault, FaultError, File, FileSync, FramePool, Mapper, Memory, ReverseMapWriter,
+    Waits,
+};
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -138,15 +141,6 @@ fn link_added(mapper: &Weak<dyn Mapper>, changes: &[Change]) {
     }
 }
 
-/// Unlinks the file mappings that `changes` remove from their files' reverse maps: once the
-/// flush has removed their translations. (A mapping that one change adds and a later one
-/// removes is linked, then unlinked.)
-fn unlink_removed(mapper: &Weak<dyn Mapper>, changes: &[Change]) {
-    for mapping in changes.iter().flat_map(|change| &change.removed) {
-        File::unlink(mapper, mapping);
-    }
-}
-
 /// Unlinks every file mapping of `map` (a baseline being dropped).
 fn unlink_all(mapper: &Weak<dyn Mapper>, map: &VmaMap) {
     for mapping in map.mappings() {
@@ -197,7 +191,8 @@ pub trait Design: Send + Sync {
     }
 
     /// How the files this design maps protect their reverse maps and page lookups: Linux's
-    /// `i_mmap_rwsem` for the baselines, maplevm's RCU for `rcu` and `rcu-refonly`. Create the
+    /// `i_mmap_rwsem` for the baselines (held across the zap of removed mappings: see
+    /// `flush_and_unlink`), maplevm's RCU for `rcu` and `rcu-refonly`. Create the
     /// files it maps with it ([`File::with_sync`]).
     fn file_sync(&self) -> FileSync {
         FileSync::RwSem
@@ -325,10 +320,34 @@ fn bounded(map: &VmaMap, flushes: &[Flush]) -> Vec<(Flush, (u64, u64))> {
         .collect()
 }
 
-/// Steps 6 and 8 for the baselines: the page table's side of a plan (see [`bounded`]), then
-/// the wait for accesses through the translations it revoked, as maplevm's writers wait. The
-/// caller keeps faults out of the flushed ranges meanwhile (its lock).
-fn flush(memory: &Memory, flushes: &[(Flush, (u64, u64))], rcu: &DefaultRcu) {
+/// Steps 6 to 8 for the baselines: the page table's side of a plan (see [`bounded`]) and the
+/// unlinking of the file mappings its changes removed, holding those files' reverse maps for
+/// writing throughout — Linux's `i_mmap_rwsem` as hugetlb's munmap held it across the zap (to
+/// unshare page tables; the locking seeds 000 and 003 measure), which keeps faults on those
+/// files out meanwhile — then, with the locks released, the wait for accesses through the
+/// translations it revoked, as maplevm's writers wait (a fault may hold this address space's
+/// guard while it waits for a file's lock). The caller keeps faults out of the flushed ranges
+/// (its lock).
+fn flush_and_unlink(
+    mapper: &Weak<dyn Mapper>,
+    memory: &Memory,
+    flushes: &[(Flush, (u64, u64))],
+    changes: &[Change],
+    rcu: &DefaultRcu,
+) {
+    let removed: Vec<(&File, &vma::Mapping)> = changes
+        .iter()
+        .flat_map(|change| &change.removed)
+        .filter_map(|mapping| Some((File::of(mapping)?, mapping)))
+        .collect();
+    // Each file once, in address order, so that two writers never wait for each other.
+    let mut files: Vec<&File> = removed.iter().map(|&(file, _)| file).collect();
+    files.sort_by_key(|&file| file as *const File);
+    files.dedup_by_key(|file| *file as *const File);
+    let writers: Vec<(&File, ReverseMapWriter<'_>)> = files
+        .into_iter()
+        .map(|file| (file, file.write_reverse_map()))
+        .collect();
     let mut revoked = Revoked::new();
     for &(flush, free_tables) in flushes {
         match flush {
@@ -339,6 +358,14 @@ fn flush(memory: &Memory, flushes: &[(Flush, (u64, u64))], rcu: &DefaultRcu) {
             }
         }
     }
+    for (file, mapping) in removed {
+        let (_, writer) = writers
+            .iter()
+            .find(|(held, _)| std::ptr::eq(*held, file))
+            .expect("every removed mapping's file is held");
+        writer.unlink(mapper, mapping);
+    }
+    drop(writers);
     revoked.wait(rcu);
 }
 

@@ -17,14 +17,14 @@
 //! fails (or nothing is found), it falls back to the mmap lock for reading, as Linux does.
 //! Writers take the mmap lock for writing (serialized), write-lock every VMA they replace
 //! (set `lock_seq`, add the offset, wait for readers to drain, take the offset off), insert
-//! new VMAs already write-locked, change the tree, flush, detach the old VMAs (retired to the
+//! new VMAs already write-locked, change the tree, flush_and_unlink, detach the old VMAs (retired to the
 //! tree's RCU domain), and unlock all their VMAs at once by incrementing `mm_lock_seq` before
 //! releasing the mmap lock. Faults on VMAs no writer touches never wait.
 
 use super::vma_map::{Op, VmaMap};
 use super::{
-    Design, Parts, baseline, bounded, discard_in, fault_locked, flush, link_added, maps_files, page_in,
-    timed, unlink_all, unlink_removed,
+    Design, Parts, baseline, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files,
+    page_in, timed, unlink_all,
 };
 use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
@@ -224,8 +224,14 @@ impl Design for PerVmaDesign {
             }
             map.apply(change);
         }
-        flush(&self.memory, &bounded(&map, &planned.flushes), self.tree.rcu());
-        unlink_removed(&self.mapper, &planned.changes);
+        let flushes = bounded(&map, &planned.flushes);
+        flush_and_unlink(
+            &self.mapper,
+            &self.memory,
+            &flushes,
+            &planned.changes,
+            self.tree.rcu(),
+        );
         for (_, _, vma) in displaced.iter().flat_map(|d| d.iter()) {
             vma.detach();
         }

@@ -19,8 +19,8 @@
 
 use super::vma_map::{Flush, Op, Planned, VmaMap};
 use super::{
-    Design, Parts, bounded, discard_in, fault_locked, flush, link_added, maps_files, page_in, timed,
-    unlink_all, unlink_removed,
+    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files, page_in,
+    timed, unlink_all,
 };
 use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
@@ -218,8 +218,7 @@ impl Design for RangeLockDesign {
             drop(map);
             // Faults and writers are held off the span by the range lock; the map is free.
             link_added(&self.mapper, &planned.changes);
-            flush(&self.memory, &flushes, &self.rcu);
-            unlink_removed(&self.mapper, &planned.changes);
+            flush_and_unlink(&self.mapper, &self.memory, &flushes, &planned.changes, &self.rcu);
             return planned.result;
         }
     }

@@ -5,8 +5,8 @@
 
 use super::vma_map::{Op, VmaMap};
 use super::{
-    Design, Parts, bounded, discard_in, fault_locked, flush, link_added, maps_files, page_in, timed,
-    unlink_all, unlink_removed,
+    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files, page_in,
+    timed, unlink_all,
 };
 use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
@@ -60,8 +60,8 @@ impl Design for RwLockDesign {
         let mut map = self.map.write().unwrap();
         let planned = map.commit(&op)?;
         link_added(&self.mapper, &planned.changes);
-        flush(&self.memory, &bounded(&map, &planned.flushes), &self.rcu);
-        unlink_removed(&self.mapper, &planned.changes);
+        let flushes = bounded(&map, &planned.flushes);
+        flush_and_unlink(&self.mapper, &self.memory, &flushes, &planned.changes, &self.rcu);
         planned.result
     }
 

@@ -13,8 +13,8 @@
 
 use super::vma_map::{Op, VmaMap};
 use super::{
-    Design, Parts, bounded, discard_in, fault_locked, flush, link_added, maps_files, page_in, unlink_all,
-    unlink_removed,
+    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files, page_in,
+    unlink_all,
 };
 use arc_swap::ArcSwap;
 use fault::{Access, Fault, FaultError, Mapper, Memory};
@@ -112,7 +112,7 @@ impl Design for SnapshotDesign {
         if planned.flushes.is_empty() {
             // Nothing mapped changes meaning (mremap growing in place): publish at once.
             self.current.store(Arc::new(Snapshot { map, settling: None }));
-            unlink_removed(&self.mapper, &planned.changes);
+            flush_and_unlink(&self.mapper, &self.memory, &[], &planned.changes, &self.rcu);
             return planned.result;
         }
         let old = self.current.swap(Arc::new(Snapshot {
@@ -125,8 +125,8 @@ impl Design for SnapshotDesign {
             thread::yield_now();
         }
         drop(old);
-        flush(&self.memory, &bounded(&map, &planned.flushes), &self.rcu);
-        unlink_removed(&self.mapper, &planned.changes);
+        let flushes = bounded(&map, &planned.flushes);
+        flush_and_unlink(&self.mapper, &self.memory, &flushes, &planned.changes, &self.rcu);
         self.current.store(Arc::new(Snapshot { map, settling: None }));
         planned.result
     }
