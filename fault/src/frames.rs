@@ -19,6 +19,12 @@
 //! - Free lists are sharded by thread, so threads allocating at once rarely share a lock; a
 //!   thread whose shard is empty takes frames from another shard, and only when every shard is
 //!   empty adds a chunk (the pool reuses freed frames before it grows).
+//! - **Huge frames** (2 MiB, Linux's hugetlb pool) are a separate pool of a fixed number of
+//!   pages (`nr_hugepages`), numbered apart: a huge frame's number has [`HUGE_BIT`] set, so
+//!   every call that takes a frame (references, contents) serves both kinds. Each huge frame's
+//!   memory is allocated on first use, 2 MiB-aligned, and kept in the pool once freed (as
+//!   Linux keeps surplus-free hugetlb pages); the same reference counting applies, and a huge
+//!   frame is zeroed when handed out.
 
 use crate::shard::{PerThreadCounters, SHARDS, thread_shard};
 use maple::sync::Mutex;
@@ -31,12 +37,35 @@ use std::sync::atomic::AtomicU8;
 /// Bytes in a frame.
 pub const FRAME_SIZE: usize = 4096;
 
+/// Bytes in a huge frame: the 512 frames one page-table entry of the level above the leaves
+/// maps (Linux's PMD-level hugetlb page).
+pub const HUGE_FRAME_SIZE: usize = 512 * FRAME_SIZE;
+
+/// Set in the number of a huge frame (which counts huge frames from 0 apart from 4 KiB ones).
+pub const HUGE_BIT: u64 = 1 << 51;
+
 /// Most chunks a pool may grow to.
 const MAX_CHUNKS: usize = 1024;
 
-/// A physical frame, by number.
+/// A physical frame, by number: a 4 KiB frame, or a huge frame ([`HUGE_BIT`] set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frame(pub u64);
+
+impl Frame {
+    /// Whether this is a huge frame ([`HUGE_FRAME_SIZE`] bytes).
+    pub fn is_huge(self) -> bool {
+        self.0 & HUGE_BIT != 0
+    }
+
+    /// Its size in bytes: [`FRAME_SIZE`] or [`HUGE_FRAME_SIZE`].
+    pub fn size(self) -> usize {
+        if self.is_huge() {
+            HUGE_FRAME_SIZE
+        } else {
+            FRAME_SIZE
+        }
+    }
+}
 
 /// Something holding frames that it can give back under memory pressure (a file's page cache:
 /// Linux's shrinkers). Registered with [`FramePool::register_shrinker`].
@@ -87,7 +116,34 @@ struct Shard {
     available: AtomicUsize,
 }
 
-/// A pool of 4 KiB frames, safe to use from many threads.
+/// The huge frames of a pool (see the module documentation).
+struct HugeFrames {
+    /// Each huge frame's memory once allocated (null before); Release-stored once, Acquire-
+    /// loaded (pairing with it) by `frame_ptr`.
+    memory: Box<[AtomicPtr<u8>]>,
+    counts: Box<[AtomicU32]>,
+    /// Free huge frames (indexes), whether allocated yet or not; the last are used first.
+    free: Mutex<Vec<u64>>,
+    in_use: AtomicUsize,
+}
+
+impl HugeFrames {
+    fn new(count: usize) -> Self {
+        Self {
+            memory: (0..count).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
+            counts: (0..count).map(|_| AtomicU32::new(1)).collect(),
+            // Lowest numbers handed out first.
+            free: Mutex::new((0..count as u64).rev().collect()),
+            in_use: AtomicUsize::new(0),
+        }
+    }
+
+    fn layout() -> Layout {
+        Layout::from_size_align(HUGE_FRAME_SIZE, HUGE_FRAME_SIZE).expect("a power of two")
+    }
+}
+
+/// A pool of 4 KiB frames, and of a fixed number of huge frames, safe to use from many threads.
 pub struct FramePool {
     config: FramePoolConfig,
     /// Chunk base addresses; Release-stored once when a chunk is added, Acquire-loaded by
@@ -103,6 +159,7 @@ pub struct FramePool {
     grow: Mutex<usize>,
     /// The caches to shrink when the pool is at its size (dropped ones are pruned).
     shrinkers: Mutex<Vec<std::sync::Weak<dyn Shrinker>>>,
+    huge: HugeFrames,
 }
 
 impl fmt::Debug for FramePool {
@@ -120,10 +177,19 @@ impl FramePool {
     /// than a page-table entry can name (2^52), or whose counts cannot be allocated, is an
     /// error.
     pub fn new(config: FramePoolConfig) -> Result<Self, BadPoolConfig> {
+        Self::with_huge_pages(config, 0)
+    }
+
+    /// [`FramePool::new`] with `huge_pages` huge frames besides (Linux's `nr_hugepages`); their
+    /// memory is allocated as they are first used. More than 2^20 (2 TiB) is an error.
+    pub fn with_huge_pages(config: FramePoolConfig, huge_pages: usize) -> Result<Self, BadPoolConfig> {
+        if huge_pages > 1 << 20 {
+            return Err(BadPoolConfig("more than 2^20 huge pages"));
+        }
         if config.chunk_frames == 0 || config.max_frames == 0 {
             return Err(BadPoolConfig("zero frames"));
         }
-        if config.max_frames as u64 > 1 << 52 {
+        if config.max_frames as u64 >= HUGE_BIT {
             return Err(BadPoolConfig("more frames than a page-table entry can name"));
         }
         if config.max_frames.div_ceil(config.chunk_frames) > MAX_CHUNKS {
@@ -158,7 +224,47 @@ impl FramePool {
             held: PerThreadCounters::new(),
             grow: Mutex::new(0),
             shrinkers: Mutex::new(Vec::new()),
+            huge: HugeFrames::new(huge_pages),
         })
+    }
+
+    /// A zero-filled huge frame with one reference for the caller, or `None` when every huge
+    /// frame is in use (or the machine has no memory for one).
+    pub fn alloc_huge(&self) -> Option<Frame> {
+        let index = self.huge.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        let slot = &self.huge.memory[index as usize];
+        // Acquire pairs with the Release below, in an earlier allocation of this frame.
+        let page = slot.load(Ordering::Acquire);
+        if page.is_null() {
+            // SAFETY: the layout has a non-zero size.
+            let page = unsafe { std::alloc::alloc_zeroed(HugeFrames::layout()) };
+            if page.is_null() {
+                self.huge
+                    .free
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(index);
+                return None;
+            }
+            // Release pairs with the Acquire in `frame_ptr`.
+            slot.store(page, Ordering::Release);
+        } else {
+            // SAFETY: the frame was free and is now the caller's alone: nothing maps it.
+            unsafe { std::ptr::write_bytes(page, 0, HUGE_FRAME_SIZE) };
+        }
+        self.huge.in_use.fetch_add(1, Ordering::Relaxed);
+        // Its count is parked at 1: the caller's reference.
+        Some(Frame(HUGE_BIT | index))
+    }
+
+    /// Huge frames in use (handed out and not yet back).
+    pub fn huge_in_use(&self) -> usize {
+        self.huge.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Huge frames in the pool, in use or free (`nr_hugepages`).
+    pub fn huge_pages(&self) -> usize {
+        self.huge.counts.len()
     }
 
     fn chunk_layout(&self) -> Layout {
@@ -349,11 +455,20 @@ impl FramePool {
         before == 1
     }
 
-    /// Returns frames whose last reference was dropped to the calling thread's free list.
+    /// Returns frames whose last reference was dropped to the calling thread's free list (huge
+    /// ones to the huge frames' list).
     fn give_back(&self, frames: &[Frame]) {
-        let shard = thread_shard();
-        self.held.add(0, 0u64.wrapping_sub(frames.len() as u64));
-        self.with_free_list(shard, |free| free.extend_from_slice(frames));
+        let (huge, base): (Vec<Frame>, Vec<Frame>) = frames.iter().partition(|frame| frame.is_huge());
+        if !huge.is_empty() {
+            self.huge.in_use.fetch_sub(huge.len(), Ordering::Relaxed);
+            let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.extend(huge.iter().map(|frame| frame.0 & !HUGE_BIT));
+        }
+        if !base.is_empty() {
+            let shard = thread_shard();
+            self.held.add(0, 0u64.wrapping_sub(base.len() as u64));
+            self.with_free_list(shard, |free| free.extend_from_slice(&base));
+        }
     }
 
     /// References held on a frame now (for tests). A free frame reads 1: the reference its next
@@ -363,17 +478,34 @@ impl FramePool {
     }
 
     fn count(&self, frame: Frame) -> &AtomicU32 {
-        usize::try_from(frame.0)
+        let counts = if frame.is_huge() {
+            &self.huge.counts
+        } else {
+            &self.counts
+        };
+        usize::try_from(frame.0 & !HUGE_BIT)
             .ok()
-            .and_then(|n| self.counts.get(n))
+            .and_then(|n| counts.get(n))
             .unwrap_or_else(|| panic!("frame {frame:?} does not belong to this pool"))
     }
 
-    /// The frame's memory (4096 bytes).
+    /// The frame's memory ([`Frame::size`] bytes).
     ///
     /// # Panics
     /// If `frame` was never handed out by this pool.
     fn frame_ptr(&self, frame: Frame) -> *mut u8 {
+        if frame.is_huge() {
+            let page = usize::try_from(frame.0 & !HUGE_BIT)
+                .ok()
+                .and_then(|n| self.huge.memory.get(n))
+                // Acquire pairs with the Release in `alloc_huge`.
+                .map_or(std::ptr::null_mut(), |page| page.load(Ordering::Acquire));
+            assert!(
+                !page.is_null(),
+                "huge frame {frame:?} does not belong to this pool"
+            );
+            return page;
+        }
         let n = usize::try_from(frame.0).expect("frame number fits usize");
         let chunk = self
             .chunks
@@ -393,9 +525,9 @@ impl FramePool {
     /// The frame's bytes as atomics: threads may read and write a mapped page at once, as CPUs
     /// do, without a data race.
     fn bytes(&self, frame: Frame) -> &[AtomicU8] {
-        // SAFETY: the frame's 4096 bytes stay allocated for the pool's lifetime; AtomicU8 has
-        // the layout of u8, and every access to mapped frames goes through these atomics.
-        unsafe { std::slice::from_raw_parts(self.frame_ptr(frame).cast::<AtomicU8>(), FRAME_SIZE) }
+        // SAFETY: the frame's bytes stay allocated for the pool's lifetime; AtomicU8 has the
+        // layout of u8, and every access to mapped frames goes through these atomics.
+        unsafe { std::slice::from_raw_parts(self.frame_ptr(frame).cast::<AtomicU8>(), frame.size()) }
     }
 
     /// Copies `buf.len()` bytes from `frame` at `offset`.
@@ -421,14 +553,18 @@ impl FramePool {
     }
 
     /// Copies the whole of `from` into `to`.
+    ///
+    /// # Panics
+    /// If the two differ in size.
     pub fn copy(&self, from: Frame, to: Frame) {
+        assert_eq!(from.size(), to.size(), "copy between frames of different sizes");
         for (dst, src) in self.bytes(to).iter().zip(self.bytes(from)) {
             let relaxed = std::sync::atomic::Ordering::Relaxed;
             dst.store(src.load(relaxed), relaxed);
         }
     }
 
-    /// Frames held (handed out and not yet back).
+    /// 4 KiB frames held (handed out and not yet back); see [`FramePool::huge_in_use`].
     pub fn in_use(&self) -> usize {
         // Wrapping sums of wrapping additions: the true count, as two's complement.
         let held = self.held.sum(0) as i64;
@@ -443,6 +579,13 @@ impl FramePool {
 
 impl Drop for FramePool {
     fn drop(&mut self) {
+        for page in self.huge.memory.iter() {
+            let page = page.load(Ordering::Relaxed);
+            if !page.is_null() {
+                // SAFETY: allocated in `alloc_huge` with this layout; the pool owns it.
+                unsafe { std::alloc::dealloc(page, HugeFrames::layout()) };
+            }
+        }
         let layout = self.chunk_layout();
         for chunk in self.chunks.iter() {
             let chunk = chunk.load(Ordering::Relaxed);

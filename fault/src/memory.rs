@@ -614,8 +614,7 @@ impl Memory {
                 addr: u64::MAX,
                 error: FaultError::NotMapped,
             })?;
-            let offset = (at % PAGE_SIZE) as usize;
-            let chunk = (FRAME_SIZE - offset).min(len - done);
+            let chunk = (FRAME_SIZE - (at % PAGE_SIZE) as usize).min(len - done);
             loop {
                 // Keyed at the address: only the translation of `at` is read.
                 let guard = Guard::keyed(rcu, Keys::one(at));
@@ -629,6 +628,7 @@ impl Memory {
                     // guard before it returns (step 8 of the protocol), however long the copy
                     // takes (under shuttle, it may be preempted here).
                     maple::sync::preemption_point();
+                    let offset = (at % pte.frame().size() as u64) as usize;
                     copy(pte.frame(), offset, done, chunk);
                     break;
                 }

@@ -1,11 +1,13 @@
 //! A software page table: a 4-level radix tree of 512 atomic entries per table, translating
-//! 48-bit addresses in 4 KiB pages, walked without locks.
+//! 48-bit addresses in 4 KiB pages, or in 2 MiB huge pages one level up, walked without locks.
 //!
 //! Entry format (`u64`): bit 0 present (the entry holds a frame), bit 1 writable, bit 2 dirty,
 //! bit 3 accessed, bit 4 private (the frame is the mapping's own copy, not a file's page), bit 5
-//! no-access (the frame is kept but the translation grants nothing: PROT_NONE); bits 12.. hold
-//! the frame number shifted left by 12 (leaf level) or the address of the next table (upper
-//! levels; tables are 4096-aligned). A present leaf entry holds one reference on its frame.
+//! no-access (the frame is kept but the translation grants nothing: PROT_NONE), bit 6 huge (an
+//! entry of the level above the leaves that maps a huge frame itself: Linux's PMD leaf); bits
+//! 12.. hold the frame number shifted left by 12 (leaves) or the address of the next table
+//! (upper levels; tables are 4096-aligned). A present leaf entry holds one reference on its
+//! frame. "Leaf" below means either kind: a 4 KiB entry of the lowest level or a huge entry.
 //!
 //! Invariants:
 //! - A table, once linked into its parent with a compare-and-swap (Release, pairing with the
@@ -15,6 +17,9 @@
 //!   caller guarantees that nobody installs translations in that range meanwhile (the VMA
 //!   protocol: the old VMAs are gone and the new ones are BABY when the flush hook runs).
 //! - The root table is never freed before the page table itself.
+//! - A huge entry lies in a level-2 slot that holds no table, and only ranges that cover it
+//!   whole change it (hugetlb mappings are 2 MiB-aligned and split only there); a range walk
+//!   hands it to its callback as one leaf at its first address, never descends into it.
 
 use crate::frames::Frame;
 use maple::rcu::{DropBox, Keys, Rcu};
@@ -32,6 +37,10 @@ pub const ACCESSED: u64 = 1 << 3;
 pub const PRIVATE: u64 = 1 << 4;
 /// The frame is kept but the translation allows no access (the mapping is PROT_NONE now).
 pub const NO_ACCESS: u64 = 1 << 5;
+/// A level-2 entry mapping a huge frame (2 MiB) itself, instead of pointing to a table.
+pub const HUGE: u64 = 1 << 6;
+/// Bytes a huge entry maps.
+pub const HUGE_PAGE_SIZE: u64 = 1 << 21;
 
 const FLAGS: u64 = 0xfff;
 const ENTRIES: usize = 512;
@@ -101,6 +110,11 @@ impl Pte {
     pub fn frame(self) -> Frame {
         Frame(self.0 >> 12)
     }
+
+    /// Whether it maps a huge frame ([`HUGE`]).
+    pub fn huge(self) -> bool {
+        self.0 & HUGE != 0
+    }
 }
 
 /// Index of `addr` in the table at `level` (1: leaf tables ... 4: the root).
@@ -151,33 +165,56 @@ impl PageTable {
         self.tables.load(Ordering::Relaxed)
     }
 
-    /// The leaf entry for `addr`, if the tables down to it exist.
+    /// The leaf entry for `addr` (a huge entry where one maps it), if the tables down to it
+    /// exist.
     ///
     /// The reference is valid while the caller's read-side section (of the domain later passed
     /// to `zap`) lasts.
     pub fn entry(&self, addr: u64) -> Option<&AtomicU64> {
-        self.walk(addr, false)
+        self.walk(addr, false, 1)
     }
 
-    /// The leaf entry for `addr`, allocating missing tables (a racing walker's table wins; the
-    /// loser's is dropped unpublished).
+    /// The leaf entry for `addr` (a huge entry where one maps it), allocating missing tables (a
+    /// racing walker's table wins; the loser's is dropped unpublished).
     ///
     /// # Panics
     /// If `addr` is not below [`ADDRESS_LIMIT`].
     pub fn entry_or_insert(&self, addr: u64) -> &AtomicU64 {
-        self.walk(addr, true).expect("tables were allocated")
+        self.walk(addr, true, 1).expect("tables were allocated")
     }
 
-    fn walk(&self, addr: u64, allocate: bool) -> Option<&AtomicU64> {
+    /// The level-2 slot for `addr`, where a huge entry maps the 2 MiB around it, allocating the
+    /// tables above it. The caller maps that range with huge entries only (see the module
+    /// documentation).
+    ///
+    /// # Panics
+    /// If `addr` is not below [`ADDRESS_LIMIT`], or the slot links a table of 4 KiB entries.
+    pub fn huge_entry_or_insert(&self, addr: u64) -> &AtomicU64 {
+        let slot = self.walk(addr, true, 2).expect("tables were allocated");
+        // Acquire as in `walk`.
+        let current = slot.load(Ordering::Acquire);
+        assert!(
+            current == 0 || current & HUGE != 0,
+            "a table of 4 KiB entries lies in a huge page's range at {addr:#x}"
+        );
+        slot
+    }
+
+    /// Walks down to `addr`'s entry at level `leaf_level` (1 or 2), or to a huge entry above
+    /// it.
+    fn walk(&self, addr: u64, allocate: bool, leaf_level: u32) -> Option<&AtomicU64> {
         assert!(
             addr < ADDRESS_LIMIT,
             "address {addr:#x} is outside the 48-bit page table"
         );
         let mut table: &Table = &self.root;
-        for level in (2..=LEVELS).rev() {
+        for level in (leaf_level + 1..=LEVELS).rev() {
             let slot = &table.entries[index(addr, level)];
             // Acquire pairs with the Release of the CAS that linked the table.
             let mut next = slot.load(Ordering::Acquire);
+            if next & HUGE != 0 {
+                return Some(slot);
+            }
             if next == 0 {
                 if !allocate {
                     return None;
@@ -199,7 +236,7 @@ impl PageTable {
             // and the caller is inside a read-side section (or is the writer that unlinks).
             table = unsafe { &*((next & !FLAGS) as *const Table) };
         }
-        Some(&table.entries[index(addr, 1)])
+        Some(&table.entries[index(addr, leaf_level)])
     }
 
     /// The translation for `addr`, if present.
@@ -322,6 +359,14 @@ impl PageTable {
                 }
                 // Acquire pairs with the Release of the CAS that linked the table.
                 let next = entry.load(Ordering::Acquire);
+                if next & HUGE != 0 {
+                    debug_assert!(
+                        start <= lo && lo + span <= end,
+                        "a range covers part of a huge entry"
+                    );
+                    leaf(lo, entry);
+                    continue;
+                }
                 if next != 0 {
                     let child = (next & !FLAGS) as *mut Table;
                     let hi = lo + span;
@@ -389,7 +434,13 @@ impl PageTable {
         self.for_each_entry(from, from.saturating_add(len), |addr, entry| {
             let old = entry.swap(0, Ordering::AcqRel);
             if old & PRESENT != 0 {
-                let previous = self.entry_or_insert(addr - from + to).swap(old, Ordering::AcqRel);
+                let at = addr - from + to;
+                let destination = if old & HUGE != 0 {
+                    self.huge_entry_or_insert(at)
+                } else {
+                    self.entry_or_insert(at)
+                };
+                let previous = destination.swap(old, Ordering::AcqRel);
                 debug_assert_eq!(previous, 0, "relocate into a range with translations");
                 moved = true;
             }
@@ -403,7 +454,7 @@ impl Drop for PageTable {
         fn free(table: &Table, level: u32) {
             for entry in &table.entries {
                 let next = entry.load(Ordering::Relaxed);
-                if level > 1 && next != 0 {
+                if level > 1 && next != 0 && next & HUGE == 0 {
                     let child = (next & !FLAGS) as *mut Table;
                     // SAFETY: the page table owns its linked tables; nothing else can reach them now.
                     let child = unsafe { Box::from_raw(child) };

@@ -4,7 +4,7 @@
 #[path = "support/scenarios.rs"]
 mod scenarios;
 
-use fault::frames::{FRAME_SIZE, Frame, FramePool, FramePoolConfig};
+use fault::frames::{FRAME_SIZE, Frame, FramePool, FramePoolConfig, HUGE_FRAME_SIZE};
 use fault::pagetable::{PageTable, Pte, WRITABLE};
 use maple::rcu::{EpochRcu, Rcu};
 use std::sync::Arc;
@@ -144,4 +144,79 @@ fn translations_install_zap_and_free_their_tables() {
 #[test]
 fn racing_walkers_share_one_set_of_tables_and_one_frame() {
     scenarios::racing_installs_share_tables_and_one_frame::<EpochRcu>(4);
+}
+
+#[test]
+fn huge_frames_are_a_pool_of_their_own() {
+    let pool = FramePool::with_huge_pages(
+        FramePoolConfig {
+            chunk_frames: 4,
+            max_frames: 4,
+        },
+        2,
+    )
+    .unwrap();
+    assert_eq!(pool.huge_pages(), 2);
+    let (a, b) = (pool.alloc_huge().unwrap(), pool.alloc_huge().unwrap());
+    assert!(a.is_huge() && b.is_huge() && a != b);
+    assert_eq!(pool.alloc_huge(), None, "nr_hugepages is a limit");
+    assert_eq!((pool.huge_in_use(), pool.in_use()), (2, 0), "counted apart");
+    pool.write(a, HUGE_FRAME_SIZE - 1, &[7]);
+    pool.copy(a, b);
+    let mut last = [0];
+    pool.read(b, HUGE_FRAME_SIZE - 1, &mut last);
+    assert_eq!(last, [7], "a huge frame is 2 MiB, copied whole");
+    // SAFETY: owned and unreachable.
+    unsafe { pool.put_many(&[a, b]) };
+    assert_eq!(pool.huge_in_use(), 0);
+    let again = pool.alloc_huge().unwrap();
+    pool.read(again, HUGE_FRAME_SIZE - 1, &mut last);
+    assert_eq!(last, [0], "a reused huge frame is zeroed");
+    // SAFETY: as above.
+    unsafe { pool.put(again) };
+}
+
+#[test]
+fn huge_entries_translate_2_mib_and_leave_whole() {
+    const HUGE: u64 = fault::pagetable::HUGE_PAGE_SIZE;
+    let pool = FramePool::with_huge_pages(
+        FramePoolConfig {
+            chunk_frames: 4,
+            max_frames: 4,
+        },
+        2,
+    )
+    .unwrap();
+    let rcu = EpochRcu;
+    let table = PageTable::new();
+    let base = 3 * HUGE;
+    let frame = pool.alloc_huge().unwrap();
+    let slot = table.huge_entry_or_insert(base + 12345);
+    slot.store(
+        Pte::new(frame, WRITABLE | fault::pagetable::HUGE).0,
+        Ordering::Release,
+    );
+    for addr in [base, base + 4096, base + HUGE - 1] {
+        let pte = table.translate(addr).expect("one entry maps the 2 MiB");
+        assert!(pte.huge() && pte.frame() == frame, "{addr:#x}");
+    }
+    assert_eq!(table.translate(base + HUGE), None);
+    assert_eq!(
+        table.present(0, 8 * HUGE).len(),
+        1,
+        "one leaf, at its first address"
+    );
+    assert!(table.protect(base, base + HUGE, true, false));
+    assert!(!table.translate(base).unwrap().writable());
+    // Moved whole to another 2 MiB-aligned place, then zapped with its tables.
+    assert!(table.relocate(base, 5 * HUGE, HUGE));
+    assert_eq!(table.translate(base), None);
+    assert_eq!(table.translate(5 * HUGE + 8).map(|pte| pte.frame()), Some(frame));
+    let frames = table.zap(5 * HUGE, 6 * HUGE, (0, 1 << 40), &rcu);
+    assert_eq!(frames, vec![frame]);
+    rcu.barrier();
+    assert_eq!(table.tables(), 0, "the tables above the huge entry went with it");
+    // SAFETY: the zapped entry's reference; nobody walks the table.
+    unsafe { pool.put_many(&frames) };
+    assert_eq!(pool.huge_in_use(), 0);
 }
