@@ -192,6 +192,32 @@ pub struct MmapRequest {
     /// Page offset in a file (anonymous mappings take theirs from the address).
     file_pgoff: u64,
     growsdown: bool,
+    /// The page size of what is mapped: the start is a multiple of it.
+    align: u64,
+}
+
+/// EINVAL if `at` lies inside `mapping` at an address its page size does not divide: a
+/// mapping of huge pages splits only at their boundaries (Linux's `hugetlb_vm_op_split`).
+fn check_split(mapping: Option<&Mapping>, at: u64) -> Result<()> {
+    match mapping {
+        Some(m) if m.start < at && at < m.end && at % m.page_size() != 0 => {
+            Err(einval("the range splits a mapping of huge pages inside a page"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// EINVAL if changing `[start, end)` would split `at_start` (the mapping holding `start`) or
+/// `at_end` (the one holding `end - 1`) inside one of its pages (see [`Mapping::page_size`]).
+/// munmap, mprotect, mremap and a fixed mmap check this before they change anything.
+pub fn check_splits(
+    start: u64,
+    end: u64,
+    at_start: Option<&Mapping>,
+    at_end: Option<&Mapping>,
+) -> Result<()> {
+    check_split(at_start, start)?;
+    check_split(at_end, end)
 }
 
 impl MmapRequest {
@@ -213,6 +239,15 @@ impl MmapRequest {
         if file.as_ref().is_some_and(|&(_, offset)| !aligned(offset)) {
             return Err(einval("offset not page aligned"));
         }
+        // A file of huge pages: Linux rounds the length up to them and requires the offset
+        // and a fixed address at their boundaries.
+        let align = match (&file, flags.anonymous) {
+            (Some((file, _)), false) => file.page_size(),
+            _ => PAGE_SIZE,
+        };
+        if file.as_ref().is_some_and(|&(_, offset)| offset % align != 0) && !flags.anonymous {
+            return Err(einval("offset not aligned to the file's huge pages"));
+        }
         let offset = if flags.anonymous {
             0
         } else {
@@ -225,10 +260,12 @@ impl MmapRequest {
             (false, Some((file, _))) => Backing::File(file),
             (false, None) => return Err(Error::new(Errno::EBADF, "a file mapping needs a file")),
         };
-        let len = page_len(len)?;
+        let len = page_len(len)?
+            .checked_next_multiple_of(align)
+            .ok_or(enomem("length overflows when rounded to huge pages"))?;
         let placement = if flags.fixed || flags.fixed_noreplace {
-            if !aligned(addr) {
-                return Err(einval("fixed address not page aligned"));
+            if addr % align != 0 {
+                return Err(einval("fixed address not aligned to the mapping's pages"));
             }
             if addr.checked_add(len).is_none_or(|end| end > layout.high) {
                 return Err(enomem("fixed range above the address space"));
@@ -258,7 +295,13 @@ impl MmapRequest {
             backing,
             file_pgoff: offset >> PAGE_SHIFT,
             growsdown: flags.growsdown,
+            align,
         })
+    }
+
+    /// What the start must be a multiple of: the mapped file's page size.
+    pub fn alignment(&self) -> u64 {
+        self.align
     }
 
     /// The layout the request was checked against.
@@ -467,9 +510,32 @@ impl RemapRequest {
     /// that must lie in one mapping does not. That part is the whole old range when growing,
     /// the part kept in a fixed move that changes the size, and nothing more than `old` when
     /// shrinking or keeping the size in place, or in a fixed move of the same size (which may
-    /// span several mappings and holes).
-    pub fn check_source(&self, at_old: Option<&Mapping>) -> Result<()> {
+    /// span several mappings and holes). A mapping of huge pages (Linux 6.18's
+    /// `check_prep_vma`) has both lengths rounded up to its pages, needs the old and a fixed new
+    /// address at their boundaries (EINVAL) and cannot grow (EINVAL). Returns the request as
+    /// it is carried out (the lengths rounded).
+    pub fn check_source(&self, at_old: Option<&Mapping>) -> Result<RemapRequest> {
         let at_old = at_old.ok_or(Error::new(Errno::EFAULT, "nothing is mapped at the old address"))?;
+        let huge = at_old.page_size();
+        let mut request = *self;
+        if huge != PAGE_SIZE {
+            let rounded = |len: u64| {
+                len.checked_next_multiple_of(huge)
+                    .ok_or(einval("length overflows when rounded to huge pages"))
+            };
+            (request.old_len, request.new_len) = (rounded(self.old_len)?, rounded(self.new_len)?);
+            if self.old % huge != 0 || self.fixed.is_some_and(|new_addr| new_addr % huge != 0) {
+                return Err(einval("addresses not aligned to the mapping's huge pages"));
+            }
+            if request.new_len > request.old_len {
+                return Err(einval("a mapping of huge pages cannot grow"));
+            }
+        }
+        request.check_mapped(at_old)?;
+        Ok(request)
+    }
+
+    fn check_mapped(&self, at_old: &Mapping) -> Result<()> {
         if self.old_len == 0 {
             return Err(einval(
                 "old length 0 (duplicating shared mappings is not supported)",

@@ -9,8 +9,8 @@ use crate::error::{Errno, Error, Result};
 use crate::protocol::BrokenStep;
 use crate::protocol::{Change, Flush, FlushHook, Mappings, Protocol, Revoked, Run, SpaceStats, TreeWriter};
 use crate::request::{
-    Layout, MapFlags, MmapRequest, Placement, RemapFlags, RemapRequest, aligned, einval, enomem,
-    protect_range, unmap_range,
+    Layout, MapFlags, MmapRequest, Placement, RemapFlags, RemapRequest, aligned, check_splits, einval,
+    enomem, protect_range, unmap_range,
 };
 use crate::vma::{Backing, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
@@ -307,8 +307,12 @@ impl AddressSpace {
             {
                 return Err(Error::new(Errno::EEXIST, "MAP_FIXED_NOREPLACE range is occupied"));
             }
-            Placement::Fixed(addr) | Placement::FixedNoReplace(addr) => addr,
-            Placement::Hint(hint) => self.place(&writer, hint, len)?,
+            Placement::Fixed(addr) => {
+                self.check_splits(&writer, addr, addr + len)?;
+                addr
+            }
+            Placement::FixedNoReplace(addr) => addr,
+            Placement::Hint(hint) => self.place(&writer, hint, len, request.alignment())?,
         };
         let end = start + len;
         let mapping = request.mapping_at(start);
@@ -323,6 +327,7 @@ impl AddressSpace {
     pub fn munmap(&self, addr: u64, len: u64) -> Result<()> {
         let (start, end) = unmap_range(self.layout, addr, len)?;
         let mut writer = self.protocol.tree.lock();
+        self.check_splits(&writer, start, end)?;
         self.protocol.unmap(&mut writer, start, end);
         Ok(())
     }
@@ -349,6 +354,7 @@ impl AddressSpace {
         };
         let (lo, hi) = (first.start, at);
         let changed_end = end.min(hi);
+        check_splits(addr, changed_end, Some(first), covered.last())?;
         let mut new = Mappings::with_capacity(covered.len() + 2);
         for mapping in &covered {
             let (from, to) = (mapping.start.max(addr), mapping.end.min(changed_end));
@@ -408,12 +414,17 @@ impl AddressSpace {
         if request.layout() != self.layout {
             return Err(einval("the request was checked against another layout"));
         }
-        let (old, old_len, new_len) = (request.old(), request.old_len(), request.new_len());
+        let old = request.old();
         let mut writer = self.protocol.tree.lock();
         let at_old = writer.load_range(old).map(|(_, _, vma)| vma.mapping().clone());
-        request.check_source(at_old.as_ref())?;
+        let request = request.check_source(at_old.as_ref())?;
+        let (old_len, new_len) = (request.old_len(), request.new_len());
         let source = at_old.expect("checked");
+        // The old range's ends, and a fixed target's; inside, a mapping of huge pages splits
+        // at their boundaries (its lengths are rounded to them).
+        self.check_splits(&writer, old, old + old_len)?;
         if let Some(new_addr) = request.fixed() {
+            self.check_splits(&writer, new_addr, new_addr + new_len)?;
             let sources: Mappings = self
                 .protocol
                 .vmas_in(&writer, old, old + request.kept())
@@ -449,7 +460,7 @@ impl AddressSpace {
         if !request.maymove() {
             return Err(enomem("cannot grow in place and may not move"));
         }
-        let target = self.place(&writer, 0, new_len)?;
+        let target = self.place(&writer, 0, new_len, source.page_size())?;
         Ok(self.move_locked(&mut writer, &request, &[source], target))
     }
 
@@ -546,26 +557,39 @@ impl AddressSpace {
         addr
     }
 
-    /// Where a non-fixed mapping of `len` bytes goes: the hint if free, else top-down below the
-    /// mmap base, else bottom-up above it.
-    fn place(&self, writer: &TreeWriter<'_>, hint: u64, len: u64) -> Result<u64> {
+    /// EINVAL if changing `[start, end)` would split a mapping of huge pages inside a page (see
+    /// [`check_splits`]).
+    fn check_splits(&self, writer: &TreeWriter<'_>, start: u64, end: u64) -> Result<()> {
+        let at = |addr: u64| writer.load_range(addr).map(|(_, _, vma)| vma.mapping().clone());
+        check_splits(start, end, at(start).as_ref(), at(end - 1).as_ref())
+    }
+
+    /// Where a non-fixed mapping of `len` bytes starting at a multiple of `align` goes: the hint
+    /// (rounded up to `align`) if free, else top-down below the mmap base, else bottom-up above
+    /// it. With `align` above a page, as Linux's `vm_unmapped_area`: a gap `align - PAGE_SIZE`
+    /// longer is searched and the range aligned inside it.
+    fn place(&self, writer: &TreeWriter<'_>, hint: u64, len: u64, align: u64) -> Result<u64> {
         let Layout { low, high, mmap_base } = self.layout;
-        if len > high - low {
-            return Err(enomem("longer than the address space"));
-        }
-        let hint = hint.checked_next_multiple_of(PAGE_SIZE).unwrap_or(0);
+        let search = len
+            .checked_add(align - PAGE_SIZE)
+            .filter(|&search| search <= high - low)
+            .ok_or(enomem("longer than the address space"))?;
+        let hint = hint.checked_next_multiple_of(align).unwrap_or(0);
         if hint >= low
             && hint.checked_add(len).is_some_and(|end| end <= high)
             && self.protocol.first_in(writer, hint, hint + len).is_none()
         {
             return Ok(hint);
         }
-        let found = (mmap_base > low)
-            .then(|| writer.find_gap_rev(low, mmap_base - 1, len).ok().flatten())
+        let below = (mmap_base > low)
+            .then(|| writer.find_gap_rev(low, mmap_base - 1, search).ok().flatten())
             .flatten()
-            .or_else(|| writer.find_gap(mmap_base, high - 1, len).ok().flatten());
-        found
-            .map(|(first, _)| first)
+            .map(|(_, last)| (last + 1 - len) / align * align);
+        below
+            .or_else(|| {
+                let (first, _) = writer.find_gap(mmap_base, high - 1, search).ok().flatten()?;
+                Some(first.next_multiple_of(align))
+            })
             .ok_or(enomem("no free range is long enough"))
     }
 }

@@ -103,6 +103,14 @@ impl fmt::Display for Prot {
 pub trait MappedFile: Any + Send + Sync + fmt::Debug {
     /// The name `maps()` shows for mappings of this object.
     fn name(&self) -> &str;
+
+    /// The object's page size in bytes: [`PAGE_SIZE`](crate::PAGE_SIZE), or a huge page's
+    /// (a hugetlb file's, 2 MiB). Mappings of an object with huge pages start, end and split
+    /// only at multiples of it, lie at offsets that are multiples of it, and never merge (as
+    /// Linux's hugetlb VMAs: `hugetlb_vm_op_split`, `VM_DONTEXPAND`).
+    fn page_size(&self) -> u64 {
+        crate::PAGE_SIZE
+    }
 }
 
 /// What a mapping maps.
@@ -122,6 +130,11 @@ impl Backing {
             (Backing::File(a), Backing::File(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
+    }
+
+    /// The page size of what is mapped (see [`MappedFile::page_size`]).
+    pub fn page_size(&self) -> u64 {
+        self.file().map_or(crate::PAGE_SIZE, |file| file.page_size())
     }
 
     /// The file, if any.
@@ -160,6 +173,11 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// The page size of what it maps (see [`MappedFile::page_size`]).
+    pub fn page_size(&self) -> u64 {
+        self.backing.page_size()
+    }
+
     /// Pages covered.
     pub fn pages(&self) -> u64 {
         (self.end - self.start) >> PAGE_SHIFT
@@ -180,6 +198,7 @@ impl Mapping {
     /// permissions, sharing and flags, and contiguous page offsets (Linux's merge rule).
     pub fn can_merge(&self, next: &Mapping) -> bool {
         self.end == next.start
+            && self.backing.page_size() == crate::PAGE_SIZE
             && self.prot == next.prot
             && self.shared == next.shared
             && self.growsdown == next.growsdown

@@ -551,3 +551,104 @@ fn munmap_waits_for_a_fault_on_its_vma() {
         space.munmap(BASE + 3 * P, P).unwrap();
     }));
 }
+
+/// A file of 2 MiB pages (a hugetlb file).
+#[derive(Debug)]
+struct HugeFile;
+
+impl MappedFile for HugeFile {
+    fn name(&self) -> &str {
+        "/hugepages/f"
+    }
+
+    fn page_size(&self) -> u64 {
+        HUGE
+    }
+}
+
+const HUGE: u64 = 2 << 20;
+
+/// The VMAs' ranges, from `maps()`.
+fn ranges(space: &AddressSpace) -> Vec<(u64, u64)> {
+    lines(space)
+        .iter()
+        .map(|line| {
+            let range = line.split(' ').next().unwrap();
+            let (start, end) = range.split_once('-').unwrap();
+            (
+                u64::from_str_radix(start, 16).unwrap(),
+                u64::from_str_radix(end, 16).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn mappings_of_huge_pages_align_split_at_their_boundaries_and_never_merge() {
+    let space = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
+    let huge: Arc<dyn MappedFile> = Arc::new(HugeFile);
+    let shared = MapFlags::SHARED;
+    let map = |addr: u64, len: u64, flags: MapFlags, offset: u64| {
+        space.mmap(addr, len, Prot::READ_WRITE, flags, Some((huge.clone(), offset)))
+    };
+    // Linux's rules (ksys_mmap_pgoff, hugetlbfs_file_mmap): offset and fixed address at huge
+    // page boundaries, the length rounded up to them.
+    assert_eq!(
+        errno(map(0, HUGE, shared, P)),
+        Errno::EINVAL,
+        "offset inside a huge page"
+    );
+    assert_eq!(
+        errno(map(0x4000_0000 + P, HUGE, shared.fixed(), 0)),
+        Errno::EINVAL
+    );
+    let a = map(0, P, shared, HUGE).unwrap();
+    assert_eq!(a % HUGE, 0, "placed at a huge page boundary");
+    assert!(ranges(&space).contains(&(a, a + HUGE)), "length rounded up");
+    let hinted = map(0x4000_0000 + P, 2 * HUGE, shared, 0).unwrap();
+    assert_eq!(hinted, 0x4000_0000 + HUGE, "a hint is rounded up to a huge page");
+    // Adjacent mappings of the same file at contiguous offsets stay apart.
+    let b = map(hinted + 2 * HUGE, HUGE, shared.fixed(), 2 * HUGE).unwrap();
+    assert_eq!(space.vma_count(), 3, "huge mappings never merge");
+    // Splits inside a huge page are EINVAL, at its boundaries fine.
+    assert_eq!(errno(space.munmap(hinted, P)), Errno::EINVAL);
+    assert_eq!(errno(space.munmap(hinted + P, HUGE)), Errno::EINVAL);
+    assert_eq!(errno(space.mprotect(hinted, HUGE + P, Prot::READ)), Errno::EINVAL);
+    let anon = MapFlags::PRIVATE_ANONYMOUS.fixed();
+    assert_eq!(
+        errno(space.mmap(hinted + HUGE - P, 2 * P, Prot::READ, anon, None)),
+        Errno::EINVAL
+    );
+    assert_eq!(space.vma_count(), 3, "a refused call changes nothing");
+    space.mprotect(hinted, HUGE, Prot::READ).unwrap();
+    space.munmap(b, HUGE).unwrap();
+    assert_eq!(space.vma_count(), 3, "split at the boundary");
+    // mremap: lengths rounded up; no growth; addresses at huge page boundaries.
+    let remap = |old, old_len, new_len, flags, new_addr| space.mremap(old, old_len, new_len, flags, new_addr);
+    let none = RemapFlags::default();
+    assert_eq!(
+        errno(remap(a, HUGE, 2 * HUGE, none, 0)),
+        Errno::EINVAL,
+        "cannot grow"
+    );
+    assert_eq!(errno(remap(a + P, P, P, none, 0)), Errno::EINVAL);
+    let fixed = RemapFlags {
+        maymove: true,
+        fixed: true,
+    };
+    assert_eq!(errno(remap(a, HUGE, HUGE, fixed, 0x6000_0000 + P)), Errno::EINVAL);
+    assert_eq!(remap(a, P, P, fixed, 0x6000_0000), Ok(0x6000_0000), "moved whole");
+    assert_eq!(
+        remap(hinted, 2 * HUGE, P, none, 0),
+        Ok(hinted),
+        "shrunk to one huge page"
+    );
+    assert_eq!(
+        ranges(&space),
+        [
+            (0x4000_0000 + HUGE, 0x4000_0000 + 2 * HUGE),
+            (0x6000_0000, 0x6000_0000 + HUGE)
+        ]
+    );
+    space.validate().unwrap();
+}

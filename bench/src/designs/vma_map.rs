@@ -7,7 +7,7 @@
 //! aligned and inside the layout, and no two adjacent mappings could merge.
 
 use std::collections::BTreeMap;
-use vma::request::{MmapRequest, Placement, RemapRequest};
+use vma::request::{MmapRequest, Placement, RemapRequest, check_splits};
 use vma::{Errno, Error, Layout, Mapping, PAGE_SIZE, Prot};
 
 /// A checked address-space change request (see [`crate::designs::Design`]'s provided methods).
@@ -155,43 +155,52 @@ impl VmaMap {
         self.overlapping(start, end).is_empty()
     }
 
-    /// Linux's placement: a free hint; else the highest free range below the mmap base; else
-    /// the lowest above it.
-    fn place(&self, hint: u64, len: u64) -> vma::Result<u64> {
+    /// Linux's placement of `len` bytes at a multiple of `align`: a free hint (rounded up to
+    /// `align`); else the highest free range below the mmap base; else the lowest above it —
+    /// each a gap `align - PAGE_SIZE` longer than `len`, the range aligned inside it (Linux's
+    /// `vm_unmapped_area`).
+    fn place(&self, hint: u64, len: u64, align: u64) -> vma::Result<u64> {
         let Layout { low, high, mmap_base } = self.layout;
         let no_room = || Error::new(Errno::ENOMEM, "no free range is long enough");
-        if len > high - low {
-            return Err(no_room());
-        }
-        let hint = hint.checked_next_multiple_of(PAGE_SIZE).unwrap_or(0);
+        let search = len
+            .checked_add(align - PAGE_SIZE)
+            .filter(|&search| search <= high - low)
+            .ok_or_else(no_room)?;
+        let hint = hint.checked_next_multiple_of(align).unwrap_or(0);
         if hint >= low && hint.checked_add(len).is_some_and(|end| end <= high) && self.free(hint, hint + len)
         {
             return Ok(hint);
         }
+        let top_down = |top: u64| (top - len) / align * align;
         // Top down below the base: the gaps between mappings, highest first.
         let mut top = mmap_base;
         for m in self.vmas.range(..mmap_base).rev().map(|(_, m)| m) {
-            if m.end < top && top - m.end >= len {
-                return Ok(top - len);
+            if m.end < top && top - m.end >= search {
+                return Ok(top_down(top));
             }
             top = top.min(m.start);
         }
-        if top >= low + len {
-            return Ok(top - len);
+        if top >= low + search {
+            return Ok(top_down(top));
         }
         // Bottom up above it.
         let mut bottom = self.lookup(mmap_base).map_or(mmap_base, |m| m.end);
         for m in self.vmas.range(mmap_base..).map(|(_, m)| m) {
-            if m.start >= bottom && m.start - bottom >= len {
-                return Ok(bottom);
+            if m.start >= bottom && m.start - bottom >= search {
+                return Ok(bottom.next_multiple_of(align));
             }
             bottom = bottom.max(m.end);
         }
-        if high - bottom >= len {
-            Ok(bottom)
+        if high - bottom >= search {
+            Ok(bottom.next_multiple_of(align))
         } else {
             Err(no_room())
         }
+    }
+
+    /// EINVAL if changing `[start, end)` would split a mapping of huge pages inside a page.
+    fn check_splits(&self, start: u64, end: u64) -> vma::Result<()> {
+        check_splits(start, end, self.lookup(start), self.lookup(end - 1))
     }
 
     /// Plans `op` against the map as it is.
@@ -204,8 +213,12 @@ impl VmaMap {
                     Placement::FixedNoReplace(addr) if !self.free(addr, addr + len) => {
                         return Err(Error::new(Errno::EEXIST, "MAP_FIXED_NOREPLACE range is occupied"));
                     }
-                    Placement::Fixed(addr) | Placement::FixedNoReplace(addr) => addr,
-                    Placement::Hint(hint) => self.place(hint, len)?,
+                    Placement::Fixed(addr) => {
+                        self.check_splits(addr, addr + len)?;
+                        addr
+                    }
+                    Placement::FixedNoReplace(addr) => addr,
+                    Placement::Hint(hint) => self.place(hint, len, request.alignment())?,
                 };
                 planned
                     .changes
@@ -214,6 +227,7 @@ impl VmaMap {
                 planned.result = Ok(start);
             }
             &Op::Unmap(start, end) => {
+                self.check_splits(start, end)?;
                 if !self.free(start, end) {
                     planned.changes.push(self.replace(start, end, Vec::new()));
                     planned.flushes.push(Flush::Zap(start, end));
@@ -233,6 +247,7 @@ impl VmaMap {
                     return Err(Error::new(Errno::ENOMEM, "the range starts in unmapped memory"));
                 }
                 let changed_end = end.min(at);
+                check_splits(start, changed_end, covered.first(), covered.last())?;
                 let middle = covered
                     .iter()
                     .map(|m| {
@@ -261,10 +276,16 @@ impl VmaMap {
     /// placed range or, with MREMAP_FIXED, to the target, unmapped first). A move keeps the page
     /// offsets and relocates the translations of the part kept.
     fn plan_remap(&self, request: &RemapRequest) -> vma::Result<Planned> {
-        let (old, old_len, new_len) = (request.old(), request.old_len(), request.new_len());
+        let old = request.old();
         let source = self.lookup(old).cloned();
-        request.check_source(source.as_ref())?;
+        let request = &request.check_source(source.as_ref())?;
+        let (old_len, new_len) = (request.old_len(), request.new_len());
         let source = source.expect("checked");
+        // As `vma::AddressSpace::remap`: the ends of the old range and of a fixed target.
+        self.check_splits(old, old + old_len)?;
+        if let Some(new_addr) = request.fixed() {
+            self.check_splits(new_addr, new_addr + new_len)?;
+        }
         if request.fixed().is_none() {
             let mut planned = Planned::new(Ok(old));
             if new_len <= old_len {
@@ -310,7 +331,7 @@ impl VmaMap {
                 }
                 target
             }
-            None => self.place(0, new_len)?,
+            None => self.place(0, new_len, source.page_size())?,
         };
         let kept = request.kept();
         let moved = request.moved(&self.overlapping(old, old + kept), target);
