@@ -521,3 +521,62 @@ fn every_design_agrees_with_the_address_space() {
         }
     }
 }
+
+/// hugetlb files behave alike in every design: 2 MiB-aligned placement, whole huge pages
+/// faulted and copied on write, splits and MADV_DONTNEED only at huge-page boundaries (EINVAL
+/// inside), moves of whole huge entries, truncate and hole punch through the reverse map, and
+/// every huge page back at the end.
+#[test]
+fn hugetlb_files_behave_alike_in_every_design() {
+    const H: u64 = fault::HUGE_FRAME_SIZE as u64;
+    let errno = |result: vma::Result<()>| result.map_err(|e| e.errno);
+    for name in NAMES {
+        let config = FramePoolConfig {
+            chunk_frames: 64,
+            max_frames: 1024,
+        };
+        let frames = Arc::new(FramePool::with_huge_pages(config, 4).unwrap());
+        let design = designs::build(name, DesignConfig::default(), frames.clone()).unwrap();
+        let d = &*design;
+        let f = File::hugetlb("/hugepages/d", &frames, 2 * H, d.file_sync()).unwrap();
+        let rw = Prot::READ_WRITE;
+        let shared = d.mmap(0, P, rw, MapFlags::SHARED, Some((&f, 0))).unwrap();
+        assert_eq!(shared % H, 0, "{name}: aligned");
+        let private = d.mmap(0, 2 * H, rw, MapFlags::PRIVATE, Some((&f, 0))).unwrap();
+        d.write(shared + 9, b"s").unwrap();
+        assert_eq!(read(d, private + 9, 1), [b's'], "{name}: the file's page");
+        d.write(private + 9, b"p").unwrap();
+        d.write(private + H, b"q").unwrap();
+        assert_eq!(read(d, shared + 9, 1), [b's'], "{name}: copied on write");
+        assert_eq!(frames.huge_in_use(), 3, "{name}: one cached, two private");
+        assert_eq!(errno(d.munmap(private + P, H)), Err(Errno::EINVAL), "{name}");
+        assert_eq!(
+            errno(d.mprotect(private, P, Prot::READ)),
+            Err(Errno::EINVAL),
+            "{name}"
+        );
+        assert_eq!(
+            errno(d.madvise_dontneed(private + P, H)),
+            Err(Errno::EINVAL),
+            "{name}"
+        );
+        let fixed = RemapFlags {
+            maymove: true,
+            fixed: true,
+        };
+        let moved = d.mremap(private, 2 * H, 2 * H, fixed, private + 8 * H).unwrap();
+        assert_eq!(read(d, moved + H, 1), [b'q'], "{name}: moved whole");
+        f.punch_hole(0, H).unwrap();
+        assert_eq!(read(d, shared + 9, 1), [0], "{name}: punched");
+        assert_eq!(read(d, moved + 9, 1), [b'p'], "{name}: the copy survives a punch");
+        f.set_len(0).unwrap();
+        let bus = d.read(moved + 9, &mut [0]).map_err(|e| e.error);
+        assert_eq!(bus, Err(FaultError::BusError), "{name}: truncated");
+        d.munmap(shared, H).unwrap();
+        d.munmap(moved, 2 * H).unwrap();
+        d.barrier();
+        drop(design);
+        drop(f);
+        assert_eq!(frames.huge_in_use(), 0, "{name}: every huge page back");
+    }
+}

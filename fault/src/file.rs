@@ -39,7 +39,7 @@
 
 use crate::backing::{Backing, MemBacking};
 use crate::engine::FaultError;
-use crate::frames::{FRAME_SIZE, Frame, FramePool, Shrinker};
+use crate::frames::{FRAME_SIZE, Frame, FramePool, HUGE_FRAME_SIZE, Shrinker};
 use crate::page_cache::{MAX_PAGES, PageCache};
 use maple::Guard;
 use maple::intervals::IntervalTree;
@@ -344,6 +344,8 @@ pub struct File {
     i_mmap_rwsem: Option<RwLock<()>>,
     /// Where the next shrink looks for pages to evict (a clock hand over page offsets).
     clock: AtomicU64,
+    /// Whether the file's pages are huge frames (a hugetlb file: no backing, never evicted).
+    huge: bool,
     #[cfg(feature = "shuttle")]
     broken: maple::sync::atomic::AtomicBool,
 }
@@ -370,6 +372,10 @@ fn no_frame() -> Error {
     Error::new(Errno::ENOMEM, "no frame to hold the page")
 }
 
+fn not_huge_aligned() -> Error {
+    Error::new(Errno::EINVAL, "a hugetlb file's size changes by whole huge pages")
+}
+
 /// What an invalidation does with the pages of its range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Removal {
@@ -387,7 +393,10 @@ enum Removal {
 pub(crate) enum Lookup {
     /// The cached frame, with one reference for the caller.
     Cached(Frame),
-    /// Not cached (or being invalidated): read it in first, with no guard held.
+    /// Being invalidated: wait for the invalidation on the slow path, with no guard held.
+    Invalidating,
+    /// Not cached: read it in first, with no guard held (or, in a private mapping of a
+    /// hugetlb file, allocate a private page: Linux adds nothing to the cache for it).
     Missing,
     /// At or beyond the end of the file: a bus error.
     Beyond,
@@ -433,6 +442,36 @@ impl File {
         backing: Arc<dyn Backing>,
         sync: FileSync,
     ) -> vma::Result<Arc<Self>> {
+        Self::build(name, frames, len, backing, sync, false)
+    }
+
+    /// A hugetlb file (a file on hugetlbfs) of `len` bytes, zero-filled, whose pages are huge
+    /// frames of `frames`' huge pool, taken as pages are first touched: mappings of it are
+    /// aligned to 2 MiB (see [`vma::MappedFile::page_size`]), a fault installs a whole huge
+    /// page (a bus error when none is free), its size changes only by whole huge pages, it
+    /// has no backing (pages live until truncated, punched or the file is dropped) and is
+    /// never reclaimed, and `write_at` is EINVAL (hugetlbfs has no write(2)). EINVAL unless
+    /// `len` is a multiple of 2 MiB; EFBIG beyond [`MAX_FILE_LEN`].
+    pub fn hugetlb(
+        name: impl Into<String>,
+        frames: &Arc<FramePool>,
+        len: u64,
+        sync: FileSync,
+    ) -> vma::Result<Arc<Self>> {
+        if len % HUGE_FRAME_SIZE as u64 != 0 {
+            return Err(not_huge_aligned());
+        }
+        Self::build(name, frames, len, Arc::new(MemBacking::new(&[])), sync, true)
+    }
+
+    fn build(
+        name: impl Into<String>,
+        frames: &Arc<FramePool>,
+        len: u64,
+        backing: Arc<dyn Backing>,
+        sync: FileSync,
+        huge: bool,
+    ) -> vma::Result<Arc<Self>> {
         if len > MAX_FILE_LEN {
             return Err(efbig());
         }
@@ -446,6 +485,7 @@ impl File {
             resize: Mutex::new(()),
             i_mmap_rwsem: (sync == FileSync::RwSem).then(|| RwLock::new(())),
             clock: AtomicU64::new(0),
+            huge,
             #[cfg(feature = "shuttle")]
             broken: maple::sync::atomic::AtomicBool::new(false),
         });
@@ -535,15 +575,61 @@ impl File {
         Some(shared)
     }
 
+    /// Where the page cache keeps page `pgoff` (4 KiB units): there, or for a hugetlb file at
+    /// the first page offset of its huge page.
+    fn cache_key(&self, pgoff: u64) -> u64 {
+        pgoff & !(self.pages_per_page() - 1)
+    }
+
+    /// 4 KiB pages in one of the file's pages (512 for a hugetlb file).
+    fn pages_per_page(&self) -> u64 {
+        self.page_size() / PAGE_SIZE
+    }
+
+    /// The file's page size: [`PAGE_SIZE`], or 2 MiB for a hugetlb file.
+    pub fn page_size(&self) -> u64 {
+        if self.huge {
+            HUGE_FRAME_SIZE as u64
+        } else {
+            PAGE_SIZE
+        }
+    }
+
+    /// A frame holding page `pgoff`'s contents, not cached yet, with its one reference: read
+    /// from the backing, or for a hugetlb file a zeroed huge frame (a bus error when none is
+    /// free, as Linux's hugetlb fault answers SIGBUS).
+    fn fill(&self, pgoff: u64) -> Result<Frame, FaultError> {
+        let frames = self.cache.frames();
+        if self.huge {
+            return frames.alloc_huge().ok_or(FaultError::BusError);
+        }
+        let frame = frames.alloc_or_reclaim().ok_or(FaultError::OutOfMemory)?;
+        let mut page = vec![0; FRAME_SIZE];
+        if let Err(error) = self.backing.read(pgoff, &mut page) {
+            // SAFETY: the frame was never published; this is its only reference.
+            unsafe { frames.put(frame) };
+            return Err(error.into());
+        }
+        frames.write(frame, 0, &page);
+        Ok(frame)
+    }
+
+    /// Whether this is a hugetlb file (see [`File::hugetlb`]).
+    pub fn is_hugetlb(&self) -> bool {
+        self.huge
+    }
+
     /// What a fault at page `pgoff` finds, inside `_guard` (from [`File::guard_at`]).
     pub(crate) fn lookup(&self, pgoff: u64, _guard: &Guard<'_, DefaultRcu>) -> Lookup {
         if self.invalidation.running_over(pgoff) {
-            return Lookup::Missing;
+            return Lookup::Invalidating;
         }
         if pgoff >= self.pages() {
             return Lookup::Beyond;
         }
-        self.cache.get(pgoff).map_or(Lookup::Missing, Lookup::Cached)
+        self.cache
+            .get(self.cache_key(pgoff))
+            .map_or(Lookup::Missing, Lookup::Cached)
     }
 
     /// Brings page `pgoff` into the cache (the fault's slow path): waits while an invalidation
@@ -575,18 +661,10 @@ impl File {
                         unsafe { frames.put(frame) };
                         return Ok(turn);
                     }
-                    Lookup::Missing => {}
+                    Lookup::Missing | Lookup::Invalidating => {}
                 }
             }
-            let frame = frames.alloc_or_reclaim().ok_or(FaultError::OutOfMemory)?;
-            let mut page = vec![0; FRAME_SIZE];
-            let read = self.backing.read(pgoff, &mut page);
-            if let Err(error) = read {
-                // SAFETY: the frame was never published; this is its only reference.
-                unsafe { frames.put(frame) };
-                return Err(error.into());
-            }
-            frames.write(frame, 0, &page);
+            let frame = self.fill(pgoff)?;
             // Under FileSync::RwSem the lock, not the grace period, keeps an invalidation from
             // running between the check and the insert.
             let shared = self.lock_for_fault(|_| {});
@@ -597,7 +675,7 @@ impl File {
                 unsafe { frames.put(frame) };
                 continue;
             }
-            let cached = self.cache.insert(pgoff, frame);
+            let cached = self.cache.insert(self.cache_key(pgoff), frame);
             drop(guard);
             drop(shared);
             // SAFETY: the caller's reference `insert` returned, not used.
@@ -617,6 +695,15 @@ impl File {
         let frames = self.cache.frames();
         self.each_page(offset, count, |pgoff, in_page, at, chunk| {
             let out = &mut buf[at..at + chunk];
+            if self.huge {
+                // A hugetlb file's pages not yet touched read as zeros, without allocating.
+                let read =
+                    self.with_cached_page(pgoff, |frame, base| frames.read(frame, base + in_page, out));
+                if !read {
+                    out.fill(0);
+                }
+                return Ok(());
+            }
             match self.with_page(pgoff, false, |frame| frames.read(frame, in_page, out)) {
                 Ok(()) => Ok(()),
                 // Truncated meanwhile: what is gone reads as nothing.
@@ -632,8 +719,12 @@ impl File {
 
     /// Writes `data` at `offset` (as pwrite), extending the file if it ends beyond it. The
     /// pages are brought into the page cache and written there, where every shared mapping
-    /// sees them at once. EFBIG beyond [`MAX_FILE_LEN`], ENOMEM when no frame is free.
+    /// sees them at once. EFBIG beyond [`MAX_FILE_LEN`], ENOMEM when no frame is free; EINVAL
+    /// for a hugetlb file.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> vma::Result<()> {
+        if self.huge {
+            return Err(Error::new(Errno::EINVAL, "hugetlbfs files have no write(2)"));
+        }
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|&end| end <= MAX_FILE_LEN)
@@ -657,10 +748,14 @@ impl File {
     /// the backing, and zeroes the rest of the last partial page: when this returns, no address
     /// space holds a translation beyond the end and none can appear (a fault there is a bus
     /// error). Growing adds zeros. EFBIG beyond [`MAX_FILE_LEN`]; ENOMEM, with nothing changed,
-    /// when no frame is free to zero the last partial page in.
+    /// when no frame is free to zero the last partial page in; EINVAL for a size that is not
+    /// whole huge pages of a hugetlb file.
     pub fn set_len(&self, len: u64) -> vma::Result<()> {
         if len > MAX_FILE_LEN {
             return Err(efbig());
+        }
+        if self.huge && len % HUGE_FRAME_SIZE as u64 != 0 {
+            return Err(not_huge_aligned());
         }
         let _resize = self.resize.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.len();
@@ -684,7 +779,8 @@ impl File {
     /// Deallocates `[offset, offset + len)` (as fallocate(FALLOC_FL_PUNCH_HOLE |
     /// FALLOC_FL_KEEP_SIZE)): whole pages inside leave the cache, the shared translations of
     /// every address space and the backing, and read as zeros; private copies stay (as Linux);
-    /// partial pages at the ends are zeroed in place. The size does not change. EINVAL for a
+    /// partial pages at the ends are zeroed in place (a hugetlb file's pages are its huge
+    /// pages, and its partial ones are zeroed only if cached). The size does not change. EINVAL for a
     /// zero length, EFBIG when the range ends beyond [`MAX_FILE_LEN`], ENOMEM, with no page
     /// removed, when no frame is free to zero a partial page in.
     pub fn punch_hole(&self, offset: u64, len: u64) -> vma::Result<()> {
@@ -702,35 +798,63 @@ impl File {
             return Ok(());
         }
         // Whole pages leave; the partial pages at either end are zeroed in place.
-        let (first, last) = (offset.div_ceil(PAGE_SIZE), end / PAGE_SIZE);
-        let head_end = (first * PAGE_SIZE).min(end);
+        // Whole pages of the file (huge ones for a hugetlb file) leave.
+        let unit = self.page_size();
+        let (first, last) = (offset.div_ceil(unit), end / unit);
+        let head_end = (first * unit).min(end);
         self.zero_partial(offset, head_end)?;
-        self.zero_partial((last * PAGE_SIZE).max(head_end), end)?;
+        self.zero_partial((last * unit).max(head_end), end)?;
         if first < last {
-            self.invalidate(first, last, Removal::Punch, || {});
+            let pages = self.pages_per_page();
+            self.invalidate(first * pages, last * pages, Removal::Punch, || {});
         }
         Ok(())
     }
 
-    /// Zeroes the bytes `[from, to)` (inside one page) in the cache, reading the page in first;
-    /// nothing when the range is empty. ENOMEM (nothing changed) when no frame is free. The
-    /// caller holds `resize`, inside the file.
+    /// Zeroes the bytes `[from, to)` (inside one of the file's pages) in the cache, reading the
+    /// page in first — but in a hugetlb file only if it is cached (as Linux's
+    /// `hugetlbfs_zero_partial_page`); nothing when the range is empty. ENOMEM (nothing
+    /// changed) when no frame is free. The caller holds `resize`, inside the file.
     fn zero_partial(&self, from: u64, to: u64) -> vma::Result<()> {
         if from >= to {
             return Ok(());
         }
         let zeros = vec![0; (to - from) as usize];
         let frames = self.cache.frames();
+        if self.huge {
+            return self.each_page(from, zeros.len(), |pgoff, in_page, at, chunk| {
+                self.with_cached_page(pgoff, |frame, base| {
+                    frames.write(frame, base + in_page, &zeros[at..at + chunk])
+                });
+                Ok(())
+            });
+        }
         self.with_page(from / PAGE_SIZE, true, |frame| {
             frames.write(frame, (from % PAGE_SIZE) as usize, &zeros)
         })
         .map_err(|_| no_frame())
     }
 
-    /// Calls `use_frame` with the cached frame of page `pgoff`, inside a read-side section
-    /// keyed to the page, reading the page in first when it is not cached (`read_in`'s errors:
-    /// a bus error beyond the end, out of memory); marks the page dirty first when `write`s.
+    /// Calls `use_frame(frame, offset of page pgoff in it)` with the cached frame holding page
+    /// `pgoff` (4 KiB units), inside a read-side section keyed to it, and returns true; false,
+    /// calling nothing, when it is not cached or is being removed.
+    fn with_cached_page(&self, pgoff: u64, use_frame: impl FnOnce(Frame, usize)) -> bool {
+        let guard = self.guard_at(pgoff);
+        let Lookup::Cached(frame) = self.lookup(pgoff, &guard) else {
+            return false;
+        };
+        use_frame(frame, ((pgoff - self.cache_key(pgoff)) * PAGE_SIZE) as usize);
+        // SAFETY: the reference `lookup` gave us.
+        unsafe { self.cache.frames().put(frame) };
+        true
+    }
+
+    /// Calls `use_frame` with the cached frame of page `pgoff` (a 4 KiB file's), inside a
+    /// read-side section keyed to the page, reading the page in first when it is not cached
+    /// (`read_in`'s errors: a bus error beyond the end, out of memory); marks the page dirty
+    /// first when `write`s.
     fn with_page(&self, pgoff: u64, write: bool, use_frame: impl FnOnce(Frame)) -> Result<(), FaultError> {
+        debug_assert!(!self.huge, "hugetlb files use with_cached_page");
         // Held until the page is used: no invalidation takes it away once this call has waited
         // one out.
         let mut _turn = None;
@@ -1071,6 +1195,10 @@ impl Shrinker for File {
     /// Evicts up to `want` pages (writing dirty ones back first) unless a truncate, hole punch,
     /// `write_at`, sync or another shrink is running on the file.
     fn shrink(&self, want: usize) -> usize {
+        if self.huge {
+            // Huge pages are not reclaimed (as Linux's hugetlb pages).
+            return 0;
+        }
         match self.resize.try_lock() {
             Ok(_resize) => self.evict(want),
             Err(_) => 0,
@@ -1081,5 +1209,9 @@ impl Shrinker for File {
 impl MappedFile for File {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn page_size(&self) -> u64 {
+        File::page_size(self)
     }
 }

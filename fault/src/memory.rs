@@ -325,7 +325,14 @@ impl Memory {
     ) -> Result<Progress, FaultError> {
         debug_assert!(page < ADDRESS_LIMIT && page % PAGE_SIZE == 0);
         debug_assert!(mapping.start <= page && page < mapping.end);
-        let entry = self.table.entry_or_insert(page);
+        // A mapping of huge pages: one entry maps the huge page around `page`.
+        let huge = mapping.page_size();
+        let page = page & !(huge - 1);
+        let entry = if huge == PAGE_SIZE {
+            self.table.entry_or_insert(page)
+        } else {
+            self.table.huge_entry_or_insert(page)
+        };
         loop {
             match self.attempt(mapping, page, access, entry)? {
                 Attempt::Done(fault) => return Ok(Progress::Done(fault)),
@@ -440,6 +447,10 @@ impl Memory {
         } else if current.private() {
             // A write to a page that is already this mapping's: allow it.
             current.with(WRITABLE | DIRTY, 0)
+        } else if mapping.shared && current.huge() {
+            // Allowed again after mprotect: hugetlb pages are never written back, so their
+            // shared translations are writable from the first fault.
+            current.with(WRITABLE | DIRTY, 0)
         } else if mapping.shared {
             // A write to a shared file page mapped read-only (write-notify): the page cache
             // marks it dirty before the write can land, while it still caches this frame.
@@ -499,10 +510,24 @@ impl Memory {
         let guard = file.guard_at(pgoff);
         let cached = match file.lookup(pgoff, &guard) {
             Lookup::Cached(frame) => frame,
-            Lookup::Missing => return Ok(Attempt::Blocking(pgoff)),
+            Lookup::Missing if file.is_hugetlb() && !mapping.shared => {
+                // Linux's hugetlb_no_page: a private page of its own, not added to the cache
+                // (installed inside the file's section: a truncate removes it too).
+                let frame = self.frames.alloc_huge().ok_or(FaultError::BusError)?;
+                let installed = self.install(entry, current, Pte::new(frame, PRIVATE | allowed), frame);
+                return Ok(if installed {
+                    Attempt::Done(Fault::Installed)
+                } else {
+                    Attempt::Again
+                });
+            }
+            Lookup::Missing | Lookup::Invalidating => return Ok(Attempt::Blocking(pgoff)),
             Lookup::Beyond => return Err(FaultError::BusError),
         };
-        let (frame, flags) = if mapping.shared && write {
+        let (frame, flags) = if mapping.shared && file.is_hugetlb() {
+            // Never written back: writable from the first fault, as the mapping allows.
+            (cached, allowed)
+        } else if mapping.shared && write {
             if !file.mark_dirty(pgoff, cached, &guard) {
                 // SAFETY: our reference on the cached page, not installed.
                 unsafe { self.frames.put(cached) };
@@ -532,10 +557,16 @@ impl Memory {
         })
     }
 
-    /// A new frame holding a copy of `page` (copy-on-write), with one reference for the caller.
+    /// A new frame holding a copy of `page` (copy-on-write), with one reference for the caller;
+    /// a huge frame for a huge one (a bus error when none is free, as Linux's hugetlb copy on
+    /// write answers SIGBUS).
     fn copy_of(&self, page: Frame) -> Result<Frame, FaultError> {
         let frames = &self.frames;
-        let copy = frames.alloc().ok_or(FaultError::OutOfMemory)?;
+        let copy = if page.is_huge() {
+            frames.alloc_huge().ok_or(FaultError::BusError)?
+        } else {
+            frames.alloc().ok_or(FaultError::OutOfMemory)?
+        };
         frames.copy(page, copy);
         Ok(copy)
     }

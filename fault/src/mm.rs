@@ -18,7 +18,7 @@ use crate::pagetable::{ADDRESS_LIMIT, Pte};
 use crate::stats::{Counter, FaultStats};
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::{Arc, Weak};
-use vma::request::advise_range;
+use vma::request::{advise_range, dontneed_part};
 use vma::{
     AddressSpace, Backing as VmaBacking, Errno, Error, FlushHook, Layout, Lookup, MapFlags, Mapping,
     PAGE_SIZE, Prot, RemapFlags, Revoked, VmaRef,
@@ -304,13 +304,22 @@ impl Mm {
         let mut mapped = 0;
         let mut frames = Vec::new();
         let mut revoked = Revoked::new();
+        // A mapping that refuses the call stops it there, as Linux's walk does.
+        let mut refused = Ok(());
         for vma in self.shared.space.iter_from(addr, &guard) {
             if vma.start() >= end {
                 break;
             }
             let (from, to) = (vma.start().max(addr), vma.end().min(end));
-            let cleared = self.shared.memory.table().clear(from, to);
-            revoked.record(!cleared.is_empty(), from, to);
+            let (from, cut) = match dontneed_part(vma.mapping(), from, to) {
+                Ok(part) => part,
+                Err(error) => {
+                    refused = Err(error);
+                    break;
+                }
+            };
+            let cleared = self.shared.memory.table().clear(from, cut);
+            revoked.record(!cleared.is_empty(), from, cut);
             frames.extend(cleared);
             mapped += to - from;
         }
@@ -321,6 +330,7 @@ impl Mm {
             .memory
             .release_later(frames, (addr, end.min(ADDRESS_LIMIT)), self.shared.space.rcu());
         self.shared.space.await_revoked(&revoked);
+        refused?;
         if mapped < end - addr {
             return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
         }

@@ -76,9 +76,11 @@ impl Table {
 pub struct Pte(pub u64);
 
 impl Pte {
-    /// A present translation to `frame` with the given flag bits.
+    /// A present translation to `frame` with the given flag bits ([`HUGE`] added for a huge
+    /// frame).
     pub fn new(frame: Frame, flags: u64) -> Self {
-        Self((frame.0 << 12) | (flags & FLAGS) | PRESENT)
+        let huge = if frame.is_huge() { HUGE } else { 0 };
+        Self((frame.0 << 12) | (flags & FLAGS) | huge | PRESENT)
     }
 
     /// Whether the entry holds a frame.

@@ -393,6 +393,18 @@ pub fn advise_range(addr: u64, len: u64) -> Result<Option<(u64, u64)>> {
     Ok(Some((addr, end)))
 }
 
+/// The part of `[from, to)` (inside `mapping`) that MADV_DONTNEED drops: all of it, but in a
+/// mapping of huge pages EINVAL unless `from` is at a huge-page boundary, and the end rounded
+/// down to one (Linux's `madvise_dontneed_free_valid_vma`: callers may not know that the
+/// mapping uses huge pages, and rounding down loses no data). The part may be empty.
+pub fn dontneed_part(mapping: &Mapping, from: u64, to: u64) -> Result<(u64, u64)> {
+    let huge = mapping.page_size();
+    if from % huge != 0 {
+        return Err(einval("MADV_DONTNEED inside a huge page"));
+    }
+    Ok((from, (to / huge * huge).max(from)))
+}
+
 /// A checked mremap call: the old range, the new length, and where a move must go. Only
 /// [`RemapRequest::new`] makes one; the checks that depend on what is mapped are
 /// [`RemapRequest::check_source`]'s. A move onto its own source, a zero length or a range that

@@ -31,7 +31,7 @@ use fault::{
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
-use vma::request::{MmapRequest, RemapRequest, advise_range, protect_range, unmap_range};
+use vma::request::{MmapRequest, RemapRequest, advise_range, dontneed_part, protect_range, unmap_range};
 use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags, Revoked};
 use vma_map::{Change, Flush, Op, VmaMap};
 
@@ -369,16 +369,28 @@ fn flush_and_unlink(
     revoked.wait(rcu);
 }
 
-/// MADV_DONTNEED for the baselines: clears every mapped part of `[start, end)` in `map`, which
-/// the caller keeps from changing, and waits for accesses through what it cleared.
+/// MADV_DONTNEED for the baselines: clears every mapped part of `[start, end)` in `map` (as
+/// `vma::request::dontneed_part` allows, stopping at a mapping that refuses), which the caller
+/// keeps from changing, and waits for accesses through what it cleared.
 fn discard_in(memory: &Memory, map: &VmaMap, start: u64, end: u64, rcu: &DefaultRcu) -> vma::Result<()> {
-    let parts = map.mapped_parts(start, end);
     let mut revoked = Revoked::new();
-    for &(from, to) in &parts {
-        revoked.record(memory.clear(from, to, rcu), from, to);
+    let mut mapped = 0;
+    let mut refused = Ok(());
+    for m in map.overlapping(start, end) {
+        let (from, to) = (m.start.max(start), m.end.min(end));
+        let (from, cut) = match dontneed_part(&m, from, to) {
+            Ok(part) => part,
+            Err(error) => {
+                refused = Err(error);
+                break;
+            }
+        };
+        revoked.record(memory.clear(from, cut, rcu), from, cut);
+        mapped += to - from;
     }
     revoked.wait(rcu);
-    if parts.iter().map(|(from, to)| to - from).sum::<u64>() < end - start {
+    refused?;
+    if mapped < end - start {
         return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
     }
     Ok(())

@@ -133,17 +133,8 @@ impl VmaMap {
             .filter(|m| addr < m.end)
     }
 
-    /// The parts of `[start, end)` that are mapped, in order, one per mapping (clipped to the
-    /// range).
-    pub fn mapped_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        self.overlapping(start, end)
-            .iter()
-            .map(|m| (m.start.max(start), m.end.min(end)))
-            .collect()
-    }
-
     /// The mappings intersecting `[start, end)`, in order.
-    fn overlapping(&self, start: u64, end: u64) -> Vec<Mapping> {
+    pub fn overlapping(&self, start: u64, end: u64) -> Vec<Mapping> {
         let first = self.lookup(start).filter(|m| m.start < start).cloned();
         first
             .into_iter()
