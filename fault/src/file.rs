@@ -33,6 +33,11 @@
 //!   marks it dirty again before it lands), the accesses through the old writable ones are
 //!   waited for, then the frame is copied out. Truncate, hole punch, writeback and eviction
 //!   are serialized by `resize`, which a shrinker only tries to take.
+//! - **Reservations** (hugetlb files). Each huge page of the file is reserved in the pool at
+//!   most once, from a shared mmap until a fault consumes it or a truncate, hole punch or the
+//!   file's drop gives it back; a fault consumes it in one step with taking it out of the
+//!   file's set, so a truncate racing the fault finds it either still there or consumed (seed
+//!   001's miscount needed the two apart).
 //! - Cached frames hold one reference each; a removed page's reference goes back once no lookup
 //!   can reach it (after the grace period), and each translation's once its address space's
 //!   readers are done with it.
@@ -346,6 +351,13 @@ pub struct File {
     clock: AtomicU64,
     /// Whether the file's pages are huge frames (a hugetlb file: no backing, never evicted).
     huge: bool,
+    /// A hugetlb file's huge pages (by index) reserved in the pool for its shared mappings and
+    /// not yet consumed by a fault (Linux's inode `resv_map`; see [`File::reserve`]).
+    reservations: Mutex<std::collections::BTreeSet<u64>>,
+    /// Faults consume reservations after caching their page, outside the lock (shuttle builds
+    /// only; for the test that must fail).
+    #[cfg(feature = "shuttle")]
+    late_consumption: maple::sync::atomic::AtomicBool,
     #[cfg(feature = "shuttle")]
     broken: maple::sync::atomic::AtomicBool,
 }
@@ -486,6 +498,9 @@ impl File {
             i_mmap_rwsem: (sync == FileSync::RwSem).then(|| RwLock::new(())),
             clock: AtomicU64::new(0),
             huge,
+            reservations: Mutex::new(std::collections::BTreeSet::new()),
+            #[cfg(feature = "shuttle")]
+            late_consumption: maple::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "shuttle")]
             broken: maple::sync::atomic::AtomicBool::new(false),
         });
@@ -601,6 +616,28 @@ impl File {
     fn fill(&self, pgoff: u64) -> Result<Frame, FaultError> {
         let frames = self.cache.frames();
         if self.huge {
+            let index = pgoff / self.pages_per_page();
+            // The page's reservation, if it has one, is consumed here, in one step with taking
+            // it out of the file's set: a truncate that runs before or after finds it in the set
+            // or consumed, never both (seed 001's count went wrong between the two).
+            let reserved = {
+                let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+                if self.consumes_late() {
+                    reservations.contains(&index)
+                } else {
+                    reservations.remove(&index)
+                }
+            };
+            if reserved {
+                return frames.alloc_huge_reserved().ok_or_else(|| {
+                    // The machine had no memory for it: the reservation stays.
+                    self.reservations
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(index);
+                    FaultError::BusError
+                });
+            }
             return frames.alloc_huge().ok_or(FaultError::BusError);
         }
         let frame = frames.alloc_or_reclaim().ok_or(FaultError::OutOfMemory)?;
@@ -617,6 +654,65 @@ impl File {
     /// Whether this is a hugetlb file (see [`File::hugetlb`]).
     pub fn is_hugetlb(&self) -> bool {
         self.huge
+    }
+
+    /// Reserves in the pool the huge pages of `[first, end)` (4 KiB page offsets, at huge page
+    /// boundaries) that have neither a reservation nor a cached page, for a shared mapping of
+    /// them (Linux's `hugetlb_reserve_pages`): a fault there then always finds a huge page. The
+    /// reservations belong to the file, as on Linux: munmap keeps them, truncate and hole punch
+    /// of their pages and dropping the file give them back. ENOMEM, with nothing reserved,
+    /// when the pool cannot cover them; nothing for a file of 4 KiB pages.
+    pub fn reserve(&self, first: u64, end: u64) -> vma::Result<()> {
+        if !self.huge {
+            return Ok(());
+        }
+        let pages = self.pages_per_page();
+        // Serialized with truncate and hole punch, which give reservations back.
+        let _resize = self.resize.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        let missing: Vec<u64> = (first / pages..end.div_ceil(pages))
+            .filter(|index| !reservations.contains(index) && self.cache.peek(index * pages).is_none())
+            .collect();
+        if !self.cache.frames().reserve_huge(missing.len()) {
+            return Err(Error::new(Errno::ENOMEM, "not enough free huge pages to reserve"));
+        }
+        reservations.extend(missing);
+        Ok(())
+    }
+
+    /// Gives back the reservations of the huge pages `[first, end)` (4 KiB page offsets).
+    fn unreserve(&self, first: u64, end: u64) {
+        let pages = self.pages_per_page();
+        let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<u64> = reservations
+            .range(first / pages..end.div_ceil(pages))
+            .copied()
+            .collect();
+        for index in &gone {
+            reservations.remove(index);
+        }
+        self.cache.frames().unreserve_huge(gone.len());
+    }
+
+    /// Huge pages reserved for the file and not yet faulted.
+    pub fn reserved_pages(&self) -> usize {
+        self.reservations.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Breaks the reservation protocol: a fault consumes its page's reservation only after
+    /// caching the page, outside the lock that a truncate takes to give reservations back
+    /// (shuttle builds only; for the test that must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn break_reservations(&self) {
+        self.late_consumption.store(true, Ordering::SeqCst);
+    }
+
+    fn consumes_late(&self) -> bool {
+        #[cfg(feature = "shuttle")]
+        return self.late_consumption.load(Ordering::SeqCst);
+        #[cfg(not(feature = "shuttle"))]
+        false
     }
 
     /// What a fault at page `pgoff` finds, inside `_guard` (from [`File::guard_at`]).
@@ -678,6 +774,13 @@ impl File {
             let cached = self.cache.insert(self.cache_key(pgoff), frame);
             drop(guard);
             drop(shared);
+            if self.consumes_late() {
+                let index = pgoff / self.pages_per_page();
+                self.reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&index);
+            }
             // SAFETY: the caller's reference `insert` returned, not used.
             unsafe { frames.put(cached) };
             return Ok(turn);
@@ -922,6 +1025,7 @@ impl File {
         });
         if removal != Removal::Evict {
             self.backing.discard(first, end);
+            self.unreserve(first, end);
         }
         // SAFETY: the cache's references. No lookup can reach the frames: those that began
         // before the range was published ended within the grace period (or before the lock
@@ -1202,6 +1306,21 @@ impl Shrinker for File {
         match self.resize.try_lock() {
             Ok(_resize) => self.evict(want),
             Err(_) => 0,
+        }
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        // Dropping the file (its last mapping gone) truncates it: its reservations go back.
+        let left = self
+            .reservations
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        // Not while unwinding from a failed check, where the counts may be wrong already.
+        if left > 0 && !std::thread::panicking() {
+            self.cache.frames().unreserve_huge(left);
         }
     }
 }

@@ -24,7 +24,9 @@
 //!   every call that takes a frame (references, contents) serves both kinds. Each huge frame's
 //!   memory is allocated on first use, 2 MiB-aligned, and kept in the pool once freed (as
 //!   Linux keeps surplus-free hugetlb pages); the same reference counting applies, and a huge
-//!   frame is zeroed when handed out.
+//!   frame is zeroed when handed out. Some free huge frames may be **reserved** (Linux's
+//!   `resv_huge_pages`): promised to mappings, handed out only to an allocation that consumes a
+//!   reservation. Under the free list's lock, reserved ≤ free, and free + in use = the pool.
 
 use crate::shard::{PerThreadCounters, SHARDS, thread_shard};
 use maple::sync::Mutex;
@@ -122,9 +124,16 @@ struct HugeFrames {
     /// loaded (pairing with it) by `frame_ptr`.
     memory: Box<[AtomicPtr<u8>]>,
     counts: Box<[AtomicU32]>,
-    /// Free huge frames (indexes), whether allocated yet or not; the last are used first.
-    free: Mutex<Vec<u64>>,
+    free: Mutex<HugeFree>,
     in_use: AtomicUsize,
+}
+
+/// The free huge frames and how many of them are reserved.
+struct HugeFree {
+    /// Free huge frames (indexes), whether allocated yet or not; the last are used first.
+    frames: Vec<u64>,
+    /// How many of them are promised (reserved ≤ frames.len()).
+    reserved: usize,
 }
 
 impl HugeFrames {
@@ -133,7 +142,10 @@ impl HugeFrames {
             memory: (0..count).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
             counts: (0..count).map(|_| AtomicU32::new(1)).collect(),
             // Lowest numbers handed out first.
-            free: Mutex::new((0..count as u64).rev().collect()),
+            free: Mutex::new(HugeFree {
+                frames: (0..count as u64).rev().collect(),
+                reserved: 0,
+            }),
             in_use: AtomicUsize::new(0),
         }
     }
@@ -228,10 +240,61 @@ impl FramePool {
         })
     }
 
-    /// A zero-filled huge frame with one reference for the caller, or `None` when every huge
-    /// frame is in use (or the machine has no memory for one).
+    /// A zero-filled huge frame with one reference for the caller, or `None` when every free
+    /// huge frame is reserved or none is free (or the machine has no memory for one).
     pub fn alloc_huge(&self) -> Option<Frame> {
-        let index = self.huge.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        self.take_huge(false)
+    }
+
+    /// [`FramePool::alloc_huge`] consuming a reservation (see [`FramePool::reserve_huge`]):
+    /// it finds a frame whenever the caller holds one.
+    ///
+    /// # Panics
+    /// If no reservation is held.
+    pub fn alloc_huge_reserved(&self) -> Option<Frame> {
+        self.take_huge(true)
+    }
+
+    /// Reserves `count` free huge frames for later allocations that consume them; false, with
+    /// nothing reserved, when fewer are free and unreserved (Linux's `hugetlb_acct_memory`).
+    pub fn reserve_huge(&self, count: usize) -> bool {
+        let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.frames.len() - free.reserved < count {
+            return false;
+        }
+        free.reserved += count;
+        true
+    }
+
+    /// Gives back `count` reservations that will not be consumed (never more than are held:
+    /// a debug assertion; release builds stop at zero).
+    pub fn unreserve_huge(&self, count: usize) {
+        let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert!(
+            free.reserved >= count,
+            "more huge-page reservations given back than held"
+        );
+        free.reserved = free.reserved.saturating_sub(count);
+    }
+
+    /// Huge frames reserved and not yet consumed (`HugePages_Rsvd`).
+    pub fn huge_reserved(&self) -> usize {
+        self.huge.free.lock().unwrap_or_else(|e| e.into_inner()).reserved
+    }
+
+    fn take_huge(&self, reserved: bool) -> Option<Frame> {
+        let index = {
+            let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
+            if reserved {
+                free.reserved = free
+                    .reserved
+                    .checked_sub(1)
+                    .expect("no huge-page reservation held");
+            } else if free.frames.len() == free.reserved {
+                return None;
+            }
+            free.frames.pop().expect("reserved frames are free")
+        };
         let slot = &self.huge.memory[index as usize];
         // Acquire pairs with the Release below, in an earlier allocation of this frame.
         let page = slot.load(Ordering::Acquire);
@@ -239,11 +302,9 @@ impl FramePool {
             // SAFETY: the layout has a non-zero size.
             let page = unsafe { std::alloc::alloc_zeroed(HugeFrames::layout()) };
             if page.is_null() {
-                self.huge
-                    .free
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(index);
+                let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
+                free.frames.push(index);
+                free.reserved += usize::from(reserved);
                 return None;
             }
             // Release pairs with the Acquire in `frame_ptr`.
@@ -462,7 +523,7 @@ impl FramePool {
         if !huge.is_empty() {
             self.huge.in_use.fetch_sub(huge.len(), Ordering::Relaxed);
             let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
-            free.extend(huge.iter().map(|frame| frame.0 & !HUGE_BIT));
+            free.frames.extend(huge.iter().map(|frame| frame.0 & !HUGE_BIT));
         }
         if !base.is_empty() {
             let shard = thread_shard();

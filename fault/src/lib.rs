@@ -53,7 +53,7 @@ pub use backing::{Backing, MemBacking};
 pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 pub use file::{File, FileSync, MAX_FILE_LEN, MappedRange, Mapper, ReverseMapWriter};
 pub use frames::{Frame, FramePool, FramePoolConfig, HUGE_FRAME_SIZE, Shrinker};
-pub use memory::Memory;
+pub use memory::{Memory, reserve_huge_pages};
 pub use mm::{Mm, MmConfig};
 pub use page_cache::BackingError;
 pub use stats::{FaultStats, Waits};

@@ -280,6 +280,19 @@ impl Memory {
     }
 }
 
+/// Reserves the huge pages a checked mmap `request` may fault, if it maps a hugetlb file
+/// shared (Linux's `hugetlb_reserve_pages` at mmap): ENOMEM, with nothing reserved, when the
+/// pool cannot cover them (see [`File::reserve`]). Nothing for any other mapping.
+pub fn reserve_huge_pages(request: &vma::request::MmapRequest) -> vma::Result<()> {
+    let mapping = request.mapping_at(0);
+    match File::of(&mapping) {
+        Some(file) if file.is_hugetlb() && mapping.shared => {
+            file.reserve(mapping.pgoff, mapping.pgoff + mapping.pages())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The fault side: what a page's entry must become and its install, and the CPU-like copies.
 impl Memory {
     /// Counts one event of the fault path.

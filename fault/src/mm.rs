@@ -13,12 +13,12 @@
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, allows};
 use crate::file::{File, Mapper};
 use crate::frames::FramePool;
-use crate::memory::{Memory, einval};
+use crate::memory::{Memory, einval, reserve_huge_pages};
 use crate::pagetable::{ADDRESS_LIMIT, Pte};
 use crate::stats::{Counter, FaultStats};
 use maple::rcu::{DefaultRcu, Rcu};
 use std::sync::{Arc, Weak};
-use vma::request::{advise_range, dontneed_part};
+use vma::request::{MmapRequest, advise_range, dontneed_part};
 use vma::{
     AddressSpace, Backing as VmaBacking, Errno, Error, FlushHook, Layout, Lookup, MapFlags, Mapping,
     PAGE_SIZE, Prot, RemapFlags, Revoked, VmaRef,
@@ -251,7 +251,9 @@ impl Mm {
         file: Option<(&Arc<File>, u64)>,
     ) -> vma::Result<u64> {
         let (flags, object) = self.shared.memory.mapped_object(len, flags, file)?;
-        self.shared.space.mmap(addr, len, prot, flags, object)
+        let request = MmapRequest::new(self.shared.space.layout(), addr, len, prot, flags, object)?;
+        reserve_huge_pages(&request)?;
+        self.shared.space.map(request)
     }
 
     /// Unmaps `[addr, addr + len)`; when this returns its translations are gone and no access

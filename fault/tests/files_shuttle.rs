@@ -6,7 +6,8 @@
 //! and replacements sees every VMA whole and never misses a page that stays mapped; a fault
 //! (read or write) racing the eviction of its page never keeps a translation to a frame that
 //! left the cache, and no write is lost; a fault beside a truncate loop waits for one truncate
-//! at most (its turn). Each has a broken variant that must fail. Run with `--features shuttle`.
+//! at most (its turn); a fault racing a truncate of a hugetlb file leaves the huge-page
+//! reservation counts right (seed 001). Each has a broken variant that must fail. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
 use fault::{
@@ -154,6 +155,69 @@ fn faults_wait_for_one_truncate_at_most() {
 #[test]
 fn unfair_invalidations_make_faults_wait_again() {
     assert_broken_variant_fails(STEPS, &["violated"], || fault_beside_truncate_loop(true));
+}
+
+/// Seed 001's reservation race: a two-page hugetlb file mapped shared (both pages reserved at
+/// mmap); a fault on page 1 races a truncate to one page. Page 1's reservation is consumed by
+/// the fault or given back by the truncate, never both and never neither: page 0's is the only
+/// one left, no page beyond the end stays cached, and no huge page is left in use.
+fn fault_racing_truncate_keeps_reservations(broken: bool) {
+    const H: u64 = fault::HUGE_FRAME_SIZE as u64;
+    let config = FramePoolConfig {
+        chunk_frames: 8,
+        max_frames: 64,
+    };
+    let frames = Arc::new(FramePool::with_huge_pages(config, 2).unwrap());
+    let file = File::hugetlb("/hugepages/r", &frames, 2 * H, FileSync::Rcu).unwrap();
+    if broken {
+        file.break_reservations();
+    }
+    let mm = Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
+    let at = 0x4000_0000;
+    mm.mmap(
+        at,
+        2 * H,
+        Prot::READ_WRITE,
+        MapFlags::SHARED.fixed(),
+        Some((&file, 0)),
+    )
+    .unwrap();
+    assert_eq!(frames.huge_reserved(), 2);
+    let fault = {
+        let mm = mm.clone();
+        thread::spawn(move || mm.fault(at + H, Access::Write))
+    };
+    file.set_len(H).unwrap();
+    let result = join(fault);
+    assert!(
+        matches!(result, Ok(_) | Err(fault::FaultError::BusError)),
+        "{result:?}"
+    );
+    assert_eq!(
+        frames.huge_reserved(),
+        1,
+        "violated: the truncated page's reservation was counted twice or not at all"
+    );
+    assert_eq!(
+        file.cached_pages(),
+        0,
+        "violated: a page beyond the end stayed cached"
+    );
+    mm.munmap(at, 2 * H).unwrap();
+    mm.barrier();
+    assert_eq!(frames.huge_in_use(), 0, "violated: a huge page leaked");
+}
+
+#[test]
+fn fault_racing_truncate_keeps_reservation_counts() {
+    check_both(STEPS, || fault_racing_truncate_keeps_reservations(false));
+}
+
+#[test]
+fn late_reservation_consumption_miscounts() {
+    assert_broken_variant_fails(STEPS, &["violated", "reservations given back than held"], || {
+        fault_racing_truncate_keeps_reservations(true)
+    });
 }
 
 #[test]

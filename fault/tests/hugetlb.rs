@@ -177,3 +177,48 @@ fn madvise_mprotect_and_mremap_act_on_whole_huge_pages() {
     drop(file);
     assert_eq!(frames.huge_in_use(), 0, "nothing leaked");
 }
+
+#[test]
+fn shared_mappings_reserve_at_mmap_and_truncate_punch_and_drop_give_back() {
+    let frames = pool(3);
+    let file = File::hugetlb("/hugepages/r", &frames, 4 * H, FileSync::Rcu).unwrap();
+    let (a, b) = (mm(&frames), mm(&frames));
+    let rw = Prot::READ_WRITE;
+    let map =
+        |space: &Mm, offset: u64, len: u64| space.mmap(0, len, rw, MapFlags::SHARED, Some((&file, offset)));
+    // Linux's hugetlb_reserve_pages: ENOMEM, with nothing reserved, when the pool cannot
+    // cover the mapping.
+    assert_eq!(map(&a, 0, 4 * H).map_err(|e| e.errno), Err(Errno::ENOMEM));
+    assert_eq!(frames.huge_reserved(), 0);
+    let in_a = map(&a, 0, 2 * H).unwrap();
+    let in_b = map(&b, 0, 2 * H).unwrap();
+    assert_eq!(frames.huge_reserved(), 2, "the file's pages are reserved once");
+    map(&b, 2 * H, H).unwrap();
+    assert_eq!((frames.huge_reserved(), file.reserved_pages()), (3, 3));
+    // Every huge page is promised: an unreserved allocation (a private mapping's) fails.
+    let private = a.mmap(0, H, rw, MapFlags::PRIVATE, Some((&file, 3 * H))).unwrap();
+    assert_eq!(a.fault(private, Access::Write), Err(FaultError::BusError));
+    // A fault consumes its page's reservation; munmap keeps the file's.
+    a.write(in_a + 1, b"a").unwrap();
+    assert_eq!((frames.huge_reserved(), frames.huge_in_use()), (2, 1));
+    assert_eq!(byte(&b, in_b + 1), Ok(b'a'));
+    a.munmap(in_a, 2 * H).unwrap();
+    b.munmap(in_b, 2 * H).unwrap();
+    assert_eq!(frames.huge_reserved(), 2, "reservations belong to the file");
+    // Hole punch and truncate give back the reservations of the pages they remove.
+    file.punch_hole(H, H).unwrap();
+    assert_eq!(frames.huge_reserved(), 1);
+    file.set_len(H).unwrap();
+    assert_eq!((frames.huge_reserved(), file.reserved_pages()), (0, 0));
+    // Dropping the file gives back what is left.
+    file.set_len(2 * H).unwrap();
+    map(&a, H, H).unwrap();
+    assert_eq!(frames.huge_reserved(), 1);
+    drop((a, b));
+    drop(file);
+    assert_eq!(
+        (frames.huge_reserved(), frames.huge_in_use()),
+        (0, 0),
+        "nothing left"
+    );
+}

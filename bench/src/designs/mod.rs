@@ -227,7 +227,9 @@ pub trait Design: Send + Sync {
     ) -> vma::Result<u64> {
         let layout = self.layout();
         let (flags, object) = self.memory().mapped_object(len, flags, file)?;
-        self.change(Op::Map(MmapRequest::new(layout, addr, len, prot, flags, object)?))
+        let request = MmapRequest::new(layout, addr, len, prot, flags, object)?;
+        fault::reserve_huge_pages(&request)?;
+        self.change(Op::Map(request))
     }
 
     /// munmap.
