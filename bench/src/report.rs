@@ -54,7 +54,8 @@ pub fn legend(all: &[Summary]) -> String {
          writer's lock, a VMA being set up, a truncate of the page), their total and longest \
          wait; the run's peak resident memory; where a file is truncated, faults beyond its end \
          (bus errors) and translations beyond its end found after a truncate returned (stale, \
-         must be 0). \"oversubscribed\": more threads \
+         must be 0); where huge pages are mapped, the largest page table of an address space. \
+         \"oversubscribed\": more threads \
          (faulting threads plus the writer) than CPUs, so the scheduler, not the design, decides \
          much of the row.\n"
     ));
@@ -72,15 +73,18 @@ pub fn tables(all: &[Summary]) -> String {
             let _ = writeln!(out, "{what}.\n");
         }
         let truncates = crate::workload::truncates(workload);
+        let huge = crate::workload::maps_huge_pages(workload);
         let _ = writeln!(
             out,
-            "| threads | design | faults/s | vs {BASELINE} | p50 | p99 | p99.9 | max | writer calls/s | vs {BASELINE} | fault waits | wait total | longest wait | peak RSS |{}",
-            if truncates { " bus errors | stale |" } else { "" }
+            "| threads | design | faults/s | vs {BASELINE} | p50 | p99 | p99.9 | max | writer calls/s | vs {BASELINE} | fault waits | wait total | longest wait | peak RSS |{}{}",
+            if truncates { " bus errors | stale |" } else { "" },
+            if huge { " page tables per space |" } else { "" }
         );
         let _ = writeln!(
             out,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{}",
-            if truncates { "---|---|" } else { "" }
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{}{}",
+            if truncates { "---|---|" } else { "" },
+            if huge { "---|" } else { "" }
         );
         let mut rows: Vec<&Summary> = all.iter().filter(|m| m.workload == workload).collect();
         rows.sort_by_key(|m| m.threads);
@@ -94,11 +98,14 @@ pub fn tables(all: &[Summary]) -> String {
             } else {
                 ("-".into(), "-".into())
             };
-            let checks = if truncates {
+            let mut checks = if truncates {
                 format!(" {} | {} |", m.bus_errors, m.stale_translations)
             } else {
                 String::new()
             };
+            if huge {
+                let _ = write!(checks, " {} KiB |", m.page_table_bytes / 1024);
+            }
             let _ = writeln!(
                 out,
                 "| {}{} | {} | {:.0} | {} | {} | {} | {} | {} | {writer} | {writer_ratio} | {} | {} | {} | {:.1} MiB |{checks}",
@@ -131,7 +138,8 @@ pub fn json(all: &[Summary]) -> String {
                  \"faults_per_sec\": {:.1}, \"fault_p50_ns\": {}, \"fault_p99_ns\": {}, \
                  \"fault_p999_ns\": {}, \"fault_max_ns\": {}, \"writer_ops_per_sec\": {:.1}, \
                  \"peak_rss_bytes\": {}, \"fault_waits\": {}, \"fault_wait_total_ns\": {}, \
-                 \"fault_wait_max_ns\": {}, \"bus_errors\": {}, \"stale_translations\": {}}}",
+                 \"fault_wait_max_ns\": {}, \"bus_errors\": {}, \"stale_translations\": {}, \
+                 \"page_table_bytes_per_mm\": {}}}",
                 m.design,
                 m.workload,
                 m.threads,
@@ -148,6 +156,7 @@ pub fn json(all: &[Summary]) -> String {
                 m.waits.max_ns,
                 m.bus_errors,
                 m.stale_translations,
+                m.page_table_bytes,
             )
         })
         .collect();
@@ -262,6 +271,7 @@ mod tests {
             waits: Waits::default(),
             bus_errors: 0,
             stale_translations: 0,
+            page_table_bytes: 3 << 12,
         }
     }
 

@@ -29,6 +29,8 @@ enum Workload {
     SharedFile,
     /// As `SharedFile`, but each thread in its own address space.
     MultiProcess,
+    /// As `MultiProcess`, on a 1 GiB hugetlb file (Kravetz's benchmark as he ran it).
+    Kravetz,
     /// Threads, each in its own address space, fault a shared file while a writer shrinks,
     /// regrows and punches holes in it.
     SharedTruncate,
@@ -47,7 +49,7 @@ enum Writer {
 }
 
 impl Workload {
-    const ALL: [Workload; 7] = [
+    const ALL: [Workload; 8] = [
         Workload::PrivateChurn,
         Workload::FaultsUnderChurn,
         Workload::GiantVma,
@@ -55,6 +57,7 @@ impl Workload {
         Workload::SharedFile,
         Workload::MultiProcess,
         Workload::SharedTruncate,
+        Workload::Kravetz,
     ];
 
     const fn name(self) -> &'static str {
@@ -66,12 +69,16 @@ impl Workload {
             Workload::SharedFile => "shared-file",
             Workload::MultiProcess => "multi-process",
             Workload::SharedTruncate => "shared-truncate",
+            Workload::Kravetz => "kravetz",
         }
     }
 
     /// Whether each faulting thread has an address space of its own (else all share one).
     fn space_per_thread(self) -> bool {
-        matches!(self, Workload::MultiProcess | Workload::SharedTruncate)
+        matches!(
+            self,
+            Workload::MultiProcess | Workload::SharedTruncate | Workload::Kravetz
+        )
     }
 
     fn writer(self) -> Option<Writer> {
@@ -79,9 +86,11 @@ impl Workload {
             Workload::FaultsUnderChurn => Some(Writer::MapElsewhere),
             Workload::FixedReplace => Some(Writer::ReplaceAll),
             Workload::SharedTruncate => Some(Writer::TruncateFile),
-            Workload::PrivateChurn | Workload::GiantVma | Workload::SharedFile | Workload::MultiProcess => {
-                None
-            }
+            Workload::PrivateChurn
+            | Workload::GiantVma
+            | Workload::SharedFile
+            | Workload::MultiProcess
+            | Workload::Kravetz => None,
         }
     }
 }
@@ -106,6 +115,9 @@ pub fn describe(name: &str) -> Option<&'static str> {
         Workload::MultiProcess => {
             "Each thread, in an address space of its own, maps, faults and unmaps the same shared file (Kravetz's loop): every mmap and munmap writes the file's reverse map; the faulting threads are the writers"
         }
+        Workload::Kravetz => {
+            "Each thread, in an address space of its own, maps a shared 1 GiB hugetlb file, faults each of its 512 huge pages and unmaps it, in a loop (Kravetz's benchmark, seed 000; `--pages` does not apply): the baselines' faults hold the file's `i_mmap_rwsem` shared and their munmap holds it exclusive across its zap, as Linux 5.7 to 5.19 did"
+        }
         Workload::SharedTruncate => {
             "Threads, each in an address space of its own, fault a shared file mapped whole; a writer thread shrinks it to half, regrows it and punches a hole in a loop (writer calls: set_len and punch_hole). Faults beyond the end are bus errors; after every shrink no address space may keep a translation beyond the end (stale translations)"
         }
@@ -118,9 +130,15 @@ pub fn truncates(name: &str) -> bool {
     name == Workload::SharedTruncate.name()
 }
 
+/// Whether the workload called `name` maps huge pages (its reports show the page tables'
+/// size: how much each address space needs for them).
+pub fn maps_huge_pages(name: &str) -> bool {
+    name == Workload::Kravetz.name()
+}
+
 /// Every workload's name, in the order reports list them.
-pub const WORKLOADS: [&str; 7] = {
-    let mut names = [""; 7];
+pub const WORKLOADS: [&str; 8] = {
+    let mut names = [""; 8];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();
@@ -128,6 +146,12 @@ pub const WORKLOADS: [&str; 7] = {
     }
     names
 };
+
+/// The `kravetz` workload's hugetlb file: 1 GiB, what one page-table page of the level above
+/// its huge entries covers (the unit Linux shares between processes).
+const KRAVETZ_FILE: u64 = 1 << 30;
+/// A huge page.
+const HUGE_PAGE: u64 = fault::HUGE_FRAME_SIZE as u64;
 
 /// Most faulting threads a run may have.
 pub const MAX_THREADS: usize = 1024;
@@ -172,6 +196,9 @@ pub struct Measurement {
     pub bus_errors: u64,
     /// Translations beyond the end of a file found after a truncate returned (must be 0).
     pub stale_translations: u64,
+    /// The largest page table of any address space during the run, in bytes (every table,
+    /// the root included), read after each pass over a region.
+    pub page_table_bytes: u64,
 }
 
 impl Measurement {
@@ -194,6 +221,7 @@ impl Measurement {
             waits: self.waits,
             bus_errors: self.bus_errors,
             stale_translations: self.stale_translations,
+            page_table_bytes: self.page_table_bytes,
         }
     }
 }
@@ -230,6 +258,8 @@ pub struct Summary {
     pub bus_errors: u64,
     /// Translations beyond the end of a file found after a truncate returned.
     pub stale_translations: u64,
+    /// The largest page table of any address space during the run, in bytes.
+    pub page_table_bytes: u64,
 }
 
 impl Summary {
@@ -238,7 +268,8 @@ impl Summary {
         format!(
             "design={} workload={} threads={} oversubscribed={} faults_per_sec={} fault_p50_ns={} \
              fault_p99_ns={} fault_p999_ns={} fault_max_ns={} writer_ops_per_sec={} peak_rss_bytes={} \
-             waits={} wait_total_ns={} wait_max_ns={} bus_errors={} stale_translations={}",
+             waits={} wait_total_ns={} wait_max_ns={} bus_errors={} stale_translations={} \
+             page_table_bytes={}",
             self.design,
             self.workload,
             self.threads,
@@ -254,7 +285,8 @@ impl Summary {
             self.waits.total_ns,
             self.waits.max_ns,
             self.bus_errors,
-            self.stale_translations
+            self.stale_translations,
+            self.page_table_bytes
         )
     }
 
@@ -294,6 +326,7 @@ impl Summary {
             },
             bus_errors: get("bus_errors")?,
             stale_translations: get("stale_translations")?,
+            page_table_bytes: get("page_table_bytes")?,
         })
     }
 }
@@ -305,6 +338,8 @@ struct Tally {
     latency: Histogram<u64>,
     bus_errors: u64,
     stale_translations: u64,
+    /// The most page-table pages seen in the thread's address space.
+    tables: usize,
 }
 
 impl Tally {
@@ -315,24 +350,25 @@ impl Tally {
             latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
             bus_errors: 0,
             stale_translations: 0,
+            tables: 0,
         }
     }
 
-    /// Write-faults every page of `[start, start + pages)`, timing each; stops early (and says
-    /// so) when `stop` is set. A bus error is counted where the file may be truncated
-    /// (`bus_ok`), a failure elsewhere.
+    /// Write-faults `[start, start + len)` every `step` bytes (its pages), timing each, then
+    /// notes the size of the address space's page table; stops early (and says so) when
+    /// `stop` is set. A bus error is counted where the file may be truncated (`bus_ok`), a
+    /// failure elsewhere.
     fn fault_all(
         &mut self,
         design: &dyn Design,
-        (start, pages): (u64, u64),
+        (start, len, step): (u64, u64, u64),
         bus_ok: bool,
         stop: &AtomicBool,
     ) -> Result<bool, String> {
-        for page in 0..pages {
+        for addr in (start..start + len).step_by(step as usize) {
             if stop.load(Ordering::Relaxed) {
                 return Ok(false);
             }
-            let addr = start + page * PAGE_SIZE;
             let since = Instant::now();
             let result = design.fault(addr, Access::Write);
             self.latency.saturating_record(since.elapsed().as_nanos() as u64);
@@ -344,6 +380,7 @@ impl Tally {
                 }
             }
         }
+        self.tables = self.tables.max(design.memory().table().tables());
         Ok(true)
     }
 
@@ -409,7 +446,15 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
     if duration.is_zero() {
         return Err("duration: at least 1 ms".into());
     }
-    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).map_err(|e| e.to_string())?);
+    // Huge pages for the hugetlb workload: its file, whole (their memory comes as used).
+    let huge_pages = if kind == Workload::Kravetz {
+        (KRAVETZ_FILE / HUGE_PAGE) as usize
+    } else {
+        0
+    };
+    let frames = Arc::new(
+        FramePool::with_huge_pages(FramePoolConfig::default(), huge_pages).map_err(|e| e.to_string())?,
+    );
     let spaces = if kind.space_per_thread() { threads } else { 1 };
     let spaces: Vec<Arc<dyn Design>> = (0..spaces)
         .map(|_| designs::build(design, DesignConfig::default(), frames.clone()))
@@ -450,6 +495,23 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             }
             file = Some(shared);
         }
+        Workload::Kravetz => {
+            let sync = first.file_sync();
+            let hugetlb = File::hugetlb(workload, &frames, KRAVETZ_FILE, sync).map_err(error)?;
+            // The steady state of Kravetz's loop, which runs for hours: every huge page is in
+            // the file already (allocated and zeroed once), and a fault maps it.
+            let a = first
+                .mmap(0, KRAVETZ_FILE, rw, MapFlags::SHARED, Some((&hugetlb, 0)))
+                .map_err(error)?;
+            Tally::new().fault_all(
+                first,
+                (a, KRAVETZ_FILE, HUGE_PAGE),
+                false,
+                &AtomicBool::new(false),
+            )?;
+            first.munmap(a, KRAVETZ_FILE).map_err(error)?;
+            file = Some(hugetlb);
+        }
         Workload::PrivateChurn => {}
     }
     let writer = kind.writer();
@@ -470,14 +532,21 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                     match kind {
                         Workload::PrivateChurn => {
                             let a = tally.op(design.mmap(0, len, rw, anon, None))?;
-                            tally.fault_all(design, (a, pages), false, stop)?;
+                            tally.fault_all(design, (a, len, PAGE_SIZE), false, stop)?;
                             tally.op(design.munmap(a, len))?;
                         }
                         Workload::SharedFile | Workload::MultiProcess => {
                             let file = file.as_ref().expect("set up");
                             let a = tally.op(design.mmap(0, len, rw, MapFlags::SHARED, Some((file, 0))))?;
-                            tally.fault_all(design, (a, pages), false, stop)?;
+                            tally.fault_all(design, (a, len, PAGE_SIZE), false, stop)?;
                             tally.op(design.munmap(a, len))?;
+                        }
+                        Workload::Kravetz => {
+                            let file = file.as_ref().expect("set up");
+                            let shared = Some((file, 0));
+                            let a = tally.op(design.mmap(0, KRAVETZ_FILE, rw, MapFlags::SHARED, shared))?;
+                            tally.fault_all(design, (a, KRAVETZ_FILE, HUGE_PAGE), false, stop)?;
+                            tally.op(design.munmap(a, KRAVETZ_FILE))?;
                         }
                         Workload::FaultsUnderChurn
                         | Workload::GiantVma
@@ -485,7 +554,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                         | Workload::SharedTruncate => {
                             let a = own.expect("set up");
                             let bus_ok = kind == Workload::SharedTruncate;
-                            if tally.fault_all(design, (a, pages), bus_ok, stop)? {
+                            if tally.fault_all(design, (a, len, PAGE_SIZE), bus_ok, stop)? {
                                 design.madvise_dontneed(a, len).map_err(error)?;
                             }
                         }
@@ -542,6 +611,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         total.writer_ops += tally.writer_ops;
         total.bus_errors += tally.bus_errors;
         total.stale_translations += tally.stale_translations;
+        total.tables = total.tables.max(tally.tables);
         total.latency.add(&tally.latency).expect("same bounds");
     }
     let waits = spaces
@@ -561,6 +631,8 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         peak_rss_bytes,
         bus_errors: total.bus_errors,
         stale_translations: total.stale_translations,
+        // The root is not among the tables counted below it.
+        page_table_bytes: (total.tables as u64 + 1) * PAGE_SIZE,
     })
 }
 
@@ -589,6 +661,7 @@ mod tests {
             },
             bus_errors: 3,
             stale_translations: 0,
+            page_table_bytes: 5 << 12,
         };
         assert_eq!(Summary::from_line(&summary.to_line()), Ok(summary));
         assert!(Summary::from_line("design=rcu").is_err());
