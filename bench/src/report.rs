@@ -138,7 +138,7 @@ pub fn json(all: &[Summary]) -> String {
                  \"faults_per_sec\": {:.1}, \"fault_p50_ns\": {}, \"fault_p99_ns\": {}, \
                  \"fault_p999_ns\": {}, \"fault_max_ns\": {}, \"writer_ops_per_sec\": {:.1}, \
                  \"peak_rss_bytes\": {}, \"fault_waits\": {}, \"fault_wait_total_ns\": {}, \
-                 \"fault_wait_max_ns\": {}, \"bus_errors\": {}, \"stale_translations\": {}, \
+                 \"max_fault_wait_ns\": {}, \"bus_errors\": {}, \"stale_translations\": {}, \
                  \"page_table_bytes_per_mm\": {}}}",
                 m.design,
                 m.workload,
