@@ -5,13 +5,14 @@
 //! times longer. CI also runs it under AddressSanitizer.
 #![cfg(not(feature = "shuttle"))]
 
-use fault::{Access, FaultError, File, FramePool, FramePoolConfig, Mm, MmConfig};
+use fault::{Access, FaultError, File, FileSync, FramePool, FramePoolConfig, Mm, MmConfig};
 use maple::testing::Rng;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use vma::{MapFlags, PAGE_SIZE, Prot};
 
 const P: u64 = PAGE_SIZE;
+const HUGE: u64 = fault::HUGE_FRAME_SIZE as u64;
 const STABLE: u64 = 0x1000_0000;
 const CHURN: u64 = 0x2000_0000;
 const CHURN_PAGES: u64 = 32;
@@ -205,7 +206,6 @@ fn no_store_lands_after_munmap_or_mprotect_returns() {
 /// beyond it are bus errors, never a panic or a stale page; at the end every frame is back.
 #[test]
 fn address_spaces_fault_a_file_while_it_is_truncated_and_punched() {
-    const SPACES: usize = 3;
     const PAGES: u64 = 16;
     let frames = Arc::new(
         FramePool::new(FramePoolConfig {
@@ -215,19 +215,47 @@ fn address_spaces_fault_a_file_while_it_is_truncated_and_punched() {
         .unwrap(),
     );
     let file = File::new("/truncated", &frames, &[0x77; (PAGES * P) as usize]);
+    fault_a_file_while_it_is_truncated(file, &frames, PAGES);
+}
+
+/// The same with a hugetlb file: its sizes change by whole huge pages, faults take whole huge
+/// pages (a bus error also when the pool has none free for a private page), shared mappings
+/// reserve theirs; at the end every huge page is back and no reservation is left.
+#[test]
+fn address_spaces_fault_a_hugetlb_file_while_it_is_truncated_and_punched() {
+    const PAGES: u64 = 4;
+    let config = FramePoolConfig {
+        chunk_frames: 64,
+        max_frames: 1024,
+    };
+    let frames = Arc::new(FramePool::with_huge_pages(config, 16).unwrap());
+    let file = File::hugetlb("/hugepages/truncated", &frames, PAGES * HUGE, FileSync::Rcu).unwrap();
+    fault_a_file_while_it_is_truncated(file, &frames, PAGES);
+    assert_eq!(frames.huge_in_use(), 0, "huge frames leaked");
+    assert_eq!(frames.huge_reserved(), 0, "reservations leaked");
+}
+
+/// Three address spaces, shared and private mappings of `file` (`pages` of its pages long),
+/// against a truncating thread (see above); drops the file at the end.
+fn fault_a_file_while_it_is_truncated(file: Arc<File>, frames: &FramePool, pages: u64) {
+    const SPACES: usize = 3;
+    let unit = file.page_size();
+    let len = pages * unit;
     let spaces: Vec<Arc<Mm>> = (0..SPACES)
-        .map(|_| Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap()))
+        .map(|_| Arc::new(Mm::new(MmConfig::default(), file.frames().clone()).unwrap()))
         .collect();
+    let flags = |i: usize| {
+        if i % 2 == 0 {
+            MapFlags::SHARED
+        } else {
+            MapFlags::PRIVATE
+        }
+    };
     let at: Vec<u64> = spaces
         .iter()
         .enumerate()
         .map(|(i, mm)| {
-            let flags = if i % 2 == 0 {
-                MapFlags::SHARED
-            } else {
-                MapFlags::PRIVATE
-            };
-            mm.mmap(0, PAGES * P, Prot::READ_WRITE, flags, Some((&file, 0)))
+            mm.mmap(0, len, Prot::READ_WRITE, flags(i), Some((&file, 0)))
                 .unwrap()
         })
         .collect();
@@ -240,14 +268,8 @@ fn address_spaces_fault_a_file_while_it_is_truncated_and_punched() {
             let (mm, mut addr, file) = (mm.clone(), at[i], file.clone());
             scope.spawn(move || {
                 let mut rng = Rng::new(i as u64);
-                let flags = if i % 2 == 0 {
-                    MapFlags::SHARED
-                } else {
-                    MapFlags::PRIVATE
-                };
                 while !stop.load(Ordering::Relaxed) {
-                    let page = rng.below(PAGES);
-                    let target = addr + page * P + rng.below(P - 1);
+                    let target = addr + rng.below(len - 1);
                     let result = if rng.chance(50) {
                         mm.write(target, &[i as u8])
                     } else {
@@ -260,36 +282,42 @@ fn address_spaces_fault_a_file_while_it_is_truncated_and_punched() {
                     accesses.fetch_add(1, Ordering::Relaxed);
                     if rng.chance(2) {
                         // Remap: the reverse map changes under the truncating thread.
-                        mm.munmap(addr, PAGES * P).unwrap();
+                        mm.munmap(addr, len).unwrap();
                         addr = mm
-                            .mmap(0, PAGES * P, Prot::READ_WRITE, flags, Some((&file, 0)))
+                            .mmap(0, len, Prot::READ_WRITE, flags(i), Some((&file, 0)))
                             .unwrap();
                     }
                 }
-                mm.munmap(addr, PAGES * P).unwrap();
+                mm.munmap(addr, len).unwrap();
             });
         }
         let mut rng = Rng::new(99);
         let mut round = 0;
         while round < rounds || accesses.load(Ordering::Relaxed) < enough {
             round += 1;
-            let len = rng.below(PAGES * P);
-            file.set_len(len).unwrap();
-            let first = len.div_ceil(P);
+            // A hugetlb file's size changes by whole huge pages.
+            let size = if file.is_hugetlb() {
+                rng.below(pages) * unit
+            } else {
+                rng.below(len)
+            };
+            file.set_len(size).unwrap();
+            let first = size.div_ceil(unit);
             for (mm, &addr) in spaces.iter().zip(&at) {
                 // The initial mappings may have been remapped elsewhere; their old range then
                 // holds nothing of the file, and a translation there would be a leak.
-                for page in first..PAGES {
-                    let pte = mm.translation(addr + page * P);
+                for page in first..pages {
+                    let at = addr + page * unit;
                     assert!(
-                        pte.is_none() || mm.file_at(addr + page * P).is_none_or(|(_, off)| off / P < first),
+                        mm.translation(at).is_none()
+                            || mm.file_at(at).is_none_or(|(_, off)| off / unit < first),
                         "a translation beyond the end survived set_len"
                     );
                 }
             }
-            let offset = rng.below(PAGES * P);
-            file.punch_hole(offset, 1 + rng.below(3 * P)).unwrap();
-            file.set_len(PAGES * P).unwrap();
+            let offset = rng.below(len);
+            file.punch_hole(offset, 1 + rng.below(3 * unit)).unwrap();
+            file.set_len(len).unwrap();
         }
         stop.store(true, Ordering::Relaxed);
     });
