@@ -152,6 +152,9 @@ pub const WORKLOADS: [&str; 8] = {
 const KRAVETZ_FILE: u64 = 1 << 30;
 /// A huge page.
 const HUGE_PAGE: u64 = fault::HUGE_FRAME_SIZE as u64;
+/// Where each address space of `kravetz` maps the file: 1 GiB-aligned, so that its page table
+/// of huge entries is shared (as the aligned middle of seed 000's 250 GB mapping is).
+const KRAVETZ_HINT: u64 = 1 << 40;
 
 /// Most faulting threads a run may have.
 pub const MAX_THREADS: usize = 1024;
@@ -356,18 +359,23 @@ impl Tally {
 
     /// Write-faults `[start, start + len)` every `step` bytes (its pages), timing each, then
     /// notes the size of the address space's page table; stops early (and says so) when
-    /// `stop` is set. A bus error is counted where the file may be truncated (`bus_ok`), a
-    /// failure elsewhere.
+    /// `stop` is set. With `as_cpu`, a page whose translation already allows the write is
+    /// skipped, as a CPU takes no fault there (another address space may have installed it in
+    /// a shared page table). A bus error is counted where the file may be truncated (`bus_ok`),
+    /// a failure elsewhere.
     fn fault_all(
         &mut self,
         design: &dyn Design,
         (start, len, step): (u64, u64, u64),
-        bus_ok: bool,
+        (bus_ok, as_cpu): (bool, bool),
         stop: &AtomicBool,
     ) -> Result<bool, String> {
         for addr in (start..start + len).step_by(step as usize) {
             if stop.load(Ordering::Relaxed) {
                 return Ok(false);
+            }
+            if as_cpu && writable(design, addr) {
+                continue;
             }
             let since = Instant::now();
             let result = design.fault(addr, Access::Write);
@@ -413,6 +421,16 @@ fn peak_rss() -> u64 {
 /// process's peak so far.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Whether `design`'s translation of `addr` allows a write (read in a section of its domain).
+fn writable(design: &dyn Design, addr: u64) -> bool {
+    let _guard = maple::Guard::keyed(design.rcu(), maple::rcu::Keys::one(addr));
+    design
+        .memory()
+        .table()
+        .translate(addr)
+        .is_some_and(|pte| pte.writable())
 }
 
 /// Translations of `[start, end)` in `design`'s page table (read in a section of its domain).
@@ -503,12 +521,8 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             let a = first
                 .mmap(0, KRAVETZ_FILE, rw, MapFlags::SHARED, Some((&hugetlb, 0)))
                 .map_err(error)?;
-            Tally::new().fault_all(
-                first,
-                (a, KRAVETZ_FILE, HUGE_PAGE),
-                false,
-                &AtomicBool::new(false),
-            )?;
+            let never = AtomicBool::new(false);
+            Tally::new().fault_all(first, (a, KRAVETZ_FILE, HUGE_PAGE), (false, true), &never)?;
             first.munmap(a, KRAVETZ_FILE).map_err(error)?;
             file = Some(hugetlb);
         }
@@ -532,20 +546,22 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                     match kind {
                         Workload::PrivateChurn => {
                             let a = tally.op(design.mmap(0, len, rw, anon, None))?;
-                            tally.fault_all(design, (a, len, PAGE_SIZE), false, stop)?;
+                            tally.fault_all(design, (a, len, PAGE_SIZE), (false, false), stop)?;
                             tally.op(design.munmap(a, len))?;
                         }
                         Workload::SharedFile | Workload::MultiProcess => {
                             let file = file.as_ref().expect("set up");
                             let a = tally.op(design.mmap(0, len, rw, MapFlags::SHARED, Some((file, 0))))?;
-                            tally.fault_all(design, (a, len, PAGE_SIZE), false, stop)?;
+                            tally.fault_all(design, (a, len, PAGE_SIZE), (false, false), stop)?;
                             tally.op(design.munmap(a, len))?;
                         }
                         Workload::Kravetz => {
                             let file = file.as_ref().expect("set up");
                             let shared = Some((file, 0));
-                            let a = tally.op(design.mmap(0, KRAVETZ_FILE, rw, MapFlags::SHARED, shared))?;
-                            tally.fault_all(design, (a, KRAVETZ_FILE, HUGE_PAGE), false, stop)?;
+                            let hint = KRAVETZ_HINT;
+                            let a =
+                                tally.op(design.mmap(hint, KRAVETZ_FILE, rw, MapFlags::SHARED, shared))?;
+                            tally.fault_all(design, (a, KRAVETZ_FILE, HUGE_PAGE), (false, true), stop)?;
                             tally.op(design.munmap(a, KRAVETZ_FILE))?;
                         }
                         Workload::FaultsUnderChurn
@@ -554,7 +570,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                         | Workload::SharedTruncate => {
                             let a = own.expect("set up");
                             let bus_ok = kind == Workload::SharedTruncate;
-                            if tally.fault_all(design, (a, len, PAGE_SIZE), bus_ok, stop)? {
+                            if tally.fault_all(design, (a, len, PAGE_SIZE), (bus_ok, false), stop)? {
                                 design.madvise_dontneed(a, len).map_err(error)?;
                             }
                         }

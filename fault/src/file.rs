@@ -46,6 +46,7 @@ use crate::backing::{Backing, MemBacking};
 use crate::engine::FaultError;
 use crate::frames::{FRAME_SIZE, Frame, FramePool, HUGE_FRAME_SIZE, Shrinker};
 use crate::page_cache::{MAX_PAGES, PageCache};
+use crate::pmd_share::Registry;
 use maple::Guard;
 use maple::intervals::IntervalTree;
 use maple::rcu::{DefaultRcu, Keys, Rcu};
@@ -210,6 +211,15 @@ impl Invalidation {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether an invalidation running now covers any page of `[first, end)`.
+    fn running_within(&self, first: u64, end: u64) -> bool {
+        if self.generation.load(Ordering::SeqCst) % 2 == 0 {
+            return false;
+        }
+        let state = self.lock();
+        self.generation.load(Ordering::SeqCst) % 2 == 1 && state.first < end && first < state.end
+    }
+
     /// Whether `pgoff` is inside an invalidation running now.
     fn running_over(&self, pgoff: u64) -> bool {
         // SeqCst, with the writer's SeqCst increment and the grace period after it: a lookup
@@ -354,10 +364,16 @@ pub struct File {
     /// A hugetlb file's huge pages (by index) reserved in the pool for its shared mappings and
     /// not yet consumed by a fault (Linux's inode `resv_map`; see [`File::reserve`]).
     reservations: Mutex<std::collections::BTreeSet<u64>>,
+    /// The level-2 page tables address spaces share for its huge pages (PMD sharing).
+    shared_tables: Arc<Registry>,
     /// Faults consume reservations after caching their page, outside the lock (shuttle builds
     /// only; for the test that must fail).
     #[cfg(feature = "shuttle")]
     late_consumption: maple::sync::atomic::AtomicBool,
+    /// Address spaces link shared page tables without the file's section or its check for a
+    /// running invalidation (shuttle builds only; for the test that must fail).
+    #[cfg(feature = "shuttle")]
+    unguarded_sharing: maple::sync::atomic::AtomicBool,
     #[cfg(feature = "shuttle")]
     broken: maple::sync::atomic::AtomicBool,
 }
@@ -499,8 +515,11 @@ impl File {
             clock: AtomicU64::new(0),
             huge,
             reservations: Mutex::new(std::collections::BTreeSet::new()),
+            shared_tables: Arc::new(Registry::new(frames)),
             #[cfg(feature = "shuttle")]
             late_consumption: maple::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "shuttle")]
+            unguarded_sharing: maple::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "shuttle")]
             broken: maple::sync::atomic::AtomicBool::new(false),
         });
@@ -572,6 +591,28 @@ impl File {
     /// install).
     pub(crate) fn guard_at(&self, pgoff: u64) -> Guard<'_, DefaultRcu> {
         Guard::keyed(self.reverse_map.rcu(), Keys::one(pgoff))
+    }
+
+    /// Enters a read-side section of the file's domain for pages `[first, end)` (linking a
+    /// shared page table that covers them).
+    pub(crate) fn guard_within(&self, first: u64, end: u64) -> Guard<'_, DefaultRcu> {
+        Guard::keyed(self.reverse_map.rcu(), Keys::new(first, end - 1))
+    }
+
+    /// Whether an invalidation of any page of `[first, end)` is running (inside a section from
+    /// [`File::guard_within`]: one that begins later waits for the section).
+    pub(crate) fn invalidating(&self, first: u64, end: u64) -> bool {
+        self.invalidation.running_within(first, end)
+    }
+
+    /// The file's shared page tables (PMD sharing: see `pmd_share`).
+    pub(crate) fn shared_tables(&self) -> &Arc<Registry> {
+        &self.shared_tables
+    }
+
+    /// Level-2 page tables address spaces share for this file now (PMD sharing).
+    pub fn shared_page_tables(&self) -> usize {
+        self.shared_tables.tables()
     }
 
     /// Under [`FileSync::RwSem`], takes the lock shared for a fault's lookup and install,
@@ -706,6 +747,23 @@ impl File {
     #[doc(hidden)]
     pub fn break_reservations(&self) {
         self.late_consumption.store(true, Ordering::SeqCst);
+    }
+
+    /// Breaks PMD sharing: address spaces link a shared page table without entering the
+    /// file's section for its pages or checking for a running invalidation (shuttle builds
+    /// only; for the test that must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn break_sharing(&self) {
+        self.unguarded_sharing.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether sharing skips the file's section (the broken variant).
+    pub(crate) fn shares_unguarded(&self) -> bool {
+        #[cfg(feature = "shuttle")]
+        return self.unguarded_sharing.load(Ordering::SeqCst);
+        #[cfg(not(feature = "shuttle"))]
+        false
     }
 
     fn consumes_late(&self) -> bool {
@@ -1019,6 +1077,9 @@ impl File {
             }
             return false;
         }
+        // No address space links a shared page table of these pages anew; those that do unshare
+        // it below, as they remove their translations.
+        self.shared_tables.retire(first, end);
         let even_cows = removal == Removal::Truncate;
         let revoked = self.revoke_everywhere(first, end, |mapper| {
             mapper.unmap_file_pages(self, first, end, even_cows)

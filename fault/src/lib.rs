@@ -46,6 +46,7 @@ mod memory;
 mod mm;
 mod page_cache;
 pub mod pagetable;
+mod pmd_share;
 mod shard;
 mod stats;
 

@@ -10,16 +10,24 @@
 //! - A frame removed from an entry is put only after a grace period of the caller's RCU domain
 //!   ([`Memory::release_later`]): a `read`/`write` copying through the old translation under a
 //!   guard finishes first. Emptied page tables are retired to the same domain.
+//! - A shared page table (PMD sharing, `pmd_share`) that a range operation unlinks from this
+//!   table is given back to its file's registry only after a grace period of the same domain,
+//!   and counts as a revocation of the range it covers (the caller waits for the accesses
+//!   through it, as for any removed translation).
 
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
 use crate::file::{File, Lookup, file_of, mapped_file};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
-use crate::pagetable::{ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, WRITABLE};
+use crate::pagetable::{
+    ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, SHARED_SPAN, SharedTable, WRITABLE,
+};
+use crate::pmd_share::{Registry, Release, SPAN_PAGES};
 use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
 use maple::Guard;
 use maple::rcu::{DefaultRcu, DropBox, Keys, Rcu};
 use maple::sync::Mutex;
 use maple::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 use vma::{Backing as VmaBacking, Errno, Error, MapFlags, MappedFile, Mapping, PAGE_SIZE, Prot, Revoked};
 
@@ -40,6 +48,11 @@ pub struct Memory {
     /// Held while translations move between addresses (mremap), and by a file's invalidation
     /// while it removes this table's translations of the file: it never misses one in flight.
     relocation: Mutex<()>,
+    /// The shared page tables this table links or is linking, each with its file's registry
+    /// and how many of its links are not yet given back (see `pmd_share`).
+    shares: Mutex<HashMap<SharedTable, (Arc<Registry>, usize)>>,
+    /// Serializes this table's attempts to link a shared table.
+    sharing: Mutex<()>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -88,6 +101,75 @@ impl Memory {
             counters: Counters::new(),
             waits: WaitClock::default(),
             relocation: Mutex::new(()),
+            shares: Mutex::new(HashMap::new()),
+            sharing: Mutex::new(()),
+        }
+    }
+
+    /// Gives back, a grace period of `rcu` later, the shared page tables that range operations
+    /// unlinked from this table (see `pmd_share`); returns whether there were any (their
+    /// translations were revoked here).
+    pub(crate) fn release_unshared(&self, rcu: &DefaultRcu) -> bool {
+        let unshared = self.table.take_unshared();
+        for &(base, table) in &unshared {
+            let registry = {
+                let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+                let (registry, links) = shares.get_mut(&table).expect("a linked shared table is recorded");
+                *links -= 1;
+                let registry = registry.clone();
+                if *links == 0 {
+                    shares.remove(&table);
+                }
+                registry
+            };
+            let release = Box::into_raw(Box::new(Release { registry, table }));
+            // SAFETY: the box is reachable only through this pointer, retired once; DropBox
+            // frees what came from Box::into_raw. Walkers of this table reached the shared one
+            // only at addresses it covers, `[base, base + SHARED_SPAN)`.
+            unsafe {
+                rcu.retire_within::<Release, DropBox>(release, Keys::new(base, base + SHARED_SPAN - 1))
+            };
+        }
+        !unshared.is_empty()
+    }
+
+    /// Links the file's shared page table for the 1 GiB around `page` (PMD sharing: see
+    /// `pmd_share`) when `mapping`, a shared mapping of hugetlb `file`, covers that 1 GiB
+    /// whole at a file offset aligned to it, and no level-2 table is linked there yet.
+    fn try_share(&self, mapping: &Mapping, page: u64, file: &File) {
+        let base = page & !(SHARED_SPAN - 1);
+        if !mapping.shared || base < mapping.start || mapping.end - base < SHARED_SPAN {
+            return;
+        }
+        let first = mapping.pgoff + ((base - mapping.start) >> vma::PAGE_SHIFT);
+        if first % SPAN_PAGES != 0 || self.table.has_level2(base) {
+            return;
+        }
+        let _sharing = self.sharing.lock().unwrap_or_else(|e| e.into_inner());
+        // Inside the file's section for the table's pages, or under its lock shared, no
+        // invalidation of them runs unseen (see `pmd_share`).
+        let guarded = !file.shares_unguarded();
+        let _shared = guarded.then(|| file.lock_for_fault(|waited| self.record_wait(waited)));
+        let _guard = guarded.then(|| file.guard_within(first, first + SPAN_PAGES));
+        if guarded && file.invalidating(first, first + SPAN_PAGES) {
+            return;
+        }
+        let registry = file.shared_tables();
+        let table = registry.acquire(first / SPAN_PAGES, mapping.prot);
+        {
+            let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+            shares.entry(table).or_insert_with(|| (registry.clone(), 0)).1 += 1;
+        }
+        if !self.table.link_shared(base, table) {
+            // A table of its own was linked meanwhile: this one was never reachable from here.
+            let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+            let (_, links) = shares.get_mut(&table).expect("recorded above");
+            *links -= 1;
+            if *links == 0 {
+                shares.remove(&table);
+            }
+            drop(shares);
+            registry.release(table);
         }
     }
 
@@ -141,20 +223,22 @@ impl Memory {
         let frames = self.table.zap(start, end, free_tables, rcu);
         let revoked = !frames.is_empty();
         self.release_later(frames, (start, end), rcu);
-        revoked
+        self.release_unshared(rcu) | revoked
     }
 
     /// Makes the translations of `[start, end)` allow no more than `prot`; returns whether one
     /// lost a permission.
-    pub fn protect(&self, start: u64, end: u64, prot: Prot) -> bool {
-        self.table.protect(start, end, readable(prot), prot.write)
+    pub fn protect(&self, start: u64, end: u64, prot: Prot, rcu: &DefaultRcu) -> bool {
+        let reduced = self.table.protect(start, end, readable(prot), prot.write);
+        self.release_unshared(rcu) | reduced
     }
 
     /// Moves the translations of `[from, from + len)` to `[to, to + len)`; returns whether one
     /// moved (and so was revoked at its old address).
-    pub fn relocate(&self, from: u64, to: u64, len: u64) -> bool {
+    pub fn relocate(&self, from: u64, to: u64, len: u64, rcu: &DefaultRcu) -> bool {
         let _relocation = self.relocation.lock().unwrap_or_else(|e| e.into_inner());
-        self.table.relocate(from, to, len)
+        let moved = self.table.relocate(from, to, len);
+        self.release_unshared(rcu) | moved
     }
 
     /// Removes the translations of `file`'s pages `[first, end)` that `mapper` (this memory's
@@ -215,8 +299,8 @@ impl Memory {
             let guard = Guard::keyed(rcu, Keys::new(start, stop - 1));
             let (any, frames) = change(start, stop);
             drop(guard);
-            revoked.record(any, start, stop);
             self.release_later(frames, (start, stop), rcu);
+            revoked.record(self.release_unshared(rcu) | any, start, stop);
         }
         revoked
     }
@@ -228,7 +312,7 @@ impl Memory {
         let frames = self.table.clear(start, end);
         let revoked = !frames.is_empty();
         self.release_later(frames, (start, end), rcu);
-        revoked
+        self.release_unshared(rcu) | revoked
     }
 
     /// What an mmap with `flags` maps, for [`vma::request::MmapRequest`]: MAP_SHARED |
@@ -338,12 +422,16 @@ impl Memory {
     ) -> Result<Progress, FaultError> {
         debug_assert!(page < ADDRESS_LIMIT && page % PAGE_SIZE == 0);
         debug_assert!(mapping.start <= page && page < mapping.end);
-        // A mapping of huge pages: one entry maps the huge page around `page`.
+        // A mapping of huge pages: one entry maps the huge page around `page`, in a page table
+        // shared with other address spaces where they map the same 1 GiB of the file.
         let huge = mapping.page_size();
         let page = page & !(huge - 1);
         let entry = if huge == PAGE_SIZE {
             self.table.entry_or_insert(page)
         } else {
+            if let Some(file) = mapped_file(mapping) {
+                self.try_share(mapping, page, file);
+            }
             self.table.huge_entry_or_insert(page)
         };
         loop {
@@ -687,11 +775,17 @@ impl Memory {
 
 impl Drop for Memory {
     fn drop(&mut self) {
-        // Nobody else can walk the table now: put the frames of the remaining translations.
-        // The tables stay linked: the page table frees them when dropped.
+        // Nobody else can walk the table now: put the frames of the remaining translations and
+        // give the shared tables back. The tables stay linked: the page table frees them when
+        // dropped.
         let frames = self.table.clear(0, ADDRESS_LIMIT);
         // SAFETY: each is a removed translation's reference, and no reader is left.
         unsafe { self.frames.put_many(&frames) };
+        for (_, table) in self.table.take_unshared() {
+            let shares = self.shares.get_mut().unwrap_or_else(|e| e.into_inner());
+            let (registry, _) = shares.get(&table).expect("a linked shared table is recorded");
+            registry.release(table);
+        }
     }
 }
 

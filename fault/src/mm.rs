@@ -60,12 +60,12 @@ impl FlushHook for Hook {
         self.memory.zap(start, end, free_tables, rcu)
     }
 
-    fn protect(&self, start: u64, end: u64, prot: Prot, _rcu: &DefaultRcu) -> bool {
-        self.memory.protect(start, end, prot)
+    fn protect(&self, start: u64, end: u64, prot: Prot, rcu: &DefaultRcu) -> bool {
+        self.memory.protect(start, end, prot, rcu)
     }
 
-    fn relocate(&self, from: u64, to: u64, len: u64, _rcu: &DefaultRcu) -> bool {
-        self.memory.relocate(from, to, len)
+    fn relocate(&self, from: u64, to: u64, len: u64, rcu: &DefaultRcu) -> bool {
+        self.memory.relocate(from, to, len, rcu)
     }
 
     fn mapped(&self, mapping: &Mapping) {
@@ -324,6 +324,10 @@ impl Mm {
             revoked.record(!cleared.is_empty(), from, cut);
             frames.extend(cleared);
             mapped += to - from;
+        }
+        let rcu = self.shared.space.rcu();
+        if self.shared.memory.release_unshared(rcu) {
+            revoked.record(true, addr, end.min(ADDRESS_LIMIT));
         }
         drop(guard);
         // Released after the guard is gone, so that this walk is not among the sections the

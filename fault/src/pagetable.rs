@@ -20,6 +20,11 @@
 //! - A huge entry lies in a level-2 slot that holds no table, and only ranges that cover it
 //!   whole change it (hugetlb mappings are 2 MiB-aligned and split only there); a range walk
 //!   hands it to its callback as one leaf at its first address, never descends into it.
+//! - **Shared level-2 tables** (PMD sharing). A level-3 entry with [`SHARED`] links a level-2
+//!   table that other page tables may link too; this page table does not own it. Lookups walk
+//!   through it; every range operation that changes anything (all but `present`) instead
+//!   unlinks it whole (unshares: its translations stay for the other sharers) and hands it to
+//!   the owner through [`PageTable::take_unshared`], who lets go of it a grace period later.
 
 use crate::frames::Frame;
 use maple::rcu::{DropBox, Keys, Rcu};
@@ -41,6 +46,10 @@ pub const NO_ACCESS: u64 = 1 << 5;
 pub const HUGE: u64 = 1 << 6;
 /// Bytes a huge entry maps.
 pub const HUGE_PAGE_SIZE: u64 = 1 << 21;
+/// A level-3 entry linking a level-2 table shared with other page tables.
+pub const SHARED: u64 = 1 << 7;
+/// Bytes a level-2 table maps: what one shared table covers.
+pub const SHARED_SPAN: u64 = 1 << 30;
 
 const FLAGS: u64 = 0xfff;
 const ENTRIES: usize = 512;
@@ -129,14 +138,70 @@ fn entry_span(level: u32) -> u64 {
     1 << (12 + 9 * (level - 1))
 }
 
+/// What a range walk does with a shared level-2 table it meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shared {
+    /// Walk through it (reading).
+    Descend,
+    /// Unlink it from this page table (changing: see [`PageTable::take_unshared`]).
+    Unshare,
+}
+
 /// Called by the range walk after it has been through a child table: `(lo, hi, slot, child)`.
 type TableDone<'a> = &'a mut dyn FnMut(u64, u64, &AtomicU64, *mut Table);
+
+/// A level-2 table that page tables share (see the module documentation): whoever shares it
+/// owns it ([`SharedTable::new`], [`SharedTable::free`]); page tables link it by reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SharedTable(std::ptr::NonNull<Table>);
+
+// SAFETY: a table is 512 atomics; who may free it is the owner's protocol, stated on `free`.
+unsafe impl Send for SharedTable {}
+// SAFETY: as above.
+unsafe impl Sync for SharedTable {}
+
+impl SharedTable {
+    /// A new, empty level-2 table.
+    pub fn new() -> Self {
+        Self(std::ptr::NonNull::from(Box::leak(Table::new())))
+    }
+
+    /// Frees the table and returns the frames its huge entries held (put them).
+    ///
+    /// # Safety
+    /// No page table links it any more, no walker can still be inside it, and it was made by
+    /// [`SharedTable::new`] and is freed once.
+    pub unsafe fn free(self) -> Vec<Frame> {
+        // SAFETY: the caller's contract: the table is ours alone now.
+        let table = unsafe { Box::from_raw(self.0.as_ptr()) };
+        table
+            .entries
+            .iter()
+            .map(|entry| Pte(entry.load(Ordering::Acquire)))
+            .filter(|pte| pte.present())
+            .map(Pte::frame)
+            .collect()
+    }
+
+    fn link(self) -> u64 {
+        self.0.as_ptr() as u64 | PRESENT | SHARED
+    }
+}
+
+impl Default for SharedTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A software page table.
 pub struct PageTable {
     root: Box<Table>,
-    /// Tables linked below the root.
+    /// Tables linked below the root (shared ones not counted: this table does not own them).
     tables: AtomicUsize,
+    /// Shared tables range operations unlinked, with the first address each covered, until
+    /// the owner takes them.
+    unshared: maple::sync::Mutex<Vec<(u64, SharedTable)>>,
 }
 
 impl Default for PageTable {
@@ -159,7 +224,35 @@ impl PageTable {
         Self {
             root: Table::new(),
             tables: AtomicUsize::new(0),
+            unshared: maple::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Links `table` as the level-2 table of the 1 GiB around `addr` (allocating the tables
+    /// above), if none is linked there yet; false otherwise.
+    pub fn link_shared(&self, addr: u64, table: SharedTable) -> bool {
+        let slot = self.level3_slot(addr);
+        // Release pairs with the Acquire loads of walkers: the table's entries are visible
+        // before the link is.
+        slot.compare_exchange(0, table.link(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether a level-2 table (its own or a shared one) is linked for the 1 GiB around `addr`.
+    pub fn has_level2(&self, addr: u64) -> bool {
+        // Acquire as in `walk`.
+        self.level3_slot(addr).load(Ordering::Acquire) != 0
+    }
+
+    fn level3_slot(&self, addr: u64) -> &AtomicU64 {
+        self.walk(addr, true, 3).expect("tables were allocated")
+    }
+
+    /// The shared tables that range operations have unlinked since the last call, with the
+    /// first address each covered: the owner lets go of each once no walker of this table can
+    /// still be inside it (a grace period of its domain).
+    pub fn take_unshared(&self) -> Vec<(u64, SharedTable)> {
+        std::mem::take(&mut *self.unshared.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Tables below the root.
@@ -303,12 +396,14 @@ impl PageTable {
     /// inside a read-side section.
     pub fn present(&self, start: u64, end: u64) -> Vec<(u64, Pte)> {
         let mut found = Vec::new();
-        self.for_each_entry(start, end, |addr, entry| {
+        let mut note = |addr, entry: &AtomicU64| {
             let pte = Pte(entry.load(Ordering::Acquire));
             if pte.present() {
                 found.push((addr, pte));
             }
-        });
+        };
+        // Reading changes nothing: shared tables are walked through.
+        self.visit(start, end, Shared::Descend, &mut note, &mut |_, _, _, _| {});
         found
     }
 
@@ -324,22 +419,46 @@ impl PageTable {
                 frames.push(Pte(old).frame());
             }
         };
-        self.visit(start, end, &mut take, table_done);
+        self.visit(start, end, Shared::Unshare, &mut take, table_done);
         frames
     }
 
     /// Calls `f` with the address and entry of every leaf entry in `[start, end)` whose tables
-    /// exist (absent tables are skipped whole). Call it inside a read-side section, or as the
-    /// writer that alone unlinks tables.
+    /// exist (absent tables are skipped whole), unsharing the shared tables it meets. Call it
+    /// inside a read-side section, or as the writer that alone unlinks tables.
     fn for_each_entry(&self, start: u64, end: u64, mut f: impl FnMut(u64, &AtomicU64)) {
-        self.visit(start, end, &mut f, &mut |_, _, _, _| {});
+        self.visit(start, end, Shared::Unshare, &mut f, &mut |_, _, _, _| {});
+    }
+
+    /// Unlinks the shared table `entry` links (it covers `[lo, lo + SHARED_SPAN)`) and queues
+    /// it for the owner; nothing if another operation unlinked it first.
+    fn unshare(&self, lo: u64, entry: &AtomicU64) {
+        // AcqRel: one of two racing unsharers gets the table.
+        let old = entry.swap(0, Ordering::AcqRel);
+        if old & SHARED != 0 {
+            let table =
+                std::ptr::NonNull::new((old & !FLAGS) as *mut Table).expect("linked tables are not null");
+            let mut unshared = self.unshared.lock().unwrap_or_else(|e| e.into_inner());
+            unshared.push((lo, SharedTable(table)));
+        }
     }
 
     /// The one range walk: `leaf(addr, entry)` for every leaf entry in `[start, end)` whose
     /// tables exist, and `table_done(lo, hi, slot, child)` after the walk has been through a
-    /// child table covering `[lo, hi)`, linked from `slot`.
-    fn visit(&self, start: u64, end: u64, leaf: &mut dyn FnMut(u64, &AtomicU64), table_done: TableDone<'_>) {
+    /// child table covering `[lo, hi)`, linked from `slot`; a shared table is walked through
+    /// or unshared, as `shared` says.
+    fn visit(
+        &self,
+        start: u64,
+        end: u64,
+        shared: Shared,
+        leaf: &mut dyn FnMut(u64, &AtomicU64),
+        table_done: TableDone<'_>,
+    ) {
+        #[allow(clippy::too_many_arguments)]
         fn walk(
+            this: &PageTable,
+            shared: Shared,
             table: &Table,
             level: u32,
             base: u64,
@@ -369,12 +488,18 @@ impl PageTable {
                     leaf(lo, entry);
                     continue;
                 }
+                if next & SHARED != 0 && shared == Shared::Unshare {
+                    this.unshare(lo, entry);
+                    continue;
+                }
                 if next != 0 {
                     let child = (next & !FLAGS) as *mut Table;
                     let hi = lo + span;
                     // SAFETY: linked tables stay allocated until a grace period after they are
                     // unlinked, and the caller is inside a read-side section (or the writer).
                     walk(
+                        this,
+                        shared,
                         unsafe { &*child },
                         level - 1,
                         lo,
@@ -382,13 +507,25 @@ impl PageTable {
                         leaf,
                         table_done,
                     );
-                    table_done(lo, hi, entry, child);
+                    // A shared table is not this page table's to free.
+                    if next & SHARED == 0 {
+                        table_done(lo, hi, entry, child);
+                    }
                 }
             }
         }
         let end = end.min(ADDRESS_LIMIT);
         if start < end {
-            walk(&self.root, LEVELS, 0, (start, end), leaf, table_done);
+            walk(
+                self,
+                shared,
+                &self.root,
+                LEVELS,
+                0,
+                (start, end),
+                leaf,
+                table_done,
+            );
         }
     }
 
@@ -456,7 +593,8 @@ impl Drop for PageTable {
         fn free(table: &Table, level: u32) {
             for entry in &table.entries {
                 let next = entry.load(Ordering::Relaxed);
-                if level > 1 && next != 0 && next & HUGE == 0 {
+                // Huge entries are not tables, shared tables are not ours.
+                if level > 1 && next != 0 && next & (HUGE | SHARED) == 0 {
                     let child = (next & !FLAGS) as *mut Table;
                     // SAFETY: the page table owns its linked tables; nothing else can reach them now.
                     let child = unsafe { Box::from_raw(child) };

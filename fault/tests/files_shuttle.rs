@@ -220,6 +220,72 @@ fn late_reservation_consumption_miscounts() {
     });
 }
 
+/// PMD sharing racing a truncate: address space `a` made the shared page table of a 1 GiB
+/// hugetlb file (a page installed in it); `b` faults, linking the same table, while the file is
+/// truncated to one huge page. When `set_len` returns and the fault is done, neither has a
+/// translation beyond the end — `b` linked the table before the truncate unshared it, or saw
+/// the truncate and linked a new one — and once both let go the tables are freed.
+fn share_racing_truncate(broken: bool) {
+    const H: u64 = fault::HUGE_FRAME_SIZE as u64;
+    const GIB: u64 = 1 << 30;
+    let config = FramePoolConfig {
+        chunk_frames: 8,
+        max_frames: 64,
+    };
+    let frames = Arc::new(FramePool::with_huge_pages(config, 512).unwrap());
+    let file = File::hugetlb("/hugepages/shared", &frames, GIB, FileSync::Rcu).unwrap();
+    if broken {
+        file.break_sharing();
+    }
+    let wide = || Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
+    let (a, b) = (wide(), wide());
+    let space = |mm: &Arc<Mm>, at: u64| {
+        mm.mmap(
+            at,
+            GIB,
+            Prot::READ_WRITE,
+            MapFlags::SHARED.fixed(),
+            Some((&file, 0)),
+        )
+        .unwrap();
+    };
+    let (in_a, in_b) = (GIB, 2 * GIB);
+    space(&a, in_a);
+    space(&b, in_b);
+    a.fault(in_a + H, Access::Write).unwrap();
+    let fault = {
+        let b = b.clone();
+        thread::spawn(move || b.fault(in_b, Access::Read))
+    };
+    file.set_len(H).unwrap();
+    join(fault).unwrap();
+    for (mm, at) in [(&a, in_a), (&b, in_b)] {
+        assert!(
+            mm.translation(at + H).is_none(),
+            "violated: a translation beyond the end through a shared page table"
+        );
+    }
+    for (mm, at) in [(&a, in_a), (&b, in_b)] {
+        mm.munmap(at, GIB).unwrap();
+        mm.barrier();
+    }
+    assert_eq!(
+        file.shared_page_tables(),
+        0,
+        "violated: a shared page table leaked"
+    );
+}
+
+#[test]
+fn sharing_racing_truncate_leaves_no_stale_translation() {
+    check_both(STEPS, || share_racing_truncate(false));
+}
+
+#[test]
+fn sharing_without_the_files_section_shows_truncated_pages() {
+    assert_broken_variant_fails(STEPS, &["violated"], || share_racing_truncate(true));
+}
+
 #[test]
 fn fault_racing_truncate_fast_path() {
     check_both(STEPS, || fault_racing_truncate(false, Path::Fast, FileSync::Rcu));

@@ -222,3 +222,75 @@ fn shared_mappings_reserve_at_mmap_and_truncate_punch_and_drop_give_back() {
         "nothing left"
     );
 }
+
+#[test]
+fn address_spaces_share_the_page_table_of_a_whole_gib_and_unshare_it() {
+    const GIB: u64 = 1 << 30;
+    let frames = pool(600);
+    let file = File::hugetlb("/hugepages/shared", &frames, GIB, FileSync::Rcu).unwrap();
+    let spaces = [mm(&frames), mm(&frames), mm(&frames)];
+    let rw = Prot::READ_WRITE;
+    let at = |i: u64| (i + 1) * GIB;
+    for (i, space) in spaces.iter().enumerate() {
+        let prot = if i == 2 { Prot::READ } else { rw };
+        let flags = MapFlags::SHARED.fixed();
+        space
+            .mmap(at(i as u64), GIB, prot, flags, Some((&file, 0)))
+            .unwrap();
+    }
+    let [a, b, c] = &spaces;
+    a.write(at(0) + 5, b"a").unwrap();
+    assert_eq!(byte(b, at(1) + H), Ok(0), "b links the table a made");
+    assert!(
+        b.translation(at(1) + 5).is_some(),
+        "a's translation, without a fault in b"
+    );
+    assert_eq!(byte(b, at(1) + 5), Ok(b'a'));
+    assert_eq!(
+        (a.page_tables(), b.page_tables()),
+        (1, 1),
+        "neither owns the shared table"
+    );
+    assert_eq!(byte(c, at(2) + 5), Ok(b'a'));
+    assert_eq!(
+        file.shared_page_tables(),
+        2,
+        "read-only mappings share another table"
+    );
+    assert!(c.translation(at(2) + H).is_none(), "not a's nor b's");
+
+    // Part of b's mapping goes: b unshares the whole table, a keeps its translations.
+    b.munmap(at(1) + GIB - H, H).unwrap();
+    assert!(b.translation(at(1) + 5).is_none() && a.translation(at(0) + 5).is_some());
+    assert_eq!(
+        byte(b, at(1) + 5),
+        Ok(b'a'),
+        "faulted again, into a table of its own"
+    );
+    assert_eq!(b.page_tables(), 2);
+    b.barrier();
+
+    // A truncate unshares every table of the pages it removes; the last sharer frees them.
+    file.set_len(0).unwrap();
+    assert!(a.translation(at(0) + 5).is_none() && c.translation(at(2) + 5).is_none());
+    for space in &spaces {
+        space.barrier();
+    }
+    assert_eq!(file.shared_page_tables(), 0, "freed once every sharer let go");
+    assert_eq!(frames.huge_in_use(), 0);
+    assert_eq!(byte(a, at(0) + 5), Err(FaultError::BusError));
+    file.set_len(GIB).unwrap();
+    a.write(at(0) + 5, b"n").unwrap();
+    assert_eq!(
+        byte(b, at(1) + 5),
+        Ok(b'n'),
+        "a new table after the truncate, the same file page"
+    );
+    drop(spaces);
+    drop(file);
+    assert_eq!(
+        (frames.huge_in_use(), frames.huge_reserved(), frames.in_use()),
+        (0, 0, 0),
+        "nothing leaked"
+    );
+}

@@ -354,9 +354,11 @@ fn flush_and_unlink(
     for &(flush, free_tables) in flushes {
         match flush {
             Flush::Zap(start, end) => revoked.record(memory.zap(start, end, free_tables, rcu), start, end),
-            Flush::Protect(start, end, prot) => revoked.record(memory.protect(start, end, prot), start, end),
+            Flush::Protect(start, end, prot) => {
+                revoked.record(memory.protect(start, end, prot, rcu), start, end)
+            }
             Flush::Relocate { from, to, len } => {
-                revoked.record(memory.relocate(from, to, len), from, from + len)
+                revoked.record(memory.relocate(from, to, len, rcu), from, from + len)
             }
         }
     }
