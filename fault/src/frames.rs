@@ -21,10 +21,10 @@
 //!   empty adds a chunk (the pool reuses freed frames before it grows).
 //! - **Huge frames** (2 MiB, Linux's hugetlb pool) are a separate pool of a fixed number of
 //!   pages (`nr_hugepages`), numbered apart: a huge frame's number has [`HUGE_BIT`] set, so
-//!   every call that takes a frame (references, contents) serves both kinds. Each huge frame's
-//!   memory is allocated on first use, 2 MiB-aligned, and kept in the pool once freed (as
-//!   Linux keeps surplus-free hugetlb pages); the same reference counting applies, and a huge
-//!   frame is zeroed when handed out. Some free huge frames may be **reserved** (Linux's
+//!   every call that takes a frame (references, contents) serves both kinds. A huge frame's
+//!   memory is allocated (2 MiB-aligned, zeroed) when the frame is handed out and freed when
+//!   its last reference goes, so that a configured pool costs only what is in use; the same
+//!   reference counting applies. Some free huge frames may be **reserved** (Linux's
 //!   `resv_huge_pages`): promised to mappings, handed out only to an allocation that consumes a
 //!   reservation. Under the free list's lock, reserved ≤ free, and free + in use = the pool.
 
@@ -193,7 +193,7 @@ impl FramePool {
     }
 
     /// [`FramePool::new`] with `huge_pages` huge frames besides (Linux's `nr_hugepages`); their
-    /// memory is allocated as they are first used. More than 2^20 (2 TiB) is an error.
+    /// memory is allocated as they are handed out. More than 2^20 (2 TiB) is an error.
     pub fn with_huge_pages(config: FramePoolConfig, huge_pages: usize) -> Result<Self, BadPoolConfig> {
         if huge_pages > 1 << 20 {
             return Err(BadPoolConfig("more than 2^20 huge pages"));
@@ -295,24 +295,17 @@ impl FramePool {
             }
             free.frames.pop().expect("reserved frames are free")
         };
-        let slot = &self.huge.memory[index as usize];
-        // Acquire pairs with the Release below, in an earlier allocation of this frame.
-        let page = slot.load(Ordering::Acquire);
+        // SAFETY: the layout has a non-zero size.
+        let page = unsafe { std::alloc::alloc_zeroed(HugeFrames::layout()) };
         if page.is_null() {
-            // SAFETY: the layout has a non-zero size.
-            let page = unsafe { std::alloc::alloc_zeroed(HugeFrames::layout()) };
-            if page.is_null() {
-                let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
-                free.frames.push(index);
-                free.reserved += usize::from(reserved);
-                return None;
-            }
-            // Release pairs with the Acquire in `frame_ptr`.
-            slot.store(page, Ordering::Release);
-        } else {
-            // SAFETY: the frame was free and is now the caller's alone: nothing maps it.
-            unsafe { std::ptr::write_bytes(page, 0, HUGE_FRAME_SIZE) };
+            let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.frames.push(index);
+            free.reserved += usize::from(reserved);
+            return None;
         }
+        // Release pairs with the Acquire in `frame_ptr`: the zeroed memory is visible before
+        // the frame's number is.
+        self.huge.memory[index as usize].store(page, Ordering::Release);
         self.huge.in_use.fetch_add(1, Ordering::Relaxed);
         // Its count is parked at 1: the caller's reference.
         Some(Frame(HUGE_BIT | index))
@@ -521,6 +514,15 @@ impl FramePool {
     fn give_back(&self, frames: &[Frame]) {
         let (huge, base): (Vec<Frame>, Vec<Frame>) = frames.iter().partition(|frame| frame.is_huge());
         if !huge.is_empty() {
+            for frame in &huge {
+                let slot = &self.huge.memory[(frame.0 & !HUGE_BIT) as usize];
+                // Relaxed: the last reference's Acquire fence (in `drop_reference`) ordered
+                // every use of the memory before this.
+                let page = slot.swap(std::ptr::null_mut(), Ordering::Relaxed);
+                // SAFETY: allocated in `take_huge` with this layout; the frame is free, so
+                // nothing uses its memory any more.
+                unsafe { std::alloc::dealloc(page, HugeFrames::layout()) };
+            }
             self.huge.in_use.fetch_sub(huge.len(), Ordering::Relaxed);
             let mut free = self.huge.free.lock().unwrap_or_else(|e| e.into_inner());
             free.frames.extend(huge.iter().map(|frame| frame.0 & !HUGE_BIT));
