@@ -223,7 +223,8 @@ impl FramePool {
         counts.extend((0..config.max_frames).map(|_| AtomicU32::new(0)));
         Ok(Self {
             config,
-            chunks: (0..MAX_CHUNKS)
+            // As many chunk slots as the pool's size needs.
+            chunks: (0..config.max_frames.div_ceil(config.chunk_frames))
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
             counts: counts.into_boxed_slice(),
