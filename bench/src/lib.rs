@@ -3,11 +3,11 @@
 //! maplevm's comparison of address-space designs, and its micro-benchmarks.
 //!
 //! - [`designs`]: every design behind one trait ([`designs::Design`]) over the same page table,
-//!   frame pool and fault install: `rcu`, `rcu-refonly`, `rwlock`, `rangelock`, `pervma`,
-//!   `snapshot`;
+//!   frame pool and fault install: `rcu`, `rcu-refonly`, `no-share`, `rwlock`, `rangelock`,
+//!   `pervma`, `snapshot`;
 //! - [`workload`]: the workloads (`private-churn`, `faults-under-churn`, `giant-vma`,
-//!   `fixed-replace`, `shared-file`), each run measuring faults/s, a fault latency histogram,
-//!   writer ops/s, fault waits and peak memory;
+//!   `fixed-replace`, `shared-file`, `multi-process`, `shared-truncate`, `kravetz`), each run
+//!   measuring faults/s, a fault latency histogram, writer ops/s, fault waits and peak memory;
 //! - [`report`]: tables, JSON and SVG charts;
 //! - [`fault_cost`]: single-thread fault cost per page, and the paired rounds that compare it
 //!   across engines on a noisy machine (`bench fault-cost`);

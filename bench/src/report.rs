@@ -163,7 +163,9 @@ pub fn json(all: &[Summary]) -> String {
     format!("[\n{}\n]\n", objects.join(",\n"))
 }
 
-const COLOURS: [&str; 6] = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b"];
+const COLOURS: [&str; 7] = [
+    "#d62728", "#ff7f0e", "#e377c2", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b",
+];
 
 /// An SVG line chart of faults/s against threads for `workload`, one line per design.
 pub fn svg(all: &[Summary], workload: &str) -> String {

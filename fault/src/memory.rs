@@ -53,6 +53,8 @@ pub struct Memory {
     shares: Mutex<HashMap<SharedTable, (Arc<Registry>, usize)>>,
     /// Serializes this table's attempts to link a shared table.
     sharing: Mutex<()>,
+    /// Whether faults link shared page tables at all.
+    share_page_tables: bool,
 }
 
 impl std::fmt::Debug for Memory {
@@ -103,7 +105,15 @@ impl Memory {
             relocation: Mutex::new(()),
             shares: Mutex::new(HashMap::new()),
             sharing: Mutex::new(()),
+            share_page_tables: true,
         }
+    }
+
+    /// The same memory, but its faults never link a shared page table: every level-2 table is
+    /// its own (PMD sharing off, for comparison).
+    pub fn without_page_table_sharing(mut self) -> Self {
+        self.share_page_tables = false;
+        self
     }
 
     /// Gives back, a grace period of `rcu` later, the shared page tables that range operations
@@ -138,7 +148,11 @@ impl Memory {
     /// whole at a file offset aligned to it, and no level-2 table is linked there yet.
     fn try_share(&self, mapping: &Mapping, page: u64, file: &File) {
         let base = page & !(SHARED_SPAN - 1);
-        if !mapping.shared || base < mapping.start || mapping.end - base < SHARED_SPAN {
+        if !self.share_page_tables
+            || !mapping.shared
+            || base < mapping.start
+            || mapping.end - base < SHARED_SPAN
+        {
             return;
         }
         let first = mapping.pgoff + ((base - mapping.start) >> vma::PAGE_SHIFT);

@@ -36,6 +36,9 @@ pub struct MmConfig {
     /// fault takes a VMA reference, as the slow path does: only to measure what the fast path
     /// buys (the benchmark's `rcu-refonly` design).
     pub fast_path: bool,
+    /// Share the page tables of hugetlb mappings with other address spaces (PMD sharing, the
+    /// default: docs/hugetlb.md). Off, each builds its own: the benchmark's `no-share` control.
+    pub share_page_tables: bool,
 }
 
 impl Default for MmConfig {
@@ -44,6 +47,7 @@ impl Default for MmConfig {
             layout: Layout::X86_64,
             zero_fill: true,
             fast_path: true,
+            share_page_tables: true,
         }
     }
 }
@@ -144,7 +148,11 @@ impl Mm {
         if config.layout.high > ADDRESS_LIMIT {
             return Err(einval("the layout exceeds the 48-bit page table"));
         }
-        let memory = Arc::new(Memory::new(frames, config.zero_fill));
+        let mut memory = Memory::new(frames, config.zero_fill);
+        if !config.share_page_tables {
+            memory = memory.without_page_table_sharing();
+        }
+        let memory = Arc::new(memory);
         let shared = Arc::new_cyclic(|mapper: &Weak<Shared>| {
             let mapper: Weak<dyn Mapper> = mapper.clone();
             let hook = Hook {

@@ -31,6 +31,7 @@ fn mm_with(broken: Option<BrokenStep>, fast_path: bool) -> Mm {
         layout: LAYOUT,
         zero_fill: true,
         fast_path,
+        share_page_tables: true,
     };
     let frames = std::sync::Arc::new(frames);
     match broken {

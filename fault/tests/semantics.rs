@@ -359,6 +359,7 @@ fn bad_requests_are_errors() {
         layout,
         zero_fill: true,
         fast_path: true,
+        share_page_tables: true,
     };
     assert_eq!(
         Mm::new(config, mm.frames().clone()).unwrap_err().errno,

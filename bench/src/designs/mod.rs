@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `rcu` | RCU walk of the maple tree, no reference (fast path) | replacement protocol |
 //! | `rcu-refonly` | the same, always taking a VMA reference | replacement protocol |
+//! | `no-share` | as `rcu`, but hugetlb mappings never share page tables (PMD sharing off) | replacement protocol |
 //! | `rwlock` | read lock over a BTreeMap (mmap_sem) | write lock |
 //! | `rangelock` | read lock on their page's range, then a short map lock | write lock on the changed range (and the free space around a zap) |
 //! | `pervma` | RCU walk + per-VMA read lock, falling back to the mmap lock (Linux 6.15) | mmap lock, write-locking each changed VMA |
@@ -36,7 +37,15 @@ use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags, Revoked};
 use vma_map::{Change, Flush, Op, VmaMap};
 
 /// Every design's name, in the order reports list them.
-pub const NAMES: [&str; 6] = ["rcu", "rcu-refonly", "rwlock", "rangelock", "pervma", "snapshot"];
+pub const NAMES: [&str; 7] = [
+    "rcu",
+    "rcu-refonly",
+    "no-share",
+    "rwlock",
+    "rangelock",
+    "pervma",
+    "snapshot",
+];
 
 /// How the design called `name` finds a fault's VMA and what its writers hold, for the
 /// comparison's legend (the module documentation's table).
@@ -46,6 +55,9 @@ pub fn describe(name: &str) -> Option<&'static str> {
             "maplevm: RCU walk of the maple tree, no VMA reference (fast path); writers run the replacement protocol"
         }
         "rcu-refonly" => "maplevm with every fault taking a VMA reference (what the fast path buys)",
+        "no-share" => {
+            "maplevm with the page tables of hugetlb mappings never shared between address spaces (what PMD sharing buys)"
+        }
         "rwlock" => "one reader-writer lock over a BTreeMap (mmap_sem): faults read-lock, writers write-lock",
         "rangelock" => "faults read-lock their page's range; writers write-lock the range they change",
         "pervma" => {
@@ -80,8 +92,9 @@ impl Default for DesignConfig {
 pub fn build(name: &str, config: DesignConfig, frames: Arc<FramePool>) -> Option<Arc<dyn Design>> {
     let memory = || Memory::new(frames.clone(), config.zero_fill);
     Some(match name {
-        "rcu" => Arc::new(RcuDesign::new(config, frames.clone(), true)),
-        "rcu-refonly" => Arc::new(RcuDesign::new(config, frames.clone(), false)),
+        "rcu" => Arc::new(RcuDesign::new(config, frames.clone(), "rcu")),
+        "rcu-refonly" => Arc::new(RcuDesign::new(config, frames.clone(), "rcu-refonly")),
+        "no-share" => Arc::new(RcuDesign::new(config, frames.clone(), "no-share")),
         "rwlock" => baseline(|mapper| RwLockDesign::new(config.layout, memory(), mapper)),
         "rangelock" => baseline(|mapper| RangeLockDesign::new(config.layout, memory(), mapper)),
         "pervma" => baseline(|mapper| PerVmaDesign::new(config.layout, memory(), mapper)),
@@ -192,7 +205,7 @@ pub trait Design: Send + Sync {
 
     /// How the files this design maps protect their reverse maps and page lookups: Linux's
     /// `i_mmap_rwsem` for the baselines (held across the zap of removed mappings: see
-    /// `flush_and_unlink`), maplevm's RCU for `rcu` and `rcu-refonly`. Create the
+    /// `flush_and_unlink`), maplevm's RCU for `rcu`, `rcu-refonly` and `no-share`. Create the
     /// files it maps with it ([`File::with_sync`]).
     fn file_sync(&self) -> FileSync {
         FileSync::RwSem

@@ -1,5 +1,6 @@
-//! `rcu` and `rcu-refonly`: this project's design, [`fault::Mm`], with the RCU-only fast path
-//! on (`rcu`) or off (`rcu-refonly`: every fault takes a VMA reference).
+//! `rcu`, `rcu-refonly` and `no-share`: this project's design, [`fault::Mm`], with the RCU-only
+//! fast path on (`rcu`) or off (`rcu-refonly`: every fault takes a VMA reference), and with the
+//! page tables of hugetlb mappings never shared (`no-share`, the control of PMD sharing).
 
 use super::vma_map::Op;
 use super::{Design, DesignConfig, Parts};
@@ -10,20 +11,26 @@ use vma::Prot;
 /// See the module documentation.
 pub struct RcuDesign {
     mm: Mm,
-    fast_path: bool,
+    name: &'static str,
 }
 
 impl RcuDesign {
-    /// An empty address space taking frames from `frames`.
-    pub fn new(config: DesignConfig, frames: Arc<FramePool>, fast_path: bool) -> Self {
+    /// An empty address space taking frames from `frames`, with the fast path and PMD sharing
+    /// as `variant` says: `rcu`, `rcu-refonly` or `no-share` (see the module documentation).
+    ///
+    /// # Panics
+    /// For another name.
+    pub fn new(config: DesignConfig, frames: Arc<FramePool>, variant: &'static str) -> Self {
         let config = MmConfig {
             layout: config.layout,
             zero_fill: config.zero_fill,
-            fast_path,
+            fast_path: variant != "rcu-refonly",
+            share_page_tables: variant != "no-share",
         };
+        assert!(["rcu", "rcu-refonly", "no-share"].contains(&variant), "{variant}");
         Self {
             mm: Mm::new(config, frames).expect("a design's layout is valid"),
-            fast_path,
+            name: variant,
         }
     }
 
@@ -36,7 +43,7 @@ impl RcuDesign {
 impl Design for RcuDesign {
     fn parts(&self) -> Parts<'_> {
         Parts {
-            name: if self.fast_path { "rcu" } else { "rcu-refonly" },
+            name: self.name,
             layout: self.mm.space().layout(),
             memory: self.mm.memory(),
             rcu: self.mm.space().rcu(),
