@@ -97,6 +97,13 @@ pub enum FileSync {
     /// hugetlb's munmap did), and that truncate and hole punch hold exclusive once their range
     /// is published.
     RwSem,
+    /// Kravetz's `hugetlb_vma_lock` (seed 000), for the benchmark: faults find and install
+    /// pages under the RCU protocol of [`FileSync::Rcu`] (Linux: the hugetlb fault mutex and
+    /// the per-VMA lock, which the design's own per-VMA lock stands for), and take
+    /// `i_mmap_rwsem` shared only to look for a page table to share (Long's patch, seed 003);
+    /// mmap and munmap take it exclusive to change the reverse map only, and truncate and hole
+    /// punch hold it exclusive as well as waiting for the grace period.
+    VmaLock,
 }
 
 /// One VMA in a file's reverse map: where it maps the file, and who maps it.
@@ -355,7 +362,9 @@ pub struct File {
     invalidation: Invalidation,
     /// Serializes truncate, hole punch and `write_at` (which may extend the file).
     resize: Mutex<()>,
-    /// [`FileSync::RwSem`]'s lock (`None` for [`FileSync::Rcu`]).
+    /// How it is protected.
+    sync: FileSync,
+    /// `i_mmap_rwsem`, for [`FileSync::RwSem`] and [`FileSync::VmaLock`].
     i_mmap_rwsem: Option<RwLock<()>>,
     /// Where the next shrink looks for pages to evict (a clock hand over page offsets).
     clock: AtomicU64,
@@ -511,7 +520,8 @@ impl File {
             reverse_map: IntervalTree::new(),
             invalidation: Invalidation::new(),
             resize: Mutex::new(()),
-            i_mmap_rwsem: (sync == FileSync::RwSem).then(|| RwLock::new(())),
+            sync,
+            i_mmap_rwsem: (sync != FileSync::Rcu).then(|| RwLock::new(())),
             clock: AtomicU64::new(0),
             huge,
             reservations: Mutex::new(std::collections::BTreeSet::new()),
@@ -621,6 +631,22 @@ impl File {
         &self,
         waited: impl FnOnce(std::time::Duration),
     ) -> Option<RwLockReadGuard<'_, ()>> {
+        if self.sync != FileSync::RwSem {
+            return None;
+        }
+        self.lock_shared(waited)
+    }
+
+    /// `i_mmap_rwsem` taken shared, under [`FileSync::RwSem`] and [`FileSync::VmaLock`], to
+    /// look for a page table to share; calls `waited` with how long it blocked when it had to.
+    pub(crate) fn lock_for_share(
+        &self,
+        waited: impl FnOnce(std::time::Duration),
+    ) -> Option<RwLockReadGuard<'_, ()>> {
+        self.lock_shared(waited)
+    }
+
+    fn lock_shared(&self, waited: impl FnOnce(std::time::Duration)) -> Option<RwLockReadGuard<'_, ()>> {
         let rwsem = self.i_mmap_rwsem.as_ref()?;
         if let Ok(shared) = rwsem.try_read() {
             return Some(shared);
@@ -1060,7 +1086,7 @@ impl File {
         // holding its address space's guard may be waiting for the lock).
         let exclusive = self.exclusive();
         resized();
-        if !broken && exclusive.is_none() {
+        if !broken && self.sync != FileSync::RwSem {
             let rcu = self.reverse_map.rcu();
             rcu.synchronize_timed_for(|keys| keys.overlaps(Keys::new(first, end - 1)));
         }

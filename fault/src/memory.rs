@@ -163,7 +163,7 @@ impl Memory {
         // Inside the file's section for the table's pages, or under its lock shared, no
         // invalidation of them runs unseen (see `pmd_share`).
         let guarded = !file.shares_unguarded();
-        let _shared = guarded.then(|| file.lock_for_fault(|waited| self.record_wait(waited)));
+        let _shared = guarded.then(|| file.lock_for_share(|waited| self.record_wait(waited)));
         let _guard = guarded.then(|| file.guard_within(first, first + SPAN_PAGES));
         if guarded && file.invalidating(first, first + SPAN_PAGES) {
             return;

@@ -10,6 +10,7 @@
 //! | `rwlock` | read lock over a BTreeMap (mmap_sem) | write lock |
 //! | `rangelock` | read lock on their page's range, then a short map lock | write lock on the changed range (and the free space around a zap) |
 //! | `pervma` | RCU walk + per-VMA read lock, falling back to the mmap lock (Linux 6.15) | mmap lock, write-locking each changed VMA |
+//! | `hugetlb-vma-lock` | as `pervma`; files take `i_mmap_rwsem` only to share page tables and to change reverse maps (Kravetz's `hugetlb_vma_lock`) | as `pervma`, the file lock not held across the zap |
 //! | `snapshot` | wait-free load of an immutable map (arc-swap) | copy the map, publish, wait for readers |
 
 mod pervma;
@@ -37,13 +38,14 @@ use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags, Revoked};
 use vma_map::{Change, Flush, Op, VmaMap};
 
 /// Every design's name, in the order reports list them.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "rcu",
     "rcu-refonly",
     "no-share",
     "rwlock",
     "rangelock",
     "pervma",
+    "hugetlb-vma-lock",
     "snapshot",
 ];
 
@@ -62,6 +64,9 @@ pub fn describe(name: &str) -> Option<&'static str> {
         "rangelock" => "faults read-lock their page's range; writers write-lock the range they change",
         "pervma" => {
             "Linux 6.15: RCU walk plus a per-VMA read lock, the mmap lock as fallback; writers lock each changed VMA"
+        }
+        "hugetlb-vma-lock" => {
+            "`pervma` with Kravetz's hugetlb_vma_lock for files: faults take no file lock (their VMA's lock keeps munmap out), the file's i_mmap_rwsem only to look for a page table to share"
         }
         "snapshot" => {
             "a copy-on-write map behind arc-swap: faults load it wait-free; writers copy and publish it"
@@ -98,6 +103,9 @@ pub fn build(name: &str, config: DesignConfig, frames: Arc<FramePool>) -> Option
         "rwlock" => baseline(|mapper| RwLockDesign::new(config.layout, memory(), mapper)),
         "rangelock" => baseline(|mapper| RangeLockDesign::new(config.layout, memory(), mapper)),
         "pervma" => baseline(|mapper| PerVmaDesign::new(config.layout, memory(), mapper)),
+        "hugetlb-vma-lock" => {
+            baseline(|mapper| PerVmaDesign::with_hugetlb_vma_lock(config.layout, memory(), mapper))
+        }
         "snapshot" => baseline(|mapper| SnapshotDesign::new(config.layout, memory(), mapper)),
         _ => return None,
     })
@@ -323,9 +331,12 @@ fn page_in(memory: &Memory, layout: Layout, addr: u64) -> Result<u64, FaultError
     Ok(addr & !(PAGE_SIZE - 1))
 }
 
+/// A flush of a plan with the free space around it (see [`bounded`]).
+type BoundedFlush = (Flush, (u64, u64));
+
 /// The flushes of a plan, each zap with the free space around it (where page tables may be
 /// freed), computed on `map` once the plan's changes are applied to it.
-fn bounded(map: &VmaMap, flushes: &[Flush]) -> Vec<(Flush, (u64, u64))> {
+fn bounded(map: &VmaMap, flushes: &[Flush]) -> Vec<BoundedFlush> {
     flushes
         .iter()
         .map(|&flush| match flush {
@@ -343,11 +354,14 @@ fn bounded(map: &VmaMap, flushes: &[Flush]) -> Vec<(Flush, (u64, u64))> {
 /// translations it revoked, as maplevm's writers wait (a fault may hold this address space's
 /// guard while it waits for a file's lock). The caller keeps faults out of the flushed ranges
 /// (its lock).
+///
+/// Under [`FileSync::VmaLock`] (Kravetz's `hugetlb_vma_lock`) the files' locks are taken only
+/// to unlink, after the flush: the design's per-VMA lock keeps faults out of what it zaps.
 fn flush_and_unlink(
     mapper: &Weak<dyn Mapper>,
     memory: &Memory,
-    flushes: &[(Flush, (u64, u64))],
-    changes: &[Change],
+    (flushes, changes): (&[BoundedFlush], &[Change]),
+    sync: FileSync,
     rcu: &DefaultRcu,
 ) {
     let removed: Vec<(&File, &vma::Mapping)> = changes
@@ -359,10 +373,17 @@ fn flush_and_unlink(
     let mut files: Vec<&File> = removed.iter().map(|&(file, _)| file).collect();
     files.sort_by_key(|&file| file as *const File);
     files.dedup_by_key(|file| *file as *const File);
-    let writers: Vec<(&File, ReverseMapWriter<'_>)> = files
-        .into_iter()
-        .map(|file| (file, file.write_reverse_map()))
-        .collect();
+    fn lock<'f>(files: &[&'f File]) -> Vec<(&'f File, ReverseMapWriter<'f>)> {
+        files
+            .iter()
+            .map(|&file| (file, file.write_reverse_map()))
+            .collect()
+    }
+    let mut writers = if sync == FileSync::VmaLock {
+        Vec::new()
+    } else {
+        lock(&files)
+    };
     let mut revoked = Revoked::new();
     for &(flush, free_tables) in flushes {
         match flush {
@@ -374,6 +395,9 @@ fn flush_and_unlink(
                 revoked.record(memory.relocate(from, to, len, rcu), from, from + len)
             }
         }
+    }
+    if writers.is_empty() {
+        writers = lock(&files);
     }
     for (file, mapping) in removed {
         let (_, writer) = writers

@@ -26,7 +26,7 @@ use super::{
     Design, Parts, baseline, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files,
     page_in, timed, unlink_all,
 };
-use fault::{Access, Fault, FaultError, Mapper, Memory};
+use fault::{Access, Fault, FaultError, FileSync, Mapper, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use maple::sync::{Backoff, RwLock};
@@ -141,6 +141,9 @@ pub struct PerVmaDesign {
     drain_readers: bool,
     /// This design, as the reverse maps of the files it maps know it.
     mapper: Weak<dyn Mapper>,
+    /// How the files it maps are protected: `i_mmap_rwsem` (`pervma`) or Kravetz's
+    /// `hugetlb_vma_lock` (`hugetlb-vma-lock`).
+    file_sync: FileSync,
 }
 
 impl PerVmaDesign {
@@ -155,7 +158,18 @@ impl PerVmaDesign {
             memory,
             drain_readers: true,
             mapper,
+            file_sync: FileSync::RwSem,
         }
+    }
+
+    /// The design `hugetlb-vma-lock`: the same address space, with the files it maps protected
+    /// as Kravetz's `hugetlb_vma_lock` (seed 000) protects hugetlb files: a fault holds its
+    /// VMA's read lock, which munmap write-locks, and takes the file's `i_mmap_rwsem` only to
+    /// look for a page table to share (see `fault::FileSync::VmaLock`).
+    pub fn with_hugetlb_vma_lock(layout: Layout, memory: Memory, mapper: Weak<dyn Mapper>) -> Self {
+        let mut design = Self::new(layout, memory, mapper);
+        design.file_sync = FileSync::VmaLock;
+        design
     }
 
     /// A deliberately broken variant whose writers do not wait for readers to leave the VMAs
@@ -181,11 +195,19 @@ impl PerVmaDesign {
 impl Design for PerVmaDesign {
     fn parts(&self) -> Parts<'_> {
         Parts {
-            name: "pervma",
+            name: if self.file_sync == FileSync::VmaLock {
+                "hugetlb-vma-lock"
+            } else {
+                "pervma"
+            },
             layout: self.layout,
             memory: &self.memory,
             rcu: self.tree.rcu(),
         }
+    }
+
+    fn file_sync(&self) -> FileSync {
+        self.file_sync
     }
 
     fn barrier(&self) {
@@ -228,8 +250,8 @@ impl Design for PerVmaDesign {
         flush_and_unlink(
             &self.mapper,
             &self.memory,
-            &flushes,
-            &planned.changes,
+            (&flushes, &planned.changes),
+            self.file_sync,
             self.tree.rcu(),
         );
         for (_, _, vma) in displaced.iter().flat_map(|d| d.iter()) {

@@ -112,7 +112,13 @@ impl Design for SnapshotDesign {
         if planned.flushes.is_empty() {
             // Nothing mapped changes meaning (mremap growing in place): publish at once.
             self.current.store(Arc::new(Snapshot { map, settling: None }));
-            flush_and_unlink(&self.mapper, &self.memory, &[], &planned.changes, &self.rcu);
+            flush_and_unlink(
+                &self.mapper,
+                &self.memory,
+                (&[], &planned.changes),
+                self.file_sync(),
+                &self.rcu,
+            );
             return planned.result;
         }
         let old = self.current.swap(Arc::new(Snapshot {
@@ -126,7 +132,13 @@ impl Design for SnapshotDesign {
         }
         drop(old);
         let flushes = bounded(&map, &planned.flushes);
-        flush_and_unlink(&self.mapper, &self.memory, &flushes, &planned.changes, &self.rcu);
+        flush_and_unlink(
+            &self.mapper,
+            &self.memory,
+            (&flushes, &planned.changes),
+            self.file_sync(),
+            &self.rcu,
+        );
         self.current.store(Arc::new(Snapshot { map, settling: None }));
         planned.result
     }
