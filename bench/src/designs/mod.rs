@@ -358,12 +358,12 @@ fn bounded(map: &VmaMap, flushes: &[Flush]) -> Vec<BoundedFlush> {
 /// Under [`FileSync::VmaLock`] (Kravetz's `hugetlb_vma_lock`) the files' locks are taken only
 /// to unlink, after the flush: the design's per-VMA lock keeps faults out of what it zaps.
 fn flush_and_unlink(
+    design: &dyn Design,
     mapper: &Weak<dyn Mapper>,
-    memory: &Memory,
     (flushes, changes): (&[BoundedFlush], &[Change]),
-    sync: FileSync,
-    rcu: &DefaultRcu,
 ) {
+    let Parts { memory, rcu, .. } = design.parts();
+    let sync = design.file_sync();
     let removed: Vec<(&File, &vma::Mapping)> = changes
         .iter()
         .flat_map(|change| &change.removed)

@@ -247,13 +247,7 @@ impl Design for PerVmaDesign {
             map.apply(change);
         }
         let flushes = bounded(&map, &planned.flushes);
-        flush_and_unlink(
-            &self.mapper,
-            &self.memory,
-            (&flushes, &planned.changes),
-            self.file_sync,
-            self.tree.rcu(),
-        );
+        flush_and_unlink(self, &self.mapper, (&flushes, &planned.changes));
         for (_, _, vma) in displaced.iter().flat_map(|d| d.iter()) {
             vma.detach();
         }

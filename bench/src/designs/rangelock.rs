@@ -218,13 +218,7 @@ impl Design for RangeLockDesign {
             drop(map);
             // Faults and writers are held off the span by the range lock; the map is free.
             link_added(&self.mapper, &planned.changes);
-            flush_and_unlink(
-                &self.mapper,
-                &self.memory,
-                (&flushes, &planned.changes),
-                self.file_sync(),
-                &self.rcu,
-            );
+            flush_and_unlink(self, &self.mapper, (&flushes, &planned.changes));
             return planned.result;
         }
     }

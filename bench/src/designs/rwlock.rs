@@ -61,13 +61,7 @@ impl Design for RwLockDesign {
         let planned = map.commit(&op)?;
         link_added(&self.mapper, &planned.changes);
         let flushes = bounded(&map, &planned.flushes);
-        flush_and_unlink(
-            &self.mapper,
-            &self.memory,
-            (&flushes, &planned.changes),
-            self.file_sync(),
-            &self.rcu,
-        );
+        flush_and_unlink(self, &self.mapper, (&flushes, &planned.changes));
         planned.result
     }
 

@@ -112,13 +112,7 @@ impl Design for SnapshotDesign {
         if planned.flushes.is_empty() {
             // Nothing mapped changes meaning (mremap growing in place): publish at once.
             self.current.store(Arc::new(Snapshot { map, settling: None }));
-            flush_and_unlink(
-                &self.mapper,
-                &self.memory,
-                (&[], &planned.changes),
-                self.file_sync(),
-                &self.rcu,
-            );
+            flush_and_unlink(self, &self.mapper, (&[], &planned.changes));
             return planned.result;
         }
         let old = self.current.swap(Arc::new(Snapshot {
@@ -132,13 +126,7 @@ impl Design for SnapshotDesign {
         }
         drop(old);
         let flushes = bounded(&map, &planned.flushes);
-        flush_and_unlink(
-            &self.mapper,
-            &self.memory,
-            (&flushes, &planned.changes),
-            self.file_sync(),
-            &self.rcu,
-        );
+        flush_and_unlink(self, &self.mapper, (&flushes, &planned.changes));
         self.current.store(Arc::new(Snapshot { map, settling: None }));
         planned.result
     }
