@@ -149,10 +149,44 @@ struct Invalidation {
     ended: Condvar,
     /// Signalled when the last turn owed is done and the invalidation waiting for it sleeps.
     turns_done: Condvar,
-    /// Invalidations begin without waiting for the turns owed (shuttle builds only; for the
-    /// test that must fail).
+}
+
+/// The steps of a file's protocols that a deliberately broken test variant skips (set only in
+/// shuttle builds, through `File::break_*`; elsewhere nothing is ever broken).
+struct Broken(#[cfg(feature = "shuttle")] maple::sync::atomic::AtomicU8);
+
+impl Broken {
+    /// Truncate and hole punch skip publishing their range and the grace period.
+    const INVALIDATION: u8 = 1;
+    /// Invalidations begin without waiting for the turns owed.
+    const FAIRNESS: u8 = 2;
+    /// A fault consumes its page's reservation only after caching the page.
+    const RESERVATIONS: u8 = 4;
+    /// Address spaces link a shared page table without the file's section.
+    const SHARING: u8 = 8;
+
+    fn new() -> Self {
+        Self(
+            #[cfg(feature = "shuttle")]
+            maple::sync::atomic::AtomicU8::new(0),
+        )
+    }
+
     #[cfg(feature = "shuttle")]
-    unfair: maple::sync::atomic::AtomicBool,
+    fn set(&self, step: u8) {
+        self.0.fetch_or(step, Ordering::SeqCst);
+    }
+
+    /// Whether `step` is skipped.
+    fn skips(&self, step: u8) -> bool {
+        #[cfg(feature = "shuttle")]
+        return self.0.load(Ordering::SeqCst) & step != 0;
+        #[cfg(not(feature = "shuttle"))]
+        {
+            let _ = step;
+            false
+        }
+    }
 }
 
 /// How long a fault waiting for an invalidation, or an invalidation waiting for turns, spins
@@ -175,8 +209,10 @@ struct InvalidationState {
 }
 
 impl InvalidationState {
-    fn covers(&self, generation: u64, pgoff: u64) -> bool {
-        generation % 2 == 1 && self.first <= pgoff && pgoff < self.end
+    /// Whether the invalidation of this state, at `generation`, runs and covers a page of
+    /// `[first, end)`.
+    fn covers(&self, generation: u64, (first, end): (u64, u64)) -> bool {
+        generation % 2 == 1 && self.first < end && first < self.end
     }
 }
 
@@ -201,17 +237,7 @@ impl Invalidation {
             state: Mutex::new(InvalidationState::default()),
             ended: Condvar::new(),
             turns_done: Condvar::new(),
-            #[cfg(feature = "shuttle")]
-            unfair: maple::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// Whether invalidations wait for the turns owed (always, but in the broken variant).
-    fn fair(&self) -> bool {
-        #[cfg(feature = "shuttle")]
-        return !self.unfair.load(Ordering::SeqCst);
-        #[cfg(not(feature = "shuttle"))]
-        true
     }
 
     fn lock(&self) -> MutexGuard<'_, InvalidationState> {
@@ -220,22 +246,18 @@ impl Invalidation {
 
     /// Whether an invalidation running now covers any page of `[first, end)`.
     fn running_within(&self, first: u64, end: u64) -> bool {
-        if self.generation.load(Ordering::SeqCst) % 2 == 0 {
-            return false;
-        }
-        let state = self.lock();
-        self.generation.load(Ordering::SeqCst) % 2 == 1 && state.first < end && first < state.end
-    }
-
-    /// Whether `pgoff` is inside an invalidation running now.
-    fn running_over(&self, pgoff: u64) -> bool {
         // SeqCst, with the writer's SeqCst increment and the grace period after it: a lookup
         // either sees the invalidation or has ended before the pages are removed.
         if self.generation.load(Ordering::SeqCst) % 2 == 0 {
             return false;
         }
         let state = self.lock();
-        state.covers(self.generation.load(Ordering::SeqCst), pgoff)
+        state.covers(self.generation.load(Ordering::SeqCst), (first, end))
+    }
+
+    /// Whether `pgoff` is inside an invalidation running now.
+    fn running_over(&self, pgoff: u64) -> bool {
+        self.running_within(pgoff, pgoff + 1)
     }
 
     /// Waits while an invalidation covering `pgoff` runs; returns the turn owed once it has
@@ -247,7 +269,7 @@ impl Invalidation {
         let mut state = self.lock();
         // The generation changes only under the lock: stable while it is held.
         let running = self.generation.load(Ordering::SeqCst);
-        if !state.covers(running, pgoff) {
+        if !state.covers(running, (pgoff, pgoff + 1)) {
             return None;
         }
         let since = std::time::Instant::now();
@@ -289,8 +311,9 @@ impl Invalidation {
 
     /// Publishes `[first, end)` as being invalidated once every turn owed is done (the caller
     /// holds the file's `resize`, and nothing a fault with a turn may wait for).
-    fn begin(&self, first: u64, end: u64) {
-        let owed = |state: &InvalidationState| state.owed > 0 && self.fair();
+    /// `fair` is false only in the broken variant, which begins at once.
+    fn begin(&self, first: u64, end: u64, fair: bool) {
+        let owed = |state: &InvalidationState| state.owed > 0 && fair;
         spin_until(SPIN_BEFORE_SLEEPING, || !owed(&self.lock()));
         let mut state = self.lock();
         if owed(&state) {
@@ -377,14 +400,7 @@ pub struct File {
     shared_tables: Arc<Registry>,
     /// Faults consume reservations after caching their page, outside the lock (shuttle builds
     /// only; for the test that must fail).
-    #[cfg(feature = "shuttle")]
-    late_consumption: maple::sync::atomic::AtomicBool,
-    /// Address spaces link shared page tables without the file's section or its check for a
-    /// running invalidation (shuttle builds only; for the test that must fail).
-    #[cfg(feature = "shuttle")]
-    unguarded_sharing: maple::sync::atomic::AtomicBool,
-    #[cfg(feature = "shuttle")]
-    broken: maple::sync::atomic::AtomicBool,
+    broken: Broken,
 }
 
 impl fmt::Debug for File {
@@ -526,12 +542,7 @@ impl File {
             huge,
             reservations: Mutex::new(std::collections::BTreeSet::new()),
             shared_tables: Arc::new(Registry::new(frames)),
-            #[cfg(feature = "shuttle")]
-            late_consumption: maple::sync::atomic::AtomicBool::new(false),
-            #[cfg(feature = "shuttle")]
-            unguarded_sharing: maple::sync::atomic::AtomicBool::new(false),
-            #[cfg(feature = "shuttle")]
-            broken: maple::sync::atomic::AtomicBool::new(false),
+            broken: Broken::new(),
         });
         let shrinker: Weak<dyn Shrinker> = Arc::downgrade(&file) as Weak<File>;
         frames.register_shrinker(shrinker);
@@ -543,7 +554,7 @@ impl File {
     #[cfg(feature = "shuttle")]
     #[doc(hidden)]
     pub fn break_invalidation(&self) {
-        self.broken.store(true, Ordering::SeqCst);
+        self.broken.set(Broken::INVALIDATION);
     }
 
     /// Breaks the fairness of invalidations: they begin without waiting for the faults owed a
@@ -551,14 +562,7 @@ impl File {
     #[cfg(feature = "shuttle")]
     #[doc(hidden)]
     pub fn break_fairness(&self) {
-        self.invalidation.unfair.store(true, Ordering::SeqCst);
-    }
-
-    fn invalidation_broken(&self) -> bool {
-        #[cfg(feature = "shuttle")]
-        return self.broken.load(Ordering::SeqCst);
-        #[cfg(not(feature = "shuttle"))]
-        false
+        self.broken.set(Broken::FAIRNESS);
     }
 
     /// The name `maps()` shows.
@@ -689,7 +693,7 @@ impl File {
             // or consumed, never both (seed 001's count went wrong between the two).
             let reserved = {
                 let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
-                if self.consumes_late() {
+                if self.broken.skips(Broken::RESERVATIONS) {
                     reservations.contains(&index)
                 } else {
                     reservations.remove(&index)
@@ -772,7 +776,7 @@ impl File {
     #[cfg(feature = "shuttle")]
     #[doc(hidden)]
     pub fn break_reservations(&self) {
-        self.late_consumption.store(true, Ordering::SeqCst);
+        self.broken.set(Broken::RESERVATIONS);
     }
 
     /// Breaks PMD sharing: address spaces link a shared page table without entering the
@@ -781,22 +785,12 @@ impl File {
     #[cfg(feature = "shuttle")]
     #[doc(hidden)]
     pub fn break_sharing(&self) {
-        self.unguarded_sharing.store(true, Ordering::SeqCst);
+        self.broken.set(Broken::SHARING);
     }
 
     /// Whether sharing skips the file's section (the broken variant).
     pub(crate) fn shares_unguarded(&self) -> bool {
-        #[cfg(feature = "shuttle")]
-        return self.unguarded_sharing.load(Ordering::SeqCst);
-        #[cfg(not(feature = "shuttle"))]
-        false
-    }
-
-    fn consumes_late(&self) -> bool {
-        #[cfg(feature = "shuttle")]
-        return self.late_consumption.load(Ordering::SeqCst);
-        #[cfg(not(feature = "shuttle"))]
-        false
+        self.broken.skips(Broken::SHARING)
     }
 
     /// What a fault at page `pgoff` finds, inside `_guard` (from [`File::guard_at`]).
@@ -858,7 +852,7 @@ impl File {
             let cached = self.cache.insert(self.cache_key(pgoff), frame);
             drop(guard);
             drop(shared);
-            if self.consumes_late() {
+            if self.broken.skips(Broken::RESERVATIONS) {
                 let index = pgoff / self.pages_per_page();
                 self.reservations
                     .lock()
@@ -1069,7 +1063,7 @@ impl File {
     /// dirty or gone and removes nothing). The caller holds `resize`.
     fn invalidate(&self, first: u64, end: u64, removal: Removal, resized: impl FnOnce()) -> bool {
         debug_assert!(first < end);
-        let broken = self.invalidation_broken();
+        let broken = self.broken.skips(Broken::INVALIDATION);
         if !broken {
             if removal == Removal::Evict {
                 // Reclaim may run inside a fault that holds a turn: it gives way instead.
@@ -1077,7 +1071,8 @@ impl File {
                     return false;
                 }
             } else {
-                self.invalidation.begin(first, end);
+                let fair = !self.broken.skips(Broken::FAIRNESS);
+                self.invalidation.begin(first, end, fair);
             }
         }
         // Under FileSync::RwSem the exclusive lock keeps every fault out instead of the grace
@@ -1269,7 +1264,7 @@ impl File {
     /// an anonymous mapping). Call it before a fault can find the VMA, and before translations
     /// move into it (see [`Mapper`]).
     pub fn link(mapper: &Weak<dyn Mapper>, mapping: &Mapping) {
-        if let Some(file) = mapped_file(mapping) {
+        if let Some(file) = File::of(mapping) {
             file.write_reverse_map().link(mapper, mapping);
         }
     }
@@ -1277,15 +1272,18 @@ impl File {
     /// Removes `mapping`, a VMA of `mapper` that [`File::link`] added, from its file's reverse
     /// map (nothing for an anonymous mapping). Call it once the VMA's translations are gone.
     pub fn unlink(mapper: &Weak<dyn Mapper>, mapping: &Mapping) {
-        if let Some(file) = mapped_file(mapping) {
+        if let Some(file) = File::of(mapping) {
             file.write_reverse_map().unlink(mapper, mapping);
         }
     }
 
-    /// The file `mapping` maps, if it maps one made with [`File`] (`None` for an anonymous
-    /// mapping).
+    /// The file `mapping` maps (`None` for an anonymous mapping). A mapping made through a
+    /// [`crate::Memory`] maps only files (see [`crate::Memory::mapped_object`]).
     pub fn of(mapping: &Mapping) -> Option<&File> {
-        mapped_file(mapping)
+        match &mapping.backing {
+            VmaBacking::File(object) => Some(file_of(object)),
+            VmaBacking::Anonymous => None,
+        }
     }
 
     /// The reverse map, held for changing (Linux's `i_mmap_lock_write`): under
@@ -1363,15 +1361,6 @@ impl ReverseMapWriter<'_> {
 fn await_revoked(revoked: &[(Arc<dyn Mapper>, Revoked)]) {
     for (mapper, revoked) in revoked {
         mapper.await_revoked(revoked);
-    }
-}
-
-/// The [`File`] a mapping maps, if it maps one (a mapping made through a [`crate::Memory`]
-/// maps only files; see [`crate::Memory::mapped_object`]).
-pub(crate) fn mapped_file(mapping: &Mapping) -> Option<&File> {
-    match &mapping.backing {
-        VmaBacking::File(object) => Some(file_of(object)),
-        VmaBacking::Anonymous => None,
     }
 }
 

@@ -16,7 +16,7 @@
 //!   through it, as for any removed translation).
 
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
-use crate::file::{File, Lookup, file_of, mapped_file};
+use crate::file::{File, Lookup, file_of};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{
     ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, SHARED_SPAN, SharedTable, WRITABLE,
@@ -156,10 +156,14 @@ impl Memory {
             return;
         }
         let first = mapping.pgoff + ((base - mapping.start) >> vma::PAGE_SHIFT);
-        if first % SPAN_PAGES != 0 || self.table.has_level2(base) {
+        if first % SPAN_PAGES != 0 {
             return;
         }
         let _sharing = self.sharing.lock().unwrap_or_else(|e| e.into_inner());
+        // Another fault of this table may have linked one while this one waited.
+        if self.table.has_level2(base) {
+            return;
+        }
         // Inside the file's section for the table's pages, or under its lock shared, no
         // invalidation of them runs unseen (see `pmd_share`).
         let guarded = !file.shares_unguarded();
@@ -442,8 +446,11 @@ impl Memory {
         let page = page & !(huge - 1);
         let entry = if huge == PAGE_SIZE {
             self.table.entry_or_insert(page)
+        } else if let Some(entry) = self.table.huge_entry(page) {
+            entry
         } else {
-            if let Some(file) = mapped_file(mapping) {
+            // No level-2 table here yet: link a shared one if the mapping allows, else build.
+            if let Some(file) = File::of(mapping) {
                 self.try_share(mapping, page, file);
             }
             self.table.huge_entry_or_insert(page)
@@ -569,7 +576,7 @@ impl Memory {
         } else if mapping.shared {
             // A write to a shared file page mapped read-only (write-notify): the page cache
             // marks it dirty before the write can land, while it still caches this frame.
-            let file = mapped_file(mapping).expect("shared mappings map files");
+            let file = File::of(mapping).expect("shared mappings map files");
             let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
             let guard = file.guard_at(pgoff);
             if !file.mark_dirty(pgoff, current.frame(), &guard) {

@@ -278,6 +278,12 @@ impl PageTable {
         self.walk(addr, true, 1).expect("tables were allocated")
     }
 
+    /// The level-2 slot for `addr`, where a huge entry maps the 2 MiB around it, if the level-2
+    /// table (its own or a shared one) exists.
+    pub fn huge_entry(&self, addr: u64) -> Option<&AtomicU64> {
+        self.walk(addr, false, 2)
+    }
+
     /// The level-2 slot for `addr`, where a huge entry maps the 2 MiB around it, allocating the
     /// tables above it. The caller maps that range with huge entries only (see the module
     /// documentation).

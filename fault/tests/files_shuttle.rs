@@ -23,13 +23,16 @@ mod shuttle_space;
 use shuttle_space::{A, LAYOUT, P, STEPS};
 
 fn pool() -> Arc<FramePool> {
-    Arc::new(
-        FramePool::new(FramePoolConfig {
-            chunk_frames: 8,
-            max_frames: 64,
-        })
-        .unwrap(),
-    )
+    pool_with_huge_pages(0)
+}
+
+/// The suite's pool, with `huge` huge frames besides (a hugetlb file's).
+fn pool_with_huge_pages(huge: usize) -> Arc<FramePool> {
+    let config = FramePoolConfig {
+        chunk_frames: 8,
+        max_frames: 64,
+    };
+    Arc::new(FramePool::with_huge_pages(config, huge).unwrap())
 }
 
 fn mm(frames: &Arc<FramePool>, broken: Option<BrokenStep>) -> Arc<Mm> {
@@ -163,11 +166,7 @@ fn unfair_invalidations_make_faults_wait_again() {
 /// one left, no page beyond the end stays cached, and no huge page is left in use.
 fn fault_racing_truncate_keeps_reservations(broken: bool) {
     const H: u64 = fault::HUGE_FRAME_SIZE as u64;
-    let config = FramePoolConfig {
-        chunk_frames: 8,
-        max_frames: 64,
-    };
-    let frames = Arc::new(FramePool::with_huge_pages(config, 2).unwrap());
+    let frames = pool_with_huge_pages(2);
     let file = File::hugetlb("/hugepages/r", &frames, 2 * H, FileSync::Rcu).unwrap();
     if broken {
         file.break_reservations();
@@ -231,11 +230,7 @@ fn late_reservation_consumption_miscounts() {
 fn share_racing_truncate(broken: bool) {
     const H: u64 = fault::HUGE_FRAME_SIZE as u64;
     const GIB: u64 = 1 << 30;
-    let config = FramePoolConfig {
-        chunk_frames: 8,
-        max_frames: 64,
-    };
-    let frames = Arc::new(FramePool::with_huge_pages(config, 512).unwrap());
+    let frames = pool_with_huge_pages(512);
     let file = File::hugetlb("/hugepages/shared", &frames, GIB, FileSync::Rcu).unwrap();
     if broken {
         file.break_sharing();

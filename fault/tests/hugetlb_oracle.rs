@@ -7,7 +7,12 @@
 #![cfg(not(feature = "shuttle"))]
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "support/child.rs"]
+mod child;
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod oracle {
+    use super::child;
     use fault::{
         File, FileSync, FramePool, FramePoolConfig, HUGE_FRAME_SIZE, MapFlags, Mm, MmConfig, Prot, RemapFlags,
     };
@@ -49,59 +54,29 @@ mod oracle {
 
     /// The kernel's answer: in a forked child, maps each huge-page run of `layout` (in huge
     /// pages from `base`), makes the call, and sends back the result (an offset from `base`
-    /// for an address) and the ranges of the mappings inside the scratch range.
+    /// for an address, 0 for calls returning nothing) and the ranges of the mappings inside
+    /// the scratch range.
     fn kernel(base: u64, layout: &[(u64, u64)], call: Call) -> (Outcome, Vec<(u64, u64)>) {
-        let mut fds = [0; 2];
-        // SAFETY: a plain pipe(2) into a two-element array.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: the child makes only raw system calls and leaves with _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            // SAFETY: raw syscalls on the scratch range this process reserved.
-            unsafe { child(base, layout, call, fds[1]) }
-        }
-        // SAFETY: the parent's copy of the write end.
-        unsafe { libc::close(fds[1]) };
-        let mut bytes = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            // SAFETY: reading into a stack buffer of that size.
-            let n = unsafe { libc::read(fds[0], chunk.as_mut_ptr().cast(), chunk.len()) };
-            if n <= 0 {
-                break;
-            }
-            bytes.extend_from_slice(&chunk[..n as usize]);
-        }
-        let mut status = 0;
-        // SAFETY: the read end, and waiting for our own child.
-        unsafe {
-            libc::close(fds[0]);
-            libc::waitpid(pid, &mut status, 0);
-        }
-        assert!(
-            bytes.len() >= 8,
-            "the child died before reporting (status {status:#x})"
-        );
-        let ret = i64::from_ne_bytes(bytes[..8].try_into().unwrap());
-        let outcome = if ret < 0 {
-            Err(-ret as i32)
-        } else {
-            Ok((ret as u64).wrapping_sub(base))
+        // SAFETY: raw syscalls on the scratch range this process reserved.
+        let (ret, maps) = child::in_child(|| unsafe { calls(base, layout, call) });
+        let outcome = match ret {
+            ..0 => Err(-ret as i32),
+            0 => Ok(0),
+            address => Ok(address as u64 - base),
         };
-        let maps = String::from_utf8_lossy(&bytes[8..]).into_owned();
         (outcome, ranges_in(&maps, base))
     }
 
-    /// The child's side of [`kernel`].
+    /// The child's side of [`kernel`]: the layout and the call, as raw syscalls; returns the
+    /// call's raw result.
     ///
     /// # Safety
     /// Only in a child just forked from the process that reserved the scratch range.
-    unsafe fn child(base: u64, layout: &[(u64, u64)], call: Call, out: i32) -> ! {
+    unsafe fn calls(base: u64, layout: &[(u64, u64)], call: Call) -> i64 {
         use libc::{MAP_ANONYMOUS, MAP_FIXED, MAP_HUGETLB, MAP_PRIVATE, MAP_SHARED, syscall};
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let huge = MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | MAP_FIXED;
-        // SAFETY: (whole function) raw syscalls on our own scratch range and descriptors.
+        // SAFETY: (whole function) raw syscalls on our own scratch range.
         unsafe {
             syscall(libc::SYS_munmap, base, SPAN * H);
             for &(start, end) in layout {
@@ -115,7 +90,7 @@ mod oracle {
                     0,
                 );
             }
-            let ret = match call {
+            match call {
                 Call::Munmap(at, len) => syscall(libc::SYS_munmap, base + at, len),
                 Call::Mprotect(at, len) => syscall(libc::SYS_mprotect, base + at, len, libc::PROT_READ),
                 Call::Mremap(old, old_len, new_len, fixed, new_addr) => {
@@ -139,24 +114,7 @@ mod oracle {
                     syscall(libc::SYS_mmap, base + at, len, rw, flags, -1, 0)
                 }
                 Call::HugeFixed(at, len) => syscall(libc::SYS_mmap, base + at, len, rw, huge, -1, 0),
-            };
-            // Calls returning nothing answer 0, as the Mm side does.
-            let ret: i64 = match (ret, call) {
-                (-1, _) => -(*libc::__errno_location() as i64),
-                (0, _) => base as i64,
-                (address, _) => address,
-            };
-            libc::write(out, (&ret as *const i64).cast(), 8);
-            let maps = libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY);
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = libc::read(maps, buf.as_mut_ptr().cast(), buf.len());
-                if n <= 0 {
-                    break;
-                }
-                libc::write(out, buf.as_ptr().cast(), n as usize);
             }
-            libc::_exit(0)
         }
     }
 

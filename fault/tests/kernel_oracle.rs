@@ -8,7 +8,12 @@
 #![cfg(not(feature = "shuttle"))]
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "support/child.rs"]
+mod child;
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod oracle {
+    use super::child;
     use fault::{File, FramePool, FramePoolConfig, Mm, MmConfig};
     use std::sync::Arc;
     use vma::{Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
@@ -93,50 +98,18 @@ mod oracle {
     /// sends back the result and /proc/self/maps.
     fn kernel(base: u64, layout: &str, call: Call) -> (Outcome, String) {
         let runs = runs(layout);
-        let mut fds = [0; 2];
-        // SAFETY: a plain pipe(2) into a two-element array.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: the child makes only raw system calls (async-signal-safe) and leaves with
-        // _exit; it allocates nothing and takes no lock.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            // SAFETY: raw syscalls on the scratch range this process reserved, a pipe it owns,
-            // and a buffer on the stack.
-            unsafe { child(base, &runs, call, fds[1]) }
-        }
-        // SAFETY: the parent's copy of the write end.
-        unsafe { libc::close(fds[1]) };
-        let mut bytes = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            // SAFETY: reading into a stack buffer of that size.
-            let n = unsafe { libc::read(fds[0], chunk.as_mut_ptr().cast(), chunk.len()) };
-            if n <= 0 {
-                break;
-            }
-            bytes.extend_from_slice(&chunk[..n as usize]);
-        }
-        let mut status = 0;
-        // SAFETY: the read end, and waiting for our own child.
-        unsafe {
-            libc::close(fds[0]);
-            libc::waitpid(pid, &mut status, 0);
-        }
-        assert!(
-            bytes.len() >= 8,
-            "the child died before reporting (status {status:#x})"
-        );
-        let ret = i64::from_ne_bytes(bytes[..8].try_into().unwrap());
+        // SAFETY: raw syscalls on the scratch range this process reserved.
+        let (ret, maps) = child::in_child(|| unsafe { calls(base, &runs, call) });
         let outcome = if ret < 0 { Err(-ret as i32) } else { Ok(ret as u64) };
-        (outcome, String::from_utf8_lossy(&bytes[8..]).into_owned())
+        (outcome, maps)
     }
 
-    /// The child's side of [`kernel`].
+    /// The child's side of [`kernel`]: the layout and the call, as raw syscalls; returns the
+    /// call's raw result.
     ///
     /// # Safety
     /// Only in a child just forked from the process that reserved `[base, base + PAGES * P)`.
-    unsafe fn child(base: u64, runs: &[(u64, u64, Prot)], call: Call, out: i32) -> ! {
+    unsafe fn calls(base: u64, runs: &[(u64, u64, Prot)], call: Call) -> i64 {
         use libc::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, syscall};
         // SAFETY: (whole function) raw syscalls on our own scratch range and descriptors.
         unsafe {
@@ -153,7 +126,7 @@ mod oracle {
                     0,
                 );
             }
-            let ret = match call {
+            match call {
                 Call::Munmap(at, len) => syscall(libc::SYS_munmap, at.addr(base), len),
                 Call::Mprotect(at, len, prot) => {
                     syscall(libc::SYS_mprotect, at.addr(base), len, prot_bits(prot))
@@ -190,23 +163,7 @@ mod oracle {
                     let prot = libc::PROT_READ | libc::PROT_WRITE;
                     syscall(libc::SYS_mmap, 0, len, prot, sharing | MAP_ANONYMOUS, -1, offset)
                 }
-            };
-            let ret: i64 = if ret == -1 {
-                -(*libc::__errno_location() as i64)
-            } else {
-                ret
-            };
-            libc::write(out, (&ret as *const i64).cast(), 8);
-            let maps = libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY);
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = libc::read(maps, buf.as_mut_ptr().cast(), buf.len());
-                if n <= 0 {
-                    break;
-                }
-                libc::write(out, buf.as_ptr().cast(), n as usize);
             }
-            libc::_exit(0)
         }
     }
 

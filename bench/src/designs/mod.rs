@@ -363,7 +363,6 @@ fn flush_and_unlink(
     (flushes, changes): (&[BoundedFlush], &[Change]),
 ) {
     let Parts { memory, rcu, .. } = design.parts();
-    let sync = design.file_sync();
     let removed: Vec<(&File, &vma::Mapping)> = changes
         .iter()
         .flat_map(|change| &change.removed)
@@ -379,11 +378,9 @@ fn flush_and_unlink(
             .map(|&file| (file, file.write_reverse_map()))
             .collect()
     }
-    let mut writers = if sync == FileSync::VmaLock {
-        Vec::new()
-    } else {
-        lock(&files)
-    };
+    // Held across the zap (i_mmap_rwsem), or taken after it to unlink (hugetlb_vma_lock).
+    let across_zap = design.file_sync() != FileSync::VmaLock;
+    let mut writers = if across_zap { lock(&files) } else { Vec::new() };
     let mut revoked = Revoked::new();
     for &(flush, free_tables) in flushes {
         match flush {
@@ -396,7 +393,7 @@ fn flush_and_unlink(
             }
         }
     }
-    if writers.is_empty() {
+    if !across_zap {
         writers = lock(&files);
     }
     for (file, mapping) in removed {

@@ -1,0 +1,73 @@
+//! The kernel oracles' child process: raw system calls made in a forked child, whose result
+//! and `/proc/self/maps` come back to the parent through a pipe.
+
+/// Forks; the child runs `calls` and reports the raw result it returns (a syscall's return
+/// value; -1 is turned into minus the errno) with its `/proc/self/maps`, then leaves with
+/// `_exit`. Returns that result and those maps.
+///
+/// `calls` runs in a child forked from a threaded process: it must make only raw system calls
+/// (async-signal-safe), allocate nothing and take no lock.
+pub fn in_child(calls: impl FnOnce() -> i64) -> (i64, String) {
+    let mut fds = [0; 2];
+    // SAFETY: a plain pipe(2) into a two-element array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the child runs `calls` (raw system calls only, as its caller promises) and
+    // `report`, which makes raw system calls on a stack buffer and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let ret = calls();
+        // SAFETY: in the child, with the write end of its own pipe.
+        unsafe { report(fds[1], ret) }
+    }
+    // SAFETY: the parent's copy of the write end.
+    unsafe { libc::close(fds[1]) };
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // SAFETY: reading into a stack buffer of that size.
+        let n = unsafe { libc::read(fds[0], chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n <= 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n as usize]);
+    }
+    let mut status = 0;
+    // SAFETY: the read end, and waiting for our own child.
+    unsafe {
+        libc::close(fds[0]);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    assert!(
+        bytes.len() >= 8,
+        "the child died before reporting (status {status:#x})"
+    );
+    let ret = i64::from_ne_bytes(bytes[..8].try_into().unwrap());
+    (ret, String::from_utf8_lossy(&bytes[8..]).into_owned())
+}
+
+/// The child's report: `ret` (-1 turned into minus the errno), then `/proc/self/maps`.
+///
+/// # Safety
+/// Only in a child just forked by [`in_child`], right after its calls.
+unsafe fn report(out: i32, ret: i64) -> ! {
+    // SAFETY: (whole function) raw system calls on our own descriptors and a stack buffer.
+    unsafe {
+        let ret: i64 = if ret == -1 {
+            -(*libc::__errno_location() as i64)
+        } else {
+            ret
+        };
+        libc::write(out, (&ret as *const i64).cast(), 8);
+        let maps = libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = libc::read(maps, buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            libc::write(out, buf.as_ptr().cast(), n as usize);
+        }
+        libc::_exit(0)
+    }
+}
