@@ -4,10 +4,11 @@
 //!
 //! - [`designs`]: every design behind one trait ([`designs::Design`]) over the same page table,
 //!   frame pool and fault install: `rcu`, `rcu-refonly`, `no-share`, `rwlock`, `rangelock`,
-//!   `pervma`, `snapshot`;
+//!   `pervma`, `hugetlb-vma-lock`, `snapshot`;
 //! - [`workload`]: the workloads (`private-churn`, `faults-under-churn`, `giant-vma`,
-//!   `fixed-replace`, `shared-file`, `multi-process`, `shared-truncate`, `kravetz`), each run
-//!   measuring faults/s, a fault latency histogram, writer ops/s, fault waits and peak memory;
+//!   `fixed-replace`, `shared-file`, `multi-process`, `shared-truncate`, `kravetz`, `long`),
+//!   each run measuring faults/s, a fault latency histogram, writer ops/s, fault waits, share
+//!   lookup waits, page-table size and peak memory;
 //! - [`report`]: tables, JSON and SVG charts;
 //! - [`fault_cost`]: single-thread fault cost per page, and the paired rounds that compare it
 //!   across engines on a noisy machine (`bench fault-cost`);

@@ -54,7 +54,9 @@ pub fn legend(all: &[Summary]) -> String {
          writer's lock, a VMA being set up, a truncate of the page), their total and longest \
          wait; the run's peak resident memory; where a file is truncated, faults beyond its end \
          (bus errors) and translations beyond its end found after a truncate returned (stale, \
-         must be 0); where huge pages are mapped, the largest page table of an address space. \
+         must be 0); where huge pages are mapped, the largest page table of an address space, and \
+         share lookups (a fault looking for a page table to share) held up by a lock, with the \
+         longest such wait. \
          \"oversubscribed\": more threads \
          (faulting threads plus the writer) than CPUs, so the scheduler, not the design, decides \
          much of the row.\n"
@@ -78,13 +80,17 @@ pub fn tables(all: &[Summary]) -> String {
             out,
             "| threads | design | faults/s | vs {BASELINE} | p50 | p99 | p99.9 | max | writer calls/s | vs {BASELINE} | fault waits | wait total | longest wait | peak RSS |{}{}",
             if truncates { " bus errors | stale |" } else { "" },
-            if huge { " page tables per space |" } else { "" }
+            if huge {
+                " page tables per space | share lookups held up | longest share wait |"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{}{}",
             if truncates { "---|---|" } else { "" },
-            if huge { "---|" } else { "" }
+            if huge { "---|---|---|" } else { "" }
         );
         let mut rows: Vec<&Summary> = all.iter().filter(|m| m.workload == workload).collect();
         rows.sort_by_key(|m| m.threads);
@@ -104,7 +110,13 @@ pub fn tables(all: &[Summary]) -> String {
                 String::new()
             };
             if huge {
-                let _ = write!(checks, " {} KiB |", m.page_table_bytes / 1024);
+                let _ = write!(
+                    checks,
+                    " {} KiB | {} | {} |",
+                    m.page_table_bytes / 1024,
+                    m.share_waits.count,
+                    micros(m.share_waits.max_ns)
+                );
             }
             let _ = writeln!(
                 out,
@@ -139,7 +151,8 @@ pub fn json(all: &[Summary]) -> String {
                  \"fault_p999_ns\": {}, \"fault_max_ns\": {}, \"writer_ops_per_sec\": {:.1}, \
                  \"peak_rss_bytes\": {}, \"fault_waits\": {}, \"fault_wait_total_ns\": {}, \
                  \"max_fault_wait_ns\": {}, \"bus_errors\": {}, \"stale_translations\": {}, \
-                 \"page_table_bytes_per_mm\": {}}}",
+                 \"page_table_bytes_per_mm\": {}, \"share_lookup_waits\": {}, \
+                 \"share_lookup_wait_total_ns\": {}, \"max_share_lookup_wait_ns\": {}}}",
                 m.design,
                 m.workload,
                 m.threads,
@@ -157,6 +170,9 @@ pub fn json(all: &[Summary]) -> String {
                 m.bus_errors,
                 m.stale_translations,
                 m.page_table_bytes,
+                m.share_waits.count,
+                m.share_waits.total_ns,
+                m.share_waits.max_ns,
             )
         })
         .collect();
@@ -271,6 +287,7 @@ mod tests {
             writer_ops_per_sec: 0.0,
             peak_rss_bytes: 1 << 20,
             waits: Waits::default(),
+            share_waits: Waits::default(),
             bus_errors: 0,
             stale_translations: 0,
             page_table_bytes: 3 << 12,

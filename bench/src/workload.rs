@@ -31,6 +31,9 @@ enum Workload {
     MultiProcess,
     /// As `MultiProcess`, on a 1 GiB hugetlb file (Kravetz's benchmark as he ran it).
     Kravetz,
+    /// As `Kravetz`, beside many address spaces that share the file's page tables, which a
+    /// writer tears down and sets up again (Long's report, seed 003).
+    Long,
     /// Threads, each in its own address space, fault a shared file while a writer shrinks,
     /// regrows and punches holes in it.
     SharedTruncate,
@@ -46,10 +49,13 @@ enum Writer {
     /// Shrink the file to half, check that no address space kept a translation beyond the
     /// end, regrow it, punch a hole of a quarter of it, in a loop.
     TruncateFile,
+    /// Tear down one of the standing address spaces' mappings of the hugetlb file, map it
+    /// again and fault it in (sharing its page table), each in turn, in a loop.
+    Remap,
 }
 
 impl Workload {
-    const ALL: [Workload; 8] = [
+    const ALL: [Workload; 9] = [
         Workload::PrivateChurn,
         Workload::FaultsUnderChurn,
         Workload::GiantVma,
@@ -58,6 +64,7 @@ impl Workload {
         Workload::MultiProcess,
         Workload::SharedTruncate,
         Workload::Kravetz,
+        Workload::Long,
     ];
 
     const fn name(self) -> &'static str {
@@ -70,14 +77,20 @@ impl Workload {
             Workload::MultiProcess => "multi-process",
             Workload::SharedTruncate => "shared-truncate",
             Workload::Kravetz => "kravetz",
+            Workload::Long => "long",
         }
+    }
+
+    /// Whether it maps the hugetlb file.
+    fn maps_huge_pages(self) -> bool {
+        matches!(self, Workload::Kravetz | Workload::Long)
     }
 
     /// Whether each faulting thread has an address space of its own (else all share one).
     fn space_per_thread(self) -> bool {
         matches!(
             self,
-            Workload::MultiProcess | Workload::SharedTruncate | Workload::Kravetz
+            Workload::MultiProcess | Workload::SharedTruncate | Workload::Kravetz | Workload::Long
         )
     }
 
@@ -86,6 +99,7 @@ impl Workload {
             Workload::FaultsUnderChurn => Some(Writer::MapElsewhere),
             Workload::FixedReplace => Some(Writer::ReplaceAll),
             Workload::SharedTruncate => Some(Writer::TruncateFile),
+            Workload::Long => Some(Writer::Remap),
             Workload::PrivateChurn
             | Workload::GiantVma
             | Workload::SharedFile
@@ -118,6 +132,9 @@ pub fn describe(name: &str) -> Option<&'static str> {
         Workload::Kravetz => {
             "Each thread, in an address space of its own, maps a shared 1 GiB hugetlb file, faults each of its 512 huge pages and unmaps it, in a loop (Kravetz's benchmark, seed 000; `--pages` does not apply): the baselines' faults hold the file's `i_mmap_rwsem` shared and their munmap holds it exclusive across its zap, as Linux 5.7 to 5.19 did"
         }
+        Workload::Long => {
+            "As `kravetz`, beside 16 more address spaces that map the file whole and share its page table; a writer thread, in turn for each, unmaps it, maps it again and faults it in (Long's report, seed 003: large hugetlb mappings set up and torn down while others fault and share). The writer's faults count with the others'"
+        }
         Workload::SharedTruncate => {
             "Threads, each in an address space of its own, fault a shared file mapped whole; a writer thread shrinks it to half, regrows it and punches a hole in a loop (writer calls: set_len and punch_hole). Faults beyond the end are bus errors; after every shrink no address space may keep a translation beyond the end (stale translations)"
         }
@@ -133,12 +150,14 @@ pub fn truncates(name: &str) -> bool {
 /// Whether the workload called `name` maps huge pages (its reports show the page tables'
 /// size: how much each address space needs for them).
 pub fn maps_huge_pages(name: &str) -> bool {
-    name == Workload::Kravetz.name()
+    Workload::ALL
+        .into_iter()
+        .any(|w| w.name() == name && w.maps_huge_pages())
 }
 
 /// Every workload's name, in the order reports list them.
-pub const WORKLOADS: [&str; 8] = {
-    let mut names = [""; 8];
+pub const WORKLOADS: [&str; 9] = {
+    let mut names = [""; 9];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();
@@ -155,6 +174,8 @@ const HUGE_PAGE: u64 = fault::HUGE_FRAME_SIZE as u64;
 /// Where each address space of `kravetz` maps the file: 1 GiB-aligned, so that its page table
 /// of huge entries is shared (as the aligned middle of seed 000's 250 GB mapping is).
 const KRAVETZ_HINT: u64 = 1 << 40;
+/// The address spaces of `long` that map the hugetlb file besides the faulting threads'.
+const LONG_STANDING: usize = 16;
 
 /// Most faulting threads a run may have.
 pub const MAX_THREADS: usize = 1024;
@@ -193,6 +214,8 @@ pub struct Measurement {
     pub latency: Histogram<u64>,
     /// Faults that waited for another thread.
     pub waits: Waits,
+    /// Share lookups (PMD sharing) held up by a lock.
+    pub share_waits: Waits,
     /// The process's peak resident memory during the run (Linux's VmHWM, reset before it).
     pub peak_rss_bytes: u64,
     /// Faults beyond the end of a file (`shared-truncate`).
@@ -222,6 +245,7 @@ impl Measurement {
             writer_ops_per_sec: self.writer_ops as f64 / seconds,
             peak_rss_bytes: self.peak_rss_bytes,
             waits: self.waits,
+            share_waits: self.share_waits,
             bus_errors: self.bus_errors,
             stale_translations: self.stale_translations,
             page_table_bytes: self.page_table_bytes,
@@ -257,6 +281,8 @@ pub struct Summary {
     pub peak_rss_bytes: u64,
     /// Faults that waited for another thread.
     pub waits: Waits,
+    /// Share lookups (PMD sharing) held up by a lock.
+    pub share_waits: Waits,
     /// Faults beyond the end of a file.
     pub bus_errors: u64,
     /// Translations beyond the end of a file found after a truncate returned.
@@ -271,8 +297,8 @@ impl Summary {
         format!(
             "design={} workload={} threads={} oversubscribed={} faults_per_sec={} fault_p50_ns={} \
              fault_p99_ns={} fault_p999_ns={} fault_max_ns={} writer_ops_per_sec={} peak_rss_bytes={} \
-             waits={} wait_total_ns={} wait_max_ns={} bus_errors={} stale_translations={} \
-             page_table_bytes={}",
+             waits={} wait_total_ns={} wait_max_ns={} share_waits={} share_wait_total_ns={} \
+             share_wait_max_ns={} bus_errors={} stale_translations={} page_table_bytes={}",
             self.design,
             self.workload,
             self.threads,
@@ -287,6 +313,9 @@ impl Summary {
             self.waits.count,
             self.waits.total_ns,
             self.waits.max_ns,
+            self.share_waits.count,
+            self.share_waits.total_ns,
+            self.share_waits.max_ns,
             self.bus_errors,
             self.stale_translations,
             self.page_table_bytes
@@ -326,6 +355,11 @@ impl Summary {
                 count: get("waits")?,
                 total_ns: get("wait_total_ns")?,
                 max_ns: get("wait_max_ns")?,
+            },
+            share_waits: Waits {
+                count: get("share_waits")?,
+                total_ns: get("share_wait_total_ns")?,
+                max_ns: get("share_wait_max_ns")?,
             },
             bus_errors: get("bus_errors")?,
             stale_translations: get("stale_translations")?,
@@ -404,6 +438,28 @@ fn region(layout: Layout, t: usize, pages: u64) -> u64 {
     layout.mmap_base - (t as u64 + 1) * (pages + 16) * PAGE_SIZE
 }
 
+/// Maps `file`, a hugetlb file of `KRAVETZ_FILE` bytes, shared and whole into `design` at
+/// `KRAVETZ_HINT`, and write-faults each of its huge pages as a CPU would (a page already
+/// mapped through a shared page table takes no fault), into `tally` (the mmap counted as a
+/// writer call). Returns where it is mapped.
+fn map_hugetlb(
+    design: &dyn Design,
+    file: &Arc<File>,
+    tally: &mut Tally,
+    stop: &AtomicBool,
+) -> Result<u64, String> {
+    let shared = Some((file, 0));
+    let a = tally.op(design.mmap(
+        KRAVETZ_HINT,
+        KRAVETZ_FILE,
+        Prot::READ_WRITE,
+        MapFlags::SHARED,
+        shared,
+    ))?;
+    tally.fault_all(design, (a, KRAVETZ_FILE, HUGE_PAGE), (false, true), stop)?;
+    Ok(a)
+}
+
 /// Reads VmHWM from /proc/self/status (0 where there is none).
 fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -465,7 +521,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         return Err("duration: at least 1 ms".into());
     }
     // Huge pages for the hugetlb workload: its file, whole (their memory comes as used).
-    let huge_pages = if kind == Workload::Kravetz {
+    let huge_pages = if kind.maps_huge_pages() {
         (KRAVETZ_FILE / HUGE_PAGE) as usize
     } else {
         0
@@ -478,6 +534,11 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         .map(|_| designs::build(design, DesignConfig::default(), frames.clone()))
         .collect::<Option<_>>()
         .ok_or_else(|| format!("unknown design {design}"))?;
+    // `long`'s standing address spaces, each mapping the hugetlb file whole.
+    let standing = if kind == Workload::Long { LONG_STANDING } else { 0 };
+    let standing: Vec<Arc<dyn Design>> = (0..standing)
+        .map(|_| designs::build(design, DesignConfig::default(), frames.clone()).expect("built above"))
+        .collect();
     let first = &*spaces[0];
     let layout = first.layout();
     let len = pages * PAGE_SIZE;
@@ -513,23 +574,23 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             }
             file = Some(shared);
         }
-        Workload::Kravetz => {
+        Workload::Kravetz | Workload::Long => {
             let sync = first.file_sync();
             let hugetlb = File::hugetlb(workload, &frames, KRAVETZ_FILE, sync).map_err(error)?;
             // The steady state of Kravetz's loop, which runs for hours: every huge page is in
             // the file already (allocated and zeroed once), and a fault maps it.
-            let a = first
-                .mmap(0, KRAVETZ_FILE, rw, MapFlags::SHARED, Some((&hugetlb, 0)))
-                .map_err(error)?;
             let never = AtomicBool::new(false);
-            Tally::new().fault_all(first, (a, KRAVETZ_FILE, HUGE_PAGE), (false, true), &never)?;
+            let a = map_hugetlb(first, &hugetlb, &mut Tally::new(), &never)?;
             first.munmap(a, KRAVETZ_FILE).map_err(error)?;
+            for space in &standing {
+                regions.push(map_hugetlb(&**space, &hugetlb, &mut Tally::new(), &never)?);
+            }
             file = Some(hugetlb);
         }
         Workload::PrivateChurn => {}
     }
     let writer = kind.writer();
-    let (file, regions, spaces) = (&file, &regions, &spaces);
+    let (file, regions, spaces, standing) = (&file, &regions, &spaces, &standing);
 
     reset_peak_rss();
     let stop = AtomicBool::new(false);
@@ -555,13 +616,9 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                             tally.fault_all(design, (a, len, PAGE_SIZE), (false, false), stop)?;
                             tally.op(design.munmap(a, len))?;
                         }
-                        Workload::Kravetz => {
+                        Workload::Kravetz | Workload::Long => {
                             let file = file.as_ref().expect("set up");
-                            let shared = Some((file, 0));
-                            let hint = KRAVETZ_HINT;
-                            let a =
-                                tally.op(design.mmap(hint, KRAVETZ_FILE, rw, MapFlags::SHARED, shared))?;
-                            tally.fault_all(design, (a, KRAVETZ_FILE, HUGE_PAGE), (false, true), stop)?;
+                            let a = map_hugetlb(design, file, &mut tally, stop)?;
                             tally.op(design.munmap(a, KRAVETZ_FILE))?;
                         }
                         Workload::FaultsUnderChurn
@@ -583,6 +640,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             handles.push(s.spawn(move || -> Result<Tally, String> {
                 let mut tally = Tally::new();
                 let churn_hint = layout.low + (1 << 40);
+                let mut turn = 0;
                 while !stop.load(Ordering::Relaxed) {
                     match writer {
                         Writer::ReplaceAll => {
@@ -605,6 +663,15 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                             tally.op(file.set_len(len))?;
                             let quarter = (pages / 4).max(1) * PAGE_SIZE;
                             tally.op(file.punch_hole(quarter, quarter))?;
+                        }
+                        Writer::Remap => {
+                            let file = file.as_ref().expect("set up");
+                            let (space, at) = (&*standing[turn], regions[turn]);
+                            tally.op(space.munmap(at, KRAVETZ_FILE))?;
+                            if map_hugetlb(space, file, &mut tally, stop)? != at {
+                                return Err("the hugetlb file mapped elsewhere".into());
+                            }
+                            turn = (turn + 1) % standing.len();
                         }
                     }
                 }
@@ -630,9 +697,9 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         total.tables = total.tables.max(tally.tables);
         total.latency.add(&tally.latency).expect("same bounds");
     }
-    let waits = spaces
-        .iter()
-        .fold(Waits::default(), |sum, space| sum.plus(space.waits()));
+    let every_space = || spaces.iter().chain(standing);
+    let waits = every_space().fold(Waits::default(), |sum, space| sum.plus(space.waits()));
+    let share_waits = every_space().fold(Waits::default(), |sum, space| sum.plus(space.share_waits()));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(Measurement {
         design: first.name(),
@@ -644,6 +711,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         elapsed,
         latency: total.latency,
         waits,
+        share_waits,
         peak_rss_bytes,
         bus_errors: total.bus_errors,
         stale_translations: total.stale_translations,
@@ -674,6 +742,11 @@ mod tests {
                 count: 7,
                 total_ns: 9_000,
                 max_ns: 5_000,
+            },
+            share_waits: Waits {
+                count: 2,
+                total_ns: 700,
+                max_ns: 400,
             },
             bus_errors: 3,
             stale_translations: 0,

@@ -91,8 +91,9 @@ pub enum FileSync {
     #[default]
     Rcu,
     /// Linux's `i_mmap_rwsem`, for the benchmark's baselines: a reader-writer lock that faults
-    /// hold shared from looking a page up to installing it (as hugetlb faults did, the
-    /// synchronization seed 001 settled on), that mmap and munmap take exclusive to change the
+    /// hold shared from looking a page up to installing it (a hugetlb fault across the whole
+    /// fault, its share lookup included, as Linux 5.7 to 5.19 did: the synchronization seed
+    /// 001 settled on), that mmap and munmap take exclusive to change the
     /// reverse map ([`File::write_reverse_map`], which a writer may hold across its zap, as
     /// hugetlb's munmap did), and that truncate and hole punch hold exclusive once their range
     /// is published.
@@ -629,7 +630,8 @@ impl File {
         self.shared_tables.tables()
     }
 
-    /// Under [`FileSync::RwSem`], takes the lock shared for a fault's lookup and install,
+    /// Under [`FileSync::RwSem`], takes the lock shared for a fault — from its lookup to its
+    /// install, and for a hugetlb file across the whole fault, its share lookup included —
     /// calling `waited` with how long it blocked when it had to.
     pub(crate) fn lock_for_fault(
         &self,
@@ -641,12 +643,16 @@ impl File {
         self.lock_shared(waited)
     }
 
-    /// `i_mmap_rwsem` taken shared, under [`FileSync::RwSem`] and [`FileSync::VmaLock`], to
-    /// look for a page table to share; calls `waited` with how long it blocked when it had to.
+    /// Under [`FileSync::VmaLock`], `i_mmap_rwsem` taken shared to look for a page table to
+    /// share (Long's patch, seed 003); calls `waited` with how long it blocked when it had to.
+    /// Under [`FileSync::RwSem`] the fault holds it already ([`File::lock_for_fault`]).
     pub(crate) fn lock_for_share(
         &self,
         waited: impl FnOnce(std::time::Duration),
     ) -> Option<RwLockReadGuard<'_, ()>> {
+        if self.sync != FileSync::VmaLock {
+            return None;
+        }
         self.lock_shared(waited)
     }
 

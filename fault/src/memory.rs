@@ -45,6 +45,8 @@ pub struct Memory {
     zero_fill: bool,
     counters: Counters,
     waits: WaitClock,
+    /// Share lookups (faults looking for a page table to share) held up by a lock.
+    share_waits: WaitClock,
     /// Held while translations move between addresses (mremap), and by a file's invalidation
     /// while it removes this table's translations of the file: it never misses one in flight.
     relocation: Mutex<()>,
@@ -102,6 +104,7 @@ impl Memory {
             zero_fill,
             counters: Counters::new(),
             waits: WaitClock::default(),
+            share_waits: WaitClock::default(),
             relocation: Mutex::new(()),
             shares: Mutex::new(HashMap::new()),
             sharing: Mutex::new(()),
@@ -146,7 +149,15 @@ impl Memory {
     /// Links the file's shared page table for the 1 GiB around `page` (PMD sharing: see
     /// `pmd_share`) when `mapping`, a shared mapping of hugetlb `file`, covers that 1 GiB
     /// whole at a file offset aligned to it, and no level-2 table is linked there yet.
-    fn try_share(&self, mapping: &Mapping, page: u64, file: &File) {
+    /// `fault_waited`: how long the fault waited for the file's lock it holds across (under
+    /// [`FileSync::RwSem`](crate::FileSync::RwSem)), which held this lookup up as well.
+    fn try_share(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        file: &File,
+        fault_waited: Option<std::time::Duration>,
+    ) {
         let base = page & !(SHARED_SPAN - 1);
         if !self.share_page_tables
             || !mapping.shared
@@ -159,6 +170,9 @@ impl Memory {
         if first % SPAN_PAGES != 0 {
             return;
         }
+        if let Some(waited) = fault_waited {
+            self.share_waits.record(waited);
+        }
         let _sharing = self.sharing.lock().unwrap_or_else(|e| e.into_inner());
         // Another fault of this table may have linked one while this one waited.
         if self.table.has_level2(base) {
@@ -167,13 +181,15 @@ impl Memory {
         // Inside the file's section for the table's pages, or under its lock shared, no
         // invalidation of them runs unseen (see `pmd_share`).
         let guarded = !file.shares_unguarded();
-        let _shared = guarded.then(|| file.lock_for_share(|waited| self.record_wait(waited)));
+        let _shared = guarded.then(|| file.lock_for_share(|waited| self.share_waits.record(waited)));
         let _guard = guarded.then(|| file.guard_within(first, first + SPAN_PAGES));
         if guarded && file.invalidating(first, first + SPAN_PAGES) {
             return;
         }
         let registry = file.shared_tables();
-        let table = registry.acquire(first / SPAN_PAGES, mapping.prot);
+        let table = registry.acquire(first / SPAN_PAGES, mapping.prot, |waited| {
+            self.share_waits.record(waited)
+        });
         {
             let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
             shares.entry(table).or_insert_with(|| (registry.clone(), 0)).1 += 1;
@@ -210,6 +226,12 @@ impl Memory {
     /// The waits recorded so far.
     pub fn waits(&self) -> Waits {
         self.waits.snapshot()
+    }
+
+    /// How often share lookups (a fault looking for a page table to share) were held up by a
+    /// lock, and for how long.
+    pub fn share_waits(&self) -> Waits {
+        self.share_waits.snapshot()
     }
 
     /// Puts `list`, the frames of translations removed from `[start, end)`, back after a grace
@@ -404,7 +426,7 @@ impl Memory {
 
     /// The statistics so far, with the address space's writer counters.
     pub(crate) fn stats(&self, space: &vma::SpaceStats) -> FaultStats {
-        FaultStats::collect(&self.counters, &self.waits, space)
+        FaultStats::collect(&self.counters, (&self.waits, &self.share_waits), space)
     }
 
     /// Counts a fault's outcome in the statistics.
@@ -444,17 +466,40 @@ impl Memory {
         // shared with other address spaces where they map the same 1 GiB of the file.
         let huge = mapping.page_size();
         let page = page & !(huge - 1);
-        let entry = if huge == PAGE_SIZE {
-            self.table.entry_or_insert(page)
-        } else if let Some(entry) = self.table.huge_entry(page) {
+        if huge == PAGE_SIZE {
+            return self.settle_entry(mapping, page, access, self.table.entry_or_insert(page));
+        }
+        let file = File::of(mapping);
+        // Under `FileSync::RwSem`, a hugetlb fault holds the file's lock shared from the walk
+        // to the install, its share lookup included (Linux 5.7 to 5.19, c0d0381).
+        let mut fault_waited = None;
+        let _whole_fault = file.and_then(|file| {
+            file.lock_for_fault(|waited| {
+                self.record_wait(waited);
+                fault_waited = Some(waited);
+            })
+        });
+        let entry = if let Some(entry) = self.table.huge_entry(page) {
             entry
         } else {
             // No level-2 table here yet: link a shared one if the mapping allows, else build.
-            if let Some(file) = File::of(mapping) {
-                self.try_share(mapping, page, file);
+            if let Some(file) = file {
+                self.try_share(mapping, page, file, fault_waited);
             }
             self.table.huge_entry_or_insert(page)
         };
+        self.settle_entry(mapping, page, access, entry)
+    }
+
+    /// [`Memory::settle`] once the entry of `page` is found.
+    #[inline]
+    fn settle_entry(
+        &self,
+        mapping: &Mapping,
+        page: u64,
+        access: Access,
+        entry: &AtomicU64,
+    ) -> Result<Progress, FaultError> {
         loop {
             match self.attempt(mapping, page, access, entry)? {
                 Attempt::Done(fault) => return Ok(Progress::Done(fault)),
@@ -628,7 +673,10 @@ impl Memory {
         current: Pte,
     ) -> Result<Attempt, FaultError> {
         let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
-        let shared = file.lock_for_fault(|waited| self.record_wait(waited));
+        // A hugetlb fault holds it from the start (`settle`).
+        let shared = (!file.is_hugetlb())
+            .then(|| file.lock_for_fault(|waited| self.record_wait(waited)))
+            .flatten();
         let guard = file.guard_at(pgoff);
         let cached = match file.lookup(pgoff, &guard) {
             Lookup::Cached(frame) => frame,

@@ -20,7 +20,8 @@
 use crate::frames::FramePool;
 use crate::pagetable::{SHARED_SPAN, SharedTable};
 use maple::sync::Mutex;
-use std::sync::Arc;
+use std::sync::{Arc, TryLockError};
+use std::time::{Duration, Instant};
 use vma::{PAGE_SIZE, Prot};
 
 /// 4 KiB pages one shared table covers.
@@ -55,9 +56,19 @@ impl Registry {
     }
 
     /// The live table of 1 GiB `span` for mappings with `prot`, counted for one more sharer; a
-    /// new, empty one when there is none.
-    pub(crate) fn acquire(&self, span: u64, prot: Prot) -> SharedTable {
-        let mut tables = self.lock();
+    /// new, empty one when there is none. Calls `waited` with how long it blocked on the
+    /// registry's lock when it had to.
+    pub(crate) fn acquire(&self, span: u64, prot: Prot, waited: impl FnOnce(Duration)) -> SharedTable {
+        let mut tables = match self.tables.try_lock() {
+            Ok(tables) => tables,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let since = Instant::now();
+                let tables = self.lock();
+                waited(since.elapsed());
+                tables
+            }
+        };
         if let Some(entry) = tables
             .iter_mut()
             .find(|e| e.live && e.span == span && e.prot == prot)

@@ -115,6 +115,9 @@ pub struct FaultStats {
     /// Faults that waited for another thread — a VMA being set up (BABY), a truncate, hole
     /// punch or eviction of their file page — and for how long.
     pub waits: Waits,
+    /// Share lookups (a fault looking for a page table to share, PMD sharing) held up by a
+    /// lock, and for how long.
+    pub share_waits: Waits,
     /// Writer operations that replaced or removed VMAs.
     pub replacements: u64,
     /// Of those, how many waited for VMA references to drain.
@@ -131,7 +134,11 @@ pub struct FaultStats {
 }
 
 impl FaultStats {
-    pub(crate) fn collect(counters: &Counters, waits: &WaitClock, space: &vma::SpaceStats) -> Self {
+    pub(crate) fn collect(
+        counters: &Counters,
+        (waits, share_waits): (&WaitClock, &WaitClock),
+        space: &vma::SpaceStats,
+    ) -> Self {
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
         Self {
             installed: counters.sum(Counter::Installed),
@@ -145,6 +152,7 @@ impl FaultStats {
             slow_path: counters.sum(Counter::SlowPath),
             retries: counters.sum(Counter::Retries),
             waits: waits.snapshot(),
+            share_waits: share_waits.snapshot(),
             replacements: load(&space.replacements),
             reference_waits: load(&space.reference_waits),
             reference_wait_ns: load(&space.reference_wait_ns),
@@ -188,6 +196,13 @@ impl fmt::Display for FaultStats {
             self.waits.count,
             self.waits.total_ns as f64 / 1e6,
             self.waits.max_ns as f64 / 1e6
+        )?;
+        writeln!(
+            f,
+            "share lookups held up: {} ({:.3} ms, longest {:.3} ms)",
+            self.share_waits.count,
+            self.share_waits.total_ns as f64 / 1e6,
+            self.share_waits.max_ns as f64 / 1e6
         )?;
         write!(
             f,

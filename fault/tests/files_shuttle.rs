@@ -226,12 +226,13 @@ fn late_reservation_consumption_miscounts() {
 /// hugetlb file (a page installed in it); `b` faults, linking the same table, while the file is
 /// truncated to one huge page. When `set_len` returns and the fault is done, neither has a
 /// translation beyond the end — `b` linked the table before the truncate unshared it, or saw
-/// the truncate and linked a new one — and once both let go the tables are freed.
-fn share_racing_truncate(broken: bool) {
+/// the truncate and linked a new one — and once both let go the tables are freed. Under
+/// `FileSync::RwSem` the fault holds the file's lock across its share lookup.
+fn share_racing_truncate(broken: bool, sync: FileSync) {
     const H: u64 = fault::HUGE_FRAME_SIZE as u64;
     const GIB: u64 = 1 << 30;
     let frames = pool_with_huge_pages(512);
-    let file = File::hugetlb("/hugepages/shared", &frames, GIB, FileSync::Rcu).unwrap();
+    let file = File::hugetlb("/hugepages/shared", &frames, GIB, sync).unwrap();
     if broken {
         file.break_sharing();
     }
@@ -278,12 +279,19 @@ fn share_racing_truncate(broken: bool) {
 
 #[test]
 fn sharing_racing_truncate_leaves_no_stale_translation() {
-    check_both(STEPS, || share_racing_truncate(false));
+    check_both(STEPS, || share_racing_truncate(false, FileSync::Rcu));
+}
+
+#[test]
+fn sharing_racing_truncate_under_i_mmap_rwsem() {
+    check_both(STEPS, || share_racing_truncate(false, FileSync::RwSem));
 }
 
 #[test]
 fn sharing_without_the_files_section_shows_truncated_pages() {
-    assert_broken_variant_fails(STEPS, &["violated"], || share_racing_truncate(true));
+    assert_broken_variant_fails(STEPS, &["violated"], || {
+        share_racing_truncate(true, FileSync::Rcu)
+    });
 }
 
 #[test]

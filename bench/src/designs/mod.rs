@@ -63,7 +63,7 @@ pub fn describe(name: &str) -> Option<&'static str> {
         "rwlock" => "one reader-writer lock over a BTreeMap (mmap_sem): faults read-lock, writers write-lock",
         "rangelock" => "faults read-lock their page's range; writers write-lock the range they change",
         "pervma" => {
-            "Linux 6.15: RCU walk plus a per-VMA read lock, the mmap lock as fallback; writers lock each changed VMA"
+            "Linux 6.15: RCU walk plus a per-VMA read lock, the mmap lock as fallback; writers lock each changed VMA. Files use i_mmap_rwsem as Linux 5.7 to 5.19 hugetlb did: held shared across a hugetlb fault, exclusive across munmap's zap"
         }
         "hugetlb-vma-lock" => {
             "`pervma` with Kravetz's hugetlb_vma_lock for files: faults take no file lock (their VMA's lock keeps munmap out), the file's i_mmap_rwsem only to look for a page table to share"
@@ -303,6 +303,11 @@ pub trait Design: Send + Sync {
     /// How often faults waited for another thread.
     fn waits(&self) -> Waits {
         self.memory().waits()
+    }
+
+    /// How often share lookups (PMD sharing) were held up by a lock.
+    fn share_waits(&self) -> Waits {
+        self.memory().share_waits()
     }
 
     /// Waits until released frames and tables are back (see `fault::Mm::barrier`).
