@@ -10,6 +10,8 @@
 //!   each run measuring faults/s, a fault latency histogram, writer ops/s, fault waits, share
 //!   lookup waits, page-table size and peak memory;
 //! - [`report`]: tables, JSON and SVG charts;
+//! - [`table_memory`]: page-table memory per address space with and without PMD sharing
+//!   (`bench table-memory`);
 //! - [`fault_cost`]: single-thread fault cost per page, and the paired rounds that compare it
 //!   across engines on a noisy machine (`bench fault-cost`);
 //! - the binary: `bench compare` (README's main command), `bench fault-cost` (see
@@ -32,6 +34,7 @@
 pub mod designs;
 pub mod fault_cost;
 pub mod report;
+pub mod table_memory;
 pub mod unsync_engine;
 pub mod vma_spaces;
 pub mod workload;

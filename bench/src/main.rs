@@ -42,6 +42,16 @@ enum Subcommands {
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
         rounds: u64,
     },
+    /// Page-table memory per address space with and without PMD sharing: K address spaces map
+    /// the same N GiB of a shared hugetlb file and fault one huge page per GiB.
+    TableMemory {
+        /// Address spaces (K).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=bench::table_memory::MAX_SPACES as u64))]
+        spaces: u64,
+        /// GiB each maps (N).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=bench::table_memory::MAX_GIB))]
+        gib: u64,
+    },
     /// Replay a trace of mmap/munmap/mprotect/mremap/brk (format: `vma::trace`) on an x86-64
     /// layout and print the maps it leaves, as /proc/PID/maps shows them.
     Replay {
@@ -243,6 +253,10 @@ fn run(command: Subcommands) -> Result<(), String> {
         Subcommands::Compare(args) => compare(&args.plan()?),
         Subcommands::FaultCost { rounds } => {
             print!("{}", bench::fault_cost::compare_engines(rounds as usize));
+            Ok(())
+        }
+        Subcommands::TableMemory { spaces, gib } => {
+            print!("{}", bench::table_memory::compare(spaces as usize, gib)?);
             Ok(())
         }
         Subcommands::Replay { file } => replay(&file).map(|maps| print!("{maps}")),
