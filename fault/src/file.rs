@@ -643,6 +643,12 @@ impl File {
         self.lock_shared(waited)
     }
 
+    /// Whether faults hold the file's lock shared ([`FileSync::RwSem`]), so that whoever holds
+    /// it exclusive keeps them out.
+    pub(crate) fn faults_take_lock(&self) -> bool {
+        self.sync == FileSync::RwSem
+    }
+
     /// Under [`FileSync::VmaLock`], `i_mmap_rwsem` taken shared to look for a page table to
     /// share (Long's patch, seed 003); calls `waited` with how long it blocked when it had to.
     /// Under [`FileSync::RwSem`] the fault holds it already ([`File::lock_for_fault`]).

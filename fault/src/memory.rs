@@ -14,6 +14,10 @@
 //!   table is given back to its file's registry only after a grace period of the same domain,
 //!   and counts as a revocation of the range it covers (the caller waits for the accesses
 //!   through it, as for any removed translation).
+//! - With the unshare barrier ([`Memory::with_unshare_barrier`], as [`Mm`](crate::Mm) builds
+//!   it), no fault installs through a shared table after this table unlinked it: unsharing
+//!   outside the VMA protocol waits for the faults already in its spans, and the faults that
+//!   come later wait for it (`pmd_share::UnshareBarrier`).
 
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
 use crate::file::{File, Lookup, file_of};
@@ -21,7 +25,7 @@ use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{
     ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, SHARED_SPAN, SharedTable, WRITABLE,
 };
-use crate::pmd_share::{Registry, Release, SPAN_PAGES};
+use crate::pmd_share::{Registry, Release, SPAN_PAGES, UnshareBarrier, Unsharing};
 use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
 use maple::Guard;
 use maple::rcu::{DefaultRcu, DropBox, Keys, Rcu};
@@ -57,6 +61,16 @@ pub struct Memory {
     sharing: Mutex<()>,
     /// Whether faults link shared page tables at all.
     share_page_tables: bool,
+    /// Whether unsharing outside the VMA protocol waits for this table's faults in its spans
+    /// (see `pmd_share`): on for [`Mm`](crate::Mm), whose faults hold no guard while they wait.
+    unshare_barrier: bool,
+    unsharing: UnshareBarrier,
+    /// Shuttle builds only: unsharing skips the barrier (a test's broken variant), and whether a
+    /// fault then installed through a table this one no longer linked.
+    #[cfg(feature = "shuttle")]
+    barrier_broken: maple::sync::atomic::AtomicBool,
+    #[cfg(feature = "shuttle")]
+    installed_unlinked: maple::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Memory {
@@ -109,7 +123,71 @@ impl Memory {
             shares: Mutex::new(HashMap::new()),
             sharing: Mutex::new(()),
             share_page_tables: true,
+            unshare_barrier: false,
+            unsharing: UnshareBarrier::default(),
+            #[cfg(feature = "shuttle")]
+            barrier_broken: maple::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "shuttle")]
+            installed_unlinked: maple::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The same memory, but unsharing a page table outside the VMA protocol (MADV_DONTNEED, a
+    /// file's invalidation: [`Memory::begin_unsharing`]) first waits for the faults in its
+    /// spans, which wait for it in turn, so that no fault installs through a table this one no
+    /// longer links (see `pmd_share`). Only for callers whose faults hold no read-side section
+    /// while they wait in [`Memory::read_in`].
+    pub fn with_unshare_barrier(mut self) -> Self {
+        self.unshare_barrier = true;
+        self
+    }
+
+    /// Makes unsharing skip the barrier (shuttle builds only; for the test that must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn break_unshare_barrier(&self) {
+        self.barrier_broken.store(true, Ordering::SeqCst);
+    }
+
+    /// Checks that the table still links `entry`, the huge entry of `page` a fault has just
+    /// installed (debug and shuttle builds, with the unshare barrier on): a violation panics,
+    /// or is only recorded when a test broke the barrier on purpose.
+    #[cfg(any(debug_assertions, feature = "shuttle"))]
+    fn check_still_linked(&self, page: u64, entry: &AtomicU64) {
+        if self
+            .table
+            .huge_entry(page)
+            .is_some_and(|linked| std::ptr::eq(linked, entry))
+        {
+            return;
+        }
+        #[cfg(feature = "shuttle")]
+        if self.barrier_broken.load(Ordering::SeqCst) {
+            self.installed_unlinked.store(true, Ordering::SeqCst);
+            return;
+        }
+        panic!("violated: a fault installed through a page table its address space no longer links");
+    }
+
+    /// Whether a fault installed through a page table this one no longer linked, which only
+    /// a broken unshare barrier allows (shuttle builds only; see [`Memory::break_unshare_barrier`]).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn installed_through_an_unlinked_table(&self) -> bool {
+        self.installed_unlinked.load(Ordering::SeqCst)
+    }
+
+    /// Before unsharing page tables in `[start, end)` outside the VMA protocol: with the
+    /// barrier on ([`Memory::with_unshare_barrier`]), publishes the spans and waits for the
+    /// faults already in them (a grace period of `rcu`); hold the result until the tables are
+    /// unlinked. The caller is inside no read-side section.
+    pub(crate) fn begin_unsharing(&self, start: u64, end: u64, rcu: &DefaultRcu) -> Option<Unsharing<'_>> {
+        #[cfg(feature = "shuttle")]
+        if self.barrier_broken.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.unshare_barrier
+            .then(|| self.unsharing.begin(start, end, rcu))
     }
 
     /// The same memory, but its faults never link a shared page table: every level-2 table is
@@ -336,6 +414,12 @@ impl Memory {
         let mut revoked = Revoked::new();
         let _relocation = self.relocation.lock().unwrap_or_else(|e| e.into_inner());
         for (start, stop) in file.mapped_ranges(mapper, first, end) {
+            // A hugetlb range may lie in a shared page table, which the change unshares. Under
+            // `FileSync::RwSem` the file's lock, held exclusive, keeps out the faults, which
+            // hold it shared across the fault (and would wait for it inside their section).
+            let _unsharing = (file.is_hugetlb() && !file.faults_take_lock())
+                .then(|| self.begin_unsharing(start, stop, rcu))
+                .flatten();
             let guard = Guard::keyed(rcu, Keys::new(start, stop - 1));
             let (any, frames) = change(start, stop);
             drop(guard);
@@ -469,6 +553,11 @@ impl Memory {
         if huge == PAGE_SIZE {
             return self.settle_entry(mapping, page, access, self.table.entry_or_insert(page));
         }
+        if self.unshare_barrier && self.unsharing.covers(page) {
+            // A table of this span is being unshared: wait with no guard held (`read_in`).
+            let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
+            return Ok(Progress::Blocking(pgoff));
+        }
         let file = File::of(mapping);
         // Under `FileSync::RwSem`, a hugetlb fault holds the file's lock shared from the walk
         // to the install, its share lookup included (Linux 5.7 to 5.19, c0d0381).
@@ -527,6 +616,7 @@ impl Memory {
         };
         let file = file_of(object);
         loop {
+            self.unsharing.wait_out(page, |waited| self.record_wait(waited));
             // The turn keeps the next invalidation from taking the page away before it is
             // installed.
             let turn = file.read_in(pgoff, |waited| self.record_wait(waited))?;
@@ -718,6 +808,10 @@ impl Memory {
             (cached, allowed & !WRITABLE)
         };
         let installed = self.install(entry, current, Pte::new(frame, flags), frame);
+        #[cfg(any(debug_assertions, feature = "shuttle"))]
+        if installed && self.unshare_barrier && file.is_hugetlb() && mapping.shared {
+            self.check_still_linked(page, entry);
+        }
         drop(guard);
         drop(shared);
         Ok(if installed {

@@ -148,7 +148,9 @@ impl Mm {
         if config.layout.high > ADDRESS_LIMIT {
             return Err(einval("the layout exceeds the 48-bit page table"));
         }
-        let mut memory = Memory::new(frames, config.zero_fill);
+        // Its faults hold no guard while they wait: unsharing outside the protocol may wait for
+        // them (see `Memory::with_unshare_barrier`).
+        let mut memory = Memory::new(frames, config.zero_fill).with_unshare_barrier();
         if !config.share_page_tables {
             memory = memory.without_page_table_sharing();
         }
@@ -309,35 +311,58 @@ impl Mm {
         let Some((addr, end)) = advise_range(addr, len)? else {
             return Ok(());
         };
-        // Keyed to the range: writers elsewhere do not wait for this walk.
-        let guard = self.shared.space.guard_within(addr, end);
-        let mut mapped = 0;
+        let rcu = self.shared.space.rcu();
+        // Unsharing a page table of a shared hugetlb mapping here, outside the VMA protocol,
+        // first lets the faults in its spans finish (see `Memory::begin_unsharing`): when the
+        // walk meets such a mapping without it, it starts again with it (clearing again what
+        // it cleared is harmless).
+        let (mut unsharing, mut waited_for_faults) = (None, false);
         let mut frames = Vec::new();
         let mut revoked = Revoked::new();
-        // A mapping that refuses the call stops it there, as Linux's walk does.
-        let mut refused = Ok(());
-        for vma in self.shared.space.iter_from(addr, &guard) {
-            if vma.start() >= end {
-                break;
-            }
-            let (from, to) = (vma.start().max(addr), vma.end().min(end));
-            let (from, cut) = match dontneed_part(vma.mapping(), from, to) {
-                Ok(part) => part,
-                Err(error) => {
-                    refused = Err(error);
+        let (guard, mapped, refused) = loop {
+            // Keyed to the range: writers elsewhere do not wait for this walk.
+            let guard = self.shared.space.guard_within(addr, end);
+            let mut mapped = 0;
+            // A mapping that refuses the call stops it there, as Linux's walk does.
+            let mut refused = Ok(());
+            let mut unshares = false;
+            for vma in self.shared.space.iter_from(addr, &guard) {
+                if vma.start() >= end {
                     break;
                 }
-            };
-            let cleared = self.shared.memory.table().clear(from, cut);
-            revoked.record(!cleared.is_empty(), from, cut);
-            frames.extend(cleared);
-            mapped += to - from;
-        }
-        let rcu = self.shared.space.rcu();
+                let mapping = vma.mapping();
+                if !waited_for_faults && mapping.shared && mapping.page_size() > PAGE_SIZE {
+                    unshares = true;
+                    break;
+                }
+                let (from, to) = (vma.start().max(addr), vma.end().min(end));
+                let (from, cut) = match dontneed_part(mapping, from, to) {
+                    Ok(part) => part,
+                    Err(error) => {
+                        refused = Err(error);
+                        break;
+                    }
+                };
+                let cleared = self.shared.memory.table().clear(from, cut);
+                revoked.record(!cleared.is_empty(), from, cut);
+                frames.extend(cleared);
+                mapped += to - from;
+            }
+            if !unshares {
+                break (guard, mapped, refused);
+            }
+            drop(guard);
+            unsharing = self
+                .shared
+                .memory
+                .begin_unsharing(addr, end.min(ADDRESS_LIMIT), rcu);
+            waited_for_faults = true;
+        };
         if self.shared.memory.release_unshared(rcu) {
             revoked.record(true, addr, end.min(ADDRESS_LIMIT));
         }
         drop(guard);
+        drop(unsharing);
         // Released after the guard is gone, so that this walk is not among the sections the
         // frames wait for: with no fault in the range they go back at once.
         self.shared

@@ -7,7 +7,9 @@
 //! (read or write) racing the eviction of its page never keeps a translation to a frame that
 //! left the cache, and no write is lost; a fault beside a truncate loop waits for one truncate
 //! at most (its turn); a fault racing a truncate of a hugetlb file leaves the huge-page
-//! reservation counts right (seed 001). Each has a broken variant that must fail. Run with `--features shuttle`.
+//! reservation counts right (seed 001); a fault never installs through a shared page table
+//! its address space unshared meanwhile (MADV_DONTNEED, hole punch: seed 001's first problem).
+//! Each has a broken variant that must fail. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
 use fault::{
@@ -227,8 +229,10 @@ fn late_reservation_consumption_miscounts() {
 /// truncated to one huge page. When `set_len` returns and the fault is done, neither has a
 /// translation beyond the end — `b` linked the table before the truncate unshared it, or saw
 /// the truncate and linked a new one — and once both let go the tables are freed. Under
-/// `FileSync::RwSem` the fault holds the file's lock across its share lookup.
-fn share_racing_truncate(broken: bool, sync: FileSync) {
+/// `FileSync::RwSem` the fault holds the file's lock across its share lookup. Without the
+/// unshare `barrier` (as the baselines' memories run) the file's section alone must keep the
+/// link right; with it, the truncate also waits for `b`'s fault before unsharing.
+fn share_racing_truncate(broken: bool, barrier: bool, sync: FileSync) {
     const H: u64 = fault::HUGE_FRAME_SIZE as u64;
     const GIB: u64 = 1 << 30;
     let frames = pool_with_huge_pages(512);
@@ -238,6 +242,10 @@ fn share_racing_truncate(broken: bool, sync: FileSync) {
     }
     let wide = || Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
     let (a, b) = (wide(), wide());
+    if !barrier {
+        a.memory().break_unshare_barrier();
+        b.memory().break_unshare_barrier();
+    }
     let space = |mm: &Arc<Mm>, at: u64| {
         mm.mmap(
             at,
@@ -277,20 +285,103 @@ fn share_racing_truncate(broken: bool, sync: FileSync) {
     file.set_len(0).unwrap();
 }
 
+/// What unshares the page table while a fault of the same address space uses it.
+#[derive(Clone, Copy, Debug)]
+enum Unsharer {
+    /// MADV_DONTNEED of another huge page of the same GiB.
+    Dontneed,
+    /// A hole punched in another huge page of the same GiB.
+    Punch,
+}
+
+/// Seed 001's first problem: address spaces `a` and `b` share the page table of a 1 GiB
+/// hugetlb file; `a` faults huge page 1 while its page table unshares the table (by
+/// `unsharer`, on huge page 2: outside the VMA protocol). The fault never installs through the
+/// table after `a` unlinked it (the fault checks after installing: with the barrier it panics,
+/// without it records), and once both let go the tables are freed. The broken variant skips
+/// the unshare barrier.
+fn unshare_racing_fault(broken: bool, unsharer: Unsharer) {
+    const H: u64 = fault::HUGE_FRAME_SIZE as u64;
+    const GIB: u64 = 1 << 30;
+    let frames = pool_with_huge_pages(512);
+    let file = File::hugetlb("/hugepages/unshared", &frames, GIB, FileSync::Rcu).unwrap();
+    let wide = || Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
+    let (a, b) = (wide(), wide());
+    if broken {
+        a.memory().break_unshare_barrier();
+    }
+    for mm in [&a, &b] {
+        let at = mm
+            .mmap(
+                GIB,
+                GIB,
+                Prot::READ_WRITE,
+                MapFlags::SHARED.fixed(),
+                Some((&file, 0)),
+            )
+            .unwrap();
+        assert_eq!(at, GIB);
+        mm.fault(GIB, Access::Write).unwrap();
+    }
+    assert_eq!(file.shared_page_tables(), 1, "both link one table");
+    let fault = {
+        let a = a.clone();
+        thread::spawn(move || a.fault(GIB + H, Access::Write))
+    };
+    match unsharer {
+        Unsharer::Dontneed => a.madvise_dontneed(GIB + 2 * H, H).unwrap(),
+        Unsharer::Punch => file.punch_hole(2 * H, H).unwrap(),
+    }
+    join(fault).unwrap();
+    assert!(
+        !a.memory().installed_through_an_unlinked_table(),
+        "violated: a fault installed through a page table its address space no longer links"
+    );
+    for mm in [&a, &b] {
+        mm.munmap(GIB, GIB).unwrap();
+        mm.barrier();
+    }
+    assert_eq!(
+        file.shared_page_tables(),
+        0,
+        "violated: a shared page table leaked"
+    );
+    // As above: the quarantined file keeps no huge page.
+    file.set_len(0).unwrap();
+}
+
+#[test]
+fn unsharing_waits_for_the_faults_in_its_span() {
+    for unsharer in [Unsharer::Dontneed, Unsharer::Punch] {
+        check_both(STEPS, move || unshare_racing_fault(false, unsharer));
+    }
+}
+
+#[test]
+fn unsharing_without_the_barrier_lets_a_fault_install_through_an_unlinked_table() {
+    for unsharer in [Unsharer::Dontneed, Unsharer::Punch] {
+        assert_broken_variant_fails(STEPS, &["violated"], move || unshare_racing_fault(true, unsharer));
+    }
+}
+
 #[test]
 fn sharing_racing_truncate_leaves_no_stale_translation() {
-    check_both(STEPS, || share_racing_truncate(false, FileSync::Rcu));
+    for barrier in [true, false] {
+        check_both(STEPS, move || {
+            share_racing_truncate(false, barrier, FileSync::Rcu)
+        });
+    }
 }
 
 #[test]
 fn sharing_racing_truncate_under_i_mmap_rwsem() {
-    check_both(STEPS, || share_racing_truncate(false, FileSync::RwSem));
+    check_both(STEPS, || share_racing_truncate(false, true, FileSync::RwSem));
 }
 
 #[test]
 fn sharing_without_the_files_section_shows_truncated_pages() {
     assert_broken_variant_fails(STEPS, &["violated"], || {
-        share_racing_truncate(true, FileSync::Rcu)
+        share_racing_truncate(true, false, FileSync::Rcu)
     });
 }
 
