@@ -133,10 +133,10 @@ impl Memory {
     }
 
     /// The same memory, but unsharing a page table outside the VMA protocol (MADV_DONTNEED, a
-    /// file's invalidation: [`Memory::begin_unsharing`]) first waits for the faults in its
-    /// spans, which wait for it in turn, so that no fault installs through a table this one no
-    /// longer links (see `pmd_share`). Only for callers whose faults hold no read-side section
-    /// while they wait in [`Memory::read_in`].
+    /// file's invalidation) first waits for the faults in its spans, which wait for it in turn,
+    /// so that no fault installs through a table this one no longer links (see `pmd_share`).
+    /// Only for callers whose faults hold no read-side section while they wait in
+    /// [`Memory::read_in`].
     pub fn with_unshare_barrier(mut self) -> Self {
         self.unshare_barrier = true;
         self
