@@ -281,6 +281,74 @@ fn seeded_sequences_match_the_model() {
     }
 }
 
+/// A tree built in bulk (`from_sorted`) from the model's ranges at points of a random
+/// sequence holds what the model holds, passes `validate()`, and answers the rest of the
+/// sequence as the model does (it is a tree like any other for later writes).
+#[test]
+fn a_tree_built_in_bulk_matches_the_model() {
+    for (seed, universe, churn) in [(7, 300, 10), (8, 200_000, 0), (9, 5_000, 5)] {
+        let mut rng = Rng::new(seed);
+        let tree = MapleTree::<Box<u64>>::new();
+        let mut model = Model::default();
+        for step in 0..6_000 {
+            let op = rng.op(universe, churn);
+            apply(&tree, &mut model, &op, step as u64);
+            if step % 1_000 == 999 {
+                let ranges = model.ranges().into_iter().map(|(f, l, v)| (f, l, Box::new(v)));
+                let bulk = MapleTree::<Box<u64>>::from_sorted(ranges).unwrap();
+                check_same(&bulk, &model, step, &op);
+                let mut copy = model.clone();
+                for later in 0..500 {
+                    let op = rng.op(universe, churn);
+                    apply(&bulk, &mut copy, &op, later);
+                    check_same(&bulk, &copy, later as usize, &op);
+                }
+            }
+        }
+    }
+    // From empty to several levels, packed as evenly as a write's rebuild.
+    for count in [0u64, 1, 15, 16, 17, 160, 161, 5_000] {
+        let bulk = MapleTree::<Box<u64>>::from_sorted((0..count).map(|i| (i * 10, i * 10 + 4, Box::new(i))))
+            .unwrap();
+        bulk.validate().unwrap();
+        assert_eq!(bulk.len() as u64, count);
+        let stats = bulk.stats();
+        assert!(stats.nodes() <= stats.minimum_nodes() * 2, "{count}: {stats:?}");
+    }
+    let at_the_top = [(0, 0, Box::new(1)), (5, u64::MAX, Box::new(2))];
+    MapleTree::<Box<u64>>::from_sorted(at_the_top)
+        .unwrap()
+        .validate()
+        .unwrap();
+}
+
+#[test]
+fn a_bulk_build_refuses_unsorted_overlapping_and_empty_ranges() {
+    let build = |ranges: Vec<(u64, u64)>| {
+        MapleTree::<Box<u64>>::from_sorted(ranges.into_iter().map(|(f, l)| (f, l, Box::new(0)))).map(|_| ())
+    };
+    assert_eq!(
+        build(vec![(10, 20), (20, 30)]),
+        Err(MapleError::Occupied { first: 10, last: 20 })
+    );
+    assert_eq!(
+        build(vec![(10, 20), (0, 5)]),
+        Err(MapleError::Occupied { first: 10, last: 20 })
+    );
+    assert_eq!(
+        build(vec![(0, u64::MAX), (1, 1)]),
+        Err(MapleError::Occupied {
+            first: 0,
+            last: u64::MAX
+        })
+    );
+    assert_eq!(
+        build(vec![(5, 4)]),
+        Err(MapleError::InvalidRange { first: 5, last: 4 })
+    );
+    assert_eq!(build(vec![(0, 0), (1, 1)]), Ok(()));
+}
+
 /// Growth to many levels, then erasure in random order down to a few ranges.
 #[test]
 fn grow_then_shrink_matches_the_model() {
