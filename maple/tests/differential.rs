@@ -347,6 +347,11 @@ fn a_bulk_build_refuses_unsorted_overlapping_and_empty_ranges() {
         Err(MapleError::InvalidRange { first: 5, last: 4 })
     );
     assert_eq!(build(vec![(0, 0), (1, 1)]), Ok(()));
+    let full = MapleTree::<Box<u64>>::new();
+    full.insert_range(3, 4, Box::new(0)).unwrap();
+    let refused = full.lock().fill([(10, 20, Box::new(1))]);
+    assert_eq!(refused, Err(MapleError::Occupied { first: 3, last: 4 }));
+    assert_eq!(full.len(), 1);
 }
 
 /// Growth to many levels, then erasure in random order down to a few ranges.

@@ -113,17 +113,11 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
             }],
             &mut pool,
         );
-        Self::with_root(root, 1, pool, 0)
-    }
-
-    /// A tree of `len` values whose root, `height` levels up from the leaves, is `root`, built
-    /// from `pool`.
-    fn with_root(root: NodePtr<P::Target>, height: usize, pool: NodePool, len: usize) -> Self {
         Self {
             root: CacheAligned(AtomicPtr::new(root.as_raw())),
-            len: AtomicUsize::new(len),
+            len: AtomicUsize::new(0),
             writer: Mutex::new(WriterState {
-                height,
+                height: 1,
                 pool,
                 replaced: ReclaimQueue::default(),
                 values_trimmed: false,
@@ -135,58 +129,11 @@ impl<P: ValuePointer, R: Rcu> MapleTree<P, R> {
     }
 
     /// A tree holding `ranges` — `(first, last, value)`, in increasing order, none overlapping
-    /// the one before — built in one pass, level by level from the leaves up, with the nodes
-    /// filled as evenly as a write's rebuild fills them (what the kernel's `__mt_dup` gives
-    /// fork: no walk and no rebuild per range). `InvalidRange` for a range with `first >
-    /// last`, `Occupied` (naming the earlier range) for one that is out of order or overlaps;
-    /// nothing is kept then (the values are dropped).
+    /// the one before — built in one pass (see [`Writer::fill`]).
     pub fn from_sorted(ranges: impl IntoIterator<Item = (u64, u64, P)>) -> Result<Self, MapleError> {
-        let mut checked: Vec<(u64, u64, P)> = Vec::new();
-        for (first, last, value) in ranges {
-            check_range(first, last)?;
-            if let Some(&(before_first, before_last, _)) = checked.last()
-                && (before_last == u64::MAX || first <= before_last)
-            {
-                return Err(MapleError::Occupied {
-                    first: before_first,
-                    last: before_last,
-                });
-            }
-            checked.push((first, last, value));
-        }
-        if checked.is_empty() {
-            return Ok(Self::new());
-        }
-        let count = checked.len();
-        let mut entries = Vec::with_capacity(2 * count + 1);
-        let mut next = 0;
-        for (first, last, value) in checked {
-            if first > next {
-                entries.push(Entry {
-                    last: first - 1,
-                    value: std::ptr::null_mut(),
-                });
-            }
-            entries.push(Entry {
-                last,
-                value: value.into_raw(),
-            });
-            next = last.wrapping_add(1);
-        }
-        if entries[entries.len() - 1].last != u64::MAX {
-            entries.push(Entry {
-                last: u64::MAX,
-                value: std::ptr::null_mut(),
-            });
-        }
-        let mut pool = NodePool::default();
-        let mut level = build_leaves(0, &entries, false, &mut pool);
-        let mut height = 1;
-        while level.len() > 1 {
-            level = build_internals(&level, false, &mut pool);
-            height += 1;
-        }
-        Ok(Self::with_root(level[0].node, height, pool, count))
+        let tree = Self::new();
+        tree.lock().fill(ranges)?;
+        Ok(tree)
     }
 
     /// The RCU domain the tree's readers and writers use; layers above retire their own objects

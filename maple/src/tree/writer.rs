@@ -388,6 +388,72 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
         self.retire(&replaced);
     }
 
+    /// Fills the tree, which must be empty, with `ranges` — `(first, last, value)`, in
+    /// increasing order, none overlapping the one before — in one pass: the leaves are built
+    /// from the ranges and the gaps between them, then each level above from the one below,
+    /// the nodes filled as evenly as a write's rebuild fills them, and the new root is
+    /// published once (what the kernel's `__mt_dup` gives fork: no walk and no rebuild per
+    /// range). `InvalidRange` for a range with `first > last`; `Occupied`, naming the range in
+    /// the way, for one that is out of order or overlaps the one before, or when the tree is
+    /// not empty. Nothing is stored then (the values are dropped).
+    pub fn fill(&mut self, ranges: impl IntoIterator<Item = (u64, u64, P)>) -> Result<(), MapleError> {
+        if let Some((first, last, _)) = self.range_from(0) {
+            return Err(MapleError::Occupied { first, last });
+        }
+        let mut checked: Vec<(u64, u64, P)> = Vec::new();
+        for (first, last, value) in ranges {
+            check_range(first, last)?;
+            if let Some(&(before_first, before_last, _)) = checked.last()
+                && (before_last == u64::MAX || first <= before_last)
+            {
+                return Err(MapleError::Occupied {
+                    first: before_first,
+                    last: before_last,
+                });
+            }
+            checked.push((first, last, value));
+        }
+        if checked.is_empty() {
+            return Ok(());
+        }
+        let count = checked.len();
+        let mut entries = Vec::with_capacity(2 * count + 1);
+        let mut next = 0;
+        for (first, last, value) in checked {
+            if first > next {
+                entries.push(Entry {
+                    last: first - 1,
+                    value: std::ptr::null_mut(),
+                });
+            }
+            entries.push(Entry {
+                last,
+                value: value.into_raw(),
+            });
+            next = last.wrapping_add(1);
+        }
+        if entries[entries.len() - 1].last != u64::MAX {
+            entries.push(Entry {
+                last: u64::MAX,
+                value: std::ptr::null_mut(),
+            });
+        }
+        let mut level = build_leaves(0, &entries, false, &mut self.state.pool);
+        let mut height = 1;
+        while level.len() > 1 {
+            level = build_internals(&level, false, &mut self.state.pool);
+            height += 1;
+        }
+        let old = self.root();
+        self.state.height = height;
+        // Release pairs with the readers' Acquire load in `current_root`: the new nodes are
+        // complete before any reader can reach them.
+        self.tree.root.store(level[0].node.as_raw(), Ordering::Release);
+        self.tree.len.store(count, Ordering::Relaxed);
+        self.retire(&[old]);
+        Ok(())
+    }
+
     /// Replaces `old`, the leaf covering the interval that starts at `first`, with `new`, which
     /// covers the same interval: one store into the parent's slot (or the root), then the
     /// recorded gaps of the ancestors are brought up to date, from the bottom until one is
