@@ -117,6 +117,10 @@ pub enum Progress {
     Done(Fault),
     /// The file page at this page offset must be read first: see [`Memory::read_in`](crate::Memory::read_in).
     Blocking(u64),
+    /// A writer has fenced the page's range (see [`Memory::with_fault_fence`](crate::Memory::with_fault_fence)):
+    /// drop the guard, wait ([`Memory::wait_for_fence`](crate::Memory::wait_for_fence)) and
+    /// fault again.
+    Fenced,
 }
 
 /// Whether `mapping` permits `access`.

@@ -40,6 +40,7 @@
 
 pub mod backing;
 mod engine;
+mod fence;
 mod file;
 pub mod frames;
 mod memory;

@@ -14,18 +14,19 @@
 //!   table is given back to its file's registry only after a grace period of the same domain,
 //!   and counts as a revocation of the range it covers (the caller waits for the accesses
 //!   through it, as for any removed translation).
-//! - With the unshare barrier ([`Memory::with_unshare_barrier`], as [`Mm`](crate::Mm) builds
-//!   it), no fault installs through a shared table after this table unlinked it: unsharing
-//!   outside the VMA protocol waits for the faults already in its spans, and the faults that
-//!   come later wait for it (`pmd_share::UnshareBarrier`).
+//! - With the fault fence ([`Memory::with_fault_fence`], as [`Mm`](crate::Mm) builds it), no
+//!   fault installs through a shared table after this table unlinked it: unsharing outside the
+//!   VMA protocol fences the spans it covers (`fence::FaultFence`), waiting for the faults
+//!   already there while later ones wait for it.
 
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
+use crate::fence::{FaultFence, Fenced};
 use crate::file::{File, Lookup, file_of};
 use crate::frames::{FRAME_SIZE, Frame, FramePool};
 use crate::pagetable::{
     ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, SHARED_SPAN, SharedTable, WRITABLE,
 };
-use crate::pmd_share::{Registry, Release, SPAN_PAGES, UnshareBarrier, Unsharing};
+use crate::pmd_share::{Registry, Release, SPAN_PAGES};
 use crate::stats::{Counter, Counters, FaultStats, WaitClock, Waits};
 use maple::Guard;
 use maple::rcu::{DefaultRcu, DropBox, Keys, Rcu};
@@ -61,14 +62,15 @@ pub struct Memory {
     sharing: Mutex<()>,
     /// Whether faults link shared page tables at all.
     share_page_tables: bool,
-    /// Whether unsharing outside the VMA protocol waits for this table's faults in its spans
-    /// (see `pmd_share`): on for [`Mm`](crate::Mm), whose faults hold no guard while they wait.
-    unshare_barrier: bool,
-    unsharing: UnshareBarrier,
-    /// Shuttle builds only: unsharing skips the barrier (a test's broken variant), and whether a
-    /// fault then installed through a table this one no longer linked.
+    /// Whether writers that keep this table's faults out of a range without the VMA protocol
+    /// fence it (see `fence`): on for [`Mm`](crate::Mm), whose faults hold no guard while
+    /// they wait.
+    fenced: bool,
+    fence: FaultFence,
+    /// Shuttle builds only: fences are skipped (a test's broken variant), and whether a fault
+    /// then installed through a table this one no longer linked.
     #[cfg(feature = "shuttle")]
-    barrier_broken: maple::sync::atomic::AtomicBool,
+    fence_broken: maple::sync::atomic::AtomicBool,
     #[cfg(feature = "shuttle")]
     installed_unlinked: maple::sync::atomic::AtomicBool,
 }
@@ -123,35 +125,61 @@ impl Memory {
             shares: Mutex::new(HashMap::new()),
             sharing: Mutex::new(()),
             share_page_tables: true,
-            unshare_barrier: false,
-            unsharing: UnshareBarrier::default(),
+            fenced: false,
+            fence: FaultFence::default(),
             #[cfg(feature = "shuttle")]
-            barrier_broken: maple::sync::atomic::AtomicBool::new(false),
+            fence_broken: maple::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "shuttle")]
             installed_unlinked: maple::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// The same memory, but unsharing a page table outside the VMA protocol (MADV_DONTNEED, a
-    /// file's invalidation) first waits for the faults in its spans, which wait for it in turn,
-    /// so that no fault installs through a table this one no longer links (see `pmd_share`).
-    /// Only for callers whose faults hold no read-side section while they wait in
-    /// [`Memory::read_in`].
-    pub fn with_unshare_barrier(mut self) -> Self {
-        self.unshare_barrier = true;
+    /// The same memory, but writers that must keep its faults out of a range without the VMA
+    /// protocol — unsharing a page table outside it (MADV_DONTNEED, a file's invalidation) —
+    /// fence the range: they wait for the faults already in it, and later ones wait for them,
+    /// so that no fault installs through a table this one no longer links (see `fence` and
+    /// `pmd_share`). Only for callers whose faults hold no read-side section while they wait
+    /// ([`Progress::Fenced`]).
+    pub fn with_fault_fence(mut self) -> Self {
+        self.fenced = true;
         self
     }
 
-    /// Makes unsharing skip the barrier (shuttle builds only; for the test that must fail).
+    /// Makes fences come up empty (shuttle builds only; for the tests that must fail).
     #[cfg(feature = "shuttle")]
     #[doc(hidden)]
-    pub fn break_unshare_barrier(&self) {
-        self.barrier_broken.store(true, Ordering::SeqCst);
+    pub fn break_fault_fence(&self) {
+        self.fence_broken.store(true, Ordering::SeqCst);
+    }
+
+    /// Fences `[start, end)` when this memory fences at all ([`Memory::with_fault_fence`]): waits
+    /// for the faults already there, and later ones wait until the result is dropped. The
+    /// caller is inside no read-side section of `rcu`, this table's domain.
+    pub(crate) fn fence(&self, start: u64, end: u64, rcu: &DefaultRcu) -> Option<Fenced<'_>> {
+        #[cfg(feature = "shuttle")]
+        if self.fence_broken.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.fenced.then(|| self.fence.raise(start, end, rcu))
+    }
+
+    /// Before unsharing page tables in `[start, end)` outside the VMA protocol: fences the
+    /// 1 GiB spans around it (see [`Memory::fence`]); hold the result until the tables are
+    /// unlinked.
+    pub(crate) fn fence_for_unsharing(&self, start: u64, end: u64, rcu: &DefaultRcu) -> Option<Fenced<'_>> {
+        let spans = (start & !(SHARED_SPAN - 1), end.next_multiple_of(SHARED_SPAN));
+        self.fence(spans.0, spans.1, rcu)
+    }
+
+    /// Waits, with no section held, while a fence stands over `page` (after
+    /// [`Progress::Fenced`]); counts the wait.
+    pub fn wait_for_fence(&self, page: u64) {
+        self.fence.wait_out(page, |waited| self.record_wait(waited));
     }
 
     /// Checks that the table still links `entry`, the huge entry of `page` a fault has just
-    /// installed (debug and shuttle builds, with the unshare barrier on): a violation panics,
-    /// or is only recorded when a test broke the barrier on purpose.
+    /// installed (debug and shuttle builds, with the fault fence on): a violation panics, or is
+    /// only recorded when a test broke the fence on purpose.
     #[cfg(any(debug_assertions, feature = "shuttle"))]
     fn check_still_linked(&self, page: u64, entry: &AtomicU64) {
         if self
@@ -162,7 +190,7 @@ impl Memory {
             return;
         }
         #[cfg(feature = "shuttle")]
-        if self.barrier_broken.load(Ordering::SeqCst) {
+        if self.fence_broken.load(Ordering::SeqCst) {
             self.installed_unlinked.store(true, Ordering::SeqCst);
             return;
         }
@@ -170,24 +198,11 @@ impl Memory {
     }
 
     /// Whether a fault installed through a page table this one no longer linked, which only
-    /// a broken unshare barrier allows (shuttle builds only; see [`Memory::break_unshare_barrier`]).
+    /// a broken fence allows (shuttle builds only; see [`Memory::break_fault_fence`]).
     #[cfg(feature = "shuttle")]
     #[doc(hidden)]
     pub fn installed_through_an_unlinked_table(&self) -> bool {
         self.installed_unlinked.load(Ordering::SeqCst)
-    }
-
-    /// Before unsharing page tables in `[start, end)` outside the VMA protocol: with the
-    /// barrier on ([`Memory::with_unshare_barrier`]), publishes the spans and waits for the
-    /// faults already in them (a grace period of `rcu`); hold the result until the tables are
-    /// unlinked. The caller is inside no read-side section.
-    pub(crate) fn begin_unsharing(&self, start: u64, end: u64, rcu: &DefaultRcu) -> Option<Unsharing<'_>> {
-        #[cfg(feature = "shuttle")]
-        if self.barrier_broken.load(Ordering::SeqCst) {
-            return None;
-        }
-        self.unshare_barrier
-            .then(|| self.unsharing.begin(start, end, rcu))
     }
 
     /// The same memory, but its faults never link a shared page table: every level-2 table is
@@ -417,8 +432,8 @@ impl Memory {
             // A hugetlb range may lie in a shared page table, which the change unshares. Under
             // `FileSync::RwSem` the file's lock, held exclusive, keeps out the faults, which
             // hold it shared across the fault (and would wait for it inside their section).
-            let _unsharing = (file.is_hugetlb() && !file.faults_take_lock())
-                .then(|| self.begin_unsharing(start, stop, rcu))
+            let _fenced = (file.is_hugetlb() && !file.faults_take_lock())
+                .then(|| self.fence_for_unsharing(start, stop, rcu))
                 .flatten();
             let guard = Guard::keyed(rcu, Keys::new(start, stop - 1));
             let (any, frames) = change(start, stop);
@@ -546,17 +561,15 @@ impl Memory {
     ) -> Result<Progress, FaultError> {
         debug_assert!(page < ADDRESS_LIMIT && page % PAGE_SIZE == 0);
         debug_assert!(mapping.start <= page && page < mapping.end);
+        if self.fenced && self.fence.covers(page) {
+            return Ok(Progress::Fenced);
+        }
         // A mapping of huge pages: one entry maps the huge page around `page`, in a page table
         // shared with other address spaces where they map the same 1 GiB of the file.
         let huge = mapping.page_size();
         let page = page & !(huge - 1);
         if huge == PAGE_SIZE {
             return self.settle_entry(mapping, page, access, self.table.entry_or_insert(page));
-        }
-        if self.unshare_barrier && self.unsharing.covers(page) {
-            // A table of this span is being unshared: wait with no guard held (`read_in`).
-            let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
-            return Ok(Progress::Blocking(pgoff));
         }
         let file = File::of(mapping);
         // Under `FileSync::RwSem`, a hugetlb fault holds the file's lock shared from the walk
@@ -616,7 +629,6 @@ impl Memory {
         };
         let file = file_of(object);
         loop {
-            self.unsharing.wait_out(page, |waited| self.record_wait(waited));
             // The turn keeps the next invalidation from taking the page away before it is
             // installed.
             let turn = file.read_in(pgoff, |waited| self.record_wait(waited))?;
@@ -628,6 +640,7 @@ impl Memory {
                 Progress::Done(fault) => return Ok(fault),
                 // The page left the cache before we installed it: read it in again.
                 Progress::Blocking(again) => pgoff = again,
+                Progress::Fenced => self.wait_for_fence(page),
             }
         }
     }
@@ -809,7 +822,7 @@ impl Memory {
         };
         let installed = self.install(entry, current, Pte::new(frame, flags), frame);
         #[cfg(any(debug_assertions, feature = "shuttle"))]
-        if installed && self.unshare_barrier && file.is_hugetlb() && mapping.shared {
+        if installed && self.fenced && file.is_hugetlb() && mapping.shared {
             self.check_still_linked(page, entry);
         }
         drop(guard);

@@ -148,9 +148,9 @@ impl Mm {
         if config.layout.high > ADDRESS_LIMIT {
             return Err(einval("the layout exceeds the 48-bit page table"));
         }
-        // Its faults hold no guard while they wait: unsharing outside the protocol may wait for
-        // them (see `Memory::with_unshare_barrier`).
-        let mut memory = Memory::new(frames, config.zero_fill).with_unshare_barrier();
+        // Its faults hold no guard while they wait: writers may fence them (see
+        // `Memory::with_fault_fence`).
+        let mut memory = Memory::new(frames, config.zero_fill).with_fault_fence();
         if !config.share_page_tables {
             memory = memory.without_page_table_sharing();
         }
@@ -313,7 +313,7 @@ impl Mm {
         };
         let rcu = self.shared.space.rcu();
         // Unsharing a page table of a shared hugetlb mapping here, outside the VMA protocol,
-        // first lets the faults in its spans finish (see `Memory::begin_unsharing`): when the
+        // first lets the faults in its spans finish (see `Memory::fence_for_unsharing`): when the
         // walk meets such a mapping without it, it starts again with it (clearing again what
         // it cleared is harmless).
         let (mut unsharing, mut waited_for_faults) = (None, false);
@@ -355,7 +355,7 @@ impl Mm {
             unsharing = self
                 .shared
                 .memory
-                .begin_unsharing(addr, end.min(ADDRESS_LIMIT), rcu);
+                .fence_for_unsharing(addr, end.min(ADDRESS_LIMIT), rcu);
             waited_for_faults = true;
         };
         if self.shared.memory.release_unshared(rcu) {
@@ -485,6 +485,12 @@ impl Mm {
             };
             match self.shared.memory.settle(vma.mapping(), page, access, &guard)? {
                 Progress::Done(fault) => return Ok(fault),
+                Progress::Fenced => {
+                    drop(guard);
+                    drop(reference);
+                    self.shared.memory.wait_for_fence(page);
+                    continue;
+                }
                 Progress::Blocking(pgoff) => {
                     // The slow path holds a reference across the read.
                     let Ok(reference) = reference.map_or_else(|| self.shared.space.try_get(vma), Ok) else {

@@ -19,16 +19,13 @@
 //! - **No fault installs through a table its address space no longer links.** Unsharing under
 //!   the VMA protocol (munmap, mprotect, mremap) runs when no fault of the displaced VMA is
 //!   left, and a shared table lies wholly inside one VMA. Unsharing outside it (MADV_DONTNEED,
-//!   a file's invalidation) first publishes the 1 GiB spans it covers in the address space's
-//!   [`UnshareBarrier`] and waits for a grace period keyed to them: a fault in those spans
-//!   either began before, and has installed before the table is unlinked, or sees the spans
-//!   published and waits, its guard dropped, until the unsharing ends.
+//!   a file's invalidation) first fences the 1 GiB spans it covers (`fence::FaultFence`): a
+//!   fault in those spans either began before, and has installed before the table is
+//!   unlinked, or sees the fence and waits, its guard dropped, until the unsharing ends.
 
 use crate::frames::FramePool;
 use crate::pagetable::{SHARED_SPAN, SharedTable};
-use maple::rcu::{DefaultRcu, Keys, Rcu};
-use maple::sync::atomic::{AtomicU64, Ordering};
-use maple::sync::{Backoff, Mutex, MutexGuard};
+use maple::sync::Mutex;
 use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
 use vma::{PAGE_SIZE, Prot};
@@ -145,75 +142,5 @@ pub(crate) struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         self.registry.release(self.table);
-    }
-}
-
-/// Unsharing outside the VMA protocol, in one address space (see the module documentation):
-/// the 1 GiB spans being unshared, published to the address space's faults. Unsharings are
-/// serialized; faults check one counter while none runs.
-#[derive(Default)]
-pub(crate) struct UnshareBarrier {
-    /// Odd while an unsharing runs over `spans`.
-    generation: AtomicU64,
-    /// The running unsharing's spans: `[start, end)`, 1 GiB-aligned.
-    spans: Mutex<(u64, u64)>,
-    /// Held by the running unsharing.
-    serial: Mutex<()>,
-}
-
-/// A running unsharing ([`UnshareBarrier::begin`]): it ends when dropped.
-pub(crate) struct Unsharing<'a> {
-    barrier: &'a UnshareBarrier,
-    _serial: MutexGuard<'a, ()>,
-}
-
-impl Drop for Unsharing<'_> {
-    fn drop(&mut self) {
-        // SeqCst, as in `begin`: faults that read the even value see the spans free again.
-        self.barrier.generation.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl UnshareBarrier {
-    /// Publishes the 1 GiB spans around `[start, end)` and waits until no fault that may not
-    /// have seen them is still inside a section of `rcu` keyed to them; faults there wait from
-    /// now until the returned unsharing is dropped. The caller is inside no read-side section.
-    pub(crate) fn begin(&self, start: u64, end: u64, rcu: &DefaultRcu) -> Unsharing<'_> {
-        let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-        let spans = (start & !(SHARED_SPAN - 1), end.next_multiple_of(SHARED_SPAN));
-        *self.spans.lock().unwrap_or_else(|e| e.into_inner()) = spans;
-        // SeqCst, as `Invalidation::begin` publishes a file's range: a fault section that began
-        // after the grace period below started reads the odd value (see `covers`); one that
-        // began before is waited for.
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        rcu.synchronize_timed_for(|keys| keys.overlaps(Keys::new(spans.0, spans.1 - 1)));
-        Unsharing {
-            barrier: self,
-            _serial: serial,
-        }
-    }
-
-    /// Whether an unsharing runs over the span of `addr` (read inside the fault's section).
-    pub(crate) fn covers(&self, addr: u64) -> bool {
-        // SeqCst pairs with `begin` and the drop of `Unsharing`.
-        if self.generation.load(Ordering::SeqCst) % 2 == 0 {
-            return false;
-        }
-        let (start, end) = *self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        self.generation.load(Ordering::SeqCst) % 2 == 1 && start <= addr && addr < end
-    }
-
-    /// Waits, inside no read-side section, while an unsharing runs over the span of `addr`;
-    /// calls `waited` with how long it waited, if it did.
-    pub(crate) fn wait_out(&self, addr: u64, waited: impl FnOnce(Duration)) {
-        if !self.covers(addr) {
-            return;
-        }
-        let since = Instant::now();
-        let mut backoff = Backoff::new();
-        while self.covers(addr) {
-            backoff.snooze();
-        }
-        waited(since.elapsed());
     }
 }

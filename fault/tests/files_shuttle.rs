@@ -230,9 +230,9 @@ fn late_reservation_consumption_miscounts() {
 /// translation beyond the end — `b` linked the table before the truncate unshared it, or saw
 /// the truncate and linked a new one — and once both let go the tables are freed. Under
 /// `FileSync::RwSem` the fault holds the file's lock across its share lookup. Without the
-/// unshare `barrier` (as the baselines' memories run) the file's section alone must keep the
+/// fault `fence` (as the baselines' memories run) the file's section alone must keep the
 /// link right; with it, the truncate also waits for `b`'s fault before unsharing.
-fn share_racing_truncate(broken: bool, barrier: bool, sync: FileSync) {
+fn share_racing_truncate(broken: bool, fence: bool, sync: FileSync) {
     const H: u64 = fault::HUGE_FRAME_SIZE as u64;
     const GIB: u64 = 1 << 30;
     let frames = pool_with_huge_pages(512);
@@ -242,9 +242,9 @@ fn share_racing_truncate(broken: bool, barrier: bool, sync: FileSync) {
     }
     let wide = || Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
     let (a, b) = (wide(), wide());
-    if !barrier {
-        a.memory().break_unshare_barrier();
-        b.memory().break_unshare_barrier();
+    if !fence {
+        a.memory().break_fault_fence();
+        b.memory().break_fault_fence();
     }
     let space = |mm: &Arc<Mm>, at: u64| {
         mm.mmap(
@@ -297,9 +297,9 @@ enum Unsharer {
 /// Seed 001's first problem: address spaces `a` and `b` share the page table of a 1 GiB
 /// hugetlb file; `a` faults huge page 1 while its page table unshares the table (by
 /// `unsharer`, on huge page 2: outside the VMA protocol). The fault never installs through the
-/// table after `a` unlinked it (the fault checks after installing: with the barrier it panics,
+/// table after `a` unlinked it (the fault checks after installing: with the fence it panics,
 /// without it records), and once both let go the tables are freed. The broken variant skips
-/// the unshare barrier.
+/// the fault fence.
 fn unshare_racing_fault(broken: bool, unsharer: Unsharer) {
     const H: u64 = fault::HUGE_FRAME_SIZE as u64;
     const GIB: u64 = 1 << 30;
@@ -308,7 +308,7 @@ fn unshare_racing_fault(broken: bool, unsharer: Unsharer) {
     let wide = || Arc::new(Mm::new(MmConfig::default(), frames.clone()).unwrap());
     let (a, b) = (wide(), wide());
     if broken {
-        a.memory().break_unshare_barrier();
+        a.memory().break_fault_fence();
     }
     for mm in [&a, &b] {
         let at = mm
@@ -358,7 +358,7 @@ fn unsharing_waits_for_the_faults_in_its_span() {
 }
 
 #[test]
-fn unsharing_without_the_barrier_lets_a_fault_install_through_an_unlinked_table() {
+fn unsharing_without_the_fence_lets_a_fault_install_through_an_unlinked_table() {
     for unsharer in [Unsharer::Dontneed, Unsharer::Punch] {
         assert_broken_variant_fails(STEPS, &["violated"], move || unshare_racing_fault(true, unsharer));
     }
@@ -366,10 +366,8 @@ fn unsharing_without_the_barrier_lets_a_fault_install_through_an_unlinked_table(
 
 #[test]
 fn sharing_racing_truncate_leaves_no_stale_translation() {
-    for barrier in [true, false] {
-        check_both(STEPS, move || {
-            share_racing_truncate(false, barrier, FileSync::Rcu)
-        });
+    for fence in [true, false] {
+        check_both(STEPS, move || share_racing_truncate(false, fence, FileSync::Rcu));
     }
 }
 

@@ -474,5 +474,6 @@ fn install_locked(
             drop(guard);
             memory.read_in(mapping, page, access, pgoff, rcu)
         }
+        fault::Progress::Fenced => unreachable!("the baselines' memories fence nothing"),
     }
 }
