@@ -6,7 +6,8 @@
 //!   frame pool and fault install: `rcu`, `rcu-refonly`, `no-share`, `rwlock`, `rangelock`,
 //!   `pervma`, `hugetlb-vma-lock`, `snapshot`;
 //! - [`workload`]: the workloads (`private-churn`, `faults-under-churn`, `giant-vma`,
-//!   `fixed-replace`, `shared-file`, `multi-process`, `shared-truncate`, `kravetz`, `long`),
+//!   `fixed-replace`, `shared-file`, `multi-process`, `shared-truncate`, `kravetz`, `long`,
+//!   `fork-under-faults`),
 //!   each run measuring faults/s, a fault latency histogram, writer ops/s, fault waits, share
 //!   lookup waits, page-table size and peak memory;
 //! - [`report`]: tables, JSON and SVG charts;

@@ -37,6 +37,9 @@ enum Workload {
     /// Threads, each in its own address space, fault a shared file while a writer shrinks,
     /// regrows and punches holes in it.
     SharedTruncate,
+    /// Threads fault their own VMAs of a parent with many more, while a writer forks children
+    /// and drops them.
+    ForkUnderFaults,
 }
 
 /// What a workload's extra writer thread does.
@@ -52,10 +55,12 @@ enum Writer {
     /// Tear down one of the standing address spaces' mappings of the hugetlb file, map it
     /// again and fault it in (sharing its page table), each in turn, in a loop.
     Remap,
+    /// Fork the address space and drop the child, in a loop.
+    Fork,
 }
 
 impl Workload {
-    const ALL: [Workload; 9] = [
+    const ALL: [Workload; 10] = [
         Workload::PrivateChurn,
         Workload::FaultsUnderChurn,
         Workload::GiantVma,
@@ -65,6 +70,7 @@ impl Workload {
         Workload::SharedTruncate,
         Workload::Kravetz,
         Workload::Long,
+        Workload::ForkUnderFaults,
     ];
 
     const fn name(self) -> &'static str {
@@ -78,6 +84,7 @@ impl Workload {
             Workload::SharedTruncate => "shared-truncate",
             Workload::Kravetz => "kravetz",
             Workload::Long => "long",
+            Workload::ForkUnderFaults => "fork-under-faults",
         }
     }
 
@@ -100,6 +107,7 @@ impl Workload {
             Workload::FixedReplace => Some(Writer::ReplaceAll),
             Workload::SharedTruncate => Some(Writer::TruncateFile),
             Workload::Long => Some(Writer::Remap),
+            Workload::ForkUnderFaults => Some(Writer::Fork),
             Workload::PrivateChurn
             | Workload::GiantVma
             | Workload::SharedFile
@@ -135,6 +143,9 @@ pub fn describe(name: &str) -> Option<&'static str> {
         Workload::Long => {
             "As `kravetz`, beside 16 more address spaces that map the file whole and share its page table; a writer thread, in turn for each, unmaps it, maps it again and faults it in (Long's report, seed 003: large hugetlb mappings set up and torn down while others fault and share). The writer's faults count with the others'"
         }
+        Workload::ForkUnderFaults => {
+            "Threads write-fault their own VMAs (private anonymous, `--pages` each) of one address space that holds 256 more (4 pages each, written), drop the pages and repeat; a writer thread forks the address space and drops the child, in a loop (writer calls: forks). A fork shares every present private page copy-on-write, so the threads' next writes copy or reclaim them"
+        }
         Workload::SharedTruncate => {
             "Threads, each in an address space of its own, fault a shared file mapped whole; a writer thread shrinks it to half, regrows it and punches a hole in a loop (writer calls: set_len and punch_hole). Faults beyond the end are bus errors; after every shrink no address space may keep a translation beyond the end (stale translations)"
         }
@@ -156,8 +167,8 @@ pub fn maps_huge_pages(name: &str) -> bool {
 }
 
 /// Every workload's name, in the order reports list them.
-pub const WORKLOADS: [&str; 9] = {
-    let mut names = [""; 9];
+pub const WORKLOADS: [&str; 10] = {
+    let mut names = [""; 10];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();
@@ -176,6 +187,9 @@ const HUGE_PAGE: u64 = fault::HUGE_FRAME_SIZE as u64;
 const KRAVETZ_HINT: u64 = 1 << 40;
 /// The address spaces of `long` that map the hugetlb file besides the faulting threads'.
 const LONG_STANDING: usize = 16;
+/// The VMAs of `fork-under-faults` besides the faulting threads' own, and their pages.
+const FORK_VMAS: u64 = 256;
+const FORK_VMA_PAGES: u64 = 4;
 
 /// Most faulting threads a run may have.
 pub const MAX_THREADS: usize = 1024;
@@ -550,11 +564,27 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
     let mut regions = Vec::new();
     let mut file = None;
     match kind {
-        Workload::FaultsUnderChurn => {
+        Workload::FaultsUnderChurn | Workload::ForkUnderFaults => {
             for t in 0..threads {
                 let at = region(layout, t, pages);
                 let fixed = anon.fixed_noreplace();
                 regions.push(first.mmap(at, len, rw, fixed, None).map_err(error)?);
+            }
+            if kind == Workload::ForkUnderFaults {
+                // The rest of the process: VMAs that do not merge (every other one read-only
+                // once written), each with its pages present, for every fork to copy.
+                for i in 0..FORK_VMAS {
+                    let size = FORK_VMA_PAGES * PAGE_SIZE;
+                    let at = first.mmap(0, size, rw, anon, None).map_err(error)?;
+                    for page in 0..FORK_VMA_PAGES {
+                        first
+                            .write(at + page * PAGE_SIZE, &[1])
+                            .map_err(|e| e.to_string())?;
+                    }
+                    if i % 2 == 1 {
+                        first.mprotect(at, size, Prot::READ).map_err(error)?;
+                    }
+                }
             }
         }
         Workload::GiantVma | Workload::FixedReplace => {
@@ -622,6 +652,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                             tally.op(design.munmap(a, KRAVETZ_FILE))?;
                         }
                         Workload::FaultsUnderChurn
+                        | Workload::ForkUnderFaults
                         | Workload::GiantVma
                         | Workload::FixedReplace
                         | Workload::SharedTruncate => {
@@ -663,6 +694,10 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                             tally.op(file.set_len(len))?;
                             let quarter = (pages / 4).max(1) * PAGE_SIZE;
                             tally.op(file.punch_hole(quarter, quarter))?;
+                        }
+                        Writer::Fork => {
+                            let child = tally.op(first.fork())?;
+                            drop(child);
                         }
                         Writer::Remap => {
                             let file = file.as_ref().expect("set up");

@@ -117,6 +117,54 @@ fn read_only_refuses_writes_and_keeps_data() {
 }
 
 #[test]
+fn fork_copies_private_pages_on_write_and_shares_shared_ones() {
+    for_each_design(|d| {
+        let file = file(d, 2, 10);
+        let private = anon(d, 2, Prot::READ_WRITE);
+        let shared = d
+            .mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0)))
+            .unwrap();
+        let private_file = d
+            .mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0)))
+            .unwrap();
+        d.write(private, b"a").unwrap();
+        d.write(private_file, b"c").unwrap();
+        let child = d.fork().unwrap();
+        assert_eq!(child.name(), d.name());
+        assert_eq!(child.vmas(), d.vmas());
+        // Written before the fork: in the child.
+        assert_eq!(read(&*child, private, 1), b"a");
+        assert_eq!(read(&*child, private_file, 1), b"c");
+        assert_eq!(
+            read(&*child, private_file + P, 1),
+            [11],
+            "file pages come from the file"
+        );
+        // Private writes after the fork stay on their side; shared ones reach both.
+        d.write(private, b"A").unwrap();
+        child.write(private_file, b"C").unwrap();
+        assert_eq!(
+            (read(d, private, 1), read(&*child, private, 1)),
+            (b"A".to_vec(), b"a".to_vec())
+        );
+        assert_eq!(
+            (read(d, private_file, 1), read(&*child, private_file, 1)),
+            (b"c".to_vec(), b"C".to_vec())
+        );
+        child.write(shared + P, b"s").unwrap();
+        assert_eq!(read(d, shared + P, 1), b"s");
+        drop(file);
+        let Layout { low, high, .. } = child.layout();
+        child.munmap(low, high - low).unwrap();
+        child.barrier();
+        assert_eq!(child.memory().table().tables(), 0, "the child's page tables left");
+        drop(child);
+        // The pool is the parent's too: once it unmaps, every frame is back.
+        assert_nothing_leaked(d, 0);
+    });
+}
+
+#[test]
 fn private_file_writes_stay_private_shared_ones_reach_the_file() {
     for_each_design(|d| {
         let file = file(d, 2, 10);

@@ -535,6 +535,14 @@ impl FramePool {
         }
     }
 
+    /// Whether references other than the caller's are held on `frame`, which the caller holds
+    /// one of (a private page after fork: then it is copied on write, not reused). Acquire pairs
+    /// with the Release of `put`: what the last other holder did through the frame happened
+    /// before a reuse.
+    pub(crate) fn shared(&self, frame: Frame) -> bool {
+        self.count(frame).load(Ordering::Acquire) > 1
+    }
+
     /// References held on a frame now (for tests). A free frame reads 1: the reference its next
     /// allocation hands out.
     pub fn references(&self, frame: Frame) -> u32 {

@@ -374,6 +374,51 @@ impl Memory {
         self.release_unshared(rcu) | moved
     }
 
+    /// fork's copy of `mapping`, one of this memory's VMAs, into `child` (the child's memory,
+    /// whose VMA maps the same): a private mapping's own pages (anonymous memory, copies made
+    /// on write) become copy-on-write in both, each write-protected and referenced once more;
+    /// a shared mapping's pages, and the file pages a private mapping reads, are not copied
+    /// (the child faults them from the file, as Linux leaves them to its faults). The range is
+    /// fenced meanwhile (see `fence`): no fault of this memory there is between its lookup and
+    /// its install, so none can upgrade a page in place that the copy has just shared. A
+    /// private file mapping's copies are made inside the file's section for its pages, with no
+    /// invalidation of them running, so a truncate either waits for the copy and then removes
+    /// the child's copies too (the child's VMA is in the file's reverse map already), or ended
+    /// before. Returns whether a translation here lost its write permission (revoked: the
+    /// caller waits for the accesses through it before fork returns). The caller is inside no
+    /// read-side section of `rcu`, this memory's domain.
+    pub fn copy_for_fork(&self, child: &Memory, mapping: &Mapping, rcu: &DefaultRcu) -> bool {
+        if mapping.shared {
+            return false;
+        }
+        let file = File::of(mapping);
+        let first = mapping.pgoff;
+        let end = first + ((mapping.end - mapping.start) >> vma::PAGE_SHIFT);
+        loop {
+            let fenced = self.fence(mapping.start, mapping.end, rcu);
+            let file_guard = file.map(|file| file.guard_within(first, end));
+            if let Some(file) = file
+                && file.invalidating(first, end)
+            {
+                drop((file_guard, fenced));
+                let mut backoff = maple::sync::Backoff::new();
+                while file.invalidating(first, end) {
+                    backoff.snooze();
+                }
+                continue;
+            }
+            let guard = Guard::keyed(rcu, Keys::new(mapping.start, mapping.end - 1));
+            let (frames, revoked) =
+                self.table
+                    .copy_protected(mapping.start, mapping.end, &child.table, |pte| pte.private());
+            for &frame in &frames {
+                self.frames.get(frame);
+            }
+            drop((guard, file_guard, fenced));
+            return revoked;
+        }
+    }
+
     /// Removes the translations of `file`'s pages `[first, end)` that `mapper` (this memory's
     /// owner, whose VMAs find pages in this table) installed: all of them when `even_cows`,
     /// else those mapping the file's frames. Holds the relocation lock, so none moves away
@@ -557,11 +602,12 @@ impl Memory {
         mapping: &Mapping,
         page: u64,
         access: Access,
-        _guard: &Guard<'_, DefaultRcu>,
+        guard: &Guard<'_, DefaultRcu>,
     ) -> Result<Progress, FaultError> {
         debug_assert!(page < ADDRESS_LIMIT && page % PAGE_SIZE == 0);
         debug_assert!(mapping.start <= page && page < mapping.end);
-        if self.fenced && self.fence.covers(page) {
+        // Only a private mapping (fork copies it) or a shared hugetlb one (unsharing) is fenced.
+        if self.fenced && (!mapping.shared || mapping.page_size() > PAGE_SIZE) && self.fence.covers(page) {
             return Ok(Progress::Fenced);
         }
         // A mapping of huge pages: one entry maps the huge page around `page`, in a page table
@@ -569,7 +615,7 @@ impl Memory {
         let huge = mapping.page_size();
         let page = page & !(huge - 1);
         if huge == PAGE_SIZE {
-            return self.settle_entry(mapping, page, access, self.table.entry_or_insert(page));
+            return self.settle_entry(mapping, (page, access), self.table.entry_or_insert(page), guard);
         }
         let file = File::of(mapping);
         // Under `FileSync::RwSem`, a hugetlb fault holds the file's lock shared from the walk
@@ -590,7 +636,7 @@ impl Memory {
             }
             self.table.huge_entry_or_insert(page)
         };
-        self.settle_entry(mapping, page, access, entry)
+        self.settle_entry(mapping, (page, access), entry, guard)
     }
 
     /// [`Memory::settle`] once the entry of `page` is found.
@@ -598,12 +644,12 @@ impl Memory {
     fn settle_entry(
         &self,
         mapping: &Mapping,
-        page: u64,
-        access: Access,
+        (page, access): (u64, Access),
         entry: &AtomicU64,
+        guard: &Guard<'_, DefaultRcu>,
     ) -> Result<Progress, FaultError> {
         loop {
-            match self.attempt(mapping, page, access, entry)? {
+            match self.attempt(mapping, page, access, entry, guard.domain())? {
                 Attempt::Done(fault) => return Ok(Progress::Done(fault)),
                 Attempt::Blocking(pgoff) => return Ok(Progress::Blocking(pgoff)),
                 Attempt::Again => self.counters.bump(Counter::Retries),
@@ -656,6 +702,7 @@ impl Memory {
         page: u64,
         access: Access,
         entry: &AtomicU64,
+        rcu: &DefaultRcu,
     ) -> Result<Attempt, FaultError> {
         // Acquire pairs with the Release of the CAS that installed the entry: the frame's
         // contents are visible.
@@ -665,7 +712,7 @@ impl Memory {
             return Ok(Attempt::Done(Fault::AlreadyMapped));
         }
         if current.present() {
-            return self.change_present(mapping, page, write, entry, current);
+            return self.change_present(mapping, (page, write), entry, current, rcu);
         }
         let writable = if mapping.prot.write { WRITABLE } else { 0 };
         let dirty = if write { DIRTY | ACCESSED } else { ACCESSED };
@@ -706,16 +753,30 @@ impl Memory {
     fn change_present(
         &self,
         mapping: &Mapping,
-        page: u64,
-        write: bool,
+        (page, write): (u64, bool),
         entry: &AtomicU64,
         current: Pte,
+        rcu: &DefaultRcu,
     ) -> Result<Attempt, FaultError> {
         let updated = if !current.readable() {
             // The mapping allows access again (mprotect back from PROT_NONE).
             current.with(0, NO_ACCESS)
+        } else if current.private() && self.frames.shared(current.frame()) {
+            // Copy-on-write of a private page another address space shares since fork (a
+            // fence kept fork from sharing it between this check and the install). Readers of
+            // the old translation may still copy through it: its reference goes back a grace
+            // period later.
+            let copy = self.copy_of(current.frame())?;
+            let new = Pte::new(copy, PRIVATE | WRITABLE | DIRTY | ACCESSED);
+            return Ok(if self.install(entry, current, new, copy) {
+                let size = current.frame().size() as u64;
+                self.release_later(vec![current.frame()], (page, page + size), rcu);
+                Attempt::Done(Fault::Installed)
+            } else {
+                Attempt::Again
+            });
         } else if current.private() {
-            // A write to a page that is already this mapping's: allow it.
+            // A write to a page that is already this mapping's alone: allow it in place.
             current.with(WRITABLE | DIRTY, 0)
         } else if mapping.shared && current.huge() {
             // Allowed again after mprotect: hugetlb pages are never written back, so their

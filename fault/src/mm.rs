@@ -85,7 +85,8 @@ impl FlushHook for Hook {
 struct Shared {
     space: AddressSpace,
     memory: Arc<Memory>,
-    fast_path: bool,
+    /// What it was built with (fork builds the child alike).
+    config: MmConfig,
 }
 
 impl Mapper for Shared {
@@ -166,10 +167,32 @@ impl Mm {
             Shared {
                 space,
                 memory,
-                fast_path: config.fast_path,
+                config,
             }
         });
         Ok(Self { shared })
+    }
+
+    /// fork(2): a new `Mm` built like this one, with a copy of every VMA (built in one pass)
+    /// and of the heap. A private mapping's pages are shared read-only between the two and
+    /// copied on the first write of either (a page only one of them still holds is written in
+    /// place); a shared mapping's pages are shared, the child faulting them from the file. This
+    /// `Mm`'s writers wait for the fork; its faults go on, except those on the VMA whose
+    /// translations are being copied at that moment, which wait for that copy alone (see
+    /// docs/process.md). What this `Mm`'s threads wrote before the fork is in the child;
+    /// nothing they write after it returns is.
+    pub fn fork(&self) -> vma::Result<Mm> {
+        let parent = &self.shared;
+        let child = Mm::new(parent.config, parent.memory.frames().clone())?;
+        let rcu = parent.space.rcu();
+        let mut revoked = Revoked::new();
+        parent.space.fork_into(&child.shared.space, |mapping| {
+            let lost_write = parent.memory.copy_for_fork(&child.shared.memory, mapping, rcu);
+            revoked.record(lost_write, mapping.start, mapping.end);
+        })?;
+        // A write through a translation the copy write-protected lands before fork returns.
+        parent.space.await_revoked(&revoked);
+        Ok(child)
     }
 
     /// The mappings in the format of `/proc/PID/maps` (see [`AddressSpace::maps`]).
@@ -475,7 +498,7 @@ impl Mm {
                 return Err(FaultError::AccessDenied);
             }
             // Without the fast path, every fault holds a reference (rcu-refonly).
-            let Ok(reference) = (!self.shared.fast_path)
+            let Ok(reference) = (!self.shared.config.fast_path)
                 .then(|| self.shared.space.try_get(vma))
                 .transpose()
             else {

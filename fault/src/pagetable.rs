@@ -570,6 +570,41 @@ impl PageTable {
         reduced
     }
 
+    /// fork's copy-on-write copy: every present leaf entry of `[start, end)` that `matches` is
+    /// write-protected here and installed, write-protected too, at the same address in `child`,
+    /// which holds none there. Returns the frames copied (the caller takes a reference on each
+    /// for the child before anyone can walk the child's entries) and whether an entry lost its
+    /// write permission here (revoked). The caller keeps this range's faults out meanwhile.
+    pub fn copy_protected(
+        &self,
+        start: u64,
+        end: u64,
+        child: &PageTable,
+        matches: impl Fn(Pte) -> bool,
+    ) -> (Vec<Frame>, bool) {
+        let mut frames = Vec::new();
+        let mut revoked = false;
+        self.for_each_entry(start, end, |addr, entry| {
+            // AcqRel: orders with accesses through the entry, as `protect_if`.
+            let Ok(old) = entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                (old & PRESENT != 0 && matches(Pte(old))).then_some(old & !WRITABLE)
+            }) else {
+                return;
+            };
+            revoked |= old & WRITABLE != 0;
+            let destination = if old & HUGE != 0 {
+                child.huge_entry_or_insert(addr)
+            } else {
+                child.entry_or_insert(addr)
+            };
+            // Release pairs with the Acquire of the child's walkers, as any install.
+            let previous = destination.swap(old & !WRITABLE, Ordering::Release);
+            debug_assert_eq!(previous, 0, "fork copies into an empty table");
+            frames.push(Pte(old).frame());
+        });
+        (frames, revoked)
+    }
+
     /// Moves the translations of `[from, from + len)` to `[to, to + len)` (mremap), allocating
     /// the destination's tables; the destination holds none. The caller guarantees that nobody
     /// installs translations in either range meanwhile, and zaps the source afterwards to free

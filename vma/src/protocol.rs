@@ -513,7 +513,7 @@ impl Protocol {
     }
 
     /// Adds a file VMA to its file's reverse map (through the hook); anonymous ones have none.
-    fn link(&self, mapping: &Mapping) {
+    pub(crate) fn link(&self, mapping: &Mapping) {
         if mapping.backing.file().is_some() {
             self.flush.mapped(mapping);
         }

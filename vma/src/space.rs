@@ -77,6 +77,52 @@ impl AddressSpace {
         self.protocol.break_protocol(step);
     }
 
+    /// fork's part in the VMAs: fills `child`, an empty space with the same layout, with a copy
+    /// of every VMA of this one and of its heap, built in one pass (`maple::Writer::fill`, as
+    /// Linux's `__mt_dup`), each file VMA entering its file's reverse map before the tree is
+    /// filled; then calls `copy` with each of this space's mappings in address order (the layer
+    /// above copies translations there). This space's writers are held off throughout, so the
+    /// copy sees the VMAs the child got; its faults go on. EINVAL for a child that is not
+    /// empty or has another layout.
+    pub fn fork_into(&self, child: &AddressSpace, mut copy: impl FnMut(&Mapping)) -> Result<()> {
+        if child.layout != self.layout {
+            return Err(einval("the child's layout differs"));
+        }
+        let writer = self.protocol.tree.lock();
+        let mut child_writer = child.protocol.tree.lock();
+        if child_writer.range_from(0).is_some() {
+            return Err(einval("the child already has VMAs"));
+        }
+        let mut mappings = Vec::with_capacity(self.vma_count());
+        let mut at = 0;
+        while let Some((_, last, vma)) = writer.range_from(at) {
+            mappings.push(vma.mapping().clone());
+            match last.checked_add(1) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        for mapping in &mappings {
+            child.protocol.link(mapping);
+        }
+        child_writer
+            .fill(mappings.iter().map(|mapping| {
+                let vma = Vma::new(mapping.clone());
+                // Nobody can find it before the tree is filled.
+                vma.birth();
+                (mapping.start, mapping.end - 1, Box::new(vma))
+            }))
+            .expect("a space's VMAs are sorted and apart");
+        drop(child_writer);
+        *child.heap.lock().unwrap_or_else(|e| e.into_inner()) =
+            *self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        for mapping in &mappings {
+            copy(mapping);
+        }
+        drop(writer);
+        Ok(())
+    }
+
     /// The bounds this space was created with.
     pub fn layout(&self) -> Layout {
         self.layout

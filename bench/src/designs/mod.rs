@@ -162,6 +162,32 @@ fn link_added(mapper: &Weak<dyn Mapper>, changes: &[Change]) {
     }
 }
 
+/// A baseline's fork, once it holds what keeps its writers and the faults of `mappings` out
+/// (all of them: its VMAs, in address order): a fresh instance of the same design over the
+/// same frames gets each mapping as it is (`Op::Copy`, one VMA at a time, as Linux's
+/// `dup_mmap` before the maple tree's bulk copy), then each private mapping's pages are
+/// shared copy-on-write (`Memory::copy_for_fork`), and the accesses through the translations
+/// that lost their write permission are waited for.
+fn fork_baseline(parent: &dyn Design, mappings: &[vma::Mapping]) -> vma::Result<Arc<dyn Design>> {
+    let config = DesignConfig {
+        layout: parent.layout(),
+        ..DesignConfig::default()
+    };
+    let child = build(parent.name(), config, parent.memory().frames().clone()).expect("a design's own name");
+    for mapping in mappings {
+        child.change(Op::Copy(mapping.clone()))?;
+    }
+    let mut revoked = Revoked::new();
+    for mapping in mappings {
+        let lost_write = parent
+            .memory()
+            .copy_for_fork(child.memory(), mapping, parent.rcu());
+        revoked.record(lost_write, mapping.start, mapping.end);
+    }
+    revoked.wait(parent.rcu());
+    Ok(child)
+}
+
 /// Unlinks every file mapping of `map` (a baseline being dropped).
 fn unlink_all(mapper: &Weak<dyn Mapper>, map: &VmaMap) {
     for mapping in map.mappings() {
@@ -231,6 +257,11 @@ pub trait Design: Send + Sync {
 
     /// The VMAs: start, end and permissions, in address order.
     fn vmas(&self) -> Vec<(u64, u64, Prot)>;
+
+    /// fork: a new instance of this design over the same frames, with a copy of every VMA, a
+    /// private mapping's pages copied on write (see `fault::Mm::fork`); each design keeps its
+    /// own faults and writers out as Linux's locking or its own protocol says.
+    fn fork(&self) -> vma::Result<Arc<dyn Design>>;
 
     /// Number of VMAs.
     fn vma_count(&self) -> usize {

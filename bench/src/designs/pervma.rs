@@ -23,8 +23,8 @@
 
 use super::vma_map::{Op, VmaMap};
 use super::{
-    Design, Parts, baseline, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files,
-    page_in, timed, unlink_all,
+    Design, Parts, baseline, bounded, discard_in, fault_locked, flush_and_unlink, fork_baseline, link_added,
+    maps_files, page_in, timed, unlink_all,
 };
 use fault::{Access, Fault, FaultError, FileSync, Mapper, Memory};
 use maple::rcu::DefaultRcu;
@@ -290,6 +290,23 @@ impl Design for PerVmaDesign {
 
     fn vmas(&self) -> Vec<(u64, u64, Prot)> {
         self.mmap_lock.read().unwrap().ranges()
+    }
+
+    fn fork(&self) -> vma::Result<Arc<dyn Design>> {
+        // Linux's dup_mmap: the mmap lock for writing, and every VMA write-locked for the
+        // whole copy, so every fault waits for the fork.
+        let map = self.mmap_lock.write().unwrap();
+        let seq = self.mm_lock_seq.load(Ordering::Relaxed);
+        let guard = self.tree.guard();
+        for (_, _, vma) in self.tree.iter(&guard) {
+            vma.start_write(seq, self.drain_readers);
+        }
+        drop(guard);
+        let child = fork_baseline(self, &map.mappings().cloned().collect::<Vec<_>>());
+        // Release pairs with the readers' Acquire loads: unlocks every VMA of this session.
+        self.mm_lock_seq.fetch_add(1, Ordering::Release);
+        drop(map);
+        child
     }
 }
 

@@ -19,13 +19,13 @@
 
 use super::vma_map::{Flush, Op, Planned, VmaMap};
 use super::{
-    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files, page_in,
-    timed, unlink_all,
+    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, fork_baseline, link_added,
+    maps_files, page_in, timed, unlink_all,
 };
 use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::{Condvar, Mutex, MutexGuard};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 use vma::{Layout, PAGE_SIZE, Prot};
 
@@ -237,6 +237,13 @@ impl Design for RangeLockDesign {
 
     fn vmas(&self) -> Vec<(u64, u64, Prot)> {
         self.map.lock().unwrap().ranges()
+    }
+
+    fn fork(&self) -> vma::Result<Arc<dyn Design>> {
+        // The whole space locked for writing: every fault and writer waits for the fork.
+        let _all = self.ranges.lock(self.layout.low, self.layout.high, true).0;
+        let mappings: Vec<_> = self.map.lock().unwrap().mappings().cloned().collect();
+        fork_baseline(self, &mappings)
     }
 }
 

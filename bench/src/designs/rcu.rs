@@ -56,6 +56,10 @@ impl Design for RcuDesign {
             Op::Unmap(start, end) => self.mm.munmap(start, end - start).map(|()| 0),
             Op::Protect(start, end, prot) => self.mm.mprotect(start, end - start, prot).map(|()| 0),
             Op::Remap(request) => self.mm.space().remap(request),
+            Op::Copy(_) => Err(vma::Error::new(
+                vma::Errno::EINVAL,
+                "maplevm copies a parent's VMAs in fork only",
+            )),
         }
     }
 
@@ -65,6 +69,13 @@ impl Design for RcuDesign {
 
     fn fault(&self, addr: u64, access: Access) -> Result<Fault, FaultError> {
         self.mm.fault(addr, access)
+    }
+
+    fn fork(&self) -> vma::Result<Arc<dyn Design>> {
+        Ok(Arc::new(Self {
+            mm: self.mm.fork()?,
+            name: self.name,
+        }))
     }
 
     fn vmas(&self) -> Vec<(u64, u64, Prot)> {

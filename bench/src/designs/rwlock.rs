@@ -5,13 +5,13 @@
 
 use super::vma_map::{Op, VmaMap};
 use super::{
-    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files, page_in,
-    timed, unlink_all,
+    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, fork_baseline, link_added,
+    maps_files, page_in, timed, unlink_all,
 };
 use fault::{Access, Fault, FaultError, Mapper, Memory};
 use maple::rcu::DefaultRcu;
 use maple::sync::{RwLock, RwLockReadGuard};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use vma::{Layout, Prot};
 
 /// See the module documentation.
@@ -77,6 +77,14 @@ impl Design for RwLockDesign {
 
     fn vmas(&self) -> Vec<(u64, u64, Prot)> {
         self.map.read().unwrap().ranges()
+    }
+
+    // The lock is taken for writing to keep the faults out, not to change the map.
+    #[allow(clippy::readonly_write_lock)]
+    fn fork(&self) -> vma::Result<Arc<dyn Design>> {
+        // mmap_sem held for writing across the whole fork, as Linux did: every fault waits.
+        let map = self.map.write().unwrap();
+        fork_baseline(self, &map.mappings().cloned().collect::<Vec<_>>())
     }
 }
 

@@ -13,8 +13,8 @@
 
 use super::vma_map::{Op, VmaMap};
 use super::{
-    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, link_added, maps_files, page_in,
-    unlink_all,
+    Design, Parts, bounded, discard_in, fault_locked, flush_and_unlink, fork_baseline, link_added,
+    maps_files, page_in, unlink_all,
 };
 use arc_swap::ArcSwap;
 use fault::{Access, Fault, FaultError, Mapper, Memory};
@@ -144,6 +144,25 @@ impl Design for SnapshotDesign {
 
     fn vmas(&self) -> Vec<(u64, u64, Prot)> {
         self.current.load().map.ranges()
+    }
+
+    fn fork(&self) -> vma::Result<Arc<dyn Design>> {
+        let _writer = self.writer.lock().unwrap();
+        let map = self.current.load().map.clone();
+        // The same map, with the whole space settling: faults wait for the fork, as for a
+        // change of everything; the readers of the old snapshot are waited for first.
+        let whole = (self.layout.low, self.layout.high);
+        let old = self.current.swap(Arc::new(Snapshot {
+            map: map.clone(),
+            settling: Some(whole),
+        }));
+        while Arc::strong_count(&old) > 1 {
+            thread::yield_now();
+        }
+        drop(old);
+        let child = fork_baseline(self, &map.mappings().cloned().collect::<Vec<_>>());
+        self.current.store(Arc::new(Snapshot { map, settling: None }));
+        child
     }
 }
 

@@ -21,6 +21,8 @@ pub enum Op {
     Protect(u64, u64, Prot),
     /// mremap.
     Remap(RemapRequest),
+    /// fork: place this mapping of the parent, as it is, where nothing is mapped.
+    Copy(Mapping),
 }
 
 /// What the page table must do once a plan's changes are applied.
@@ -257,6 +259,17 @@ impl VmaMap {
                 }
             }
             Op::Remap(request) => return self.plan_remap(request),
+            Op::Copy(mapping) => {
+                if !self.free(mapping.start, mapping.end) {
+                    return Err(Error::new(Errno::EEXIST, "a copied mapping's range is occupied"));
+                }
+                planned
+                    .changes
+                    .push(self.replace(mapping.start, mapping.end, vec![mapping.clone()]));
+                // Nothing is there to zap: the flush marks the span the change covers.
+                planned.flushes.push(Flush::Zap(mapping.start, mapping.end));
+                planned.result = Ok(mapping.start);
+            }
         }
         Ok(planned)
     }

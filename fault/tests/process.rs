@@ -1,0 +1,187 @@
+//! fork: what the child gets of each kind of mapping, copy-on-write both ways, a page one side
+//! alone still holds written in place, the heap, truncate reaching the child's copies, and no
+//! frame left behind once every `Mm` is dropped.
+#![cfg(not(feature = "shuttle"))]
+
+use fault::{File, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig, PAGE_SIZE, Prot};
+use std::sync::Arc;
+
+const P: u64 = PAGE_SIZE;
+
+fn pool() -> Arc<FramePool> {
+    Arc::new(FramePool::new(FramePoolConfig::default()).unwrap())
+}
+
+fn mm(frames: &Arc<FramePool>) -> Mm {
+    Mm::new(MmConfig::default(), frames.clone()).unwrap()
+}
+
+fn byte(mm: &Mm, addr: u64) -> u8 {
+    let mut b = [0];
+    mm.read(addr, &mut b).unwrap();
+    b[0]
+}
+
+fn frame_of(mm: &Mm, addr: u64) -> Option<fault::Frame> {
+    mm.translation(addr).map(|pte| pte.frame())
+}
+
+#[test]
+fn private_pages_are_shared_until_either_side_writes() {
+    let frames = pool();
+    let parent = mm(&frames);
+    let a = parent
+        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None)
+        .unwrap();
+    for i in 0..3 {
+        parent.write(a + i * P, &[10 + i as u8]).unwrap();
+    }
+    let child = parent.fork().unwrap();
+    assert_eq!(child.maps(), parent.maps());
+    // Written before the fork: in the child, in the same frame, read-only on both sides.
+    for i in 0..3 {
+        assert_eq!(byte(&child, a + i * P), 10 + i as u8);
+        assert_eq!(frame_of(&child, a + i * P), frame_of(&parent, a + i * P));
+        assert!(!parent.translation(a + i * P).unwrap().writable());
+    }
+    // The 4th page was never touched: nothing to copy.
+    assert!(child.translation(a + 3 * P).is_none());
+    // Written after the fork: each side keeps its own.
+    parent.write(a, &[99]).unwrap();
+    child.write(a + P, &[77]).unwrap();
+    assert_eq!((byte(&parent, a), byte(&child, a)), (99, 10));
+    assert_eq!((byte(&parent, a + P), byte(&child, a + P)), (11, 77));
+    assert_ne!(frame_of(&child, a), frame_of(&parent, a));
+    // Page 2 stays shared until someone writes it.
+    assert_eq!(frame_of(&child, a + 2 * P), frame_of(&parent, a + 2 * P));
+    drop(child);
+    parent.barrier();
+    // The child is gone: the parent alone holds page 2 and writes it in place.
+    let before = frame_of(&parent, a + 2 * P);
+    parent.write(a + 2 * P, &[55]).unwrap();
+    assert_eq!(
+        frame_of(&parent, a + 2 * P),
+        before,
+        "a page one side alone holds is reused"
+    );
+    parent.munmap(a, 4 * P).unwrap();
+    parent.barrier();
+    assert_eq!(frames.in_use(), 0, "every frame is back");
+}
+
+#[test]
+fn shared_mappings_stay_shared() {
+    let frames = pool();
+    let parent = mm(&frames);
+    let shared = MapFlags::SHARED_ANONYMOUS;
+    let a = parent.mmap(0, 2 * P, Prot::READ_WRITE, shared, None).unwrap();
+    parent.write(a, &[1]).unwrap();
+    let child = parent.fork().unwrap();
+    // Not copied: the child faults the shared page from the object.
+    assert!(child.translation(a).is_none());
+    assert_eq!(byte(&child, a), 1);
+    child.write(a, &[2]).unwrap();
+    parent.write(a + P, &[3]).unwrap();
+    assert_eq!((byte(&parent, a), byte(&child, a + P)), (2, 3));
+    drop((parent, child));
+    assert_eq!(frames.in_use(), 0);
+}
+
+#[test]
+fn a_private_file_mapping_keeps_its_copies_and_truncate_reaches_the_childs() {
+    let frames = pool();
+    let file = File::new("/forked", &frames, &[b'f'; 4 * 4096]);
+    let parent = mm(&frames);
+    let a = parent
+        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::PRIVATE, Some((&file, 0)))
+        .unwrap();
+    parent.write(a, b"p").unwrap();
+    assert_eq!(byte(&parent, a + 3 * P), b'f');
+    let child = parent.fork().unwrap();
+    // The copy made on write is the child's too; the file's pages come from the file.
+    assert_eq!((byte(&child, a), byte(&child, a + 3 * P)), (b'p', b'f'));
+    child.write(a, b"c").unwrap();
+    assert_eq!((byte(&parent, a), byte(&child, a)), (b'p', b'c'));
+    // Truncate removes every translation beyond the end, private copies included, in both.
+    parent.write(a + 3 * P, b"q").unwrap();
+    let grandchild = parent.fork().unwrap();
+    file.set_len(2 * P).unwrap();
+    for mm in [&parent, &child, &grandchild] {
+        assert!(mm.translation(a + 3 * P).is_none());
+    }
+    drop((parent, child, grandchild, file));
+    assert_eq!(frames.in_use(), 0);
+}
+
+#[test]
+fn the_heap_and_every_vma_come_along() {
+    let frames = pool();
+    let parent = mm(&frames);
+    let heap = parent.brk(0);
+    let top = parent.brk(heap + 8 * P);
+    parent.write(heap, &[7]).unwrap();
+    let many: Vec<u64> = (0..300)
+        .map(|i| {
+            let prot = if i % 2 == 0 { Prot::READ } else { Prot::READ_WRITE };
+            parent
+                .mmap(0, P, prot, MapFlags::PRIVATE_ANONYMOUS, None)
+                .unwrap()
+        })
+        .collect();
+    let child = parent.fork().unwrap();
+    child.space().validate().unwrap();
+    assert_eq!(child.maps(), parent.maps());
+    assert_eq!(child.brk(0), top);
+    assert_eq!(byte(&child, heap), 7);
+    // The child's VMAs are its own: unmapping there leaves the parent's.
+    child.munmap(many[0], P).unwrap();
+    assert_eq!(parent.space().vma_count(), child.space().vma_count() + 1);
+    // A grandchild of a child.
+    let grandchild = child.fork().unwrap();
+    assert_eq!(grandchild.maps(), child.maps());
+    assert_eq!(byte(&grandchild, heap), 7);
+    drop((parent, child, grandchild));
+    assert_eq!(frames.in_use(), 0);
+}
+
+#[test]
+fn a_fork_beside_faulting_threads_keeps_each_sides_writes() {
+    let frames = pool();
+    let parent = Arc::new(mm(&frames));
+    const PAGES: u64 = 64;
+    let a = parent
+        .mmap(0, PAGES * P, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None)
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (parent, stop) = (parent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut round = 1u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for page in 0..PAGES {
+                    parent.write(a + page * P, &[round]).unwrap();
+                }
+                round = round.wrapping_add(1).max(1);
+            }
+        })
+    };
+    let mut children = Vec::new();
+    for _ in 0..20 {
+        let child = parent.fork().unwrap();
+        let seen: Vec<u8> = (0..PAGES).map(|page| byte(&child, a + page * P)).collect();
+        // The child never changes after the fork returned, whatever the parent writes.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let again: Vec<u8> = (0..PAGES).map(|page| byte(&child, a + page * P)).collect();
+        assert_eq!(
+            seen, again,
+            "a write of the parent reached a child after fork returned"
+        );
+        children.push(child);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    drop(children);
+    parent.munmap(a, PAGES * P).unwrap();
+    parent.barrier();
+    assert_eq!(frames.in_use(), 0);
+}
