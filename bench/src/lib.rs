@@ -11,6 +11,7 @@
 //!   each run measuring faults/s, a fault latency histogram, writer ops/s, fault waits, share
 //!   lookup waits, page-table size and peak memory;
 //! - [`report`]: tables, JSON and SVG charts;
+//! - [`fork_cost`]: fork's latency against the number of VMAs and their pages (`bench fork-cost`);
 //! - [`table_memory`]: page-table memory per address space with and without PMD sharing
 //!   (`bench table-memory`);
 //! - [`fault_cost`]: single-thread fault cost per page, and the paired rounds that compare it
@@ -34,6 +35,7 @@
 
 pub mod designs;
 pub mod fault_cost;
+pub mod fork_cost;
 pub mod report;
 pub mod table_memory;
 pub mod unsync_engine;

@@ -42,6 +42,13 @@ enum Subcommands {
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
         rounds: u64,
     },
+    /// fork's latency against the number of VMAs and the pages in each, for maplevm and two
+    /// baselines, nothing else running.
+    ForkCost {
+        /// Forks per size and design.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        rounds: u64,
+    },
     /// Page-table memory per address space with and without PMD sharing: K address spaces map
     /// the same N GiB of a shared hugetlb file and fault one huge page per GiB.
     TableMemory {
@@ -253,6 +260,10 @@ fn run(command: Subcommands) -> Result<(), String> {
         Subcommands::Compare(args) => compare(&args.plan()?),
         Subcommands::FaultCost { rounds } => {
             print!("{}", bench::fault_cost::compare_engines(rounds as usize));
+            Ok(())
+        }
+        Subcommands::ForkCost { rounds } => {
+            print!("{}", bench::fork_cost::table(rounds as usize)?);
             Ok(())
         }
         Subcommands::TableMemory { spaces, gib } => {
