@@ -399,6 +399,17 @@ impl Mm {
         Ok(())
     }
 
+    /// madvise(MADV_DONTFORK): the mapped parts of `[addr, addr + len)` are left out of a
+    /// fork's child (see [`AddressSpace::set_dontfork`]).
+    pub fn madvise_dontfork(&self, addr: u64, len: u64) -> vma::Result<()> {
+        self.shared.space.set_dontfork(addr, len, true)
+    }
+
+    /// madvise(MADV_DOFORK): undoes MADV_DONTFORK (see [`AddressSpace::set_dontfork`]).
+    pub fn madvise_dofork(&self, addr: u64, len: u64) -> vma::Result<()> {
+        self.shared.space.set_dontfork(addr, len, false)
+    }
+
     /// msync(MS_SYNC): writes the dirty pages that the shared file mappings of `[addr, addr +
     /// len)` map back to their files' storage (see [`File::sync_range`]). As Linux 6.18 (checked
     /// with raw syscalls): EINVAL for an unaligned address, ENOMEM for a range that wraps
@@ -455,7 +466,10 @@ fn shared_file(mapping: &Mapping) -> Option<Arc<File>> {
 impl Mm {
     /// Resolves a fault at `addr` as a CPU's page-fault handler would (the fast and slow paths:
     /// docs/fault.md). Never takes an address-space lock; waits only for a VMA
-    /// that a writer is setting up (BABY) and for file reads.
+    /// that a writer is setting up (BABY) and for file reads. A fault below a stack
+    /// (MAP_GROWSDOWN) grows it first, as a writer would (see
+    /// [`AddressSpace::grow_stack`](vma::AddressSpace::grow_stack)); where it cannot grow, the
+    /// fault is a segmentation fault.
     ///
     /// # Examples
     /// ```
@@ -484,7 +498,14 @@ impl Mm {
             // Keyed: writers replacing other VMAs do not wait for this fault.
             let guard = self.shared.space.guard_at(page);
             let vma = match self.shared.space.lookup(page, &guard) {
-                Lookup::Unmapped => return Err(FaultError::NotMapped),
+                Lookup::Unmapped => {
+                    drop(guard);
+                    // Below a stack, it grows down to the page (none of its faults waits).
+                    match self.shared.space.grow_stack(page) {
+                        Ok(true) => continue,
+                        Ok(false) | Err(_) => return Err(FaultError::NotMapped),
+                    }
+                }
                 Lookup::Baby => {
                     drop(guard);
                     let since = std::time::Instant::now();

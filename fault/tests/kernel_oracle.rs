@@ -53,6 +53,9 @@ mod oracle {
             new_addr: At,
         },
         DontNeed(At, u64),
+        /// MADV_DONTFORK, then (when the second range is not empty) MADV_DOFORK over it: the
+        /// flag shows in the mappings as splits and merges.
+        DontFork(At, u64, (At, u64)),
         /// msync(MS_SYNC).
         Msync(At, u64),
         /// Anonymous, not fixed: (length, shared, offset).
@@ -157,6 +160,14 @@ mod oracle {
                 Call::DontNeed(at, len) => {
                     syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_DONTNEED)
                 }
+                Call::DontFork(at, len, (back, back_len)) => {
+                    let first = syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_DONTFORK);
+                    if back_len == 0 {
+                        first
+                    } else {
+                        syscall(libc::SYS_madvise, back.addr(base), back_len, libc::MADV_DOFORK)
+                    }
+                }
                 Call::Msync(at, len) => syscall(libc::SYS_msync, at.addr(base), len, libc::MS_SYNC),
                 Call::MmapAnon(len, shared, offset) => {
                     let sharing = if shared { MAP_SHARED } else { MAP_PRIVATE };
@@ -206,6 +217,14 @@ mod oracle {
                 new_addr,
             } => mm.mremap(old.addr(base), old_len, new_len, flags, new_addr.addr(base)),
             Call::DontNeed(at, len) => mm.madvise_dontneed(at.addr(base), len).map(|()| 0),
+            Call::DontFork(at, len, (back, back_len)) => {
+                let first = mm.madvise_dontfork(at.addr(base), len).map(|()| 0);
+                if back_len == 0 {
+                    first
+                } else {
+                    mm.madvise_dofork(back.addr(base), back_len).map(|()| 0)
+                }
+            }
             Call::Msync(at, len) => mm.msync(at.addr(base), len).map(|()| 0),
             Call::MmapAnon(len, shared, offset) => {
                 let flags = MapFlags {
@@ -370,6 +389,37 @@ mod oracle {
                 Call::DontNeed(At::Abs(1 << 60), u64::MAX - (1 << 59)),
             ),
             ("dontneed unaligned", "", Call::DontNeed(At::Abs(0x10001), P)),
+            // MADV_DONTFORK and MADV_DOFORK: splits, merges back, holes.
+            (
+                "dontfork over a hole",
+                "w.ww",
+                Call::DontFork(At::Page(0), 3 * P, (At::Page(0), 0)),
+            ),
+            (
+                "dontfork, then dofork in the middle",
+                "wwww",
+                Call::DontFork(At::Page(0), 4 * P, (At::Page(1), 2 * P)),
+            ),
+            (
+                "dontfork, then dofork all: merged back",
+                "www",
+                Call::DontFork(At::Page(1), P, (At::Page(0), 3 * P)),
+            ),
+            (
+                "dofork over a hole only",
+                "w.w",
+                Call::DontFork(At::Page(1), 0, (At::Page(1), P)),
+            ),
+            (
+                "dontfork unaligned",
+                "w",
+                Call::DontFork(At::Abs(0x10001), P, (At::Page(0), 0)),
+            ),
+            (
+                "dontfork of nothing",
+                "w",
+                Call::DontFork(At::Page(0), 0, (At::Page(0), 0)),
+            ),
             // mmap of anonymous memory.
             ("shared anonymous, 64 TiB", "", Call::MmapAnon(1 << 46, true, 0)),
             (

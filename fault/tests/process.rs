@@ -185,3 +185,111 @@ fn a_fork_beside_faulting_threads_keeps_each_sides_writes() {
     parent.barrier();
     assert_eq!(frames.in_use(), 0);
 }
+
+#[test]
+fn a_stack_grows_down_to_a_fault_within_its_limits() {
+    let frames = pool();
+    let mm = mm(&frames);
+    let stack = MapFlags {
+        growsdown: true,
+        ..MapFlags::PRIVATE_ANONYMOUS.fixed()
+    };
+    let top = 0x7000_0000_0000;
+    let at = mm
+        .mmap(top - 2 * P, 2 * P, Prot::READ_WRITE, stack, None)
+        .unwrap();
+    mm.write(at, &[5]).unwrap();
+    // A fault 10 pages below grows the stack there; its page keeps what it held.
+    mm.write(at - 10 * P, &[6]).unwrap();
+    assert!(
+        mm.maps()
+            .starts_with(&format!("{:08x}-{top:08x} rw-p", at - 10 * P)),
+        "{}",
+        mm.maps()
+    );
+    assert_eq!((byte(&mm, at), byte(&mm, at - 10 * P)), (5, 6));
+    assert_eq!(mm.stats().waits.count, 0, "no fault waited for the growth");
+    // Past the stack limit: a segmentation fault, and the stack stays.
+    let limit = top - vma::STACK_LIMIT;
+    assert_eq!(
+        mm.fault(limit - P, fault::Access::Write),
+        Err(fault::FaultError::NotMapped)
+    );
+    assert!(mm.fault(limit, fault::Access::Write).is_ok(), "exactly the limit");
+    // Below a mapping that does not grow down: nothing grows.
+    let below = limit - 300 * P;
+    mm.mmap(below, P, Prot::READ, MapFlags::PRIVATE_ANONYMOUS.fixed(), None)
+        .unwrap();
+    assert_eq!(
+        mm.fault(below - P, fault::Access::Write),
+        Err(fault::FaultError::NotMapped)
+    );
+    mm.space().validate().unwrap();
+    drop(mm);
+    assert_eq!(frames.in_use(), 0);
+}
+
+#[test]
+fn a_stack_stops_short_of_the_guard_gap_above_the_mapping_below() {
+    let frames = pool();
+    let mm = mm(&frames);
+    let stack = MapFlags {
+        growsdown: true,
+        ..MapFlags::PRIVATE_ANONYMOUS.fixed()
+    };
+    let base = 0x6000_0000_0000;
+    mm.mmap(base, P, Prot::READ, MapFlags::PRIVATE_ANONYMOUS.fixed(), None)
+        .unwrap();
+    let at = mm
+        .mmap(base + 600 * P, 4 * P, Prot::READ_WRITE, stack, None)
+        .unwrap();
+    // The gap above `base + P` is 256 pages: the stack may reach `base + 257 pages`.
+    assert_eq!(
+        mm.fault(base + 256 * P, fault::Access::Read),
+        Err(fault::FaultError::NotMapped)
+    );
+    assert!(mm.fault(base + 257 * P, fault::Access::Read).is_ok());
+    assert_eq!(mm.space().vma_count(), 2);
+    // mmap places nothing in the guard gap below the stack.
+    let placed = mm
+        .mmap(base + 100 * P, P, Prot::READ, MapFlags::PRIVATE_ANONYMOUS, None)
+        .unwrap();
+    assert!(placed > at || placed < base, "{placed:#x} is in the guard gap");
+    // Under the lowest mapping, which is no stack, nothing grows.
+    assert_eq!(mm.space().grow_stack(0).map_err(|e| e.errno), Ok(false));
+}
+
+#[test]
+fn madv_dontfork_leaves_a_range_out_of_the_child_and_dofork_takes_it_back() {
+    let frames = pool();
+    let parent = mm(&frames);
+    let a = parent
+        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None)
+        .unwrap();
+    for page in 0..4 {
+        parent.write(a + page * P, &[page as u8 + 1]).unwrap();
+    }
+    parent.madvise_dontfork(a + P, 2 * P).unwrap();
+    // The flag splits the VMA (maps shows no flag, only the split) and no page moves.
+    assert_eq!(parent.space().vma_count(), 3);
+    assert_eq!(byte(&parent, a + P), 2);
+    let child = parent.fork().unwrap();
+    assert_eq!(child.space().vma_count(), 2, "{}", child.maps());
+    assert_eq!(
+        child.fault(a + P, fault::Access::Read),
+        Err(fault::FaultError::NotMapped)
+    );
+    assert_eq!((byte(&child, a), byte(&child, a + 3 * P)), (1, 4));
+    // MADV_DOFORK over all of it: the parts merge back and the next child has everything.
+    parent.madvise_dofork(a, 4 * P).unwrap();
+    assert_eq!(parent.space().vma_count(), 1);
+    let second = parent.fork().unwrap();
+    assert_eq!(byte(&second, a + 2 * P), 3);
+    // A hole in the range: what is mapped changes, then ENOMEM, as on Linux.
+    parent.munmap(a + 3 * P, P).unwrap();
+    let err = parent.madvise_dontfork(a, 4 * P).unwrap_err();
+    assert_eq!(err.errno, vma::Errno::ENOMEM);
+    assert_eq!(parent.fork().unwrap().space().vma_count(), 0);
+    drop((parent, child, second));
+    assert_eq!(frames.in_use(), 0);
+}

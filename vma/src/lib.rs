@@ -48,3 +48,9 @@ pub use vma::{Backing, MappedFile, Mapping, Prot, SharedAnonymous, Unusable, Vma
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 /// log2 of the page size.
 pub const PAGE_SHIFT: u32 = 12;
+/// The gap kept free below a stack (a mapping that grows down): mmap places nothing there, and
+/// a stack grows no closer to the accessible mapping below it (Linux's `stack_guard_gap`, 256
+/// pages).
+pub const STACK_GUARD_GAP: u64 = 256 * PAGE_SIZE;
+/// The most a stack grows to (Linux's default `RLIMIT_STACK`, 8 MiB).
+pub const STACK_LIMIT: u64 = 8 << 20;

@@ -205,6 +205,9 @@ pub enum BrokenStep {
     /// Step 2 for the files' reverse maps: the displaced VMAs leave them before the new ones
     /// enter, so a walk may find neither.
     ReverseMapOrder,
+    /// Stack growth publishes the grown VMA BABY, as an ordinary change: faults on the stack's
+    /// old pages wait for it.
+    GrowthBaby,
 }
 
 /// Counters of what writers had to wait for.
@@ -234,6 +237,15 @@ pub(crate) struct Protocol {
     pub(crate) stats: SpaceStats,
     #[cfg(feature = "shuttle")]
     broken: Option<BrokenStep>,
+}
+
+/// How a change's new VMAs are born.
+#[derive(Clone, Copy)]
+enum Born {
+    /// BABY until the change is done (faults on them wait).
+    Baby,
+    /// Usable at once: only for a change that extends one VMA (nothing mapped changes meaning).
+    Usable,
 }
 
 /// The tree's writer, held for a whole call.
@@ -340,6 +352,30 @@ impl Protocol {
         self.finish(writer, run, flush);
     }
 
+    /// Runs the protocol for a change that only extends one VMA (stack growth): the grown VMA
+    /// maps what the old one did, the same way, plus a range where nothing was mapped, so no
+    /// translation changes meaning and none is flushed. It is usable at once — no fault waits
+    /// for it — and the old one is freed after its references and a grace period.
+    pub(crate) fn extend(&self, writer: &mut TreeWriter<'_>, change: Change) {
+        let mut run = Run::new();
+        let born = if self.skips(BrokenStep::GrowthBaby) {
+            Born::Baby
+        } else {
+            Born::Usable
+        };
+        self.publish(writer, change, &mut run, born);
+        self.finish(writer, run, &[]);
+    }
+
+    /// Runs the protocol for a change that changes only what faults do not read (MADV_DONTFORK's
+    /// flag), merged with compatible neighbours: every new VMA maps what the old ones did, the
+    /// same way, so none is flushed and the new VMAs are usable at once.
+    pub(crate) fn reshape(&self, writer: &mut TreeWriter<'_>, change: Change) {
+        let mut run = Run::new();
+        self.stage_born(writer, change, false, &mut run, Born::Usable);
+        self.finish(writer, run, &[]);
+    }
+
     /// Merges the change with compatible neighbours and within itself (Linux's merge rules)
     /// and publishes it into `run` (steps 1–2), unless it changes nothing and `always` is false.
     pub(crate) fn stage<'t>(
@@ -348,6 +384,18 @@ impl Protocol {
         change: Change,
         always: bool,
         run: &mut Run<'t>,
+    ) {
+        self.stage_born(writer, change, always, run, Born::Baby);
+    }
+
+    /// [`Protocol::stage`], the new VMAs born as `born` says.
+    fn stage_born<'t>(
+        &self,
+        writer: &mut TreeWriter<'t>,
+        change: Change,
+        always: bool,
+        run: &mut Run<'t>,
+        born: Born,
     ) {
         let Change { mut lo, mut hi, new } = change;
         let mut merged = Mappings::with_capacity(new.len() + 2);
@@ -380,20 +428,25 @@ impl Protocol {
             old.len() == merged.len() && old.iter().zip(&merged).all(|(o, m)| o.mapping().same_as(m))
         };
         if always || !unchanged() {
-            self.publish(writer, Change { lo, hi, new: merged }, run);
+            self.publish(writer, Change { lo, hi, new: merged }, run, born);
         }
     }
 
-    /// Steps 1–2 of the replacement protocol (module documentation) for `change`.
-    pub(crate) fn publish<'t>(&self, writer: &mut TreeWriter<'t>, change: Change, run: &mut Run<'t>) {
-        // 1. New VMAs, born BABY.
+    /// Steps 1–2 of the replacement protocol (module documentation) for `change`, the new VMAs
+    /// born as `born` says.
+    fn publish<'t>(&self, writer: &mut TreeWriter<'t>, change: Change, run: &mut Run<'t>, born: Born) {
+        // 1. New VMAs, born BABY (or usable, for a pure extension).
         let first_born = run.born.len();
         let values: Vec<(u64, u64, Box<Vma>)> = change
             .new
             .into_iter()
             .map(|mapping| {
                 let vma = Box::new(Vma::new(mapping));
-                run.born.push(&*vma);
+                match born {
+                    Born::Baby => run.born.push(&*vma),
+                    // Nobody can find it before it is published.
+                    Born::Usable => vma.birth(),
+                }
                 (vma.start(), vma.end() - 1, vma)
             })
             .collect();

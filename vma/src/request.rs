@@ -335,6 +335,7 @@ impl MmapRequest {
             growsdown: self.growsdown,
             accounted: !self.shared && self.prot.write,
             name: None,
+            dontfork: false,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The address space: the calls a process makes (mmap, munmap, mprotect, mremap, brk), each
-//! computing the change it makes to the VMAs with Linux's semantics — splits at the range
-//! ends, merges with compatible neighbours, placement — and handing it to the replacement
+//! The address space: the calls a process makes (mmap, munmap, mprotect, mremap, brk, and a
+//! fault growing a stack), each computing the change it makes to the VMAs with Linux's
+//! semantics — splits at the range ends, merges with compatible neighbours, placement — and
+//! handing it to the replacement
 //! protocol (`protocol.rs`), which applies it while faults go on; and the fault side's lookup,
 //! which takes no lock. The split follows Linux's: mm/mmap.c decides, mm/vma.c applies.
 
@@ -9,11 +10,11 @@ use crate::error::{Errno, Error, Result};
 use crate::protocol::BrokenStep;
 use crate::protocol::{Change, Flush, FlushHook, Mappings, Protocol, Revoked, Run, SpaceStats, TreeWriter};
 use crate::request::{
-    Layout, MapFlags, MmapRequest, Placement, RemapFlags, RemapRequest, aligned, check_splits, einval,
-    enomem, protect_range, unmap_range,
+    Layout, MapFlags, MmapRequest, Placement, RemapFlags, RemapRequest, advise_range, aligned, check_splits,
+    einval, enomem, protect_range, unmap_range,
 };
 use crate::vma::{Backing, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
-use crate::{PAGE_SHIFT, PAGE_SIZE};
+use crate::{PAGE_SHIFT, PAGE_SIZE, STACK_GUARD_GAP, STACK_LIMIT};
 use maple::Guard;
 use maple::rcu::DefaultRcu;
 use maple::sync::Mutex;
@@ -31,6 +32,17 @@ pub enum Lookup<'g> {
     Baby,
     /// Nothing is mapped there.
     Unmapped,
+}
+
+/// Where the free range holding `last` effectively ends: at the start of the VMA right after
+/// it, less [`STACK_GUARD_GAP`] when that VMA is a stack (Linux's `vm_start_gap`); `u64::MAX`
+/// past the last VMA.
+fn start_gap_above(writer: &TreeWriter<'_>, last: u64) -> u64 {
+    match last.checked_add(1).and_then(|next| writer.range_from(next)) {
+        Some((start, _, vma)) if vma.mapping().growsdown => start.saturating_sub(STACK_GUARD_GAP),
+        Some((start, _, _)) => start,
+        None => u64::MAX,
+    }
 }
 
 /// The heap set up by `brk`.
@@ -78,7 +90,7 @@ impl AddressSpace {
     }
 
     /// fork's part in the VMAs: fills `child`, an empty space with the same layout, with a copy
-    /// of every VMA of this one and of its heap, built in one pass (`maple::Writer::fill`, as
+    /// of every VMA of this one but those marked MADV_DONTFORK, and of its heap, built in one pass (`maple::Writer::fill`, as
     /// Linux's `__mt_dup`), each file VMA entering its file's reverse map before the tree is
     /// filled; then calls `copy` with each of this space's mappings in address order (the layer
     /// above copies translations there). This space's writers are held off throughout, so the
@@ -96,7 +108,10 @@ impl AddressSpace {
         let mut mappings = Vec::with_capacity(self.vma_count());
         let mut at = 0;
         while let Some((_, last, vma)) = writer.range_from(at) {
-            mappings.push(vma.mapping().clone());
+            // MADV_DONTFORK's VMAs stay behind.
+            if !vma.mapping().dontfork {
+                mappings.push(vma.mapping().clone());
+            }
             match last.checked_add(1) {
                 Some(next) => at = next,
                 None => break,
@@ -542,6 +557,107 @@ impl AddressSpace {
         target
     }
 
+    /// A fault at `addr`, where nothing is mapped, on a stack: grows the VMA above it that grows
+    /// down (MAP_GROWSDOWN) to `addr`'s page, as Linux's `expand_downwards`. Returns whether
+    /// the fault may go on: false when the VMA above does not grow down or there is none
+    /// (SIGSEGV); true when it grew, or when something is mapped there by now (look again).
+    /// Errors, each a SIGSEGV too: EPERM below the space; ENOMEM when the stack would come
+    /// within [`STACK_GUARD_GAP`] of the accessible mapping below it (a stack below may touch
+    /// it), grow past [`STACK_LIMIT`], or start before its file's first page. The grown VMA is
+    /// usable at once: no fault waits for the growth (`Protocol::extend`).
+    pub fn grow_stack(&self, addr: u64) -> Result<bool> {
+        let page = addr & !(PAGE_SIZE - 1);
+        let mut writer = self.protocol.tree.lock();
+        let Some((start, _, vma)) = writer.range_from(page) else {
+            return Ok(false);
+        };
+        if start <= page {
+            return Ok(true);
+        }
+        let old = vma.mapping().clone();
+        if !old.growsdown {
+            return Ok(false);
+        }
+        if page < self.layout.low {
+            return Err(Error::new(Errno::EPERM, "below the lowest usable address"));
+        }
+        let (gap_first, _) = writer.gap_at(page).expect("nothing is mapped at the page");
+        if let Some((_, _, below)) = gap_first.checked_sub(1).and_then(|last| writer.load_range(last)) {
+            let below = below.mapping();
+            if !below.growsdown && below.prot.any() && page - below.end < STACK_GUARD_GAP {
+                return Err(enomem(
+                    "the stack would come within the guard gap of the mapping below",
+                ));
+            }
+        }
+        let grow = (old.start - page) >> PAGE_SHIFT;
+        if old.end - page > STACK_LIMIT {
+            return Err(enomem("the stack would grow past its limit"));
+        }
+        let pgoff = old
+            .pgoff
+            .checked_sub(grow)
+            .ok_or(enomem("the stack would start before its file"))?;
+        let grown = Mapping {
+            start: page,
+            pgoff,
+            ..old
+        };
+        let change = Change {
+            lo: page,
+            hi: grown.end,
+            new: smallvec![grown],
+        };
+        self.protocol.extend(&mut writer, change);
+        Ok(true)
+    }
+
+    /// MADV_DONTFORK (`dontfork`) or MADV_DOFORK over `[addr, addr + len)`: every mapped part of
+    /// the range is left out of a fork's child, or back in, VMAs split at the range's ends and
+    /// merged where the flag makes them alike, as Linux 6.18 (checked with raw syscalls):
+    /// EINVAL for an unaligned address (or a range splitting a mapping of huge pages inside a
+    /// page), ENOMEM, after the change, when part of the range is unmapped; a length of 0
+    /// does nothing. Faults do not read the flag: the VMAs are usable throughout
+    /// (`Protocol::reshape`).
+    pub fn set_dontfork(&self, addr: u64, len: u64, dontfork: bool) -> Result<()> {
+        let Some((addr, end)) = advise_range(addr, len)? else {
+            return Ok(());
+        };
+        let mut writer = self.protocol.tree.lock();
+        let old: Vec<Mapping> = self
+            .protocol
+            .vmas_in(&writer, addr, end)
+            .iter()
+            .map(|vma| vma.mapping().clone())
+            .collect();
+        let (Some(first), Some(last)) = (old.first(), old.last()) else {
+            return Err(enomem("nothing is mapped in the range"));
+        };
+        check_splits(addr, end, Some(first), Some(last))?;
+        let (lo, hi) = (first.start, last.end);
+        let mut new = Mappings::with_capacity(old.len() + 2);
+        let mut mapped = 0;
+        for mapping in &old {
+            let (from, to) = (mapping.start.max(addr), mapping.end.min(end));
+            mapped += to - from;
+            if mapping.start < from {
+                new.push(mapping.slice(mapping.start, from));
+            }
+            new.push(Mapping {
+                dontfork,
+                ..mapping.slice(from, to)
+            });
+            if to < mapping.end {
+                new.push(mapping.slice(to, mapping.end));
+            }
+        }
+        self.protocol.reshape(&mut writer, Change { lo, hi, new });
+        if mapped < end - addr {
+            return Err(enomem("part of the range is unmapped"));
+        }
+        Ok(())
+    }
+
     /// Sets where the heap starts (and empties it): `brk` grows it from there.
     pub fn set_heap_start(&self, start: u64) -> Result<()> {
         let start = start
@@ -591,6 +707,7 @@ impl AddressSpace {
                 growsdown: false,
                 accounted: true,
                 name: None,
+                dontfork: false,
             };
             let change = Change {
                 lo: old_top,
@@ -613,7 +730,8 @@ impl AddressSpace {
     /// Where a non-fixed mapping of `len` bytes starting at a multiple of `align` goes: the hint
     /// (rounded up to `align`) if free, else top-down below the mmap base, else bottom-up above
     /// it. With `align` above a page, as Linux's `vm_unmapped_area`: a gap `align - PAGE_SIZE`
-    /// longer is searched and the range aligned inside it.
+    /// longer is searched and the range aligned inside it. The [`STACK_GUARD_GAP`] below a
+    /// stack counts as taken (Linux's `vm_start_gap`).
     fn place(&self, writer: &TreeWriter<'_>, hint: u64, len: u64, align: u64) -> Result<u64> {
         let Layout { low, high, mmap_base } = self.layout;
         let search = len
@@ -624,18 +742,40 @@ impl AddressSpace {
         if hint >= low
             && hint.checked_add(len).is_some_and(|end| end <= high)
             && self.protocol.first_in(writer, hint, hint + len).is_none()
+            && start_gap_above(writer, hint + len - 1) >= hint + len
         {
             return Ok(hint);
         }
-        let below = (mmap_base > low)
-            .then(|| writer.find_gap_rev(low, mmap_base - 1, search).ok().flatten())
-            .flatten()
-            .map(|(_, last)| (last + 1 - len) / align * align);
-        below
-            .or_else(|| {
-                let (first, _) = writer.find_gap(mmap_base, high - 1, search).ok().flatten()?;
-                Some(first.next_multiple_of(align))
-            })
-            .ok_or(enomem("no free range is long enough"))
+        // Top-down: the highest gap long enough; when the guard gap below a stack reaches into
+        // it, search again below the guard gap's start (Linux's `unmapped_area_topdown`).
+        let mut limit = mmap_base;
+        while limit > low {
+            let Some((_, last)) = writer.find_gap_rev(low, limit - 1, search).ok().flatten() else {
+                break;
+            };
+            let guard = start_gap_above(writer, last);
+            if guard > last {
+                return Ok((last + 1 - len) / align * align);
+            }
+            limit = guard;
+        }
+        // Bottom-up above the base: past a stack whose guard gap the range would reach into
+        // (Linux's `unmapped_area`).
+        let mut from = mmap_base;
+        while from < high {
+            let Some((first, _)) = writer.find_gap(from, high - 1, search).ok().flatten() else {
+                break;
+            };
+            let (_, gap_last) = writer.gap_at(first).expect("a free index");
+            let start = first.next_multiple_of(align);
+            if start + len <= start_gap_above(writer, gap_last) {
+                return Ok(start);
+            }
+            from = match gap_last.checked_add(1) {
+                Some(next) => next,
+                None => break,
+            };
+        }
+        Err(enomem("no free range is long enough"))
     }
 }

@@ -79,6 +79,11 @@ impl Prot {
         ))
     }
 
+    /// Whether it allows any access (Linux's `vma_is_accessible`).
+    pub fn any(self) -> bool {
+        self.read || self.write || self.exec
+    }
+
     /// Whether `self` allows everything `other` allows.
     pub fn covers(self, other: Prot) -> bool {
         (self.read || !other.read) && (self.write || !other.write) && (self.exec || !other.exec)
@@ -170,6 +175,8 @@ pub struct Mapping {
     pub accounted: bool,
     /// An optional name for anonymous mappings (`maps()` shows it in brackets).
     pub name: Option<Arc<str>>,
+    /// Left out of a fork's child (MADV_DONTFORK; Linux's VM_DONTCOPY).
+    pub dontfork: bool,
 }
 
 impl Mapping {
@@ -203,6 +210,7 @@ impl Mapping {
             && self.shared == next.shared
             && self.growsdown == next.growsdown
             && self.accounted == next.accounted
+            && self.dontfork == next.dontfork
             && self.name == next.name
             && self.backing.same_object(&next.backing)
             && self.pgoff + self.pages() == next.pgoff
@@ -221,6 +229,7 @@ impl Mapping {
             && self.shared == other.shared
             && self.growsdown == other.growsdown
             && self.accounted == other.accounted
+            && self.dontfork == other.dontfork
             && self.name == other.name
             && self.backing.same_object(&other.backing)
     }

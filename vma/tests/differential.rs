@@ -141,6 +141,15 @@ fn run(seed: u64, steps: usize) {
                     "step {step}: {description}"
                 );
             }
+            93..=95 => {
+                let (addr, len, dontfork) = (rng.addr(), rng.len(), rng.chance(60));
+                description = format!("madvise({addr:#x}, {len:#x}, dontfork {dontfork})");
+                assert_eq!(
+                    space.set_dontfork(addr, len, dontfork).map_err(|e| e.errno),
+                    model.set_dontfork(addr, len, dontfork),
+                    "step {step}: {description}"
+                );
+            }
             _ => {
                 let addr = heap_start - PAGE_SIZE + rng.below(12 * PAGE_SIZE);
                 description = format!("brk({addr:#x})");

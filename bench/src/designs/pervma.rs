@@ -326,6 +326,7 @@ mod tests {
             growsdown: false,
             accounted: true,
             name: None,
+            dontfork: false,
         };
         PerVma::new(mapping, seq)
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use vma::{Errno, Layout, MapFlags, MappedFile, PAGE_SIZE, Prot, RemapFlags};
+use vma::{Errno, Layout, MapFlags, MappedFile, PAGE_SIZE, Prot, RemapFlags, STACK_GUARD_GAP};
 
 #[derive(Clone, Debug)]
 pub struct Page {
@@ -15,6 +15,7 @@ pub struct Page {
     pgoff: u64,
     growsdown: bool,
     accounted: bool,
+    dontfork: bool,
 }
 
 impl Page {
@@ -25,6 +26,7 @@ impl Page {
             && self.object == next.object
             && self.growsdown == next.growsdown
             && self.accounted == next.accounted
+            && self.dontfork == next.dontfork
             && self.pgoff + 1 == next.pgoff
     }
 }
@@ -115,13 +117,24 @@ impl Model {
         out
     }
 
-    /// Highest free `len` bytes inside [lo, hi), page by page.
+    /// How far a free range ending at `end` may reach: the first mapped page at or above
+    /// `end`, less the stack guard gap when a stack starts there (Linux's `vm_start_gap`).
+    fn start_gap_after(&self, end: u64) -> u64 {
+        match self.pages.range(end..).next() {
+            Some((&addr, page)) if page.growsdown => addr.saturating_sub(STACK_GUARD_GAP),
+            Some((&addr, _)) => addr,
+            None => u64::MAX,
+        }
+    }
+
+    /// Highest free `len` bytes inside [lo, hi), page by page, clear of a stack's guard gap.
     fn highest_free(&self, lo: u64, hi: u64, len: u64) -> Option<u64> {
         let mut top = hi;
         while top >= lo + len {
             let start = top - len;
             match self.pages.range(start..top).next_back() {
-                None => return Some(start),
+                None if self.start_gap_after(top) >= top => return Some(start),
+                None => top = self.start_gap_after(top),
                 Some((&addr, _)) => top = addr,
             }
         }
@@ -132,7 +145,12 @@ impl Model {
         let mut start = lo;
         while start + len <= hi {
             match self.pages.range(start..start + len).next() {
-                None => return Some(start),
+                None if self.start_gap_after(start + len) >= start + len => return Some(start),
+                // Too close below a stack: on past it.
+                None => {
+                    let (&stack, _) = self.pages.range(start + len..).next().expect("a stack above");
+                    start = stack + PAGE_SIZE;
+                }
                 Some((&addr, _)) => start = addr + PAGE_SIZE,
             }
         }
@@ -145,7 +163,11 @@ impl Model {
             return Err(Errno::ENOMEM);
         }
         let hint = hint.checked_next_multiple_of(PAGE_SIZE).unwrap_or(0);
-        if hint >= low && hint.checked_add(len).is_some_and(|e| e <= high) && self.free(hint, hint + len) {
+        if hint >= low
+            && hint.checked_add(len).is_some_and(|e| e <= high)
+            && self.free(hint, hint + len)
+            && self.start_gap_after(hint + len) >= hint + len
+        {
             return Ok(hint);
         }
         self.highest_free(low, mmap_base, len)
@@ -214,6 +236,7 @@ impl Model {
                 pgoff: first_pgoff + i,
                 growsdown: flags.growsdown,
                 accounted: !shared && prot.write,
+                dontfork: false,
             };
             self.pages.insert(start + i * PAGE_SIZE, page);
         }
@@ -255,6 +278,30 @@ impl Model {
                 None => return Err(Errno::ENOMEM),
             }
             at += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// MADV_DONTFORK (`dontfork`) or MADV_DOFORK: the flag on every mapped page of the range,
+    /// then ENOMEM if one is unmapped.
+    pub fn set_dontfork(&mut self, addr: u64, len: u64, dontfork: bool) -> Res<()> {
+        if addr % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let end = len
+            .checked_next_multiple_of(PAGE_SIZE)
+            .and_then(|len| addr.checked_add(len))
+            .ok_or(Errno::EINVAL)?;
+        let mut mapped = 0;
+        for (_, page) in self.pages.range_mut(addr..end) {
+            page.dontfork = dontfork;
+            mapped += PAGE_SIZE;
+        }
+        if mapped < end - addr {
+            return Err(Errno::ENOMEM);
         }
         Ok(())
     }
@@ -405,6 +452,7 @@ impl Model {
                         pgoff: a / PAGE_SIZE,
                         growsdown: false,
                         accounted: true,
+                        dontfork: false,
                     },
                 );
             }
