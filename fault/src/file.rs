@@ -643,6 +643,26 @@ impl File {
         self.lock_shared(waited)
     }
 
+    /// Whether page `pgoff` is in the page cache (what mincore answers for a file page that no
+    /// translation maps).
+    pub fn cached(&self, pgoff: u64) -> bool {
+        let _guard = self.guard_at(pgoff);
+        self.cache.peek(self.cache_key(pgoff)).is_some()
+    }
+
+    /// Reads pages `[first, end)` below the end of the file into the page cache (MADV_WILLNEED's
+    /// readahead), waiting as a fault would for an invalidation of them; a page that cannot be
+    /// read is skipped, as readahead's failures are. A hugetlb file reads nothing ahead (Linux's
+    /// hugetlbfs has no readahead).
+    pub fn read_ahead(&self, first: u64, end: u64) {
+        if self.is_hugetlb() {
+            return;
+        }
+        for pgoff in first..end.min(self.pages()) {
+            let _ = self.read_in(pgoff, |_| {});
+        }
+    }
+
     /// Whether faults hold the file's lock shared ([`FileSync::RwSem`]), so that whoever holds
     /// it exclusive keeps them out.
     pub(crate) fn faults_take_lock(&self) -> bool {

@@ -52,7 +52,7 @@ mod shard;
 mod stats;
 
 pub use backing::{Backing, MemBacking};
-pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows};
+pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows, populate};
 pub use file::{File, FileSync, MAX_FILE_LEN, MappedRange, Mapper, ReverseMapWriter};
 pub use frames::{Frame, FramePool, FramePoolConfig, HUGE_FRAME_SIZE, Shrinker};
 pub use memory::{Memory, reserve_huge_pages};

@@ -10,7 +10,7 @@
 //! - Frames removed from entries are released a grace period of the space's RCU domain later
 //!   (see [`Memory`]).
 
-use crate::engine::{Access, AccessError, Fault, FaultError, Progress, allows};
+use crate::engine::{Access, AccessError, Fault, FaultError, Progress, allows, populate};
 use crate::file::{File, Mapper};
 use crate::frames::FramePool;
 use crate::memory::{Memory, einval, reserve_huge_pages};
@@ -286,7 +286,14 @@ impl Mm {
         let (flags, object) = self.shared.memory.mapped_object(len, flags, file)?;
         let request = MmapRequest::new(self.shared.space.layout(), addr, len, prot, flags, object)?;
         reserve_huge_pages(&request)?;
-        self.shared.space.map(request)
+        let (len, step) = (request.length(), request.alignment());
+        let start = self.shared.space.map(request)?;
+        if flags.populate {
+            populate((start, len, step), (prot, flags.shared), |addr, access| {
+                self.fault(addr, access)
+            });
+        }
+        Ok(start)
     }
 
     /// Unmaps `[addr, addr + len)`; when this returns its translations are gone and no access
@@ -397,6 +404,129 @@ impl Mm {
             return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
         }
         Ok(())
+    }
+
+    /// mincore(2): for each page of `[addr, addr + len)` (the length rounded up to pages),
+    /// whether it is resident — a translation maps it, or, in a file mapping, the file's page
+    /// is in the page cache. As Linux 6.18 (checked with raw syscalls): EINVAL for an unaligned
+    /// address, ENOMEM for a range reaching past the space or into unmapped memory; nothing for
+    /// a length of 0.
+    pub fn mincore(&self, addr: u64, len: u64) -> vma::Result<Vec<bool>> {
+        if addr % PAGE_SIZE != 0 {
+            return Err(einval("address not page aligned"));
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = len
+            .checked_next_multiple_of(PAGE_SIZE)
+            .and_then(|len| addr.checked_add(len))
+            .filter(|&end| end <= self.shared.space.layout().high)
+            .ok_or(Error::new(
+                Errno::ENOMEM,
+                "the range reaches past the address space",
+            ))?;
+        let guard = self.shared.space.guard_within(addr, end);
+        let table = self.shared.memory.table();
+        let mut resident = Vec::with_capacity(((end - addr) / PAGE_SIZE) as usize);
+        let mut at = addr;
+        for vma in self.shared.space.iter_from(addr, &guard) {
+            if vma.start() > at || at >= end {
+                break;
+            }
+            let mapping = vma.mapping();
+            let file = File::of(mapping);
+            for page in (at..vma.end().min(end)).step_by(PAGE_SIZE as usize) {
+                let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
+                let cached = || file.is_some_and(|file| file.cached(pgoff));
+                resident.push(table.translate(page).is_some() || cached());
+            }
+            at = vma.end().min(end);
+        }
+        if at < end {
+            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+        }
+        Ok(resident)
+    }
+
+    /// madvise(MADV_WILLNEED): the pages that the file mappings of `[addr, addr + len)` map are
+    /// read into their files' page caches (anonymous memory has nothing to read). As Linux:
+    /// EINVAL for an unaligned address, ENOMEM, after reading, when part of the range is
+    /// unmapped; a length of 0 does nothing.
+    pub fn madvise_willneed(&self, addr: u64, len: u64) -> vma::Result<()> {
+        let Some((addr, end)) = advise_range(addr, len)? else {
+            return Ok(());
+        };
+        let (parts, _, mapped) = self.file_parts(addr, end, |_| Ok(()));
+        for (file, first, pages) in parts {
+            file.read_ahead(first, first + pages);
+        }
+        if mapped < end - addr {
+            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+        }
+        Ok(())
+    }
+
+    /// madvise(MADV_REMOVE): punches a hole in the objects that the shared mappings of `[addr,
+    /// addr + len)` map, where the range lies (their pages read as zeros from then on, in
+    /// every address space). As Linux 6.18 (checked with raw syscalls): EINVAL for an
+    /// unaligned address or when the walk meets anonymous private memory, EACCES when it meets
+    /// a private file mapping — the parts before are punched all the same — and ENOMEM, after
+    /// punching, when part of the range is unmapped; a length of 0 does nothing.
+    pub fn madvise_remove(&self, addr: u64, len: u64) -> vma::Result<()> {
+        let Some((addr, end)) = advise_range(addr, len)? else {
+            return Ok(());
+        };
+        let (parts, refused, mapped) = self.file_parts(addr, end, |mapping| match mapping.backing {
+            VmaBacking::Anonymous => Err(einval("MADV_REMOVE of anonymous private memory")),
+            VmaBacking::File(_) if !mapping.shared => {
+                Err(Error::new(Errno::EACCES, "MADV_REMOVE of a private file mapping"))
+            }
+            VmaBacking::File(_) => Ok(()),
+        });
+        for (file, first, pages) in parts {
+            file.punch_hole(first << vma::PAGE_SHIFT, pages << vma::PAGE_SHIFT)?;
+        }
+        if let Some(error) = refused {
+            return Err(error);
+        }
+        if mapped < end - addr {
+            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+        }
+        Ok(())
+    }
+
+    /// The walk of MADV_WILLNEED and MADV_REMOVE over `[addr, end)`: for each VMA part, in
+    /// order, `check` its mapping (an error stops the walk there, as Linux's
+    /// `madvise_walk_vmas`), then the file it maps with the part's first page offset and page
+    /// count (anonymous memory gives none). Returns those (before the refusal, if any), the
+    /// refusal, and the bytes of the range that are mapped.
+    #[allow(clippy::type_complexity)]
+    fn file_parts(
+        &self,
+        addr: u64,
+        end: u64,
+        check: impl Fn(&Mapping) -> vma::Result<()>,
+    ) -> (Vec<(Arc<File>, u64, u64)>, Option<Error>, u64) {
+        let guard = self.shared.space.guard_within(addr, end.min(ADDRESS_LIMIT));
+        let mut parts = Vec::new();
+        let mut mapped = 0;
+        for vma in self.shared.space.iter_from(addr, &guard) {
+            if vma.start() >= end {
+                break;
+            }
+            let mapping = vma.mapping();
+            if let Err(error) = check(mapping) {
+                return (parts, Some(error), mapped);
+            }
+            let (from, to) = (vma.start().max(addr), vma.end().min(end));
+            mapped += to - from;
+            if let Some(file) = shared_file(mapping) {
+                let first = mapping.pgoff + ((from - mapping.start) >> vma::PAGE_SHIFT);
+                parts.push((file, first, (to - from) >> vma::PAGE_SHIFT));
+            }
+        }
+        (parts, None, mapped)
     }
 
     /// madvise(MADV_DONTFORK): the mapped parts of `[addr, addr + len)` are left out of a

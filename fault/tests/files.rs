@@ -445,3 +445,58 @@ fn msync_writes_back_what_shared_mappings_wrote() {
     mm.msync(at, u64::MAX).unwrap();
     mm.msync(at, 0).unwrap();
 }
+
+/// MADV_WILLNEED reads a file mapping's pages into the page cache (mincore shows them);
+/// MADV_REMOVE punches a hole in the file under a shared mapping, for every address space;
+/// MAP_POPULATE brings a new mapping's pages in at once.
+#[test]
+fn willneed_reads_ahead_remove_punches_and_populate_faults_in() {
+    let frames = pool();
+    let file = File::new("/advised", &frames, &[7u8; 4 * 4096]);
+    let (mm, other) = (
+        Mm::new(MmConfig::default(), frames.clone()).unwrap(),
+        Mm::new(MmConfig::default(), frames.clone()).unwrap(),
+    );
+    let shared = |mm: &Mm| {
+        mm.mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0)))
+            .unwrap()
+    };
+    let (a, b) = (shared(&mm), shared(&other));
+    assert_eq!(mm.mincore(a, 4 * P).unwrap(), [false; 4]);
+    mm.madvise_willneed(a, 2 * P).unwrap();
+    assert!(file.cached(0) && file.cached(1) && !file.cached(2));
+    assert_eq!(
+        mm.mincore(a, 4 * P).unwrap(),
+        [true, true, false, false],
+        "cached, not mapped"
+    );
+    let byte = |mm: &Mm, addr: u64| {
+        let mut b = [0];
+        mm.read(addr, &mut b).unwrap();
+        b[0]
+    };
+    mm.write(a + P, &[9]).unwrap();
+    assert_eq!(byte(&other, b + P), 9);
+    mm.madvise_remove(a + P, P).unwrap();
+    assert_eq!(
+        (byte(&mm, a + P), byte(&other, b + P)),
+        (0, 0),
+        "punched everywhere"
+    );
+    assert_eq!((byte(&mm, a), byte(&mm, a + 2 * P)), (7, 7), "around the hole");
+    let mut on_file = [1];
+    file.read_at(P, &mut on_file).unwrap();
+    assert_eq!(on_file, [0]);
+    let flags = MapFlags {
+        populate: true,
+        ..MapFlags::PRIVATE_ANONYMOUS
+    };
+    let populated = mm.mmap(0, 3 * P, Prot::READ_WRITE, flags, None).unwrap();
+    assert_eq!(mm.mincore(populated, 3 * P).unwrap(), [true; 3]);
+    assert!(
+        mm.translation(populated).unwrap().writable(),
+        "written in: its own pages"
+    );
+    drop((mm, other, file));
+    assert_eq!(frames.in_use(), 0);
+}

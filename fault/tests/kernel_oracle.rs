@@ -1,6 +1,6 @@
 //! maplevm against the running kernel. Each case lays out the same mappings in a scratch range
 //! of a forked child process (raw syscalls) and in an `Mm` with x86-64 bounds, makes the same
-//! call in both (munmap, mprotect, mremap, MADV_DONTNEED, mmap), and requires the same result
+//! call in both (munmap, mprotect, mremap, madvise, mincore, mmap), and requires the same result
 //! (address or errno) and the same mappings in the scratch range afterwards. The child makes
 //! only raw system calls and writes what it saw to a pipe, so a call the kernel takes in a way
 //! that would wreck a process (an unmap reaching past the scratch range) wrecks only the child.
@@ -60,6 +60,27 @@ mod oracle {
         Msync(At, u64),
         /// Anonymous, not fixed: (length, shared, offset).
         MmapAnon(u64, bool, u64),
+        /// mincore: the pages resident, as bits from the first page up.
+        Mincore(At, u64),
+        /// A fixed private anonymous mmap with MAP_POPULATE, then mincore over it.
+        MmapPopulate(At, u64, Prot),
+        /// MADV_WILLNEED.
+        WillNeed(At, u64),
+        /// MADV_REMOVE.
+        Remove(At, u64),
+    }
+
+    /// What a layout's run maps.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        /// Private anonymous memory, untouched.
+        Anonymous,
+        /// Private anonymous memory, each page written.
+        Written,
+        /// A shared mapping of the scratch file (a memfd on Linux), at the page's own offset.
+        Shared,
+        /// A private mapping of the scratch file.
+        PrivateFile,
     }
 
     /// Result: the address returned (0 for calls returning nothing) or the errno.
@@ -79,19 +100,23 @@ mod oracle {
         bits
     }
 
-    /// The pages of a layout: 'w' read-write, 'r' read-only (private anonymous), '.' a hole;
-    /// runs of one letter are one VMA.
-    fn runs(layout: &str) -> Vec<(u64, u64, Prot)> {
-        let mut runs: Vec<(u64, u64, Prot)> = Vec::new();
+    /// The pages of a layout: 'w' read-write, 'W' read-write and written, 'r' read-only
+    /// (private anonymous); 's' shared and 'p' private read-write mappings of the scratch file;
+    /// '.' a hole. Runs of one letter are one VMA.
+    fn runs(layout: &str) -> Vec<(u64, u64, Prot, Kind)> {
+        let mut runs: Vec<(u64, u64, Prot, Kind)> = Vec::new();
         for (page, c) in layout.bytes().enumerate() {
-            let prot = match c {
-                b'w' => Prot::READ_WRITE,
-                b'r' => Prot::READ,
+            let (prot, kind) = match c {
+                b'w' => (Prot::READ_WRITE, Kind::Anonymous),
+                b'W' => (Prot::READ_WRITE, Kind::Written),
+                b'r' => (Prot::READ, Kind::Anonymous),
+                b's' => (Prot::READ_WRITE, Kind::Shared),
+                b'p' => (Prot::READ_WRITE, Kind::PrivateFile),
                 _ => continue,
             };
             match runs.last_mut() {
-                Some((_, end, p)) if *end == page as u64 && *p == prot => *end += 1,
-                _ => runs.push((page as u64, page as u64 + 1, prot)),
+                Some((_, end, p, k)) if *end == page as u64 && *p == prot && *k == kind => *end += 1,
+                _ => runs.push((page as u64, page as u64 + 1, prot, kind)),
             }
         }
         runs
@@ -112,23 +137,46 @@ mod oracle {
     ///
     /// # Safety
     /// Only in a child just forked from the process that reserved `[base, base + PAGES * P)`.
-    unsafe fn calls(base: u64, runs: &[(u64, u64, Prot)], call: Call) -> i64 {
+    unsafe fn calls(base: u64, runs: &[(u64, u64, Prot, Kind)], call: Call) -> i64 {
         use libc::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, syscall};
-        // SAFETY: (whole function) raw syscalls on our own scratch range and descriptors.
+        // SAFETY: (whole function) raw syscalls on our own scratch range and descriptors, and
+        // writes to pages just mapped writable.
         unsafe {
             syscall(libc::SYS_munmap, base, PAGES * P);
-            for &(start, end, prot) in runs {
-                let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+            let file = syscall(libc::SYS_memfd_create, c"scratch".as_ptr(), 0);
+            syscall(libc::SYS_ftruncate, file, PAGES * P);
+            for &(start, end, prot, kind) in runs {
+                let (flags, fd, offset) = match kind {
+                    Kind::Anonymous | Kind::Written => (MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                    Kind::Shared => (MAP_SHARED, file, start * P),
+                    Kind::PrivateFile => (MAP_PRIVATE, file, start * P),
+                };
+                let at = base + start * P;
+                let len = (end - start) * P;
                 syscall(
                     libc::SYS_mmap,
-                    base + start * P,
-                    (end - start) * P,
+                    at,
+                    len,
                     prot_bits(prot),
-                    flags,
-                    -1,
-                    0,
+                    flags | MAP_FIXED,
+                    fd,
+                    offset,
                 );
+                if kind == Kind::Written {
+                    for page in start..end {
+                        ((base + page * P) as *mut u8).write_volatile(1);
+                    }
+                }
             }
+            let resident = |at: u64, len: u64| {
+                let mut vec = [0u8; PAGES as usize];
+                let ret = syscall(libc::SYS_mincore, at, len, vec.as_mut_ptr());
+                if ret != 0 {
+                    return ret;
+                }
+                let pages = len.div_ceil(P).min(PAGES) as usize;
+                (0..pages).filter(|&i| vec[i] & 1 != 0).map(|i| 1i64 << i).sum()
+            };
             match call {
                 Call::Munmap(at, len) => syscall(libc::SYS_munmap, at.addr(base), len),
                 Call::Mprotect(at, len, prot) => {
@@ -174,6 +222,19 @@ mod oracle {
                     let prot = libc::PROT_READ | libc::PROT_WRITE;
                     syscall(libc::SYS_mmap, 0, len, prot, sharing | MAP_ANONYMOUS, -1, offset)
                 }
+                Call::Mincore(at, len) => resident(at.addr(base), len),
+                Call::MmapPopulate(at, len, prot) => {
+                    let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | libc::MAP_POPULATE;
+                    let placed = syscall(libc::SYS_mmap, at.addr(base), len, prot_bits(prot), flags, -1, 0);
+                    if placed == -1 {
+                        return -1;
+                    }
+                    resident(at.addr(base), len)
+                }
+                Call::WillNeed(at, len) => {
+                    syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_WILLNEED)
+                }
+                Call::Remove(at, len) => syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_REMOVE),
             }
         }
     }
@@ -200,11 +261,31 @@ mod oracle {
     fn maplevm(base: u64, layout: &str, call: Call) -> (Outcome, String) {
         let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
         let mm = Mm::new(MmConfig::default(), frames.clone()).unwrap();
-        for (start, end, prot) in runs(layout) {
-            let flags = MapFlags::PRIVATE_ANONYMOUS.fixed();
-            mm.mmap(base + start * P, (end - start) * P, prot, flags, None)
-                .unwrap();
+        let file = File::zeroed("/memfd:scratch", &frames, PAGES * P).unwrap();
+        for (start, end, prot, kind) in runs(layout) {
+            let (at, len) = (base + start * P, (end - start) * P);
+            let (flags, object) = match kind {
+                Kind::Anonymous | Kind::Written => (MapFlags::PRIVATE_ANONYMOUS, None),
+                Kind::Shared => (MapFlags::SHARED, Some((&file, start * P))),
+                Kind::PrivateFile => (MapFlags::PRIVATE, Some((&file, start * P))),
+            };
+            mm.mmap(at, len, prot, flags.fixed(), object).unwrap();
+            if kind == Kind::Written {
+                for page in start..end {
+                    mm.write(base + page * P, &[1]).unwrap();
+                }
+            }
         }
+        let resident = |at: u64, len: u64| {
+            mm.mincore(at, len).map(|pages| {
+                pages
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &resident)| resident)
+                    .map(|(i, _)| 1u64 << i)
+                    .sum()
+            })
+        };
         let anonymous_file = File::new("/ignored", &frames, &[]);
         let result = match call {
             Call::Munmap(at, len) => mm.munmap(at.addr(base), len).map(|()| 0),
@@ -226,6 +307,17 @@ mod oracle {
                 }
             }
             Call::Msync(at, len) => mm.msync(at.addr(base), len).map(|()| 0),
+            Call::Mincore(at, len) => resident(at.addr(base), len),
+            Call::MmapPopulate(at, len, prot) => {
+                let flags = MapFlags {
+                    populate: true,
+                    ..MapFlags::PRIVATE_ANONYMOUS.fixed()
+                };
+                mm.mmap(at.addr(base), len, prot, flags, None)
+                    .and_then(|start| resident(start, len))
+            }
+            Call::WillNeed(at, len) => mm.madvise_willneed(at.addr(base), len).map(|()| 0),
+            Call::Remove(at, len) => mm.madvise_remove(at.addr(base), len).map(|()| 0),
             Call::MmapAnon(len, shared, offset) => {
                 let flags = MapFlags {
                     shared,
@@ -420,6 +512,57 @@ mod oracle {
                 "w",
                 Call::DontFork(At::Page(0), 0, (At::Page(0), 0)),
             ),
+            // mincore: what is resident, holes, arguments.
+            ("mincore", "Ww.r", Call::Mincore(At::Page(0), 2 * P)),
+            (
+                "mincore of a file never read",
+                "ss",
+                Call::Mincore(At::Page(0), 2 * P),
+            ),
+            ("mincore over a hole", "W.W", Call::Mincore(At::Page(0), 3 * P)),
+            ("mincore unaligned", "W", Call::Mincore(At::Abs(1), P)),
+            ("mincore of nothing", "W", Call::Mincore(At::Page(0), 0)),
+            ("mincore beyond the space", "", Call::Mincore(At::Abs(1 << 47), P)),
+            // MAP_POPULATE: read-write and read-only pages come in, PROT_NONE ones do not.
+            (
+                "populate read-write",
+                "",
+                Call::MmapPopulate(At::Page(0), 3 * P, Prot::READ_WRITE),
+            ),
+            (
+                "populate read-only",
+                "",
+                Call::MmapPopulate(At::Page(0), 3 * P, Prot::READ),
+            ),
+            (
+                "populate PROT_NONE",
+                "",
+                Call::MmapPopulate(At::Page(0), 3 * P, Prot::NONE),
+            ),
+            // MADV_WILLNEED.
+            ("willneed anonymous", "ww", Call::WillNeed(At::Page(0), 2 * P)),
+            (
+                "willneed of a shared file",
+                "ss",
+                Call::WillNeed(At::Page(0), 2 * P),
+            ),
+            ("willneed over a hole", "w.w", Call::WillNeed(At::Page(0), 3 * P)),
+            ("willneed unaligned", "w", Call::WillNeed(At::Abs(1), P)),
+            // MADV_REMOVE: shared mappings only, the walk stopping at the first refusal.
+            ("remove shared", "ss", Call::Remove(At::Page(0), 2 * P)),
+            ("remove anonymous", "ww", Call::Remove(At::Page(0), P)),
+            (
+                "remove a private file mapping",
+                "pp",
+                Call::Remove(At::Page(0), P),
+            ),
+            (
+                "remove shared, then anonymous",
+                "sw",
+                Call::Remove(At::Page(0), 2 * P),
+            ),
+            ("remove over a hole", "s.s", Call::Remove(At::Page(0), 3 * P)),
+            ("remove unaligned", "s", Call::Remove(At::Abs(1), P)),
             // mmap of anonymous memory.
             ("shared anonymous, 64 TiB", "", Call::MmapAnon(1 << 46, true, 0)),
             (

@@ -22,6 +22,14 @@ fn byte(mm: &Mm, addr: u64) -> u8 {
     b[0]
 }
 
+/// A fixed private anonymous mapping that grows down (a stack).
+fn stack_flags() -> MapFlags {
+    MapFlags {
+        growsdown: true,
+        ..MapFlags::PRIVATE_ANONYMOUS.fixed()
+    }
+}
+
 fn frame_of(mm: &Mm, addr: u64) -> Option<fault::Frame> {
     mm.translation(addr).map(|pte| pte.frame())
 }
@@ -190,10 +198,7 @@ fn a_fork_beside_faulting_threads_keeps_each_sides_writes() {
 fn a_stack_grows_down_to_a_fault_within_its_limits() {
     let frames = pool();
     let mm = mm(&frames);
-    let stack = MapFlags {
-        growsdown: true,
-        ..MapFlags::PRIVATE_ANONYMOUS.fixed()
-    };
+    let stack = stack_flags();
     let top = 0x7000_0000_0000;
     let at = mm
         .mmap(top - 2 * P, 2 * P, Prot::READ_WRITE, stack, None)
@@ -233,10 +238,7 @@ fn a_stack_grows_down_to_a_fault_within_its_limits() {
 fn a_stack_stops_short_of_the_guard_gap_above_the_mapping_below() {
     let frames = pool();
     let mm = mm(&frames);
-    let stack = MapFlags {
-        growsdown: true,
-        ..MapFlags::PRIVATE_ANONYMOUS.fixed()
-    };
+    let stack = stack_flags();
     let base = 0x6000_0000_0000;
     mm.mmap(base, P, Prot::READ, MapFlags::PRIVATE_ANONYMOUS.fixed(), None)
         .unwrap();

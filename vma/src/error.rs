@@ -21,6 +21,8 @@ pub enum Errno {
     EFBIG,
     /// The storage below a file failed (writeback).
     EIO,
+    /// Permission denied: MADV_REMOVE of a private file mapping.
+    EACCES,
 }
 
 impl Errno {
@@ -31,6 +33,7 @@ impl Errno {
             Self::EIO => 5,
             Self::EBADF => 9,
             Self::ENOMEM => 12,
+            Self::EACCES => 13,
             Self::EFAULT => 14,
             Self::EEXIST => 17,
             Self::EINVAL => 22,
@@ -49,6 +52,7 @@ impl Errno {
             "EBADF" => Self::EBADF,
             "EFBIG" => Self::EFBIG,
             "EIO" => Self::EIO,
+            "EACCES" => Self::EACCES,
             _ => return None,
         })
     }

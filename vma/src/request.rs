@@ -70,6 +70,9 @@ pub struct MapFlags {
     pub fixed_noreplace: bool,
     /// MAP_GROWSDOWN.
     pub growsdown: bool,
+    /// MAP_POPULATE: fault the pages in at once (the layer with page tables does; the VMAs are
+    /// the same either way).
+    pub populate: bool,
 }
 
 impl MapFlags {
@@ -81,6 +84,7 @@ impl MapFlags {
         fixed: false,
         fixed_noreplace: false,
         growsdown: false,
+        populate: false,
     };
     /// MAP_PRIVATE (a file mapping).
     pub const PRIVATE: MapFlags = MapFlags {

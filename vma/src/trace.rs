@@ -12,7 +12,7 @@
 //! ```
 //!
 //! PROT is like `rw-`; FLAGS is a comma-separated list of `private shared anonymous fixed
-//! fixed_noreplace growsdown maymove` (unknown flags are ignored with a warning); FILE is a name
+//! fixed_noreplace growsdown populate maymove` (unknown flags are ignored with a warning); FILE is a name
 //! (the same name is the same object) and PGOFF a byte offset. A `-> RESULT` records what the
 //! system that produced the trace returned: an address (the replay then places the mapping there,
 //! as MAP_FIXED_NOREPLACE, or moves it there for mremap, so layouts stay comparable) or an error
@@ -146,6 +146,7 @@ fn flags(word: &str) -> (MapFlags, RemapFlags, Vec<String>) {
             "fixed" => (map.fixed, remap.fixed) = (true, true),
             "fixed_noreplace" => map.fixed_noreplace = true,
             "growsdown" => map.growsdown = true,
+            "populate" => map.populate = true,
             "maymove" => remap.maymove = true,
             other => unknown.push(other.to_string()),
         }

@@ -282,7 +282,14 @@ pub trait Design: Send + Sync {
         let (flags, object) = self.memory().mapped_object(len, flags, file)?;
         let request = MmapRequest::new(layout, addr, len, prot, flags, object)?;
         fault::reserve_huge_pages(&request)?;
-        self.change(Op::Map(request))
+        let (len, step) = (request.length(), request.alignment());
+        let start = self.change(Op::Map(request))?;
+        if flags.populate {
+            fault::populate((start, len, step), (prot, flags.shared), |addr, access| {
+                self.fault(addr, access)
+            });
+        }
+        Ok(start)
     }
 
     /// munmap.
