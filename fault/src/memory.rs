@@ -378,7 +378,8 @@ impl Memory {
     /// whose VMA maps the same): a private mapping's own pages (anonymous memory, copies made
     /// on write) become copy-on-write in both, each write-protected and referenced once more;
     /// a shared mapping's pages, and the file pages a private mapping reads, are not copied
-    /// (the child faults them from the file, as Linux leaves them to its faults). The range is
+    /// (the child faults them from the file, as Linux leaves them to its faults); guards are
+    /// copied in every mapping, as Linux copies them. The range is
     /// fenced meanwhile (see `fence`): no fault of this memory there is between its lookup and
     /// its install, so none can upgrade a page in place that the copy has just shared. A
     /// private file mapping's copies are made inside the file's section for its pages, with no
@@ -389,6 +390,13 @@ impl Memory {
     /// read-side section of `rcu`, this memory's domain.
     pub fn copy_for_fork(&self, child: &Memory, mapping: &Mapping, rcu: &DefaultRcu) -> bool {
         if mapping.shared {
+            // Only the guards (MADV_GUARD_INSTALL) come along; a mapping of huge pages has none
+            // (and its walk would unshare its page tables).
+            if mapping.page_size() == PAGE_SIZE {
+                let _guard = Guard::keyed(rcu, Keys::new(mapping.start, mapping.end - 1));
+                self.table
+                    .copy_protected(mapping.start, mapping.end, &child.table, |_| false);
+            }
             return false;
         }
         let file = File::of(mapping);
@@ -707,6 +715,9 @@ impl Memory {
         // Acquire pairs with the Release of the CAS that installed the entry: the frame's
         // contents are visible.
         let current = Pte(entry.load(Ordering::Acquire));
+        if current.guard() {
+            return Err(FaultError::NotMapped);
+        }
         let write = access == Access::Write;
         if current.readable() && (!write || current.writable()) {
             return Ok(Attempt::Done(Fault::AlreadyMapped));

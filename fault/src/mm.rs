@@ -529,6 +529,67 @@ impl Mm {
         (parts, None, mapped)
     }
 
+    /// madvise(MADV_GUARD_INSTALL), Linux 6.13's guard regions: every page of the mapped parts
+    /// of `[addr, addr + len)` becomes a guard, where a fault is a segmentation fault, without
+    /// splitting a VMA; what was mapped there goes (the page reads as zeros once the guard is
+    /// removed). A fault racing the install either finds the guard or installed first and its
+    /// translation is taken; when this returns, no access through one is still in progress.
+    /// Guards stay through MADV_DONTNEED, mprotect and truncate, move with mremap, come along
+    /// in a fork's child, and go with munmap. As Linux 6.18 (checked with raw syscalls): EINVAL
+    /// for an unaligned address or a mapping of huge pages (the walk stops there), ENOMEM,
+    /// after installing, when part of the range is unmapped; a length of 0 does nothing.
+    pub fn madvise_guard_install(&self, addr: u64, len: u64) -> vma::Result<()> {
+        self.guard_pages(addr, len, true)
+    }
+
+    /// madvise(MADV_GUARD_REMOVE): the guards of the mapped parts of `[addr, addr + len)`
+    /// become holes again (a fault maps a fresh page); errors as for
+    /// [`Mm::madvise_guard_install`].
+    pub fn madvise_guard_remove(&self, addr: u64, len: u64) -> vma::Result<()> {
+        self.guard_pages(addr, len, false)
+    }
+
+    /// MADV_GUARD_INSTALL (`install`) or MADV_GUARD_REMOVE.
+    fn guard_pages(&self, addr: u64, len: u64, install: bool) -> vma::Result<()> {
+        let Some((addr, full_end)) = advise_range(addr, len)? else {
+            return Ok(());
+        };
+        let end = full_end.min(ADDRESS_LIMIT);
+        let (space, memory) = (&self.shared.space, &self.shared.memory);
+        let (mut frames, mut revoked, mut mapped, mut refused) = (Vec::new(), Revoked::new(), 0, Ok(()));
+        if addr < end {
+            // Keyed to the range: writers elsewhere do not wait for this walk.
+            let guard = space.guard_within(addr, end);
+            for vma in space.iter_from(addr, &guard) {
+                if vma.start() >= end {
+                    break;
+                }
+                if vma.mapping().page_size() != PAGE_SIZE {
+                    refused = Err(einval("guard regions in a mapping of huge pages"));
+                    break;
+                }
+                let (from, to) = (vma.start().max(addr), vma.end().min(end));
+                if install {
+                    let taken = memory.table().guard(from, to);
+                    revoked.record(!taken.is_empty(), from, to);
+                    frames.extend(taken);
+                } else {
+                    memory.table().unguard(from, to);
+                }
+                mapped += to - from;
+            }
+            drop(guard);
+            // Released after the guard is gone, as MADV_DONTNEED's.
+            memory.release_later(frames, (addr, end), space.rcu());
+            space.await_revoked(&revoked);
+        }
+        refused?;
+        if mapped < full_end - addr {
+            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+        }
+        Ok(())
+    }
+
     /// madvise(MADV_DONTFORK): the mapped parts of `[addr, addr + len)` are left out of a
     /// fork's child (see [`AddressSpace::set_dontfork`]).
     pub fn madvise_dontfork(&self, addr: u64, len: u64) -> vma::Result<()> {

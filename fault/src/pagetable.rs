@@ -4,7 +4,9 @@
 //! Entry format (`u64`): bit 0 present (the entry holds a frame), bit 1 writable, bit 2 dirty,
 //! bit 3 accessed, bit 4 private (the frame is the mapping's own copy, not a file's page), bit 5
 //! no-access (the frame is kept but the translation grants nothing: PROT_NONE), bit 6 huge (an
-//! entry of the level above the leaves that maps a huge frame itself: Linux's PMD leaf); bits
+//! entry of the level above the leaves that maps a huge frame itself: Linux's PMD leaf), bit 8
+//! guard (alone: a leaf that maps nothing and where a fault is a segmentation fault,
+//! MADV_GUARD_INSTALL; kept by every range operation but zap, moved by relocate); bits
 //! 12.. hold the frame number shifted left by 12 (leaves) or the address of the next table
 //! (upper levels; tables are 4096-aligned). A present leaf entry holds one reference on its
 //! frame. "Leaf" below means either kind: a 4 KiB entry of the lowest level or a huge entry.
@@ -29,6 +31,7 @@
 use crate::frames::Frame;
 use maple::rcu::{DropBox, Keys, Rcu};
 use maple::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use vma::PAGE_SIZE;
 
 /// The translation is valid.
 pub const PRESENT: u64 = 1 << 0;
@@ -48,6 +51,9 @@ pub const HUGE: u64 = 1 << 6;
 pub const HUGE_PAGE_SIZE: u64 = 1 << 21;
 /// A level-3 entry linking a level-2 table shared with other page tables.
 pub const SHARED: u64 = 1 << 7;
+/// A leaf entry that maps nothing and is no hole either: a guard (MADV_GUARD_INSTALL), where a
+/// fault is a segmentation fault. Never [`PRESENT`].
+pub const GUARD: u64 = 1 << 8;
 /// Bytes a level-2 table maps: what one shared table covers.
 pub const SHARED_SPAN: u64 = 1 << 30;
 
@@ -125,6 +131,11 @@ impl Pte {
     /// Whether it maps a huge frame ([`HUGE`]).
     pub fn huge(self) -> bool {
         self.0 & HUGE != 0
+    }
+
+    /// Whether it is a guard ([`GUARD`]).
+    pub fn guard(self) -> bool {
+        self.0 == GUARD
     }
 }
 
@@ -368,12 +379,12 @@ impl PageTable {
         })
     }
 
-    /// Removes every translation in `[start, end)` but keeps the tables, and returns the frames
-    /// they held (put them once no reader can still be copying through an old translation).
-    /// Safe against faults installing meanwhile (MADV_DONTNEED); call it inside a read-side
-    /// section.
+    /// Removes every translation in `[start, end)` but keeps the tables and the guards, and
+    /// returns the frames they held (put them once no reader can still be copying through an
+    /// old translation). Safe against faults installing meanwhile (MADV_DONTNEED); call it
+    /// inside a read-side section.
     pub fn clear(&self, start: u64, end: u64) -> Vec<Frame> {
-        self.take_entries(start, end, &mut |_, _, _, _| {})
+        self.clear_if(start, end, |_| true)
     }
 
     /// Removes the translations in `[start, end)` for which `matches` holds (a hole punch
@@ -396,6 +407,33 @@ impl PageTable {
             }
         });
         frames
+    }
+
+    /// Turns every 4 KiB entry of `[start, end)` into a guard (MADV_GUARD_INSTALL), allocating
+    /// tables as needed; returns the frames of the translations it replaced (put them once no
+    /// reader can still be copying through them). Each entry changes with one compare-and-swap:
+    /// a fault that raced it either installed first, and its translation is taken here, or
+    /// finds the guard when it tries. Call it inside a read-side section.
+    pub fn guard(&self, start: u64, end: u64) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        for addr in (start..end).step_by(PAGE_SIZE as usize) {
+            let entry = self.entry_or_insert(addr);
+            // AcqRel as in `take_entries`.
+            let old = entry.swap(GUARD, Ordering::AcqRel);
+            if old & PRESENT != 0 {
+                frames.push(Pte(old).frame());
+            }
+        }
+        frames
+    }
+
+    /// Turns the guards of `[start, end)` back into holes (MADV_GUARD_REMOVE). Call it inside
+    /// a read-side section.
+    pub fn unguard(&self, start: u64, end: u64) {
+        self.for_each_entry(start, end, |_, entry| {
+            // Release pairs with the Acquire of faults that find the hole.
+            let _ = entry.compare_exchange(GUARD, 0, Ordering::Release, Ordering::Relaxed);
+        });
     }
 
     /// The present entries of `[start, end)`, with their addresses, in address order. Call it
@@ -572,9 +610,10 @@ impl PageTable {
 
     /// fork's copy-on-write copy: every present leaf entry of `[start, end)` that `matches` is
     /// write-protected here and installed, write-protected too, at the same address in `child`,
-    /// which holds none there. Returns the frames copied (the caller takes a reference on each
-    /// for the child before anyone can walk the child's entries) and whether an entry lost its
-    /// write permission here (revoked). The caller keeps this range's faults out meanwhile.
+    /// which holds none there; every guard is copied as it is. Returns the frames copied (the
+    /// caller takes a reference on each for the child before anyone can walk the child's
+    /// entries) and whether an entry lost its write permission here (revoked). The caller keeps
+    /// this range's faults out meanwhile.
     pub fn copy_protected(
         &self,
         start: u64,
@@ -585,6 +624,10 @@ impl PageTable {
         let mut frames = Vec::new();
         let mut revoked = false;
         self.for_each_entry(start, end, |addr, entry| {
+            if Pte(entry.load(Ordering::Acquire)).guard() {
+                child.entry_or_insert(addr).store(GUARD, Ordering::Release);
+                return;
+            }
             // AcqRel: orders with accesses through the entry, as `protect_if`.
             let Ok(old) = entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
                 (old & PRESENT != 0 && matches(Pte(old))).then_some(old & !WRITABLE)
@@ -613,7 +656,8 @@ impl PageTable {
         let mut moved = false;
         self.for_each_entry(from, from.saturating_add(len), |addr, entry| {
             let old = entry.swap(0, Ordering::AcqRel);
-            if old & PRESENT != 0 {
+            // A guard moves too.
+            if old & PRESENT != 0 || Pte(old).guard() {
                 let at = addr - from + to;
                 let destination = if old & HUGE != 0 {
                     self.huge_entry_or_insert(at)
@@ -622,7 +666,7 @@ impl PageTable {
                 };
                 let previous = destination.swap(old, Ordering::AcqRel);
                 debug_assert_eq!(previous, 0, "relocate into a range with translations");
-                moved = true;
+                moved |= old & PRESENT != 0;
             }
         });
         moved

@@ -14,7 +14,7 @@ mod child;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod oracle {
     use super::child;
-    use fault::{File, FramePool, FramePoolConfig, Mm, MmConfig};
+    use fault::{Access, File, FramePool, FramePoolConfig, Mm, MmConfig};
     use std::sync::Arc;
     use vma::{Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
 
@@ -68,6 +68,9 @@ mod oracle {
         WillNeed(At, u64),
         /// MADV_REMOVE.
         Remove(At, u64),
+        /// MADV_GUARD_INSTALL, then (when the second range is not empty) MADV_GUARD_REMOVE over
+        /// it; then which of the first 8 pages take a write (as bits), the fault answering.
+        Guard(At, u64, (At, u64)),
     }
 
     /// What a layout's run maps.
@@ -235,6 +238,25 @@ mod oracle {
                     syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_WILLNEED)
                 }
                 Call::Remove(at, len) => syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_REMOVE),
+                Call::Guard(at, len, (back, back_len)) => {
+                    const MADV_GUARD_INSTALL: i64 = 102;
+                    const MADV_GUARD_REMOVE: i64 = 103;
+                    if syscall(libc::SYS_madvise, at.addr(base), len, MADV_GUARD_INSTALL) != 0 {
+                        return -1;
+                    }
+                    if back_len != 0
+                        && syscall(libc::SYS_madvise, back.addr(base), back_len, MADV_GUARD_REMOVE) != 0
+                    {
+                        return -1;
+                    }
+                    // read(2) from /dev/zero into a page faults it for writing, as a store
+                    // would, and answers EFAULT where the store would be a SIGSEGV.
+                    let zero = libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY);
+                    (0..8)
+                        .filter(|&page| libc::read(zero, (base + page * P) as *mut _, 1) == 1)
+                        .map(|page| 1i64 << page)
+                        .sum()
+                }
             }
         }
     }
@@ -318,6 +340,20 @@ mod oracle {
             }
             Call::WillNeed(at, len) => mm.madvise_willneed(at.addr(base), len).map(|()| 0),
             Call::Remove(at, len) => mm.madvise_remove(at.addr(base), len).map(|()| 0),
+            Call::Guard(at, len, (back, back_len)) => mm
+                .madvise_guard_install(at.addr(base), len)
+                .and_then(|()| {
+                    if back_len == 0 {
+                        return Ok(());
+                    }
+                    mm.madvise_guard_remove(back.addr(base), back_len)
+                })
+                .map(|()| {
+                    (0..8)
+                        .filter(|&page| mm.fault(base + page * P, Access::Write).is_ok())
+                        .map(|page| 1u64 << page)
+                        .sum()
+                }),
             Call::MmapAnon(len, shared, offset) => {
                 let flags = MapFlags {
                     shared,
@@ -563,6 +599,37 @@ mod oracle {
             ),
             ("remove over a hole", "s.s", Call::Remove(At::Page(0), 3 * P)),
             ("remove unaligned", "s", Call::Remove(At::Abs(1), P)),
+            // Guard regions: no split, guards where installed, holes where removed.
+            (
+                "guard a page",
+                "WWWW",
+                Call::Guard(At::Page(1), P, (At::Page(0), 0)),
+            ),
+            (
+                "guard, then remove one",
+                "WWW",
+                Call::Guard(At::Page(0), 3 * P, (At::Page(1), P)),
+            ),
+            (
+                "guard a shared file",
+                "ss",
+                Call::Guard(At::Page(0), P, (At::Page(0), 0)),
+            ),
+            (
+                "guard over a hole",
+                "W.WW",
+                Call::Guard(At::Page(0), 4 * P, (At::Page(0), 0)),
+            ),
+            (
+                "guard unaligned",
+                "W",
+                Call::Guard(At::Abs(1), P, (At::Page(0), 0)),
+            ),
+            (
+                "guard nothing",
+                "W",
+                Call::Guard(At::Page(0), 0, (At::Page(0), 0)),
+            ),
             // mmap of anonymous memory.
             ("shared anonymous, 64 TiB", "", Call::MmapAnon(1 << 46, true, 0)),
             (

@@ -295,3 +295,56 @@ fn madv_dontfork_leaves_a_range_out_of_the_child_and_dofork_takes_it_back() {
     drop((parent, child, second));
     assert_eq!(frames.in_use(), 0);
 }
+
+#[test]
+fn guard_regions_stay_through_dontneed_mprotect_truncate_and_fork_and_move_with_mremap() {
+    use fault::{Access, FaultError};
+    let frames = pool();
+    let mm = mm(&frames);
+    let a = mm
+        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None)
+        .unwrap();
+    for page in 0..4 {
+        mm.write(a + page * P, &[9]).unwrap();
+    }
+    mm.madvise_guard_install(a + P, P).unwrap();
+    assert_eq!(mm.space().vma_count(), 1, "no split");
+    let guarded = |mm: &Mm, addr: u64| mm.fault(addr, Access::Read) == Err(FaultError::NotMapped);
+    assert!(guarded(&mm, a + P) && !guarded(&mm, a));
+    mm.madvise_dontneed(a, 4 * P).unwrap();
+    mm.mprotect(a, 4 * P, Prot::READ).unwrap();
+    mm.mprotect(a, 4 * P, Prot::READ_WRITE).unwrap();
+    assert!(guarded(&mm, a + P), "kept through MADV_DONTNEED and mprotect");
+    let child = mm.fork().unwrap();
+    assert!(guarded(&child, a + P), "the child gets the guard");
+    let moved = mm
+        .mremap(
+            a,
+            4 * P,
+            4 * P,
+            vma::RemapFlags {
+                maymove: true,
+                fixed: true,
+            },
+            a + 64 * P,
+        )
+        .unwrap();
+    assert!(
+        guarded(&mm, moved + P) && !guarded(&mm, moved + 2 * P),
+        "moved with the mapping"
+    );
+    mm.madvise_guard_remove(moved, 4 * P).unwrap();
+    assert_eq!(byte(&mm, moved + P), 0, "a fresh page where the guard was");
+    // A shared file mapping: truncate keeps the guard, and a fork copies it too.
+    let file = File::new("/guarded", &frames, &[3u8; 2 * 4096]);
+    let s = mm
+        .mmap(0, 2 * P, Prot::READ_WRITE, MapFlags::SHARED, Some((&file, 0)))
+        .unwrap();
+    mm.madvise_guard_install(s, P).unwrap();
+    file.set_len(0).unwrap();
+    file.set_len(2 * P).unwrap();
+    assert!(guarded(&mm, s) && !guarded(&mm, s + P));
+    assert!(guarded(&mm.fork().unwrap(), s));
+    drop((mm, child, file));
+    assert_eq!(frames.in_use(), 0);
+}
