@@ -123,29 +123,28 @@ pub enum Progress {
     Fenced,
 }
 
-/// MAP_POPULATE (Linux's `populate_vma_page_range`): faults in every page of `[start, start +
-/// len)`, pages of `step` bytes, through `fault` — for writing in a private writable mapping
-/// (its pages become the mapping's own, as a write would make them), for reading otherwise;
-/// nothing where `prot` allows no access. A fault that fails ends it quietly: the mmap has
-/// succeeded all the same, as on Linux.
+/// MAP_POPULATE and mlock (Linux's `populate_vma_page_range`): faults in every page of
+/// `[start, start + len)`, pages of `step` bytes, through `fault` — for writing in a private
+/// writable mapping (its pages become the mapping's own, as a write would make them), for
+/// reading otherwise; nothing where `prot` allows no access. A fault that fails ends it.
+/// Returns whether every page came in (false where `prot` allows no access): MAP_POPULATE
+/// ignores the answer (the mmap has succeeded all the same, as on Linux), mlock answers ENOMEM.
 pub fn populate(
     (start, len, step): (u64, u64, u64),
     (prot, shared): (vma::Prot, bool),
     mut fault: impl FnMut(u64, Access) -> Result<Fault, FaultError>,
-) {
+) -> bool {
     if !prot.any() {
-        return;
+        return false;
     }
     let access = if prot.write && !shared {
         Access::Write
     } else {
         Access::Read
     };
-    for addr in (start..start + len).step_by(step as usize) {
-        if fault(addr, access).is_err() {
-            return;
-        }
-    }
+    (start..start + len)
+        .step_by(step as usize)
+        .all(|addr| fault(addr, access).is_ok())
 }
 
 /// Whether `mapping` permits `access`.

@@ -112,6 +112,8 @@ struct ReverseMapping {
     /// First address of the VMA (its first page maps the interval's first page offset).
     start: u64,
     mapper: Weak<dyn Mapper>,
+    /// The VMA is locked (mlock): eviction leaves its pages alone.
+    locked: bool,
 }
 
 impl ReverseMapping {
@@ -1231,7 +1233,8 @@ impl File {
                 break;
             }
             self.clock.store(pgoff + 1, Ordering::Relaxed);
-            if dirty && self.write_back(pgoff).is_err() {
+            // A page a locked VMA maps (mlock) is never evicted.
+            if self.locked(pgoff) || (dirty && self.write_back(pgoff).is_err()) {
                 continue;
             }
             if self.invalidate(pgoff, pgoff + 1, Removal::Evict, || {}) {
@@ -1239,6 +1242,14 @@ impl File {
             }
         }
         evicted
+    }
+
+    /// Whether a locked VMA (mlock), in any address space, maps page `pgoff`.
+    fn locked(&self, pgoff: u64) -> bool {
+        let guard = self.reverse_map.guard();
+        self.reverse_map
+            .overlapping(pgoff, pgoff + 1, &guard)
+            .any(|interval| interval.value.locked)
     }
 
     /// The address spaces with a VMA mapping pages of `[first, end)`, each once.
@@ -1369,6 +1380,7 @@ impl ReverseMapWriter<'_> {
         let entry = ReverseMapping {
             start: mapping.start,
             mapper: mapper.clone(),
+            locked: mapping.locked,
         };
         self.file
             .reverse_map

@@ -478,6 +478,7 @@ impl Mm {
             return Ok(());
         };
         let (parts, refused, mapped) = self.file_parts(addr, end, |mapping| match mapping.backing {
+            _ if mapping.locked => Err(einval("MADV_REMOVE of locked memory")),
             VmaBacking::Anonymous => Err(einval("MADV_REMOVE of anonymous private memory")),
             VmaBacking::File(_) if !mapping.shared => {
                 Err(Error::new(Errno::EACCES, "MADV_REMOVE of a private file mapping"))
@@ -529,6 +530,55 @@ impl Mm {
         (parts, None, mapped)
     }
 
+    /// mlock(2): the VMAs covering `[addr, addr + len)` (the address rounded down to a page, the
+    /// length, with the address's offset, up) are locked — their pages never evicted,
+    /// MADV_DONTNEED, MADV_REMOVE and guards refused there, the lock not inherited by a fork's
+    /// child — then every page of the range is faulted in. As Linux 6.18 (checked with raw
+    /// syscalls): ENOMEM at a hole (the VMAs before it are locked, nothing is faulted in), and
+    /// ENOMEM when a page cannot come in (PROT_NONE), the VMAs staying locked; nothing for a
+    /// length of 0.
+    pub fn mlock(&self, addr: u64, len: u64) -> vma::Result<()> {
+        let (start, end) = self.shared.space.set_locked(addr, len, true)?;
+        if start == end {
+            return Ok(());
+        }
+        let parts: Vec<(u64, u64, u64, Prot, bool)> = {
+            let guard = self.shared.space.guard_within(start, end);
+            self.shared
+                .space
+                .iter_from(start, &guard)
+                .take_while(|vma| vma.start() < end)
+                .map(|vma| {
+                    let m = vma.mapping();
+                    (
+                        m.start.max(start),
+                        m.end.min(end),
+                        m.page_size(),
+                        m.prot,
+                        m.shared,
+                    )
+                })
+                .collect()
+        };
+        for (from, to, step, prot, shared) in parts {
+            let from = from & !(step - 1);
+            let fault = |addr, access| self.fault(addr, access);
+            if !populate((from, to - from, step), (prot, shared), fault) {
+                return Err(Error::new(
+                    Errno::ENOMEM,
+                    "a page of the range cannot be brought in",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// munlock(2): undoes mlock on the VMAs covering the range (see [`Mm::mlock`]); ENOMEM at a
+    /// hole, after unlocking what comes before it.
+    pub fn munlock(&self, addr: u64, len: u64) -> vma::Result<()> {
+        self.shared.space.set_locked(addr, len, false).map(drop)
+    }
+
     /// madvise(MADV_GUARD_INSTALL), Linux 6.13's guard regions: every page of the mapped parts
     /// of `[addr, addr + len)` becomes a guard, where a fault is a segmentation fault, without
     /// splitting a VMA; what was mapped there goes (the page reads as zeros once the guard is
@@ -564,8 +614,10 @@ impl Mm {
                 if vma.start() >= end {
                     break;
                 }
-                if vma.mapping().page_size() != PAGE_SIZE {
-                    refused = Err(einval("guard regions in a mapping of huge pages"));
+                if vma.mapping().page_size() != PAGE_SIZE || vma.mapping().locked {
+                    refused = Err(einval(
+                        "guard regions in locked memory or a mapping of huge pages",
+                    ));
                     break;
                 }
                 let (from, to) = (vma.start().max(addr), vma.end().min(end));

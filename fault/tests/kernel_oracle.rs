@@ -71,6 +71,16 @@ mod oracle {
         /// MADV_GUARD_INSTALL, then (when the second range is not empty) MADV_GUARD_REMOVE over
         /// it; then which of the first 8 pages take a write (as bits), the fault answering.
         Guard(At, u64, (At, u64)),
+        /// mlock, then what comes after; then mincore over the locked range.
+        Mlock(At, u64, After),
+    }
+
+    /// What a case does after mlock.
+    #[derive(Debug, Clone, Copy)]
+    enum After {
+        Nothing,
+        Munlock(At, u64),
+        DontNeed(At, u64),
     }
 
     /// What a layout's run maps.
@@ -104,7 +114,8 @@ mod oracle {
     }
 
     /// The pages of a layout: 'w' read-write, 'W' read-write and written, 'r' read-only
-    /// (private anonymous); 's' shared and 'p' private read-write mappings of the scratch file;
+    /// (private anonymous), 'n' PROT_NONE; 's' shared and 'p' private read-write mappings of the
+    /// scratch file;
     /// '.' a hole. Runs of one letter are one VMA.
     fn runs(layout: &str) -> Vec<(u64, u64, Prot, Kind)> {
         let mut runs: Vec<(u64, u64, Prot, Kind)> = Vec::new();
@@ -115,6 +126,7 @@ mod oracle {
                 b'r' => (Prot::READ, Kind::Anonymous),
                 b's' => (Prot::READ_WRITE, Kind::Shared),
                 b'p' => (Prot::READ_WRITE, Kind::PrivateFile),
+                b'n' => (Prot::NONE, Kind::Anonymous),
                 _ => continue,
             };
             match runs.last_mut() {
@@ -257,6 +269,22 @@ mod oracle {
                         .map(|page| 1i64 << page)
                         .sum()
                 }
+                Call::Mlock(at, len, after) => {
+                    if syscall(libc::SYS_mlock, at.addr(base), len) != 0 {
+                        return -1;
+                    }
+                    let after = match after {
+                        After::Nothing => 0,
+                        After::Munlock(a, l) => syscall(libc::SYS_munlock, a.addr(base), l),
+                        After::DontNeed(a, l) => {
+                            syscall(libc::SYS_madvise, a.addr(base), l, libc::MADV_DONTNEED)
+                        }
+                    };
+                    if after != 0 {
+                        return -1;
+                    }
+                    resident(at.addr(base), len)
+                }
             }
         }
     }
@@ -340,6 +368,14 @@ mod oracle {
             }
             Call::WillNeed(at, len) => mm.madvise_willneed(at.addr(base), len).map(|()| 0),
             Call::Remove(at, len) => mm.madvise_remove(at.addr(base), len).map(|()| 0),
+            Call::Mlock(at, len, after) => mm
+                .mlock(at.addr(base), len)
+                .and_then(|()| match after {
+                    After::Nothing => Ok(()),
+                    After::Munlock(a, l) => mm.munlock(a.addr(base), l),
+                    After::DontNeed(a, l) => mm.madvise_dontneed(a.addr(base), l),
+                })
+                .and_then(|()| resident(at.addr(base), len)),
             Call::Guard(at, len, (back, back_len)) => mm
                 .madvise_guard_install(at.addr(base), len)
                 .and_then(|()| {
@@ -629,6 +665,48 @@ mod oracle {
                 "guard nothing",
                 "W",
                 Call::Guard(At::Page(0), 0, (At::Page(0), 0)),
+            ),
+            // mlock and munlock: splits and merges, population, holes, what locked memory refuses.
+            ("mlock", "wwww", Call::Mlock(At::Page(1), 2 * P, After::Nothing)),
+            (
+                "mlock over a hole",
+                "ww.w",
+                Call::Mlock(At::Page(1), 3 * P, After::Nothing),
+            ),
+            (
+                "mlock, munlock all: merged back",
+                "www",
+                Call::Mlock(At::Page(1), P, After::Munlock(At::Page(0), 3 * P)),
+            ),
+            (
+                "munlock over a hole",
+                "w.w",
+                Call::Mlock(At::Page(0), P, After::Munlock(At::Page(0), 3 * P)),
+            ),
+            (
+                "mlock PROT_NONE",
+                "nn",
+                Call::Mlock(At::Page(0), 2 * P, After::Nothing),
+            ),
+            (
+                "mlock beyond the space",
+                "",
+                Call::Mlock(At::Abs(1 << 47), P, After::Nothing),
+            ),
+            (
+                "mlock of nothing",
+                "w",
+                Call::Mlock(At::Page(0), 0, After::Nothing),
+            ),
+            (
+                "dontneed of locked memory",
+                "ww",
+                Call::Mlock(At::Page(0), P, After::DontNeed(At::Page(0), 2 * P)),
+            ),
+            (
+                "mlock of a shared file",
+                "ss",
+                Call::Mlock(At::Page(0), 2 * P, After::Nothing),
             ),
             // mmap of anonymous memory.
             ("shared anonymous, 64 TiB", "", Call::MmapAnon(1 << 46, true, 0)),

@@ -348,3 +348,40 @@ fn guard_regions_stay_through_dontneed_mprotect_truncate_and_fork_and_move_with_
     drop((mm, child, file));
     assert_eq!(frames.in_use(), 0);
 }
+
+#[test]
+fn mlock_brings_pages_in_keeps_them_from_eviction_and_is_not_inherited() {
+    use fault::Shrinker;
+    let frames = pool();
+    let file = File::new("/locked", &frames, &[4u8; 4 * 4096]);
+    let mm = mm(&frames);
+    let a = mm
+        .mmap(0, 4 * P, Prot::READ, MapFlags::SHARED, Some((&file, 0)))
+        .unwrap();
+    mm.mlock(a, 2 * P).unwrap();
+    assert_eq!(mm.mincore(a, 4 * P).unwrap(), [true, true, false, false]);
+    mm.read(a + 2 * P, &mut [0]).unwrap();
+    // Memory pressure: the pages of the locked part stay, the other one goes.
+    file.shrink(4);
+    assert!(file.cached(0) && file.cached(1), "locked pages are never evicted");
+    assert!(!file.cached(2), "an unlocked page is");
+    // Locked memory refuses MADV_DONTNEED, MADV_REMOVE and guards.
+    let einval = |result: vma::Result<()>| result.map_err(|e| e.errno) == Err(vma::Errno::EINVAL);
+    assert!(einval(mm.madvise_dontneed(a, P)));
+    assert!(einval(mm.madvise_remove(a, P)));
+    assert!(einval(mm.madvise_guard_install(a, P)));
+    // A fork's child does not inherit the lock (the boundary stays, as on Linux).
+    let child = mm.fork().unwrap();
+    assert_eq!(child.space().vma_count(), 2);
+    child.space().validate().unwrap();
+    child.madvise_dontneed(a, P).unwrap();
+    // munlock: the parts merge back and the pages may go.
+    mm.munlock(a, 4 * P).unwrap();
+    assert_eq!(mm.space().vma_count(), 1);
+    mm.madvise_dontneed(a, 4 * P).unwrap();
+    drop((mm, child));
+    file.shrink(4);
+    assert!(!file.cached(0));
+    drop(file);
+    assert_eq!(frames.in_use(), 0);
+}

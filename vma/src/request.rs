@@ -340,6 +340,7 @@ impl MmapRequest {
             accounted: !self.shared && self.prot.write,
             name: None,
             dontfork: false,
+            locked: false,
         }
     }
 }
@@ -398,11 +399,15 @@ pub fn advise_range(addr: u64, len: u64) -> Result<Option<(u64, u64)>> {
     Ok(Some((addr, end)))
 }
 
-/// The part of `[from, to)` (inside `mapping`) that MADV_DONTNEED drops: all of it, but in a
-/// mapping of huge pages EINVAL unless `from` is at a huge-page boundary, and the end rounded
+/// The part of `[from, to)` (inside `mapping`) that MADV_DONTNEED drops: all of it, but EINVAL
+/// for locked memory (mlock), and in a mapping of huge pages EINVAL unless `from` is at a
+/// huge-page boundary, and the end rounded
 /// down to one (Linux's `madvise_dontneed_free_valid_vma`: callers may not know that the
 /// mapping uses huge pages, and rounding down loses no data). The part may be empty.
 pub fn dontneed_part(mapping: &Mapping, from: u64, to: u64) -> Result<(u64, u64)> {
+    if mapping.locked {
+        return Err(einval("MADV_DONTNEED of locked memory"));
+    }
     let huge = mapping.page_size();
     if from % huge != 0 {
         return Err(einval("MADV_DONTNEED inside a huge page"));

@@ -18,6 +18,7 @@ use crate::{PAGE_SHIFT, PAGE_SIZE, STACK_GUARD_GAP, STACK_LIMIT};
 use maple::Guard;
 use maple::rcu::DefaultRcu;
 use maple::sync::Mutex;
+use maple::sync::atomic::{AtomicBool, Ordering};
 use smallvec::smallvec;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -32,6 +33,43 @@ pub enum Lookup<'g> {
     Baby,
     /// Nothing is mapped there.
     Unmapped,
+}
+
+/// mprotect's and mlock's walk: the mappings covering `[start, end)` from its start without a
+/// hole, with the start of the first and where the change ends (`end`, or the hole); ENOMEM
+/// when nothing covers `start`, EINVAL when the change would split a mapping of huge pages
+/// inside a page.
+fn covered_from(writer: &TreeWriter<'_>, start: u64, end: u64) -> Result<(Vec<Mapping>, u64, u64)> {
+    let mut covered: Vec<Mapping> = Vec::new();
+    let mut at = start;
+    while at < end
+        && let Some((_, _, vma)) = writer.load_range(at)
+    {
+        covered.push(vma.mapping().clone());
+        at = vma.end();
+    }
+    let Some(first) = covered.first() else {
+        return Err(enomem("the range starts in unmapped memory"));
+    };
+    let (lo, changed_end) = (first.start, end.min(at));
+    check_splits(start, changed_end, Some(first), covered.last())?;
+    Ok((covered, lo, changed_end))
+}
+
+/// `mappings` split at `start` and `end`, their parts inside changed by `change`.
+fn reshaped(mappings: &[Mapping], (start, end): (u64, u64), change: impl Fn(Mapping) -> Mapping) -> Mappings {
+    let mut new = Mappings::with_capacity(mappings.len() + 2);
+    for mapping in mappings {
+        let (from, to) = (mapping.start.max(start), mapping.end.min(end));
+        if mapping.start < from {
+            new.push(mapping.slice(mapping.start, from));
+        }
+        new.push(change(mapping.slice(from, to)));
+        if to < mapping.end {
+            new.push(mapping.slice(to, mapping.end));
+        }
+    }
+    new
 }
 
 /// Where the free range holding `last` effectively ends: at the start of the VMA right after
@@ -59,6 +97,9 @@ pub struct AddressSpace {
     protocol: Protocol,
     layout: Layout,
     heap: Mutex<Heap>,
+    /// Filled by fork: neighbours that differ only in the flags a child does not inherit
+    /// (mlock's) keep their parent's boundary, as Linux's `dup_mmap` keeps them.
+    forked: AtomicBool,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -79,6 +120,7 @@ impl AddressSpace {
             protocol: Protocol::new(flush),
             layout,
             heap: Mutex::new(Heap { start: low, brk: low }),
+            forked: AtomicBool::new(false),
         })
     }
 
@@ -120,9 +162,14 @@ impl AddressSpace {
         for mapping in &mappings {
             child.protocol.link(mapping);
         }
+        child.forked.store(true, Ordering::Relaxed);
         child_writer
             .fill(mappings.iter().map(|mapping| {
-                let vma = Vma::new(mapping.clone());
+                // Memory locks are not inherited.
+                let vma = Vma::new(Mapping {
+                    locked: false,
+                    ..mapping.clone()
+                });
                 // Nobody can find it before the tree is filled.
                 vma.birth();
                 (mapping.start, mapping.end - 1, Box::new(vma))
@@ -193,7 +240,8 @@ impl AddressSpace {
 
     /// Checks the space's invariants: the tree's structure, every VMA page aligned, inside the
     /// bounds, usable (between operations nothing is BABY or ZOMBIE), and no two adjacent VMAs
-    /// that Linux would have merged.
+    /// that Linux would have merged (except in a space that fork filled, which keeps its
+    /// parent's boundaries).
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.protocol.tree.validate()?;
         let guard = self.guard();
@@ -215,7 +263,8 @@ impl AddressSpace {
                     m.start, m.end
                 ));
             }
-            if previous.is_some_and(|p| p.can_merge(m)) {
+            // Relaxed: read by the caller between operations, after the fork that set it.
+            if previous.is_some_and(|p| p.can_merge(m)) && !self.forked.load(Ordering::Relaxed) {
                 return Err(format!(
                     "VMA {:#x}-{:#x} should have merged with the one before",
                     m.start, m.end
@@ -401,36 +450,13 @@ impl AddressSpace {
             return Ok(());
         };
         let mut writer = self.protocol.tree.lock();
-        // The VMAs covering the range from its start without a hole.
-        let mut covered = Vec::new();
-        let mut at = addr;
-        while at < end
-            && let Some((_, _, vma)) = writer.load_range(at)
-        {
-            covered.push(vma.mapping().clone());
-            at = vma.end();
-        }
-        let Some(first) = covered.first() else {
-            return Err(enomem("the range starts in unmapped memory"));
-        };
-        let (lo, hi) = (first.start, at);
-        let changed_end = end.min(hi);
-        check_splits(addr, changed_end, Some(first), covered.last())?;
-        let mut new = Mappings::with_capacity(covered.len() + 2);
-        for mapping in &covered {
-            let (from, to) = (mapping.start.max(addr), mapping.end.min(changed_end));
-            if mapping.start < from {
-                new.push(mapping.slice(mapping.start, from));
-            }
-            new.push(Mapping {
-                prot,
-                accounted: mapping.accounted || (!mapping.shared && prot.write),
-                ..mapping.slice(from, to)
-            });
-            if to < mapping.end {
-                new.push(mapping.slice(to, mapping.end));
-            }
-        }
+        let (covered, lo, changed_end) = covered_from(&writer, addr, end)?;
+        let hi = covered.last().map_or(changed_end, |last| last.end);
+        let new = reshaped(&covered, (addr, changed_end), |part| Mapping {
+            prot,
+            accounted: part.accounted || (!part.shared && prot.write),
+            ..part
+        });
         self.protocol.settle(
             &mut writer,
             Change { lo, hi, new },
@@ -635,27 +661,49 @@ impl AddressSpace {
         };
         check_splits(addr, end, Some(first), Some(last))?;
         let (lo, hi) = (first.start, last.end);
-        let mut new = Mappings::with_capacity(old.len() + 2);
-        let mut mapped = 0;
-        for mapping in &old {
-            let (from, to) = (mapping.start.max(addr), mapping.end.min(end));
-            mapped += to - from;
-            if mapping.start < from {
-                new.push(mapping.slice(mapping.start, from));
-            }
-            new.push(Mapping {
-                dontfork,
-                ..mapping.slice(from, to)
-            });
-            if to < mapping.end {
-                new.push(mapping.slice(to, mapping.end));
-            }
-        }
+        let mapped: u64 = old.iter().map(|m| m.end.min(end) - m.start.max(addr)).sum();
+        let new = reshaped(&old, (addr, end), |part| Mapping { dontfork, ..part });
         self.protocol.reshape(&mut writer, Change { lo, hi, new });
         if mapped < end - addr {
             return Err(enomem("part of the range is unmapped"));
         }
         Ok(())
+    }
+
+    /// mlock's and munlock's part in the VMAs: `locked` set or cleared on the VMAs covering
+    /// `[addr, addr + len)` from its start without a hole — the address rounded down to a page,
+    /// the length, with the address's offset in its page, up — VMAs split at the range's ends
+    /// and merged where the flag makes them alike, as Linux's `apply_vma_lock_flags`: ENOMEM at
+    /// the first hole (after changing what comes before it) or when nothing is mapped at the
+    /// start, EINVAL for a range wrapping around; nothing for an empty range. Mappings of huge
+    /// pages keep their flag (Linux never locks them). Faults do not read the flag: the VMAs
+    /// are usable throughout (`Protocol::reshape`). Returns the range `[start, end)` changed.
+    pub fn set_locked(&self, addr: u64, len: u64, locked: bool) -> Result<(u64, u64)> {
+        let start = addr & !(PAGE_SIZE - 1);
+        let end = len
+            .checked_add(addr - start)
+            .and_then(|len| len.checked_next_multiple_of(PAGE_SIZE))
+            .and_then(|len| start.checked_add(len))
+            .ok_or(einval("range wraps around the top of the address range"))?;
+        if start == end {
+            return Ok((start, end));
+        }
+        let mut writer = self.protocol.tree.lock();
+        let (covered, lo, changed_end) = covered_from(&writer, start, end)?;
+        let hi = covered.last().map_or(changed_end, |last| last.end);
+        let new = reshaped(&covered, (start, changed_end), |part| Mapping {
+            locked: if part.page_size() == PAGE_SIZE {
+                locked
+            } else {
+                part.locked
+            },
+            ..part
+        });
+        self.protocol.reshape(&mut writer, Change { lo, hi, new });
+        if changed_end < end {
+            return Err(enomem("part of the range is unmapped"));
+        }
+        Ok((start, end))
     }
 
     /// Sets where the heap starts (and empties it): `brk` grows it from there.
@@ -708,6 +756,7 @@ impl AddressSpace {
                 accounted: true,
                 name: None,
                 dontfork: false,
+                locked: false,
             };
             let change = Change {
                 lo: old_top,

@@ -177,6 +177,8 @@ pub struct Mapping {
     pub name: Option<Arc<str>>,
     /// Left out of a fork's child (MADV_DONTFORK; Linux's VM_DONTCOPY).
     pub dontfork: bool,
+    /// Locked in memory (mlock; Linux's VM_LOCKED): its pages are brought in and never evicted.
+    pub locked: bool,
 }
 
 impl Mapping {
@@ -211,6 +213,7 @@ impl Mapping {
             && self.growsdown == next.growsdown
             && self.accounted == next.accounted
             && self.dontfork == next.dontfork
+            && self.locked == next.locked
             && self.name == next.name
             && self.backing.same_object(&next.backing)
             && self.pgoff + self.pages() == next.pgoff
@@ -230,6 +233,7 @@ impl Mapping {
             && self.growsdown == other.growsdown
             && self.accounted == other.accounted
             && self.dontfork == other.dontfork
+            && self.locked == other.locked
             && self.name == other.name
             && self.backing.same_object(&other.backing)
     }

@@ -141,6 +141,15 @@ fn run(seed: u64, steps: usize) {
                     "step {step}: {description}"
                 );
             }
+            96 => {
+                let (addr, len, locked) = (rng.addr() + rng.below(3) * 5, rng.len(), rng.chance(60));
+                description = format!("mlock({addr:#x}, {len:#x}, locked {locked})");
+                assert_eq!(
+                    space.set_locked(addr, len, locked).map_err(|e| e.errno),
+                    model.set_locked(addr, len, locked),
+                    "step {step}: {description}"
+                );
+            }
             93..=95 => {
                 let (addr, len, dontfork) = (rng.addr(), rng.len(), rng.chance(60));
                 description = format!("madvise({addr:#x}, {len:#x}, dontfork {dontfork})");

@@ -327,6 +327,7 @@ mod tests {
             accounted: true,
             name: None,
             dontfork: false,
+            locked: false,
         };
         PerVma::new(mapping, seq)
     }

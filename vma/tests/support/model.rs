@@ -16,6 +16,7 @@ pub struct Page {
     growsdown: bool,
     accounted: bool,
     dontfork: bool,
+    locked: bool,
 }
 
 impl Page {
@@ -27,6 +28,7 @@ impl Page {
             && self.growsdown == next.growsdown
             && self.accounted == next.accounted
             && self.dontfork == next.dontfork
+            && self.locked == next.locked
             && self.pgoff + 1 == next.pgoff
     }
 }
@@ -237,6 +239,7 @@ impl Model {
                 growsdown: flags.growsdown,
                 accounted: !shared && prot.write,
                 dontfork: false,
+                locked: false,
             };
             self.pages.insert(start + i * PAGE_SIZE, page);
         }
@@ -304,6 +307,26 @@ impl Model {
             return Err(Errno::ENOMEM);
         }
         Ok(())
+    }
+
+    /// mlock's or munlock's flag over the pages from `addr`'s page on, `len` with `addr`'s
+    /// offset rounded up: set up to the first hole, which answers ENOMEM.
+    pub fn set_locked(&mut self, addr: u64, len: u64, locked: bool) -> Res<(u64, u64)> {
+        let start = addr - addr % PAGE_SIZE;
+        let end = len
+            .checked_add(addr - start)
+            .and_then(|len| len.checked_next_multiple_of(PAGE_SIZE))
+            .and_then(|len| start.checked_add(len))
+            .ok_or(Errno::EINVAL)?;
+        let mut at = start;
+        while at < end {
+            match self.pages.get_mut(&at) {
+                Some(page) => page.locked = locked,
+                None => return Err(Errno::ENOMEM),
+            }
+            at += PAGE_SIZE;
+        }
+        Ok((start, end))
     }
 
     /// The maximal run holding `addr`.
@@ -453,6 +476,7 @@ impl Model {
                         growsdown: false,
                         accounted: true,
                         dontfork: false,
+                        locked: false,
                     },
                 );
             }
