@@ -62,6 +62,9 @@ pub struct Memory {
     sharing: Mutex<()>,
     /// Whether faults link shared page tables at all.
     share_page_tables: bool,
+    /// Ranges of MADV_FREE: their clean private pages may go when memory is short (sorted,
+    /// apart).
+    lazyfree: Mutex<Vec<(u64, u64)>>,
     /// Whether writers that keep this table's faults out of a range without the VMA protocol
     /// fence it (see `fence`): on for [`Mm`](crate::Mm), whose faults hold no guard while
     /// they wait.
@@ -125,6 +128,7 @@ impl Memory {
             shares: Mutex::new(HashMap::new()),
             sharing: Mutex::new(()),
             share_page_tables: true,
+            lazyfree: Mutex::new(Vec::new()),
             fenced: false,
             fence: FaultFence::default(),
             #[cfg(feature = "shuttle")]
@@ -346,6 +350,50 @@ impl Memory {
         // (a batch of 16 retirements could be 16 whole regions); the slot domain reclaims the
         // sealed batch on the spot when no reader is running.
         rcu.push_retired();
+    }
+
+    /// MADV_FREE of `[start, end)`, private anonymous memory: its pages are cleaned — write
+    /// permission and the dirty bit taken off, so that a write faults and marks the page
+    /// dirty again — and the range is recorded, for `Memory::reclaim_lazyfree` to take the
+    /// pages still clean when memory is short. Returns whether a translation lost its write
+    /// permission (the caller waits for the accesses through it: a write in flight lands
+    /// before the page counts as clean). Call it inside a read-side section.
+    pub fn mark_lazyfree(&self, start: u64, end: u64) -> bool {
+        let revoked = self.table.clean(start, end);
+        let mut ranges = self.lazyfree.lock().unwrap_or_else(|e| e.into_inner());
+        ranges.push((start, end));
+        ranges.sort_unstable();
+        ranges.dedup_by(|next, previous| {
+            let joins = next.0 <= previous.1;
+            if joins {
+                previous.1 = previous.1.max(next.1);
+            }
+            joins
+        });
+        revoked
+    }
+
+    /// Takes the pages of MADV_FREE's ranges that are still clean — not written since, and
+    /// held by this page table alone — until about `want` frames are let go of (they go back a
+    /// grace period of `rcu` later); a range gone through leaves the list (its pages written
+    /// since are no longer lazily freed). A fault racing it either wrote first (the page is
+    /// dirty and stays) or finds the hole and maps a zeroed page. Returns how many frames it
+    /// let go of.
+    pub(crate) fn reclaim_lazyfree(&self, want: usize, rcu: &DefaultRcu) -> usize {
+        let mut freed = 0;
+        while freed < want {
+            let Some((start, end)) = self.lazyfree.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                break;
+            };
+            let guard = Guard::keyed(rcu, Keys::new(start, end - 1));
+            let frames = self.table.clear_if(start, end, |pte| {
+                pte.private() && !pte.dirty() && pte.0 & WRITABLE == 0 && !self.frames.shared(pte.frame())
+            });
+            drop(guard);
+            freed += frames.len();
+            self.release_later(frames, (start, end), rcu);
+        }
+        freed
     }
 
     /// Removes the translations of `[start, end)` and releases their frames after a grace

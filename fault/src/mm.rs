@@ -12,11 +12,12 @@
 
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, allows, populate};
 use crate::file::{File, Mapper};
-use crate::frames::FramePool;
+use crate::frames::{FramePool, Shrinker};
 use crate::memory::{Memory, einval, reserve_huge_pages};
 use crate::pagetable::{ADDRESS_LIMIT, Pte};
 use crate::stats::{Counter, FaultStats};
 use maple::rcu::{DefaultRcu, Rcu};
+use maple::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use vma::request::{MmapRequest, advise_range, dontneed_part};
 use vma::{
@@ -87,6 +88,15 @@ struct Shared {
     memory: Arc<Memory>,
     /// What it was built with (fork builds the child alike).
     config: MmConfig,
+    /// Whether it is among its frame pool's shrinkers (from its first MADV_FREE on).
+    shrinks: AtomicBool,
+}
+
+/// Memory pressure reaches an address space through its MADV_FREE ranges.
+impl Shrinker for Shared {
+    fn shrink(&self, want: usize) -> usize {
+        self.memory.reclaim_lazyfree(want, self.space.rcu())
+    }
 }
 
 impl Mapper for Shared {
@@ -168,6 +178,7 @@ impl Mm {
                 space,
                 memory,
                 config,
+                shrinks: AtomicBool::new(false),
             }
         });
         Ok(Self { shared })
@@ -528,6 +539,60 @@ impl Mm {
             }
         }
         (parts, None, mapped)
+    }
+
+    /// madvise(MADV_FREE): the pages of `[addr, addr + len)`, private anonymous memory, may be
+    /// freed lazily: they stay, with their contents, until memory is short (the frame pool's
+    /// shrinkers, or [`Mm::reclaim`]), when those not written since go (the page then reads as
+    /// zeros); a page written since MADV_FREE stays. As Linux 6.18 (checked with raw
+    /// syscalls): EINVAL for an unaligned address or when the walk meets a file mapping,
+    /// shared memory, locked memory or a mapping of huge pages (the walk stops there), ENOMEM,
+    /// after the rest, when part of the range is unmapped; a length of 0 does nothing.
+    pub fn madvise_free(&self, addr: u64, len: u64) -> vma::Result<()> {
+        let Some((addr, full_end)) = advise_range(addr, len)? else {
+            return Ok(());
+        };
+        let end = full_end.min(ADDRESS_LIMIT);
+        let (space, memory) = (&self.shared.space, &self.shared.memory);
+        // Memory pressure reaches this address space from now on. Relaxed: the pool's list is
+        // behind its own lock; this only keeps the registration to one.
+        if !self.shared.shrinks.swap(true, Ordering::Relaxed) {
+            let shrinker: Weak<dyn Shrinker> = Arc::downgrade(&self.shared) as Weak<Shared>;
+            memory.frames().register_shrinker(shrinker);
+        }
+        let (mut revoked, mut mapped, mut refused) = (Revoked::new(), 0, Ok(()));
+        if addr < end {
+            // Keyed to the range: writers elsewhere do not wait for this walk.
+            let guard = space.guard_within(addr, end);
+            for vma in space.iter_from(addr, &guard) {
+                if vma.start() >= end {
+                    break;
+                }
+                let mapping = vma.mapping();
+                let anonymous = matches!(mapping.backing, VmaBacking::Anonymous) && !mapping.shared;
+                if !anonymous || mapping.locked {
+                    refused = Err(einval("MADV_FREE of memory other than private anonymous"));
+                    break;
+                }
+                let (from, to) = (vma.start().max(addr), vma.end().min(end));
+                revoked.record(memory.mark_lazyfree(from, to), from, to);
+                mapped += to - from;
+            }
+            drop(guard);
+            space.await_revoked(&revoked);
+        }
+        refused?;
+        if mapped < full_end - addr {
+            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+        }
+        Ok(())
+    }
+
+    /// Memory pressure on this address space alone (what the frame pool's shrinkers do when
+    /// it runs out): lets go of up to about `want` frames of pages MADV_FREE left clean;
+    /// returns how many (they go back to the pool a grace period later).
+    pub fn reclaim(&self, want: usize) -> usize {
+        self.shared.shrink(want)
     }
 
     /// mlock(2): the VMAs covering `[addr, addr + len)` (the address rounded down to a page, the

@@ -133,6 +133,11 @@ impl Pte {
         self.0 & HUGE != 0
     }
 
+    /// Whether a write went through it since it was installed or last cleaned ([`DIRTY`]).
+    pub fn dirty(self) -> bool {
+        self.0 & DIRTY != 0
+    }
+
     /// Whether it is a guard ([`GUARD`]).
     pub fn guard(self) -> bool {
         self.0 == GUARD
@@ -407,6 +412,21 @@ impl PageTable {
             }
         });
         frames
+    }
+
+    /// Takes the dirty bit off the private present entries of `[start, end)` (MADV_FREE: the
+    /// caller has taken write permission off first, so that a write faults and sets it again);
+    /// returns whether one was writable still (a fault upgraded it meanwhile: revoked again).
+    pub fn clean(&self, start: u64, end: u64) -> bool {
+        let mut revoked = false;
+        self.for_each_entry(start, end, |_, entry| {
+            // AcqRel: orders with faults that compare-and-swap the entry, as `protect_if`.
+            let changed = entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                (old & PRESENT != 0 && old & PRIVATE != 0).then_some(old & !(WRITABLE | DIRTY))
+            });
+            revoked |= changed.is_ok_and(|old| old & WRITABLE != 0);
+        });
+        revoked
     }
 
     /// Turns every 4 KiB entry of `[start, end)` into a guard (MADV_GUARD_INSTALL), allocating

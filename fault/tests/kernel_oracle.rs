@@ -73,6 +73,8 @@ mod oracle {
         Guard(At, u64, (At, u64)),
         /// mlock, then what comes after; then mincore over the locked range.
         Mlock(At, u64, After),
+        /// MADV_FREE, then mincore over the range (no memory pressure: everything stays).
+        Free(At, u64),
     }
 
     /// What a case does after mlock.
@@ -269,6 +271,12 @@ mod oracle {
                         .map(|page| 1i64 << page)
                         .sum()
                 }
+                Call::Free(at, len) => {
+                    if syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_FREE) != 0 {
+                        return -1;
+                    }
+                    resident(at.addr(base), len)
+                }
                 Call::Mlock(at, len, after) => {
                     if syscall(libc::SYS_mlock, at.addr(base), len) != 0 {
                         return -1;
@@ -368,6 +376,9 @@ mod oracle {
             }
             Call::WillNeed(at, len) => mm.madvise_willneed(at.addr(base), len).map(|()| 0),
             Call::Remove(at, len) => mm.madvise_remove(at.addr(base), len).map(|()| 0),
+            Call::Free(at, len) => mm
+                .madvise_free(at.addr(base), len)
+                .and_then(|()| resident(at.addr(base), len)),
             Call::Mlock(at, len, after) => mm
                 .mlock(at.addr(base), len)
                 .and_then(|()| match after {
@@ -708,6 +719,14 @@ mod oracle {
                 "ss",
                 Call::Mlock(At::Page(0), 2 * P, After::Nothing),
             ),
+            // MADV_FREE: private anonymous memory only; without memory pressure nothing goes.
+            ("free written pages", "WW", Call::Free(At::Page(0), 2 * P)),
+            ("free untouched read-only", "r", Call::Free(At::Page(0), P)),
+            ("free a shared file", "ss", Call::Free(At::Page(0), P)),
+            ("free a private file", "pp", Call::Free(At::Page(0), P)),
+            ("free, then a private file", "Wp", Call::Free(At::Page(0), 2 * P)),
+            ("free over a hole", "W.W", Call::Free(At::Page(0), 3 * P)),
+            ("free unaligned", "W", Call::Free(At::Abs(1), P)),
             // mmap of anonymous memory.
             ("shared anonymous, 64 TiB", "", Call::MmapAnon(1 << 46, true, 0)),
             (

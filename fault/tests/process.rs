@@ -22,6 +22,17 @@ fn byte(mm: &Mm, addr: u64) -> u8 {
     b[0]
 }
 
+/// A private anonymous mapping of `pages` pages, page `i` written with `i + 1`.
+fn written_pages(mm: &Mm, pages: u64) -> u64 {
+    let a = mm
+        .mmap(0, pages * P, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None)
+        .unwrap();
+    for page in 0..pages {
+        mm.write(a + page * P, &[page as u8 + 1]).unwrap();
+    }
+    a
+}
+
 /// A fixed private anonymous mapping that grows down (a stack).
 fn stack_flags() -> MapFlags {
     MapFlags {
@@ -265,12 +276,7 @@ fn a_stack_stops_short_of_the_guard_gap_above_the_mapping_below() {
 fn madv_dontfork_leaves_a_range_out_of_the_child_and_dofork_takes_it_back() {
     let frames = pool();
     let parent = mm(&frames);
-    let a = parent
-        .mmap(0, 4 * P, Prot::READ_WRITE, MapFlags::PRIVATE_ANONYMOUS, None)
-        .unwrap();
-    for page in 0..4 {
-        parent.write(a + page * P, &[page as u8 + 1]).unwrap();
-    }
+    let a = written_pages(&parent, 4);
     parent.madvise_dontfork(a + P, 2 * P).unwrap();
     // The flag splits the VMA (maps shows no flag, only the split) and no page moves.
     assert_eq!(parent.space().vma_count(), 3);
@@ -383,5 +389,41 @@ fn mlock_brings_pages_in_keeps_them_from_eviction_and_is_not_inherited() {
     file.shrink(4);
     assert!(!file.cached(0));
     drop(file);
+    assert_eq!(frames.in_use(), 0);
+}
+
+#[test]
+fn madv_free_pages_go_under_pressure_unless_written_again() {
+    let frames = pool();
+    let mm = mm(&frames);
+    let a = written_pages(&mm, 4);
+    mm.madvise_free(a, 4 * P).unwrap();
+    // No pressure yet: everything is still there.
+    assert_eq!(byte(&mm, a), 1);
+    assert_eq!(mm.mincore(a, 4 * P).unwrap(), [true; 4]);
+    // Written again: page 1 is the mapping's once more.
+    mm.write(a + P, &[42]).unwrap();
+    let before = frames.in_use();
+    assert_eq!(mm.reclaim(16), 3, "pages 0, 2 and 3 were not written since");
+    mm.barrier();
+    assert_eq!(frames.in_use(), before - 3);
+    assert_eq!(mm.mincore(a, 4 * P).unwrap(), [false, true, false, false]);
+    assert_eq!((byte(&mm, a), byte(&mm, a + P), byte(&mm, a + 2 * P)), (0, 42, 0));
+    assert_eq!(mm.reclaim(16), 0, "nothing left to take");
+    // Pages a fork's child shares stay.
+    mm.write(a + 3 * P, &[7]).unwrap();
+    let child = mm.fork().unwrap();
+    mm.madvise_free(a, 4 * P).unwrap();
+    assert_eq!(mm.reclaim(16), 0, "every page is the child's too");
+    assert_eq!((byte(&child, a + P), byte(&child, a + 3 * P)), (42, 7));
+    // Only private anonymous memory may be freed lazily.
+    let shared = mm
+        .mmap(0, P, Prot::READ_WRITE, MapFlags::SHARED_ANONYMOUS, None)
+        .unwrap();
+    assert_eq!(
+        mm.madvise_free(shared, P).map_err(|e| e.errno),
+        Err(vma::Errno::EINVAL)
+    );
+    drop((mm, child));
     assert_eq!(frames.in_use(), 0);
 }
