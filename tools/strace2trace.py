@@ -28,16 +28,25 @@ def prot(text):
 
 
 def flags(text, names):
+    """The trace's flag words for strace's FLAG|FLAG text: each known name, and any other flag
+    of the same family lowercased without its prefix, so that the replay warns about it rather
+    than this converter dropping it."""
     out = []
+    prefix = "MAP_" if names is MAP else "MREMAP_"
     for bit in text.split("|"):
         name = names.get(bit)
         if name:
             out.append(name)
+        elif bit.startswith(prefix):
+            out.append(bit[len(prefix):].lower())
     return ",".join(out)
 
 
 MAP = {"MAP_PRIVATE": "private", "MAP_SHARED": "shared", "MAP_ANONYMOUS": "anonymous", "MAP_FIXED": "fixed",
-       "MAP_FIXED_NOREPLACE": "fixed_noreplace", "MAP_GROWSDOWN": "growsdown"}
+       "MAP_FIXED_NOREPLACE": "fixed_noreplace", "MAP_GROWSDOWN": "growsdown", "MAP_POPULATE": "populate",
+       "MAP_NORESERVE": "noreserve", "MAP_STACK": "stack", "MAP_LOCKED": "locked",
+       "MAP_DENYWRITE": "denywrite", "MAP_EXECUTABLE": "executable", "MAP_FILE": "file",
+       "MAP_NONBLOCK": "nonblock"}
 REMAP = {"MREMAP_MAYMOVE": "maymove", "MREMAP_FIXED": "fixed"}
 
 

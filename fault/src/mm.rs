@@ -299,7 +299,8 @@ impl Mm {
         reserve_huge_pages(&request)?;
         let (len, step) = (request.length(), request.alignment());
         let start = self.shared.space.map(request)?;
-        if flags.populate {
+        // MAP_LOCKED brings the pages in as mlock does (Linux ignores a failure here too).
+        if flags.populate || flags.locked {
             populate((start, len, step), (prot, flags.shared), |addr, access| {
                 self.fault(addr, access)
             });

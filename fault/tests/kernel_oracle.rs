@@ -75,6 +75,9 @@ mod oracle {
         Mlock(At, u64, After),
         /// MADV_FREE, then mincore over the range (no memory pressure: everything stays).
         Free(At, u64),
+        /// A fixed private anonymous mmap with Linux's `MAP_NORESERVE`, `MAP_STACK` and
+        /// `MAP_LOCKED` bits as given: the flags that decide whether it merges.
+        MmapFlags(At, u64, Prot, i32),
     }
 
     /// What a case does after mlock.
@@ -271,6 +274,10 @@ mod oracle {
                         .map(|page| 1i64 << page)
                         .sum()
                 }
+                Call::MmapFlags(at, len, prot, extra) => {
+                    let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | extra;
+                    syscall(libc::SYS_mmap, at.addr(base), len, prot_bits(prot), flags, -1, 0)
+                }
                 Call::Free(at, len) => {
                     if syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_FREE) != 0 {
                         return -1;
@@ -376,6 +383,15 @@ mod oracle {
             }
             Call::WillNeed(at, len) => mm.madvise_willneed(at.addr(base), len).map(|()| 0),
             Call::Remove(at, len) => mm.madvise_remove(at.addr(base), len).map(|()| 0),
+            Call::MmapFlags(at, len, prot, extra) => {
+                let flags = MapFlags {
+                    noreserve: extra & libc::MAP_NORESERVE != 0,
+                    stack: extra & libc::MAP_STACK != 0,
+                    locked: extra & libc::MAP_LOCKED != 0,
+                    ..MapFlags::PRIVATE_ANONYMOUS.fixed()
+                };
+                mm.mmap(at.addr(base), len, prot, flags, None)
+            }
             Call::Free(at, len) => mm
                 .madvise_free(at.addr(base), len)
                 .and_then(|()| resident(at.addr(base), len)),
@@ -430,6 +446,7 @@ mod oracle {
             flags,
             new_addr: At::Page(target),
         };
+        let flags_call = |prot: Prot, extra: i32| Call::MmapFlags(At::Page(1), P, prot, extra);
         let cases: Vec<(&str, &str, Call)> = vec![
             // msync's argument checks and holes.
             ("msync of mapped pages", "ww", Call::Msync(At::Page(0), 2 * P)),
@@ -718,6 +735,28 @@ mod oracle {
                 "mlock of a shared file",
                 "ss",
                 Call::Mlock(At::Page(0), 2 * P, After::Nothing),
+            ),
+            // The flags that keep a new mapping apart from its neighbour (a plain one merges).
+            ("next to, plain", "w", flags_call(Prot::READ_WRITE, 0)),
+            (
+                "next to, MAP_NORESERVE",
+                "w",
+                flags_call(Prot::READ_WRITE, libc::MAP_NORESERVE),
+            ),
+            (
+                "read-only, MAP_NORESERVE",
+                "r",
+                flags_call(Prot::READ, libc::MAP_NORESERVE),
+            ),
+            (
+                "next to, MAP_STACK",
+                "w",
+                flags_call(Prot::READ_WRITE, libc::MAP_STACK),
+            ),
+            (
+                "next to, MAP_LOCKED",
+                "w",
+                flags_call(Prot::READ_WRITE, libc::MAP_LOCKED),
             ),
             // MADV_FREE: private anonymous memory only; without memory pressure nothing goes.
             ("free written pages", "WW", Call::Free(At::Page(0), 2 * P)),

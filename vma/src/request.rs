@@ -73,6 +73,13 @@ pub struct MapFlags {
     /// MAP_POPULATE: fault the pages in at once (the layer with page tables does; the VMAs are
     /// the same either way).
     pub populate: bool,
+    /// MAP_NORESERVE: not charged to the commit limit (Linux's VM_NORESERVE, no VM_ACCOUNT).
+    pub noreserve: bool,
+    /// MAP_STACK: a thread stack, which Linux 6.7 on keeps out of transparent huge pages
+    /// (VM_NOHUGEPAGE).
+    pub stack: bool,
+    /// MAP_LOCKED: locked as by mlock (VM_LOCKED), its pages faulted in at once.
+    pub locked: bool,
 }
 
 impl MapFlags {
@@ -85,6 +92,9 @@ impl MapFlags {
         fixed_noreplace: false,
         growsdown: false,
         populate: false,
+        noreserve: false,
+        stack: false,
+        locked: false,
     };
     /// MAP_PRIVATE (a file mapping).
     pub const PRIVATE: MapFlags = MapFlags {
@@ -196,6 +206,10 @@ pub struct MmapRequest {
     /// Page offset in a file (anonymous mappings take theirs from the address).
     file_pgoff: u64,
     growsdown: bool,
+    /// MAP_NORESERVE, MAP_STACK and MAP_LOCKED (see [`MapFlags`]).
+    noreserve: bool,
+    stack: bool,
+    locked: bool,
     /// The page size of what is mapped: the start is a multiple of it.
     align: u64,
 }
@@ -299,6 +313,9 @@ impl MmapRequest {
             backing,
             file_pgoff: offset >> PAGE_SHIFT,
             growsdown: flags.growsdown,
+            noreserve: flags.noreserve,
+            stack: flags.stack,
+            locked: flags.locked,
             align,
         })
     }
@@ -337,10 +354,14 @@ impl MmapRequest {
             backing: self.backing.clone(),
             pgoff,
             growsdown: self.growsdown,
-            accounted: !self.shared && self.prot.write,
+            // Linux's `accountable_mapping`: private, writable and not MAP_NORESERVE.
+            accounted: !self.shared && self.prot.write && !self.noreserve,
             name: None,
             dontfork: false,
-            locked: false,
+            // Mappings of huge pages are never locked (as mlock leaves them).
+            locked: self.locked && self.align == PAGE_SIZE,
+            noreserve: self.noreserve,
+            nohugepage: self.stack,
         }
     }
 }

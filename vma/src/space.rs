@@ -452,11 +452,7 @@ impl AddressSpace {
         let mut writer = self.protocol.tree.lock();
         let (covered, lo, changed_end) = covered_from(&writer, addr, end)?;
         let hi = covered.last().map_or(changed_end, |last| last.end);
-        let new = reshaped(&covered, (addr, changed_end), |part| Mapping {
-            prot,
-            accounted: part.accounted || (!part.shared && prot.write),
-            ..part
-        });
+        let new = reshaped(&covered, (addr, changed_end), |part| part.protected(prot));
         self.protocol.settle(
             &mut writer,
             Change { lo, hi, new },
@@ -757,6 +753,8 @@ impl AddressSpace {
                 name: None,
                 dontfork: false,
                 locked: false,
+                noreserve: false,
+                nohugepage: false,
             };
             let change = Change {
                 lo: old_top,

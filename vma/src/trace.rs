@@ -12,8 +12,8 @@
 //! ```
 //!
 //! PROT is like `rw-`; FLAGS is a comma-separated list of `private shared anonymous fixed
-//! fixed_noreplace growsdown populate maymove` (unknown flags are ignored with a warning); FILE is a name
-//! (the same name is the same object) and PGOFF a byte offset. A `-> RESULT` records what the
+//! fixed_noreplace growsdown populate noreserve stack locked maymove`, and `denywrite executable
+//! file nonblock`, which Linux ignores (other flags are ignored with a warning); FILE is a name (the same name is the same object) and PGOFF a byte offset. A `-> RESULT` records what the
 //! system that produced the trace returned: an address (the replay then places the mapping there,
 //! as MAP_FIXED_NOREPLACE, or moves it there for mremap, so layouts stay comparable) or an error
 //! such as `-ENOMEM`, which the replay must reproduce.
@@ -147,7 +147,13 @@ fn flags(word: &str) -> (MapFlags, RemapFlags, Vec<String>) {
             "fixed_noreplace" => map.fixed_noreplace = true,
             "growsdown" => map.growsdown = true,
             "populate" => map.populate = true,
+            "noreserve" => map.noreserve = true,
+            "stack" => map.stack = true,
+            "locked" => map.locked = true,
             "maymove" => remap.maymove = true,
+            // Flags strace prints that Linux ignores: MAP_DENYWRITE and MAP_EXECUTABLE (since
+            // 5.x, and long before), MAP_FILE (0), MAP_NONBLOCK (since 2.6.23).
+            "denywrite" | "executable" | "file" | "nonblock" => {}
             other => unknown.push(other.to_string()),
         }
     }

@@ -179,6 +179,11 @@ pub struct Mapping {
     pub dontfork: bool,
     /// Locked in memory (mlock; Linux's VM_LOCKED): its pages are brought in and never evicted.
     pub locked: bool,
+    /// Not charged to the commit limit (MAP_NORESERVE; Linux's VM_NORESERVE): making it
+    /// writable does not make it `accounted`.
+    pub noreserve: bool,
+    /// Kept out of transparent huge pages (MAP_STACK; Linux's VM_NOHUGEPAGE).
+    pub nohugepage: bool,
 }
 
 impl Mapping {
@@ -203,6 +208,17 @@ impl Mapping {
         }
     }
 
+    /// The same mapping with permissions `prot` (mprotect): a private mapping made writable is
+    /// charged to the commit limit from then on, unless MAP_NORESERVE (Linux's
+    /// `mprotect_fixup`), and stays charged when made read-only again.
+    pub fn protected(self, prot: Prot) -> Mapping {
+        Mapping {
+            prot,
+            accounted: self.accounted || (!self.shared && prot.write && !self.noreserve),
+            ..self
+        }
+    }
+
     /// Whether `next`, starting where `self` ends, can join it in one VMA: same object,
     /// permissions, sharing and flags, and contiguous page offsets (Linux's merge rule).
     pub fn can_merge(&self, next: &Mapping) -> bool {
@@ -214,6 +230,8 @@ impl Mapping {
             && self.accounted == next.accounted
             && self.dontfork == next.dontfork
             && self.locked == next.locked
+            && self.noreserve == next.noreserve
+            && self.nohugepage == next.nohugepage
             && self.name == next.name
             && self.backing.same_object(&next.backing)
             && self.pgoff + self.pages() == next.pgoff
@@ -234,6 +252,8 @@ impl Mapping {
             && self.accounted == other.accounted
             && self.dontfork == other.dontfork
             && self.locked == other.locked
+            && self.noreserve == other.noreserve
+            && self.nohugepage == other.nohugepage
             && self.name == other.name
             && self.backing.same_object(&other.backing)
     }

@@ -88,6 +88,9 @@ fn run(seed: u64, steps: usize) {
                 flags.fixed = rng.chance(35);
                 flags.fixed_noreplace = !flags.fixed && rng.chance(15);
                 flags.growsdown = rng.chance(3);
+                flags.noreserve = rng.chance(5);
+                flags.stack = rng.chance(5);
+                flags.locked = rng.chance(5);
                 if rng.chance(2) {
                     flags.shared = !flags.shared;
                 }

@@ -284,7 +284,7 @@ pub trait Design: Send + Sync {
         fault::reserve_huge_pages(&request)?;
         let (len, step) = (request.length(), request.alignment());
         let start = self.change(Op::Map(request))?;
-        if flags.populate {
+        if flags.populate || flags.locked {
             fault::populate((start, len, step), (prot, flags.shared), |addr, access| {
                 self.fault(addr, access)
             });

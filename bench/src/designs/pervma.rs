@@ -328,6 +328,8 @@ mod tests {
             name: None,
             dontfork: false,
             locked: false,
+            noreserve: false,
+            nohugepage: false,
         };
         PerVma::new(mapping, seq)
     }

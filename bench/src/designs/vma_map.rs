@@ -244,12 +244,8 @@ impl VmaMap {
                 let middle = covered
                     .iter()
                     .map(|m| {
-                        let (from, to) = (m.start.max(start), m.end.min(changed_end));
-                        Mapping {
-                            prot,
-                            accounted: m.accounted || (!m.shared && prot.write),
-                            ..m.slice(from, to)
-                        }
+                        m.slice(m.start.max(start), m.end.min(changed_end))
+                            .protected(prot)
                     })
                     .collect();
                 planned.changes.push(self.replace(start, changed_end, middle));

@@ -17,6 +17,8 @@ pub struct Page {
     accounted: bool,
     dontfork: bool,
     locked: bool,
+    noreserve: bool,
+    nohugepage: bool,
 }
 
 impl Page {
@@ -29,6 +31,8 @@ impl Page {
             && self.accounted == next.accounted
             && self.dontfork == next.dontfork
             && self.locked == next.locked
+            && self.noreserve == next.noreserve
+            && self.nohugepage == next.nohugepage
             && self.pgoff + 1 == next.pgoff
     }
 }
@@ -237,9 +241,11 @@ impl Model {
                 object,
                 pgoff: first_pgoff + i,
                 growsdown: flags.growsdown,
-                accounted: !shared && prot.write,
+                accounted: !shared && prot.write && !flags.noreserve,
                 dontfork: false,
-                locked: false,
+                locked: flags.locked,
+                noreserve: flags.noreserve,
+                nohugepage: flags.stack,
             };
             self.pages.insert(start + i * PAGE_SIZE, page);
         }
@@ -275,7 +281,7 @@ impl Model {
             match self.pages.get_mut(&at) {
                 Some(page) => {
                     page.prot = prot;
-                    page.accounted |= !page.shared && prot.write;
+                    page.accounted |= !page.shared && prot.write && !page.noreserve;
                 }
                 None if at == addr => return Err(Errno::ENOMEM),
                 None => return Err(Errno::ENOMEM),
@@ -477,6 +483,8 @@ impl Model {
                         accounted: true,
                         dontfork: false,
                         locked: false,
+                        noreserve: false,
+                        nohugepage: false,
                     },
                 );
             }
