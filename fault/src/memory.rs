@@ -222,16 +222,7 @@ impl Memory {
     pub(crate) fn release_unshared(&self, rcu: &DefaultRcu) -> bool {
         let unshared = self.table.take_unshared();
         for &(base, table) in &unshared {
-            let registry = {
-                let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
-                let (registry, links) = shares.get_mut(&table).expect("a linked shared table is recorded");
-                *links -= 1;
-                let registry = registry.clone();
-                if *links == 0 {
-                    shares.remove(&table);
-                }
-                registry
-            };
+            let registry = self.forget_link(table);
             let release = Box::into_raw(Box::new(Release { registry, table }));
             // SAFETY: the box is reachable only through this pointer, retired once; DropBox
             // frees what came from Box::into_raw. Walkers of this table reached the shared one
@@ -241,6 +232,19 @@ impl Memory {
             };
         }
         !unshared.is_empty()
+    }
+
+    /// One link of shared `table` fewer in this table's record; returns its file's registry,
+    /// where the link's count goes back.
+    fn forget_link(&self, table: SharedTable) -> Arc<Registry> {
+        let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        let (registry, links) = shares.get_mut(&table).expect("a linked shared table is recorded");
+        *links -= 1;
+        let registry = registry.clone();
+        if *links == 0 {
+            shares.remove(&table);
+        }
+        registry
     }
 
     /// Links the file's shared page table for the 1 GiB around `page` (PMD sharing: see
@@ -293,14 +297,7 @@ impl Memory {
         }
         if !self.table.link_shared(base, table) {
             // A table of its own was linked meanwhile: this one was never reachable from here.
-            let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
-            let (_, links) = shares.get_mut(&table).expect("recorded above");
-            *links -= 1;
-            if *links == 0 {
-                shares.remove(&table);
-            }
-            drop(shares);
-            registry.release(table);
+            self.forget_link(table).release(table);
         }
     }
 
@@ -662,13 +659,13 @@ impl Memory {
     ) -> Result<Progress, FaultError> {
         debug_assert!(page < ADDRESS_LIMIT && page % PAGE_SIZE == 0);
         debug_assert!(mapping.start <= page && page < mapping.end);
+        let huge = mapping.page_size();
         // Only a private mapping (fork copies it) or a shared hugetlb one (unsharing) is fenced.
-        if self.fenced && (!mapping.shared || mapping.page_size() > PAGE_SIZE) && self.fence.covers(page) {
+        if self.fenced && (!mapping.shared || huge > PAGE_SIZE) && self.fence.covers(page) {
             return Ok(Progress::Fenced);
         }
         // A mapping of huge pages: one entry maps the huge page around `page`, in a page table
         // shared with other address spaces where they map the same 1 GiB of the file.
-        let huge = mapping.page_size();
         let page = page & !(huge - 1);
         if huge == PAGE_SIZE {
             return self.settle_entry(mapping, (page, access), self.table.entry_or_insert(page), guard);

@@ -350,72 +350,82 @@ impl Mm {
     /// of the range is unmapped, beyond the space included; a zero length does nothing. When it
     /// returns, no access that began before it still goes through a dropped translation.
     pub fn madvise_dontneed(&self, addr: u64, len: u64) -> vma::Result<()> {
-        let Some((addr, end)) = advise_range(addr, len)? else {
+        let Some(range) = advise_range(addr, len)? else {
             return Ok(());
         };
+        let memory = &self.shared.memory;
         let rcu = self.shared.space.rcu();
         // Unsharing a page table of a shared hugetlb mapping here, outside the VMA protocol,
         // first lets the faults in its spans finish (see `Memory::fence_for_unsharing`): when the
         // walk meets such a mapping without it, it starts again with it (clearing again what
         // it cleared is harmless).
-        let (mut unsharing, mut waited_for_faults) = (None, false);
+        let mut unsharing = None;
+        let mut fenced = false;
         let mut frames = Vec::new();
         let mut revoked = Revoked::new();
-        let (guard, mapped, refused) = loop {
-            // Keyed to the range: writers elsewhere do not wait for this walk.
-            let guard = self.shared.space.guard_within(addr, end);
-            let mut mapped = 0;
-            // A mapping that refuses the call stops it there, as Linux's walk does.
-            let mut refused = Ok(());
+        let walk = loop {
             let mut unshares = false;
-            for vma in self.shared.space.iter_from(addr, &guard) {
-                if vma.start() >= end {
-                    break;
-                }
-                let mapping = vma.mapping();
-                if !waited_for_faults && mapping.shared && mapping.page_size() > PAGE_SIZE {
+            let walk = self.walk_advised(range, |mapping, from, to| {
+                if !fenced && mapping.shared && mapping.page_size() > PAGE_SIZE {
                     unshares = true;
-                    break;
+                    // Stops the walk; it starts again once the spans are fenced.
+                    return Err(einval("a shared page table to unshare"));
                 }
-                let (from, to) = (vma.start().max(addr), vma.end().min(end));
-                let (from, cut) = match dontneed_part(mapping, from, to) {
-                    Ok(part) => part,
-                    Err(error) => {
-                        refused = Err(error);
-                        break;
-                    }
-                };
-                let cleared = self.shared.memory.table().clear(from, cut);
+                let (from, cut) = dontneed_part(mapping, from, to)?;
+                let cleared = memory.table().clear(from, cut);
                 revoked.record(!cleared.is_empty(), from, cut);
                 frames.extend(cleared);
+                Ok(())
+            });
+            if !unshares {
+                break walk;
+            }
+            unsharing = memory.fence_for_unsharing(range.0, range.1.min(ADDRESS_LIMIT), rcu);
+            fenced = true;
+        };
+        let walked = (range.0, range.1.min(ADDRESS_LIMIT));
+        if memory.release_unshared(rcu) {
+            revoked.record(true, walked.0, walked.1);
+        }
+        drop(unsharing);
+        // Released after the walk's section, so that it is not among the sections the frames
+        // wait for: with no fault in the range they go back at once.
+        memory.release_later(frames, walked, rcu);
+        self.shared.space.await_revoked(&revoked);
+        walk.answer()
+    }
+
+    /// Linux's `madvise_walk_vmas` over `[addr, end)` (from `advise_range`): `visit(mapping,
+    /// from, to)` for the part of each VMA inside the range, in address order, inside a
+    /// read-side section keyed to it (writers elsewhere do not wait for the walk); an error from
+    /// `visit` stops the walk there. See [`AdviceWalk::answer`] for what the call then returns.
+    fn walk_advised(
+        &self,
+        (addr, end): (u64, u64),
+        mut visit: impl FnMut(&Mapping, u64, u64) -> vma::Result<()>,
+    ) -> AdviceWalk {
+        let space = &self.shared.space;
+        let end_mapped = end.min(ADDRESS_LIMIT);
+        let mut mapped = 0;
+        let mut refused = Ok(());
+        if addr < end_mapped {
+            let guard = space.guard_within(addr, end_mapped);
+            for vma in space.iter_from(addr, &guard) {
+                if vma.start() >= end_mapped {
+                    break;
+                }
+                let (from, to) = (vma.start().max(addr), vma.end().min(end_mapped));
+                if let Err(error) = visit(vma.mapping(), from, to) {
+                    refused = Err(error);
+                    break;
+                }
                 mapped += to - from;
             }
-            if !unshares {
-                break (guard, mapped, refused);
-            }
-            drop(guard);
-            unsharing = self
-                .shared
-                .memory
-                .fence_for_unsharing(addr, end.min(ADDRESS_LIMIT), rcu);
-            waited_for_faults = true;
-        };
-        if self.shared.memory.release_unshared(rcu) {
-            revoked.record(true, addr, end.min(ADDRESS_LIMIT));
         }
-        drop(guard);
-        drop(unsharing);
-        // Released after the guard is gone, so that this walk is not among the sections the
-        // frames wait for: with no fault in the range they go back at once.
-        self.shared
-            .memory
-            .release_later(frames, (addr, end.min(ADDRESS_LIMIT)), self.shared.space.rcu());
-        self.shared.space.await_revoked(&revoked);
-        refused?;
-        if mapped < end - addr {
-            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+        AdviceWalk {
+            refused,
+            unmapped: mapped < end - addr,
         }
-        Ok(())
     }
 
     /// mincore(2): for each page of `[addr, addr + len)` (the length rounded up to pages),
@@ -466,17 +476,18 @@ impl Mm {
     /// EINVAL for an unaligned address, ENOMEM, after reading, when part of the range is
     /// unmapped; a length of 0 does nothing.
     pub fn madvise_willneed(&self, addr: u64, len: u64) -> vma::Result<()> {
-        let Some((addr, end)) = advise_range(addr, len)? else {
+        let Some(range) = advise_range(addr, len)? else {
             return Ok(());
         };
-        let (parts, _, mapped) = self.file_parts(addr, end, |_| Ok(()));
+        let mut parts = Vec::new();
+        let walk = self.walk_advised(range, |mapping, from, to| {
+            parts.extend(file_part(mapping, from, to));
+            Ok(())
+        });
         for (file, first, pages) in parts {
             file.read_ahead(first, first + pages);
         }
-        if mapped < end - addr {
-            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
-        }
-        Ok(())
+        walk.answer()
     }
 
     /// madvise(MADV_REMOVE): punches a hole in the objects that the shared mappings of `[addr,
@@ -486,60 +497,26 @@ impl Mm {
     /// a private file mapping — the parts before are punched all the same — and ENOMEM, after
     /// punching, when part of the range is unmapped; a length of 0 does nothing.
     pub fn madvise_remove(&self, addr: u64, len: u64) -> vma::Result<()> {
-        let Some((addr, end)) = advise_range(addr, len)? else {
+        let Some(range) = advise_range(addr, len)? else {
             return Ok(());
         };
-        let (parts, refused, mapped) = self.file_parts(addr, end, |mapping| match mapping.backing {
-            _ if mapping.locked => Err(einval("MADV_REMOVE of locked memory")),
-            VmaBacking::Anonymous => Err(einval("MADV_REMOVE of anonymous private memory")),
-            VmaBacking::File(_) if !mapping.shared => {
-                Err(Error::new(Errno::EACCES, "MADV_REMOVE of a private file mapping"))
+        let mut parts = Vec::new();
+        let walk = self.walk_advised(range, |mapping, from, to| {
+            match mapping.backing {
+                _ if mapping.locked => return Err(einval("MADV_REMOVE of locked memory")),
+                VmaBacking::Anonymous => return Err(einval("MADV_REMOVE of anonymous private memory")),
+                VmaBacking::File(_) if !mapping.shared => {
+                    return Err(Error::new(Errno::EACCES, "MADV_REMOVE of a private file mapping"));
+                }
+                VmaBacking::File(_) => {}
             }
-            VmaBacking::File(_) => Ok(()),
+            parts.extend(file_part(mapping, from, to));
+            Ok(())
         });
         for (file, first, pages) in parts {
             file.punch_hole(first << vma::PAGE_SHIFT, pages << vma::PAGE_SHIFT)?;
         }
-        if let Some(error) = refused {
-            return Err(error);
-        }
-        if mapped < end - addr {
-            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
-        }
-        Ok(())
-    }
-
-    /// The walk of MADV_WILLNEED and MADV_REMOVE over `[addr, end)`: for each VMA part, in
-    /// order, `check` its mapping (an error stops the walk there, as Linux's
-    /// `madvise_walk_vmas`), then the file it maps with the part's first page offset and page
-    /// count (anonymous memory gives none). Returns those (before the refusal, if any), the
-    /// refusal, and the bytes of the range that are mapped.
-    #[allow(clippy::type_complexity)]
-    fn file_parts(
-        &self,
-        addr: u64,
-        end: u64,
-        check: impl Fn(&Mapping) -> vma::Result<()>,
-    ) -> (Vec<(Arc<File>, u64, u64)>, Option<Error>, u64) {
-        let guard = self.shared.space.guard_within(addr, end.min(ADDRESS_LIMIT));
-        let mut parts = Vec::new();
-        let mut mapped = 0;
-        for vma in self.shared.space.iter_from(addr, &guard) {
-            if vma.start() >= end {
-                break;
-            }
-            let mapping = vma.mapping();
-            if let Err(error) = check(mapping) {
-                return (parts, Some(error), mapped);
-            }
-            let (from, to) = (vma.start().max(addr), vma.end().min(end));
-            mapped += to - from;
-            if let Some(file) = shared_file(mapping) {
-                let first = mapping.pgoff + ((from - mapping.start) >> vma::PAGE_SHIFT);
-                parts.push((file, first, (to - from) >> vma::PAGE_SHIFT));
-            }
-        }
-        (parts, None, mapped)
+        walk.answer()
     }
 
     /// madvise(MADV_FREE): the pages of `[addr, addr + len)`, private anonymous memory, may be
@@ -550,10 +527,9 @@ impl Mm {
     /// shared memory, locked memory or a mapping of huge pages (the walk stops there), ENOMEM,
     /// after the rest, when part of the range is unmapped; a length of 0 does nothing.
     pub fn madvise_free(&self, addr: u64, len: u64) -> vma::Result<()> {
-        let Some((addr, full_end)) = advise_range(addr, len)? else {
+        let Some(range) = advise_range(addr, len)? else {
             return Ok(());
         };
-        let end = full_end.min(ADDRESS_LIMIT);
         let (space, memory) = (&self.shared.space, &self.shared.memory);
         // Memory pressure reaches this address space from now on. Relaxed: the pool's list is
         // behind its own lock; this only keeps the registration to one.
@@ -561,32 +537,17 @@ impl Mm {
             let shrinker: Weak<dyn Shrinker> = Arc::downgrade(&self.shared) as Weak<Shared>;
             memory.frames().register_shrinker(shrinker);
         }
-        let (mut revoked, mut mapped, mut refused) = (Revoked::new(), 0, Ok(()));
-        if addr < end {
-            // Keyed to the range: writers elsewhere do not wait for this walk.
-            let guard = space.guard_within(addr, end);
-            for vma in space.iter_from(addr, &guard) {
-                if vma.start() >= end {
-                    break;
-                }
-                let mapping = vma.mapping();
-                let anonymous = matches!(mapping.backing, VmaBacking::Anonymous) && !mapping.shared;
-                if !anonymous || mapping.locked {
-                    refused = Err(einval("MADV_FREE of memory other than private anonymous"));
-                    break;
-                }
-                let (from, to) = (vma.start().max(addr), vma.end().min(end));
-                revoked.record(memory.mark_lazyfree(from, to), from, to);
-                mapped += to - from;
+        let mut revoked = Revoked::new();
+        let walk = self.walk_advised(range, |mapping, from, to| {
+            let anonymous = matches!(mapping.backing, VmaBacking::Anonymous) && !mapping.shared;
+            if !anonymous || mapping.locked {
+                return Err(einval("MADV_FREE of memory other than private anonymous"));
             }
-            drop(guard);
-            space.await_revoked(&revoked);
-        }
-        refused?;
-        if mapped < full_end - addr {
-            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
-        }
-        Ok(())
+            revoked.record(memory.mark_lazyfree(from, to), from, to);
+            Ok(())
+        });
+        space.await_revoked(&revoked);
+        walk.answer()
     }
 
     /// Memory pressure on this address space alone (what the frame pool's shrinkers do when
@@ -667,45 +628,30 @@ impl Mm {
 
     /// MADV_GUARD_INSTALL (`install`) or MADV_GUARD_REMOVE.
     fn guard_pages(&self, addr: u64, len: u64, install: bool) -> vma::Result<()> {
-        let Some((addr, full_end)) = advise_range(addr, len)? else {
+        let Some(range) = advise_range(addr, len)? else {
             return Ok(());
         };
-        let end = full_end.min(ADDRESS_LIMIT);
         let (space, memory) = (&self.shared.space, &self.shared.memory);
-        let (mut frames, mut revoked, mut mapped, mut refused) = (Vec::new(), Revoked::new(), 0, Ok(()));
-        if addr < end {
-            // Keyed to the range: writers elsewhere do not wait for this walk.
-            let guard = space.guard_within(addr, end);
-            for vma in space.iter_from(addr, &guard) {
-                if vma.start() >= end {
-                    break;
-                }
-                if vma.mapping().page_size() != PAGE_SIZE || vma.mapping().locked {
-                    refused = Err(einval(
-                        "guard regions in locked memory or a mapping of huge pages",
-                    ));
-                    break;
-                }
-                let (from, to) = (vma.start().max(addr), vma.end().min(end));
-                if install {
-                    let taken = memory.table().guard(from, to);
-                    revoked.record(!taken.is_empty(), from, to);
-                    frames.extend(taken);
-                } else {
-                    memory.table().unguard(from, to);
-                }
-                mapped += to - from;
+        let (mut frames, mut revoked) = (Vec::new(), Revoked::new());
+        let walk = self.walk_advised(range, |mapping, from, to| {
+            if mapping.page_size() != PAGE_SIZE || mapping.locked {
+                return Err(einval(
+                    "guard regions in locked memory or a mapping of huge pages",
+                ));
             }
-            drop(guard);
-            // Released after the guard is gone, as MADV_DONTNEED's.
-            memory.release_later(frames, (addr, end), space.rcu());
-            space.await_revoked(&revoked);
-        }
-        refused?;
-        if mapped < full_end - addr {
-            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
-        }
-        Ok(())
+            if install {
+                let taken = memory.table().guard(from, to);
+                revoked.record(!taken.is_empty(), from, to);
+                frames.extend(taken);
+            } else {
+                memory.table().unguard(from, to);
+            }
+            Ok(())
+        });
+        // Released after the walk's section, as MADV_DONTNEED's.
+        memory.release_later(frames, (range.0, range.1.min(ADDRESS_LIMIT)), space.rcu());
+        space.await_revoked(&revoked);
+        walk.answer()
     }
 
     /// madvise(MADV_DONTFORK): the mapped parts of `[addr, addr + len)` are left out of a
@@ -764,6 +710,34 @@ impl Mm {
 }
 
 /// The file `mapping` maps, to keep beyond a read-side section.
+/// What an madvise walk ([`Mm::walk_advised`]) found.
+struct AdviceWalk {
+    /// The error that stopped it, if one did.
+    refused: vma::Result<()>,
+    /// Whether part of the range was not walked over a VMA (a hole, or past the refusal).
+    unmapped: bool,
+}
+
+impl AdviceWalk {
+    /// What the madvise call answers once its work is done: the refusal, else ENOMEM when part
+    /// of the range is unmapped (Linux's `unmapped_error`), else success.
+    fn answer(self) -> vma::Result<()> {
+        self.refused?;
+        if self.unmapped {
+            return Err(Error::new(Errno::ENOMEM, "part of the range is unmapped"));
+        }
+        Ok(())
+    }
+}
+
+/// The file that `mapping`, inside `[from, to)`, maps, with the first page offset and the page
+/// count there; `None` for anonymous memory.
+fn file_part(mapping: &Mapping, from: u64, to: u64) -> Option<(Arc<File>, u64, u64)> {
+    let file = shared_file(mapping)?;
+    let first = mapping.pgoff + ((from - mapping.start) >> vma::PAGE_SHIFT);
+    Some((file, first, (to - from) >> vma::PAGE_SHIFT))
+}
+
 fn shared_file(mapping: &Mapping) -> Option<Arc<File>> {
     let VmaBacking::File(object) = &mapping.backing else {
         return None;

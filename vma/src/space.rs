@@ -589,6 +589,15 @@ impl AddressSpace {
     /// usable at once: no fault waits for the growth (`Protocol::extend`).
     pub fn grow_stack(&self, addr: u64) -> Result<bool> {
         let page = addr & !(PAGE_SIZE - 1);
+        // Most such faults are no stack's: tell without the writer lock. A stack farther above
+        // than its limit could not grow here anyway.
+        {
+            let guard = self.guard_within(page, page.saturating_add(STACK_LIMIT));
+            let above = self.iter_from(page, &guard).next();
+            if !above.is_some_and(|vma| vma.mapping().growsdown) {
+                return Ok(false);
+            }
+        }
         let mut writer = self.protocol.tree.lock();
         let Some((start, _, vma)) = writer.range_from(page) else {
             return Ok(false);

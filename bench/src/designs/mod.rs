@@ -164,7 +164,7 @@ fn link_added(mapper: &Weak<dyn Mapper>, changes: &[Change]) {
 
 /// A baseline's fork, once it holds what keeps its writers and the faults of `mappings` out
 /// (all of them: its VMAs, in address order): a fresh instance of the same design over the
-/// same frames gets each mapping but MADV_DONTFORK's as it is (`Op::Copy`, one VMA at a time, as Linux's
+/// same frames gets each mapping as it is (`Op::Copy`, one VMA at a time, as Linux's
 /// `dup_mmap` before the maple tree's bulk copy), then each private mapping's pages are
 /// shared copy-on-write (`Memory::copy_for_fork`), and the accesses through the translations
 /// that lost their write permission are waited for.
@@ -174,8 +174,7 @@ fn fork_baseline(parent: &dyn Design, mappings: &[vma::Mapping]) -> vma::Result<
         ..DesignConfig::default()
     };
     let child = build(parent.name(), config, parent.memory().frames().clone()).expect("a design's own name");
-    let mappings: Vec<&vma::Mapping> = mappings.iter().filter(|mapping| !mapping.dontfork).collect();
-    for &mapping in &mappings {
+    for mapping in mappings {
         child.change(Op::Copy(mapping.clone()))?;
     }
     let mut revoked = Revoked::new();

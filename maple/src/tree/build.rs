@@ -173,6 +173,38 @@ pub(super) fn chunk_sizes(count: usize, capacity: usize, minimum: usize, right_e
         .collect()
 }
 
+/// The entries laying `values` — sorted, disjoint `(first, last, value)` ranges inside
+/// `[first, last]`, checked by the caller — over `[first, last]`: each value (handed over as a
+/// raw pointer) with the gaps between them and up to `last`.
+pub(super) fn entries_with_gaps<P: ValuePointer>(
+    first: u64,
+    last: u64,
+    values: impl IntoIterator<Item = (u64, u64, P)>,
+) -> NewEntries<P::Target> {
+    let mut entries = NewEntries::new();
+    let mut start = first;
+    for (f, l, value) in values {
+        if f > start {
+            entries.push(Entry {
+                last: f - 1,
+                value: std::ptr::null_mut(),
+            });
+        }
+        entries.push(Entry {
+            last: l,
+            value: value.into_raw(),
+        });
+        start = l.wrapping_add(1);
+    }
+    if entries.last().is_none_or(|entry| entry.last < last) {
+        entries.push(Entry {
+            last,
+            value: std::ptr::null_mut(),
+        });
+    }
+    entries
+}
+
 /// New leaves holding `entries`, which cover an interval starting at `first`.
 pub(super) fn build_leaves<T>(
     first: u64,

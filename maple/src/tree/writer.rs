@@ -123,27 +123,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             }
             next = l.checked_add(1);
         }
-        let mut entries = NewEntries::with_capacity(2 * values.len() + 1);
-        let mut start = first;
-        for (f, l, value) in values {
-            if f > start {
-                entries.push(Entry {
-                    last: f - 1,
-                    value: std::ptr::null_mut(),
-                });
-            }
-            entries.push(Entry {
-                last: l,
-                value: value.into_raw(),
-            });
-            start = l.wrapping_add(1);
-        }
-        if entries.last().is_none_or(|entry| entry.last < last) {
-            entries.push(Entry {
-                last,
-                value: std::ptr::null_mut(),
-            });
-        }
+        let entries = entries_with_gaps(first, last, values);
         // A range sticking out of `[first, last]` is found by the write's own scan of the
         // leaves, before anything changes.
         self.write_entries(first, entries, None)
@@ -417,27 +397,7 @@ impl<'t, P: ValuePointer, R: Rcu> Writer<'t, P, R> {
             return Ok(());
         }
         let count = checked.len();
-        let mut entries = Vec::with_capacity(2 * count + 1);
-        let mut next = 0;
-        for (first, last, value) in checked {
-            if first > next {
-                entries.push(Entry {
-                    last: first - 1,
-                    value: std::ptr::null_mut(),
-                });
-            }
-            entries.push(Entry {
-                last,
-                value: value.into_raw(),
-            });
-            next = last.wrapping_add(1);
-        }
-        if entries[entries.len() - 1].last != u64::MAX {
-            entries.push(Entry {
-                last: u64::MAX,
-                value: std::ptr::null_mut(),
-            });
-        }
+        let entries = entries_with_gaps(0, u64::MAX, checked);
         let mut level = build_leaves(0, &entries, false, &mut self.state.pool);
         let mut height = 1;
         while level.len() > 1 {
