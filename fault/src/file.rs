@@ -29,8 +29,10 @@
 //! - **Reclaim.** The file is a [`Shrinker`] of its frame pool. Eviction of a page is an
 //!   invalidation of that one page that removes it only if it is clean once no lookup can
 //!   reach it (the page cache's compare-and-swap), keeping the backing's copy; a dirty page is
-//!   written back first: its shared translations are write-protected (a write then faults and
-//!   marks it dirty again before it lands), the accesses through the old writable ones are
+//!   written back first: its dirty mark is taken, the faults that may have set it and not yet
+//!   made their translation writable (both inside a section keyed to the page) are waited for,
+//!   its shared translations are write-protected (a write then faults and marks it dirty again
+//!   before it lands), the accesses through the old writable ones are
 //!   waited for, then the frame is copied out. Truncate, hole punch, writeback and eviction
 //!   are serialized by `resize`, which a shrinker only tries to take.
 //! - **Reservations** (hugetlb files). Each huge page of the file is reserved in the pool at
@@ -167,6 +169,8 @@ impl Broken {
     const RESERVATIONS: u8 = 4;
     /// Address spaces link a shared page table without the file's section.
     const SHARING: u8 = 8;
+    /// Writeback write-protects a page without waiting for the faults that marked it dirty.
+    const WRITEBACK: u8 = 16;
 
     fn new() -> Self {
         Self(
@@ -566,6 +570,14 @@ impl File {
     #[doc(hidden)]
     pub fn break_fairness(&self) {
         self.broken.set(Broken::FAIRNESS);
+    }
+
+    /// Breaks writeback: it write-protects a page right after taking its dirty mark, without
+    /// waiting for the faults that set it (shuttle builds only; for the test that must fail).
+    #[cfg(feature = "shuttle")]
+    #[doc(hidden)]
+    pub fn break_writeback(&self) {
+        self.broken.set(Broken::WRITEBACK);
     }
 
     /// The name `maps()` shows.
@@ -1179,14 +1191,21 @@ impl File {
         self.cache.mark_dirty(pgoff, frame)
     }
 
-    /// Writes page `pgoff` back if it is dirty: write-protects its shared translations in
-    /// every address space, waits for the accesses through the old writable ones, then copies
-    /// the frame to the backing. Returns whether it wrote. The caller holds `resize` (the
-    /// page stays cached).
+    /// Writes page `pgoff` back if it is dirty: takes the dirty mark, waits out the faults that
+    /// may have set it and not yet made their entry writable (they do both inside a section
+    /// keyed to the page; later ones mark the page dirty again), write-protects its shared
+    /// translations in every address space, waits for the accesses through the old writable
+    /// ones, then copies the frame to the backing. Returns whether it wrote. The caller holds
+    /// `resize` (the page stays cached).
     fn write_back(&self, pgoff: u64) -> vma::Result<bool> {
         let Some(frame) = self.cache.take_dirty(pgoff) else {
             return Ok(false);
         };
+        if !self.broken.skips(Broken::WRITEBACK) {
+            self.reverse_map
+                .rcu()
+                .synchronize_timed_for(|keys| keys.overlaps(Keys::one(pgoff)));
+        }
         let revoked = self.revoke_everywhere(pgoff, pgoff + 1, |mapper| {
             mapper.write_protect_file_pages(self, pgoff, pgoff + 1)
         });

@@ -814,6 +814,8 @@ impl Memory {
         current: Pte,
         rcu: &DefaultRcu,
     ) -> Result<Attempt, FaultError> {
+        // A write-notify fault's section of the file, held until its entry is updated.
+        let mut dirtying = None;
         let updated = if !current.readable() {
             // The mapping allows access again (mprotect back from PROT_NONE).
             current.with(0, NO_ACCESS)
@@ -840,11 +842,13 @@ impl Memory {
             current.with(WRITABLE | DIRTY, 0)
         } else if mapping.shared {
             // A write to a shared file page mapped read-only (write-notify): the page cache
-            // marks it dirty before the write can land, while it still caches this frame.
+            // marks it dirty before the write can land, while it still caches this frame, and
+            // the entry becomes writable inside the same section of the file, so a writeback
+            // that takes the dirty mark waits for it before it write-protects the page.
             let file = File::of(mapping).expect("shared mappings map files");
             let pgoff = mapping.pgoff + ((page - mapping.start) >> vma::PAGE_SHIFT);
-            let guard = file.guard_at(pgoff);
-            if !file.mark_dirty(pgoff, current.frame(), &guard) {
+            let guard = dirtying.insert(file.guard_at(pgoff));
+            if !file.mark_dirty(pgoff, current.frame(), guard) {
                 // Leaving the cache: its invalidation removes this entry; wait for it to end
                 // (on the slow path, with no guard held) and map the page again.
                 return Ok(Attempt::Blocking(pgoff));
@@ -864,14 +868,12 @@ impl Memory {
             });
         };
         // Release pairs with the Acquire of readers of the entry.
-        Ok(
-            match entry.compare_exchange(current.0, updated.0, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) if updated.readable() && (!write || updated.writable()) => {
-                    Attempt::Done(Fault::Installed)
-                }
-                _ => Attempt::Again,
-            },
-        )
+        let swapped = entry.compare_exchange(current.0, updated.0, Ordering::AcqRel, Ordering::Relaxed);
+        drop(dirtying);
+        Ok(match swapped {
+            Ok(_) if updated.readable() && (!write || updated.writable()) => Attempt::Done(Fault::Installed),
+            _ => Attempt::Again,
+        })
     }
 
     /// Installs a missing entry of a file mapping, inside a read-side section of the file keyed

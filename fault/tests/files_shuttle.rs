@@ -13,7 +13,8 @@
 #![cfg(feature = "shuttle")]
 
 use fault::{
-    Access, File, FileSync, FramePool, FramePoolConfig, MapFlags, MemBacking, Mm, MmConfig, Prot, Shrinker,
+    Access, Backing, File, FileSync, FramePool, FramePoolConfig, MapFlags, MemBacking, Mm, MmConfig, Prot,
+    Shrinker,
 };
 use maple::sync::atomic::{AtomicBool, Ordering};
 use maple::sync::{Arc, thread};
@@ -614,6 +615,60 @@ fn fault_racing_eviction_under_i_mmap_rwsem() {
             fault_racing_eviction(false, racer, FileSync::RwSem)
         });
     }
+}
+
+/// Writes through a shared mapping of pages mapped read-only (write-notify faults) race a
+/// writeback of the file: each write reaches the backing, in that writeback or in the next (a
+/// translation made writable after the writeback took the page's dirty mark would leave the
+/// page written and marked clean). Several pages, each a window for the race.
+fn write_notify_racing_writeback(broken: bool) {
+    const PAGES: u64 = 8;
+    let frames = pool();
+    let backing = Arc::new(MemBacking::new(&[0x33; (PAGES * P) as usize]));
+    let file = File::with_sync("/synced", &frames, PAGES * P, backing.clone(), FileSync::Rcu).unwrap();
+    if broken {
+        file.break_writeback();
+    }
+    let mm = mm(&frames, None);
+    mm.mmap(
+        A,
+        PAGES * P,
+        Prot::READ_WRITE,
+        MapFlags::SHARED.fixed(),
+        Some((&file, 0)),
+    )
+    .unwrap();
+    // Mapped read-only: each write below marks its page dirty as it makes it writable.
+    mm.read(A, &mut vec![0; (PAGES * P) as usize]).unwrap();
+    let thread = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            for page in 0..PAGES {
+                mm.write(A + page * P + 1, b"w").unwrap();
+            }
+        })
+    };
+    file.sync().unwrap();
+    join(thread);
+    file.sync().unwrap();
+    for page in 0..PAGES {
+        let mut stored = [0; P as usize];
+        backing.read(page, &mut stored).unwrap();
+        assert_eq!(
+            stored[1], b'w',
+            "violated: a write through the mapping never reached the backing"
+        );
+    }
+}
+
+#[test]
+fn write_notify_racing_writeback_reaches_the_backing() {
+    check_both(STEPS, || write_notify_racing_writeback(false));
+}
+
+#[test]
+fn writeback_without_waiting_for_write_notify_loses_writes() {
+    assert_broken_variant_fails(STEPS, &["violated"], || write_notify_racing_writeback(true));
 }
 
 #[test]
