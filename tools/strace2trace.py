@@ -3,7 +3,7 @@
 the maps Linux produced, for vma/tests/traces.rs.
 
 Capture (the program must read /proc/self/maps and print it to stdout):
-    strace -f -qq -e trace=memory,openat,close,read,execve -o NAME.strace PROGRAM... > NAME.linux-maps
+    strace -f -qq -e trace=memory,openat,close,read,execve,clone,clone3,fork,vfork,chdir,fchdir -o NAME.strace PROGRAM... > NAME.linux-maps
     python3 tools/strace2trace.py NAME.strace NAME.linux-maps vma/tests/traces/NAME
 
 Writes NAME.trace (the operations up to the read of /proc/self/maps, every result recorded) and
@@ -58,31 +58,71 @@ def result(text):
     return text if not text.startswith("-1") else text
 
 
-def own_lines(log_lines):
-    """The lines of the process that read /proc/self/maps, from its last execve on."""
-    calls = []
+UNFINISHED = re.compile(r"^(?:\[pid\s+(\d+)\]\s+|(\d+)\s+)?(\w+)\((.*) <unfinished \.\.\.>$")
+RESUMED = re.compile(r"^(?:\[pid\s+(\d+)\]\s+|(\d+)\s+)?<\.\.\. (\w+) resumed>(.*)$")
+
+
+def joined(log_lines):
+    """The log with each call that strace split across threads (`<unfinished ...>`, then
+    `<... NAME resumed>`) put back on one line, where it finished."""
+    pending, out = {}, []
     for line in log_lines:
-        m = CALL.match(line)
+        m = UNFINISHED.match(line)
         if m:
-            pid = m.group(1) or m.group(2) or ""
-            calls.append((pid, m.group(3), m.group(4), m.group(5), line))
-    reader = next(pid for pid, name, args, ret, _ in calls if name == "openat" and '"/proc/self/maps"' in args)
+            pending[m.group(1) or m.group(2)] = (m.group(3), m.group(4))
+            continue
+        m = RESUMED.match(line)
+        if m:
+            pid = m.group(1) or m.group(2)
+            name, head = pending.pop(pid, (m.group(3), ""))
+            out.append(f"{pid} {name}({head}{m.group(4)}")
+            continue
+        out.append(line)
+    return out
+
+
+def own_lines(log_lines):
+    """The calls of the process that read /proc/self/maps, all its threads, from its last
+    execve on, in the order they finished. Threads are told from processes by clone's
+    CLONE_THREAD."""
+    raw = [(m.group(1) or m.group(2) or "", m.group(3), m.group(4), m.group(5), line)
+           for line in joined(log_lines) for m in [CALL.match(line)] if m]
+    # A thread's first calls may be logged before clone returns in its creator: map first.
+    process = {}
+    for pid, name, args, ret, _ in raw:
+        if name in ("clone", "clone3", "fork", "vfork") and ret.isdigit():
+            process[ret] = process.get(pid, pid) if "CLONE_THREAD" in args else ret
+    calls = [(process.get(pid, pid), name, args, ret, line) for pid, name, args, ret, line in raw]
+    reader = next(pid for pid, name, args, ret, _ in reversed(calls) if name == "openat" and '"/proc/self/maps"' in args)
     mine = [c for c in calls if c[0] == reader]
     start = max((i for i, c in enumerate(mine) if c[1] == "execve" and c[3] == "0"), default=-1) + 1
-    return mine[start:]
+    # The program prints its maps at the end: the last open of /proc/self/maps is that read's
+    # (a runtime may read its maps earlier, as node does at start).
+    last_open = max(i for i, c in enumerate(mine) if c[1] == "openat" and '"/proc/self/maps"' in c[2])
+    return [c for i, c in enumerate(mine[start:], start) if not (c[1] == "openat" and i < last_open
+                                                                  and '"/proc/self/maps"' in c[2])]
 
 
 def convert(log_lines):
-    fds, ops, created = {}, [], []
+    fds, ops, created, cwd = {}, [], [], os.getcwd()
     for _, name, args, ret, line in own_lines(log_lines):
         if name == "openat":
             path = re.search(r'"([^"]*)"', args).group(1)
             if ret.startswith("-"):
                 continue
+            directory = args.split(",")[0].strip()
             if path == "/proc/self/maps":
                 fds[int(ret)] = "MAPS"
+            elif directory.isdigit() and int(directory) in fds:
+                fds[int(ret)] = os.path.realpath(os.path.join(fds[int(directory)], path))
             else:
-                fds[int(ret)] = os.path.realpath(path)
+                fds[int(ret)] = os.path.realpath(os.path.join(cwd, path))
+            continue
+        if name in ("chdir", "fchdir"):
+            # The JVM opens its perf data file relative to a directory it changed into.
+            if ret == "0":
+                target = re.search(r'"([^"]*)"', args)
+                cwd = os.path.join(cwd, target.group(1)) if target else fds.get(int(args), cwd)
             continue
         if name == "read":
             if fds.get(int(args.split(",")[0])) == "MAPS":

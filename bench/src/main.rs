@@ -5,7 +5,8 @@
 //! - `bench fault-cost` times single-thread faults of maplevm's fast path beside the
 //!   unsynchronized engines in paired rounds (see `bench::fault_cost`);
 //! - `bench replay FILE` replays a trace of address-space operations (see `vma::trace`) on an
-//!   x86-64 layout and prints the resulting maps.
+//!   x86-64 layout and prints the resulting maps; `--linux` replays it on the running kernel
+//!   instead (`oracle::replay`), printed the same way.
 //!
 //! Usage errors are one line on stderr with exit status 2; failures of a command, exit status 1.
 
@@ -64,6 +65,10 @@ enum Subcommands {
     Replay {
         /// The trace file.
         file: PathBuf,
+        /// Replay it with real system calls in a child process (Linux on x86-64) and print the
+        /// layout the kernel made.
+        #[arg(long)]
+        linux: bool,
     },
     /// One run of the comparison, its summary on stdout (what `compare` runs in a child).
     #[command(hide = true)]
@@ -243,12 +248,18 @@ fn compare(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-fn replay(path: &Path) -> Result<String, String> {
+fn replay(path: &Path, linux: bool) -> Result<String, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
     let trace = Trace::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
     for warning in &trace.warnings {
         eprintln!("{shown}: warning: {warning}");
+    }
+    if linux {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        return oracle::replay::replay(&trace).map_err(|e| format!("{shown} on Linux: {e}"));
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        return Err("--linux replays on the running kernel: Linux on x86-64 only".to_string());
     }
     let space = AddressSpace::new(Layout::X86_64, NoFlush).map_err(|e| e.to_string())?;
     trace.replay(&space).map_err(|e| format!("{shown}: {e}"))?;
@@ -270,7 +281,7 @@ fn run(command: Subcommands) -> Result<(), String> {
             print!("{}", bench::table_memory::compare(spaces as usize, gib)?);
             Ok(())
         }
-        Subcommands::Replay { file } => replay(&file).map(|maps| print!("{maps}")),
+        Subcommands::Replay { file, linux } => replay(&file, linux).map(|maps| print!("{maps}")),
         Subcommands::RunOne {
             workload,
             design,

@@ -801,6 +801,11 @@ impl Mm {
             if !allows(vma.mapping(), access) {
                 return Err(FaultError::AccessDenied);
             }
+            // The first write to a private mapping makes pages of its own (Linux prepares the
+            // anon_vma then, which decides what it may merge with later).
+            if access == Access::Write && !vma.mapping().shared && vma.mapping().anon.get().is_none() {
+                self.shared.space.prepare_anon(vma);
+            }
             // Without the fast path, every fault holds a reference (rcu-refonly).
             let Ok(reference) = (!self.shared.config.fast_path)
                 .then(|| self.shared.space.try_get(vma))

@@ -393,3 +393,48 @@ fn stores_land_late_without_the_revocation_wait() {
         );
     }
 }
+
+/// Two first writes into one VMA prepare one anon_vma between them (the slot is set once, the
+/// loser takes the winner's), while a writer splits the VMA: the pieces keep it and merge
+/// again once alike.
+#[test]
+fn racing_first_writes_share_one_anon_vma() {
+    check_both(STEPS, || {
+        let mm = Arc::new(mm(None));
+        mm.mmap(
+            A,
+            2 * P,
+            Prot::READ_WRITE,
+            MapFlags::PRIVATE_ANONYMOUS.fixed(),
+            None,
+        )
+        .unwrap();
+        let writers: Vec<_> = [A, A + P]
+            .into_iter()
+            .map(|addr| {
+                let mm = mm.clone();
+                // The second page may be read-only by then: denied, as it should be.
+                thread::spawn(move || {
+                    let _ = mm.write(addr, &[1]);
+                })
+            })
+            .collect();
+        mm.mprotect(A + P, P, Prot::READ).unwrap();
+        writers.into_iter().for_each(join);
+        mm.mprotect(A + P, P, Prot::READ_WRITE).unwrap();
+        mm.write(A + P, &[2]).unwrap();
+        let anon = |addr| {
+            let guard = mm.space().guard();
+            match mm.space().lookup(addr, &guard) {
+                vma::Lookup::Mapped(vma) => vma.mapping().anon.get(),
+                other => panic!("{other:?} at {addr:#x}"),
+            }
+        };
+        assert!(anon(A).is_some());
+        assert_eq!(
+            mm.space().vma_count(),
+            1,
+            "violated: the pieces did not merge again"
+        );
+    });
+}

@@ -7,15 +7,11 @@
 #![cfg(not(feature = "shuttle"))]
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-#[path = "support/child.rs"]
-mod child;
-
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod oracle {
-    use super::child;
+mod against_linux {
     use fault::{
         File, FileSync, FramePool, FramePoolConfig, HUGE_FRAME_SIZE, MapFlags, Mm, MmConfig, Prot, RemapFlags,
     };
+    use oracle::child;
     use std::sync::Arc;
 
     const H: u64 = HUGE_FRAME_SIZE as u64;
@@ -56,9 +52,10 @@ mod oracle {
     /// pages from `base`), makes the call, and sends back the result (an offset from `base`
     /// for an address, 0 for calls returning nothing) and the ranges of the mappings inside
     /// the scratch range.
-    fn kernel(base: u64, layout: &[(u64, u64)], call: Call) -> (Outcome, Vec<(u64, u64)>) {
+    fn kernel(scratch: &child::Scratch, layout: &[(u64, u64)], call: Call) -> (Outcome, Vec<(u64, u64)>) {
+        let base = scratch.base;
         // SAFETY: raw syscalls on the scratch range this process reserved.
-        let (ret, maps) = child::in_child(|| unsafe { calls(base, layout, call) });
+        let (ret, maps) = child::in_child(|| unsafe { calls(scratch, layout, call) });
         let outcome = match ret {
             ..0 => Err(-ret as i32),
             0 => Ok(0),
@@ -71,14 +68,15 @@ mod oracle {
     /// call's raw result.
     ///
     /// # Safety
-    /// Only in a child just forked from the process that reserved the scratch range.
-    unsafe fn calls(base: u64, layout: &[(u64, u64)], call: Call) -> i64 {
+    /// Only in a child just forked from the process that reserved `scratch`.
+    unsafe fn calls(scratch: &child::Scratch, layout: &[(u64, u64)], call: Call) -> i64 {
+        let base = scratch.base;
         use libc::{MAP_ANONYMOUS, MAP_FIXED, MAP_HUGETLB, MAP_PRIVATE, MAP_SHARED, syscall};
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let huge = MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | MAP_FIXED;
         // SAFETY: (whole function) raw syscalls on our own scratch range.
         unsafe {
-            syscall(libc::SYS_munmap, base, SPAN * H);
+            scratch.clear();
             for &(start, end) in layout {
                 syscall(
                     libc::SYS_mmap,
@@ -179,21 +177,9 @@ mod oracle {
             );
             return;
         }
-        // A 2 MiB-aligned scratch range, reserved so that nothing else lands there.
-        let reserved = (SPAN + 1) * H;
-        // SAFETY: a fresh PROT_NONE reservation this test owns.
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                reserved as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(at, libc::MAP_FAILED);
-        let base = (at as u64).next_multiple_of(H);
+        // A 2 MiB-aligned scratch range.
+        let scratch = child::Scratch::reserve(SPAN * H / P, H);
+        let base = scratch.base;
         let two = [(0, 2)];
         let cases: &[(&[(u64, u64)], Call)] = &[
             (&two, Call::Munmap(0, P)),
@@ -216,10 +202,8 @@ mod oracle {
             (&[(0, 1), (1, 2)], Call::Mprotect(0, 2 * H)),
         ];
         for &(layout, call) in cases {
-            let expected = kernel(base, layout, call);
+            let expected = kernel(&scratch, layout, call);
             assert_eq!(maplevm(base, layout, call), expected, "{layout:?} {call:?}");
         }
-        // SAFETY: the reservation made above.
-        unsafe { libc::munmap(at, reserved as usize) };
     }
 }

@@ -4,18 +4,14 @@
 //! (address or errno) and the same mappings in the scratch range afterwards. The child makes
 //! only raw system calls and writes what it saw to a pipe, so a call the kernel takes in a way
 //! that would wreck a process (an unmap reaching past the scratch range) wrecks only the child.
-//! A second test grows a stack the same way (`oracle::stack`). The expectations were read off
+//! A second test grows a stack the same way (`against_linux::stack`). The expectations were read off
 //! Linux 6.18; on other systems the tests say why they skip.
 #![cfg(not(feature = "shuttle"))]
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-#[path = "support/child.rs"]
-mod child;
-
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod oracle {
-    use super::child;
+mod against_linux {
     use fault::{Access, File, FramePool, FramePoolConfig, Mm, MmConfig};
+    use oracle::{child, prot_bits};
     use std::sync::Arc;
     use vma::{Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags};
 
@@ -105,21 +101,8 @@ mod oracle {
     /// Result: the address returned (0 for calls returning nothing) or the errno.
     type Outcome = Result<u64, i32>;
 
-    fn prot_bits(prot: Prot) -> i32 {
-        let mut bits = 0;
-        if prot.read {
-            bits |= libc::PROT_READ;
-        }
-        if prot.write {
-            bits |= libc::PROT_WRITE;
-        }
-        if prot.exec {
-            bits |= libc::PROT_EXEC;
-        }
-        bits
-    }
-
-    /// The pages of a layout: 'w' read-write, 'W' read-write and written, 'r' read-only
+    /// The pages of a layout: 'w' read-write, 'W' read-write and written, 'X' read-write-execute
+    /// and written, 'r' read-only
     /// (private anonymous), 'n' PROT_NONE; 's' shared and 'p' private read-write mappings of the
     /// scratch file;
     /// '.' a hole. Runs of one letter are one VMA.
@@ -129,6 +112,7 @@ mod oracle {
             let (prot, kind) = match c {
                 b'w' => (Prot::READ_WRITE, Kind::Anonymous),
                 b'W' => (Prot::READ_WRITE, Kind::Written),
+                b'X' => (Prot::new(true, true, true), Kind::Written),
                 b'r' => (Prot::READ, Kind::Anonymous),
                 b's' => (Prot::READ_WRITE, Kind::Shared),
                 b'p' => (Prot::READ_WRITE, Kind::PrivateFile),
@@ -145,10 +129,10 @@ mod oracle {
 
     /// The kernel's answer: in a forked child, lays out `layout` at `base`, makes the call and
     /// sends back the result and /proc/self/maps.
-    fn kernel(base: u64, layout: &str, call: Call) -> (Outcome, String) {
+    fn kernel(scratch: &child::Scratch, layout: &str, call: Call) -> (Outcome, String) {
         let runs = runs(layout);
         // SAFETY: raw syscalls on the scratch range this process reserved.
-        let (ret, maps) = child::in_child(|| unsafe { calls(base, &runs, call) });
+        let (ret, maps) = child::in_child(|| unsafe { calls(scratch, &runs, call) });
         let outcome = if ret < 0 { Err(-ret as i32) } else { Ok(ret as u64) };
         (outcome, maps)
     }
@@ -157,13 +141,14 @@ mod oracle {
     /// call's raw result.
     ///
     /// # Safety
-    /// Only in a child just forked from the process that reserved `[base, base + PAGES * P)`.
-    unsafe fn calls(base: u64, runs: &[(u64, u64, Prot, Kind)], call: Call) -> i64 {
+    /// Only in a child just forked from the process that reserved `scratch`.
+    unsafe fn calls(scratch: &child::Scratch, runs: &[(u64, u64, Prot, Kind)], call: Call) -> i64 {
+        let base = scratch.base;
         use libc::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, syscall};
         // SAFETY: (whole function) raw syscalls on our own scratch range and descriptors, and
         // writes to pages just mapped writable.
         unsafe {
-            syscall(libc::SYS_munmap, base, PAGES * P);
+            scratch.clear();
             let file = syscall(libc::SYS_memfd_create, c"scratch".as_ptr(), 0);
             syscall(libc::SYS_ftruncate, file, PAGES * P);
             for &(start, end, prot, kind) in runs {
@@ -759,6 +744,49 @@ mod oracle {
                 "w",
                 flags_call(Prot::READ_WRITE, libc::MAP_LOCKED),
             ),
+            // anon_vma: VMAs written apart from each other do not merge; a VMA never written
+            // merges with either; a VMA first written next to a written one that differs only
+            // in permissions shares its anon_vma (and merges once the permissions agree).
+            (
+                "a new mapping between two written ones",
+                "W.W",
+                flags_call(Prot::READ_WRITE, 0),
+            ),
+            (
+                "a new mapping between written and untouched",
+                "W.w",
+                flags_call(Prot::READ_WRITE, 0),
+            ),
+            (
+                "mprotect between two written ones",
+                "WnW",
+                Call::Mprotect(At::Page(1), P, Prot::READ_WRITE),
+            ),
+            (
+                "mprotect between written and untouched",
+                "Wnw",
+                Call::Mprotect(At::Page(1), P, Prot::READ_WRITE),
+            ),
+            (
+                "written next to written, then alike",
+                "WX",
+                Call::Mprotect(At::Page(1), P, Prot::READ_WRITE),
+            ),
+            (
+                "untouched made read-only loses VM_ACCOUNT",
+                "rw",
+                Call::Mprotect(At::Page(1), P, Prot::READ),
+            ),
+            (
+                "written made read-only keeps VM_ACCOUNT",
+                "rW",
+                Call::Mprotect(At::Page(1), P, Prot::READ),
+            ),
+            (
+                "a private file made read-only keeps VM_ACCOUNT",
+                "pr",
+                Call::Mprotect(At::Page(0), P, Prot::READ),
+            ),
             // MADV_FREE: private anonymous memory only; without memory pressure nothing goes.
             ("free written pages", "WW", Call::Free(At::Page(0), 2 * P)),
             ("free untouched read-only", "r", Call::Free(At::Page(0), P)),
@@ -792,24 +820,12 @@ mod oracle {
                 Call::MmapAnon(P, true, 100),
             ),
         ];
-        // The scratch range: reserved (PROT_NONE) so nothing else lands in it; each child
-        // replaces it with its layout.
-        // SAFETY: an anonymous PROT_NONE reservation of our own, never accessed.
-        let reserved = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                (2 * PAGES * P) as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(reserved, libc::MAP_FAILED);
-        let base = (reserved as u64).next_multiple_of(PAGES * P);
+        // The scratch range: each child replaces it with its layout.
+        let scratch = child::Scratch::reserve(PAGES, PAGES * P);
+        let base = scratch.base;
         let mut differences = Vec::new();
         for (name, layout, call) in cases {
-            let (kernel_outcome, kernel_maps) = kernel(base, layout, call);
+            let (kernel_outcome, kernel_maps) = kernel(&scratch, layout, call);
             let (ours, our_maps) = maplevm(base, layout, call);
             let (kernel_maps, our_maps) = (scratch_lines(&kernel_maps, base), scratch_lines(&our_maps, base));
             // A successful non-fixed mmap lands wherever each chooses: compare that it succeeded.
@@ -823,8 +839,6 @@ mod oracle {
                 ));
             }
         }
-        // SAFETY: our own reservation (what the children did to it happened in their copies).
-        unsafe { libc::munmap(reserved, (2 * PAGES * P) as usize) };
         assert!(
             differences.is_empty(),
             "maplevm differs from Linux:\n{}",
@@ -840,8 +854,8 @@ mod oracle {
     /// into the page, which faults the way a CPU access does); mmap places nothing in the guard
     /// gap below the stack. maplevm must give the same answers and the same mappings.
     pub mod stack {
-        use super::super::child;
         use fault::{Access, FramePool, FramePoolConfig, Mm, MmConfig};
+        use oracle::child;
         use std::sync::Arc;
         use vma::{MapFlags, PAGE_SIZE, Prot};
 
@@ -860,16 +874,18 @@ mod oracle {
         const HINTS: [u64; 3] = [240, 8, 700];
 
         /// The kernel's answers, in a child: bit `i` set when fault `i` succeeded, bit 8 + `j` when
-        /// hint `j` was taken as given.
+        /// hint `j` was taken as given (a mapping placed elsewhere is unmapped again: where it
+        /// lands depends on the rest of the address space).
         ///
         /// # Safety
-        /// Only in a child just forked from the process that reserved `[base, base + PAGES * P)`.
-        unsafe fn calls(base: u64) -> i64 {
+        /// Only in a child just forked from the process that reserved `scratch`.
+        unsafe fn calls(scratch: &child::Scratch) -> i64 {
+            let base = scratch.base;
             // SAFETY: (whole function) raw system calls on the child's own scratch range.
             unsafe {
                 let rw = libc::PROT_READ | libc::PROT_WRITE;
                 let private = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
-                libc::munmap(base as *mut _, (PAGES * P) as usize);
+                scratch.clear();
                 libc::mmap((base + BELOW * P) as *mut _, P as usize, rw, private, -1, 0);
                 let stack = base + STACK.0 * P;
                 let len = ((STACK.1 - STACK.0) * P) as usize;
@@ -887,6 +903,8 @@ mod oracle {
                     let at = libc::mmap(hint as *mut _, 4 * P as usize, rw, flags, -1, 0);
                     if at as u64 == hint {
                         answers |= 1 << (8 + j);
+                    } else {
+                        libc::munmap(at, 4 * P as usize);
                     }
                 }
                 answers
@@ -919,6 +937,8 @@ mod oracle {
                     .unwrap();
                 if at == hint {
                     answers |= 1 << (8 + j);
+                } else {
+                    mm.munmap(at, 4 * P).unwrap();
                 }
             }
             (answers, mm)
@@ -942,22 +962,10 @@ mod oracle {
         }
 
         pub fn run() {
-            // The scratch range: reserved here, so that nothing else lands in it in the child.
-            // SAFETY: a fresh PROT_NONE reservation, only ever unmapped in the forked child.
-            let base = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    (PAGES * P) as usize,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(base, libc::MAP_FAILED);
-            let base = base as u64;
+            let scratch = child::Scratch::reserve(PAGES, P);
+            let base = scratch.base;
             // SAFETY: the child was just forked from this process, which reserved the range.
-            let (kernel, kernel_maps) = child::in_child(|| unsafe { calls(base) });
+            let (kernel, kernel_maps) = child::in_child(|| unsafe { calls(&scratch) });
             let (ours, mm) = model(base);
             assert_eq!(
                 ours, kernel,
@@ -967,8 +975,6 @@ mod oracle {
             // fails; the hints in the guard gap are refused, the one above the stack taken.
             assert_eq!(kernel, 0b100_0000_1111, "the kernel answered {kernel:#b}");
             assert_eq!(inside(&mm.maps(), base), inside(&kernel_maps, base));
-            // SAFETY: our own reservation.
-            unsafe { libc::munmap(base as *mut _, (PAGES * P) as usize) };
         }
     }
 }
@@ -976,7 +982,7 @@ mod oracle {
 #[test]
 fn calls_answer_as_the_running_kernel_does() {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    oracle::run();
+    against_linux::run();
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     eprintln!("skipped: the kernel oracle needs Linux on x86-64");
 }
@@ -989,7 +995,7 @@ fn calls_answer_as_the_running_kernel_does() {
 #[test]
 fn stacks_grow_and_keep_their_guard_gap_as_the_kernel_does() {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    oracle::stack::run();
+    against_linux::stack::run();
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     eprintln!("skipped: the oracle needs Linux on x86-64");
 }

@@ -427,3 +427,28 @@ fn madv_free_pages_go_under_pressure_unless_written_again() {
     drop((mm, child));
     assert_eq!(frames.in_use(), 0);
 }
+
+/// A child's VMAs that hold pages shared since fork get anon_vmas of their own, linked to the
+/// parent's (Linux's `anon_vma_fork`): they merge only with pieces of themselves, not with a
+/// new neighbour, in the child; the parent's merge as before. Read off Linux 6.18 (a child
+/// mapping anonymous memory next to an inherited written VMA keeps two VMAs, the parent one).
+#[test]
+fn a_forked_vma_merges_only_with_its_own_pieces() {
+    let frames = pool();
+    let parent = mm(&frames);
+    let a = written_pages(&parent, 2);
+    let rw = Prot::READ_WRITE;
+    let fixed = MapFlags::PRIVATE_ANONYMOUS.fixed();
+    let child = parent.fork().unwrap();
+    child.mmap(a + 2 * P, P, rw, fixed, None).unwrap();
+    assert_eq!(child.space().vma_count(), 2, "{}", child.maps());
+    child.mprotect(a + P, P, Prot::READ).unwrap();
+    child.mprotect(a + P, P, rw).unwrap();
+    assert_eq!(child.space().vma_count(), 2, "{}", child.maps());
+    child.write(a + 2 * P, &[1]).unwrap();
+    child.mprotect(a + 2 * P, P, Prot::READ).unwrap();
+    child.mprotect(a + 2 * P, P, rw).unwrap();
+    assert_eq!(child.space().vma_count(), 2, "{}", child.maps());
+    parent.mmap(a + 2 * P, P, rw, fixed, None).unwrap();
+    assert_eq!(parent.space().vma_count(), 1, "{}", parent.maps());
+}

@@ -42,7 +42,9 @@ pub use protocol::BrokenStep;
 pub use protocol::{FlushHook, NoFlush, Revoked, SpaceStats};
 pub use request::{Layout, MapFlags, RemapFlags};
 pub use space::{AddressSpace, Lookup};
-pub use vma::{Backing, MappedFile, Mapping, Prot, SharedAnonymous, Unusable, Vma, VmaRef};
+pub use vma::{
+    AnonSlot, AnonVma, Backing, MappedFile, Mapping, Prot, SharedAnonymous, Unusable, Vma, VmaRef,
+};
 
 /// Page size: 4 KiB.
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;

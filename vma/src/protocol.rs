@@ -418,7 +418,7 @@ impl Protocol {
             .map(|(_, _, next)| next.mapping().clone());
         for mapping in new.into_iter().chain(next) {
             match merged.last_mut() {
-                Some(previous) if previous.can_merge(&mapping) => previous.end = mapping.end,
+                Some(previous) if previous.can_merge(&mapping) => previous.absorb(&mapping),
                 _ => merged.push(mapping),
             }
         }

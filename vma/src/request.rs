@@ -7,7 +7,7 @@
 //! [`AddressSpace`]: crate::AddressSpace
 
 use crate::error::{Errno, Error, Result};
-use crate::vma::{Backing, MappedFile, Mapping, Prot, SharedAnonymous};
+use crate::vma::{AnonSlot, Backing, MappedFile, Mapping, Prot, SharedAnonymous};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use std::sync::Arc;
 
@@ -354,14 +354,16 @@ impl MmapRequest {
             backing: self.backing.clone(),
             pgoff,
             growsdown: self.growsdown,
-            // Linux's `accountable_mapping`: private, writable and not MAP_NORESERVE.
-            accounted: !self.shared && self.prot.write && !self.noreserve,
+            // Linux's `accountable_mapping`: private, writable, not MAP_NORESERVE, not of huge
+            // pages.
+            accounted: !self.shared && self.prot.write && !self.noreserve && self.align == PAGE_SIZE,
             name: None,
             dontfork: false,
             // Mappings of huge pages are never locked (as mlock leaves them).
             locked: self.locked && self.align == PAGE_SIZE,
             noreserve: self.noreserve,
             nohugepage: self.stack,
+            anon: AnonSlot::default(),
         }
     }
 }

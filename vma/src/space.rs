@@ -13,7 +13,7 @@ use crate::request::{
     Layout, MapFlags, MmapRequest, Placement, RemapFlags, RemapRequest, advise_range, aligned, check_splits,
     einval, enomem, protect_range, unmap_range,
 };
-use crate::vma::{Backing, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
+use crate::vma::{AnonSlot, AnonVma, Backing, MappedFile, Mapping, Prot, Unusable, Vma, VmaRef};
 use crate::{PAGE_SHIFT, PAGE_SIZE, STACK_GUARD_GAP, STACK_LIMIT};
 use maple::Guard;
 use maple::rcu::DefaultRcu;
@@ -165,9 +165,11 @@ impl AddressSpace {
         child.forked.store(true, Ordering::Relaxed);
         child_writer
             .fill(mappings.iter().map(|mapping| {
-                // Memory locks are not inherited.
+                // Memory locks are not inherited; private pages the child shares belong to a
+                // new `anon_vma` linked to the parent's.
                 let vma = Vma::new(Mapping {
                     locked: false,
+                    anon: AnonSlot::new(mapping.anon.get().map(AnonVma::forked)),
                     ..mapping.clone()
                 });
                 // Nobody can find it before the tree is filled.
@@ -327,6 +329,40 @@ impl AddressSpace {
     /// Takes a reference on a VMA found by [`AddressSpace::lookup`] under a guard.
     pub fn try_get<'a>(&'a self, vma: &Vma) -> std::result::Result<VmaRef<'a>, Unusable> {
         vma.try_get(&self.protocol.events)
+    }
+
+    /// Gives `vma` (found by [`AddressSpace::lookup`] under a guard still held) an
+    /// [`AnonVma`], for a write fault in a private mapping (Linux's `anon_vma_prepare`): the
+    /// one it has; else that of the VMA right after it, or else right before it, when the two
+    /// may share one ([`Mapping::anon_vma_compatible`]) and it was not made by fork (Linux's
+    /// `find_mergeable_anon_vma`); else a new one. Once per VMA: afterwards a fault only reads
+    /// the slot.
+    pub fn prepare_anon(&self, vma: &Vma) -> AnonVma {
+        let mapping = vma.mapping();
+        if let Some(anon) = mapping.anon.get() {
+            return anon;
+        }
+        // Not keyed: writers replacing the neighbours do not wait for a guard keyed at `vma`.
+        let guard = self.guard();
+        let reusable = |neighbour: Option<&Vma>, compatible: &dyn Fn(&Mapping) -> bool| {
+            neighbour
+                .filter(|neighbour| compatible(neighbour.mapping()))
+                .and_then(|neighbour| neighbour.mapping().anon.get())
+                .and_then(AnonVma::unforked)
+        };
+        let next = reusable(self.protocol.tree.load(mapping.end, &guard), &|next| {
+            mapping.anon_vma_compatible(next)
+        });
+        let anon = next
+            .or_else(|| {
+                let prev = mapping
+                    .start
+                    .checked_sub(1)
+                    .and_then(|last| self.protocol.tree.load(last, &guard));
+                reusable(prev, &|prev| prev.anon_vma_compatible(mapping))
+            })
+            .unwrap_or_else(AnonVma::fresh);
+        mapping.anon.prepare(anon)
     }
 
     /// The VMAs in address order, from `start`, under a guard. Each is whole: as before or after
@@ -764,6 +800,7 @@ impl AddressSpace {
                 locked: false,
                 noreserve: false,
                 nohugepage: false,
+                anon: AnonSlot::default(),
             };
             let change = Change {
                 lo: old_top,

@@ -160,6 +160,51 @@ fn flags(word: &str) -> (MapFlags, RemapFlags, Vec<String>) {
     (map, remap, unknown)
 }
 
+impl Op {
+    /// The operation placed where the traced system placed it: an mmap that was not fixed at
+    /// the address it returned (MAP_FIXED_NOREPLACE), an mremap that moved to where it moved
+    /// (MREMAP_FIXED), so that a replay lays out what the trace recorded; any other operation
+    /// as it is.
+    pub fn pinned(&self) -> Op {
+        match *self {
+            Op::Mmap {
+                len,
+                prot,
+                flags,
+                ref file,
+                result: Some(Outcome::Address(at)),
+                ..
+            } if !(flags.fixed || flags.fixed_noreplace) => Op::Mmap {
+                addr: at,
+                len,
+                prot,
+                flags: flags.fixed_noreplace(),
+                file: file.clone(),
+                result: Some(Outcome::Address(at)),
+            },
+            Op::Mremap {
+                old,
+                len,
+                new_len,
+                flags,
+                result: Some(Outcome::Address(at)),
+                ..
+            } if at != old && !flags.fixed => Op::Mremap {
+                old,
+                len,
+                new_len,
+                flags: RemapFlags {
+                    maymove: true,
+                    fixed: true,
+                },
+                new_addr: at,
+                result: Some(Outcome::Address(at)),
+            },
+            ref op => op.clone(),
+        }
+    }
+}
+
 impl Trace {
     /// Parses a trace; a malformed line is an error naming its line number.
     pub fn parse(text: &str) -> Result<Trace, TraceError> {
@@ -265,17 +310,18 @@ impl Trace {
     }
 
     /// Applies the trace to `space`. A recorded result is reproduced: an address by placing the
-    /// mapping there, an error by failing the same way; a difference is an error naming the line.
+    /// mapping there ([`Op::pinned`]), an error by failing the same way; a difference is an
+    /// error naming the line.
     pub fn replay(&self, space: &AddressSpace) -> Result<(), TraceError> {
         let mut files: HashMap<String, Arc<dyn MappedFile>> = HashMap::new();
         for (line, op) in &self.ops {
             let fail = |message: String| TraceError { line: *line, message };
-            match op {
-                Op::Heap(start) => space.set_heap_start(*start).map_err(|e| fail(e.to_string()))?,
+            match op.pinned() {
+                Op::Heap(start) => space.set_heap_start(start).map_err(|e| fail(e.to_string()))?,
                 Op::Brk(addr, result) => {
-                    let got = space.brk(*addr);
+                    let got = space.brk(addr);
                     if let Some(expected) = result
-                        && got != *expected
+                        && got != expected
                     {
                         return Err(fail(format!(
                             "brk returned {got:#x}, the trace says {expected:#x}"
@@ -290,25 +336,17 @@ impl Trace {
                     file,
                     result,
                 } => {
-                    let file = file.as_ref().map(|(name, offset)| {
+                    let file = file.map(|(name, offset)| {
                         let object = files
                             .entry(name.clone())
-                            .or_insert_with(|| Arc::new(TraceFile(name.clone())));
-                        (object.clone(), *offset)
+                            .or_insert_with(|| Arc::new(TraceFile(name)));
+                        (object.clone(), offset)
                     });
-                    let (addr, flags) = match result {
-                        Some(Outcome::Address(at)) if !(flags.fixed || flags.fixed_noreplace) => {
-                            (*at, flags.fixed_noreplace())
-                        }
-                        _ => (*addr, *flags),
-                    };
-                    check(space.mmap(addr, *len, *prot, flags, file), *result).map_err(fail)?;
+                    check(space.mmap(addr, len, prot, flags, file), result).map_err(fail)?;
                 }
-                Op::Munmap(addr, len) => space.munmap(*addr, *len).map_err(|e| fail(e.to_string()))?,
+                Op::Munmap(addr, len) => space.munmap(addr, len).map_err(|e| fail(e.to_string()))?,
                 Op::Mprotect(addr, len, prot) => {
-                    space
-                        .mprotect(*addr, *len, *prot)
-                        .map_err(|e| fail(e.to_string()))?;
+                    space.mprotect(addr, len, prot).map_err(|e| fail(e.to_string()))?;
                 }
                 Op::Mremap {
                     old,
@@ -318,18 +356,7 @@ impl Trace {
                     new_addr,
                     result,
                 } => {
-                    let (flags, new_addr) = match result {
-                        // Moved elsewhere by the traced system: move to the same place.
-                        Some(Outcome::Address(at)) if *at != *old && !flags.fixed => (
-                            RemapFlags {
-                                maymove: true,
-                                fixed: true,
-                            },
-                            *at,
-                        ),
-                        _ => (*flags, *new_addr),
-                    };
-                    check(space.mremap(*old, *len, *new_len, flags, new_addr), *result).map_err(fail)?;
+                    check(space.mremap(old, len, new_len, flags, new_addr), result).map_err(fail)?;
                 }
             }
         }

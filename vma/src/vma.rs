@@ -20,7 +20,7 @@
 //! freed.
 
 use crate::PAGE_SHIFT;
-use maple::sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence};
+use maple::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use maple::sync::{Condvar, Mutex};
 use std::any::Any;
 use std::fmt;
@@ -151,7 +151,120 @@ impl Backing {
     }
 }
 
-/// The immutable description of a mapping: everything a VMA is but its state.
+/// Linux's `anon_vma` as merging sees it: the object a private mapping's own pages (written
+/// anonymous memory, copies of file pages) belong to. A VMA gets one at its first write fault
+/// ([`AddressSpace::prepare_anon`](crate::AddressSpace::prepare_anon)); the pieces split
+/// from a VMA share it, and a merged VMA keeps it. Two VMAs whose `anon_vma`s differ never
+/// merge. A fork gives each child VMA a new one linked to its parent's (`forked`), which
+/// merges only with VMAs of the same `anon_vma`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AnonVma {
+    id: u64,
+    forked: bool,
+}
+
+/// Source of [`AnonVma`] identities (never 0: an [`AnonSlot`] holding 0 is empty).
+static NEXT_ANON_VMA: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl AnonVma {
+    /// A new `anon_vma`, distinct from every other.
+    pub fn fresh() -> Self {
+        Self {
+            // Relaxed: only uniqueness matters.
+            id: NEXT_ANON_VMA.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            forked: false,
+        }
+    }
+
+    /// The child's `anon_vma` for a VMA with this one, copied by fork (Linux's
+    /// `anon_vma_fork`: a new one whose chain also links the parent's).
+    pub fn forked(self) -> Self {
+        Self {
+            forked: true,
+            ..Self::fresh()
+        }
+    }
+
+    /// This one, unless it was made by fork (then another VMA may not take it up).
+    pub(crate) fn unforked(self) -> Option<Self> {
+        (!self.forked).then_some(self)
+    }
+
+    fn encode(slot: Option<Self>) -> u64 {
+        slot.map_or(0, |anon| anon.id << 1 | anon.forked as u64)
+    }
+
+    fn decode(word: u64) -> Option<Self> {
+        (word != 0).then_some(Self {
+            id: word >> 1,
+            forked: word & 1 != 0,
+        })
+    }
+
+    /// Whether VMAs with `a` and `b` may merge (Linux's `is_mergeable_anon_vma`): the same
+    /// one, or one of them has none and the other was not made by a fork (whose chain is not
+    /// singular: `vma_had_uncowed_parents`).
+    pub fn compatible(a: Option<Self>, b: Option<Self>) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(one), None) | (None, Some(one)) => !one.forked,
+            (Some(a), Some(b)) => a == b,
+        }
+    }
+}
+
+/// Where a [`Mapping`] keeps its [`AnonVma`]: empty until the first write fault of a published
+/// VMA sets it, once. Cloning a mapping takes what it holds then (a writer's copy of a VMA
+/// carries the `anon_vma` the VMA had when it was copied).
+pub struct AnonSlot(AtomicU64);
+
+impl AnonSlot {
+    /// A slot holding `anon`.
+    pub fn new(anon: Option<AnonVma>) -> Self {
+        Self(AtomicU64::new(AnonVma::encode(anon)))
+    }
+
+    /// What it holds.
+    pub fn get(&self) -> Option<AnonVma> {
+        // Acquire pairs with the Release of `prepare`'s CAS (only the identity is published).
+        AnonVma::decode(self.0.load(Ordering::Acquire))
+    }
+
+    /// Sets it to `anon` unless it holds one already; returns what it holds then.
+    pub(crate) fn prepare(&self, anon: AnonVma) -> AnonVma {
+        // Release pairs with the Acquire of `get`.
+        match self.0.compare_exchange(
+            0,
+            AnonVma::encode(Some(anon)),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => anon,
+            Err(held) => AnonVma::decode(held).expect("a slot is set only once"),
+        }
+    }
+}
+
+impl Default for AnonSlot {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Clone for AnonSlot {
+    fn clone(&self) -> Self {
+        Self::new(self.get())
+    }
+}
+
+impl fmt::Debug for AnonSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// The description of a mapping: everything a VMA is but its state. It never changes after
+/// it is published, but for the [`AnonSlot`] its first write fault fills.
 #[derive(Debug, Clone)]
 pub struct Mapping {
     /// First address (page aligned).
@@ -184,6 +297,8 @@ pub struct Mapping {
     pub noreserve: bool,
     /// Kept out of transparent huge pages (MAP_STACK; Linux's VM_NOHUGEPAGE).
     pub nohugepage: bool,
+    /// The `anon_vma` of its private pages, once it has one.
+    pub anon: AnonSlot,
 }
 
 impl Mapping {
@@ -208,54 +323,80 @@ impl Mapping {
         }
     }
 
-    /// The same mapping with permissions `prot` (mprotect): a private mapping made writable is
-    /// charged to the commit limit from then on, unless MAP_NORESERVE (Linux's
-    /// `mprotect_fixup`), and stays charged when made read-only again.
+    /// The same mapping with permissions `prot` (mprotect, Linux's `mprotect_fixup`): a
+    /// private mapping made writable is charged to the commit limit from then on, unless
+    /// MAP_NORESERVE or of huge pages, and stays charged when made read-only again — except
+    /// anonymous memory never written (no `anon_vma`), which is uncharged then.
     pub fn protected(self, prot: Prot) -> Mapping {
+        let accounted = if prot.write {
+            self.accounted || (!self.shared && !self.noreserve && self.page_size() == crate::PAGE_SIZE)
+        } else {
+            self.accounted && (self.backing.file().is_some() || self.anon.get().is_some())
+        };
         Mapping {
             prot,
-            accounted: self.accounted || (!self.shared && prot.write && !self.noreserve),
+            accounted,
             ..self
         }
     }
 
+    /// Whether `next` is adjacent and may share this mapping's `anon_vma` (Linux's
+    /// `anon_vma_compatible`): the same object at contiguous offsets and the same flags but
+    /// for the permissions.
+    pub fn anon_vma_compatible(&self, next: &Mapping) -> bool {
+        self.end == next.start
+            && self.backing.same_object(&next.backing)
+            && self.pgoff + self.pages() == next.pgoff
+            && self.same_vm_flags(next)
+    }
+
     /// Whether `next`, starting where `self` ends, can join it in one VMA: same object,
     /// permissions, sharing and flags, and contiguous page offsets (Linux's merge rule).
+    /// The merged mapping keeps the `anon_vma` either had ([`Mapping::absorb`]).
     pub fn can_merge(&self, next: &Mapping) -> bool {
         self.end == next.start
             && self.backing.page_size() == crate::PAGE_SIZE
-            && self.prot == next.prot
-            && self.shared == next.shared
-            && self.growsdown == next.growsdown
-            && self.accounted == next.accounted
-            && self.dontfork == next.dontfork
-            && self.locked == next.locked
-            && self.noreserve == next.noreserve
-            && self.nohugepage == next.nohugepage
-            && self.name == next.name
+            && self.same_flags(next)
             && self.backing.same_object(&next.backing)
             && self.pgoff + self.pages() == next.pgoff
+            && AnonVma::compatible(self.anon.get(), next.anon.get())
+    }
+
+    /// Extends this mapping over `next`, which [`Mapping::can_merge`] allows: the merged
+    /// mapping keeps the `anon_vma` either had.
+    pub fn absorb(&mut self, next: &Mapping) {
+        debug_assert!(self.can_merge(next));
+        self.end = next.end;
+        if self.anon.get().is_none() {
+            self.anon = next.anon.clone();
+        }
     }
 
     /// Whether both describe the same mapping of the same range.
     pub fn same_as(&self, other: &Mapping) -> bool {
         self.start == other.start
             && self.end == other.end
-            && self.can_merge_props(other)
+            && self.same_flags(other)
+            && self.backing.same_object(&other.backing)
             && self.pgoff == other.pgoff
+            && self.anon.get() == other.anon.get()
     }
 
-    fn can_merge_props(&self, other: &Mapping) -> bool {
-        self.prot == other.prot
-            && self.shared == other.shared
+    /// Whether both have the same permissions, flags and name.
+    fn same_flags(&self, other: &Mapping) -> bool {
+        self.prot == other.prot && self.name == other.name && self.same_vm_flags(other)
+    }
+
+    /// Whether both have the same flags but for the permissions (Linux's `vm_flags` outside
+    /// `VM_ACCESS_FLAGS`).
+    fn same_vm_flags(&self, other: &Mapping) -> bool {
+        self.shared == other.shared
             && self.growsdown == other.growsdown
             && self.accounted == other.accounted
             && self.dontfork == other.dontfork
             && self.locked == other.locked
             && self.noreserve == other.noreserve
             && self.nohugepage == other.nohugepage
-            && self.name == other.name
-            && self.backing.same_object(&other.backing)
     }
 }
 

@@ -268,6 +268,72 @@ fn merges_left_right_and_both() {
     assert_eq!(lines(&s), ["00020000-00025000 rw-p 00000000"], "both sides");
 }
 
+/// A write fault's `anon_vma` (`prepare_anon`, as the fault layer calls it).
+fn written(space: &AddressSpace, addr: u64) -> vma::AnonVma {
+    let guard = space.guard();
+    let vma::Lookup::Mapped(vma) = space.lookup(addr, &guard) else {
+        panic!("nothing usable at {addr:#x}");
+    };
+    space.prepare_anon(vma)
+}
+
+/// Linux's anon_vma rules (mm/vma.c `is_mergeable_anon_vma`, `can_vma_merge_right`; mm/rmap.c
+/// `find_mergeable_anon_vma`): VMAs written apart do not merge, a VMA never written merges with
+/// either but not with both, pieces of one VMA merge again, and a VMA first written next to a
+/// written one that differs only in permissions shares its anon_vma.
+#[test]
+fn written_vmas_merge_only_with_their_own_anon_vma() {
+    let s = space();
+    anon(&s, BASE, 2, Prot::READ_WRITE);
+    anon(&s, BASE + 3 * P, 1, Prot::READ_WRITE);
+    let (left, right) = (written(&s, BASE), written(&s, BASE + 3 * P));
+    assert_ne!(left, right);
+    anon(&s, BASE + 2 * P, 1, Prot::READ_WRITE);
+    assert_eq!(
+        lines(&s),
+        [
+            "00020000-00023000 rw-p 00000000",
+            "00023000-00024000 rw-p 00000000"
+        ],
+        "a new VMA between two written apart joins the left one only"
+    );
+    assert_eq!(
+        written(&s, BASE + 2 * P),
+        left,
+        "the merged VMA keeps the left one's"
+    );
+
+    // Pieces of one VMA share its anon_vma and merge again.
+    s.mprotect(BASE + P, P, Prot::READ).unwrap();
+    s.mprotect(BASE + P, P, Prot::READ_WRITE).unwrap();
+    assert_eq!(lines(&s).len(), 2);
+
+    // Shared with a compatible neighbour at the first write: then alike, they merge.
+    let t = space();
+    anon(&t, BASE, 1, Prot::READ_WRITE);
+    anon(&t, BASE + P, 1, Prot::new(true, true, true));
+    let first = written(&t, BASE);
+    assert_eq!(written(&t, BASE + P), first);
+    t.mprotect(BASE + P, P, Prot::READ_WRITE).unwrap();
+    assert_eq!(lines(&t), ["00020000-00022000 rw-p 00000000"]);
+}
+
+/// mprotect keeps VM_ACCOUNT on a private mapping made read-only, except on anonymous memory
+/// never written (no anon_vma), which is uncharged (mm/mprotect.c `mprotect_fixup`); the flag
+/// decides whether it merges with a never-writable neighbour.
+#[test]
+fn read_only_again_is_uncharged_only_if_never_written() {
+    let s = space();
+    anon(&s, BASE, 1, Prot::READ);
+    anon(&s, BASE + P, 1, Prot::READ_WRITE);
+    s.mprotect(BASE + P, P, Prot::READ).unwrap();
+    assert_eq!(lines(&s), ["00020000-00022000 r--p 00000000"]);
+    anon(&s, BASE + 2 * P, 1, Prot::READ_WRITE);
+    written(&s, BASE + 2 * P);
+    s.mprotect(BASE + 2 * P, P, Prot::READ).unwrap();
+    assert_eq!(lines(&s).len(), 2, "written: still charged, kept apart");
+}
+
 #[test]
 fn no_merge_across_backings_or_offsets() {
     let s = space();

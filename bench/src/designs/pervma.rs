@@ -330,6 +330,7 @@ mod tests {
             locked: false,
             noreserve: false,
             nohugepage: false,
+            anon: Default::default(),
         };
         PerVma::new(mapping, seq)
     }

@@ -386,7 +386,7 @@ impl VmaMap {
         let mut added: Vec<Mapping> = Vec::with_capacity(pieces.len());
         for piece in pieces {
             match added.last_mut() {
-                Some(last) if last.can_merge(&piece) => last.end = piece.end,
+                Some(last) if last.can_merge(&piece) => last.absorb(&piece),
                 _ => added.push(piece),
             }
         }

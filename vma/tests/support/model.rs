@@ -281,7 +281,14 @@ impl Model {
             match self.pages.get_mut(&at) {
                 Some(page) => {
                     page.prot = prot;
-                    page.accounted |= !page.shared && prot.write && !page.noreserve;
+                    // Linux's `mprotect_fixup`: charged when made writable; anonymous memory
+                    // never written (these tests make no faults: no anon_vma) is uncharged
+                    // when made read-only.
+                    if prot.write {
+                        page.accounted |= !page.shared && !page.noreserve;
+                    } else if page.object == 0 {
+                        page.accounted = false;
+                    }
                 }
                 None if at == addr => return Err(Errno::ENOMEM),
                 None => return Err(Errno::ENOMEM),

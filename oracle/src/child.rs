@@ -1,5 +1,10 @@
-//! The kernel oracles' child process: raw system calls made in a forked child, whose result
-//! and `/proc/self/maps` come back to the parent through a pipe.
+//! The oracle's child process: raw system calls made in a forked child, whose result and
+//! `/proc/self/maps` come back to the parent through a pipe; and scratch ranges reserved in the
+//! parent for children to lay mappings out in.
+//!
+//! Invariant: a child makes only raw system calls (it was forked from a threaded process, so
+//! it allocates nothing and takes no lock) and touches only scratch ranges its parent reserved,
+//! so whatever the kernel does to it wrecks only the child.
 
 /// Forks; the child runs `calls` and reports the raw result it returns (a syscall's return
 /// value; -1 is turned into minus the errno) with its `/proc/self/maps`, then leaves with
@@ -69,5 +74,62 @@ unsafe fn report(out: i32, ret: i64) -> ! {
             libc::write(out, buf.as_ptr().cast(), n as usize);
         }
         libc::_exit(0)
+    }
+}
+
+/// A scratch range of the parent's address space for children to lay mappings out in:
+/// reserved (PROT_NONE, MAP_NORESERVE) with a page more on each side, so that nothing else
+/// lands in it or next to it. A child clears it whole, margins included
+/// ([`Scratch::clear`]): what it maps there then has a hole on each side and merges with
+/// nothing of the parent's.
+pub struct Scratch {
+    /// The first page of the range.
+    pub base: u64,
+    pages: u64,
+}
+
+const PAGE: u64 = 4096;
+
+impl Scratch {
+    /// Reserves `pages` pages, the first at a multiple of `align` bytes.
+    pub fn reserve(pages: u64, align: u64) -> Self {
+        let len = (pages + 2) * PAGE + align;
+        // SAFETY: an anonymous PROT_NONE reservation of our own, never accessed.
+        let reserved = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(reserved, libc::MAP_FAILED, "cannot reserve a scratch range");
+        let base = (reserved as u64 + PAGE).next_multiple_of(align.max(PAGE));
+        // SAFETY: the parts of our own reservation outside the range and its margins.
+        unsafe {
+            let below = base - PAGE - reserved as u64;
+            libc::munmap(reserved, below as usize);
+            let above = base + (pages + 1) * PAGE;
+            libc::munmap(above as *mut _, (reserved as u64 + len - above) as usize);
+        }
+        Self { base, pages }
+    }
+
+    /// Unmaps the range and its margins.
+    ///
+    /// # Safety
+    /// Only in a child forked from the process that reserved it (the parent keeps it).
+    pub unsafe fn clear(&self) {
+        // SAFETY: the caller's promise: the range is ours to unmap, in a child.
+        unsafe { libc::syscall(libc::SYS_munmap, self.base - PAGE, (self.pages + 2) * PAGE) };
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: our own reservation, margins included.
+        unsafe { libc::munmap((self.base - PAGE) as *mut _, ((self.pages + 2) * PAGE) as usize) };
     }
 }
