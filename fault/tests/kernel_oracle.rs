@@ -290,24 +290,6 @@ mod against_linux {
         }
     }
 
-    /// The mappings of `maps` (in /proc/PID/maps form) inside the scratch range at `base`:
-    /// `first-last page perms`, pages relative to `base`.
-    fn scratch_lines(maps: &str, base: u64) -> Vec<String> {
-        maps.lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace();
-                let (start, end) = fields.next()?.split_once('-')?;
-                let (start, end) = (
-                    u64::from_str_radix(start, 16).ok()?,
-                    u64::from_str_radix(end, 16).ok()?,
-                );
-                let perms = fields.next()?;
-                (start >= base && end <= base + PAGES * P)
-                    .then(|| format!("{}-{} {perms}", (start - base) / P, (end - base) / P))
-            })
-            .collect()
-    }
-
     /// maplevm's answer for the same layout and call.
     fn maplevm(base: u64, layout: &str, call: Call) -> (Outcome, String) {
         let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
@@ -827,7 +809,10 @@ mod against_linux {
         for (name, layout, call) in cases {
             let (kernel_outcome, kernel_maps) = kernel(&scratch, layout, call);
             let (ours, our_maps) = maplevm(base, layout, call);
-            let (kernel_maps, our_maps) = (scratch_lines(&kernel_maps, base), scratch_lines(&our_maps, base));
+            let (kernel_maps, our_maps) = (
+                child::lines_in(&kernel_maps, base, PAGES),
+                child::lines_in(&our_maps, base, PAGES),
+            );
             // A successful non-fixed mmap lands wherever each chooses: compare that it succeeded.
             let same_outcome = match (kernel_outcome, ours) {
                 (Ok(_), Ok(_)) if matches!(call, Call::MmapAnon(..)) => true,
@@ -944,23 +929,6 @@ mod against_linux {
             (answers, mm)
         }
 
-        /// The mappings inside the scratch range, as `start-end perms` in pages from its base.
-        fn inside(maps: &str, base: u64) -> Vec<String> {
-            let end = base + PAGES * P;
-            maps.lines()
-                .filter_map(|line| {
-                    let (range, rest) = line.split_once(' ')?;
-                    let (from, to) = range.split_once('-')?;
-                    let (from, to) = (
-                        u64::from_str_radix(from, 16).ok()?,
-                        u64::from_str_radix(to, 16).ok()?,
-                    );
-                    (from >= base && to <= end)
-                        .then(|| format!("{}-{} {}", (from - base) / P, (to - base) / P, &rest[..4]))
-                })
-                .collect()
-        }
-
         pub fn run() {
             let scratch = child::Scratch::reserve(PAGES, P);
             let base = scratch.base;
@@ -974,7 +942,10 @@ mod against_linux {
             // The answers read off Linux 6.18: four faults grow the stack, the one in the guard gap
             // fails; the hints in the guard gap are refused, the one above the stack taken.
             assert_eq!(kernel, 0b100_0000_1111, "the kernel answered {kernel:#b}");
-            assert_eq!(inside(&mm.maps(), base), inside(&kernel_maps, base));
+            assert_eq!(
+                child::lines_in(&mm.maps(), base, PAGES),
+                child::lines_in(&kernel_maps, base, PAGES)
+            );
         }
     }
 }

@@ -133,3 +133,22 @@ impl Drop for Scratch {
         unsafe { libc::munmap((self.base - PAGE) as *mut _, ((self.pages + 2) * PAGE) as usize) };
     }
 }
+
+/// The mappings of `maps` (in /proc/PID/maps form, or maplevm's) lying inside
+/// `[base, base + pages * 4096)`, as `first-last perms` in pages from `base`: how the oracles
+/// compare a child's layout with maplevm's.
+pub fn lines_in(maps: &str, base: u64, pages: u64) -> Vec<String> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let (start, end) = (
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            );
+            let perms = fields.next()?;
+            (start >= base && end <= base + pages * PAGE)
+                .then(|| format!("{}-{} {perms}", (start - base) / PAGE, (end - base) / PAGE))
+        })
+        .collect()
+}

@@ -23,6 +23,8 @@ pub enum Errno {
     EIO,
     /// Permission denied: MADV_REMOVE of a private file mapping.
     EACCES,
+    /// madvise could not split a VMA (Linux answers EAGAIN where the split's ENOMEM would be).
+    EAGAIN,
 }
 
 impl Errno {
@@ -31,6 +33,7 @@ impl Errno {
         match self {
             Self::EPERM => 1,
             Self::EIO => 5,
+            Self::EAGAIN => 11,
             Self::EBADF => 9,
             Self::ENOMEM => 12,
             Self::EACCES => 13,
@@ -53,6 +56,7 @@ impl Errno {
             "EFBIG" => Self::EFBIG,
             "EIO" => Self::EIO,
             "EACCES" => Self::EACCES,
+            "EAGAIN" => Self::EAGAIN,
             _ => return None,
         })
     }

@@ -30,6 +30,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+pub mod limits;
 mod protocol;
 pub mod request;
 mod space;
@@ -37,6 +38,7 @@ pub mod trace;
 mod vma;
 
 pub use error::{Errno, Error, Result};
+pub use limits::{Limits, Usage};
 #[doc(hidden)]
 pub use protocol::BrokenStep;
 pub use protocol::{FlushHook, NoFlush, Revoked, SpaceStats};

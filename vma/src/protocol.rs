@@ -31,6 +31,7 @@
 //! shuttle tests that must fail without it ([`BrokenStep`]); outside shuttle builds the switch
 //! is constant false and costs nothing.
 
+use crate::limits::Counters;
 use crate::vma::{Events, Mapping, Prot, Vma};
 use maple::rcu::{DefaultRcu, Keys, Rcu as _};
 use maple::sync::atomic::{AtomicU64, Ordering};
@@ -172,6 +173,7 @@ impl Run<'_> {
 
 /// The range an operation rewrites: everything in `[lo, hi)` is replaced by `new` (sorted,
 /// inside the range; the rest becomes free).
+#[derive(Clone)]
 pub(crate) struct Change {
     pub(crate) lo: u64,
     pub(crate) hi: u64,
@@ -235,6 +237,8 @@ pub(crate) struct Protocol {
     flush: Box<dyn FlushHook>,
     pub(crate) events: Events,
     pub(crate) stats: SpaceStats,
+    /// The pages of the VMAs in the tree, for the limits.
+    pub(crate) usage: Counters,
     #[cfg(feature = "shuttle")]
     broken: Option<BrokenStep>,
 }
@@ -266,6 +270,7 @@ impl Protocol {
             flush: Box::new(flush),
             events: Events::new(),
             stats: SpaceStats::default(),
+            usage: Counters::default(),
             #[cfg(feature = "shuttle")]
             broken: None,
         }
@@ -397,6 +402,19 @@ impl Protocol {
         run: &mut Run<'t>,
         born: Born,
     ) {
+        let merged = self.merge(writer, change);
+        let unchanged = || {
+            let old = self.vmas_in(writer, merged.lo, merged.hi);
+            old.len() == merged.new.len() && old.iter().zip(&merged.new).all(|(o, m)| o.mapping().same_as(m))
+        };
+        if always || !unchanged() {
+            self.publish(writer, merged, run, born);
+        }
+    }
+
+    /// `change` merged with compatible neighbours and within itself (Linux's merge rules): its
+    /// range widened over the neighbours it absorbs.
+    fn merge(&self, writer: &TreeWriter<'_>, change: Change) -> Change {
         let Change { mut lo, mut hi, new } = change;
         let mut merged = Mappings::with_capacity(new.len() + 2);
         if let Some(first) = new.first()
@@ -423,13 +441,21 @@ impl Protocol {
             }
         }
         hi = hi.max(merged.last().map_or(hi, |m| m.end));
-        let unchanged = || {
-            let old = self.vmas_in(writer, lo, hi);
-            old.len() == merged.len() && old.iter().zip(&merged).all(|(o, m)| o.mapping().same_as(m))
-        };
-        if always || !unchanged() {
-            self.publish(writer, Change { lo, hi, new: merged }, run, born);
-        }
+        Change { lo, hi, new: merged }
+    }
+
+    /// How many VMAs more `change` would leave (after merging; negative for fewer).
+    pub(crate) fn growth(&self, writer: &TreeWriter<'_>, change: &Change) -> isize {
+        let merged = self.merge(writer, change.clone());
+        merged.new.len() as isize - self.vmas_in(writer, merged.lo, merged.hi).len() as isize
+    }
+
+    /// The pages mapped in `[start, end)`.
+    pub(crate) fn pages_in(&self, writer: &TreeWriter<'_>, start: u64, end: u64) -> u64 {
+        self.vmas_in(writer, start, end)
+            .iter()
+            .map(|vma| (vma.end().min(end) - vma.start().max(start)) >> crate::PAGE_SHIFT)
+            .sum()
     }
 
     /// Steps 1–2 of the replacement protocol (module documentation) for `change`, the new VMAs
@@ -459,6 +485,7 @@ impl Protocol {
         }
         for (_, _, vma) in &values {
             self.link(vma.mapping());
+            self.usage.add(vma.mapping());
         }
         let erased = self.skips(BrokenStep::OnePublication).then(|| {
             writer
@@ -469,6 +496,9 @@ impl Protocol {
             .replace_exact(change.lo, change.hi - 1, values)
             .expect("changes are computed on VMA boundaries and are valid ranges");
         let displaced = erased.unwrap_or(displaced);
+        for (_, _, vma) in displaced.iter() {
+            self.usage.remove(vma.mapping());
+        }
         if self.skips(BrokenStep::Baby) {
             run.born.drain(first_born..).for_each(birth_published);
             self.events.notify();

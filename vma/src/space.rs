@@ -6,6 +6,7 @@
 //! which takes no lock. The split follows Linux's: mm/mmap.c decides, mm/vma.c applies.
 
 use crate::error::{Errno, Error, Result};
+use crate::limits::{Limits, Usage, is_data};
 #[cfg(feature = "shuttle")]
 use crate::protocol::BrokenStep;
 use crate::protocol::{Change, Flush, FlushHook, Mappings, Protocol, Revoked, Run, SpaceStats, TreeWriter};
@@ -97,6 +98,7 @@ pub struct AddressSpace {
     protocol: Protocol,
     layout: Layout,
     heap: Mutex<Heap>,
+    limits: Mutex<Limits>,
     /// Filled by fork: neighbours that differ only in the flags a child does not inherit
     /// (mlock's) keep their parent's boundary, as Linux's `dup_mmap` keeps them.
     forked: AtomicBool,
@@ -120,6 +122,7 @@ impl AddressSpace {
             protocol: Protocol::new(flush),
             layout,
             heap: Mutex::new(Heap { start: low, brk: low }),
+            limits: Mutex::new(Limits::LINUX),
             forked: AtomicBool::new(false),
         })
     }
@@ -174,6 +177,7 @@ impl AddressSpace {
                 });
                 // Nobody can find it before the tree is filled.
                 vma.birth();
+                child.protocol.usage.add(vma.mapping());
                 (mapping.start, mapping.end - 1, Box::new(vma))
             }))
             .expect("a space's VMAs are sorted and apart");
@@ -240,16 +244,65 @@ impl AddressSpace {
         self.protocol.tree.len()
     }
 
+    /// The limits the calls apply (Linux's defaults until set).
+    pub fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the limits (as `sysctl vm.max_map_count` and `setrlimit` do): calls from now on
+    /// apply them; what is mapped already stays.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// The pages mapped, as the limits count them.
+    pub fn usage(&self) -> Usage {
+        self.protocol.usage.usage()
+    }
+
+    /// ENOMEM where unmapping `[start, end)` would split one VMA in three with `max_map_count`
+    /// VMAs or more (Linux's `vms_gather_munmap_vmas`: the count may pass the limit only while
+    /// resources are being freed).
+    fn check_unmap_count(
+        &self,
+        writer: &TreeWriter<'_>,
+        limits: &Limits,
+        start: u64,
+        end: u64,
+    ) -> Result<()> {
+        let splits_in_three = writer
+            .load_range(start)
+            .is_some_and(|(_, _, vma)| vma.start() < start && end < vma.end());
+        if splits_in_three && self.vma_count() >= limits.max_map_count {
+            return Err(enomem("the unmap would split a VMA with max_map_count VMAs"));
+        }
+        Ok(())
+    }
+
+    /// ENOMEM where `change` would add VMAs (after merging) with `max_map_count` VMAs or more
+    /// (Linux's `split_vma`).
+    fn check_split_count(&self, writer: &TreeWriter<'_>, limits: &Limits, change: &Change) -> Result<()> {
+        if self.vma_count() >= limits.max_map_count && self.protocol.growth(writer, change) > 0 {
+            return Err(enomem("the change would split a VMA with max_map_count VMAs"));
+        }
+        Ok(())
+    }
+
     /// Checks the space's invariants: the tree's structure, every VMA page aligned, inside the
-    /// bounds, usable (between operations nothing is BABY or ZOMBIE), and no two adjacent VMAs
+    /// bounds, usable (between operations nothing is BABY or ZOMBIE), no two adjacent VMAs
     /// that Linux would have merged (except in a space that fork filled, which keeps its
-    /// parent's boundaries).
+    /// parent's boundaries), and the [`Usage`] counted for the limits the VMAs' own.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.protocol.tree.validate()?;
         let guard = self.guard();
         let mut previous: Option<&Mapping> = None;
+        let mut counted = Usage::default();
         for vma in self.iter_from(0, &guard) {
             let m = vma.mapping();
+            counted.total_pages += m.pages();
+            if is_data(m) {
+                counted.data_pages += m.pages();
+            }
             if !aligned(m.start) || !aligned(m.end) || m.start >= m.end {
                 return Err(format!(
                     "VMA {:#x}-{:#x} is not a page-aligned range",
@@ -273,6 +326,12 @@ impl AddressSpace {
                 ));
             }
             previous = Some(m);
+        }
+        if counted != self.usage() {
+            return Err(format!(
+                "the usage counted, {:?}, is not the VMAs', {counted:?}",
+                self.usage()
+            ));
         }
         Ok(())
     }
@@ -446,7 +505,11 @@ impl AddressSpace {
             return Err(einval("the request was checked against another layout"));
         }
         let len = request.length();
+        let limits = self.limits();
         let mut writer = self.protocol.tree.lock();
+        if self.vma_count() > limits.max_map_count {
+            return Err(enomem("more VMAs than max_map_count"));
+        }
         let start = match request.placement() {
             Placement::FixedNoReplace(addr)
                 if self.protocol.first_in(&writer, addr, addr + len).is_some() =>
@@ -462,6 +525,16 @@ impl AddressSpace {
         };
         let end = start + len;
         let mapping = request.mapping_at(start);
+        let replaced = match request.placement() {
+            Placement::Fixed(_) => {
+                self.check_unmap_count(&writer, &limits, start, end)?;
+                self.protocol.pages_in(&writer, start, end)
+            }
+            _ => 0,
+        };
+        if !limits.may_expand(self.usage(), is_data(&mapping), mapping.pages() - replaced) {
+            return Err(enomem("the mapping would pass RLIMIT_AS or RLIMIT_DATA"));
+        }
         let change = self.protocol.carve(&writer, start, end, smallvec![mapping]);
         self.protocol
             .settle(&mut writer, change, &[Flush::Zap(start, end)]);
@@ -472,8 +545,10 @@ impl AddressSpace {
     /// Unmapping a range that holds nothing succeeds and waits for no one.
     pub fn munmap(&self, addr: u64, len: u64) -> Result<()> {
         let (start, end) = unmap_range(self.layout, addr, len)?;
+        let limits = self.limits();
         let mut writer = self.protocol.tree.lock();
         self.check_splits(&writer, start, end)?;
+        self.check_unmap_count(&writer, &limits, start, end)?;
         self.protocol.unmap(&mut writer, start, end);
         Ok(())
     }
@@ -485,15 +560,28 @@ impl AddressSpace {
         let Some((addr, end)) = protect_range(self.layout, addr, len)? else {
             return Ok(());
         };
+        let limits = self.limits();
         let mut writer = self.protocol.tree.lock();
         let (covered, lo, changed_end) = covered_from(&writer, addr, end)?;
         let hi = covered.last().map_or(changed_end, |last| last.end);
         let new = reshaped(&covered, (addr, changed_end), |part| part.protected(prot));
-        self.protocol.settle(
-            &mut writer,
-            Change { lo, hi, new },
-            &[Flush::Protect(addr, changed_end, prot)],
-        );
+        // Pages that become data (Linux's `mprotect_fixup`: `may_expand_vm` with the new flags
+        // where it held with the old).
+        let becoming_data: u64 = covered
+            .iter()
+            .zip(covered.iter().map(|m| m.clone().protected(prot)))
+            .filter(|(old, new)| !is_data(old) && is_data(new))
+            .map(|(old, _)| (old.end.min(changed_end) - old.start.max(addr)) >> PAGE_SHIFT)
+            .sum();
+        if !limits.may_expand(self.usage(), true, becoming_data)
+            && limits.may_expand(self.usage(), false, becoming_data)
+        {
+            return Err(enomem("the change would pass RLIMIT_DATA"));
+        }
+        let change = Change { lo, hi, new };
+        self.check_split_count(&writer, &limits, &change)?;
+        self.protocol
+            .settle(&mut writer, change, &[Flush::Protect(addr, changed_end, prot)]);
         if changed_end < end {
             return Err(enomem("part of the range is unmapped"));
         }
@@ -534,6 +622,7 @@ impl AddressSpace {
             return Err(einval("the request was checked against another layout"));
         }
         let old = request.old();
+        let limits = self.limits();
         let mut writer = self.protocol.tree.lock();
         let at_old = writer.load_range(old).map(|(_, _, vma)| vma.mapping().clone());
         let request = request.check_source(at_old.as_ref())?;
@@ -542,7 +631,17 @@ impl AddressSpace {
         // The old range's ends, and a fixed target's; inside, a mapping of huge pages splits
         // at their boundaries (its lengths are rounded to them).
         self.check_splits(&writer, old, old + old_len)?;
+        let growth = new_len.saturating_sub(old_len) >> PAGE_SHIFT;
+        if !limits.may_expand(self.usage(), is_data(&source), growth) {
+            return Err(enomem("growing would pass RLIMIT_AS or RLIMIT_DATA"));
+        }
+        // A move may split the old range's VMAs and the target's: Linux wants VMAs to spare.
+        let count = self.vma_count();
+        let may_move = count < limits.max_map_count.saturating_sub(3);
         if let Some(new_addr) = request.fixed() {
+            if count + 2 >= limits.max_map_count.saturating_sub(3) {
+                return Err(enomem("a fixed move needs max_map_count to spare five VMAs"));
+            }
             self.check_splits(&writer, new_addr, new_addr + new_len)?;
             let sources: Mappings = self
                 .protocol
@@ -555,6 +654,7 @@ impl AddressSpace {
         }
         if new_len <= old_len {
             if new_len < old_len {
+                self.check_unmap_count(&writer, &limits, old + new_len, old + old_len)?;
                 self.protocol.unmap(&mut writer, old + new_len, old + old_len);
             }
             return Ok(old);
@@ -578,6 +678,9 @@ impl AddressSpace {
         }
         if !request.maymove() {
             return Err(enomem("cannot grow in place and may not move"));
+        }
+        if !may_move {
+            return Err(enomem("a move needs max_map_count to spare three VMAs"));
         }
         let target = self.place(&writer, 0, new_len, source.page_size())?;
         Ok(self.move_locked(&mut writer, &request, &[source], target))
@@ -661,6 +764,9 @@ impl AddressSpace {
         if old.end - page > STACK_LIMIT {
             return Err(enomem("the stack would grow past its limit"));
         }
+        if !self.limits().may_expand(self.usage(), is_data(&old), grow) {
+            return Err(enomem("the stack would pass RLIMIT_AS"));
+        }
         let pgoff = old
             .pgoff
             .checked_sub(grow)
@@ -704,7 +810,16 @@ impl AddressSpace {
         let (lo, hi) = (first.start, last.end);
         let mapped: u64 = old.iter().map(|m| m.end.min(end) - m.start.max(addr)).sum();
         let new = reshaped(&old, (addr, end), |part| Mapping { dontfork, ..part });
-        self.protocol.reshape(&mut writer, Change { lo, hi, new });
+        let change = Change { lo, hi, new };
+        // madvise answers EAGAIN where a split fails (Linux's `madvise_vma_behavior`).
+        self.check_split_count(&writer, &self.limits(), &change)
+            .map_err(|_| {
+                Error::new(
+                    Errno::EAGAIN,
+                    "the change would split a VMA with max_map_count VMAs",
+                )
+            })?;
+        self.protocol.reshape(&mut writer, change);
         if mapped < end - addr {
             return Err(enomem("part of the range is unmapped"));
         }
@@ -740,7 +855,9 @@ impl AddressSpace {
             },
             ..part
         });
-        self.protocol.reshape(&mut writer, Change { lo, hi, new });
+        let change = Change { lo, hi, new };
+        self.check_split_count(&writer, &self.limits(), &change)?;
+        self.protocol.reshape(&mut writer, change);
         if changed_end < end {
             return Err(enomem("part of the range is unmapped"));
         }
@@ -760,11 +877,15 @@ impl AddressSpace {
     }
 
     /// Moves the program break to `addr` and returns the new break; as Linux, returns the
-    /// current break unchanged when `addr` is below the heap start or the heap cannot grow
-    /// there (occupied, or beyond the address space).
+    /// current break unchanged when `addr` is below the heap start, the heap would pass
+    /// `RLIMIT_DATA` (`check_data_rlimit`, the heap alone: there is no program data segment
+    /// here), or it cannot grow there: occupied up to a page above it (the [`STACK_GUARD_GAP`]
+    /// below a stack), beyond the address space, past `RLIMIT_AS` or `RLIMIT_DATA`, or more
+    /// VMAs than `max_map_count` (`do_brk_flags`).
     pub fn brk(&self, addr: u64) -> u64 {
+        let limits = self.limits();
         let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
-        if addr < heap.start {
+        if addr < heap.start || addr - heap.start > limits.data {
             return heap.brk;
         }
         let Some(new_top) = addr
@@ -778,11 +899,11 @@ impl AddressSpace {
         if new_top < old_top {
             self.protocol.unmap(&mut writer, new_top, old_top);
         } else if new_top > old_top {
-            // Linux keeps a guard page below the next mapping.
-            if self
-                .protocol
-                .first_in(&writer, old_top, new_top + PAGE_SIZE)
-                .is_some()
+            // Linux keeps a guard page below the next mapping, and the guard gap below a stack.
+            let next_start = start_gap_above(&writer, old_top - 1);
+            if new_top.saturating_add(PAGE_SIZE) > next_start
+                || !limits.may_expand(self.usage(), true, (new_top - old_top) >> PAGE_SHIFT)
+                || self.vma_count() > limits.max_map_count
             {
                 return heap.brk;
             }

@@ -718,3 +718,55 @@ fn mappings_of_huge_pages_align_split_at_their_boundaries_and_never_merge() {
     );
     space.validate().unwrap();
 }
+
+/// The limits (checked against the running kernel in oracle/tests/limits.rs): brk stops at
+/// RLIMIT_DATA and below a stack's guard gap, a stack stops growing at RLIMIT_AS, and the
+/// usage follows every change.
+#[test]
+fn limits_stop_brk_and_stack_growth() {
+    const BASE: u64 = 0x1000_0000;
+    let s = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
+    s.set_heap_start(BASE).unwrap();
+    s.set_limits(vma::Limits {
+        data: 4 * P,
+        ..vma::Limits::LINUX
+    });
+    assert_eq!(s.brk(BASE + 4 * P), BASE + 4 * P);
+    assert_eq!(s.brk(BASE + 5 * P), BASE + 4 * P, "RLIMIT_DATA");
+    assert_eq!(
+        s.usage(),
+        vma::Usage {
+            total_pages: 4,
+            data_pages: 4
+        }
+    );
+    // A stack 300 pages above: brk stops a page short of its guard gap.
+    let stack = BASE + 300 * P;
+    let growsdown = MapFlags {
+        growsdown: true,
+        ..MapFlags::PRIVATE_ANONYMOUS.fixed()
+    };
+    s.mmap(stack, P, Prot::READ_WRITE, growsdown, None).unwrap();
+    s.set_limits(vma::Limits::LINUX);
+    let gap = stack - vma::STACK_GUARD_GAP;
+    assert_eq!(s.brk(gap), BASE + 4 * P, "into the guard gap's last page");
+    assert_eq!(s.brk(gap - P), gap - P);
+    assert_eq!(
+        s.usage(),
+        vma::Usage {
+            total_pages: 43 + 1,
+            data_pages: 43
+        }
+    );
+    // The stack grows while RLIMIT_AS allows.
+    assert_eq!(s.brk(BASE + 4 * P), BASE + 4 * P);
+    s.set_limits(vma::Limits {
+        address_space: 7 * P,
+        ..vma::Limits::LINUX
+    });
+    assert!(s.grow_stack(stack - P).unwrap());
+    assert_eq!(errno(s.grow_stack(stack - 3 * P)), Errno::ENOMEM);
+    assert!(s.grow_stack(stack - 2 * P).unwrap());
+    assert_eq!(s.usage().total_pages, 7);
+    s.validate().unwrap();
+}

@@ -475,7 +475,12 @@ impl Model {
         if new_top < old_top {
             self.munmap(new_top, old_top - new_top).unwrap();
         } else if new_top > old_top {
-            if !self.free(old_top, new_top + PAGE_SIZE) {
+            // A page above the heap stays free, and the guard gap below a stack.
+            let stack_gap = match self.pages.range(old_top..).next() {
+                Some((&at, page)) if page.growsdown => at.saturating_sub(STACK_GUARD_GAP),
+                _ => u64::MAX,
+            };
+            if !self.free(old_top, new_top + PAGE_SIZE) || new_top + PAGE_SIZE > stack_gap {
                 return brk;
             }
             for a in (old_top..new_top).step_by(PAGE_SIZE as usize) {
