@@ -7,9 +7,9 @@ Capture (the program must read /proc/self/maps and print it to stdout):
     python3 tools/strace2trace.py NAME.strace NAME.linux-maps vma/tests/traces/NAME
 
 Writes NAME.trace (the operations up to the read of /proc/self/maps, every result recorded) and
-NAME.maps (Linux's maps at that read, in maplevm's format: no device and inode columns, kernel
-mappings such as [stack] and [vdso] left out). Mappings the kernel made at exec (the program and
-the dynamic loader) are not in the strace log: they are seeded at the top of the trace as fixed
+NAME.maps (Linux's maps at that read, kernel mappings such as [stack] and [vdso] left out). The
+trace declares each file's device and inode as the maps showed them. Mappings the kernel made
+at exec (the program and the dynamic loader) are not in the strace log: they are seeded at the top of the trace as fixed
 mappings with their final permissions (a read-only part that Linux keeps apart from an identical
 neighbour is seeded writable and then made read-only, as the loader did), so the loader's
 mprotect calls on them replay.
@@ -167,17 +167,19 @@ def convert(log_lines):
 
 
 def maps(lines):
+    """The mappings of /proc/PID/maps lines, kernel mappings left out: (start, end, perms,
+    offset, path, device, inode, the line as printed)."""
     out = []
     for line in lines:
         fields = line.split()
         if len(fields) < 5:
             continue
-        rng, perms, offset = fields[0], fields[1], fields[2]
+        rng, perms, offset, device, inode = fields[:5]
         path = " ".join(fields[5:])
         if path in SPECIAL:
             continue
         start, end = (int(x, 16) for x in rng.split("-"))
-        out.append((start, end, perms, int(offset, 16), path))
+        out.append((start, end, perms, int(offset, 16), path, device, inode, line))
     return out
 
 
@@ -185,9 +187,13 @@ def main():
     log, linux_maps, out = sys.argv[1:4]
     ops, created = convert(open(log).read().splitlines())
     vmas = maps(open(linux_maps).read().splitlines())
+    # Each file's device and inode, as the maps showed them (shared anonymous memory gets its
+    # own in each replay).
+    files = sorted({f"file {path} {device} {inode}" for _, _, _, _, path, device, inode, _ in vmas
+                    if path.startswith("/") and not path.endswith(" (deleted)")})
     seeds = []
     previous = None
-    for start, end, perms, offset, path in vmas:
+    for start, end, perms, offset, path, _, _, _ in vmas:
         if path == "[heap]" or any(s < end and start < e for s, e in created):
             previous = None
             continue
@@ -205,12 +211,12 @@ def main():
         previous = (start, end, perms, offset, path)
     with open(out + ".trace", "w") as f:
         f.write(f"# {os.path.basename(out)}: captured with strace from a real process (see tools/strace2trace.py)\n")
+        f.write("# the files' devices and inodes:\n" + "\n".join(files) + "\n")
         f.write("# mappings the kernel made at exec, with their final permissions:\n")
         f.write("\n".join(seeds) + "\n# the traced operations:\n" + "\n".join(ops) + "\n")
     with open(out + ".maps", "w") as f:
-        for start, end, perms, offset, path in vmas:
-            line = f"{start:08x}-{end:08x} {perms} {offset:08x}"
-            f.write(line + (f" {path}" if path else "") + "\n")
+        for vma in vmas:
+            f.write(vma[-1] + "\n")
 
 
 if __name__ == "__main__":

@@ -408,7 +408,15 @@ pub struct File {
     /// Faults consume reservations after caching their page, outside the lock (shuttle builds
     /// only; for the test that must fail).
     broken: Broken,
+    /// The device and inode `maps()` shows: device 00:00 (00:01 for the object of a shared
+    /// anonymous mapping, Linux's shmem), an inode number of its own.
+    identity: vma::FileIdentity,
+    /// The object of a MAP_SHARED | MAP_ANONYMOUS mapping.
+    anonymous: bool,
 }
+
+/// Inode numbers of files.
+static NEXT_INODE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl fmt::Debug for File {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -483,6 +491,20 @@ impl File {
         Self::with_backing(name, frames, len, Arc::new(MemBacking::new(&[])))
     }
 
+    /// The zero-filled object of a MAP_SHARED | MAP_ANONYMOUS mapping of `len` bytes (Linux's
+    /// shmem, shown as `/dev/zero (deleted)` on device 00:01). EFBIG beyond [`MAX_FILE_LEN`].
+    pub fn shared_anonymous(frames: &Arc<FramePool>, len: u64) -> vma::Result<Arc<Self>> {
+        let backing = Arc::new(MemBacking::new(&[]));
+        Self::build(
+            "/dev/zero (deleted)",
+            frames,
+            len,
+            backing,
+            FileSync::Rcu,
+            Kind::SharedAnonymous,
+        )
+    }
+
     /// A file of `len` bytes stored in `backing`. EFBIG beyond [`MAX_FILE_LEN`].
     pub fn with_backing(
         name: impl Into<String>,
@@ -502,7 +524,7 @@ impl File {
         backing: Arc<dyn Backing>,
         sync: FileSync,
     ) -> vma::Result<Arc<Self>> {
-        Self::build(name, frames, len, backing, sync, false)
+        Self::build(name, frames, len, backing, sync, Kind::Regular)
     }
 
     /// A hugetlb file (a file on hugetlbfs) of `len` bytes, zero-filled, whose pages are huge
@@ -521,7 +543,14 @@ impl File {
         if len % HUGE_FRAME_SIZE as u64 != 0 {
             return Err(not_huge_aligned());
         }
-        Self::build(name, frames, len, Arc::new(MemBacking::new(&[])), sync, true)
+        Self::build(
+            name,
+            frames,
+            len,
+            Arc::new(MemBacking::new(&[])),
+            sync,
+            Kind::Hugetlb,
+        )
     }
 
     fn build(
@@ -530,11 +559,12 @@ impl File {
         len: u64,
         backing: Arc<dyn Backing>,
         sync: FileSync,
-        huge: bool,
+        kind: Kind,
     ) -> vma::Result<Arc<Self>> {
         if len > MAX_FILE_LEN {
             return Err(efbig());
         }
+        let anonymous = kind == Kind::SharedAnonymous;
         let file = Arc::new(Self {
             name: name.into(),
             backing,
@@ -546,10 +576,17 @@ impl File {
             sync,
             i_mmap_rwsem: (sync != FileSync::Rcu).then(|| RwLock::new(())),
             clock: AtomicU64::new(0),
-            huge,
+            huge: kind == Kind::Hugetlb,
             reservations: Mutex::new(std::collections::BTreeSet::new()),
             shared_tables: Arc::new(Registry::new(frames)),
             broken: Broken::new(),
+            identity: vma::FileIdentity {
+                major: 0,
+                minor: anonymous.into(),
+                // Relaxed: only uniqueness matters.
+                inode: NEXT_INODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            },
+            anonymous,
         });
         let shrinker: Weak<dyn Shrinker> = Arc::downgrade(&file) as Weak<File>;
         frames.register_shrinker(shrinker);
@@ -1472,4 +1509,20 @@ impl MappedFile for File {
     fn page_size(&self) -> u64 {
         File::page_size(self)
     }
+
+    fn identity(&self) -> vma::FileIdentity {
+        self.identity
+    }
+
+    fn anonymous(&self) -> bool {
+        self.anonymous
+    }
+}
+
+/// What kind of object a [`File`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Regular,
+    Hugetlb,
+    SharedAnonymous,
 }

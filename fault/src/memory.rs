@@ -578,7 +578,7 @@ impl Memory {
             if len > memory {
                 return Err(Error::new(Errno::ENOMEM, "longer than the frame pool"));
             }
-            let shmem = File::zeroed("/dev/zero (deleted)", &self.frames, len)
+            let shmem = File::shared_anonymous(&self.frames, len)
                 .map_err(|_| Error::new(Errno::ENOMEM, "longer than a shared object can be"))?;
             let flags = MapFlags {
                 anonymous: false,

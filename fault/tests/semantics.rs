@@ -183,7 +183,11 @@ fn shared_anonymous_memory_is_shared_across_a_move() {
         .unwrap();
     assert!(read(&mm, a, 2 * P as usize).iter().all(|&b| b == 0));
     mm.write(a, b"shm").unwrap();
-    assert!(mm.space().maps().contains("rw-s 00000000 /dev/zero (deleted)"));
+    let maps = mm.space().maps();
+    assert!(
+        maps.contains("rw-s 00000000 00:01 ") && maps.ends_with(" /dev/zero (deleted)\n"),
+        "{maps}"
+    );
     let moved = mm
         .mremap(
             a,

@@ -27,9 +27,8 @@ use crate::child::{self, Scratch};
 use crate::prot_bits;
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::fmt::Write as _;
 use vma::trace::{Op, Outcome, Trace, TraceError};
-use vma::{MapFlags, PAGE_SIZE, Prot, RemapFlags};
+use vma::{FileIdentity, MapFlags, MapsLine, PAGE_SIZE, Prot, RemapFlags};
 
 /// Ranges closer than this share a window (and keep their distance).
 pub const WINDOW_SLACK: u64 = 1 << 30;
@@ -128,6 +127,7 @@ fn touched(trace: &Trace) -> Result<Vec<(u64, u64)>, TraceError> {
             message: message.to_string(),
         };
         match op {
+            Op::File(..) => {}
             Op::Heap(start) => heap_start = Some(*start),
             Op::Brk(addr, result) => {
                 let start = heap_start.ok_or_else(|| fail("brk before the heap's start"))?;
@@ -207,6 +207,8 @@ struct Files {
     by_name: HashMap<String, i32>,
     /// The name `/proc/self/maps` shows for each memfd, and the trace's name for it.
     shown: HashMap<String, String>,
+    /// The devices and inodes the trace gives its files.
+    identities: HashMap<String, FileIdentity>,
 }
 
 impl Files {
@@ -214,14 +216,19 @@ impl Files {
         let mut files = Files {
             by_name: HashMap::new(),
             shown: HashMap::new(),
+            identities: HashMap::new(),
         };
         for (line, op) in &trace.ops {
-            let Op::Mmap {
-                file: Some((name, _)),
-                ..
-            } = op
-            else {
-                continue;
+            let name = match op {
+                Op::File(name, identity) => {
+                    files.identities.insert(name.clone(), *identity);
+                    continue;
+                }
+                Op::Mmap {
+                    file: Some((name, _)),
+                    ..
+                } => name,
+                _ => continue,
             };
             if files.by_name.contains_key(name) {
                 continue;
@@ -278,6 +285,7 @@ fn calls(trace: &Trace, windows: &Windows, files: &Files) -> (Vec<Call>, Option<
             })
         };
         match op.pinned() {
+            Op::File(..) => {}
             Op::Heap(start) => heap = Some((start, start)),
             Op::Brk(addr, result) => {
                 let Some((start, old)) = heap else { continue };
@@ -424,7 +432,8 @@ pub fn replay(trace: &Trace) -> Result<String, TraceError> {
 }
 
 /// The lines of the child's `/proc/self/maps` inside the windows, moved back and printed as
-/// maplevm prints its maps.
+/// maplevm prints its maps: files by their names and devices and inodes in the trace, `[heap]`
+/// by Linux's rule (`show_map_vma`).
 fn layout(maps: &str, windows: &Windows, files: &Files, heap: Option<(u64, u64)>) -> String {
     let mut lines: Vec<(u64, String)> = maps
         .lines()
@@ -435,11 +444,21 @@ fn layout(maps: &str, windows: &Windows, files: &Files, heap: Option<(u64, u64)>
                 u64::from_str_radix(start, 16).ok()?,
                 u64::from_str_radix(end, 16).ok()?,
             )?;
-            let perms = fields.next()?;
+            let perms = fields.next()?.as_bytes();
             let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-            let name = fields.nth(2).unwrap_or("").trim_start();
+            let (major, minor) = fields.next()?.split_once(':')?;
+            let inode = fields.next()?.parse().ok()?;
+            let name = fields.next().unwrap_or("").trim_start();
+            let mut identity = FileIdentity {
+                major: u32::from_str_radix(major, 16).ok()?,
+                minor: u32::from_str_radix(minor, 16).ok()?,
+                inode,
+            };
             let name = match files.shown.get(name) {
-                Some(trace_name) => trace_name.as_str(),
+                Some(trace_name) => {
+                    identity = files.identities.get(trace_name).copied().unwrap_or_default();
+                    trace_name.as_str()
+                }
                 None if name.is_empty()
                     && heap.is_some_and(|(heap_start, brk)| {
                         brk > heap_start && start <= brk && end >= heap_start
@@ -449,11 +468,16 @@ fn layout(maps: &str, windows: &Windows, files: &Files, heap: Option<(u64, u64)>
                 }
                 None => name,
             };
-            let mut out = format!("{start:08x}-{end:08x} {perms} {offset:08x}");
-            if !name.is_empty() {
-                let _ = write!(out, " {name}");
-            }
-            Some((start, out))
+            let line = MapsLine {
+                start,
+                end,
+                prot: Prot::new(perms[0] == b'r', perms[1] == b'w', perms[2] == b'x'),
+                shared: perms[3] == b's',
+                offset,
+                identity,
+                name,
+            };
+            Some((start, line.to_string()))
         })
         .collect();
     lines.sort_unstable();

@@ -31,6 +31,7 @@
 
 mod error;
 pub mod limits;
+pub mod maps;
 mod protocol;
 pub mod request;
 mod space;
@@ -39,6 +40,7 @@ mod vma;
 
 pub use error::{Errno, Error, Result};
 pub use limits::{Limits, Usage};
+pub use maps::{FileIdentity, MapsLine};
 #[doc(hidden)]
 pub use protocol::BrokenStep;
 pub use protocol::{FlushHook, NoFlush, Revoked, SpaceStats};

@@ -273,7 +273,7 @@ impl MmapRequest {
         };
         let shared = flags.check()?;
         let backing = match (flags.anonymous, file) {
-            (true, _) if shared => Backing::File(Arc::new(SharedAnonymous)),
+            (true, _) if shared => Backing::File(Arc::new(SharedAnonymous::new())),
             (true, _) => Backing::Anonymous,
             (false, Some((file, _))) => Backing::File(file),
             (false, None) => return Err(Error::new(Errno::EBADF, "a file mapping needs a file")),

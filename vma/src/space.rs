@@ -7,6 +7,7 @@
 
 use crate::error::{Errno, Error, Result};
 use crate::limits::{Limits, Usage, is_data};
+use crate::maps::{FileIdentity, MapsLine};
 #[cfg(feature = "shuttle")]
 use crate::protocol::BrokenStep;
 use crate::protocol::{Change, Flush, FlushHook, Mappings, Protocol, Revoked, Run, SpaceStats, TreeWriter};
@@ -19,7 +20,7 @@ use crate::{PAGE_SHIFT, PAGE_SIZE, STACK_GUARD_GAP, STACK_LIMIT};
 use maple::Guard;
 use maple::rcu::DefaultRcu;
 use maple::sync::Mutex;
-use maple::sync::atomic::{AtomicBool, Ordering};
+use maple::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use smallvec::smallvec;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -84,6 +85,9 @@ fn start_gap_above(writer: &TreeWriter<'_>, last: u64) -> u64 {
     }
 }
 
+/// The longest anon_vma name, with its terminating NUL (Linux's `ANON_VMA_NAME_MAX_LEN`).
+const ANON_NAME_MAX: usize = 80;
+
 /// The heap set up by `brk`.
 #[derive(Debug, Clone, Copy)]
 struct Heap {
@@ -98,6 +102,8 @@ pub struct AddressSpace {
     protocol: Protocol,
     layout: Layout,
     heap: Mutex<Heap>,
+    /// Where the initial stack starts (Linux's `mm->start_stack`; 0: none), for `[stack]`.
+    start_stack: AtomicU64,
     limits: Mutex<Limits>,
     /// Filled by fork: neighbours that differ only in the flags a child does not inherit
     /// (mlock's) keep their parent's boundary, as Linux's `dup_mmap` keeps them.
@@ -122,6 +128,7 @@ impl AddressSpace {
             protocol: Protocol::new(flush),
             layout,
             heap: Mutex::new(Heap { start: low, brk: low }),
+            start_stack: AtomicU64::new(0),
             limits: Mutex::new(Limits::LINUX),
             forked: AtomicBool::new(false),
         })
@@ -184,6 +191,10 @@ impl AddressSpace {
         drop(child_writer);
         *child.heap.lock().unwrap_or_else(|e| e.into_inner()) =
             *self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: the child is not shared yet.
+        child
+            .start_stack
+            .store(self.start_stack.load(Ordering::Relaxed), Ordering::Relaxed);
         for mapping in &mappings {
             copy(mapping);
         }
@@ -434,34 +445,49 @@ impl AddressSpace {
         self.protocol.tree.iter_from(start, guard).map(|(_, _, vma)| vma)
     }
 
-    /// The mappings in the format of `/proc/PID/maps`: `start-end rwxp offset path`, one per
-    /// line (offset 0 and no path for anonymous memory, `[heap]` for the brk area).
+    /// The mappings exactly as `/proc/PID/maps` shows them (`vma::MapsLine`): `start-end
+    /// rwxp offset major:minor inode`, then the object's path, or `[heap]` for the brk area,
+    /// `[stack]` for the VMA holding the initial stack ([`AddressSpace::set_stack_start`]),
+    /// `[anon:NAME]` / `[anon_shmem:NAME]` for named anonymous memory
+    /// ([`AddressSpace::set_anon_name`]), with Linux's rules (`show_map_vma`, `get_vma_name`).
     pub fn maps(&self) -> String {
         let heap = *self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: set before the calls whose maps this prints.
+        let start_stack = self.start_stack.load(Ordering::Relaxed);
         let guard = self.guard();
         let mut out = String::new();
         for vma in self.iter_from(0, &guard) {
             let m = vma.mapping();
-            let (offset, path) = match &m.backing {
-                Backing::File(file) => (m.pgoff << PAGE_SHIFT, file.name().to_string()),
-                Backing::Anonymous if heap.brk > heap.start && m.start <= heap.brk && m.end >= heap.start => {
-                    (0, "[heap]".to_string())
-                }
-                Backing::Anonymous => (
-                    0,
-                    m.name.as_ref().map_or(String::new(), |n| format!("[anon:{n}]")),
+            let named = |kind: &str| m.name.as_ref().map(|name| format!("[{kind}:{name}]"));
+            let (offset, identity, name) = match &m.backing {
+                // A named shared anonymous mapping (Linux's shmem with an anon_vma_name).
+                Backing::File(file) if file.anonymous() && m.name.is_some() => (
+                    m.pgoff << PAGE_SHIFT,
+                    file.identity(),
+                    named("anon_shmem").unwrap_or_default(),
                 ),
+                Backing::File(file) => (m.pgoff << PAGE_SHIFT, file.identity(), file.name().to_string()),
+                Backing::Anonymous => {
+                    let name = if heap.brk > heap.start && m.start <= heap.brk && m.end >= heap.start {
+                        "[heap]".to_string()
+                    } else if start_stack != 0 && m.start <= start_stack && m.end >= start_stack {
+                        "[stack]".to_string()
+                    } else {
+                        named("anon").unwrap_or_default()
+                    };
+                    (0, FileIdentity::default(), name)
+                }
             };
-            let sharing = if m.shared { 's' } else { 'p' };
-            let _ = write!(
-                out,
-                "{:08x}-{:08x} {}{sharing} {offset:08x}",
-                m.start, m.end, m.prot
-            );
-            if !path.is_empty() {
-                let _ = write!(out, " {path}");
-            }
-            out.push('\n');
+            let line = MapsLine {
+                start: m.start,
+                end: m.end,
+                prot: m.prot,
+                shared: m.shared,
+                offset,
+                identity,
+                name: &name,
+            };
+            let _ = writeln!(out, "{line}");
         }
         out
     }
@@ -789,37 +815,96 @@ impl AddressSpace {
     /// the range is left out of a fork's child, or back in, VMAs split at the range's ends and
     /// merged where the flag makes them alike, as Linux 6.18 (checked with raw syscalls):
     /// EINVAL for an unaligned address (or a range splitting a mapping of huge pages inside a
-    /// page), ENOMEM, after the change, when part of the range is unmapped; a length of 0
-    /// does nothing. Faults do not read the flag: the VMAs are usable throughout
-    /// (`Protocol::reshape`).
+    /// page), EAGAIN when a split would pass `max_map_count`, ENOMEM, after the change, when
+    /// part of the range is unmapped; a length of 0 does nothing. Faults do not read the flag:
+    /// the VMAs are usable throughout (`Protocol::reshape`).
     pub fn set_dontfork(&self, addr: u64, len: u64, dontfork: bool) -> Result<()> {
+        self.advise_flags(addr, len, |_| None, |part| Mapping { dontfork, ..part })
+    }
+
+    /// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME) over `[addr, addr + len)`: names the anonymous
+    /// memory of the range (`None`: unnames it); `maps()` shows `[anon:NAME]`, and VMAs with
+    /// different names do not merge. As Linux 6.18 (`prctl_set_vma`, `madvise_set_anon_name`):
+    /// EINVAL for a name of 80 bytes or more or with a character that is not printable ASCII or
+    /// is one of `` \ ` $ [ ] ``, and for an unaligned address; EBADF at the first VMA of a
+    /// file in the range (those before it named); ENOMEM, after naming, when part of the range
+    /// is unmapped. Faults do not read the name: the VMAs are usable throughout.
+    pub fn set_anon_name(&self, addr: u64, len: u64, name: Option<&str>) -> Result<()> {
+        if let Some(name) = name
+            && (name.len() >= ANON_NAME_MAX
+                || !name
+                    .bytes()
+                    .all(|c| (0x20..0x7f).contains(&c) && !b"\\`$[]".contains(&c)))
+        {
+            return Err(einval(
+                "anon_vma names are under 80 printable characters, none of \\`$[]",
+            ));
+        }
+        let name: Option<Arc<str>> = name.map(Arc::from);
+        self.advise_flags(
+            addr,
+            len,
+            |vma| {
+                vma.backing
+                    .file()
+                    .is_some_and(|file| !file.anonymous())
+                    .then(|| Error::new(Errno::EBADF, "a file mapping cannot be named"))
+            },
+            |part| Mapping {
+                name: name.clone(),
+                ..part
+            },
+        )
+    }
+
+    /// The walk of madvise's flag changes (Linux's `madvise_walk_vmas` and
+    /// `madvise_update_vma`): every mapped part of `[addr, addr + len)` changed by `change`,
+    /// VMAs split at the range's ends and merged where alike; the walk stops at the first VMA
+    /// `stop` refuses, answering its error after changing those before it. EINVAL for an
+    /// unaligned address (or a range splitting a mapping of huge pages inside a page), EAGAIN
+    /// when a split would pass `max_map_count`, ENOMEM, after the change, when part of the
+    /// range is unmapped; a length of 0 does nothing. Faults do not read what changes: the
+    /// VMAs are usable throughout (`Protocol::reshape`).
+    fn advise_flags(
+        &self,
+        addr: u64,
+        len: u64,
+        stop: impl Fn(&Mapping) -> Option<Error>,
+        change: impl Fn(Mapping) -> Mapping,
+    ) -> Result<()> {
         let Some((addr, end)) = advise_range(addr, len)? else {
             return Ok(());
         };
+        let limits = self.limits();
         let mut writer = self.protocol.tree.lock();
-        let old: Vec<Mapping> = self
-            .protocol
-            .vmas_in(&writer, addr, end)
-            .iter()
-            .map(|vma| vma.mapping().clone())
-            .collect();
-        let (Some(first), Some(last)) = (old.first(), old.last()) else {
-            return Err(enomem("nothing is mapped in the range"));
-        };
-        check_splits(addr, end, Some(first), Some(last))?;
-        let (lo, hi) = (first.start, last.end);
-        let mapped: u64 = old.iter().map(|m| m.end.min(end) - m.start.max(addr)).sum();
-        let new = reshaped(&old, (addr, end), |part| Mapping { dontfork, ..part });
-        let change = Change { lo, hi, new };
-        // madvise answers EAGAIN where a split fails (Linux's `madvise_vma_behavior`).
-        self.check_split_count(&writer, &self.limits(), &change)
-            .map_err(|_| {
+        let mut old: Vec<Mapping> = Vec::new();
+        let mut stopped = None;
+        for vma in self.protocol.vmas_in(&writer, addr, end) {
+            if let Some(error) = stop(vma.mapping()) {
+                stopped = Some((vma.start(), error));
+                break;
+            }
+            old.push(vma.mapping().clone());
+        }
+        let end = stopped.as_ref().map_or(end, |&(at, _)| at.max(addr));
+        if let (Some(first), Some(last)) = (old.first(), old.last()) {
+            check_splits(addr, end, Some(first), Some(last))?;
+            let (lo, hi) = (first.start, last.end);
+            let new = reshaped(&old, (addr, end), change);
+            let change = Change { lo, hi, new };
+            // madvise answers EAGAIN where a split fails (Linux's `madvise_vma_behavior`).
+            self.check_split_count(&writer, &limits, &change).map_err(|_| {
                 Error::new(
                     Errno::EAGAIN,
                     "the change would split a VMA with max_map_count VMAs",
                 )
             })?;
-        self.protocol.reshape(&mut writer, change);
+            self.protocol.reshape(&mut writer, change);
+        }
+        if let Some((_, error)) = stopped {
+            return Err(error);
+        }
+        let mapped: u64 = old.iter().map(|m| m.end.min(end) - m.start.max(addr)).sum();
         if mapped < end - addr {
             return Err(enomem("part of the range is unmapped"));
         }
@@ -862,6 +947,13 @@ impl AddressSpace {
             return Err(enomem("part of the range is unmapped"));
         }
         Ok((start, end))
+    }
+
+    /// Sets where the initial stack starts (Linux's `mm->start_stack`, the process's first
+    /// stack pointer): `maps()` labels the VMA holding it `[stack]`.
+    pub fn set_stack_start(&self, addr: u64) {
+        // Relaxed: read by `maps()` after the call that set it.
+        self.start_stack.store(addr, Ordering::Relaxed);
     }
 
     /// Sets where the heap starts (and empties it): `brk` grows it from there.

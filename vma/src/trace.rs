@@ -3,6 +3,7 @@
 //! One operation per line; `#` starts a comment; numbers are `0x` hex or decimal:
 //!
 //! ```text
+//! file NAME MAJOR:MINOR INODE
 //! heap START
 //! brk ADDR [-> RESULT]
 //! mmap ADDR LEN PROT FLAGS [FILE PGOFF] [-> RESULT]
@@ -16,9 +17,11 @@
 //! file nonblock`, which Linux ignores (other flags are ignored with a warning); FILE is a name (the same name is the same object) and PGOFF a byte offset. A `-> RESULT` records what the
 //! system that produced the trace returned: an address (the replay then places the mapping there,
 //! as MAP_FIXED_NOREPLACE, or moves it there for mremap, so layouts stay comparable) or an error
-//! such as `-ENOMEM`, which the replay must reproduce.
+//! such as `-ENOMEM`, which the replay must reproduce. A `file` line gives a file's device
+//! (hex, as /proc/PID/maps prints it) and inode; a file without one has 00:00 and inode 0.
 
 use crate::Errno;
+use crate::maps::FileIdentity;
 use crate::request::{MapFlags, RemapFlags};
 use crate::space::AddressSpace;
 use crate::vma::{MappedFile, Prot};
@@ -28,11 +31,18 @@ use std::sync::Arc;
 
 /// A file named in a trace.
 #[derive(Debug)]
-pub struct TraceFile(String);
+pub struct TraceFile {
+    name: String,
+    identity: FileIdentity,
+}
 
 impl MappedFile for TraceFile {
     fn name(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    fn identity(&self) -> FileIdentity {
+        self.identity
     }
 }
 
@@ -48,6 +58,8 @@ pub enum Outcome {
 /// One operation of a trace.
 #[derive(Debug, Clone)]
 pub enum Op {
+    /// `file NAME MAJOR:MINOR INODE`: the device and inode of the file `NAME`.
+    File(String, FileIdentity),
     /// `heap START`
     Heap(u64),
     /// `brk ADDR`
@@ -247,6 +259,26 @@ impl Trace {
             }
         };
         let op = match words[0] {
+            "file" => {
+                arity(3..=3)?;
+                let device = words[2]
+                    .split_once(':')
+                    .and_then(|(major, minor)| {
+                        Some((
+                            u32::from_str_radix(major, 16).ok()?,
+                            u32::from_str_radix(minor, 16).ok()?,
+                        ))
+                    })
+                    .ok_or_else(|| format!("not a device like fe:00: {:?}", words[2]))?;
+                Op::File(
+                    words[1].to_string(),
+                    FileIdentity {
+                        major: device.0,
+                        minor: device.1,
+                        inode: number(words[3])?,
+                    },
+                )
+            }
             "heap" => {
                 arity(1..=1)?;
                 Op::Heap(number(words[1])?)
@@ -317,6 +349,9 @@ impl Trace {
         for (line, op) in &self.ops {
             let fail = |message: String| TraceError { line: *line, message };
             match op.pinned() {
+                Op::File(name, identity) => {
+                    files.insert(name.clone(), Arc::new(TraceFile { name, identity }));
+                }
                 Op::Heap(start) => space.set_heap_start(start).map_err(|e| fail(e.to_string()))?,
                 Op::Brk(addr, result) => {
                     let got = space.brk(addr);
@@ -337,9 +372,12 @@ impl Trace {
                     result,
                 } => {
                     let file = file.map(|(name, offset)| {
-                        let object = files
-                            .entry(name.clone())
-                            .or_insert_with(|| Arc::new(TraceFile(name)));
+                        let object = files.entry(name.clone()).or_insert_with(|| {
+                            Arc::new(TraceFile {
+                                name,
+                                identity: FileIdentity::default(),
+                            })
+                        });
                         (object.clone(), offset)
                     });
                     check(space.mmap(addr, len, prot, flags, file), result).map_err(fail)?;

@@ -116,6 +116,18 @@ pub trait MappedFile: Any + Send + Sync + fmt::Debug {
     fn page_size(&self) -> u64 {
         crate::PAGE_SIZE
     }
+
+    /// The device and inode `maps()` shows for mappings of this object: none by default.
+    fn identity(&self) -> crate::FileIdentity {
+        crate::FileIdentity::default()
+    }
+
+    /// Whether this is the object of a MAP_SHARED | MAP_ANONYMOUS mapping (Linux's shmem
+    /// behind it), which may be named like anonymous memory
+    /// ([`AddressSpace::set_anon_name`](crate::AddressSpace::set_anon_name)).
+    fn anonymous(&self) -> bool {
+        false
+    }
 }
 
 /// What a mapping maps.
@@ -616,12 +628,46 @@ impl fmt::Debug for VmaRef<'_> {
 }
 
 /// The anonymous object behind a MAP_SHARED | MAP_ANONYMOUS mapping (Linux: shmem, shown as
-/// `/dev/zero (deleted)`); each such mmap makes a new one.
+/// `/dev/zero (deleted)` on device 00:01); each such mmap makes a new one, with an inode
+/// number of its own.
 #[derive(Debug)]
-pub struct SharedAnonymous;
+pub struct SharedAnonymous {
+    inode: u64,
+}
+
+/// Inode numbers of shared anonymous objects.
+static NEXT_SHMEM_INODE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl SharedAnonymous {
+    /// A new object.
+    pub fn new() -> Self {
+        Self {
+            // Relaxed: only uniqueness matters.
+            inode: NEXT_SHMEM_INODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+impl Default for SharedAnonymous {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl MappedFile for SharedAnonymous {
     fn name(&self) -> &str {
         "/dev/zero (deleted)"
+    }
+
+    fn identity(&self) -> crate::FileIdentity {
+        crate::FileIdentity {
+            major: 0,
+            minor: 1,
+            inode: self.inode,
+        }
+    }
+
+    fn anonymous(&self) -> bool {
+        true
     }
 }

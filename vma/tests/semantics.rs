@@ -42,9 +42,22 @@ fn anon(space: &AddressSpace, addr: u64, pages: u64, prot: Prot) -> u64 {
         .unwrap()
 }
 
+/// The mappings as `start-end perms offset [name]` (the maps lines without the device and
+/// inode columns, whose format `maps_are_printed_as_linux_prints_them` checks).
 fn lines(space: &AddressSpace) -> Vec<String> {
     space.validate().unwrap();
-    space.maps().lines().map(str::to_string).collect()
+    space
+        .maps()
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let mut short = fields[..3].join(" ");
+            if fields.len() > 5 {
+                short = format!("{short} {}", fields[5..].join(" "));
+            }
+            short
+        })
+        .collect()
 }
 
 #[test]
@@ -769,4 +782,148 @@ fn limits_stop_brk_and_stack_growth() {
     assert!(s.grow_stack(stack - 2 * P).unwrap());
     assert_eq!(s.usage().total_pages, 7);
     s.validate().unwrap();
+}
+
+/// A file with a device and inode, as a filesystem would give it.
+#[derive(Debug)]
+struct OnDisk;
+
+impl MappedFile for OnDisk {
+    fn name(&self) -> &str {
+        "/usr/bin/cat"
+    }
+
+    fn identity(&self) -> vma::FileIdentity {
+        vma::FileIdentity {
+            major: 0xfe,
+            minor: 0,
+            inode: 247030,
+        }
+    }
+}
+
+/// `maps()` prints what /proc/PID/maps prints, byte for byte (lines read off Linux 6.18): the
+/// device and inode, names from column 74, a space ending a line without one, `[heap]`,
+/// `[stack]`, `[anon:NAME]`, shared anonymous memory on device 00:01.
+#[test]
+fn maps_are_printed_as_linux_prints_them() {
+    let s = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
+    let cat: Arc<dyn MappedFile> = Arc::new(OnDisk);
+    let private = MapFlags::PRIVATE.fixed();
+    s.mmap(0x55ed0c728000, 2 * P, Prot::READ, private, Some((cat, 0)))
+        .unwrap();
+    s.set_heap_start(0x55837f72d000).unwrap();
+    s.brk(0x55837f74e000);
+    let anon = MapFlags::PRIVATE_ANONYMOUS.fixed();
+    s.mmap(0x7f47d85cc000, 0x22000, Prot::READ_WRITE, anon, None)
+        .unwrap();
+    s.mmap(0x7f47d8600000, 4 * P, Prot::READ_WRITE, anon, None)
+        .unwrap();
+    s.set_anon_name(0x7f47d8600000, 4 * P, Some("buf")).unwrap();
+    s.mmap(0x7ffd1c000000, 0x21000, Prot::READ_WRITE, anon, None)
+        .unwrap();
+    s.set_stack_start(0x7ffd1c020000);
+    let maps = s.maps();
+    let lines: Vec<&str> = maps.lines().collect();
+    assert_eq!(
+        lines[0],
+        "55837f72d000-55837f74e000 rw-p 00000000 00:00 0                          [heap]"
+    );
+    assert_eq!(
+        lines[1],
+        "55ed0c728000-55ed0c72a000 r--p 00000000 fe:00 247030                     /usr/bin/cat"
+    );
+    assert_eq!(lines[2], "7f47d85cc000-7f47d85ee000 rw-p 00000000 00:00 0 ");
+    assert_eq!(
+        lines[3],
+        "7f47d8600000-7f47d8604000 rw-p 00000000 00:00 0                          [anon:buf]"
+    );
+    assert_eq!(
+        lines[4],
+        "7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0                          [stack]"
+    );
+    let shared = s
+        .mmap(
+            0x7f8a47d53000,
+            2 * P,
+            Prot::READ_WRITE,
+            MapFlags::SHARED_ANONYMOUS.fixed(),
+            None,
+        )
+        .unwrap();
+    s.set_anon_name(shared, 2 * P, Some("shm")).unwrap();
+    let maps = s.maps();
+    let shm = maps
+        .lines()
+        .find(|line| line.starts_with("7f8a47d53000"))
+        .unwrap();
+    assert!(
+        shm.starts_with("7f8a47d53000-7f8a47d55000 rw-s 00000000 00:01 "),
+        "{shm}"
+    );
+    assert!(
+        shm.ends_with("[anon_shmem:shm]") && shm.find('[') == Some(73),
+        "{shm}"
+    );
+}
+
+/// prctl(PR_SET_VMA_ANON_NAME), following mm/madvise.c and kernel/sys.c (the kernel the tests
+/// run on lacks CONFIG_ANON_VMA_NAME, so no oracle checks it): names split and merge VMAs like
+/// madvise flags, bad names are EINVAL, a file VMA stops the walk with EBADF, a hole answers
+/// ENOMEM after naming the rest.
+#[test]
+fn anonymous_memory_is_named_as_prctl_names_it() {
+    let s = space();
+    anon(&s, BASE, 4, Prot::READ_WRITE);
+    s.set_anon_name(BASE + P, 2 * P, Some("buf")).unwrap();
+    assert_eq!(
+        lines(&s),
+        [
+            "00020000-00021000 rw-p 00000000",
+            "00021000-00023000 rw-p 00000000 [anon:buf]",
+            "00023000-00024000 rw-p 00000000",
+        ]
+    );
+    s.set_anon_name(BASE + P, 2 * P, None).unwrap();
+    assert_eq!(
+        lines(&s),
+        ["00020000-00024000 rw-p 00000000"],
+        "unnamed: merged again"
+    );
+    let long = "x".repeat(80);
+    for bad in ["a[b", "a$", "tab\t", "back\\slash", "`", long.as_str()] {
+        assert_eq!(
+            errno(s.set_anon_name(BASE, P, Some(bad))),
+            Errno::EINVAL,
+            "{bad:?}"
+        );
+    }
+    s.set_anon_name(BASE, P, Some(&long[..79])).unwrap();
+    s.set_anon_name(BASE, P, Some("")).unwrap();
+    assert_eq!(lines(&s)[0], "00020000-00021000 rw-p 00000000 [anon:]");
+    assert_eq!(errno(s.set_anon_name(BASE + 1, P, Some("x"))), Errno::EINVAL);
+    // A file after the anonymous memory: named up to it, then EBADF.
+    s.mmap(
+        BASE + 4 * P,
+        P,
+        Prot::READ,
+        MapFlags::PRIVATE.fixed(),
+        Some((file("/lib/a.so"), 0)),
+    )
+    .unwrap();
+    anon(&s, BASE + 5 * P, 1, Prot::READ_WRITE);
+    assert_eq!(errno(s.set_anon_name(BASE, 6 * P, Some("z"))), Errno::EBADF);
+    let named = lines(&s);
+    assert_eq!(named[0], "00020000-00024000 rw-p 00000000 [anon:z]");
+    assert_eq!(named.last().unwrap(), "00025000-00026000 rw-p 00000000");
+    // A hole: ENOMEM after naming what is mapped.
+    s.munmap(BASE + 4 * P, P).unwrap();
+    assert_eq!(errno(s.set_anon_name(BASE, 6 * P, Some("h"))), Errno::ENOMEM);
+    assert_eq!(
+        lines(&s),
+        [
+            "00020000-00024000 rw-p 00000000 [anon:h]",
+            "00025000-00026000 rw-p 00000000 [anon:h]"
+        ]
+    );
 }

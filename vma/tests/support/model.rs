@@ -102,23 +102,28 @@ impl Model {
         let (heap_start, brk) = self.heap;
         let mut out = String::new();
         for (start, end, page) in self.vmas() {
-            let (offset, path) = if page.object != 0 {
-                (page.pgoff * PAGE_SIZE, self.names[page.object].clone())
+            let (offset, identity, name) = if page.object != 0 {
+                let file = &self.files[page.object - 1];
+                (
+                    page.pgoff * PAGE_SIZE,
+                    file.identity(),
+                    self.names[page.object].clone(),
+                )
             } else if brk > heap_start && start <= brk && end >= heap_start {
-                (0, "[heap]".to_string())
+                (0, vma::FileIdentity::default(), "[heap]".to_string())
             } else {
-                (0, String::new())
+                (0, vma::FileIdentity::default(), String::new())
             };
-            let sharing = if page.shared { 's' } else { 'p' };
-            out.push_str(&format!(
-                "{start:08x}-{end:08x} {}{sharing} {offset:08x}",
-                page.prot
-            ));
-            if !path.is_empty() {
-                out.push(' ');
-                out.push_str(&path);
-            }
-            out.push('\n');
+            let line = vma::MapsLine {
+                start,
+                end,
+                prot: page.prot,
+                shared: page.shared,
+                offset,
+                identity,
+                name: &name,
+            };
+            out.push_str(&format!("{line}\n"));
         }
         out
     }
@@ -203,7 +208,7 @@ impl Model {
         let object = match (flags.anonymous, &file) {
             (true, _) if shared => {
                 self.names.push("/dev/zero (deleted)".to_string());
-                self.files.push(Arc::new(vma::SharedAnonymous));
+                self.files.push(Arc::new(vma::SharedAnonymous::new()));
                 self.names.len() - 1
             }
             (true, _) => 0,
