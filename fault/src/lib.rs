@@ -49,6 +49,7 @@ mod page_cache;
 pub mod pagetable;
 mod pmd_share;
 mod shard;
+mod smaps;
 mod stats;
 
 pub use backing::{Backing, MemBacking};
@@ -58,6 +59,7 @@ pub use frames::{Frame, FramePool, FramePoolConfig, HUGE_FRAME_SIZE, Shrinker};
 pub use memory::{Memory, reserve_huge_pages};
 pub use mm::{Mm, MmConfig};
 pub use page_cache::BackingError;
+pub use smaps::Smaps;
 pub use stats::{FaultStats, Waits};
 // What an `Mm` user needs from the VMA layer, so that a program embedding `Mm` depends on this
 // crate alone.

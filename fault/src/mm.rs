@@ -15,6 +15,7 @@ use crate::file::{File, Mapper};
 use crate::frames::{FramePool, Shrinker};
 use crate::memory::{Memory, einval, reserve_huge_pages};
 use crate::pagetable::{ADDRESS_LIMIT, Pte};
+use crate::smaps::Smaps;
 use crate::stats::{Counter, FaultStats};
 use maple::rcu::{DefaultRcu, Rcu};
 use maple::sync::atomic::{AtomicBool, Ordering};
@@ -209,6 +210,20 @@ impl Mm {
     /// The mappings in the format of `/proc/PID/maps` (see [`AddressSpace::maps`]).
     pub fn maps(&self) -> String {
         self.shared.space.maps()
+    }
+
+    /// Each VMA's `/proc/PID/smaps` block: its maps line and the memory its translations map
+    /// (see [`Smaps`]; `Display` prints the block).
+    pub fn smaps(&self) -> Vec<Smaps> {
+        let space = &self.shared.space;
+        let guard = space.guard();
+        space
+            .iter_from(0, &guard)
+            .map(|vma| Smaps {
+                header: space.maps_line(vma.mapping()),
+                ..self.shared.memory.smaps(vma.mapping(), &guard)
+            })
+            .collect()
     }
 
     /// The address space (VMAs, `maps()`, lookups).

@@ -13,6 +13,12 @@
 /// `calls` runs in a child forked from a threaded process: it must make only raw system calls
 /// (async-signal-safe), allocate nothing and take no lock.
 pub fn in_child(calls: impl FnOnce() -> i64) -> (i64, String) {
+    in_child_reporting(c"/proc/self/maps", calls)
+}
+
+/// [`in_child`], the child reporting the file at `report` (`/proc/self/smaps`, say) instead of
+/// its maps.
+pub fn in_child_reporting(report: &std::ffi::CStr, calls: impl FnOnce() -> i64) -> (i64, String) {
     let mut fds = [0; 2];
     // SAFETY: a plain pipe(2) into a two-element array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -23,7 +29,7 @@ pub fn in_child(calls: impl FnOnce() -> i64) -> (i64, String) {
     if pid == 0 {
         let ret = calls();
         // SAFETY: in the child, with the write end of its own pipe.
-        unsafe { report(fds[1], ret) }
+        unsafe { report_to(fds[1], ret, report) }
     }
     // SAFETY: the parent's copy of the write end.
     unsafe { libc::close(fds[1]) };
@@ -51,11 +57,11 @@ pub fn in_child(calls: impl FnOnce() -> i64) -> (i64, String) {
     (ret, String::from_utf8_lossy(&bytes[8..]).into_owned())
 }
 
-/// The child's report: `ret` (-1 turned into minus the errno), then `/proc/self/maps`.
+/// The child's report: `ret` (-1 turned into minus the errno), then the file at `path`.
 ///
 /// # Safety
-/// Only in a child just forked by [`in_child`], right after its calls.
-unsafe fn report(out: i32, ret: i64) -> ! {
+/// Only in a child just forked by [`in_child_reporting`], right after its calls.
+unsafe fn report_to(out: i32, ret: i64, path: &std::ffi::CStr) -> ! {
     // SAFETY: (whole function) raw system calls on our own descriptors and a stack buffer.
     unsafe {
         let ret: i64 = if ret == -1 {
@@ -64,7 +70,7 @@ unsafe fn report(out: i32, ret: i64) -> ! {
             ret
         };
         libc::write(out, (&ret as *const i64).cast(), 8);
-        let maps = libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY);
+        let maps = libc::open(path.as_ptr(), libc::O_RDONLY);
         let mut buf = [0u8; 4096];
         loop {
             let n = libc::read(maps, buf.as_mut_ptr().cast(), buf.len());
@@ -151,4 +157,45 @@ pub fn lines_in(maps: &str, base: u64, pages: u64) -> Vec<String> {
                 .then(|| format!("{}-{} {perms}", (start - base) / PAGE, (end - base) / PAGE))
         })
         .collect()
+}
+
+/// A page shared with the children forked after it is made (MAP_SHARED | MAP_ANONYMOUS): what
+/// a child stores there, the parent reads after the child exits. Unmapped on drop.
+pub struct SharedPage(*mut libc::c_void);
+
+impl SharedPage {
+    /// A fresh zeroed page.
+    pub fn new() -> Self {
+        // SAFETY: a fresh shared anonymous mapping of our own.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED, "cannot map a page to share with a child");
+        Self(page)
+    }
+
+    /// The page, as `T`s.
+    pub fn as_mut_ptr<T>(&self) -> *mut T {
+        self.0.cast()
+    }
+}
+
+impl Default for SharedPage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: the page mapped in `new`, no longer used.
+        unsafe { libc::munmap(self.0, PAGE as usize) };
+    }
 }

@@ -387,30 +387,14 @@ pub fn replay(trace: &Trace) -> Result<String, TraceError> {
     let windows = Windows::reserve(touched(trace)?);
     let files = Files::open(trace)?;
     let (calls, heap) = calls(trace, &windows, &files);
-    // SAFETY: a fresh shared anonymous page, for the child's answer.
-    let shared = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            PAGE_SIZE as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(
-        shared,
-        libc::MAP_FAILED,
-        "cannot map a page to share with the child"
-    );
-    let actual = shared.cast::<i64>();
+    // The child's answer: the result that differed.
+    let shared = child::SharedPage::new();
+    let actual = shared.as_mut_ptr::<i64>();
     // SAFETY: the child was just forked from this process, which reserved the windows and
     // mapped the shared page.
     let (failed, maps) = child::in_child(|| unsafe { run_calls(&windows, &calls, actual) });
     // SAFETY: the shared page, written by the child (which has exited).
     let actual = unsafe { actual.read_volatile() };
-    // SAFETY: the page mapped above.
-    unsafe { libc::munmap(shared, PAGE_SIZE as usize) };
     if failed != 0 {
         let call = calls[failed as usize - 1];
         let got = if actual < 0 {

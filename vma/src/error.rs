@@ -23,6 +23,8 @@ pub enum Errno {
     EIO,
     /// Permission denied: MADV_REMOVE of a private file mapping.
     EACCES,
+    /// No such VMA (PROCMAP_QUERY).
+    ENOENT,
     /// madvise could not split a VMA (Linux answers EAGAIN where the split's ENOMEM would be).
     EAGAIN,
 }
@@ -32,6 +34,7 @@ impl Errno {
     pub fn code(self) -> i32 {
         match self {
             Self::EPERM => 1,
+            Self::ENOENT => 2,
             Self::EIO => 5,
             Self::EAGAIN => 11,
             Self::EBADF => 9,
@@ -57,6 +60,7 @@ impl Errno {
             "EIO" => Self::EIO,
             "EACCES" => Self::EACCES,
             "EAGAIN" => Self::EAGAIN,
+            "ENOENT" => Self::ENOENT,
             _ => return None,
         })
     }

@@ -33,6 +33,7 @@ mod error;
 pub mod limits;
 pub mod maps;
 mod protocol;
+pub mod query;
 pub mod request;
 mod space;
 pub mod trace;
@@ -44,6 +45,7 @@ pub use maps::{FileIdentity, MapsLine};
 #[doc(hidden)]
 pub use protocol::BrokenStep;
 pub use protocol::{FlushHook, NoFlush, Revoked, SpaceStats};
+pub use query::{QueryFlags, VmaInfo};
 pub use request::{Layout, MapFlags, RemapFlags};
 pub use space::{AddressSpace, Lookup};
 pub use vma::{

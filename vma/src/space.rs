@@ -11,6 +11,7 @@ use crate::maps::{FileIdentity, MapsLine};
 #[cfg(feature = "shuttle")]
 use crate::protocol::BrokenStep;
 use crate::protocol::{Change, Flush, FlushHook, Mappings, Protocol, Revoked, Run, SpaceStats, TreeWriter};
+use crate::query::{QueryFlags, VmaInfo};
 use crate::request::{
     Layout, MapFlags, MmapRequest, Placement, RemapFlags, RemapRequest, advise_range, aligned, check_splits,
     einval, enomem, protect_range, unmap_range,
@@ -88,11 +89,37 @@ fn start_gap_above(writer: &TreeWriter<'_>, last: u64) -> u64 {
 /// The longest anon_vma name, with its terminating NUL (Linux's `ANON_VMA_NAME_MAX_LEN`).
 const ANON_NAME_MAX: usize = 80;
 
-/// The heap set up by `brk`.
-#[derive(Debug, Clone, Copy)]
+/// The heap set up by `brk`: where it starts and the break, changed only with the writer lock
+/// held, read without a lock (`maps()`, `query`).
+#[derive(Debug, Default)]
 struct Heap {
-    start: u64,
-    brk: u64,
+    start: AtomicU64,
+    brk: AtomicU64,
+}
+
+impl Heap {
+    /// `(start, break)`.
+    fn get(&self) -> (u64, u64) {
+        // Relaxed: written under the writer lock; a lock-free reader needs no order beyond
+        // the two values (as Linux reads `mm->start_brk` and `mm->brk` for its maps).
+        (
+            self.start.load(Ordering::Relaxed),
+            self.brk.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Sets both; the caller holds the writer lock.
+    fn set(&self, (start, brk): (u64, u64)) {
+        // Relaxed: see `get`.
+        self.start.store(start, Ordering::Relaxed);
+        self.brk.store(brk, Ordering::Relaxed);
+    }
+
+    /// Whether `[start, end)` is the brk area by Linux's rule for `[heap]` (`show_map_vma`).
+    fn labels(&self, start: u64, end: u64) -> bool {
+        let (heap_start, brk) = self.get();
+        brk > heap_start && start <= brk && end >= heap_start
+    }
 }
 
 /// A process address space: VMAs in an RCU-safe maple tree, faults find them without locks,
@@ -101,7 +128,7 @@ struct Heap {
 pub struct AddressSpace {
     protocol: Protocol,
     layout: Layout,
-    heap: Mutex<Heap>,
+    heap: Heap,
     /// Where the initial stack starts (Linux's `mm->start_stack`; 0: none), for `[stack]`.
     start_stack: AtomicU64,
     limits: Mutex<Limits>,
@@ -127,7 +154,10 @@ impl AddressSpace {
         Ok(Self {
             protocol: Protocol::new(flush),
             layout,
-            heap: Mutex::new(Heap { start: low, brk: low }),
+            heap: Heap {
+                start: AtomicU64::new(low),
+                brk: AtomicU64::new(low),
+            },
             start_stack: AtomicU64::new(0),
             limits: Mutex::new(Limits::LINUX),
             forked: AtomicBool::new(false),
@@ -189,8 +219,7 @@ impl AddressSpace {
             }))
             .expect("a space's VMAs are sorted and apart");
         drop(child_writer);
-        *child.heap.lock().unwrap_or_else(|e| e.into_inner()) =
-            *self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        child.heap.set(self.heap.get());
         // Relaxed: the child is not shared yet.
         child
             .start_stack
@@ -451,45 +480,84 @@ impl AddressSpace {
     /// `[anon:NAME]` / `[anon_shmem:NAME]` for named anonymous memory
     /// ([`AddressSpace::set_anon_name`]), with Linux's rules (`show_map_vma`, `get_vma_name`).
     pub fn maps(&self) -> String {
-        let heap = *self.heap.lock().unwrap_or_else(|e| e.into_inner());
-        // Relaxed: set before the calls whose maps this prints.
-        let start_stack = self.start_stack.load(Ordering::Relaxed);
         let guard = self.guard();
         let mut out = String::new();
         for vma in self.iter_from(0, &guard) {
-            let m = vma.mapping();
-            let named = |kind: &str| m.name.as_ref().map(|name| format!("[{kind}:{name}]"));
-            let (offset, identity, name) = match &m.backing {
-                // A named shared anonymous mapping (Linux's shmem with an anon_vma_name).
-                Backing::File(file) if file.anonymous() && m.name.is_some() => (
-                    m.pgoff << PAGE_SHIFT,
-                    file.identity(),
-                    named("anon_shmem").unwrap_or_default(),
-                ),
-                Backing::File(file) => (m.pgoff << PAGE_SHIFT, file.identity(), file.name().to_string()),
-                Backing::Anonymous => {
-                    let name = if heap.brk > heap.start && m.start <= heap.brk && m.end >= heap.start {
-                        "[heap]".to_string()
-                    } else if start_stack != 0 && m.start <= start_stack && m.end >= start_stack {
-                        "[stack]".to_string()
-                    } else {
-                        named("anon").unwrap_or_default()
-                    };
-                    (0, FileIdentity::default(), name)
-                }
-            };
-            let line = MapsLine {
-                start: m.start,
-                end: m.end,
-                prot: m.prot,
-                shared: m.shared,
-                offset,
-                identity,
-                name: &name,
-            };
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "{}", self.maps_line(vma.mapping()));
         }
         out
+    }
+
+    /// The line `maps()` prints for `m` (without its newline).
+    pub fn maps_line(&self, m: &Mapping) -> String {
+        let (offset, identity, name) = self.describe(m);
+        MapsLine {
+            start: m.start,
+            end: m.end,
+            prot: m.prot,
+            shared: m.shared,
+            offset,
+            identity,
+            name: &name,
+        }
+        .to_string()
+    }
+
+    /// What `maps()` and `query` show of `m` besides its range and permissions: the offset,
+    /// device and inode, and name (Linux's `show_map_vma` and `get_vma_name`). Takes no lock.
+    fn describe(&self, m: &Mapping) -> (u64, FileIdentity, String) {
+        let named = |kind: &str| m.name.as_ref().map(|name| format!("[{kind}:{name}]"));
+        match &m.backing {
+            // A named shared anonymous mapping (Linux's shmem with an anon_vma_name).
+            Backing::File(file) if file.anonymous() && m.name.is_some() => (
+                m.pgoff << PAGE_SHIFT,
+                file.identity(),
+                named("anon_shmem").unwrap_or_default(),
+            ),
+            Backing::File(file) => (m.pgoff << PAGE_SHIFT, file.identity(), file.name().to_string()),
+            Backing::Anonymous => {
+                // Relaxed: set before the calls whose maps this describes.
+                let start_stack = self.start_stack.load(Ordering::Relaxed);
+                let name = if self.heap.labels(m.start, m.end) {
+                    "[heap]".to_string()
+                } else if start_stack != 0 && m.start <= start_stack && m.end >= start_stack {
+                    "[stack]".to_string()
+                } else {
+                    named("anon").unwrap_or_default()
+                };
+                (0, FileIdentity::default(), name)
+            }
+        }
+    }
+
+    /// PROCMAP_QUERY (the `/proc/PID/maps` ioctl of Linux 6.11 on): the VMA covering `addr`
+    /// that matches `flags`, or with [`QueryFlags::COVERING_OR_NEXT`] the first matching one
+    /// at or after it; ENOENT when there is none. Takes no lock: it walks the tree under a
+    /// guard, as Linux answers it under RCU, and sees each VMA whole.
+    pub fn query(&self, addr: u64, flags: QueryFlags) -> Result<VmaInfo> {
+        let guard = self.guard();
+        let next = flags.contains(QueryFlags::COVERING_OR_NEXT);
+        let found = self
+            .iter_from(addr, &guard)
+            .map(Vma::mapping)
+            // Linux's `query_matching_vma`: a VMA that does not match ends the search unless
+            // the next one may do.
+            .find(|m| flags.matches(m) || !next)
+            .filter(|m| flags.matches(m) && (m.start <= addr || next));
+        let Some(m) = found else {
+            return Err(Error::new(Errno::ENOENT, "no VMA matches"));
+        };
+        let (offset, identity, name) = self.describe(m);
+        Ok(VmaInfo {
+            start: m.start,
+            end: m.end,
+            prot: m.prot,
+            shared: m.shared,
+            page_size: m.page_size(),
+            offset,
+            identity,
+            name,
+        })
     }
 
     /// Maps `len` bytes (rounded up to pages) and returns the address, with Linux's rules:
@@ -964,7 +1032,8 @@ impl AddressSpace {
         if start < self.layout.low || start >= self.layout.high {
             return Err(einval("heap start outside the address space"));
         }
-        *self.heap.lock().unwrap_or_else(|e| e.into_inner()) = Heap { start, brk: start };
+        let _writer = self.protocol.tree.lock();
+        self.heap.set((start, start));
         Ok(())
     }
 
@@ -976,18 +1045,19 @@ impl AddressSpace {
     /// VMAs than `max_map_count` (`do_brk_flags`).
     pub fn brk(&self, addr: u64) -> u64 {
         let limits = self.limits();
-        let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
-        if addr < heap.start || addr - heap.start > limits.data {
-            return heap.brk;
+        // The writer lock serializes brk with every other change of the heap.
+        let mut writer = self.protocol.tree.lock();
+        let (start, brk) = self.heap.get();
+        if addr < start || addr - start > limits.data {
+            return brk;
         }
         let Some(new_top) = addr
             .checked_next_multiple_of(PAGE_SIZE)
             .filter(|&top| top < self.layout.high)
         else {
-            return heap.brk;
+            return brk;
         };
-        let old_top = heap.brk.next_multiple_of(PAGE_SIZE);
-        let mut writer = self.protocol.tree.lock();
+        let old_top = brk.next_multiple_of(PAGE_SIZE);
         if new_top < old_top {
             self.protocol.unmap(&mut writer, new_top, old_top);
         } else if new_top > old_top {
@@ -997,7 +1067,7 @@ impl AddressSpace {
                 || !limits.may_expand(self.usage(), true, (new_top - old_top) >> PAGE_SHIFT)
                 || self.vma_count() > limits.max_map_count
             {
-                return heap.brk;
+                return brk;
             }
             let grown = Mapping {
                 start: old_top,
@@ -1022,7 +1092,7 @@ impl AddressSpace {
             };
             self.protocol.settle(&mut writer, change, &[]);
         }
-        heap.brk = addr;
+        self.heap.set((start, addr));
         addr
     }
 
