@@ -35,8 +35,12 @@ def flags(text, names):
     prefix = "MAP_" if names is MAP else "MREMAP_"
     for bit in text.split("|"):
         name = names.get(bit)
+        huge = re.fullmatch(r"(\d+)<<MAP_HUGE_SHIFT", bit)
         if name:
             out.append(name)
+        elif huge:
+            # A huge page size strace has no name for: its log2.
+            out.append(f"huge_shift_{huge.group(1)}")
         elif bit.startswith(prefix):
             out.append(bit[len(prefix):].lower())
     return ",".join(out)

@@ -21,8 +21,8 @@
 
 use crate::engine::{Access, AccessError, Fault, FaultError, Progress, readable};
 use crate::fence::{FaultFence, Fenced};
-use crate::file::{File, Lookup, file_of};
-use crate::frames::{FRAME_SIZE, Frame, FramePool};
+use crate::file::{File, FileSync, Lookup, file_of};
+use crate::frames::{FRAME_SIZE, Frame, FramePool, HUGE_FRAME_SIZE};
 use crate::pagetable::{
     ACCESSED, ADDRESS_LIMIT, DIRTY, NO_ACCESS, PRIVATE, PageTable, Pte, SHARED_SPAN, SharedTable, WRITABLE,
 };
@@ -393,6 +393,21 @@ impl Memory {
         freed
     }
 
+    /// Drops the pages of a MAP_DROPPABLE mapping `[start, end)` under memory pressure: its
+    /// own frames not shared, written or not (a fault afterwards maps a zeroed page; a store
+    /// racing the drop may be lost, as MAP_DROPPABLE allows, but never lands in a reused
+    /// frame: they go back a grace period of `rcu` later). Returns how many it let go of.
+    pub(crate) fn drop_pages(&self, (start, end): (u64, u64), rcu: &DefaultRcu) -> usize {
+        let guard = Guard::keyed(rcu, Keys::new(start, end - 1));
+        let frames = self.table.clear_if(start, end, |pte| {
+            pte.private() && !self.frames.shared(pte.frame())
+        });
+        drop(guard);
+        let freed = frames.len();
+        self.release_later(frames, (start, end), rcu);
+        freed
+    }
+
     /// Removes the translations of `[start, end)` and releases their frames after a grace
     /// period; frees page tables lying wholly inside `free_tables` (see
     /// [`vma::FlushHook::zap`]). The caller makes sure no fault installs into the range
@@ -434,6 +449,10 @@ impl Memory {
     /// caller waits for the accesses through it before fork returns). The caller is inside no
     /// read-side section of `rcu`, this memory's domain.
     pub fn copy_for_fork(&self, child: &Memory, mapping: &Mapping, rcu: &DefaultRcu) -> bool {
+        // MAP_DROPPABLE memory is wiped on fork (VM_WIPEONFORK): the child's reads zeros.
+        if mapping.droppable {
+            return false;
+        }
         if mapping.shared {
             // Only the guards (MADV_GUARD_INSTALL) come along; a mapping of huge pages has none
             // (and its walk would unshare its page tables).
@@ -565,6 +584,30 @@ impl Memory {
         file: Option<(&Arc<File>, u64)>,
     ) -> vma::Result<(MapFlags, MappedObject)> {
         let shared = flags.check()?;
+        if flags.anonymous && flags.hugetlb {
+            // Anonymous memory of huge pages: a hugetlbfs object of its own (Linux's
+            // HUGETLB_ANON_FILE), which a shared mapping reserves pages of at mmap.
+            if flags.huge_page_size() != Some(HUGE_FRAME_SIZE as u64) {
+                return Err(Error::new(
+                    Errno::ENOMEM,
+                    "no huge pages of that size in the pool",
+                ));
+            }
+            let len = len
+                .checked_next_multiple_of(HUGE_FRAME_SIZE as u64)
+                .ok_or(Error::new(
+                    Errno::ENOMEM,
+                    "length overflows when rounded to huge pages",
+                ))?;
+            let object = File::hugetlb("/anon_hugepage (deleted)", &self.frames, len, FileSync::Rcu)
+                .map_err(|_| Error::new(Errno::ENOMEM, "longer than a hugetlb object can be"))?;
+            let flags = MapFlags {
+                anonymous: false,
+                ..flags
+            };
+            let object: Arc<dyn MappedFile> = object;
+            return Ok((flags, Some((object, 0))));
+        }
         if flags.anonymous {
             // Linux checks the offset, then ignores it (and the file).
             if file.is_some_and(|(_, offset)| offset % FRAME_SIZE as u64 != 0) {

@@ -89,14 +89,47 @@ struct Shared {
     memory: Arc<Memory>,
     /// What it was built with (fork builds the child alike).
     config: MmConfig,
-    /// Whether it is among its frame pool's shrinkers (from its first MADV_FREE on).
+    /// Whether it is among its frame pool's shrinkers (from its first MADV_FREE or
+    /// MAP_DROPPABLE on).
     shrinks: AtomicBool,
 }
 
-/// Memory pressure reaches an address space through its MADV_FREE ranges.
+impl Shared {
+    /// Makes memory pressure reach this address space (once).
+    fn shrink_under_pressure(self: &Arc<Self>) {
+        // Relaxed: the pool's list is behind its own lock; this only keeps the registration
+        // to one.
+        if !self.shrinks.swap(true, Ordering::Relaxed) {
+            let shrinker: Weak<dyn Shrinker> = Arc::downgrade(self) as Weak<Shared>;
+            self.memory.frames().register_shrinker(shrinker);
+        }
+    }
+}
+
+/// Memory pressure reaches an address space through its MADV_FREE ranges, then its
+/// MAP_DROPPABLE mappings, whose pages it drops written or not (they read back as zeros).
 impl Shrinker for Shared {
     fn shrink(&self, want: usize) -> usize {
-        self.memory.reclaim_lazyfree(want, self.space.rcu())
+        let rcu = self.space.rcu();
+        let mut freed = self.memory.reclaim_lazyfree(want, rcu);
+        if freed < want {
+            let droppable: Vec<(u64, u64)> = {
+                let guard = self.space.guard();
+                self.space
+                    .iter_from(0, &guard)
+                    .map(|vma| vma.mapping())
+                    .filter(|mapping| mapping.droppable)
+                    .map(|mapping| (mapping.start, mapping.end))
+                    .collect()
+            };
+            for range in droppable {
+                if freed >= want {
+                    break;
+                }
+                freed += self.memory.drop_pages(range, rcu);
+            }
+        }
+        freed
     }
 }
 
@@ -311,6 +344,9 @@ impl Mm {
     ) -> vma::Result<u64> {
         let (flags, object) = self.shared.memory.mapped_object(len, flags, file)?;
         let request = MmapRequest::new(self.shared.space.layout(), addr, len, prot, flags, object)?;
+        if flags.droppable {
+            self.shared.shrink_under_pressure();
+        }
         reserve_huge_pages(&request)?;
         let (len, step) = (request.length(), request.alignment());
         let start = self.shared.space.map(request)?;
@@ -546,12 +582,7 @@ impl Mm {
             return Ok(());
         };
         let (space, memory) = (&self.shared.space, &self.shared.memory);
-        // Memory pressure reaches this address space from now on. Relaxed: the pool's list is
-        // behind its own lock; this only keeps the registration to one.
-        if !self.shared.shrinks.swap(true, Ordering::Relaxed) {
-            let shrinker: Weak<dyn Shrinker> = Arc::downgrade(&self.shared) as Weak<Shared>;
-            memory.frames().register_shrinker(shrinker);
-        }
+        self.shared.shrink_under_pressure();
         let mut revoked = Revoked::new();
         let walk = self.walk_advised(range, |mapping, from, to| {
             let anonymous = matches!(mapping.backing, VmaBacking::Anonymous) && !mapping.shared;

@@ -72,9 +72,13 @@ mod against_linux {
         Mlock(At, u64, After),
         /// MADV_FREE, then mincore over the range (no memory pressure: everything stays).
         Free(At, u64),
-        /// A fixed private anonymous mmap with Linux's `MAP_NORESERVE`, `MAP_STACK` and
-        /// `MAP_LOCKED` bits as given: the flags that decide whether it merges.
+        /// A fixed anonymous mmap with the rest of Linux's flag bits as given (the mapping
+        /// type, `MAP_NORESERVE`, `MAP_STACK`, `MAP_LOCKED`, ...): the flags that decide
+        /// whether it merges, and the combinations that are errors.
         MmapFlags(At, u64, Prot, i32),
+        /// A private anonymous mmap with MAP_32BIT, not fixed: the address divided by 1 GiB
+        /// (Linux randomizes it inside `[1 GiB, 2 GiB)`), unmapped again.
+        Mmap32(u64),
     }
 
     /// What a case does after mlock.
@@ -260,9 +264,18 @@ mod against_linux {
                         .map(|page| 1i64 << page)
                         .sum()
                 }
-                Call::MmapFlags(at, len, prot, extra) => {
-                    let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | extra;
+                Call::MmapFlags(at, len, prot, bits) => {
+                    let flags = MAP_ANONYMOUS | MAP_FIXED | bits;
                     syscall(libc::SYS_mmap, at.addr(base), len, prot_bits(prot), flags, -1, 0)
+                }
+                Call::Mmap32(len) => {
+                    let flags = MAP_PRIVATE | MAP_ANONYMOUS | libc::MAP_32BIT;
+                    let at = syscall(libc::SYS_mmap, 0, len, prot_bits(Prot::READ_WRITE), flags, -1, 0);
+                    if at == -1 {
+                        return -1;
+                    }
+                    syscall(libc::SYS_munmap, at, len);
+                    at >> 30
                 }
                 Call::Free(at, len) => {
                     if syscall(libc::SYS_madvise, at.addr(base), len, libc::MADV_FREE) != 0 {
@@ -351,14 +364,32 @@ mod against_linux {
             }
             Call::WillNeed(at, len) => mm.madvise_willneed(at.addr(base), len).map(|()| 0),
             Call::Remove(at, len) => mm.madvise_remove(at.addr(base), len).map(|()| 0),
-            Call::MmapFlags(at, len, prot, extra) => {
+            Call::MmapFlags(at, len, prot, bits) => {
+                let has = |bit: i32| bits & bit != 0;
                 let flags = MapFlags {
-                    noreserve: extra & libc::MAP_NORESERVE != 0,
-                    stack: extra & libc::MAP_STACK != 0,
-                    locked: extra & libc::MAP_LOCKED != 0,
+                    shared: has(libc::MAP_SHARED),
+                    private: has(libc::MAP_PRIVATE),
+                    droppable: has(libc::MAP_DROPPABLE),
+                    growsdown: has(libc::MAP_GROWSDOWN),
+                    noreserve: has(libc::MAP_NORESERVE),
+                    stack: has(libc::MAP_STACK),
+                    locked: has(libc::MAP_LOCKED),
+                    hugetlb: has(libc::MAP_HUGETLB),
+                    huge_page_shift: (bits >> 26) as u32 & 0x3f,
+                    sync: has(libc::MAP_SYNC),
                     ..MapFlags::PRIVATE_ANONYMOUS.fixed()
                 };
                 mm.mmap(at.addr(base), len, prot, flags, None)
+            }
+            Call::Mmap32(len) => {
+                let flags = MapFlags {
+                    low_32bit: true,
+                    ..MapFlags::PRIVATE_ANONYMOUS
+                };
+                mm.mmap(0, len, Prot::READ_WRITE, flags, None).map(|at| {
+                    mm.munmap(at, len).unwrap();
+                    at >> 30
+                })
             }
             Call::Free(at, len) => mm
                 .madvise_free(at.addr(base), len)
@@ -414,7 +445,9 @@ mod against_linux {
             flags,
             new_addr: At::Page(target),
         };
-        let flags_call = |prot: Prot, extra: i32| Call::MmapFlags(At::Page(1), P, prot, extra);
+        let flags_call =
+            |prot: Prot, extra: i32| Call::MmapFlags(At::Page(1), P, prot, libc::MAP_PRIVATE | extra);
+        let typed_call = |bits: i32| Call::MmapFlags(At::Page(1), P, Prot::READ_WRITE, bits);
         let cases: Vec<(&str, &str, Call)> = vec![
             // msync's argument checks and holes.
             ("msync of mapped pages", "ww", Call::Msync(At::Page(0), 2 * P)),
@@ -769,6 +802,48 @@ mod against_linux {
                 "pr",
                 Call::Mprotect(At::Page(0), P, Prot::READ),
             ),
+            // The mapping types and flags that are errors or keep a mapping apart.
+            (
+                "MAP_DROPPABLE next to plain",
+                "w",
+                typed_call(libc::MAP_DROPPABLE),
+            ),
+            (
+                "MAP_DROPPABLE next to MAP_DROPPABLE",
+                "",
+                Call::MmapFlags(At::Page(0), 2 * P, Prot::READ_WRITE, libc::MAP_DROPPABLE),
+            ),
+            (
+                "MAP_DROPPABLE with MAP_PRIVATE",
+                "",
+                typed_call(libc::MAP_DROPPABLE | libc::MAP_PRIVATE),
+            ),
+            (
+                "MAP_DROPPABLE locked",
+                "",
+                typed_call(libc::MAP_DROPPABLE | libc::MAP_LOCKED),
+            ),
+            (
+                "MAP_DROPPABLE growing down",
+                "",
+                typed_call(libc::MAP_DROPPABLE | libc::MAP_GROWSDOWN),
+            ),
+            (
+                "MAP_SHARED_VALIDATE anonymous",
+                "",
+                typed_call(libc::MAP_SHARED_VALIDATE),
+            ),
+            (
+                "MAP_SYNC with MAP_PRIVATE is ignored",
+                "w",
+                typed_call(libc::MAP_PRIVATE | libc::MAP_SYNC),
+            ),
+            (
+                "MAP_HUGETLB of a size x86-64 lacks",
+                "",
+                typed_call(libc::MAP_PRIVATE | libc::MAP_HUGETLB | (16 << 26)),
+            ),
+            ("MAP_32BIT below 2 GiB", "", Call::Mmap32(4 * P)),
             // MADV_FREE: private anonymous memory only; without memory pressure nothing goes.
             ("free written pages", "WW", Call::Free(At::Page(0), 2 * P)),
             ("free untouched read-only", "r", Call::Free(At::Page(0), P)),

@@ -452,3 +452,79 @@ fn a_forked_vma_merges_only_with_its_own_pieces() {
     parent.mmap(a + 2 * P, P, rw, fixed, None).unwrap();
     assert_eq!(parent.space().vma_count(), 1, "{}", parent.maps());
 }
+
+/// MAP_DROPPABLE (Linux 6.11): memory pressure drops its pages, written or not, and they read
+/// back as zeros; a fork's child gets the mapping wiped (VM_WIPEONFORK).
+#[test]
+fn droppable_pages_go_under_pressure_and_stay_out_of_a_child() {
+    let frames = pool();
+    let mm = mm(&frames);
+    let droppable = MapFlags {
+        private: false,
+        droppable: true,
+        ..MapFlags::PRIVATE_ANONYMOUS
+    };
+    let a = mm.mmap(0, 4 * P, Prot::READ_WRITE, droppable, None).unwrap();
+    for page in 0..4 {
+        mm.write(a + page * P, &[page as u8 + 1]).unwrap();
+    }
+    let child = mm.fork().unwrap();
+    assert_eq!(child.maps(), mm.maps());
+    assert_eq!((byte(&child, a), byte(&mm, a)), (0, 1), "wiped in the child only");
+    let before = frames.in_use();
+    assert_eq!(mm.reclaim(16), 4);
+    mm.barrier();
+    assert_eq!(frames.in_use(), before - 4);
+    assert_eq!(byte(&mm, a + 3 * P), 0, "dropped: zeros again");
+    drop((mm, child));
+    assert_eq!(frames.in_use(), 0);
+}
+
+/// MAP_HUGETLB | MAP_ANONYMOUS: anonymous memory of huge pages, a shared mapping reserving its
+/// pages at mmap (ENOMEM beyond the pool), a private one faulting huge pages of its own.
+#[test]
+fn anonymous_huge_pages_come_from_the_huge_pool() {
+    let frames = Arc::new(FramePool::with_huge_pages(FramePoolConfig::default(), 2).unwrap());
+    let mm = mm(&frames);
+    let huge = MapFlags {
+        hugetlb: true,
+        ..MapFlags::SHARED_ANONYMOUS
+    };
+    let two_mib = 2 << 20;
+    assert_eq!(
+        mm.mmap(0, 3 * two_mib, Prot::READ_WRITE, huge, None)
+            .map_err(|e| e.errno),
+        Err(vma::Errno::ENOMEM),
+        "three huge pages from a pool of two"
+    );
+    let shared = mm.mmap(0, two_mib, Prot::READ_WRITE, huge, None).unwrap();
+    mm.write(shared + 5, b"huge").unwrap();
+    assert_eq!(frames.huge_in_use(), 1);
+    let private = MapFlags {
+        shared: false,
+        private: true,
+        ..huge
+    };
+    let mine = mm.mmap(0, P, Prot::READ_WRITE, private, None).unwrap();
+    assert_eq!(mine % two_mib, 0);
+    mm.write(mine, b"x").unwrap();
+    assert_eq!(frames.huge_in_use(), 2);
+    assert!(
+        mm.maps()
+            .lines()
+            .all(|line| line.ends_with("/anon_hugepage (deleted)")),
+        "{}",
+        mm.maps()
+    );
+    let gib = MapFlags {
+        huge_page_shift: 30,
+        ..huge
+    };
+    assert_eq!(
+        mm.mmap(0, P, Prot::READ_WRITE, gib, None).map_err(|e| e.errno),
+        Err(vma::Errno::ENOMEM),
+        "no 1 GiB pages"
+    );
+    drop(mm);
+    assert_eq!(frames.huge_in_use(), 0);
+}

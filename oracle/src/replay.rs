@@ -185,10 +185,16 @@ fn map_bits(flags: MapFlags) -> u64 {
         (flags.noreserve, libc::MAP_NORESERVE),
         (flags.stack, libc::MAP_STACK),
         (flags.locked, libc::MAP_LOCKED),
+        (flags.low_32bit, libc::MAP_32BIT),
+        (flags.hugetlb, libc::MAP_HUGETLB),
+        (flags.sync, libc::MAP_SYNC),
+        (flags.droppable, libc::MAP_DROPPABLE),
     ];
+    // MAP_HUGE_SHIFT (26): the huge page size's log2.
+    let huge_size = (flags.huge_page_shift as i32) << 26;
     bits.into_iter()
         .filter(|&(on, _)| on)
-        .fold(0, |all, (_, bit)| all | bit) as u64
+        .fold(huge_size, |all, (_, bit)| all | bit) as u64
 }
 
 fn remap_bits(flags: RemapFlags) -> u64 {

@@ -25,6 +25,8 @@ pub enum Errno {
     EACCES,
     /// No such VMA (PROCMAP_QUERY).
     ENOENT,
+    /// MAP_SYNC with MAP_SHARED_VALIDATE on an object not on a DAX device.
+    EOPNOTSUPP,
     /// madvise could not split a VMA (Linux answers EAGAIN where the split's ENOMEM would be).
     EAGAIN,
 }
@@ -44,6 +46,7 @@ impl Errno {
             Self::EEXIST => 17,
             Self::EINVAL => 22,
             Self::EFBIG => 27,
+            Self::EOPNOTSUPP => 95,
         }
     }
 
@@ -61,6 +64,7 @@ impl Errno {
             "EACCES" => Self::EACCES,
             "EAGAIN" => Self::EAGAIN,
             "ENOENT" => Self::ENOENT,
+            "EOPNOTSUPP" => Self::EOPNOTSUPP,
             _ => return None,
         })
     }

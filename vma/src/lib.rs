@@ -49,7 +49,8 @@ pub use query::{QueryFlags, VmaInfo};
 pub use request::{Layout, MapFlags, RemapFlags};
 pub use space::{AddressSpace, Lookup};
 pub use vma::{
-    AnonSlot, AnonVma, Backing, MappedFile, Mapping, Prot, SharedAnonymous, Unusable, Vma, VmaRef,
+    AnonSlot, AnonVma, Backing, HugeAnonymous, MappedFile, Mapping, Prot, SharedAnonymous, Unusable, Vma,
+    VmaRef,
 };
 
 /// Page size: 4 KiB.

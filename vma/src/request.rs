@@ -7,7 +7,7 @@
 //! [`AddressSpace`]: crate::AddressSpace
 
 use crate::error::{Errno, Error, Result};
-use crate::vma::{AnonSlot, Backing, MappedFile, Mapping, Prot, SharedAnonymous};
+use crate::vma::{AnonSlot, Backing, HugeAnonymous, MappedFile, Mapping, Prot, SharedAnonymous};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use std::sync::Arc;
 
@@ -80,6 +80,25 @@ pub struct MapFlags {
     pub stack: bool,
     /// MAP_LOCKED: locked as by mlock (VM_LOCKED), its pages faulted in at once.
     pub locked: bool,
+    /// MAP_32BIT (x86-64): a placement not fixed goes in `[1 GiB, 2 GiB)` if the hint is not
+    /// free (Linux's `find_start_end`, bottom-up; Linux also randomizes the start by up to
+    /// 32 MiB).
+    pub low_32bit: bool,
+    /// MAP_HUGETLB: anonymous memory of huge pages (a hugetlbfs object of its own, shown as
+    /// `/anon_hugepage (deleted)`); with a file, only a hugetlb file's mapping may have it.
+    pub hugetlb: bool,
+    /// MAP_HUGE_2MB / MAP_HUGE_1GB: the huge page size of MAP_HUGETLB, as log2 of bytes (the
+    /// bits at `MAP_HUGE_SHIFT`); 0 for the default, 2 MiB. Other sizes are EINVAL on x86-64.
+    pub huge_page_shift: u32,
+    /// MAP_SYNC: EOPNOTSUPP with MAP_SHARED_VALIDATE (no object here is on a DAX device) and
+    /// for a file that refuses it ([`MappedFile::refuses_sync`]); otherwise the mapping is
+    /// marked (Linux's VM_SYNC) and merges only with mappings marked so.
+    pub sync: bool,
+    /// MAP_DROPPABLE (Linux 6.11): private anonymous memory whose pages memory pressure may
+    /// drop (they read back as zeros), not copied by fork, not reserved (VM_DROPPABLE,
+    /// VM_WIPEONFORK, VM_DONTDUMP, VM_NORESERVE). A mapping type: not with MAP_SHARED or
+    /// MAP_PRIVATE, nor with a file, MAP_LOCKED, MAP_HUGETLB or MAP_GROWSDOWN (EINVAL).
+    pub droppable: bool,
 }
 
 impl MapFlags {
@@ -95,6 +114,11 @@ impl MapFlags {
         noreserve: false,
         stack: false,
         locked: false,
+        low_32bit: false,
+        hugetlb: false,
+        huge_page_shift: 0,
+        sync: false,
+        droppable: false,
     };
     /// MAP_PRIVATE (a file mapping).
     pub const PRIVATE: MapFlags = MapFlags {
@@ -114,19 +138,44 @@ impl MapFlags {
         ..Self::SHARED
     };
 
-    /// Checks the combination as Linux's mmap does: EINVAL unless exactly one of MAP_SHARED
-    /// and MAP_PRIVATE is set, except that both together are MAP_SHARED_VALIDATE, which maps
-    /// a file shared (every flag here is known, so validating them passes) and is EINVAL for
-    /// anonymous memory; EINVAL for MAP_GROWSDOWN with MAP_SHARED. Returns whether the mapping
-    /// is shared.
+    /// Checks the combination as Linux's mmap does: EINVAL unless exactly one mapping type is
+    /// set — MAP_SHARED, MAP_PRIVATE, MAP_DROPPABLE, or MAP_SHARED and MAP_PRIVATE together,
+    /// which are MAP_SHARED_VALIDATE: a file mapped shared, EINVAL for anonymous memory,
+    /// EOPNOTSUPP with MAP_SYNC (the one flag here it does not know for these objects);
+    /// EINVAL for MAP_GROWSDOWN with MAP_SHARED, for MAP_DROPPABLE with a file, MAP_LOCKED,
+    /// MAP_HUGETLB or MAP_GROWSDOWN, and for a huge page size x86-64 does not have. Returns
+    /// whether the mapping is shared.
     pub fn check(self) -> Result<bool> {
-        match (self.shared, self.private) {
-            (false, false) => Err(einval("one of MAP_SHARED and MAP_PRIVATE is needed")),
-            (true, true) if self.anonymous => {
+        if self.hugetlb && self.huge_page_size().is_none() {
+            return Err(einval("no such huge page size"));
+        }
+        match (self.shared, self.private, self.droppable) {
+            (false, false, false) => Err(einval("one of MAP_SHARED and MAP_PRIVATE is needed")),
+            (_, _, true) if self.shared || self.private => {
+                Err(einval("MAP_DROPPABLE is a mapping type of its own"))
+            }
+            (_, _, true) if !self.anonymous || self.locked || self.hugetlb || self.growsdown => Err(einval(
+                "MAP_DROPPABLE maps anonymous memory, unlocked, not huge, not a stack",
+            )),
+            (true, true, _) if self.anonymous => {
                 Err(einval("MAP_SHARED_VALIDATE does not map anonymous memory"))
             }
+            (true, true, _) if self.sync => Err(Error::new(
+                Errno::EOPNOTSUPP,
+                "MAP_SYNC needs an object on a DAX device",
+            )),
             _ if self.growsdown && self.shared => Err(einval("MAP_GROWSDOWN cannot be shared")),
-            (shared, _) => Ok(shared),
+            (shared, _, _) => Ok(shared),
+        }
+    }
+
+    /// The huge page size MAP_HUGETLB asks for: 2 MiB by default or with MAP_HUGE_2MB, 1 GiB
+    /// with MAP_HUGE_1GB; `None` for another size (x86-64 has no other).
+    pub fn huge_page_size(self) -> Option<u64> {
+        match self.huge_page_shift {
+            0 | 21 => Some(2 << 20),
+            30 => Some(1 << 30),
+            _ => None,
         }
     }
 
@@ -206,10 +255,14 @@ pub struct MmapRequest {
     /// Page offset in a file (anonymous mappings take theirs from the address).
     file_pgoff: u64,
     growsdown: bool,
-    /// MAP_NORESERVE, MAP_STACK and MAP_LOCKED (see [`MapFlags`]).
+    /// MAP_NORESERVE (or MAP_DROPPABLE), MAP_STACK, MAP_LOCKED, MAP_32BIT and MAP_DROPPABLE
+    /// (see [`MapFlags`]).
     noreserve: bool,
     stack: bool,
     locked: bool,
+    low_32bit: bool,
+    droppable: bool,
+    sync: bool,
     /// The page size of what is mapped: the start is a multiple of it.
     align: u64,
 }
@@ -257,12 +310,25 @@ impl MmapRequest {
         if file.as_ref().is_some_and(|&(_, offset)| !aligned(offset)) {
             return Err(einval("offset not page aligned"));
         }
+        let shared = flags.check()?;
         // A file of huge pages: Linux rounds the length up to them and requires the offset
-        // and a fixed address at their boundaries.
+        // and a fixed address at their boundaries. MAP_HUGETLB maps anonymous memory of huge
+        // pages, and with a file only a hugetlb one.
         let align = match (&file, flags.anonymous) {
             (Some((file, _)), false) => file.page_size(),
-            _ => PAGE_SIZE,
+            (None, false) => PAGE_SIZE,
+            (_, true) if flags.hugetlb => flags.huge_page_size().expect("checked"),
+            (_, true) => PAGE_SIZE,
         };
+        if flags.hugetlb && !flags.anonymous && align == PAGE_SIZE {
+            return Err(einval("MAP_HUGETLB with a file not of huge pages"));
+        }
+        if flags.sync && !flags.anonymous && file.as_ref().is_some_and(|(file, _)| file.refuses_sync()) {
+            return Err(Error::new(
+                Errno::EOPNOTSUPP,
+                "MAP_SYNC needs a file on a DAX device",
+            ));
+        }
         if file.as_ref().is_some_and(|&(_, offset)| offset % align != 0) && !flags.anonymous {
             return Err(einval("offset not aligned to the file's huge pages"));
         }
@@ -271,8 +337,8 @@ impl MmapRequest {
         } else {
             file.as_ref().map_or(0, |(_, offset)| *offset)
         };
-        let shared = flags.check()?;
         let backing = match (flags.anonymous, file) {
+            (true, _) if flags.hugetlb => Backing::File(Arc::new(HugeAnonymous::new(align))),
             (true, _) if shared => Backing::File(Arc::new(SharedAnonymous::new())),
             (true, _) => Backing::Anonymous,
             (false, Some((file, _))) => Backing::File(file),
@@ -313,9 +379,12 @@ impl MmapRequest {
             backing,
             file_pgoff: offset >> PAGE_SHIFT,
             growsdown: flags.growsdown,
-            noreserve: flags.noreserve,
+            noreserve: flags.noreserve || flags.droppable,
             stack: flags.stack,
             locked: flags.locked,
+            low_32bit: flags.low_32bit,
+            droppable: flags.droppable,
+            sync: flags.sync,
             align,
         })
     }
@@ -328,6 +397,11 @@ impl MmapRequest {
     /// The layout the request was checked against.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Whether a placement not fixed goes below 2 GiB (MAP_32BIT).
+    pub fn low_32bit(&self) -> bool {
+        self.low_32bit
     }
 
     /// Where the mapping may go (fixed ranges lie inside the layout).
@@ -363,6 +437,8 @@ impl MmapRequest {
             locked: self.locked && self.align == PAGE_SIZE,
             noreserve: self.noreserve,
             nohugepage: self.stack,
+            droppable: self.droppable,
+            sync: self.sync,
             anon: AnonSlot::default(),
         }
     }

@@ -86,6 +86,28 @@ fn start_gap_above(writer: &TreeWriter<'_>, last: u64) -> u64 {
     }
 }
 
+/// The lowest place in `[from, to)` for `len` bytes at a multiple of `align` (a free range of
+/// `search` bytes holds them), past a stack whose guard gap the range would reach into (Linux's
+/// `unmapped_area`).
+fn bottom_up(
+    writer: &TreeWriter<'_>,
+    (mut from, to): (u64, u64),
+    len: u64,
+    align: u64,
+    search: u64,
+) -> Option<u64> {
+    while from < to {
+        let (first, _) = writer.find_gap(from, to - 1, search).ok().flatten()?;
+        let (_, gap_last) = writer.gap_at(first).expect("a free index");
+        let start = first.next_multiple_of(align);
+        if start + len <= start_gap_above(writer, gap_last).min(to) {
+            return Some(start);
+        }
+        from = gap_last.checked_add(1)?;
+    }
+    None
+}
+
 /// The longest anon_vma name, with its terminating NUL (Linux's `ANON_VMA_NAME_MAX_LEN`).
 const ANON_NAME_MAX: usize = 80;
 
@@ -615,6 +637,9 @@ impl AddressSpace {
                 addr
             }
             Placement::FixedNoReplace(addr) => addr,
+            Placement::Hint(hint) if request.low_32bit() => {
+                self.place_low(&writer, hint, len, request.alignment())?
+            }
             Placement::Hint(hint) => self.place(&writer, hint, len, request.alignment())?,
         };
         let end = start + len;
@@ -1083,6 +1108,8 @@ impl AddressSpace {
                 locked: false,
                 noreserve: false,
                 nohugepage: false,
+                droppable: false,
+                sync: false,
                 anon: AnonSlot::default(),
             };
             let change = Change {
@@ -1110,16 +1137,8 @@ impl AddressSpace {
     /// stack counts as taken (Linux's `vm_start_gap`).
     fn place(&self, writer: &TreeWriter<'_>, hint: u64, len: u64, align: u64) -> Result<u64> {
         let Layout { low, high, mmap_base } = self.layout;
-        let search = len
-            .checked_add(align - PAGE_SIZE)
-            .filter(|&search| search <= high - low)
-            .ok_or(enomem("longer than the address space"))?;
-        let hint = hint.checked_next_multiple_of(align).unwrap_or(0);
-        if hint >= low
-            && hint.checked_add(len).is_some_and(|end| end <= high)
-            && self.protocol.first_in(writer, hint, hint + len).is_none()
-            && start_gap_above(writer, hint + len - 1) >= hint + len
-        {
+        let search = self.search_length(len, align)?;
+        if let Some(hint) = self.free_hint(writer, hint, len, align) {
             return Ok(hint);
         }
         // Top-down: the highest gap long enough; when the guard gap below a stack reaches into
@@ -1135,23 +1154,42 @@ impl AddressSpace {
             }
             limit = guard;
         }
-        // Bottom-up above the base: past a stack whose guard gap the range would reach into
-        // (Linux's `unmapped_area`).
-        let mut from = mmap_base;
-        while from < high {
-            let Some((first, _)) = writer.find_gap(from, high - 1, search).ok().flatten() else {
-                break;
-            };
-            let (_, gap_last) = writer.gap_at(first).expect("a free index");
-            let start = first.next_multiple_of(align);
-            if start + len <= start_gap_above(writer, gap_last) {
-                return Ok(start);
-            }
-            from = match gap_last.checked_add(1) {
-                Some(next) => next,
-                None => break,
-            };
+        // Bottom-up above the base.
+        bottom_up(writer, (mmap_base, high), len, align, search).ok_or(enomem("no free range is long enough"))
+    }
+
+    /// [`AddressSpace::place`] for MAP_32BIT: the hint if free, else bottom-up in
+    /// `[1 GiB, 2 GiB)` (x86-64's `find_start_end`; Linux also randomizes the start).
+    fn place_low(&self, writer: &TreeWriter<'_>, hint: u64, len: u64, align: u64) -> Result<u64> {
+        const WINDOW: (u64, u64) = (1 << 30, 2 << 30);
+        let search = self.search_length(len, align)?;
+        if let Some(hint) = self.free_hint(writer, hint, len, align) {
+            return Ok(hint);
         }
-        Err(enomem("no free range is long enough"))
+        let Layout { low, high, .. } = self.layout;
+        let window = (WINDOW.0.max(low), WINDOW.1.min(high));
+        bottom_up(writer, window, len, align, search)
+            .ok_or(enomem("no free range below 2 GiB is long enough"))
+    }
+
+    /// How long a free range must be to hold `len` bytes at a multiple of `align`; ENOMEM if
+    /// longer than the space.
+    fn search_length(&self, len: u64, align: u64) -> Result<u64> {
+        let Layout { low, high, .. } = self.layout;
+        len.checked_add(align - PAGE_SIZE)
+            .filter(|&search| search <= high - low)
+            .ok_or(enomem("longer than the address space"))
+    }
+
+    /// The hint (rounded up to `align`) if `len` bytes are free there, clear of a stack's
+    /// guard gap.
+    fn free_hint(&self, writer: &TreeWriter<'_>, hint: u64, len: u64, align: u64) -> Option<u64> {
+        let Layout { low, high, .. } = self.layout;
+        let hint = hint.checked_next_multiple_of(align).unwrap_or(0);
+        (hint >= low
+            && hint.checked_add(len).is_some_and(|end| end <= high)
+            && self.protocol.first_in(writer, hint, hint + len).is_none()
+            && start_gap_above(writer, hint + len - 1) >= hint + len)
+            .then_some(hint)
     }
 }

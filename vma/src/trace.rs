@@ -12,9 +12,10 @@
 //! mremap OLD LEN NEWLEN FLAGS [NEWADDR] [-> RESULT]
 //! ```
 //!
-//! PROT is like `rw-`; FLAGS is a comma-separated list of `private shared anonymous fixed
-//! fixed_noreplace growsdown populate noreserve stack locked maymove`, and `denywrite executable
-//! file nonblock`, which Linux ignores (other flags are ignored with a warning); FILE is a name (the same name is the same object) and PGOFF a byte offset. A `-> RESULT` records what the
+//! PROT is like `rw-`; FLAGS is a comma-separated list of `private shared shared_validate
+//! droppable anonymous fixed fixed_noreplace growsdown populate noreserve stack locked 32bit
+//! hugetlb huge_2mb huge_1gb sync maymove` (see `MapFlags`), and `denywrite executable file
+//! nonblock uninitialized`, which Linux ignores (other flags are ignored with a warning); FILE is a name (the same name is the same object) and PGOFF a byte offset. A `-> RESULT` records what the
 //! system that produced the trace returned: an address (the replay then places the mapping there,
 //! as MAP_FIXED_NOREPLACE, or moves it there for mremap, so layouts stay comparable) or an error
 //! such as `-ENOMEM`, which the replay must reproduce. A `file` line gives a file's device
@@ -162,10 +163,18 @@ fn flags(word: &str) -> (MapFlags, RemapFlags, Vec<String>) {
             "noreserve" => map.noreserve = true,
             "stack" => map.stack = true,
             "locked" => map.locked = true,
+            "32bit" => map.low_32bit = true,
+            "hugetlb" => map.hugetlb = true,
+            "huge_2mb" => map.huge_page_shift = 21,
+            "huge_1gb" => map.huge_page_shift = 30,
+            "sync" => map.sync = true,
+            "droppable" => map.droppable = true,
+            "shared_validate" => (map.shared, map.private) = (true, true),
             "maymove" => remap.maymove = true,
             // Flags strace prints that Linux ignores: MAP_DENYWRITE and MAP_EXECUTABLE (since
-            // 5.x, and long before), MAP_FILE (0), MAP_NONBLOCK (since 2.6.23).
-            "denywrite" | "executable" | "file" | "nonblock" => {}
+            // 5.x, and long before), MAP_FILE (0), MAP_NONBLOCK (since 2.6.23),
+            // MAP_UNINITIALIZED (except on kernels without an MMU).
+            "denywrite" | "executable" | "file" | "nonblock" | "uninitialized" => {}
             other => unknown.push(other.to_string()),
         }
     }

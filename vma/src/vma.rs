@@ -122,6 +122,13 @@ pub trait MappedFile: Any + Send + Sync + fmt::Debug {
         crate::FileIdentity::default()
     }
 
+    /// Whether mappings of it refuse MAP_SYNC with EOPNOTSUPP, as a file of ext4 or xfs not on
+    /// a DAX device does (`daxdev_mapping_supported`); shmem, memfds and anonymous memory take
+    /// it (VM_SYNC, which keeps the mapping apart). No by default.
+    fn refuses_sync(&self) -> bool {
+        false
+    }
+
     /// Whether this is the object of a MAP_SHARED | MAP_ANONYMOUS mapping (Linux's shmem
     /// behind it), which may be named like anonymous memory
     /// ([`AddressSpace::set_anon_name`](crate::AddressSpace::set_anon_name)).
@@ -309,6 +316,11 @@ pub struct Mapping {
     pub noreserve: bool,
     /// Kept out of transparent huge pages (MAP_STACK; Linux's VM_NOHUGEPAGE).
     pub nohugepage: bool,
+    /// Pages memory pressure may drop, not copied by fork (MAP_DROPPABLE; Linux's
+    /// VM_DROPPABLE with VM_WIPEONFORK and VM_DONTDUMP).
+    pub droppable: bool,
+    /// Synchronous page faults asked for (MAP_SYNC; Linux's VM_SYNC).
+    pub sync: bool,
     /// The `anon_vma` of its private pages, once it has one.
     pub anon: AnonSlot,
 }
@@ -409,6 +421,8 @@ impl Mapping {
             && self.locked == other.locked
             && self.noreserve == other.noreserve
             && self.nohugepage == other.nohugepage
+            && self.droppable == other.droppable
+            && self.sync == other.sync
     }
 }
 
@@ -633,6 +647,44 @@ impl fmt::Debug for VmaRef<'_> {
 #[derive(Debug)]
 pub struct SharedAnonymous {
     inode: u64,
+}
+
+/// The hugetlbfs object behind a MAP_HUGETLB | MAP_ANONYMOUS mapping (Linux's
+/// `HUGETLB_ANON_FILE`, shown as `/anon_hugepage (deleted)`): mappings of it are of huge pages,
+/// aligned to them, never merged. Each such mmap makes a new one, with an inode number of its
+/// own.
+#[derive(Debug)]
+pub struct HugeAnonymous {
+    page_size: u64,
+    inode: u64,
+}
+
+impl HugeAnonymous {
+    /// A new object of pages of `page_size` bytes.
+    pub fn new(page_size: u64) -> Self {
+        Self {
+            page_size,
+            // Relaxed: only uniqueness matters.
+            inode: NEXT_SHMEM_INODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+impl MappedFile for HugeAnonymous {
+    fn name(&self) -> &str {
+        "/anon_hugepage (deleted)"
+    }
+
+    fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    fn identity(&self) -> crate::FileIdentity {
+        crate::FileIdentity {
+            inode: self.inode,
+            ..crate::FileIdentity::default()
+        }
+    }
 }
 
 /// Inode numbers of shared anonymous objects.

@@ -21,6 +21,45 @@ fn file(name: &'static str) -> Arc<dyn MappedFile> {
     Arc::new(File(name))
 }
 
+/// A file with what a filesystem gives it: huge pages (hugetlbfs), a device and inode, or a
+/// refusal of MAP_SYNC (ext4 or xfs without DAX).
+#[derive(Debug)]
+struct Special {
+    name: &'static str,
+    page_size: u64,
+    identity: vma::FileIdentity,
+    refuses_sync: bool,
+}
+
+impl Special {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            page_size: P,
+            identity: vma::FileIdentity::default(),
+            refuses_sync: false,
+        }
+    }
+}
+
+impl MappedFile for Special {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    fn identity(&self) -> vma::FileIdentity {
+        self.identity
+    }
+
+    fn refuses_sync(&self) -> bool {
+        self.refuses_sync
+    }
+}
+
 const LAYOUT: Layout = Layout {
     low: 0x10000,
     high: 0x10000 + 64 * P,
@@ -631,20 +670,6 @@ fn munmap_waits_for_a_fault_on_its_vma() {
     }));
 }
 
-/// A file of 2 MiB pages (a hugetlb file).
-#[derive(Debug)]
-struct HugeFile;
-
-impl MappedFile for HugeFile {
-    fn name(&self) -> &str {
-        "/hugepages/f"
-    }
-
-    fn page_size(&self) -> u64 {
-        HUGE
-    }
-}
-
 const HUGE: u64 = 2 << 20;
 
 /// The VMAs' ranges, from `maps()`.
@@ -665,7 +690,10 @@ fn ranges(space: &AddressSpace) -> Vec<(u64, u64)> {
 #[test]
 fn mappings_of_huge_pages_align_split_at_their_boundaries_and_never_merge() {
     let space = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
-    let huge: Arc<dyn MappedFile> = Arc::new(HugeFile);
+    let huge: Arc<dyn MappedFile> = Arc::new(Special {
+        page_size: HUGE,
+        ..Special::new("/hugepages/f")
+    });
     let shared = MapFlags::SHARED;
     let map = |addr: u64, len: u64, flags: MapFlags, offset: u64| {
         space.mmap(addr, len, Prot::READ_WRITE, flags, Some((huge.clone(), offset)))
@@ -784,31 +812,20 @@ fn limits_stop_brk_and_stack_growth() {
     s.validate().unwrap();
 }
 
-/// A file with a device and inode, as a filesystem would give it.
-#[derive(Debug)]
-struct OnDisk;
-
-impl MappedFile for OnDisk {
-    fn name(&self) -> &str {
-        "/usr/bin/cat"
-    }
-
-    fn identity(&self) -> vma::FileIdentity {
-        vma::FileIdentity {
-            major: 0xfe,
-            minor: 0,
-            inode: 247030,
-        }
-    }
-}
-
 /// `maps()` prints what /proc/PID/maps prints, byte for byte (lines read off Linux 6.18): the
 /// device and inode, names from column 74, a space ending a line without one, `[heap]`,
 /// `[stack]`, `[anon:NAME]`, shared anonymous memory on device 00:01.
 #[test]
 fn maps_are_printed_as_linux_prints_them() {
     let s = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
-    let cat: Arc<dyn MappedFile> = Arc::new(OnDisk);
+    let cat: Arc<dyn MappedFile> = Arc::new(Special {
+        identity: vma::FileIdentity {
+            major: 0xfe,
+            minor: 0,
+            inode: 247030,
+        },
+        ..Special::new("/usr/bin/cat")
+    });
     let private = MapFlags::PRIVATE.fixed();
     s.mmap(0x55ed0c728000, 2 * P, Prot::READ, private, Some((cat, 0)))
         .unwrap();
@@ -926,4 +943,137 @@ fn anonymous_memory_is_named_as_prctl_names_it() {
             "00025000-00026000 rw-p 00000000 [anon:h]"
         ]
     );
+}
+
+/// The mmap flags beyond the common ones, with the errors Linux 6.18 answers (checked with raw
+/// syscalls: fault/tests/kernel_oracle.rs and, for MAP_SYNC's filesystems, by hand): the
+/// mapping types, MAP_SYNC, MAP_HUGETLB's sizes and objects, MAP_32BIT's placement.
+#[test]
+fn every_mmap_flag_has_its_linux_meaning() {
+    let s = AddressSpace::new(Layout::X86_64, NoFlush).unwrap();
+    let rw = Prot::READ_WRITE;
+    let anon = MapFlags::PRIVATE_ANONYMOUS;
+    let droppable = MapFlags {
+        private: false,
+        droppable: true,
+        ..anon
+    };
+    for bad in [
+        MapFlags {
+            private: true,
+            ..droppable
+        },
+        MapFlags {
+            locked: true,
+            ..droppable
+        },
+        MapFlags {
+            growsdown: true,
+            ..droppable
+        },
+        MapFlags {
+            hugetlb: true,
+            ..droppable
+        },
+        MapFlags {
+            anonymous: false,
+            ..droppable
+        },
+        MapFlags {
+            hugetlb: true,
+            huge_page_shift: 16,
+            ..anon
+        },
+    ] {
+        assert_eq!(
+            errno(s.mmap(0, P, rw, bad, Some((file("/f"), 0)))),
+            Errno::EINVAL,
+            "{bad:?}"
+        );
+    }
+    // MAP_DROPPABLE keeps apart from plain memory, is not charged (VM_NORESERVE).
+    let a = s.mmap(0x10_0000_0000, P, rw, anon.fixed(), None).unwrap();
+    s.mmap(a + P, P, rw, droppable.fixed(), None).unwrap();
+    assert_eq!(s.vma_count(), 2);
+    // MAP_SYNC: marked, so apart; EOPNOTSUPP with MAP_SHARED_VALIDATE and on a refusing file.
+    s.mmap(a + 2 * P, P, rw, MapFlags { sync: true, ..anon }.fixed(), None)
+        .unwrap();
+    assert_eq!(s.vma_count(), 3);
+    let validate = MapFlags {
+        shared: true,
+        private: true,
+        anonymous: false,
+        sync: true,
+        ..anon
+    };
+    assert_eq!(
+        errno(s.mmap(0, P, rw, validate, Some((file("/f"), 0)))),
+        Errno::EOPNOTSUPP
+    );
+    let ext4: Arc<dyn MappedFile> = Arc::new(Special {
+        refuses_sync: true,
+        ..Special::new("/data/file")
+    });
+    let sync_private = MapFlags {
+        anonymous: false,
+        sync: true,
+        ..anon
+    };
+    assert_eq!(
+        errno(s.mmap(0, P, rw, sync_private, Some((ext4.clone(), 0)))),
+        Errno::EOPNOTSUPP
+    );
+    s.mmap(0, P, rw, MapFlags::SHARED, Some((ext4, 0))).unwrap();
+    // MAP_HUGETLB: anonymous memory of 2 MiB (or 1 GiB) pages, its length rounded up; with a
+    // file not of huge pages, EINVAL.
+    let huge = MapFlags {
+        hugetlb: true,
+        ..anon
+    };
+    let h = s.mmap(0, 3 << 20, rw, huge, None).unwrap();
+    assert_eq!(h % (2 << 20), 0);
+    let line = s
+        .maps()
+        .lines()
+        .find(|l| l.starts_with(&format!("{h:x}")))
+        .unwrap()
+        .to_string();
+    assert!(line.ends_with("/anon_hugepage (deleted)"), "{line}");
+    assert!(
+        line.starts_with(&format!("{h:x}-{:x} rw-p", h + (4 << 20))),
+        "{line}"
+    );
+    let gib = s
+        .mmap(
+            0,
+            P,
+            rw,
+            MapFlags {
+                huge_page_shift: 30,
+                ..huge
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(gib % (1 << 30), 0);
+    let huge_file = MapFlags {
+        anonymous: false,
+        ..huge
+    };
+    assert_eq!(
+        errno(s.mmap(0, P, rw, huge_file, Some((file("/f"), 0)))),
+        Errno::EINVAL
+    );
+    // MAP_32BIT: below 2 GiB unless the hint is free.
+    let low_32bit = MapFlags {
+        low_32bit: true,
+        ..anon
+    };
+    let low = s.mmap(0, P, rw, low_32bit, None).unwrap();
+    assert!((1 << 30..2 << 30).contains(&low), "{low:#x}");
+    assert_eq!(
+        s.mmap(0x20_0000_0000, P, rw, low_32bit, None).unwrap(),
+        0x20_0000_0000
+    );
+    s.validate().unwrap();
 }

@@ -81,7 +81,12 @@ fn malformed_lines_are_reported_with_their_numbers() {
         assert_eq!(error.line, line, "{text:?}");
         assert!(error.message.contains(message), "{text:?}: {error}");
     }
-    // A flag with a meaning not modelled is reported; one that Linux ignores is not.
-    let warned = Trace::parse("mmap 0 0x1000 rw- private,anonymous,32bit,denywrite\n").unwrap();
+    // A flag not known is reported; one that Linux ignores is not; every flag strace prints
+    // has its meaning.
+    let warned = Trace::parse("mmap 0 0x1000 rw- private,anonymous,huge_shift_16,denywrite\n").unwrap();
     assert_eq!(warned.warnings.len(), 1);
+    let every = "mmap 0 0x1000 rw- shared_validate,droppable,anonymous,fixed,fixed_noreplace,growsdown,\
+                 populate,noreserve,stack,locked,32bit,hugetlb,huge_2mb,huge_1gb,sync,uninitialized,\
+                 denywrite,executable,file,nonblock\n";
+    assert!(Trace::parse(every).unwrap().warnings.is_empty());
 }

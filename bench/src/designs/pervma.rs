@@ -330,6 +330,8 @@ mod tests {
             locked: false,
             noreserve: false,
             nohugepage: false,
+            droppable: false,
+            sync: false,
             anon: Default::default(),
         };
         PerVma::new(mapping, seq)
