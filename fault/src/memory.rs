@@ -382,13 +382,7 @@ impl Memory {
             let Some((start, end)) = self.lazyfree.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
                 break;
             };
-            let guard = Guard::keyed(rcu, Keys::new(start, end - 1));
-            let frames = self.table.clear_if(start, end, |pte| {
-                pte.private() && !pte.dirty() && pte.0 & WRITABLE == 0 && !self.frames.shared(pte.frame())
-            });
-            drop(guard);
-            freed += frames.len();
-            self.release_later(frames, (start, end), rcu);
+            freed += self.drop_where((start, end), rcu, |pte| !pte.dirty() && pte.0 & WRITABLE == 0);
         }
         freed
     }
@@ -397,10 +391,17 @@ impl Memory {
     /// own frames not shared, written or not (a fault afterwards maps a zeroed page; a store
     /// racing the drop may be lost, as MAP_DROPPABLE allows, but never lands in a reused
     /// frame: they go back a grace period of `rcu` later). Returns how many it let go of.
-    pub(crate) fn drop_pages(&self, (start, end): (u64, u64), rcu: &DefaultRcu) -> usize {
+    pub(crate) fn drop_pages(&self, range: (u64, u64), rcu: &DefaultRcu) -> usize {
+        self.drop_where(range, rcu, |_| true)
+    }
+
+    /// Removes the translations in `[start, end)` of frames of the mapping's own, not shared,
+    /// that pass `also`, and releases the frames a grace period of `rcu` later; returns how
+    /// many. The reclaim of MADV_FREE's pages and MAP_DROPPABLE's.
+    fn drop_where(&self, (start, end): (u64, u64), rcu: &DefaultRcu, also: impl Fn(Pte) -> bool) -> usize {
         let guard = Guard::keyed(rcu, Keys::new(start, end - 1));
         let frames = self.table.clear_if(start, end, |pte| {
-            pte.private() && !self.frames.shared(pte.frame())
+            pte.private() && !self.frames.shared(pte.frame()) && also(pte)
         });
         drop(guard);
         let freed = frames.len();

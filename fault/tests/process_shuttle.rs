@@ -12,7 +12,10 @@
 //! Stack growth: a fault on a stack's own page racing a fault below it, which grows the stack,
 //! and another growing it further. The growth is usable at once, so the fault on the old page
 //! never waits, and both growths stand. The broken variant publishes the grown stack BABY, as
-//! an ordinary change: the fault on the old page waits. Run with `--features shuttle`.
+//! an ordinary change: the fault on the old page waits.
+//!
+//! MAP_DROPPABLE: a write racing the drop of its pages (the reclaim MADV_FREE's pages share).
+//! Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
 
 use fault::{Access, FramePool, FramePoolConfig, MapFlags, Mm, MmConfig, Prot};
@@ -124,4 +127,38 @@ fn a_fault_on_a_stack_never_waits_for_its_growth() {
 #[test]
 fn growth_published_baby_makes_the_stacks_faults_wait() {
     assert_broken_variant_fails(STEPS, &["violated"], || growth_racing_faults(true));
+}
+
+/// MAP_DROPPABLE: a write racing memory pressure that drops the pages lands either before the
+/// drop (and goes with it) or after (in a fresh zeroed page); a dropped frame goes back only
+/// after the sections that may still copy into it, so each byte reads what was written or
+/// zero, and nothing leaks.
+#[test]
+fn a_write_racing_a_drop_lands_or_goes_whole() {
+    check_both(STEPS, || {
+        let mm = Arc::new(Mm::new(config(), pool()).unwrap());
+        let droppable = MapFlags {
+            private: false,
+            droppable: true,
+            ..MapFlags::PRIVATE_ANONYMOUS.fixed()
+        };
+        mm.mmap(A, 2 * P, Prot::READ_WRITE, droppable, None).unwrap();
+        mm.write(A, &[1]).unwrap();
+        // Across the two pages: each half may be dropped or not.
+        let writer = {
+            let mm = mm.clone();
+            thread::spawn(move || mm.write(A + P - 1, &[2, 3]).unwrap())
+        };
+        mm.reclaim(4);
+        writer.join().unwrap();
+        let mut seen = [0; 2];
+        mm.read(A + P - 1, &mut seen).unwrap();
+        assert!(
+            matches!(seen, [0 | 2, 0 | 3]),
+            "violated: the bytes read {seen:?}"
+        );
+        mm.munmap(A, 2 * P).unwrap();
+        mm.barrier();
+        assert_eq!(mm.frames().in_use(), 0, "violated: frames leaked");
+    });
 }
