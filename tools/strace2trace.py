@@ -85,10 +85,10 @@ def joined(log_lines):
     return out
 
 
-def own_lines(log_lines):
-    """The calls of the process that read /proc/self/maps, all its threads, from its last
-    execve on, in the order they finished. Threads are told from processes by clone's
-    CLONE_THREAD."""
+def own_lines(log_lines, program):
+    """The calls of the process running `program` that read /proc/self/maps, all its threads,
+    from its last execve on, in the order they finished. Threads are told from processes by
+    clone's CLONE_THREAD."""
     raw = [(m.group(1) or m.group(2) or "", m.group(3), m.group(4), m.group(5), line)
            for line in joined(log_lines) for m in [CALL.match(line)] if m]
     # A thread's first calls may be logged before clone returns in its creator: map first.
@@ -97,7 +97,12 @@ def own_lines(log_lines):
         if name in ("clone", "clone3", "fork", "vfork") and ret.isdigit():
             process[ret] = process.get(pid, pid) if "CLONE_THREAD" in args else ret
     calls = [(process.get(pid, pid), name, args, ret, line) for pid, name, args, ret, line in raw]
-    reader = next(pid for pid, name, args, ret, _ in reversed(calls) if name == "openat" and '"/proc/self/maps"' in args)
+    # The reader: of the processes that read their maps, the one running `program` (the
+    # executable the captured maps show first; a compiler's linker may read its maps too).
+    readers = [pid for pid, name, args, ret, _ in calls if name == "openat" and '"/proc/self/maps"' in args]
+    ran = {pid: os.path.realpath(re.search(r'"([^"]*)"', args).group(1))
+           for pid, name, args, ret, _ in calls if name == "execve" and ret == "0"}
+    reader = next((pid for pid in reversed(readers) if ran.get(pid) == program), readers[-1])
     mine = [c for c in calls if c[0] == reader]
     start = max((i for i, c in enumerate(mine) if c[1] == "execve" and c[3] == "0"), default=-1) + 1
     # The program prints its maps at the end: the last open of /proc/self/maps is that read's
@@ -107,9 +112,9 @@ def own_lines(log_lines):
                                                                   and '"/proc/self/maps"' in c[2])]
 
 
-def convert(log_lines):
+def convert(log_lines, program):
     fds, ops, created, cwd = {}, [], [], os.getcwd()
-    for _, name, args, ret, line in own_lines(log_lines):
+    for _, name, args, ret, line in own_lines(log_lines, program):
         if name == "openat":
             path = re.search(r'"([^"]*)"', args).group(1)
             if ret.startswith("-"):
@@ -189,8 +194,9 @@ def maps(lines):
 
 def main():
     log, linux_maps, out = sys.argv[1:4]
-    ops, created = convert(open(log).read().splitlines())
     vmas = maps(open(linux_maps).read().splitlines())
+    program = next(path for _, _, _, _, path, _, _, _ in vmas if path.startswith("/"))
+    ops, created = convert(open(log).read().splitlines(), program)
     # Each file's device and inode, as the maps showed them (shared anonymous memory gets its
     # own in each replay).
     files = sorted({f"file {path} {device} {inode}" for _, _, _, _, path, device, inode, _ in vmas

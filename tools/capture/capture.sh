@@ -2,7 +2,7 @@
 # Captures the traces in vma/tests/traces from real programs: each is run under strace, prints
 # its own /proc/self/maps, and tools/strace2trace.py turns the log into NAME.trace and NAME.maps.
 # Usage: tools/capture/capture.sh [NAME...]   (default: every capture below; needs strace and
-# the programs: cat, python3, java, node, gcc)
+# the programs: cat, python3, java, node, rustc, gcc)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=$here/../../vma/tests/traces
@@ -33,6 +33,11 @@ for t in threads: t.join()
 print(open("/proc/self/maps").read(), end="")' ;;
     java) capture java java -Xmx256m "$here/Maps.java" ;;
     node) capture node node -e 'process.stdout.write(require("fs").readFileSync("/proc/self/maps"))' ;;
+    rustc)
+        # The compiler prints its own maps while expanding a procedural macro.
+        rustc --edition 2021 --crate-type proc-macro "$here/maps_macro.rs" -o "$work/libmaps_macro.so"
+        capture rustc rustc --edition 2021 --extern "maps_macro=$work/libmaps_macro.so" \
+            "$here/rustc_main.rs" -o "$work/main" ;;
     alloc-threads)
         gcc -O1 -pthread -o "$work/alloc-threads" "$here/alloc_threads.c"
         capture alloc-threads "$work/alloc-threads" ;;
@@ -41,6 +46,6 @@ print(open("/proc/self/maps").read(), end="")' ;;
 }
 
 if [ $# -eq 0 ]; then
-    set -- cat python python-threads java node alloc-threads
+    set -- cat python python-threads java node rustc alloc-threads
 fi
 for name in "$@"; do run "$name"; done

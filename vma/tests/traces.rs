@@ -29,7 +29,8 @@ fn replay(name: &str) -> String {
 /// - `python-threads`: threads with their stacks (MAP_STACK) and allocations;
 /// - `alloc-threads`: a C program whose threads allocate in malloc arenas (reserved with
 ///   MAP_NORESERVE, committed with mprotect) and grow buffers with realloc (mremap);
-/// - `node`: V8 reserving and committing its heap, threads.
+/// - `node`: V8 reserving and committing its heap, threads;
+/// - `rustc`: the Rust compiler, printing its maps from a procedural macro it expands.
 ///
 /// `java` is left out: the JVM writes to neighbouring anonymous mappings between its calls, so
 /// they get anon_vmas of their own and stay apart on Linux (two places), which no system-call
@@ -37,7 +38,14 @@ fn replay(name: &str) -> String {
 /// (oracle/tests/traces.rs).
 #[test]
 fn captures_replay_to_the_maps_linux_printed() {
-    for name in ["cat", "python", "python-threads", "alloc-threads", "node"] {
+    for name in [
+        "cat",
+        "python",
+        "python-threads",
+        "alloc-threads",
+        "node",
+        "rustc",
+    ] {
         let (ours, linux) = (replay(name), file(&format!("{name}.maps")));
         // Shared anonymous objects are numbered by each system.
         assert_eq!(
