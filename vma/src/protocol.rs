@@ -2,7 +2,9 @@
 //! mremap, brk) goes through it, holding the tree's writer lock. The address space
 //! (`space.rs`) computes what a call changes; this module applies it:
 //!
-//! 1. the new VMAs are built BABY;
+//! 1. the new VMAs are built BABY where step 6 will change translations (elsewhere they map
+//!    what the old VMAs did, or what was not mapped, and are usable at once: see
+//!    [`Protocol::stage`]);
 //! 2. they are stored into the tree (`replace_exact`, one publication per changed range):
 //!    lookups now find them, and the displaced VMAs stay valid for readers that found them.
 //!    New file VMAs enter their files' reverse maps just before ([`FlushHook::mapped`]);
@@ -15,7 +17,7 @@
 //!    table): no fault can install one from an old VMA any more (steps 3–4), and none from a new
 //!    VMA yet (they are BABY). The displaced file VMAs then leave the reverse maps ([`FlushHook::unmapped`]): a
 //!    reverse-map walk finds every VMA through which a translation of the file may exist;
-//! 7. BABY is cleared on the new VMAs and the faults waiting for them are woken;
+//! 7. BABY is cleared on the new VMAs born so and the faults waiting for them are woken;
 //! 8. where the flush revoked translations (removed them, or took permissions away), the writer
 //!    waits for a grace period keyed to those ranges: an access that read an old translation
 //!    before the flush (a `write` copying through it, like a store through a stale TLB entry)
@@ -210,6 +212,9 @@ pub enum BrokenStep {
     /// Stack growth publishes the grown VMA BABY, as an ordinary change: faults on the stack's
     /// old pages wait for it.
     GrowthBaby,
+    /// Step 1 makes every new VMA BABY, even those no flush touches: faults on a part a
+    /// change leaves as it was wait for it.
+    UntouchedBaby,
 }
 
 /// Counters of what writers had to wait for.
@@ -245,11 +250,26 @@ pub(crate) struct Protocol {
 
 /// How a change's new VMAs are born.
 #[derive(Clone, Copy)]
-enum Born {
-    /// BABY until the change is done (faults on them wait).
+enum Born<'f> {
+    /// BABY until the change is done where one of these flushes touches the VMA; usable at
+    /// once elsewhere.
+    Where(&'f [Flush]),
+    /// BABY until the change is done, every one (a broken variant's).
     Baby,
-    /// Usable at once: only for a change that extends one VMA (nothing mapped changes meaning).
+    /// Usable at once: for a change where nothing mapped changes meaning.
     Usable,
+}
+
+impl Flush {
+    /// Whether this flush changes translations in `[start, end)` (a relocation changes both
+    /// its source and its target).
+    fn touches(self, start: u64, end: u64) -> bool {
+        let overlaps = |from: u64, to: u64| from < end && start < to;
+        match self {
+            Flush::Zap(from, to) | Flush::Protect(from, to, _) => overlaps(from, to),
+            Flush::Relocate { from, to, len } => overlaps(from, from + len) || overlaps(to, to + len),
+        }
+    }
 }
 
 /// The tree's writer, held for a whole call.
@@ -353,7 +373,7 @@ impl Protocol {
         // A change that zaps replaces even a mapping identical to the old one (MAP_FIXED over
         // the same mapping gets fresh contents, as on Linux).
         let zaps = flush.iter().any(|op| matches!(op, Flush::Zap(..)));
-        self.stage(writer, change, zaps, &mut run);
+        self.stage(writer, change, zaps, &mut run, flush);
         self.finish(writer, run, flush);
     }
 
@@ -383,14 +403,26 @@ impl Protocol {
 
     /// Merges the change with compatible neighbours and within itself (Linux's merge rules)
     /// and publishes it into `run` (steps 1–2), unless it changes nothing and `always` is false.
+    /// `flush` is what step 6 will do: a new VMA is BABY until then only where the flush
+    /// touches it. Elsewhere it maps what the old VMAs mapped there, the same way — every
+    /// change of meaning in a range flushes it (munmap and MAP_FIXED zap, mprotect taking
+    /// permissions protects, mremap relocates and zaps) — or adds what was not there (new
+    /// memory in free space, permissions added), so a fault may use it at once, and faults on
+    /// the parts of a VMA a change leaves as they were never wait for it.
     pub(crate) fn stage<'t>(
         &self,
         writer: &mut TreeWriter<'t>,
         change: Change,
         always: bool,
         run: &mut Run<'t>,
+        flush: &[Flush],
     ) {
-        self.stage_born(writer, change, always, run, Born::Baby);
+        let born = if self.skips(BrokenStep::UntouchedBaby) {
+            Born::Baby
+        } else {
+            Born::Where(flush)
+        };
+        self.stage_born(writer, change, always, run, born);
     }
 
     /// [`Protocol::stage`], the new VMAs born as `born` says.
@@ -400,7 +432,7 @@ impl Protocol {
         change: Change,
         always: bool,
         run: &mut Run<'t>,
-        born: Born,
+        born: Born<'_>,
     ) {
         let merged = self.merge(writer, change);
         let unchanged = || {
@@ -460,18 +492,24 @@ impl Protocol {
 
     /// Steps 1–2 of the replacement protocol (module documentation) for `change`, the new VMAs
     /// born as `born` says.
-    fn publish<'t>(&self, writer: &mut TreeWriter<'t>, change: Change, run: &mut Run<'t>, born: Born) {
-        // 1. New VMAs, born BABY (or usable, for a pure extension).
+    fn publish<'t>(&self, writer: &mut TreeWriter<'t>, change: Change, run: &mut Run<'t>, born: Born<'_>) {
+        // 1. New VMAs, born BABY where the flush will change translations, usable elsewhere.
         let first_born = run.born.len();
         let values: Vec<(u64, u64, Box<Vma>)> = change
             .new
             .into_iter()
             .map(|mapping| {
                 let vma = Box::new(Vma::new(mapping));
-                match born {
-                    Born::Baby => run.born.push(&*vma),
+                let baby = match born {
+                    Born::Baby => true,
+                    Born::Usable => false,
+                    Born::Where(flush) => flush.iter().any(|op| op.touches(vma.start(), vma.end())),
+                };
+                if baby {
+                    run.born.push(&*vma);
+                } else {
                     // Nobody can find it before it is published.
-                    Born::Usable => vma.birth(),
+                    vma.birth();
                 }
                 (vma.start(), vma.end() - 1, vma)
             })

@@ -655,8 +655,14 @@ impl AddressSpace {
             return Err(enomem("the mapping would pass RLIMIT_AS or RLIMIT_DATA"));
         }
         let change = self.protocol.carve(&writer, start, end, smallvec![mapping]);
-        self.protocol
-            .settle(&mut writer, change, &[Flush::Zap(start, end)]);
+        // Only MAP_FIXED replaces translations; elsewhere the range was free.
+        let zap = [Flush::Zap(start, end)];
+        let flush: &[Flush] = if replaced > 0 || matches!(request.placement(), Placement::Fixed(_)) {
+            &zap
+        } else {
+            &[]
+        };
+        self.protocol.settle(&mut writer, change, flush);
         Ok(start)
     }
 
@@ -699,8 +705,14 @@ impl AddressSpace {
         }
         let change = Change { lo, hi, new };
         self.check_split_count(&writer, &limits, &change)?;
-        self.protocol
-            .settle(&mut writer, change, &[Flush::Protect(addr, changed_end, prot)]);
+        // Permissions only added take nothing from a translation: nothing to flush.
+        let protect = [Flush::Protect(addr, changed_end, prot)];
+        let flush: &[Flush] = if covered.iter().all(|m| prot.covers(m.prot)) {
+            &[]
+        } else {
+            &protect
+        };
+        self.protocol.settle(&mut writer, change, flush);
         if changed_end < end {
             return Err(enomem("part of the range is unmapped"));
         }
@@ -818,13 +830,6 @@ impl AddressSpace {
     ) -> u64 {
         let (old, old_len, kept) = (request.old(), request.old_len(), request.kept());
         let moved = request.moved(sources, target).into_iter().collect();
-        let mut run = Run::new();
-        let unmap = self.protocol.carve(writer, old, old + old_len, Mappings::new());
-        self.protocol.stage(writer, unmap, true, &mut run);
-        let insert = self
-            .protocol
-            .carve(writer, target, target + request.new_len(), moved);
-        self.protocol.stage(writer, insert, true, &mut run);
         let flush = [
             Flush::Relocate {
                 from: old,
@@ -833,6 +838,13 @@ impl AddressSpace {
             },
             Flush::Zap(old, old + old_len),
         ];
+        let mut run = Run::new();
+        let unmap = self.protocol.carve(writer, old, old + old_len, Mappings::new());
+        self.protocol.stage(writer, unmap, true, &mut run, &flush);
+        let insert = self
+            .protocol
+            .carve(writer, target, target + request.new_len(), moved);
+        self.protocol.stage(writer, insert, true, &mut run, &flush);
         self.protocol.finish(writer, run, &flush);
         target
     }

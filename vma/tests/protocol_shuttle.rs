@@ -1,6 +1,6 @@
 //! The replacement protocol under shuttle (random and PCT schedulers): guarantees G1, G4, G5,
-//! BABY waits, the no-wait shortcut and writers not waiting for faults elsewhere (keyed
-//! sections), each also run against a variant of the protocol that
+//! BABY waits, no BABY where a change leaves a range as it was, the no-wait shortcut and
+//! writers not waiting for faults elsewhere (keyed sections), each also run against a variant of the protocol that
 //! skips the step providing it, which must fail. Freed VMAs are poisoned and quarantined under
 //! shuttle, so a use after free is detected. Run with `--features shuttle`.
 #![cfg(feature = "shuttle")]
@@ -335,5 +335,45 @@ fn writers_elsewhere_do_not_wait_for_a_fault() {
 fn writers_elsewhere_fail_when_they_wait_for_everyone() {
     assert_broken_variant_fails(20_000, &["deadlock", "max_steps"], || {
         writers_elsewhere_do_not_wait(Some(BrokenStep::WaitForEveryone))
+    });
+}
+
+/// Faults wait only where access is revoked: while A's last page is unmapped, then mapped
+/// again (merging back into A), then A made read-write-execute (permission only added), a
+/// lookup of A's first page — a part no change touches — never finds a BABY VMA.
+fn untouched_parts_never_wait(broken: Option<BrokenStep>) {
+    let (space, _) = space(broken);
+    let fault = {
+        let space = space.clone();
+        thread::spawn(move || {
+            for _ in 0..3 {
+                let guard = space.guard_at(A);
+                let found = space.lookup(A, &guard);
+                assert!(
+                    !matches!(found, Lookup::Baby),
+                    "violated: a fault on an untouched page waits"
+                );
+                drop(guard);
+                thread::yield_now();
+            }
+        })
+    };
+    space.munmap(A + 2 * P, P).unwrap();
+    let fixed = MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace();
+    space.mmap(A + 2 * P, P, Prot::READ_WRITE, fixed, None).unwrap();
+    space.mprotect(A, 3 * P, Prot::new(true, true, true)).unwrap();
+    join(fault);
+    assert_eq!(space.vma_count(), 2, "merged back");
+}
+
+#[test]
+fn untouched_parts_never_wait_test() {
+    check_both(100_000, || untouched_parts_never_wait(None));
+}
+
+#[test]
+fn untouched_parts_wait_when_every_new_vma_is_baby() {
+    assert_broken_variant_fails(100_000, &["violated"], || {
+        untouched_parts_never_wait(Some(BrokenStep::UntouchedBaby))
     });
 }
