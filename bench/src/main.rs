@@ -78,6 +78,7 @@ enum Subcommands {
         threads: usize,
         duration_ms: u64,
         pages: u64,
+        background_vmas: u64,
     },
 }
 
@@ -99,6 +100,12 @@ struct CompareArgs {
     /// Pages in each faulting thread's region.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGES))]
     pages: u64,
+    /// Background VMAs in every address space, comma-separated: each workload runs with each
+    /// count (one-page VMAs spread below its mappings), for how costs grow with the number of
+    /// VMAs; a chart per workload shows faults/s and writer calls/s against it.
+    #[arg(long, value_delimiter = ',', default_values_t = [0],
+          value_parser = clap::value_parser!(u64).range(0..=bench::workload::MAX_BACKGROUND_VMAS))]
+    vmas: Vec<u64>,
     /// A short run: 2 threads, 100 ms, 64 pages (about 3 seconds in all); its charts go to
     /// the `quick` folder inside the chart folder, so they do not replace a full run's.
     #[arg(long, conflicts_with_all = ["threads", "duration_ms", "pages"])]
@@ -119,6 +126,7 @@ struct Plan {
     threads: Vec<usize>,
     duration: Duration,
     pages: u64,
+    vmas: Vec<u64>,
     json: Option<PathBuf>,
     svg_dir: PathBuf,
 }
@@ -143,6 +151,7 @@ impl CompareArgs {
             threads: threads.into_iter().map(|n| n as usize).collect(),
             duration: Duration::from_millis(duration_ms),
             pages,
+            vmas: self.vmas,
             json: self.json,
             svg_dir,
         })
@@ -170,6 +179,7 @@ fn run_child(workload: &str, design: &str, config: RunConfig) -> Result<Summary,
             &config.threads.to_string(),
             &config.duration.as_millis().to_string(),
             &config.pages.to_string(),
+            &config.background_vmas.to_string(),
         ])
         .output()
         .map_err(|e| format!("cannot start a run: {e}"))?;
@@ -182,10 +192,11 @@ fn run_child(workload: &str, design: &str, config: RunConfig) -> Result<Summary,
 fn compare(plan: &Plan) -> Result<(), String> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "# maplevm compare: {} designs x {} workloads x threads {:?}, {} ms each, {} pages per thread, {cpus} CPUs",
+        "# maplevm compare: {} designs x {} workloads x threads {:?} x background VMAs {:?}, {} ms each, {} pages per thread, {cpus} CPUs",
         plan.designs.len(),
         plan.workloads.len(),
         plan.threads,
+        plan.vmas,
         plan.duration.as_millis(),
         plan.pages
     );
@@ -197,37 +208,43 @@ fn compare(plan: &Plan) -> Result<(), String> {
     {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    let total = plan.designs.len() * plan.workloads.len() * plan.threads.len();
+    let total = plan.designs.len() * plan.workloads.len() * plan.threads.len() * plan.vmas.len();
     let mut results = Vec::with_capacity(total);
     let began = Instant::now();
     let terminal = std::io::stderr().is_terminal();
-    for workload in &plan.workloads {
-        for &threads in &plan.threads {
-            for design in &plan.designs {
-                let progress = format!(
-                    "[{}/{total}] {workload} / {design} / {threads} thread{} ({:.0?} so far)",
-                    results.len() + 1,
-                    if threads == 1 { "" } else { "s" },
-                    began.elapsed()
-                );
-                if terminal {
-                    eprint!("\r\x1b[K{progress}");
-                    let _ = std::io::stderr().flush();
-                } else {
-                    eprintln!("{progress}");
-                }
-                let config = RunConfig {
-                    threads,
-                    duration: plan.duration,
-                    pages: plan.pages,
-                };
-                let result = run_child(workload, design, config);
-                if terminal && result.is_err() {
-                    eprintln!();
-                }
-                results.push(result.map_err(|e| format!("{workload} on {design}: {e}"))?);
-            }
+    let runs = plan.workloads.iter().flat_map(|workload| {
+        plan.vmas.iter().flat_map(move |&vmas| {
+            plan.threads.iter().flat_map(move |&threads| {
+                plan.designs
+                    .iter()
+                    .map(move |design| (workload, vmas, threads, design))
+            })
+        })
+    });
+    for (workload, background_vmas, threads, design) in runs {
+        let progress = format!(
+            "[{}/{total}] {workload} / {design} / {threads} thread{} / {background_vmas} VMAs ({:.0?} so far)",
+            results.len() + 1,
+            if threads == 1 { "" } else { "s" },
+            began.elapsed()
+        );
+        if terminal {
+            eprint!("\r\x1b[K{progress}");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{progress}");
         }
+        let config = RunConfig {
+            threads,
+            duration: plan.duration,
+            pages: plan.pages,
+            background_vmas,
+        };
+        let result = run_child(workload, design, config);
+        if terminal && result.is_err() {
+            eprintln!();
+        }
+        results.push(result.map_err(|e| format!("{workload} on {design}: {e}"))?);
     }
     if terminal {
         eprint!("\r\x1b[K");
@@ -240,9 +257,17 @@ fn compare(plan: &Plan) -> Result<(), String> {
         println!("\nJSON: {}", path.display());
     }
     for workload in &plan.workloads {
-        let path = svg_dir.join(format!("{workload}.svg"));
-        std::fs::write(&path, report::svg(&results, workload))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut charts = vec![(format!("{workload}.svg"), report::svg(&results, workload))];
+        if plan.vmas.len() > 1 {
+            charts.push((
+                format!("{workload}-vmas.svg"),
+                report::svg_vmas(&results, workload),
+            ));
+        }
+        for (name, chart) in charts {
+            let path = svg_dir.join(name);
+            std::fs::write(&path, chart).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
     }
     println!("SVG charts: {}/", svg_dir.display());
     Ok(())
@@ -288,11 +313,13 @@ fn run(command: Subcommands) -> Result<(), String> {
             threads,
             duration_ms,
             pages,
+            background_vmas,
         } => {
             let config = RunConfig {
                 threads,
                 duration: Duration::from_millis(duration_ms),
                 pages,
+                background_vmas,
             };
             println!(
                 "{}",

@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use vma::request::MmapRequest;
 use vma::{Layout, MapFlags, PAGE_SIZE, Prot};
 
 /// The workloads (docs/benchmarks.md says what each reproduces).
@@ -205,6 +206,26 @@ pub struct RunConfig {
     pub duration: Duration,
     /// Pages in each thread's region.
     pub pages: u64,
+    /// One-page VMAs mapped in every address space before the run, spread over the space
+    /// below the workload's mappings (see [`background`]): the VMA-count axis.
+    pub background_vmas: u64,
+}
+
+/// The most background VMAs a run may have (Linux's default `max_map_count` is 65,530; a run
+/// may go past it to show how each design grows).
+pub const MAX_BACKGROUND_VMAS: u64 = 1_000_000;
+
+/// `count` one-page read-only VMAs spread evenly over `[low + 4 TiB, mmap_base - 4 TiB)`,
+/// where no workload maps (the regions lie below the mmap base, the churn above 1 TiB), as
+/// the set-up requests of an address space that holds them.
+pub fn background(layout: Layout, count: u64) -> vma::Result<Vec<MmapRequest>> {
+    const MARGIN: u64 = 4 << 40;
+    let (from, to) = (layout.low + MARGIN, layout.mmap_base - MARGIN);
+    let stride = ((to - from) / count.max(1)) & !(PAGE_SIZE - 1);
+    let fixed = MapFlags::PRIVATE_ANONYMOUS.fixed_noreplace();
+    (0..count)
+        .map(|i| MmapRequest::new(layout, from + i * stride, PAGE_SIZE, Prot::READ, fixed, None))
+        .collect()
 }
 
 /// What one run measured.
@@ -239,6 +260,8 @@ pub struct Measurement {
     /// The largest page table of any address space during the run, in bytes (every table,
     /// the root included), read after each pass over a region.
     pub page_table_bytes: u64,
+    /// Background VMAs in every address space.
+    pub background_vmas: u64,
 }
 
 impl Measurement {
@@ -263,6 +286,7 @@ impl Measurement {
             bus_errors: self.bus_errors,
             stale_translations: self.stale_translations,
             page_table_bytes: self.page_table_bytes,
+            background_vmas: self.background_vmas,
         }
     }
 }
@@ -303,6 +327,8 @@ pub struct Summary {
     pub stale_translations: u64,
     /// The largest page table of any address space during the run, in bytes.
     pub page_table_bytes: u64,
+    /// Background VMAs in every address space.
+    pub background_vmas: u64,
 }
 
 impl Summary {
@@ -312,7 +338,8 @@ impl Summary {
             "design={} workload={} threads={} oversubscribed={} faults_per_sec={} fault_p50_ns={} \
              fault_p99_ns={} fault_p999_ns={} fault_max_ns={} writer_ops_per_sec={} peak_rss_bytes={} \
              waits={} wait_total_ns={} wait_max_ns={} share_waits={} share_wait_total_ns={} \
-             share_wait_max_ns={} bus_errors={} stale_translations={} page_table_bytes={}",
+             share_wait_max_ns={} bus_errors={} stale_translations={} page_table_bytes={} \
+             background_vmas={}",
             self.design,
             self.workload,
             self.threads,
@@ -332,7 +359,8 @@ impl Summary {
             self.share_waits.max_ns,
             self.bus_errors,
             self.stale_translations,
-            self.page_table_bytes
+            self.page_table_bytes,
+            self.background_vmas
         )
     }
 
@@ -378,6 +406,7 @@ impl Summary {
             bus_errors: get("bus_errors")?,
             stale_translations: get("stale_translations")?,
             page_table_bytes: get("page_table_bytes")?,
+            background_vmas: get("background_vmas")?,
         })
     }
 }
@@ -524,7 +553,11 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         threads,
         duration,
         pages,
+        background_vmas,
     } = config;
+    if background_vmas > MAX_BACKGROUND_VMAS {
+        return Err(format!("background VMAs: at most {MAX_BACKGROUND_VMAS}"));
+    }
     if !(1..=MAX_THREADS).contains(&threads) {
         return Err(format!("threads: from 1 to {MAX_THREADS}"));
     }
@@ -555,6 +588,11 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         .collect();
     let first = &*spaces[0];
     let layout = first.layout();
+    for space in spaces.iter().chain(&standing) {
+        space
+            .map_all(background(layout, background_vmas).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
     let len = pages * PAGE_SIZE;
     let rw = Prot::READ_WRITE;
     let anon = MapFlags::PRIVATE_ANONYMOUS;
@@ -752,6 +790,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
         stale_translations: total.stale_translations,
         // The root is not among the tables counted below it.
         page_table_bytes: (total.tables as u64 + 1) * PAGE_SIZE,
+        background_vmas,
     })
 }
 
@@ -786,6 +825,7 @@ mod tests {
             bus_errors: 3,
             stale_translations: 0,
             page_table_bytes: 5 << 12,
+            background_vmas: 1000,
         };
         assert_eq!(Summary::from_line(&summary.to_line()), Ok(summary));
         assert!(Summary::from_line("design=rcu").is_err());
@@ -797,6 +837,7 @@ mod tests {
             threads: 2,
             duration: Duration::from_millis(20),
             pages: 8,
+            background_vmas: 0,
         };
         for workload in WORKLOADS {
             for design in crate::designs::NAMES {

@@ -263,6 +263,16 @@ pub trait Design: Send + Sync {
     /// own faults and writers out as Linux's locking or its own protocol says.
     fn fork(&self) -> vma::Result<Arc<dyn Design>>;
 
+    /// Maps each of `requests` (fixed, into free space): the set-up of an address space that
+    /// holds many VMAs, before a run. One change each by default; a design that copies its
+    /// whole map per change builds it once.
+    fn map_all(&self, requests: Vec<MmapRequest>) -> vma::Result<()> {
+        for request in requests {
+            self.change(Op::Map(request))?;
+        }
+        Ok(())
+    }
+
     /// Number of VMAs.
     fn vma_count(&self) -> usize {
         self.vmas().len()

@@ -28,10 +28,14 @@ impl RcuDesign {
             share_page_tables: variant != "no-share",
         };
         assert!(["rcu", "rcu-refonly", "no-share"].contains(&variant), "{variant}");
-        Self {
-            mm: Mm::new(config, frames).expect("a design's layout is valid"),
-            name: variant,
-        }
+        let mm = Mm::new(config, frames).expect("a design's layout is valid");
+        // The baselines apply no limits; nor does maplevm here, so the VMA-count axis may go
+        // past Linux's default max_map_count for every design alike.
+        mm.space().set_limits(vma::Limits {
+            max_map_count: usize::MAX,
+            ..vma::Limits::LINUX
+        });
+        Self { mm, name: variant }
     }
 
     /// The memory manager.

@@ -131,6 +131,27 @@ impl Design for SnapshotDesign {
         planned.result
     }
 
+    /// One copy of the map for all of them (each is new memory in free space: nothing to
+    /// flush, no reader to wait for).
+    fn map_all(&self, requests: Vec<vma::request::MmapRequest>) -> vma::Result<()> {
+        let _writer = self.writer.lock().unwrap();
+        let mut map = VmaMap::clone(&self.current.load().map);
+        let mut changes = Vec::new();
+        for request in requests {
+            let planned = map.plan(&Op::Map(request))?;
+            for change in &planned.changes {
+                map.apply(change);
+            }
+            changes.extend(planned.changes);
+        }
+        link_added(&self.mapper, &changes);
+        self.current.store(Arc::new(Snapshot {
+            map: Arc::new(map),
+            settling: None,
+        }));
+        Ok(())
+    }
+
     fn discard(&self, start: u64, end: u64) -> vma::Result<()> {
         let snapshot = self.usable(start, end);
         discard_in(&self.memory, &snapshot.map, start, end, &self.rcu)
