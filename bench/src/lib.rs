@@ -7,10 +7,11 @@
 //!   `pervma`, `hugetlb-vma-lock`, `snapshot`;
 //! - [`workload`]: the workloads (`private-churn`, `faults-under-churn`, `giant-vma`,
 //!   `fixed-replace`, `shared-file`, `multi-process`, `shared-truncate`, `kravetz`, `long`,
-//!   `fork-under-faults`),
+//!   `fork-under-faults`, `replay-under-faults`),
 //!   each run measuring faults/s, a fault latency histogram, writer ops/s, fault waits, share
 //!   lookup waits, page-table size and peak memory;
 //! - [`report`]: tables, JSON and SVG charts;
+//! - [`trace_target`]: a design as the target of a trace's replay (`replay-under-faults`);
 //! - [`fork_cost`]: fork's latency against the number of VMAs and their pages (`bench fork-cost`);
 //! - [`table_memory`]: page-table memory per address space with and without PMD sharing
 //!   (`bench table-memory`);
@@ -38,6 +39,7 @@ pub mod fault_cost;
 pub mod fork_cost;
 pub mod report;
 pub mod table_memory;
+pub mod trace_target;
 pub mod unsync_engine;
 pub mod vma_spaces;
 pub mod workload;

@@ -7,13 +7,15 @@
 //! that fails is a workload error (none should).
 
 use crate::designs::{self, Design, DesignConfig};
+use crate::trace_target::DesignTarget;
 use fault::{Access, FaultError, File, FramePool, FramePoolConfig, MemBacking, Waits};
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vma::request::MmapRequest;
-use vma::{Layout, MapFlags, PAGE_SIZE, Prot};
+use vma::trace::Trace;
+use vma::{AddressSpace, Layout, MapFlags, NoFlush, PAGE_SIZE, Prot};
 
 /// The workloads (docs/benchmarks.md says what each reproduces).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,9 @@ enum Workload {
     /// Threads fault their own VMAs of a parent with many more, while a writer forks children
     /// and drops them.
     ForkUnderFaults,
+    /// Threads fault a real program's mappings while a writer replays the program's calls
+    /// (the JVM trace), wipes the space and replays them again.
+    ReplayUnderFaults,
 }
 
 /// What a workload's extra writer thread does.
@@ -58,10 +63,12 @@ enum Writer {
     Remap,
     /// Fork the address space and drop the child, in a loop.
     Fork,
+    /// Replay the trace, then unmap everything, in a loop.
+    Replay,
 }
 
 impl Workload {
-    const ALL: [Workload; 10] = [
+    const ALL: [Workload; 11] = [
         Workload::PrivateChurn,
         Workload::FaultsUnderChurn,
         Workload::GiantVma,
@@ -72,6 +79,7 @@ impl Workload {
         Workload::Kravetz,
         Workload::Long,
         Workload::ForkUnderFaults,
+        Workload::ReplayUnderFaults,
     ];
 
     const fn name(self) -> &'static str {
@@ -86,6 +94,7 @@ impl Workload {
             Workload::Kravetz => "kravetz",
             Workload::Long => "long",
             Workload::ForkUnderFaults => "fork-under-faults",
+            Workload::ReplayUnderFaults => "replay-under-faults",
         }
     }
 
@@ -109,6 +118,7 @@ impl Workload {
             Workload::SharedTruncate => Some(Writer::TruncateFile),
             Workload::Long => Some(Writer::Remap),
             Workload::ForkUnderFaults => Some(Writer::Fork),
+            Workload::ReplayUnderFaults => Some(Writer::Replay),
             Workload::PrivateChurn
             | Workload::GiantVma
             | Workload::SharedFile
@@ -147,6 +157,9 @@ pub fn describe(name: &str) -> Option<&'static str> {
         Workload::ForkUnderFaults => {
             "Threads write-fault their own VMAs (private anonymous, `--pages` each) of one address space that holds 256 more (4 pages each, written), drop the pages and repeat; a writer thread forks the address space and drops the child, in a loop (writer calls: forks). A fork shares every present private page copy-on-write, so the threads' next writes copy or reclaim them"
         }
+        Workload::ReplayUnderFaults => {
+            "Threads read-fault the pages of a real program's mappings (the JVM's, vma/tests/traces/java.trace; `--pages` of each mapping at most) while a writer thread replays the program's 1,870 calls, unmaps everything and replays them again (writer calls: the trace's calls). A fault where the replay has nothing mapped, or nothing readable, at that moment counts as a fault all the same"
+        }
         Workload::SharedTruncate => {
             "Threads, each in an address space of its own, fault a shared file mapped whole; a writer thread shrinks it to half, regrows it and punches a hole in a loop (writer calls: set_len and punch_hole). Faults beyond the end are bus errors; after every shrink no address space may keep a translation beyond the end (stale translations)"
         }
@@ -168,8 +181,8 @@ pub fn maps_huge_pages(name: &str) -> bool {
 }
 
 /// Every workload's name, in the order reports list them.
-pub const WORKLOADS: [&str; 10] = {
-    let mut names = [""; 10];
+pub const WORKLOADS: [&str; 11] = {
+    let mut names = [""; 11];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();
@@ -177,6 +190,15 @@ pub const WORKLOADS: [&str; 10] = {
     }
     names
 };
+
+/// The trace `replay-under-faults` replays: the JVM's calls (the largest capture), parsed once.
+fn replay_trace() -> &'static Trace {
+    static TRACE: std::sync::OnceLock<Trace> = std::sync::OnceLock::new();
+    TRACE.get_or_init(|| {
+        Trace::parse(include_str!("../../vma/tests/traces/java.trace"))
+            .expect("the repository's traces parse")
+    })
+}
 
 /// The `kravetz` workload's hugetlb file: 1 GiB, what one page-table page of the level above
 /// its huge entries covers (the unit Linux shares between processes).
@@ -601,6 +623,7 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
     // Set-up before the clock starts.
     let mut regions = Vec::new();
     let mut file = None;
+    let mut program_pages: Vec<Vec<u64>> = Vec::new();
     match kind {
         Workload::FaultsUnderChurn | Workload::ForkUnderFaults => {
             for t in 0..threads {
@@ -655,10 +678,32 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
             }
             file = Some(hugetlb);
         }
+        Workload::ReplayUnderFaults => {
+            // The program's pages: those of its readable mappings once replayed (on maplevm's
+            // address space, which holds nothing else), `pages` of each at most, dealt out to
+            // the threads in turn.
+            let program = AddressSpace::new(layout, NoFlush).map_err(error)?;
+            replay_trace().replay(&program).map_err(|e| e.to_string())?;
+            let guard = program.guard();
+            let mut every: Vec<u64> = Vec::new();
+            for vma in program.iter_from(0, &guard) {
+                if vma.prot().read {
+                    every.extend(
+                        (vma.start()..vma.end())
+                            .step_by(PAGE_SIZE as usize)
+                            .take(pages as usize),
+                    );
+                }
+            }
+            program_pages = (0..threads)
+                .map(|t| every.iter().copied().skip(t).step_by(threads).collect())
+                .collect();
+        }
         Workload::PrivateChurn => {}
     }
     let writer = kind.writer();
     let (file, regions, spaces, standing) = (&file, &regions, &spaces, &standing);
+    let program_pages = &program_pages;
 
     reset_peak_rss();
     let stop = AtomicBool::new(false);
@@ -688,6 +733,18 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                             let file = file.as_ref().expect("set up");
                             let a = map_hugetlb(design, file, &mut tally, stop)?;
                             tally.op(design.munmap(a, KRAVETZ_FILE))?;
+                        }
+                        Workload::ReplayUnderFaults => {
+                            for &page in &program_pages[t] {
+                                if stop.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                let since = Instant::now();
+                                // Unmapped or unreadable at this moment: a fault all the same.
+                                let _ = design.fault(page, Access::Read);
+                                tally.latency.saturating_record(since.elapsed().as_nanos() as u64);
+                                tally.faults += 1;
+                            }
                         }
                         Workload::FaultsUnderChurn
                         | Workload::ForkUnderFaults
@@ -736,6 +793,14 @@ pub fn run(workload: &str, design: &str, config: RunConfig) -> Result<Measuremen
                         Writer::Fork => {
                             let child = tally.op(first.fork())?;
                             drop(child);
+                        }
+                        Writer::Replay => {
+                            let trace = replay_trace();
+                            trace
+                                .replay(&DesignTarget::new(first))
+                                .map_err(|e| e.to_string())?;
+                            tally.writer_ops += trace.ops.len() as u64;
+                            tally.op(first.munmap(layout.low, layout.high - layout.low))?;
                         }
                         Writer::Remap => {
                             let file = file.as_ref().expect("set up");

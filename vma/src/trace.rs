@@ -350,20 +350,22 @@ impl Trace {
         Ok(op)
     }
 
-    /// Applies the trace to `space`. A recorded result is reproduced: an address by placing the
-    /// mapping there ([`Op::pinned`]), an error by failing the same way; a difference is an
-    /// error naming the line.
-    pub fn replay(&self, space: &AddressSpace) -> Result<(), TraceError> {
-        let mut files: HashMap<String, Arc<dyn MappedFile>> = HashMap::new();
+    /// Applies the trace to `target` (an [`AddressSpace`], or another implementation of the
+    /// calls). A recorded result is reproduced: an address by placing the mapping there
+    /// ([`Op::pinned`]), an error by failing the same way; a difference is an error naming the
+    /// line.
+    pub fn replay<T: Target + ?Sized>(&self, target: &T) -> Result<(), TraceError> {
+        let mut files: HashMap<String, T::File> = HashMap::new();
         for (line, op) in &self.ops {
             let fail = |message: String| TraceError { line: *line, message };
             match op.pinned() {
                 Op::File(name, identity) => {
-                    files.insert(name.clone(), Arc::new(TraceFile { name, identity }));
+                    let file = target.open(&name, identity);
+                    files.insert(name, file);
                 }
-                Op::Heap(start) => space.set_heap_start(start).map_err(|e| fail(e.to_string()))?,
+                Op::Heap(start) => target.set_heap_start(start).map_err(|e| fail(e.to_string()))?,
                 Op::Brk(addr, result) => {
-                    let got = space.brk(addr);
+                    let got = target.brk(addr);
                     if let Some(expected) = result
                         && got != expected
                     {
@@ -381,19 +383,18 @@ impl Trace {
                     result,
                 } => {
                     let file = file.map(|(name, offset)| {
-                        let object = files.entry(name.clone()).or_insert_with(|| {
-                            Arc::new(TraceFile {
-                                name,
-                                identity: FileIdentity::default(),
-                            })
-                        });
+                        let object = files
+                            .entry(name.clone())
+                            .or_insert_with(|| target.open(&name, FileIdentity::default()));
                         (object.clone(), offset)
                     });
-                    check(space.mmap(addr, len, prot, flags, file), result).map_err(fail)?;
+                    check(target.mmap(addr, len, prot, flags, file), result).map_err(fail)?;
                 }
-                Op::Munmap(addr, len) => space.munmap(addr, len).map_err(|e| fail(e.to_string()))?,
+                Op::Munmap(addr, len) => target.munmap(addr, len).map_err(|e| fail(e.to_string()))?,
                 Op::Mprotect(addr, len, prot) => {
-                    space.mprotect(addr, len, prot).map_err(|e| fail(e.to_string()))?;
+                    target
+                        .mprotect(addr, len, prot)
+                        .map_err(|e| fail(e.to_string()))?;
                 }
                 Op::Mremap {
                     old,
@@ -403,11 +404,101 @@ impl Trace {
                     new_addr,
                     result,
                 } => {
-                    check(space.mremap(old, len, new_len, flags, new_addr), result).map_err(fail)?;
+                    check(target.mremap(old, len, new_len, flags, new_addr), result).map_err(fail)?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// What a trace replays on: the calls of an address space, and its files by name.
+pub trait Target {
+    /// The target's file object (one per name in a trace).
+    type File: Clone;
+
+    /// The file a trace names, with the device and inode it declares (or none).
+    fn open(&self, name: &str, identity: FileIdentity) -> Self::File;
+
+    /// mmap (see [`AddressSpace::mmap`]).
+    fn mmap(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        file: Option<(Self::File, u64)>,
+    ) -> crate::Result<u64>;
+
+    /// munmap.
+    fn munmap(&self, addr: u64, len: u64) -> crate::Result<()>;
+
+    /// mprotect.
+    fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> crate::Result<()>;
+
+    /// mremap.
+    fn mremap(
+        &self,
+        old: u64,
+        len: u64,
+        new_len: u64,
+        flags: RemapFlags,
+        new_addr: u64,
+    ) -> crate::Result<u64>;
+
+    /// Where the heap starts.
+    fn set_heap_start(&self, start: u64) -> crate::Result<()>;
+
+    /// brk: the new break, or the old one when refused.
+    fn brk(&self, addr: u64) -> u64;
+}
+
+impl Target for AddressSpace {
+    type File = Arc<dyn MappedFile>;
+
+    fn open(&self, name: &str, identity: FileIdentity) -> Self::File {
+        Arc::new(TraceFile {
+            name: name.to_string(),
+            identity,
+        })
+    }
+
+    fn mmap(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        file: Option<(Self::File, u64)>,
+    ) -> crate::Result<u64> {
+        AddressSpace::mmap(self, addr, len, prot, flags, file)
+    }
+
+    fn munmap(&self, addr: u64, len: u64) -> crate::Result<()> {
+        AddressSpace::munmap(self, addr, len)
+    }
+
+    fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> crate::Result<()> {
+        AddressSpace::mprotect(self, addr, len, prot)
+    }
+
+    fn mremap(
+        &self,
+        old: u64,
+        len: u64,
+        new_len: u64,
+        flags: RemapFlags,
+        new_addr: u64,
+    ) -> crate::Result<u64> {
+        AddressSpace::mremap(self, old, len, new_len, flags, new_addr)
+    }
+
+    fn set_heap_start(&self, start: u64) -> crate::Result<()> {
+        AddressSpace::set_heap_start(self, start)
+    }
+
+    fn brk(&self, addr: u64) -> u64 {
+        AddressSpace::brk(self, addr)
     }
 }
 
