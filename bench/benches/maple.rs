@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const SIZES: [u64; 3] = [1_000, 100_000, 1_000_000];
+const SIZES: [u64; 5] = [100, 1_000, 10_000, 100_000, 1_000_000];
 const RANGE_STRIDE: u64 = 16;
 const RANGE_LEN: u64 = 8;
 
@@ -130,7 +130,7 @@ fn lookups(c: &mut Criterion) {
 /// A store over an existing range (displacing it) and an erase + re-insert of a range.
 fn writes(c: &mut Criterion) {
     let mut group = c.benchmark_group("maple/write");
-    for n in [1_000u64, 100_000] {
+    for n in SIZES {
         let tree = maple_tree(n);
         group.bench_function(BenchmarkId::new("maple store_range (replace)", n), |b| {
             let mut rng = Rng::new(2);
@@ -168,6 +168,32 @@ fn writes(c: &mut Criterion) {
                 black_box(map.write().unwrap().insert(first, (first + RANGE_LEN - 1, first)));
             })
         });
+        drop(map);
+        // The concurrent point maps: erase and re-insert (neither replaces in place).
+        let index = scc::TreeIndex::new();
+        for i in 0..n {
+            let _ = index.insert_sync(i * RANGE_STRIDE, (i * RANGE_STRIDE + RANGE_LEN - 1, i));
+        }
+        group.bench_function(BenchmarkId::new("scc TreeIndex remove + insert", n), |b| {
+            let mut rng = Rng::new(3);
+            b.iter(|| {
+                let first = rng.below(n) * RANGE_STRIDE;
+                black_box(index.remove_sync(&first));
+                black_box(index.insert_sync(first, (first + RANGE_LEN - 1, first)).is_ok());
+            })
+        });
+        let skip = SkipMap::new();
+        for i in 0..n {
+            skip.insert(i * RANGE_STRIDE, (i * RANGE_STRIDE + RANGE_LEN - 1, i));
+        }
+        group.bench_function(BenchmarkId::new("crossbeam SkipMap remove + insert", n), |b| {
+            let mut rng = Rng::new(3);
+            b.iter(|| {
+                let first = rng.below(n) * RANGE_STRIDE;
+                black_box(skip.remove(&first).is_some());
+                black_box(skip.insert(first, (first + RANGE_LEN - 1, first)));
+            })
+        });
     }
     group.finish();
 }
@@ -176,7 +202,7 @@ fn writes(c: &mut Criterion) {
 /// the search always succeeds near the limit; the BTreeMap scan is the obvious alternative.
 fn gaps(c: &mut Criterion) {
     let mut group = c.benchmark_group("maple/find_gap_rev");
-    for n in [1_000u64, 100_000] {
+    for n in SIZES {
         let universe = n * RANGE_STRIDE;
         let tree = maple_tree(n);
         group.bench_function(BenchmarkId::new("maple", n), |b| {
