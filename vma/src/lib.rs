@@ -3,8 +3,8 @@
 //! VMAs (virtual memory areas) with a reference count and BABY/ZOMBIE lifecycle states, kept in
 //! an RCU-safe [`maple`] tree, and the [`AddressSpace`] that changes them with Linux semantics
 //! (mmap, munmap, mprotect, mremap, brk) through one replacement protocol. A fault finds its VMA
-//! with [`AddressSpace::lookup`] under an RCU guard, without any lock; only a fault on a VMA that
-//! a writer is changing waits for it.
+//! with [`AddressSpace::lookup`] under an RCU guard, without any lock; only a fault where a
+//! writer revokes access (unmaps, takes a permission, replaces, moves) waits for it.
 //!
 //! ```
 //! use vma::{AddressSpace, Layout, MapFlags, NoFlush, Prot, Lookup};

@@ -15,7 +15,7 @@
 //! 5. the displaced VMAs are freed;
 //! 6. the flush hook removes every translation in the changed ranges (the fault layer's page
 //!    table): no fault can install one from an old VMA any more (steps 3–4), and none from a new
-//!    VMA yet (they are BABY). The displaced file VMAs then leave the reverse maps ([`FlushHook::unmapped`]): a
+//!    VMA over those ranges yet (they are BABY). The displaced file VMAs then leave the reverse maps ([`FlushHook::unmapped`]): a
 //!    reverse-map walk finds every VMA through which a translation of the file may exist;
 //! 7. BABY is cleared on the new VMAs born so and the faults waiting for them are woken;
 //! 8. where the flush revoked translations (removed them, or took permissions away), the writer
