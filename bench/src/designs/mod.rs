@@ -12,7 +12,9 @@
 //! | `pervma` | RCU walk + per-VMA read lock, falling back to the mmap lock (Linux 6.15) | mmap lock, write-locking each changed VMA |
 //! | `hugetlb-vma-lock` | as `pervma`; files take `i_mmap_rwsem` only to share page tables and to change reverse maps (Kravetz's `hugetlb_vma_lock`) | as `pervma`, the file lock not held across the zap |
 //! | `snapshot` | wait-free load of an immutable map (arc-swap) | copy the map, publish, wait for readers |
+//! | `cortenmm` | read lock on their page's 2 MiB page-table node, then an RCU lookup (CortenMM, SOSP 2025) | write locks on the nodes of the changed range; writers of disjoint ranges run in parallel |
 
+mod cortenmm;
 mod pervma;
 mod rangelock;
 mod rcu;
@@ -20,6 +22,7 @@ mod rwlock;
 mod snapshot;
 pub mod vma_map;
 
+pub use cortenmm::CortenDesign;
 pub use pervma::PerVmaDesign;
 pub use rangelock::{RangeLock, RangeLockDesign};
 pub use rcu::RcuDesign;
@@ -38,7 +41,7 @@ use vma::{Errno, Error, Layout, MapFlags, PAGE_SIZE, Prot, RemapFlags, Revoked};
 use vma_map::{Change, Flush, Op, VmaMap};
 
 /// Every design's name, in the order reports list them.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "rcu",
     "rcu-refonly",
     "no-share",
@@ -47,6 +50,7 @@ pub const NAMES: [&str; 8] = [
     "pervma",
     "hugetlb-vma-lock",
     "snapshot",
+    "cortenmm",
 ];
 
 /// How the design called `name` finds a fault's VMA and what its writers hold, for the
@@ -70,6 +74,9 @@ pub fn describe(name: &str) -> Option<&'static str> {
         }
         "snapshot" => {
             "a copy-on-write map behind arc-swap: faults load it wait-free; writers copy and publish it"
+        }
+        "cortenmm" => {
+            "CortenMM (SOSP 2025): faults read-lock their 2 MiB page-table node and look the mapping up under RCU; writers lock the nodes they change, so writers of disjoint ranges run in parallel"
         }
         _ => return None,
     })
@@ -107,6 +114,7 @@ pub fn build(name: &str, config: DesignConfig, frames: Arc<FramePool>) -> Option
             baseline(|mapper| PerVmaDesign::with_hugetlb_vma_lock(config.layout, memory(), mapper))
         }
         "snapshot" => baseline(|mapper| SnapshotDesign::new(config.layout, memory(), mapper)),
+        "cortenmm" => baseline(|mapper| CortenDesign::new(config.layout, memory(), mapper)),
         _ => return None,
     })
 }

@@ -144,7 +144,8 @@ impl VmaMap {
             .collect()
     }
 
-    fn free(&self, start: u64, end: u64) -> bool {
+    /// Whether nothing is mapped in `[start, end)`.
+    pub fn free(&self, start: u64, end: u64) -> bool {
         self.overlapping(start, end).is_empty()
     }
 
