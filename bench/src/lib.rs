@@ -15,6 +15,8 @@
 //! - [`fork_cost`]: fork's latency against the number of VMAs and their pages (`bench fork-cost`);
 //! - [`table_memory`]: page-table memory per address space with and without PMD sharing
 //!   (`bench table-memory`);
+//! - `uffd_bench` (Linux): real hardware faults served through userfaultfd by maplevm beside
+//!   the kernel's own (`bench uffd`);
 //! - [`fault_cost`]: single-thread fault cost per page, and the paired rounds that compare it
 //!   across engines on a noisy machine (`bench fault-cost`);
 //! - the binary: `bench compare` (README's main command), `bench fault-cost` (see
@@ -40,6 +42,8 @@ pub mod fork_cost;
 pub mod report;
 pub mod table_memory;
 pub mod trace_target;
+#[cfg(target_os = "linux")]
+pub mod uffd_bench;
 pub mod unsync_engine;
 pub mod vma_spaces;
 pub mod workload;

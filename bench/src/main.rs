@@ -4,6 +4,8 @@
 //!   inherits another's threads or garbage;
 //! - `bench fault-cost` times single-thread faults of maplevm's fast path beside the
 //!   unsynchronized engines in paired rounds (see `bench::fault_cost`);
+//! - `bench uffd` measures real faults served through userfaultfd beside the kernel's own
+//!   (see `bench::uffd_bench`);
 //! - `bench replay FILE` replays a trace of address-space operations (see `vma::trace`) on an
 //!   x86-64 layout and prints the resulting maps; `--linux` replays it on the running kernel
 //!   instead (`oracle::replay`), printed the same way.
@@ -70,6 +72,26 @@ enum Subcommands {
         #[arg(long)]
         linux: bool,
     },
+    /// Real hardware page faults served through userfaultfd by maplevm (its handler threads
+    /// look the VMA up and fill the page) beside the kernel's own anonymous faults, without and
+    /// with a thread churning mmap/munmap: faults/s and latency (Linux; says why where
+    /// userfaultfd is unavailable).
+    Uffd {
+        /// Servers, comma-separated: `kernel`, `maplevm`, or designs of the comparison (their
+        /// fault as the handler's lookup).
+        #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(UFFD_SERVERS), default_values = UFFD_SERVERS)]
+        servers: Vec<String>,
+        /// Faulting thread counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 2],
+              value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS as u64))]
+        threads: Vec<u64>,
+        /// Pages in each faulting thread's region.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=MAX_PAGES))]
+        pages: u64,
+        /// How long each cell runs, in milliseconds.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        duration_ms: u64,
+    },
     /// One run of the comparison, its summary on stdout (what `compare` runs in a child).
     #[command(hide = true)]
     RunOne {
@@ -81,6 +103,18 @@ enum Subcommands {
         background_vmas: u64,
     },
 }
+
+/// `bench uffd`'s servers: the kernel, maplevm, then every design.
+const UFFD_SERVERS: [&str; NAMES.len() + 2] = {
+    let mut all = ["kernel"; NAMES.len() + 2];
+    all[1] = "maplevm";
+    let mut i = 0;
+    while i < NAMES.len() {
+        all[i + 2] = NAMES[i];
+        i += 1;
+    }
+    all
+};
 
 #[derive(Debug, Args)]
 struct CompareArgs {
@@ -305,6 +339,31 @@ fn run(command: Subcommands) -> Result<(), String> {
         Subcommands::TableMemory { spaces, gib } => {
             print!("{}", bench::table_memory::compare(spaces as usize, gib)?);
             Ok(())
+        }
+        Subcommands::Uffd {
+            servers,
+            threads,
+            pages,
+            duration_ms,
+        } => {
+            #[cfg(target_os = "linux")]
+            {
+                use bench::uffd_bench::{Server, compare};
+                let servers: Vec<Server> = servers
+                    .iter()
+                    .map(|name| Server::named(name).expect("clap checked the name"))
+                    .collect();
+                let threads: Vec<usize> = threads.iter().map(|&t| t as usize).collect();
+                let duration = Duration::from_millis(duration_ms);
+                print!("{}", compare(&servers, &threads, pages, duration)?);
+                Ok(())
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = (servers, threads, pages, duration_ms);
+                println!("bench uffd: skipped: userfaultfd is Linux's");
+                Ok(())
+            }
         }
         Subcommands::Replay { file, linux } => replay(&file, linux).map(|maps| print!("{maps}")),
         Subcommands::RunOne {

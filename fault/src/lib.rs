@@ -51,6 +51,8 @@ mod pmd_share;
 mod shard;
 mod smaps;
 mod stats;
+#[cfg(target_os = "linux")]
+pub mod uffd;
 
 pub use backing::{Backing, MemBacking};
 pub use engine::{Access, AccessError, Fault, FaultError, Progress, allows, populate};

@@ -29,6 +29,9 @@ pub enum Errno {
     EOPNOTSUPP,
     /// madvise could not split a VMA (Linux answers EAGAIN where the split's ENOMEM would be).
     EAGAIN,
+    /// The object cannot be mapped that way (a shared mapping of memory served through
+    /// userfaultfd, as Linux answers for a file system that cannot map a file).
+    ENODEV,
 }
 
 impl Errno {
@@ -44,6 +47,7 @@ impl Errno {
             Self::EACCES => 13,
             Self::EFAULT => 14,
             Self::EEXIST => 17,
+            Self::ENODEV => 19,
             Self::EINVAL => 22,
             Self::EFBIG => 27,
             Self::EOPNOTSUPP => 95,
@@ -65,6 +69,7 @@ impl Errno {
             "EAGAIN" => Self::EAGAIN,
             "ENOENT" => Self::ENOENT,
             "EOPNOTSUPP" => Self::EOPNOTSUPP,
+            "ENODEV" => Self::ENODEV,
             _ => return None,
         })
     }
