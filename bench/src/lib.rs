@@ -42,7 +42,7 @@ pub mod fork_cost;
 pub mod report;
 pub mod table_memory;
 pub mod trace_target;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub mod uffd_bench;
 pub mod unsync_engine;
 pub mod vma_spaces;

@@ -346,7 +346,7 @@ fn run(command: Subcommands) -> Result<(), String> {
             pages,
             duration_ms,
         } => {
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
             {
                 use bench::uffd_bench::{Server, compare};
                 let servers: Vec<Server> = servers
@@ -358,10 +358,10 @@ fn run(command: Subcommands) -> Result<(), String> {
                 print!("{}", compare(&servers, &threads, pages, duration)?);
                 Ok(())
             }
-            #[cfg(not(target_os = "linux"))]
+            #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
             {
                 let _ = (servers, threads, pages, duration_ms);
-                println!("bench uffd: skipped: userfaultfd is Linux's");
+                println!("bench uffd: skipped: userfaultfd is served on Linux on x86-64 and arm64 only");
                 Ok(())
             }
         }

@@ -51,7 +51,7 @@ mod pmd_share;
 mod shard;
 mod smaps;
 mod stats;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub mod uffd;
 
 pub use backing::{Backing, MemBacking};

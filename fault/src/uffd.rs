@@ -25,6 +25,11 @@
 //!   while the fault was queued): it faults again, and once the call's permissions are set,
 //!   the kernel refuses it.
 //!
+//! The raw layer under it, which other address-space designs can serve a region with too
+//! (`bench uffd` does): [`Region`] (a reserved range and its kernel-side permissions),
+//! [`Userfaultfd`] (registration, the fill and wake ioctls, the event loop) and [`Handlers`]
+//! (threads serving a userfaultfd until dropped).
+//!
 //! Everything here is Linux's ABI (`linux/userfaultfd.h`), reached through `libc`; the
 //! `userfaultfd` crate's `-sys` crate generates its bindings with bindgen at build time, which
 //! needs a libclang that machines without a C toolchain's LLVM lack.
