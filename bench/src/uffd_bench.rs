@@ -21,7 +21,7 @@
 //! and the churn thread's calls/s.
 
 use crate::designs::{self, Design, DesignConfig};
-use fault::uffd::{Handlers, Region, UffdMm, Userfaultfd, availability};
+use fault::uffd::{Handlers, PageFault, Region, UffdMm, Userfaultfd, availability};
 use fault::{FaultError, FramePool, FramePoolConfig, Layout, MapFlags, PAGE_SIZE, Prot};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -89,14 +89,14 @@ impl DesignRegion {
         let design = designs::build(name, config, frames).ok_or_else(|| format!("no design {name}"))?;
         let server = design.clone();
         let fills = uffd.clone();
-        let serve = Arc::new(move |page, access| {
+        let serve = Arc::new(move |fault: PageFault| {
             // The design's fault decides (its lookup, locks and permission check).
             let allowed = !matches!(
-                server.fault(page, access),
+                server.fault(fault.page, fault.access),
                 Err(FaultError::NotMapped | FaultError::AccessDenied)
             );
-            if !(allowed && fills.zero_fill(page)) {
-                fills.wake(page);
+            if !(allowed && fills.zero_fill(fault.page)) {
+                fills.wake(fault.page);
             }
         });
         let handlers = Handlers::start(handlers, uffd, serve).map_err(|e| e.to_string())?;

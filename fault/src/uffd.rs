@@ -23,7 +23,8 @@
 //!   removed it.
 //! - **A fault maplevm does not allow is woken without a page** (a VMA removed or reduced
 //!   while the fault was queued): it faults again, and once the call's permissions are set,
-//!   the kernel refuses it.
+//!   the kernel refuses it. A file page wholly past its file's end is a bus error: the
+//!   faulting thread is sent SIGBUS, then woken.
 //!
 //! The raw layer under it, which other address-space designs can serve a region with too
 //! (`bench uffd` does): [`Region`] (a reserved range and its kernel-side permissions),
@@ -56,6 +57,8 @@ mod abi {
     pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
     pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
     pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
+    /// Page-fault events carry the faulting thread's id (byte 24 of the message).
+    pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
 
     /// `_IOC(dir, 0xAA, nr, size)` as x86-64 and arm64 encode it.
     const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
@@ -142,6 +145,8 @@ pub struct UffdStats {
     pub woken: u64,
     /// Faults that waited for a VMA a writer was setting up (BABY).
     pub waited: u64,
+    /// Faults answered with SIGBUS: a file page wholly past the file's end.
+    pub bus_errors: u64,
 }
 
 #[derive(Default)]
@@ -150,6 +155,7 @@ struct Counters {
     copied: AtomicU64,
     woken: AtomicU64,
     waited: AtomicU64,
+    bus_errors: AtomicU64,
 }
 
 /// The last OS error, after `what`.
@@ -316,7 +322,7 @@ impl Userfaultfd {
             let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
             let mut api = abi::UffdioApi {
                 api: abi::UFFD_API,
-                features: 0,
+                features: abi::UFFD_FEATURE_THREAD_ID,
                 ioctls: 0,
             };
             // SAFETY: UFFDIO_API reads and writes a `uffdio_api`, which `api` is.
@@ -399,10 +405,26 @@ impl Userfaultfd {
         unsafe { libc::ioctl(self.fd.as_raw_fd(), abi::UFFDIO_WAKE as _, &mut range) };
     }
 
+    /// Sends SIGBUS to `thread` of this process (a fault that no page can satisfy, as Linux
+    /// signals an access past a file's end), then wakes `page`'s faults: the signal is
+    /// delivered as the thread leaves the fault.
+    pub fn deliver_bus_error(&self, thread: u32, page: u64) {
+        // SAFETY: tgkill sends a signal to a thread of this process; SIGBUS's disposition is
+        // the program's (by default it ends the process, as the hardware's would).
+        unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                libc::getpid(),
+                thread as libc::pid_t,
+                libc::SIGBUS,
+            )
+        };
+        self.wake(page);
+    }
+
     /// A handler thread's loop: waits for page-fault events, or for `stop` (an eventfd) to
-    /// become readable, and calls `serve(page, access)` for each fault (which must fill or
-    /// wake the page).
-    fn serve_events(&self, stop: libc::c_int, serve: &dyn Fn(u64, Access)) {
+    /// become readable, and calls `serve` for each fault (which must fill or wake the page).
+    fn serve_events(&self, stop: libc::c_int, serve: &dyn Fn(PageFault)) {
         let mut fds = [
             libc::pollfd {
                 fd: self.fd.as_raw_fd(),
@@ -433,14 +455,30 @@ impl Userfaultfd {
             }
             let flags = u64::from_ne_bytes(msg[8..16].try_into().expect("8 bytes"));
             let addr = u64::from_ne_bytes(msg[16..24].try_into().expect("8 bytes"));
+            let thread = u32::from_ne_bytes(msg[24..28].try_into().expect("4 bytes"));
             let access = if flags & abi::UFFD_PAGEFAULT_FLAG_WRITE != 0 {
                 Access::Write
             } else {
                 Access::Read
             };
-            serve(addr & !(PAGE_SIZE - 1), access);
+            serve(PageFault {
+                page: addr & !(PAGE_SIZE - 1),
+                access,
+                thread,
+            });
         }
     }
+}
+
+/// A page fault a handler serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageFault {
+    /// The page (aligned).
+    pub page: u64,
+    /// A load or a store.
+    pub access: Access,
+    /// The faulting thread (its kernel id), for [`Userfaultfd::deliver_bus_error`].
+    pub thread: u32,
 }
 
 /// Handler threads serving a userfaultfd's faults until dropped.
@@ -459,12 +497,12 @@ impl fmt::Debug for Handlers {
 }
 
 impl Handlers {
-    /// Starts `count` threads (at least one) calling `serve(page, access)` for each fault of
-    /// `uffd`'s regions; `serve` must fill the page or wake it.
+    /// Starts `count` threads (at least one) calling `serve` for each fault of `uffd`'s
+    /// regions; `serve` must fill the page or wake it.
     pub fn start(
         count: usize,
         uffd: Arc<Userfaultfd>,
-        serve: Arc<dyn Fn(u64, Access) + Send + Sync>,
+        serve: Arc<dyn Fn(PageFault) + Send + Sync>,
     ) -> Result<Self, UffdError> {
         if count == 0 {
             return Err(UffdError::Invalid(Error::new(Errno::EINVAL, "no handler thread")));
@@ -578,7 +616,7 @@ impl UffdMm {
         let handlers = Handlers::start(
             handlers,
             uffd,
-            Arc::new(move |page, access| server.serve(page, access)),
+            Arc::new(move |fault: PageFault| server.serve(fault.page, fault.access, Some(fault.thread))),
         )?;
         Ok(Self {
             handlers,
@@ -613,6 +651,7 @@ impl UffdMm {
             copied: c.copied.load(Ordering::Relaxed),
             woken: c.woken.load(Ordering::Relaxed),
             waited: c.waited.load(Ordering::Relaxed),
+            bus_errors: c.bus_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -659,7 +698,7 @@ impl UffdMm {
         // MAP_LOCKED brings the pages in as mlock does.
         if flags.populate || flags.locked {
             for page in (start..end).step_by(PAGE_SIZE as usize) {
-                self.inner.serve(page, Access::Read);
+                self.inner.serve(page, Access::Read, None);
             }
         }
         Ok(start)
@@ -695,9 +734,10 @@ impl UffdMm {
 }
 
 impl Inner {
-    /// Fills `page` as its VMA says, or wakes its fault without a page (see the module
-    /// documentation).
-    fn serve(&self, page: u64, access: Access) {
+    /// Fills the fault's page as its VMA says, or wakes the fault without a page (see the
+    /// module documentation); a page wholly past a file's end gets the faulting thread a
+    /// SIGBUS, as on Linux. Without a thread (MAP_POPULATE), nothing is signalled.
+    fn serve(&self, page: u64, access: Access, thread: Option<u32>) {
         loop {
             let guard = self.space.guard_at(page);
             let vma = match self.space.lookup(page, &guard) {
@@ -726,12 +766,18 @@ impl Inner {
                 continue;
             };
             drop(guard);
-            if self.counted(&self.counters.copied, || {
-                self.copy_file_page(reference.mapping(), page)
-            }) {
-                return;
+            match self.copy_file_page(reference.mapping(), page) {
+                Some(true) => return,
+                Some(false) => break,
+                None => {
+                    if let Some(thread) = thread {
+                        self.counters.bus_errors.fetch_add(1, Ordering::Relaxed);
+                        self.uffd.deliver_bus_error(thread, page);
+                        return;
+                    }
+                    break;
+                }
             }
-            break;
         }
         self.counters.woken.fetch_add(1, Ordering::Relaxed);
         self.uffd.wake(page);
@@ -751,20 +797,20 @@ impl Inner {
         filled
     }
 
-    /// Copies the page of `mapping`'s file that `page` maps into the region; false past the
-    /// file's end (Linux's SIGBUS is not delivered through userfaultfd: the fault is woken and
-    /// faults again until the VMA goes) or if the page was filled already.
-    fn copy_file_page(&self, mapping: &vma::Mapping, page: u64) -> bool {
+    /// Copies the page of `mapping`'s file that `page` maps into the region (counted):
+    /// whether it filled the page (false if it was there already), or `None` where no page
+    /// can be had (wholly past the file's end, or the file's storage failing: Linux's SIGBUS).
+    fn copy_file_page(&self, mapping: &vma::Mapping, page: u64) -> Option<bool> {
         let VmaBacking::File(object) = &mapping.backing else {
-            return false;
+            return Some(false);
         };
         let file = crate::file::file_of(object);
         let offset = mapping.pgoff * PAGE_SIZE + (page - mapping.start);
         let mut contents = [0u8; PAGE_SIZE as usize];
         if offset >= file.len() || file.read_at(offset, &mut contents).is_err() {
-            return false;
+            return None;
         }
-        self.uffd.copy(page, &contents)
+        Some(self.counted(&self.counters.copied, || self.uffd.copy(page, &contents)))
     }
 }
 

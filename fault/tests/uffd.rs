@@ -4,7 +4,8 @@
 //! refuses what the VMAs no longer allow, and a race of threads writing their own pages
 //! while another maps, replaces and unmaps ranges beside them. Probes go through
 //! `process_vm_readv` / `process_vm_writev`, which fail with EFAULT where this process's own
-//! load or store would be a segmentation fault. Skipped, with the reason, where userfaultfd
+//! load or store would be a segmentation fault; a load past a file's end must end a child
+//! process (this binary again) with SIGBUS. Skipped, with the reason, where userfaultfd
 //! cannot be used.
 #![cfg(not(feature = "shuttle"))]
 

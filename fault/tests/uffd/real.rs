@@ -287,3 +287,61 @@ fn threads_keep_their_data_while_ranges_beside_them_change() {
     let stats = mm.stats();
     assert!(stats.zero_filled > 0, "{stats:?}");
 }
+
+/// Set in the environment of the child that `a_page_past_its_files_end_is_a_bus_error` starts.
+const BUS_ERROR_CHILD: &str = "MAPLEVM_UFFD_BUS_ERROR_CHILD";
+
+/// The child's side of `a_page_past_its_files_end_is_a_bus_error` (does nothing unless that
+/// test started this binary again to run it): loads from a private mapping's page that lies
+/// wholly past its file's end, which must end the process with SIGBUS.
+#[test]
+fn bus_error_child() {
+    if std::env::var_os(BUS_ERROR_CHILD).is_none() {
+        return;
+    }
+    let Some(mm) = region(64 << 20) else { return };
+    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
+    let file = File::new("/short", &frames, &[1; P as usize]);
+    let private = MapFlags {
+        anonymous: false,
+        ..MapFlags::PRIVATE_ANONYMOUS
+    };
+    let a = mm.mmap(0, 2 * P, Prot::READ, private, Some((&file, 0))).unwrap();
+    // SAFETY: mapped readable above.
+    assert_eq!(unsafe { load(a, 1) }, [1], "the file's page");
+    // SAFETY: as above; the page lies past the file's end, so the load is a bus error.
+    unsafe { load(a + P, 1) };
+    panic!("a load past the file's end succeeded");
+}
+
+#[test]
+fn a_page_past_its_files_end_is_a_bus_error() {
+    use std::os::unix::process::ExitStatusExt as _;
+    if let Err(why) = availability() {
+        eprintln!("skipped: userfaultfd unavailable: {why}");
+        return;
+    }
+    // Under AddressSanitizer the child must leave SIGBUS to the system.
+    let asan = std::env::var("ASAN_OPTIONS").unwrap_or_default();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "real::bus_error_child", "--test-threads=1"])
+        .env(BUS_ERROR_CHILD, "1")
+        .env("ASAN_OPTIONS", format!("{asan}:handle_sigbus=0"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A fault that is never answered would leave the child waiting, or faulting, forever.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the child neither finished nor got SIGBUS: {:?}", child.wait());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
+}
