@@ -25,6 +25,9 @@
 //!   while the fault was queued): it faults again, and once the call's permissions are set,
 //!   the kernel refuses it. A file page wholly past its file's end is a bus error: the
 //!   faulting thread is sent SIGBUS, then woken.
+//! - **A file page is copied inside the file's read-side section for it**, with no
+//!   invalidation running over it; the file's VMAs are in its reverse map, and a truncate
+//!   drops the region's copies past the new end ([`Mapper`]), so no copy outlives it.
 //!
 //! The raw layer under it, which other address-space designs can serve a region with too
 //! (`bench uffd` does): [`Region`] (a reserved range and its kernel-side permissions),
@@ -37,15 +40,17 @@
 
 use crate::File;
 use crate::engine::Access;
+use crate::file::{Lookup as FileLookup, Mapper};
 use maple::rcu::DefaultRcu;
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use vma::{
     AddressSpace, Backing as VmaBacking, Errno, Error, FlushHook, Layout, Lookup, MapFlags, PAGE_SIZE, Prot,
+    Revoked,
 };
 
 /// `linux/userfaultfd.h`: the ABI version, features, modes, events and ioctls used here.
@@ -539,7 +544,10 @@ impl Drop for Handlers {
 }
 
 /// The region's side of the replacement protocol: the kernel's page table.
-struct RegionFlush;
+struct RegionFlush {
+    /// The `UffdMm`'s side, as its files' reverse maps know it.
+    mapper: Weak<dyn Mapper>,
+}
 
 impl FlushHook for RegionFlush {
     fn zap(&self, start: u64, end: u64, _free_tables: (u64, u64), _rcu: &DefaultRcu) -> bool {
@@ -560,6 +568,38 @@ impl FlushHook for RegionFlush {
     fn relocate(&self, _from: u64, _to: u64, _len: u64, _rcu: &DefaultRcu) -> bool {
         unreachable!("an UffdMm offers no mremap or brk: nothing relocates")
     }
+
+    fn mapped(&self, mapping: &vma::Mapping) {
+        File::link(&self.mapper, mapping);
+    }
+
+    fn unmapped(&self, mapping: &vma::Mapping) {
+        File::unlink(&self.mapper, mapping);
+    }
+}
+
+/// What a file's truncate asks of the region: its copies of the pages past the new end go
+/// (they fault again, and a fault past the end is a bus error). Every page a file mapping
+/// holds here is a private copy, so a hole punch, which keeps private copies, takes none; and
+/// writeback has nothing here to write-protect.
+impl Mapper for Inner {
+    fn unmap_file_pages(&self, file: &File, first: u64, end: u64, even_cows: bool) -> Revoked {
+        if even_cows {
+            for (start, end) in file.mapped_ranges(self, first, end) {
+                // SAFETY: the ranges of this address space's VMAs, inside its region, held
+                // while `Inner` lives; no Rust reference points into it.
+                unsafe { drop_pages(start, end) };
+            }
+        }
+        // The kernel's TLB shootdown has ended every access through the dropped pages.
+        Revoked::new()
+    }
+
+    fn write_protect_file_pages(&self, _file: &File, _first: u64, _end: u64) -> Revoked {
+        Revoked::new()
+    }
+
+    fn await_revoked(&self, _revoked: &Revoked) {}
 }
 
 /// What the handlers share with the `UffdMm`.
@@ -606,11 +646,15 @@ impl UffdMm {
             high,
             mmap_base: high,
         };
-        let space = AddressSpace::new(layout, RegionFlush).map_err(UffdError::Invalid)?;
-        let inner = Arc::new(Inner {
-            space,
-            uffd: uffd.clone(),
-            counters: Counters::default(),
+        layout.check().map_err(UffdError::Invalid)?;
+        let inner = Arc::new_cyclic(|inner: &Weak<Inner>| {
+            let mapper: Weak<dyn Mapper> = inner.clone();
+            let space = AddressSpace::new(layout, RegionFlush { mapper }).expect("the layout was checked");
+            Inner {
+                space,
+                uffd: uffd.clone(),
+                counters: Counters::default(),
+            }
         });
         let server = inner.clone();
         let handlers = Handlers::start(
@@ -800,17 +844,33 @@ impl Inner {
     /// Copies the page of `mapping`'s file that `page` maps into the region (counted):
     /// whether it filled the page (false if it was there already), or `None` where no page
     /// can be had (wholly past the file's end, or the file's storage failing: Linux's SIGBUS).
+    /// The copy is made inside the file's read-side section for the page, with no
+    /// invalidation running over it, as the fault engine installs file pages: a truncate
+    /// either waits for it and then drops the copy too, or ended before and the page is past
+    /// the end.
     fn copy_file_page(&self, mapping: &vma::Mapping, page: u64) -> Option<bool> {
         let VmaBacking::File(object) = &mapping.backing else {
             return Some(false);
         };
         let file = crate::file::file_of(object);
-        let offset = mapping.pgoff * PAGE_SIZE + (page - mapping.start);
+        let pgoff = mapping.pgoff + (page - mapping.start) / PAGE_SIZE;
         let mut contents = [0u8; PAGE_SIZE as usize];
-        if offset >= file.len() || file.read_at(offset, &mut contents).is_err() {
-            return None;
+        loop {
+            // Brings the page into the cache (waiting out an invalidation), with no guard
+            // held; the turn it may return is held until the copy is made.
+            let _turn = file.read_in(pgoff, |_| {}).ok()?;
+            let guard = file.guard_at(pgoff);
+            let frame = match file.lookup(pgoff, &guard) {
+                FileLookup::Beyond => return None,
+                // Dropped, or being dropped, since: read it in again.
+                FileLookup::Missing | FileLookup::Invalidating => continue,
+                FileLookup::Cached(frame) => frame,
+            };
+            file.frames().read(frame, 0, &mut contents);
+            // SAFETY: the reference `lookup` gave us, not used after this.
+            unsafe { file.frames().put(frame) };
+            return Some(self.counted(&self.counters.copied, || self.uffd.copy(page, &contents)));
         }
-        Some(self.counted(&self.counters.copied, || self.uffd.copy(page, &contents)))
     }
 }
 

@@ -288,6 +288,44 @@ fn threads_keep_their_data_while_ranges_beside_them_change() {
     assert!(stats.zero_filled > 0, "{stats:?}");
 }
 
+/// Which of the `pages` pages from `addr` are resident (mincore).
+fn resident(addr: u64, pages: u64) -> Vec<bool> {
+    let mut vec = vec![0u8; pages as usize];
+    // SAFETY: mincore reads the residency of `[addr, addr + pages * P)`, a mapped range of
+    // this process, into `vec`, one byte per page.
+    let done = unsafe { libc::mincore(addr as *mut libc::c_void, (pages * P) as usize, vec.as_mut_ptr()) };
+    assert_eq!(done, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().map(|&b| b & 1 == 1).collect()
+}
+
+#[test]
+fn a_truncate_takes_the_copies_past_the_new_end() {
+    let Some(mm) = region(64 << 20) else { return };
+    let frames = Arc::new(FramePool::new(FramePoolConfig::default()).unwrap());
+    let file = File::new("/t", &frames, &[5; 3 * P as usize]);
+    let private = MapFlags {
+        anonymous: false,
+        ..MapFlags::PRIVATE_ANONYMOUS
+    };
+    let a = mm.mmap(0, 3 * P, Prot::READ, private, Some((&file, 0))).unwrap();
+    for page in 0..3 {
+        // SAFETY: mapped readable above, within the file.
+        assert_eq!(unsafe { load(a + page * P, 1) }, [5]);
+    }
+    assert_eq!(resident(a, 3), [true, true, true]);
+    file.set_len(P).unwrap();
+    assert_eq!(
+        resident(a, 3),
+        [true, false, false],
+        "the copies past the new end went"
+    );
+    // SAFETY: as above; the first page is still within the file.
+    assert_eq!(unsafe { load(a, 1) }, [5]);
+    assert_eq!(file.mappings(), 1, "the VMA is in the file's reverse map");
+    mm.munmap(a, 3 * P).unwrap();
+    assert_eq!(file.mappings(), 0, "and leaves it with munmap");
+}
+
 /// Set in the environment of the child that `a_page_past_its_files_end_is_a_bus_error` starts.
 const BUS_ERROR_CHILD: &str = "MAPLEVM_UFFD_BUS_ERROR_CHILD";
 
